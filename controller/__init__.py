@@ -1,0 +1,81 @@
+"""The controller: a stateless Flask app; every job and cluster fact lives in Redis."""
+
+from __future__ import annotations
+
+import hmac
+
+import redis
+from flask import Flask, jsonify, request
+from flask_smorest import Api
+
+from controller import config as settings
+from controller.dispatch import create_producer
+from controller.errors import BadRequestError, ControllerError
+from eldric import __version__
+from registry.problems import error_response, register_error_handlers
+
+
+def create_app(overrides: dict | None = None) -> Flask:
+    app = Flask("eldric-controller")
+    app.config.update(settings.from_env())
+    app.config.update(overrides or {})
+    app.config.update(
+        API_TITLE="Eldric Model Manager", API_VERSION=__version__, OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/api/v1", OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="docs", OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        JSON_SORT_KEYS=False,
+    )
+    app.json.sort_keys = False
+    app.extensions["eldric.redis"] = redis.Redis.from_url(app.config["REDIS_URL"], decode_responses=True,
+                                                          socket_timeout=10, socket_connect_timeout=5)
+    app.extensions["eldric.celery"] = create_producer(app.config["REDIS_URL"])
+
+    api = Api(app)
+    api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
+    from controller.api import pull_jobs, workers
+    for module in (pull_jobs, workers):
+        api.register_blueprint(module.blp)
+    register_error_handlers(app)
+    _register_domain_errors(app)
+    _register_auth(app)
+    _register_health(app)
+    return app
+
+
+def _register_domain_errors(app: Flask) -> None:
+    @app.errorhandler(ControllerError)
+    def controller_error(exc: ControllerError):
+        errors = {"json": {exc.field: [str(exc)]}} if isinstance(exc, BadRequestError) and exc.field else None
+        return error_response(exc.status, str(exc), errors)
+
+    @app.errorhandler(redis.RedisError)
+    def redis_down(exc: redis.RedisError):
+        return error_response(503, f"cluster state store (Redis) unavailable: {exc}")
+
+
+def _register_auth(app: Flask) -> None:
+    @app.before_request
+    def require_token():
+        token = app.config.get("API_TOKEN")
+        if not token or not request.path.startswith("/api/"):
+            return None
+        if request.path in ("/api/v1/openapi.json",):
+            return None
+        sent = request.headers.get("Authorization", "")
+        if not (sent.startswith("Bearer ") and hmac.compare_digest(sent[7:].encode(), str(token).encode())):
+            return error_response(401, "missing or wrong bearer token (Authorization: Bearer <ELDRIC_API_TOKEN>)")
+        return None
+
+
+def _register_health(app: Flask) -> None:
+    @app.get("/healthz")
+    def healthz():
+        return jsonify(status="ok", version=__version__)
+
+    @app.get("/readyz")
+    def readyz():
+        try:
+            app.extensions["eldric.redis"].ping()
+        except redis.RedisError as exc:
+            return error_response(503, f"redis unreachable: {exc}")
+        return jsonify(status="ready")

@@ -1,0 +1,51 @@
+"""/api/v1/models/pull and /api/v1/models/pull-jobs: cluster-wide pulls and their progress."""
+
+from flask import current_app
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from controller import jobs, pulls
+from controller.errors import NotFoundError
+from controller.schemas import JobListSchema, JobQuerySchema, JobSchema, PullRequestSchema
+from controller.state import producer, redis_client, stale_after
+
+blp = Blueprint("pull_jobs", __name__, url_prefix="/api/v1/models", description="Cluster-wide model pulls")
+
+
+@blp.route("/pull")
+class Pull(MethodView):
+    @blp.arguments(PullRequestSchema)
+    @blp.response(202, JobSchema)
+    def post(self, body: dict):
+        """Pull a model from the Ollama registry to every inference and cloud worker (or the listed ones)."""
+        cfg = current_app.config
+        client = redis_client()
+        job_id = pulls.start_pull(
+            client, producer(), model=body["model"], workers=body.get("workers"),
+            deadline_seconds=body.get("deadline_seconds") or cfg["JOB_DEADLINE_SECONDS"],
+            retention_seconds=cfg["JOB_RETENTION_SECONDS"], keep_max=cfg["JOB_HISTORY_MAX"],
+            forget_after=cfg["WORKER_FORGET_SECONDS"],
+        )
+        return jobs.get_job(client, job_id, stale_after=stale_after())
+
+
+@blp.route("/pull-jobs")
+class PullJobs(MethodView):
+    @blp.arguments(JobQuerySchema, location="query")
+    @blp.response(200, JobListSchema)
+    def get(self, query: dict):
+        """Jobs newest first, active and finished."""
+        found, total = jobs.list_jobs(redis_client(), stale_after=stale_after(), limit=query["limit"],
+                                      offset=query["offset"], state=query.get("state"), kind=query.get("kind"))
+        return {"jobs": found, "total": total, "limit": query["limit"], "offset": query["offset"]}
+
+
+@blp.route("/pull-jobs/<job_id>")
+class PullJob(MethodView):
+    @blp.response(200, JobSchema)
+    def get(self, job_id: str):
+        """One job with every worker's progress."""
+        job = jobs.get_job(redis_client(), job_id, stale_after=stale_after())
+        if job is None:
+            raise NotFoundError(f"no job {job_id!r}")
+        return job

@@ -1,0 +1,43 @@
+"""/api/v1/workers: cluster membership."""
+
+from flask import current_app
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from controller import cluster
+from controller.errors import NotFoundError
+from controller.schemas import WorkerListSchema, WorkerModelsSchema, WorkerSchema
+from controller.state import redis_client
+
+blp = Blueprint("workers", __name__, url_prefix="/api/v1/workers", description="Worker nodes of the cluster")
+
+
+@blp.route("")
+class Workers(MethodView):
+    @blp.response(200, WorkerListSchema)
+    def get(self):
+        """Every registered worker: id, type, address, backends, free disk, online, last seen."""
+        workers = cluster.list_workers(redis_client(), forget_after=current_app.config["WORKER_FORGET_SECONDS"])
+        return {"workers": workers, "total": len(workers), "online": sum(w["online"] for w in workers)}
+
+
+@blp.route("/<worker_id>")
+class Worker(MethodView):
+    @blp.response(200, WorkerSchema)
+    def get(self, worker_id: str):
+        """One worker."""
+        worker = cluster.get_worker(redis_client(), worker_id)
+        if worker is None:
+            raise NotFoundError(f"no worker {worker_id!r}")
+        return worker
+
+
+@blp.route("/<worker_id>/models")
+class WorkerModels(MethodView):
+    @blp.response(200, WorkerModelsSchema)
+    def get(self, worker_id: str):
+        """The worker's local models as its agent last reported them."""
+        client = redis_client()
+        if cluster.get_worker(client, worker_id) is None:
+            raise NotFoundError(f"no worker {worker_id!r}")
+        return {"worker": worker_id, "models": cluster.worker_models(client, worker_id)}

@@ -1,0 +1,136 @@
+"""Job records in Redis: create, read with derived per-worker state, list, prune."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import redis
+
+from eldric import jobstate, keys
+
+
+def create_job(client: redis.Redis, *, kind: str, model: str, targets: list[str], source: str,
+               deadline_seconds: float, options: dict | None = None, now: float | None = None) -> str:
+    """Write the job and a pending record per target worker in one transaction."""
+    now = time.time() if now is None else now
+    job_id = uuid.uuid4().hex
+    meta = {"id": job_id, "kind": kind, "model": model, "source": source, "created_at": now,
+            "deadline_at": now + deadline_seconds, "targets": json.dumps(targets),
+            "options": json.dumps(options or {})}
+    pipe = client.pipeline()
+    pipe.hset(keys.job(job_id), mapping=meta)
+    if targets:
+        pipe.hset(keys.job_workers(job_id),
+                  mapping={wid: json.dumps(jobstate.new_record(now)) for wid in targets})
+    for wid in targets:
+        pipe.sadd(keys.worker_jobs(wid), job_id)
+    pipe.zadd(keys.JOBS, {job_id: now})
+    pipe.execute()
+    return job_id
+
+
+def fail_worker(client: redis.Redis, job_id: str, worker_id: str, reason: str) -> None:
+    now = time.time()
+    record = dict(jobstate.new_record(now), state=jobstate.FAILED, error=reason, status=reason, finished_at=now)
+    client.hset(keys.job_workers(job_id), worker_id, json.dumps(record))
+    client.srem(keys.worker_jobs(worker_id), job_id)
+
+
+def get_job(client: redis.Redis, job_id: str, *, stale_after: float, now: float | None = None) -> dict | None:
+    now = time.time() if now is None else now
+    pipe = client.pipeline(transaction=False)
+    pipe.hgetall(keys.job(job_id))
+    pipe.hgetall(keys.job_workers(job_id))
+    meta, raw_records = pipe.execute()
+    if not meta:
+        return None
+    ids = sorted(raw_records)
+    alive = dict(zip(ids, _alive_flags(client, ids)))
+    deadline = float(meta["deadline_at"])
+    workers: dict[str, dict] = {}
+    for wid in ids:
+        record, final = jobstate.derive_worker(json.loads(raw_records[wid]), now=now, alive=alive[wid],
+                                               deadline_at=deadline, stale_after=stale_after)
+        if final:  # reap: persist so the late worker (and every reader) sees the same end
+            client.hset(keys.job_workers(job_id), wid, json.dumps(record))
+            client.srem(keys.worker_jobs(wid), job_id)
+        workers[wid] = record
+    return _job_view(meta, workers)
+
+
+def _alive_flags(client: redis.Redis, ids: list[str]) -> list[bool]:
+    if not ids:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for wid in ids:
+        pipe.exists(keys.worker_alive(wid))
+    return [bool(x) for x in pipe.execute()]
+
+
+def _job_view(meta: dict, workers: dict[str, dict]) -> dict:
+    records = list(workers.values())
+    finished = [r.get("finished_at") for r in records if jobstate.is_terminal(r.get("state", ""))]
+    state = jobstate.job_state(records)
+    return {
+        "id": meta["id"],
+        "kind": meta.get("kind", "pull"),
+        "model": meta.get("model"),
+        "source": meta.get("source"),
+        "state": state,
+        "created_at": float(meta["created_at"]),
+        "deadline_at": float(meta["deadline_at"]),
+        "finished_at": max(finished) if finished and state in (jobstate.JOB_COMPLETED, jobstate.JOB_FAILED) else None,
+        "targets": json.loads(meta.get("targets") or "[]"),
+        "options": json.loads(meta.get("options") or "{}"),
+        "summary": jobstate.summarize(workers),
+        "workers": [{"worker": wid, **rec} for wid, rec in sorted(workers.items())],
+    }
+
+
+def list_jobs(client: redis.Redis, *, stale_after: float, limit: int = 50, offset: int = 0,
+              state: str | None = None, kind: str | None = None) -> tuple[list[dict], int]:
+    """Newest first; filtering by state/kind reads past `limit` until the page is full."""
+    total = client.zcard(keys.JOBS)
+    out: list[dict] = []
+    skipped = 0
+    cursor = 0
+    batch = max(limit, 50)
+    while len(out) < limit:
+        ids = client.zrevrange(keys.JOBS, cursor, cursor + batch - 1)
+        if not ids:
+            break
+        cursor += len(ids)
+        for job_id in ids:
+            job = get_job(client, job_id, stale_after=stale_after)
+            if job is None or (state and job["state"] != state) or (kind and job["kind"] != kind):
+                continue
+            if skipped < offset:
+                skipped += 1
+                continue
+            out.append(job)
+            if len(out) >= limit:
+                break
+    return out, total
+
+
+def prune_jobs(client: redis.Redis, *, retention_seconds: float, keep_max: int, now: float | None = None) -> int:
+    """Forget finished jobs older than the retention, and the oldest beyond `keep_max`."""
+    now = time.time() if now is None else now
+    old = set(client.zrangebyscore(keys.JOBS, 0, now - retention_seconds))
+    excess = client.zcard(keys.JOBS) - keep_max
+    if excess > 0:
+        old |= set(client.zrange(keys.JOBS, 0, excess - 1))
+    removed = 0
+    for job_id in old:
+        records = [json.loads(v) for v in client.hvals(keys.job_workers(job_id))]
+        if any(not jobstate.is_terminal(r.get("state", "")) for r in records) and now - float(
+                client.hget(keys.job(job_id), "deadline_at") or 0) < 0:
+            continue  # still running and within its deadline: keep it
+        pipe = client.pipeline()
+        pipe.delete(keys.job(job_id), keys.job_workers(job_id))
+        pipe.zrem(keys.JOBS, job_id)
+        pipe.execute()
+        removed += 1
+    return removed

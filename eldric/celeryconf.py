@@ -1,0 +1,24 @@
+"""Celery settings shared by the agents (consumers) and the controller (producer)."""
+
+from __future__ import annotations
+
+
+def celery_config(redis_url: str, visibility_timeout: int = 3600) -> dict:
+    return {
+        "broker_url": redis_url,
+        "broker_connection_retry_on_startup": True,
+        # Job state lives in our own Redis records; Celery results would duplicate it.
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        # A task is acknowledged after it ran, so a killed agent's task comes back;
+        # agents dedupe redeliveries through the job's per-worker state and lock.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "broker_transport_options": {"visibility_timeout": visibility_timeout},
+        # Events let Flower show tasks and workers.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_create_missing_queues": True,
+    }

@@ -1,0 +1,80 @@
+"""The `eldric` command: one entry point for every service (and, later, operator commands)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from eldric import __version__
+from eldric.queues import WORKER_TYPES
+
+
+def _controller(args: argparse.Namespace) -> int:
+    from werkzeug.serving import run_simple
+
+    from controller import create_app
+
+    app = create_app()
+    run_simple(args.host, args.port, app, threaded=True, use_reloader=False)
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from worker_agent.errors import SettingsError
+    from worker_agent.main import run_agent
+    from worker_agent.settings import AgentSettings
+
+    try:
+        settings = AgentSettings.from_env(worker_id=args.name, worker_type=args.type, port=args.port,
+                                          data_dir=args.data_dir, host=args.host, concurrency=args.concurrency)
+    except SettingsError as exc:
+        print(f"eldric worker: {exc}", file=sys.stderr)
+        return 2
+    run_agent(settings, loglevel=args.loglevel)
+    return 0
+
+
+def _registry(args: argparse.Namespace) -> int:
+    from registry.server import serve
+
+    storage = args.storage or os.environ.get("ELDRIC_REGISTRY_STORAGE") or os.path.expanduser("~/.eldric/registry")
+    serve(host=args.host, port=args.port, storage=storage)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="eldric", description="Eldric Model Manager")
+    parser.add_argument("--version", action="version", version=f"eldric {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("controller", help="run the controller (REST API, dashboard)")
+    p.add_argument("--host", default=os.environ.get("ELDRIC_CONTROLLER_HOST", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("ELDRIC_CONTROLLER_PORT", "8880")))
+    p.set_defaults(func=_controller)
+
+    p = sub.add_parser("worker", help="run a worker agent (Celery consumer + node HTTP agent)")
+    p.add_argument("--type", required=True, choices=WORKER_TYPES)
+    p.add_argument("--name", required=True, help="worker id, unique in the cluster")
+    p.add_argument("--port", type=int, default=None, help="agent HTTP port (default: the type's port)")
+    p.add_argument("--host", default=None, help="agent bind address (default 127.0.0.1)")
+    p.add_argument("--data-dir", default=None, help="agent state directory (default ~/.eldric/NAME)")
+    p.add_argument("--concurrency", type=int, default=None, help="tasks run at once")
+    p.add_argument("--loglevel", default=os.environ.get("ELDRIC_LOG_LEVEL", "INFO"))
+    p.set_defaults(func=_worker)
+
+    p = sub.add_parser("registry", help="run the data worker's model registry")
+    p.add_argument("--host", default=os.environ.get("ELDRIC_REGISTRY_HOST", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("ELDRIC_REGISTRY_PORT", "8892")))
+    p.add_argument("--storage", default=None, help="storage root (default ~/.eldric/registry)")
+    p.set_defaults(func=_registry)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

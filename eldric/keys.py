@@ -1,0 +1,46 @@
+"""Every Redis key the cluster uses, in one place (documented in the README)."""
+
+PREFIX = "eldric"
+
+WORKERS = f"{PREFIX}:workers"  # SET of registered worker ids
+JOBS = f"{PREFIX}:jobs"  # ZSET job id -> created_at (newest first listing)
+
+
+def worker(worker_id: str) -> str:
+    """HASH: id, type, address, backends (JSON), free_disk, data_dir, registered_at, last_seen."""
+    return f"{PREFIX}:worker:{worker_id}"
+
+
+def worker_alive(worker_id: str) -> str:
+    """STRING with a TTL, refreshed by the agent's heartbeat: present means online."""
+    return f"{PREFIX}:worker:{worker_id}:alive"
+
+
+def worker_models(worker_id: str) -> str:
+    """HASH model name -> JSON inventory record, written by the agent."""
+    return f"{PREFIX}:worker:{worker_id}:models"
+
+
+def worker_jobs(worker_id: str) -> str:
+    """SET of job ids assigned to the worker (lets a restarted agent resume its work)."""
+    return f"{PREFIX}:worker:{worker_id}:jobs"
+
+
+def job(job_id: str) -> str:
+    """HASH: id, kind, model, source, created_at, deadline_at, targets (JSON), options (JSON)."""
+    return f"{PREFIX}:job:{job_id}"
+
+
+def job_workers(job_id: str) -> str:
+    """HASH worker id -> JSON progress record (see eldric.jobstate)."""
+    return f"{PREFIX}:job:{job_id}:workers"
+
+
+def job_events(job_id: str) -> str:
+    """Pub/sub channel: a message each time a worker's progress record changes."""
+    return f"{PREFIX}:job:{job_id}:events"
+
+
+def job_lock(job_id: str, worker_id: str) -> str:
+    """STRING with TTL: held while one agent thread executes the job (no double runs)."""
+    return f"{PREFIX}:job:{job_id}:lock:{worker_id}"

@@ -1,0 +1,57 @@
+"""Worker types, Celery queue names and task names: the contract between controller and agents.
+
+Fan-out: every agent consumes two queues, its type queue `type.<type>` (work any
+one node of that type may do) and its own direct queue `worker.<id>` (work for
+exactly that node). A cluster-wide pull sends one task per eligible worker to
+each worker's direct queue, so every node gets it exactly once; messages for a
+node that is offline wait in its queue until it returns.
+"""
+
+from __future__ import annotations
+
+import re
+
+WORKER_PORTS = {
+    "inference": 8890,
+    "cloud": 8889,
+    "data": 8892,
+    "science": 8897,
+    "training": 8898,
+    "media": 8894,
+    "comm": 8895,
+}
+WORKER_TYPES = tuple(WORKER_PORTS)
+# Only these serve inference, so only these ever receive model pull/distribute work.
+MODEL_SERVING_TYPES = frozenset({"inference", "cloud"})
+
+TASK_PULL = "models.pull"
+TASK_DISTRIBUTE = "models.distribute"
+TASK_DELETE = "models.delete"
+TASK_INVENTORY_SYNC = "inventory.sync"
+
+_WORKER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def is_valid_worker_id(worker_id: str) -> bool:
+    return isinstance(worker_id, str) and bool(_WORKER_ID.match(worker_id))
+
+
+def is_model_serving(worker_type: str) -> bool:
+    return worker_type in MODEL_SERVING_TYPES
+
+
+def type_queue(worker_type: str) -> str:
+    if worker_type not in WORKER_PORTS:
+        raise ValueError(f"unknown worker type {worker_type!r}")
+    return f"type.{worker_type}"
+
+
+def worker_queue(worker_id: str) -> str:
+    if not is_valid_worker_id(worker_id):
+        raise ValueError(f"invalid worker id {worker_id!r}")
+    return f"worker.{worker_id}"
+
+
+def queues_for(worker_type: str, worker_id: str) -> list[str]:
+    """The queues one agent consumes."""
+    return [type_queue(worker_type), worker_queue(worker_id)]

@@ -1,0 +1,112 @@
+"""Model names the way Ollama writes them.
+
+Grammar (after Ollama's `types/model/name.go::ParseName`)::
+
+    name      := [host "/"] [namespace "/"] model [":" tag] ["@" digest]
+    host      := part, may contain ":" (a port) and "."; at most 350 chars
+    namespace := part without "."; at most 80 chars
+    model     := part; at most 80 chars
+    tag       := part; at most 80 chars
+    part      := [A-Za-z0-9_] followed by [A-Za-z0-9_.-]*
+
+Missing pieces default to `registry.ollama.ai`, `library` and `latest`. Because a
+part can never start with "." nor hold "/", "\\" or NUL, a valid name is also a
+safe relative path: `..`, absolute paths and backslashes are rejected here,
+before anything touches disk.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from registry.errors import InvalidNameError
+
+DEFAULT_HOST = "registry.ollama.ai"
+DEFAULT_NAMESPACE = "library"
+DEFAULT_TAG = "latest"
+MAX_NAME_LENGTH = 512
+
+_PART = {
+    "host": (re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$"), 350),
+    "namespace": (re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$"), 80),
+    "model": (re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"), 80),
+    "tag": (re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"), 80),
+}
+
+
+def _check(kind: str, value: str, raw: str) -> None:
+    pattern, limit = _PART[kind]
+    if not value:
+        raise InvalidNameError(f"invalid model name {raw!r}: empty {kind}")
+    if len(value) > limit:
+        raise InvalidNameError(f"invalid model name {raw!r}: {kind} longer than {limit} characters")
+    if not pattern.match(value):
+        raise InvalidNameError(f"invalid model name {raw!r}: {kind} {value!r} has characters that are not allowed")
+
+
+@dataclass(frozen=True)
+class ModelName:
+    host: str
+    namespace: str
+    model: str
+    tag: str
+
+    @classmethod
+    def parse(cls, raw: str) -> "ModelName":
+        """Parse `raw` with Ollama's defaults; raise InvalidNameError naming the bad part."""
+        if not isinstance(raw, str) or not raw.strip():
+            raise InvalidNameError("invalid model name: empty")
+        if len(raw) > MAX_NAME_LENGTH:
+            raise InvalidNameError(f"invalid model name: longer than {MAX_NAME_LENGTH} characters")
+        if "\x00" in raw or "\\" in raw:
+            raise InvalidNameError(f"invalid model name {raw!r}: NUL and backslashes are not allowed")
+        rest = raw.strip()
+        if "@" in rest:
+            # A pinned digest is accepted by Ollama but we pull by tag only.
+            raise InvalidNameError(f"invalid model name {raw!r}: '@digest' references are not supported")
+        tag = DEFAULT_TAG
+        head, sep, tail = rest.rpartition(":")
+        if sep and "/" not in tail:  # a ":" followed by "/" belongs to a host:port
+            rest, tag = head, tail
+            _check("tag", tag, raw)
+        parts = rest.split("/")
+        if len(parts) > 3:
+            raise InvalidNameError(f"invalid model name {raw!r}: too many '/' separated parts")
+        host, namespace = DEFAULT_HOST, DEFAULT_NAMESPACE
+        if len(parts) == 3:
+            host, namespace, model = parts
+        elif len(parts) == 2:
+            namespace, model = parts
+        else:
+            (model,) = parts
+        _check("host", host, raw)
+        _check("namespace", namespace, raw)
+        _check("model", model, raw)
+        return cls(host=host, namespace=namespace, model=model, tag=tag)
+
+    @property
+    def repository(self) -> str:
+        """The registry repository path: `namespace/model`."""
+        return f"{self.namespace}/{self.model}"
+
+    @property
+    def is_default_host(self) -> bool:
+        return self.host == DEFAULT_HOST
+
+    def manifest_parts(self) -> tuple[str, str, str, str]:
+        """Path components of this name under an Ollama `manifests/` directory."""
+        return (self.host, self.namespace, self.model, self.tag)
+
+    @property
+    def short(self) -> str:
+        """The name as Ollama displays it: host and namespace dropped when default."""
+        prefix = ""
+        if not self.is_default_host:
+            prefix = f"{self.host}/{self.namespace}/"
+        elif self.namespace != DEFAULT_NAMESPACE:
+            prefix = f"{self.namespace}/"
+        return f"{prefix}{self.model}:{self.tag}"
+
+    def __str__(self) -> str:
+        return f"{self.host}/{self.namespace}/{self.model}:{self.tag}"

@@ -1,0 +1,1 @@
+"""The worker agent: one per node; consumes its queues, downloads and installs models, reports to Redis."""

@@ -1,0 +1,224 @@
+"""Parallel ranged download of one blob: resume, stall detection, sha256 verified, atomic.
+
+The blob is split into up to `parts` byte ranges fetched concurrently and written
+in place (pwrite) into `<partial dir>/sha256-<hex>`. A JSON state file records how
+far each part got, so a killed agent resumes instead of starting over. A hasher
+thread follows the contiguous written prefix, so verification overlaps the
+download instead of re-reading the whole file afterwards. Only a verified file is
+renamed into the store (after Ollama's server/download.go and verifyBlob).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import threading
+import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import requests
+
+from registry.blobstore import BlobStore
+from registry.digests import Digest
+from registry.errors import DigestMismatchError
+from worker_agent.errors import SourceError, SourceUnavailableError
+
+# open_range(start, end_inclusive, read_timeout) -> streaming response for those bytes
+RangeOpener = Callable[[int, int, float], requests.Response]
+_TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+              SourceUnavailableError)
+_HASH_STEP = 8 << 20
+
+
+@dataclass(frozen=True)
+class DownloadOptions:
+    parts: int = 8
+    min_part_bytes: int = 64 << 20
+    stall_seconds: float = 30.0
+    part_attempts: int = 4
+    chunk_bytes: int = 1 << 20
+    save_every_seconds: float = 1.0
+
+
+class _Part:
+    __slots__ = ("offset", "length", "completed")
+
+    def __init__(self, offset: int, length: int, completed: int = 0) -> None:
+        self.offset, self.length, self.completed = offset, length, completed
+
+
+def plan_parts(size: int, parts: int, min_part_bytes: int) -> list[tuple[int, int]]:
+    """Split `size` bytes into at most `parts` ranges of at least `min_part_bytes` (offset, length)."""
+    if size <= 0:
+        return []
+    count = max(1, min(parts, size // max(1, min_part_bytes)))
+    step = -(-size // count)
+    return [(off, min(step, size - off)) for off in range(0, size, step)]
+
+
+def download_blob(open_range: RangeOpener, digest: Digest, size: int, store: BlobStore,
+                  partial_dir: Path, options: DownloadOptions = DownloadOptions(),
+                  on_bytes: Callable[[int], None] = lambda n: None) -> Path:
+    """Fetch one blob into `store` unless present; raise DigestMismatchError on bad bytes."""
+    partial_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(partial_dir / f"{digest.filename}.lock"):
+        # Another thread or process may have finished it while we waited for the lock.
+        if store.has(digest, size):
+            return store.path(digest)
+        return _Download(open_range, digest, size, store, partial_dir, options, on_bytes).run()
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class _Download:
+    def __init__(self, open_range: RangeOpener, digest: Digest, size: int, store: BlobStore,
+                 partial_dir: Path, options: DownloadOptions, on_bytes: Callable[[int], None]) -> None:
+        self.open_range, self.digest, self.size, self.store = open_range, digest, size, store
+        self.options, self.on_bytes = options, on_bytes
+        self.data_path = partial_dir / digest.filename
+        self.state_path = partial_dir / f"{digest.filename}.json"
+        self.failed = threading.Event()
+        self.wrote = threading.Event()
+        self.parts: list[_Part] = []
+
+    def run(self) -> Path:
+        self.parts = self._load_or_plan()
+        fd = os.open(self.data_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if os.fstat(fd).st_size != self.size:
+                os.ftruncate(fd, self.size)
+            resumed = sum(p.completed for p in self.parts)
+            if resumed:
+                self.on_bytes(resumed)
+            actual = self._fetch_all(fd)
+        finally:
+            os.close(fd)
+        if actual != self.digest:
+            self.data_path.unlink(missing_ok=True)
+            self.state_path.unlink(missing_ok=True)
+            raise DigestMismatchError(f"digest mismatch: expected {self.digest}, got {actual}")
+        final = self.store.commit(self.data_path, self.digest)
+        self.state_path.unlink(missing_ok=True)
+        return final
+
+    def _fetch_all(self, fd: int) -> Digest:
+        hasher: dict[str, object] = {}
+        hash_thread = threading.Thread(target=self._hash_loop, args=(fd, hasher), daemon=True)
+        hash_thread.start()
+        todo = [p for p in self.parts if p.completed < p.length]
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, len(todo)), thread_name_prefix="part") as pool:
+                futures = [pool.submit(self._fetch_part, fd, p) for p in todo]
+                pending = set(futures)
+                while pending:
+                    done, pending = wait(pending, timeout=self.options.save_every_seconds,
+                                         return_when=FIRST_EXCEPTION)
+                    self._save_state()
+                    for f in done:
+                        if f.exception() is not None:
+                            self.failed.set()
+                            raise f.exception()  # type: ignore[misc]
+        except BaseException:
+            self.failed.set()
+            self.wrote.set()
+            self._save_state()
+            raise
+        hash_thread.join()
+        if "error" in hasher:
+            raise hasher["error"]  # type: ignore[misc]
+        return Digest(hasher["sha256"].hexdigest())  # type: ignore[union-attr]
+
+    def _fetch_part(self, fd: int, part: _Part) -> None:
+        failures = 0
+        while part.completed < part.length and not self.failed.is_set():
+            start = part.offset + part.completed
+            before = part.completed
+            try:
+                self._stream_range(fd, part, start)
+            except _TRANSIENT as exc:
+                failures = 0 if part.completed > before else failures + 1
+                if failures >= self.options.part_attempts:
+                    raise SourceUnavailableError(f"download of {self.digest} stalled or failed: {exc}") from None
+                time.sleep(min(5.0, 0.5 * 2 ** failures))
+                continue
+            if part.completed == before:
+                failures += 1  # the source closed the stream early without sending anything
+                if failures >= self.options.part_attempts:
+                    raise SourceUnavailableError(f"source keeps closing the download of {self.digest}")
+
+    def _stream_range(self, fd: int, part: _Part, start: int) -> None:
+        end = part.offset + part.length - 1
+        with self.open_range(start, end, self.options.stall_seconds) as resp:
+            if resp.status_code == 200 and start != 0:
+                raise SourceError(f"source ignored the Range request for {self.digest}")
+            for chunk in resp.iter_content(self.options.chunk_bytes):
+                if self.failed.is_set():
+                    return
+                view = memoryview(chunk)[: part.length - part.completed]
+                pos = part.offset + part.completed
+                while view:
+                    written = os.pwrite(fd, view, pos)
+                    view, pos = view[written:], pos + written
+                taken = pos - (part.offset + part.completed)
+                part.completed += taken
+                self.on_bytes(taken)
+                self.wrote.set()
+                if part.completed >= part.length:
+                    return
+
+    def _frontier(self) -> int:
+        for p in self.parts:
+            if p.completed < p.length:
+                return p.offset + p.completed
+        return self.size
+
+    def _hash_loop(self, fd: int, out: dict) -> None:
+        h = hashlib.sha256()
+        hashed = 0
+        try:
+            while hashed < self.size:
+                if self.failed.is_set():
+                    return
+                frontier = self._frontier()
+                if frontier > hashed:
+                    data = os.pread(fd, min(_HASH_STEP, frontier - hashed), hashed)
+                    h.update(data)
+                    hashed += len(data)
+                else:
+                    self.wrote.wait(0.05)
+                    self.wrote.clear()
+            out["sha256"] = h
+        except OSError as exc:
+            out["error"] = exc
+
+    def _load_or_plan(self) -> list[_Part]:
+        try:
+            state = json.loads(self.state_path.read_text())
+            if (state.get("digest") == str(self.digest) and state.get("size") == self.size
+                    and self.data_path.exists()):
+                return [_Part(int(o), int(n), int(c)) for o, n, c in state["parts"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        self.data_path.unlink(missing_ok=True)
+        return [_Part(o, n) for o, n in plan_parts(self.size, self.options.parts, self.options.min_part_bytes)]
+
+    def _save_state(self) -> None:
+        state = {"digest": str(self.digest), "size": self.size,
+                 "parts": [[p.offset, p.length, p.completed] for p in self.parts]}
+        tmp = self.state_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.state_path)

@@ -1,0 +1,77 @@
+"""Running this worker's share of a job: checks, lock, pull, final state, inventory."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+from eldric import jobstate, keys
+from eldric.queues import is_model_serving
+from registry.names import ModelName
+from worker_agent import membership
+from worker_agent.errors import JobExpiredError, NotEligibleError
+from worker_agent.progress import Progress
+from worker_agent.pulling import pull_model
+from worker_agent.runtime import Agent
+from worker_agent.sources import RegistrySource, registry_base_url
+
+LOCK_TTL = 6 * 3600  # safety net only: a restarting agent clears its own stale locks
+
+
+def own_record(agent: Agent, job_id: str) -> dict | None:
+    raw = agent.redis.hget(keys.job_workers(job_id), agent.worker_id)
+    return json.loads(raw) if raw else None
+
+
+def run_pull_job(agent: Agent, job_id: str, model: str) -> dict:
+    """Do this worker's part of pull job `job_id`; duplicates and finished work are skipped."""
+    meta = agent.redis.hgetall(keys.job(job_id))
+    if not meta:
+        return {"skipped": "job no longer exists"}
+    record = own_record(agent, job_id) or {}
+    if jobstate.is_terminal(record.get("state", "")):
+        return {"skipped": f"already {record['state']}"}
+    if not is_model_serving(agent.settings.worker_type):
+        raise NotEligibleError(f"{agent.settings.worker_type} workers do not take model work")
+    if time.time() > float(meta.get("deadline_at", "inf")):
+        raise JobExpiredError("job deadline passed before this worker could start")
+    token = uuid.uuid4().hex
+    lock = keys.job_lock(job_id, agent.worker_id)
+    if not agent.redis.set(lock, token, nx=True, ex=LOCK_TTL):
+        return {"skipped": "already running on this worker"}
+    try:
+        name = ModelName.parse(model)
+        s = agent.settings
+        source = RegistrySource(registry_base_url(name, s.ollama_registry, s.insecure_registries))
+        progress = Progress(agent.redis, job_id, agent.worker_id, min_interval=s.progress_seconds)
+        result = pull_model(name, store=agent.store, source=source, progress=progress,
+                            options=agent.download_options)
+        progress.finish(total=result.size, digest=result.digest)
+        agent.redis.srem(keys.worker_jobs(agent.worker_id), job_id)
+        refresh_inventory(agent)
+        return result.to_json()
+    finally:
+        if agent.redis.get(lock) == token:
+            agent.redis.delete(lock)
+
+
+def refresh_inventory(agent: Agent) -> list[dict]:
+    models = agent.store.list_models()
+    membership.publish_inventory(agent.redis, agent.worker_id, models)
+    return models
+
+
+def unfinished_jobs(agent: Agent) -> list[tuple[str, dict]]:
+    """This worker's assigned jobs that are not finished (to resume after a restart)."""
+    out = []
+    for job_id in agent.redis.smembers(keys.worker_jobs(agent.worker_id)):
+        meta = agent.redis.hgetall(keys.job(job_id))
+        record = own_record(agent, job_id)
+        if not meta or record is None or jobstate.is_terminal(record.get("state", "")):
+            agent.redis.srem(keys.worker_jobs(agent.worker_id), job_id)
+            continue
+        # The process that held this lock is gone: we are its restart.
+        agent.redis.delete(keys.job_lock(job_id, agent.worker_id))
+        out.append((job_id, meta))
+    return out

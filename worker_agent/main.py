@@ -1,0 +1,58 @@
+"""`eldric worker`: the agent's HTTP server, heartbeat and Celery consumer in one process."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import redis
+
+from eldric.queues import TASK_PULL, queues_for, worker_queue
+from worker_agent import celery_app, job_runner, membership, runtime
+from worker_agent.ollama_store import OllamaStore
+from worker_agent.runtime import Agent
+from worker_agent.server import create_agent_app, start_server
+from worker_agent.settings import AgentSettings
+
+log = logging.getLogger("eldric.agent")
+
+
+def run_agent(settings: AgentSettings, loglevel: str = "INFO") -> None:
+    logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client.ping()  # fail at start, with Redis's own message, not inside a task
+    store = OllamaStore(settings.models_dir)
+    store.ensure()
+    agent = Agent(settings=settings, redis=client, store=store)
+    runtime.install(agent)
+
+    server = start_server(create_agent_app(agent), settings.host, settings.http_port)
+    address = settings.advertise_url or f"http://{settings.host}:{server.server_port}"
+    info = {"id": settings.worker_id, "type": settings.worker_type, "address": address,
+            "backends": settings.backends, "free_disk": membership.free_disk(settings.data_dir),
+            "data_dir": str(settings.data_dir), "hostname": socket.gethostname()}
+    membership.register(client, info, ttl=settings.heartbeat_seconds * 3)
+    heartbeat = membership.Heartbeat(client, settings.worker_id, settings.data_dir, settings.heartbeat_seconds)
+    heartbeat.start()
+    job_runner.refresh_inventory(agent)
+
+    app = celery_app.configure(settings.redis_url)
+    for job_id, meta in job_runner.unfinished_jobs(agent):
+        log.info("resuming job %s (%s) after a restart", job_id, meta.get("model"))
+        app.send_task(TASK_PULL, args=[job_id, meta.get("model", "")], queue=worker_queue(settings.worker_id))
+
+    log.info("agent %s (%s) serving on %s, store %s", settings.worker_id, settings.worker_type, address, store.root)
+    try:
+        worker = app.Worker(
+            queues=queues_for(settings.worker_type, settings.worker_id),
+            hostname=f"{settings.worker_id}@eldric", pool="threads", concurrency=settings.concurrency,
+            loglevel=loglevel, without_gossip=True, without_mingle=True,
+        )
+        worker.start()
+    finally:
+        heartbeat.stop()
+        try:
+            membership.go_offline(client, settings.worker_id)
+        except redis.RedisError:
+            pass
+        server.shutdown()

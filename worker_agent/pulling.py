@@ -1,0 +1,56 @@
+"""Pull one model from a registry into the node's Ollama store."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from registry.names import ModelName
+from worker_agent.download import DownloadOptions, download_blob
+from worker_agent.ollama_store import OllamaStore
+from worker_agent.progress import Progress
+from worker_agent.sources import BlobSource
+
+
+@dataclass(frozen=True)
+class PullResult:
+    model: str
+    digest: str
+    size: int
+    downloaded: int
+
+    def to_json(self) -> dict:
+        return {"model": self.model, "digest": self.digest, "size": self.size, "downloaded": self.downloaded}
+
+
+def pull_model(name: ModelName, *, store: OllamaStore, source: BlobSource, progress: Progress,
+               options: DownloadOptions = DownloadOptions()) -> PullResult:
+    """Manifest, then every missing blob (verified), then the manifest file last.
+
+    The manifest is what makes a model visible to Ollama, so it is written only
+    after every blob it names is in place: a half-pulled model is never listed.
+    """
+    store.ensure()
+    progress.update(force=True, status="pulling manifest", source=source.describe())
+    raw, manifest = source.fetch_manifest(name)
+    blobs = manifest.blobs()
+    progress.start(total=manifest.total_size, source=source.describe())
+    present = [b for b in blobs if store.blobs.has(b.digest, b.size)]
+    if present:
+        progress.add_bytes(sum(b.size for b in present))
+    downloaded = 0
+    for blob in blobs:
+        if blob in present:
+            continue
+        progress.update(status=f"pulling {blob.digest.hex[:12]}", layer=str(blob.digest))
+        before = progress.record.get("completed", 0)
+        download_blob(
+            lambda start, end, timeout, d=blob.digest: source.open_range(name, d, start, end, timeout),
+            blob.digest, blob.size, store.blobs, store.partial_dir, options, on_bytes=progress.add_bytes,
+        )
+        downloaded += int(progress.record.get("completed", 0)) - int(before)
+    progress.update(force=True, status="verifying sha256 digest", layer=None)
+    progress.update(force=True, status="writing manifest")
+    store.write_manifest(name, raw)
+    return PullResult(model=name.short, digest="sha256:" + hashlib.sha256(raw).hexdigest(),
+                      size=manifest.total_size, downloaded=downloaded)

@@ -1,0 +1,42 @@
+"""The running agent's context, installed once by the entry point and read by tasks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+
+from worker_agent.download import DownloadOptions
+from worker_agent.ollama_store import OllamaStore
+from worker_agent.settings import AgentSettings
+
+
+@dataclass
+class Agent:
+    settings: AgentSettings
+    redis: redis.Redis
+    store: OllamaStore
+
+    @property
+    def worker_id(self) -> str:
+        return self.settings.worker_id
+
+    @property
+    def download_options(self) -> DownloadOptions:
+        s = self.settings
+        return DownloadOptions(parts=s.download_parts, min_part_bytes=s.min_part_bytes,
+                               stall_seconds=s.stall_seconds)
+
+
+_current: Agent | None = None
+
+
+def install(agent: Agent) -> None:
+    global _current
+    _current = agent
+
+
+def current() -> Agent:
+    if _current is None:
+        raise RuntimeError("the agent runtime is not installed (start tasks through `eldric worker`)")
+    return _current
