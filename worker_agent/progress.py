@@ -48,9 +48,8 @@ class Progress:
             self._maybe_write(False)
 
     def finish(self, **fields) -> None:
-        now = self.clock()
-        total = int(fields.get("total", self.record.get("total") or 0))
-        self.update(force=True, state=jobstate.COMPLETED, status="success", finished_at=now,
+        total = int(fields.pop("total", self.record.get("total") or 0))
+        self.update(force=True, state=jobstate.COMPLETED, status="success", finished_at=self.clock(),
                     completed=total, total=total, layer=None, error=None, **fields)
 
     def fail(self, reason: str) -> None:

@@ -19,7 +19,7 @@ class AgentSettings:
     data_dir: Path = field(metadata={"env": "ELDRIC_DATA_DIR", "help": "agent state; default ~/.eldric/<worker id>"})
     redis_url: str = field(default="redis://127.0.0.1:6379/0", metadata={"env": "ELDRIC_REDIS_URL", "help": "Redis: broker and cluster state"})
     host: str = field(default="127.0.0.1", metadata={"env": "ELDRIC_AGENT_HOST", "help": "address the agent's HTTP server binds"})
-    port: int = field(default=0, metadata={"env": "ELDRIC_AGENT_PORT", "help": "agent HTTP port; 0 = the type's default port"})
+    port: int | None = field(default=None, metadata={"env": "ELDRIC_AGENT_PORT", "help": "agent HTTP port; default the type's port; 0 picks a free one"})
     advertise_url: str = field(default="", metadata={"env": "ELDRIC_AGENT_ADVERTISE_URL", "help": "URL peers use to reach this agent; default http://host:port"})
     ollama_models_dir: Path | None = field(default=None, metadata={"env": "ELDRIC_OLLAMA_MODELS", "help": "Ollama's model store (OLLAMA_MODELS); default <data dir>/ollama/models"})
     ollama_registry: str = field(default=DEFAULT_OLLAMA_REGISTRY, metadata={"env": "ELDRIC_OLLAMA_REGISTRY", "help": "base URL serving registry.ollama.ai names (a mirror's http:// URL works)"})
@@ -68,7 +68,7 @@ class AgentSettings:
 
     @property
     def http_port(self) -> int:
-        return self.port or WORKER_PORTS[self.worker_type]
+        return WORKER_PORTS[self.worker_type] if self.port is None else self.port
 
     @property
     def models_dir(self) -> Path:
@@ -79,13 +79,13 @@ class AgentSettings:
 
 
 def _convert(name: str, kind: object, raw: str) -> object:
-    kind = str(kind)
+    kind = str(kind).replace(" | None", "")
     try:
         if "tuple" in kind:
             return tuple(item.strip() for item in raw.split(",") if item.strip())
-        if kind == "int" or kind == "<class 'int'>":
+        if kind == "int":
             return int(raw)
-        if kind == "float" or kind == "<class 'float'>":
+        if kind == "float":
             return float(raw)
         if "Path" in kind:
             return Path(raw).expanduser()
