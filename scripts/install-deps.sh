@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what Eldric needs on a Debian machine, only where missing: apt packages
+# (redis-server, docker-registry; chromium with --browser) and the Python package.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_browser=0
+[[ "${1:-}" == "--browser" ]] && want_browser=1
+
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v docker-registry >/dev/null || missing+=(docker-registry)
+command -v curl >/dev/null || missing+=(curl)
+if (( want_browser )) && ! [ -x /usr/bin/chromium ]; then missing+=(chromium); fi
+if (( ${#missing[@]} )); then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  echo "installing apt packages: ${missing[*]}"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}"
+fi
+
+PY="${PYTHON:-python3}"
+if ! "$PY" -c "import eldric, celery, flask_smorest, gguf, fakeredis, pytest_timeout" 2>/dev/null \
+   || ! command -v eldric >/dev/null; then
+  echo "installing the eldric Python package and its test dependencies"
+  "$PY" -m pip install -q -e ".[test]"
+fi
