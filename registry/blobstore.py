@@ -77,6 +77,7 @@ class BlobStore:
     def commit(self, verified_file: Path, digest: Digest) -> Path:
         """Move an already verified file into place under its digest name."""
         final = self.path(digest)
+        final.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(verified_file, 0o644)
         os.replace(verified_file, final)
         return final

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 
 import redis
 
@@ -17,10 +18,23 @@ from worker_agent.settings import AgentSettings
 log = logging.getLogger("eldric.agent")
 
 
+def wait_for_redis(client: redis.Redis, url: str, timeout: float = 30.0) -> None:
+    """Redis may start a moment after us (Procfile, systemd); give up with its own message."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.ping()
+            return
+        except redis.ConnectionError as exc:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"eldric worker: Redis at {url} unreachable: {exc}") from None
+            time.sleep(0.5)
+
+
 def run_agent(settings: AgentSettings, loglevel: str = "INFO") -> None:
     logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    client.ping()  # fail at start, with Redis's own message, not inside a task
+    wait_for_redis(client, settings.redis_url)
     store = OllamaStore(settings.models_dir)
     store.ensure()
     agent = Agent(settings=settings, redis=client, store=store)

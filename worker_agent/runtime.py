@@ -24,7 +24,7 @@ class Agent:
     @property
     def download_options(self) -> DownloadOptions:
         s = self.settings
-        return DownloadOptions(parts=s.download_parts, min_part_bytes=s.min_part_bytes,
+        return DownloadOptions(parts=s.download_parts, part_bytes=s.part_bytes,
                                stall_seconds=s.stall_seconds)
 
 

@@ -28,8 +28,8 @@ class AgentSettings:
     backends: tuple[str, ...] = field(default=("ollama",), metadata={"env": "ELDRIC_BACKENDS", "help": "comma list of backends this node serves"})
     heartbeat_seconds: float = field(default=5.0, metadata={"env": "ELDRIC_HEARTBEAT_SECONDS", "help": "heartbeat period; offline after 3 missed"})
     concurrency: int = field(default=4, metadata={"env": "ELDRIC_AGENT_CONCURRENCY", "help": "tasks run at once (threads)"})
-    download_parts: int = field(default=8, metadata={"env": "ELDRIC_DOWNLOAD_PARTS", "help": "parallel HTTP range parts per blob"})
-    min_part_bytes: int = field(default=64 << 20, metadata={"env": "ELDRIC_MIN_PART_BYTES", "help": "smallest range part; small blobs use fewer parts"})
+    download_parts: int = field(default=4, metadata={"env": "ELDRIC_DOWNLOAD_PARTS", "help": "parallel HTTP range connections per blob"})
+    part_bytes: int = field(default=32 << 20, metadata={"env": "ELDRIC_PART_BYTES", "help": "size of each HTTP range request (the unit of resume)"})
     stall_seconds: float = field(default=30.0, metadata={"env": "ELDRIC_STALL_SECONDS", "help": "a part that receives nothing this long is retried"})
     pull_retries: int = field(default=5, metadata={"env": "ELDRIC_PULL_RETRIES", "help": "task retries for an unreachable source"})
     retry_base_seconds: float = field(default=2.0, metadata={"env": "ELDRIC_RETRY_BASE_SECONDS", "help": "first retry delay; doubles each time"})
@@ -61,7 +61,7 @@ class AgentSettings:
             raise SettingsError(f"invalid worker type {self.worker_type!r}: one of {', '.join(WORKER_PORTS)}")
         if not self.ollama_registry.startswith(("http://", "https://")):
             raise SettingsError(f"ELDRIC_OLLAMA_REGISTRY must be an http(s) URL, got {self.ollama_registry!r}")
-        for name in ("concurrency", "download_parts", "min_part_bytes", "pull_retries"):
+        for name in ("concurrency", "download_parts", "part_bytes", "pull_retries"):
             if getattr(self, name) < (0 if name == "pull_retries" else 1):
                 raise SettingsError(f"{name} must be positive")
         return self

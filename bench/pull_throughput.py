@@ -1,0 +1,82 @@
+"""Pull a 1 GiB model from a local registry to one worker; compare with curl on the same blob.
+
+Prints our throughput as a ratio to `curl -o FILE` measured in the same run, on
+the same disk (target >= 0.8). Run: python bench/pull_throughput.py [--size-mib 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.support.gguf_models import write_gguf_of_size  # noqa: E402
+from tests.support.oci_registry import OCIRegistry, push_ollama_model  # noqa: E402
+from tests.support.processes import RedisServer, Service, eldric, free_port, session, wait_until  # noqa: E402
+
+
+def curl_seconds(url: str, dest: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run(["curl", "-sSf", "-o", str(dest), url], check=True)
+    elapsed = time.perf_counter() - start
+    dest.unlink()
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="eldric-bench-"))
+    services: list[Service] = []
+    try:
+        redis_server = RedisServer(root).start()
+        services.append(redis_server)
+        with OCIRegistry(root / "oci") as oci:
+            gguf = write_gguf_of_size(root / "model.gguf", args.size_mib << 20, name="bench")
+            pushed = push_ollama_model(oci.url, "library/bench", "latest", gguf_path=gguf)
+            gguf.unlink()
+            digest = pushed["layers"]["application/vnd.ollama.image.model"]
+            blob_url = f"{oci.url}/v2/library/bench/blobs/{digest}"
+            env = {"ELDRIC_REDIS_URL": redis_server.url, "ELDRIC_OLLAMA_REGISTRY": oci.url}
+            port = free_port()
+            services.append(Service("controller", eldric("controller", "--port", str(port)), root, env=env).start())
+            http = session()
+            api = f"http://127.0.0.1:{port}/api/v1"
+            wait_until(lambda: http.get(f"{api}/workers", timeout=2).ok, message="controller")
+            print(f"blob: {pushed['manifest']['layers'][0]['size'] / 2**20:.0f} MiB", flush=True)
+            curl_times, our_times = [], []
+            for r in range(args.rounds):
+                curl_times.append(curl_seconds(blob_url, root / "curl.out"))
+                name = f"bench-{r}"
+                services.append(Service(name, eldric("worker", "--type", "inference", "--name", name, "--port", "0",
+                                                     "--data-dir", str(root / name)), root, env=env).start())
+                wait_until(lambda: any(w["id"] == name and w["online"] for w in http.get(f"{api}/workers").json()["workers"]),
+                           timeout=30, message=name)
+                job = http.post(f"{api}/models/pull", json={"model": "bench", "workers": [name]}).json()
+                final = wait_until(lambda: (j := http.get(f"{api}/models/pull-jobs/{job['id']}").json())["state"]
+                                   in ("completed", "failed") and j, timeout=600, interval=0.05, message="pull")
+                w = final["workers"][0]
+                assert w["state"] == "completed", w
+                our_times.append(w["finished_at"] - w["started_at"])
+                shutil.rmtree(root / name, ignore_errors=True)
+            size = pushed["manifest"]["layers"][0]["size"] + sum(l["size"] for l in pushed["manifest"]["layers"][1:])
+            best_curl, best_ours = min(curl_times), min(our_times)
+            print(f"curl -o file : {size / best_curl / 1e6:8.1f} MB/s  ({best_curl:.2f} s; runs {', '.join(f'{t:.2f}' for t in curl_times)})")
+            print(f"eldric pull  : {size / best_ours / 1e6:8.1f} MB/s  ({best_ours:.2f} s; runs {', '.join(f'{t:.2f}' for t in our_times)})")
+            print(f"ratio eldric/curl throughput: {best_curl / best_ours:.2f}  (target >= 0.8)")
+    finally:
+        for svc in reversed(services):
+            svc.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

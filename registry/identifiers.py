@@ -1,0 +1,71 @@
+"""The strings clients name things with: model names, versions and file paths inside a model.
+
+Grammar::
+
+    model name := part ["/" part]          e.g. "llama-3-8b" or "acme/llama-3-8b"
+    version    := part                     e.g. "v3", "2024-06-01", "q4_k_m"
+    part       := [A-Za-z0-9_] [A-Za-z0-9_.-]{0,79}
+    file path  := segment ("/" segment)*   at most 16 segments, 512 characters
+    segment    := 1-255 characters, none of "/", "\\", ":", NUL or control
+                  characters; not "." nor ".."
+
+A valid file path is therefore always a safe relative path: `../`, absolute paths,
+NUL and backslashes are rejected before anything touches disk.
+"""
+
+from __future__ import annotations
+
+import re
+
+from registry.model_errors import BadRequestError, InvalidPathError
+
+MAX_PATH_LENGTH = 512
+MAX_PATH_DEPTH = 16
+MAX_SEGMENT_LENGTH = 255
+
+_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}$")
+_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\\:]")
+
+
+def validate_file_path(raw: object, field: str = "path") -> str:
+    """Return `raw` if it is a safe relative file path; raise InvalidPathError naming the problem."""
+    if not isinstance(raw, str) or raw == "":
+        raise InvalidPathError("file path is empty", field)
+    if "\x00" in raw:
+        raise InvalidPathError("file path contains NUL", field)
+    if "\\" in raw:
+        raise InvalidPathError(f"file path {raw!r} contains a backslash; use '/'", field)
+    if raw.startswith("/"):
+        raise InvalidPathError(f"file path {raw!r} is absolute; give a path relative to the model", field)
+    if len(raw) > MAX_PATH_LENGTH:
+        raise InvalidPathError(f"file path longer than {MAX_PATH_LENGTH} characters", field)
+    segments = raw.split("/")
+    if len(segments) > MAX_PATH_DEPTH:
+        raise InvalidPathError(f"file path {raw!r} is deeper than {MAX_PATH_DEPTH} directories", field)
+    for seg in segments:
+        if seg in ("", ".", ".."):
+            raise InvalidPathError(f"file path {raw!r} has an empty, '.' or '..' segment", field)
+        if len(seg) > MAX_SEGMENT_LENGTH:
+            raise InvalidPathError(f"file path {raw!r} has a segment longer than {MAX_SEGMENT_LENGTH}", field)
+        if _FORBIDDEN.search(seg):
+            raise InvalidPathError(f"file path {raw!r} contains a control character or ':'", field)
+    return raw
+
+
+def validate_model_name(raw: object, field: str = "name") -> str:
+    if not isinstance(raw, str) or not raw:
+        raise BadRequestError("model name is empty", field)
+    if "\x00" in raw or "\\" in raw or raw.startswith("/") or ".." in raw:
+        raise InvalidPathError(f"model name {raw!r} contains NUL, '\\', '..' or a leading '/'", field)
+    parts = raw.split("/")
+    if len(parts) > 2 or not all(_PART.match(p) for p in parts):
+        raise BadRequestError(f"model name {raw!r} must be 'model' or 'namespace/model', each part "
+                              "[A-Za-z0-9_][A-Za-z0-9_.-]* and at most 80 characters", field)
+    return raw
+
+
+def validate_version(raw: object, field: str = "version") -> str:
+    if not isinstance(raw, str) or not _PART.match(raw) or ".." in raw:
+        raise BadRequestError(f"version {raw!r} must match [A-Za-z0-9_][A-Za-z0-9_.-]* (at most 80 characters)",
+                              field)
+    return raw
