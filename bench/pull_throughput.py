@@ -32,7 +32,8 @@ def curl_seconds(url: str, dest: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--parts", type=int, default=None, help="ELDRIC_DOWNLOAD_PARTS for the worker")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="eldric-bench-"))
     services: list[Service] = []
@@ -46,6 +47,8 @@ def main() -> None:
             digest = pushed["layers"]["application/vnd.ollama.image.model"]
             blob_url = f"{oci.url}/v2/library/bench/blobs/{digest}"
             env = {"ELDRIC_REDIS_URL": redis_server.url, "ELDRIC_OLLAMA_REGISTRY": oci.url}
+            if args.parts:
+                env["ELDRIC_DOWNLOAD_PARTS"] = str(args.parts)
             port = free_port()
             services.append(Service("controller", eldric("controller", "--port", str(port)), root, env=env).start())
             http = session()

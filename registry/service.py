@@ -115,17 +115,25 @@ class RegistryService:
 
     # -- drafts and files ------------------------------------------------------------------------
 
-    def create_draft(self, *, name: str, version: str | None = None, fmt: str | None = None,
-                     source: str = "upload", description: str | None = None, lineage: dict | None = None,
-                     origin: dict | None = None) -> dict:
-        name = validate_model_name(name)
+    def check_draft(self, *, name: str, version: str | None = None, fmt: str | None = None,
+                    source: str = "upload", lineage: dict | None = None) -> dict | None:
+        """Validate a new model's fields (400) and its version's availability (409); return clean lineage."""
+        validate_model_name(name)
         if version is not None:
             validate_version(version)
+            with self.catalog.transaction() as tx:
+                if tx.version_taken(name, version):
+                    raise ConflictError(f"model {name}:{version} already exists", "version")
         if fmt is not None and fmt not in FORMATS:
             raise BadRequestError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}", "format")
         if source not in SOURCES:
             raise BadRequestError(f"unknown source {source!r}; one of {', '.join(SOURCES)}", "source")
-        lineage = views.clean_lineage(lineage, required=source == "training")
+        return views.clean_lineage(lineage, required=source == "training")
+
+    def create_draft(self, *, name: str, version: str | None = None, fmt: str | None = None,
+                     source: str = "upload", description: str | None = None, lineage: dict | None = None,
+                     origin: dict | None = None) -> dict:
+        lineage = self.check_draft(name=name, version=version, fmt=fmt, source=source, lineage=lineage)
         now = self.clock()
         record = {"id": uuid.uuid4().hex, "name": name, "requested_version": version, "state": DRAFT,
                   "format": fmt, "source": source, "description": description, "lineage": lineage,
@@ -143,7 +151,7 @@ class RegistryService:
             raise ConflictError(f"model {model_id} is committed; its files cannot change", "id")
         return model
 
-    def _check_limits(self, model_id: str, path: str, size: int) -> None:
+    def _check_limits(self, model_id: str, path: str, size: int, *, disk: bool = True) -> None:
         if size > self.max_file_bytes:
             raise TooLargeError(f"{path}: {size} bytes is over the file size limit of {self.max_file_bytes}", "size")
         model = self._model(model_id)
@@ -151,7 +159,7 @@ class RegistryService:
         if others + size > self.max_model_bytes:
             raise TooLargeError(f"the model would have {others + size} bytes, over the model size limit of "
                                 f"{self.max_model_bytes}", "size")
-        if shutil.disk_usage(self.root).free - size < self.min_free_bytes:
+        if disk and shutil.disk_usage(self.root).free - size < self.min_free_bytes:
             raise InsufficientStorageError(f"not enough free space on the registry storage for {size} bytes")
 
     def put_file(self, model_id: str, path: str, stream: BinaryIO, *, digest: str | None = None,
@@ -183,7 +191,7 @@ class RegistryService:
         """Move an already hashed local file (same filesystem) into the draft as `path`."""
         path = validate_file_path(path)
         self._require_draft(self.catalog.model(model_id), model_id)
-        self._check_limits(model_id, path, size)
+        self._check_limits(model_id, path, size, disk=False)  # the bytes are on this disk already
         return self._attach(model_id, path, file, digest, size)
 
     def _attach(self, model_id: str, path: str, tmp: Path | None, digest: Digest, size: int) -> dict:
@@ -254,7 +262,7 @@ class RegistryService:
         if expected is not None and actual != expected:
             raise DigestMismatchError(f"{record['path']}: digest mismatch: expected {expected}, got {actual}")
         try:
-            self._check_limits(record["model_id"], record["path"], size)
+            self._check_limits(record["model_id"], record["path"], size, disk=False)
             result = self._attach(record["model_id"], record["path"], data, actual, size)
         except (InvalidFormatError, TooLargeError, NotFoundError, ConflictError):
             self.cancel_upload(upload_id)  # these bytes can never become part of the model

@@ -46,8 +46,8 @@ def copy_stream(src: BinaryIO, dst: BinaryIO, hasher: "hashlib._Hash", *, limit:
     while True:
         try:
             chunk = src.read(CHUNK)
-        except ClientDisconnected:
-            raise ClientGoneError("the client disconnected before sending the whole body") from None
+        except (ClientDisconnected, OSError) as exc:  # OSError: the socket timed out or reset
+            raise ClientGoneError(f"the client stopped sending before the whole body arrived ({exc})") from None
         if head_check is not None:
             head += chunk[:HEAD_BYTES - len(head)]
             if not chunk or len(head) >= HEAD_BYTES:

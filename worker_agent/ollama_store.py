@@ -38,9 +38,10 @@ class OllamaStore:
         fd, tmp = tempfile.mkstemp(prefix=".incoming-", dir=final.parent)
         try:
             with os.fdopen(fd, "wb") as f:
+                # No fsync, as Ollama: on ext4 it would force the whole just-written
+                # blob to disk first (seconds for large models). A process crash
+                # still never exposes a manifest before its verified blobs.
                 f.write(raw)
-                f.flush()
-                os.fsync(f.fileno())
             os.chmod(tmp, 0o644)
             os.replace(tmp, final)
         finally:

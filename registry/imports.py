@@ -1,0 +1,219 @@
+"""Import a model from URLs: an asynchronous job with progress, resumable, committed like an upload.
+
+`POST /imports` names the files (each a URL and its path in the model); a small
+pool of threads downloads them into `imports/<job id>/` (urlfetch: Range resume,
+retries), moves each into a draft model, then commits it, so a failed import
+never shows up in the model list. Progress goes to the local `imports` table
+(GET /imports/<id>) and, when the job came from the controller, to the job's
+Redis record (jobprogress), so it shows in /api/v1/models/pull-jobs like a pull.
+
+Tokens are kept in memory only: after a restart, imports that need one fail
+with a message saying so; token-less ones resume where their files stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import shutil
+import threading
+import time
+import uuid
+from posixpath import basename
+from typing import Callable
+from urllib.parse import unquote, urlsplit
+
+import redis
+import requests
+
+from eldric import jobstate
+from registry.digests import Digest
+from registry.identifiers import validate_file_path
+from registry.jobprogress import JobProgress
+from registry.model_errors import (BadRequestError, ConflictError, ModelRegistryError, NotFoundError,
+                                   UnavailableError)
+from registry.service import RegistryService
+from registry.urlfetch import FetchOptions, Partial, fetch, redact, source_kind
+from registry.views import iso_time
+
+log = logging.getLogger(__name__)
+
+MAX_FILES = 1000
+_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def parse_request(body: dict) -> tuple[dict, str | None]:
+    """(spec kept on disk, token kept in memory) of an import request; raise BadRequestError."""
+    files = body.get("files") or ([{"url": body["url"], "path": body.get("path"), "digest": body.get("digest")}]
+                                  if body.get("url") else [])
+    if not files or len(files) > MAX_FILES:
+        raise BadRequestError(f"give `url` or `files` (1 to {MAX_FILES} entries of url, path, digest)", "files")
+    clean, seen = [], set()
+    for entry in files:
+        url = entry.get("url") or ""
+        if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
+            raise BadRequestError(f"not an http(s) URL: {redact(url)!r}", "url")
+        path = validate_file_path(entry.get("path") or unquote(basename(urlsplit(url).path)), "path")
+        if path in seen:
+            raise BadRequestError(f"two files have the path {path!r}", "path")
+        seen.add(path)
+        digest = entry.get("digest")
+        clean.append({"url": url, "path": path, "digest": str(Digest.parse(digest)) if digest else None})
+    spec = {"name": body.get("name"), "version": body.get("version"), "format": body.get("format"),
+            "description": body.get("description"), "files": clean, "has_token": bool(body.get("token")),
+            "source": source_kind(clean[0]["url"])}
+    return spec, body.get("token") or None
+
+
+def import_view(record: dict) -> dict:
+    spec = record["spec"]
+    return {"id": record["id"], "state": record["state"], "status": record["status"], "error": record["error"],
+            "completed": record["completed"], "total": record["total"],
+            "percent": jobstate.percent(record["completed"], record["total"]),
+            "model_id": record["model_id"], "draft_id": record["draft_id"], "name": spec["name"],
+            "version": spec["version"], "source": spec["source"],
+            "files": [{"url": redact(f["url"]), "path": f["path"]} for f in spec["files"]],
+            "created_at": iso_time(record["created_at"]), "updated_at": iso_time(record["updated_at"])}
+
+
+class Importer:
+    def __init__(self, service: RegistryService, *, redis_client: redis.Redis | None = None, workers: int = 2,
+                 fetch_options: FetchOptions | None = None,
+                 session_factory: Callable[[], requests.Session] = requests.Session) -> None:
+        self.service, self.redis = service, redis_client
+        self.options = fetch_options or FetchOptions(max_bytes=service.max_file_bytes)
+        self.session_factory = session_factory
+        self.dir = service.root / "imports"
+        self._tokens: dict[str, str] = {}
+        self._queue: queue.Queue[str] = queue.Queue()
+        self._threads = [threading.Thread(target=self._work, name=f"import-{i}", daemon=True) for i in range(workers)]
+
+    def start(self) -> "Importer":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def submit(self, body: dict) -> dict:
+        spec, token = parse_request(body)
+        # Fail on a bad name/version/format now, not minutes later in the job.
+        self.service.check_draft(name=spec["name"], version=spec["version"], fmt=spec["format"], source="import")
+        job_id = body.get("job_id") or uuid.uuid4().hex
+        if not _JOB_ID.match(job_id):
+            raise BadRequestError("job_id must be 1-64 characters of [A-Za-z0-9_-]", "job_id")
+        if body.get("job_id") and self.redis is None:
+            raise UnavailableError("this registry has no Redis URL (--redis-url), so it cannot report job progress")
+        existing = self.service.catalog.import_record(job_id)
+        if existing is not None:
+            return import_view(existing)  # a retried request: the job is already there
+        now = time.time()
+        record = {"id": job_id, "spec": spec, "state": jobstate.JOB_PENDING, "status": "queued",
+                  "completed": 0, "total": 0, "created_at": now, "updated_at": now}
+        with self.service.catalog.transaction() as tx:
+            tx.save_import(record)
+        if token:
+            self._tokens[job_id] = token
+        self._queue.put(job_id)
+        return self.status(job_id)
+
+    def status(self, job_id: str) -> dict:
+        record = self.service.catalog.import_record(job_id)
+        if record is None:
+            raise NotFoundError(f"no import {job_id!r}", "id")
+        return import_view(record)
+
+    def resume_unfinished(self) -> int:
+        """Queue the imports a previous run of the registry left unfinished."""
+        unfinished = self.service.catalog.unfinished_imports()
+        for record in unfinished:
+            self._queue.put(record["id"])
+        return len(unfinished)
+
+    def _work(self) -> None:
+        while True:
+            job_id = self._queue.get()
+            try:
+                self._run(job_id)
+            except Exception:  # noqa: BLE001 - one broken job must not stop the worker thread
+                log.exception("import %s crashed", job_id)
+
+    def _progress(self, job_id: str) -> JobProgress:
+        def save(record: dict) -> None:
+            with self.service.catalog.transaction() as tx:
+                tx.update_import(job_id, status=record["status"], completed=int(record["completed"] or 0),
+                                 total=int(record["total"] or 0), updated_at=time.time())
+        return JobProgress(self.redis, job_id, on_write=save)
+
+    def _run(self, job_id: str) -> None:
+        record = self.service.catalog.import_record(job_id)
+        spec = record["spec"]
+        progress = self._progress(job_id)
+        token = self._tokens.get(job_id)
+        try:
+            if spec["has_token"] and token is None:
+                raise ConflictError("the registry restarted during this import and keeps no tokens on disk; "
+                                         "start the import again")
+            draft_id = record["draft_id"] or self._new_draft(job_id, spec)
+            self._set(job_id, state=jobstate.JOB_RUNNING, draft_id=draft_id)
+            progress.start(spec["source"])
+            model = self.service.get_model(draft_id)
+            if model["state"] != "ready":  # else: committed just before a restart
+                self._download_all(job_id, spec, draft_id, token, progress)
+                progress.update(force=True, status="checking and committing the model")
+                model = self.service.commit(draft_id)
+            self._set(job_id, state=jobstate.JOB_COMPLETED, model_id=model["id"], error=None)
+            progress.finish(f"imported as {model['reference']} ({model['id']})")
+        except Exception as exc:  # noqa: BLE001 - every failure ends the job with its reason
+            reason = str(exc) if isinstance(exc, ModelRegistryError) else f"internal error: {exc}"
+            if not isinstance(exc, ModelRegistryError):
+                log.exception("import %s failed", job_id)
+            self._abandon(job_id)
+            self._set(job_id, state=jobstate.JOB_FAILED, error=reason)
+            progress.fail(reason)
+        finally:
+            self._tokens.pop(job_id, None)
+            shutil.rmtree(self.dir / job_id, ignore_errors=True)
+
+    def _new_draft(self, job_id: str, spec: dict) -> str:
+        origin = {"job_id": job_id, "source": spec["source"], "urls": [redact(f["url"]) for f in spec["files"]]}
+        draft = self.service.create_draft(name=spec["name"], version=spec["version"], fmt=spec["format"],
+                                          source="import", description=spec["description"], origin=origin)
+        return draft["id"]
+
+    def _download_all(self, job_id: str, spec: dict, draft_id: str, token: str | None,
+                      progress: JobProgress) -> None:
+        done_bytes = 0
+        have = {f["path"]: f for f in self.service.get_model(draft_id)["files"]}
+        headers = {"User-Agent": "eldric-registry"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        session = self.session_factory()
+        session.trust_env = False
+        for index, entry in enumerate(spec["files"]):
+            label = f"{entry['path']} ({index + 1}/{len(spec['files'])})"
+            if entry["path"] in have and entry["digest"] in (None, have[entry["path"]]["sha256"]):
+                done_bytes += have[entry["path"]]["size"]  # fetched before a restart
+                continue
+
+            def on_bytes(size: int, total: int | None, base: int = done_bytes, label: str = label) -> None:
+                progress.update(status=f"downloading {label}", layer=label, completed=base + size,
+                                total=base + max(size, total or 0))
+            partial = Partial.open(self.dir / job_id / f"{index}.part")
+            digest, size = fetch(session, entry["url"], partial, headers=headers, options=self.options,
+                                 on_bytes=on_bytes)
+            if entry["digest"] and str(digest) != entry["digest"]:
+                raise BadRequestError(f"{entry['path']}: downloaded bytes have {digest}, expected {entry['digest']}")
+            self.service.add_local_file(draft_id, entry["path"], partial.path, digest, size)
+            done_bytes += size
+
+    def _abandon(self, job_id: str) -> None:
+        record = self.service.catalog.import_record(job_id)
+        if record and record["draft_id"]:
+            try:
+                self.service.delete_model(record["draft_id"])
+            except NotFoundError:
+                pass
+
+    def _set(self, job_id: str, **fields: object) -> None:
+        with self.service.catalog.transaction() as tx:
+            tx.update_import(job_id, updated_at=time.time(), **fields)
