@@ -32,8 +32,8 @@ def create_app(overrides: dict | None = None) -> Flask:
 
     api = Api(app)
     api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
-    from controller.api import pull_jobs, workers
-    for module in (pull_jobs, workers):
+    from controller.api import model_registry, models, pull_jobs, workers
+    for module in (pull_jobs, models, workers, model_registry):
         api.register_blueprint(module.blp)
     register_error_handlers(app)
     _register_domain_errors(app)

@@ -4,6 +4,8 @@ from celery import Celery
 from flask import current_app
 import redis
 
+from controller.pulls import JobLimits
+
 
 def redis_client() -> redis.Redis:
     return current_app.extensions["eldric.redis"]
@@ -15,3 +17,10 @@ def producer() -> Celery:
 
 def stale_after() -> float:
     return float(current_app.config["STALE_WORKER_SECONDS"])
+
+
+def job_limits(deadline_seconds: float | None = None) -> JobLimits:
+    cfg = current_app.config
+    return JobLimits(deadline_seconds=deadline_seconds or cfg["JOB_DEADLINE_SECONDS"],
+                     retention_seconds=cfg["JOB_RETENTION_SECONDS"], keep_max=cfg["JOB_HISTORY_MAX"],
+                     forget_after=cfg["WORKER_FORGET_SECONDS"])

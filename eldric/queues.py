@@ -28,6 +28,8 @@ TASK_PULL = "models.pull"
 TASK_DISTRIBUTE = "models.distribute"
 TASK_DELETE = "models.delete"
 TASK_INVENTORY_SYNC = "inventory.sync"
+# The task that carries out each kind of per-worker job (used to resume after a restart).
+TASK_FOR_JOB_KIND = {"pull": TASK_PULL, "distribute": TASK_DISTRIBUTE, "delete": TASK_DELETE}
 
 _WORKER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from typing import Callable
 
 from eldric import jobstate, keys
 from eldric.queues import is_model_serving
@@ -26,6 +27,32 @@ def own_record(agent: Agent, job_id: str) -> dict | None:
 
 def run_pull_job(agent: Agent, job_id: str, model: str) -> dict:
     """Do this worker's part of pull job `job_id`; duplicates and finished work are skipped."""
+    def pull(progress: Progress) -> dict:
+        name = ModelName.parse(model)
+        s = agent.settings
+        source = RegistrySource(registry_base_url(name, s.ollama_registry, s.insecure_registries))
+        result = pull_model(name, store=agent.store, source=source, progress=progress,
+                            options=agent.download_options)
+        progress.finish(total=result.size, digest=result.digest)
+        return result.to_json()
+    return _run_job(agent, job_id, pull)
+
+
+def run_delete_job(agent: Agent, job_id: str, model: str) -> dict:
+    """Remove the model from this node's store; blobs other models use stay."""
+    def delete(progress: Progress) -> dict:
+        name = ModelName.parse(model)
+        progress.update(force=True, state=jobstate.PULLING, status=f"deleting {name.short}")
+        if not agent.store.has_model(name) and agent.store.read_manifest(name) is None:
+            progress.finish(total=0, status="not present")
+            return {"model": name.short, "deleted": False}
+        removed = agent.store.delete_model(name)
+        progress.finish(total=0, status="deleted")
+        return {"model": name.short, "deleted": True, "blobs_removed": len(removed)}
+    return _run_job(agent, job_id, delete)
+
+
+def _run_job(agent: Agent, job_id: str, work: Callable[[Progress], dict]) -> dict:
     meta = agent.redis.hgetall(keys.job(job_id))
     if not meta:
         return {"skipped": "job no longer exists"}
@@ -41,16 +68,11 @@ def run_pull_job(agent: Agent, job_id: str, model: str) -> dict:
     if not agent.redis.set(lock, token, nx=True, ex=LOCK_TTL):
         return {"skipped": "already running on this worker"}
     try:
-        name = ModelName.parse(model)
-        s = agent.settings
-        source = RegistrySource(registry_base_url(name, s.ollama_registry, s.insecure_registries))
-        progress = Progress(agent.redis, job_id, agent.worker_id, min_interval=s.progress_seconds)
-        result = pull_model(name, store=agent.store, source=source, progress=progress,
-                            options=agent.download_options)
-        progress.finish(total=result.size, digest=result.digest)
+        progress = Progress(agent.redis, job_id, agent.worker_id, min_interval=agent.settings.progress_seconds)
+        result = work(progress)
         agent.redis.srem(keys.worker_jobs(agent.worker_id), job_id)
         refresh_inventory(agent)
-        return result.to_json()
+        return result
     finally:
         if agent.redis.get(lock) == token:
             agent.redis.delete(lock)

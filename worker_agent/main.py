@@ -8,7 +8,7 @@ import time
 
 import redis
 
-from eldric.queues import TASK_PULL, queues_for, worker_queue
+from eldric.queues import TASK_FOR_JOB_KIND, TASK_PULL, queues_for, worker_queue
 from worker_agent import celery_app, job_runner, membership, runtime
 from worker_agent.ollama_store import OllamaStore
 from worker_agent.runtime import Agent
@@ -53,7 +53,8 @@ def run_agent(settings: AgentSettings, loglevel: str = "INFO") -> None:
     app = celery_app.configure(settings.redis_url)
     for job_id, meta in job_runner.unfinished_jobs(agent):
         log.info("resuming job %s (%s) after a restart", job_id, meta.get("model"))
-        app.send_task(TASK_PULL, args=[job_id, meta.get("model", "")], queue=worker_queue(settings.worker_id))
+        task = TASK_FOR_JOB_KIND.get(meta.get("kind", "pull"), TASK_PULL)
+        app.send_task(task, args=[job_id, meta.get("model", "")], queue=worker_queue(settings.worker_id))
 
     log.info("agent %s (%s) serving on %s, store %s", settings.worker_id, settings.worker_type, address, store.root)
     try:

@@ -8,6 +8,7 @@ pulled with no second download. Our partial downloads live in `.eldric-partial/`
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -78,13 +79,65 @@ class OllamaStore:
                 continue  # not ours to judge; a hand-made file we cannot read is skipped
             if not all(self.blobs.has(b.digest, b.size) for b in manifest.blobs()):
                 continue
+            details = self.details(manifest)
             out.append({
                 "name": name.short,
                 "full_name": str(name),
                 "digest": "sha256:" + hashlib.sha256(raw).hexdigest(),
                 "size": manifest.total_size,
                 "modified_at": path.stat().st_mtime,
-                "format": "gguf",
+                "format": details.get("format") or "gguf",
                 "backend": "ollama",
+                "details": details,
             })
         return out
+
+    def details(self, manifest: Manifest) -> dict:
+        """Ollama's `details` from the config blob (model_format, model_family, model_type, file_type)."""
+        try:
+            config = json.loads(self.blobs.path(manifest.config.digest).read_bytes()[: 1 << 20])
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(config, dict):
+            return {}
+        family = config.get("model_family") or ""
+        return {"format": config.get("model_format") or "gguf", "family": family,
+                "families": config.get("model_families") or ([family] if family else None),
+                "parameter_size": config.get("model_type") or "", "quantization_level": config.get("file_type") or "",
+                "parent_model": ""}
+
+    def layer_text(self, manifest: Manifest, media_type: str, limit: int = 1 << 20) -> str | None:
+        layer = manifest.layer_of(media_type)
+        if layer is None:
+            return None
+        with open(self.blobs.path(layer.digest), "rb") as f:
+            return f.read(limit).decode("utf-8", errors="replace")
+
+    def delete_model(self, name: ModelName) -> list[str]:
+        """Remove the manifest, then every blob no remaining manifest references; return removed digests."""
+        path = self.manifest_path(name)
+        try:
+            manifest = Manifest.parse(path.read_bytes())
+        except FileNotFoundError:
+            return []
+        path.unlink()
+        for parent in list(path.parents)[:3]:  # tidy empty model/namespace/host directories
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+        still_used = self.referenced_digests()
+        removed = []
+        for blob in manifest.blobs():
+            if blob.digest.hex not in still_used and self.blobs.delete(blob.digest):
+                removed.append(str(blob.digest))
+        return removed
+
+    def referenced_digests(self) -> set[str]:
+        used: set[str] = set()
+        for path in self.manifests_dir.glob("*/*/*/*"):
+            try:
+                used.update(b.digest.hex for b in Manifest.parse(path.read_bytes()).blobs())
+            except (OSError, ValueError):
+                continue
+        return used

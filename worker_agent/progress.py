@@ -49,8 +49,8 @@ class Progress:
 
     def finish(self, **fields) -> None:
         total = int(fields.pop("total", self.record.get("total") or 0))
-        self.update(force=True, state=jobstate.COMPLETED, status="success", finished_at=self.clock(),
-                    completed=total, total=total, layer=None, error=None, **fields)
+        final = {"status": "success", "finished_at": self.clock(), "layer": None, "error": None, **fields}
+        self.update(force=True, state=jobstate.COMPLETED, completed=total, total=total, **final)
 
     def fail(self, reason: str) -> None:
         self.update(force=True, state=jobstate.FAILED, status=reason, error=reason,

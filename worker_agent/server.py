@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hmac
 import threading
 
 import redis
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from registry.errors import InvalidNameError
+from registry.names import ModelName
+from worker_agent.model_info import show_model
 from worker_agent.runtime import Agent
 
 
@@ -29,6 +33,28 @@ def create_agent_app(agent: Agent) -> Flask:
     @app.get("/api/inventory")
     def inventory():
         return jsonify(worker=agent.worker_id, models=agent.store.list_models())
+
+    @app.before_request
+    def require_cluster_secret():
+        """Everything but health checks is for this cluster's controller and agents only."""
+        secret = agent.settings.cluster_secret
+        if not secret or request.path in ("/healthz", "/readyz"):
+            return None
+        sent = request.headers.get("Authorization", "")
+        if sent.startswith("Bearer ") and hmac.compare_digest(sent[7:].encode(), secret.encode()):
+            return None
+        return jsonify(code=401, status="Unauthorized", message="cluster secret required"), 401
+
+    @app.get("/api/show")
+    def show():
+        try:
+            name = ModelName.parse(request.args.get("model", ""))
+        except InvalidNameError as exc:
+            return jsonify(code=400, status="Bad Request", message=str(exc)), 400
+        found = show_model(agent.store, name)
+        if found is None:
+            return jsonify(code=404, status="Not Found", message=f"model '{name.short}' not found"), 404
+        return jsonify(found)
 
     @app.errorhandler(404)
     def not_found(_):

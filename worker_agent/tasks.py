@@ -7,7 +7,7 @@ import logging
 from celery import Task
 
 from eldric import keys
-from eldric.queues import TASK_INVENTORY_SYNC, TASK_PULL
+from eldric.queues import TASK_DELETE, TASK_INVENTORY_SYNC, TASK_PULL
 from worker_agent import job_runner, runtime
 from worker_agent.celery_app import app
 from worker_agent.errors import AgentError, SourceUnavailableError
@@ -49,6 +49,11 @@ def pull(self: JobTask, job_id: str, model: str) -> dict:
     except SourceUnavailableError as exc:
         raise self.retry(exc=exc, countdown=agent.settings.retry_delay(self.request.retries),
                          max_retries=agent.settings.pull_retries)
+
+
+@app.task(name=TASK_DELETE, bind=True, base=JobTask)
+def delete(self: JobTask, job_id: str, model: str) -> dict:
+    return job_runner.run_delete_job(runtime.current(), job_id, model)
 
 
 @app.task(name=TASK_INVENTORY_SYNC)

@@ -1,13 +1,12 @@
 """/api/v1/models/pull and /api/v1/models/pull-jobs: cluster-wide pulls and their progress."""
 
-from flask import current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from controller import jobs, pulls
 from controller.errors import NotFoundError
 from controller.schemas import JobListSchema, JobQuerySchema, JobSchema, PullRequestSchema
-from controller.state import producer, redis_client, stale_after
+from controller.state import job_limits, producer, redis_client, stale_after
 
 blp = Blueprint("pull_jobs", __name__, url_prefix="/api/v1/models", description="Cluster-wide model pulls")
 
@@ -18,14 +17,9 @@ class Pull(MethodView):
     @blp.response(202, JobSchema)
     def post(self, body: dict):
         """Pull a model from the Ollama registry to every inference and cloud worker (or the listed ones)."""
-        cfg = current_app.config
         client = redis_client()
-        job_id = pulls.start_pull(
-            client, producer(), model=body["model"], workers=body.get("workers"),
-            deadline_seconds=body.get("deadline_seconds") or cfg["JOB_DEADLINE_SECONDS"],
-            retention_seconds=cfg["JOB_RETENTION_SECONDS"], keep_max=cfg["JOB_HISTORY_MAX"],
-            forget_after=cfg["WORKER_FORGET_SECONDS"],
-        )
+        job_id = pulls.start_pull(client, producer(), model=body["model"], workers=body.get("workers"),
+                                  limits=job_limits(body.get("deadline_seconds")))
         return jobs.get_job(client, job_id, stale_after=stale_after())
 
 

@@ -1,0 +1,145 @@
+"""Benchmark: upload a large GGUF to a real `eldric registry` process.
+
+Prints the upload throughput as a ratio to a plain local copy (shutil.copyfile)
+of the same file in the same run, and the registry process's peak RSS (VmHWM
+from /proc/<pid>/status; target < 200 MB). Two uploads are measured: one
+request (POST /upload) and a resumable session in 256 MiB chunks (what
+ModelRegistryClient does for large files).
+
+    python bench/registry_upload.py [--size 2G] [--dir /var/tmp] [--via-controller]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from registry.client import ModelRegistryClient  # noqa: E402
+from registry.server import parse_size  # noqa: E402
+from tests.support.processes import RedisServer, Service, eldric, free_port, session, wait_until  # noqa: E402
+
+_BLOCK = 16 << 20
+
+
+def write_gguf(path: Path, size: int) -> str:
+    """A GGUF of about `size` bytes: a valid header and one int8 tensor of random bytes; returns its sha256."""
+    from gguf import GGUFWriter
+
+    n = size - 4096  # leave room for the header
+    writer = GGUFWriter(path, "bench")
+    writer.add_name("bench")
+    writer.add_tensor_info("blob", (n,), np.dtype(np.int8), n)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    f = writer.fout[0]
+    writer.write_padding(f, f.tell())
+    f.flush()
+    block = np.random.default_rng(0).bytes(_BLOCK)
+    left = n
+    while left:
+        # A fresh first 8 bytes per block: no two blocks alike, at the cost of no extra randomness.
+        piece = (left.to_bytes(8, "little") + block[8:])[:min(_BLOCK, left)]
+        f.write(piece)
+        left -= len(piece)
+    writer.close()
+    with open(path, "rb") as fh:
+        return "sha256:" + hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def timed(fn) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def start_services(work: Path, via_controller: bool) -> tuple[list[Service], str, int]:
+    """Start the registry (and Redis + controller when asked); return (services, base URL, registry pid)."""
+    port = free_port()
+    services: list[Service] = []
+    env = {"ELDRIC_REGISTRY_URL": f"http://127.0.0.1:{port}"}
+    if via_controller:
+        redis = RedisServer(work).start()
+        services.append(redis)
+        env["ELDRIC_REDIS_URL"] = redis.url
+    registry = Service("registry", eldric("registry", "--port", str(port), "--storage", str(work / "store"),
+                                          "--min-free", "0"), work, env=env).start()
+    services.append(registry)
+    base = f"http://127.0.0.1:{port}"
+    if via_controller:
+        cport = free_port()
+        services.append(Service("controller", eldric("controller", "--port", str(cport)), work, env=env).start())
+        base = f"http://127.0.0.1:{cport}"
+    http = session()
+    wait_until(lambda: http.get(base + "/healthz").ok, timeout=30, message="services to answer")
+    return services, base, registry.proc.pid
+
+
+def run(size: int, work: Path, via_controller: bool) -> dict:
+    src = work / "bench.gguf"
+    gen_s, digest = timed(lambda: write_gguf(src, size))
+    size = src.stat().st_size
+    copy_s, _ = timed(lambda: shutil.copyfile(src, work / "copy.gguf"))
+    (work / "copy.gguf").unlink()
+    services, base, pid = start_services(work, via_controller)
+    try:
+        client = ModelRegistryClient(base)
+        one_s, model = timed(lambda: client.upload_file(src, name="bench", digest=digest))
+        assert model["files"][0]["sha256"] == digest, "the registry stored different bytes"
+        client.delete_model(model["id"])
+        chunked_s, model = timed(lambda: client.upload_model({"bench.gguf": src}, name="bench"))
+        assert model["files"][0]["sha256"] == digest
+        rss = peak_rss_mb(pid)
+    finally:
+        for service in reversed(services):
+            service.stop()
+    mib = size / (1 << 20)
+    return {"size_bytes": size, "generate_s": round(gen_s, 2), "copy_s": round(copy_s, 3),
+            "copy_mib_s": round(mib / copy_s), "upload_s": round(one_s, 3), "upload_mib_s": round(mib / one_s),
+            "upload_vs_copy": round(copy_s / one_s, 3), "resumable_s": round(chunked_s, 3),
+            "resumable_mib_s": round(mib / chunked_s), "resumable_vs_copy": round(copy_s / chunked_s, 3),
+            "registry_peak_rss_mb": round(rss, 1), "via_controller": via_controller}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="2G", help="file size (default 2G)")
+    parser.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
+    parser.add_argument("--via-controller", action="store_true", help="upload through the controller's proxy")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="eldric-bench-", dir=args.dir))
+    try:
+        result = run(parse_size(args.size), work, args.via_controller)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"file: {result['size_bytes'] / (1 << 30):.2f} GiB GGUF (generated in {result['generate_s']} s)")
+    print(f"local copy (shutil.copyfile):  {result['copy_s']:7.2f} s  {result['copy_mib_s']:6d} MiB/s")
+    print(f"upload, one request:           {result['upload_s']:7.2f} s  {result['upload_mib_s']:6d} MiB/s  "
+          f"= {result['upload_vs_copy']:.2f} x local copy")
+    print(f"upload, resumable session:     {result['resumable_s']:7.2f} s  {result['resumable_mib_s']:6d} MiB/s  "
+          f"= {result['resumable_vs_copy']:.2f} x local copy")
+    print(f"registry peak RSS (VmHWM):     {result['registry_peak_rss_mb']:.1f} MB (target < 200 MB)")
+    print(json.dumps(result))
+    return 0 if result["registry_peak_rss_mb"] < 200 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

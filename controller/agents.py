@@ -1,0 +1,32 @@
+"""Calls from the controller to worker agents' HTTP servers (authenticated by the cluster secret)."""
+
+from __future__ import annotations
+
+import redis
+import requests
+
+from controller import cluster, inventory
+from controller.errors import NotFoundError, UnavailableError
+from registry.names import ModelName
+
+
+def show_model(client: redis.Redis, name: ModelName, secret: str, timeout: float = 10.0) -> dict:
+    """Ask an online worker that has the model for Ollama's `show` answer."""
+    holders = inventory.workers_with(client, name.short)
+    if not holders:
+        raise NotFoundError(f"model '{name.short}' not found on any worker")
+    errors = []
+    for wid in holders:
+        worker = cluster.get_worker(client, wid)
+        if not worker or not worker["online"] or not worker["address"]:
+            continue
+        try:
+            resp = requests.get(f"{worker['address']}/api/show", params={"model": name.short}, timeout=timeout,
+                                headers={"Authorization": f"Bearer {secret}"} if secret else {})
+        except requests.RequestException as exc:
+            errors.append(f"{wid}: {exc}")
+            continue
+        if resp.ok:
+            return {**resp.json(), "worker": wid}
+        errors.append(f"{wid}: {resp.status_code}")
+    raise UnavailableError(f"no online worker could describe '{name.short}'" + (f" ({'; '.join(errors)})" if errors else ""))

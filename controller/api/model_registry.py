@@ -1,0 +1,223 @@
+"""/api/v1/model-registry: the data worker's model registry, through the controller.
+
+Every route mirrors the registry's route of the same path (streamed proxy, see
+controller.registry_client). Two add cluster rules: DELETE refuses (409) while a
+distribute job of the model is pending or running, and an import becomes a job
+in Redis (kind "import", target "registry") that lists with the pulls.
+"""
+
+from __future__ import annotations
+
+import redis
+from flask import current_app, request
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from controller import jobs
+from controller.errors import BadRequestError, ConflictError
+from controller.registry_client import RegistryClient, error_message, to_flask
+from controller.schemas import JobSchema
+from controller.state import redis_client, stale_after
+from eldric import jobstate
+from registry.imports import parse_request
+from registry.jobprogress import WORKER_ID
+from registry.identifiers import validate_model_name, validate_version
+from registry.model_errors import ModelRegistryError
+from registry.errors import RegistryError
+from registry.schemas import (DigestQuerySchema, DraftRequestSchema, FileSchema, ImportRequestSchema, ImportSchema,
+                              ModelListSchema, ModelQuerySchema, ModelSchema, StorageSchema, TrainingRequestSchema,
+                              UploadQuerySchema, UploadSessionRequestSchema, UploadSessionSchema)
+from registry.urlfetch import redact
+from registry.views import API_PREFIX
+
+blp = Blueprint("model_registry", __name__, url_prefix=API_PREFIX,
+                description="The cluster's own models on the data worker: upload, import, list, download, delete")
+ACTIVE = (jobstate.JOB_PENDING, jobstate.JOB_RUNNING)
+
+
+def _client() -> RegistryClient:
+    client = current_app.extensions.get("eldric.registry_client")
+    if client is None:
+        client = RegistryClient(current_app.config["REGISTRY_URL"], token=current_app.config.get("CLUSTER_SECRET", ""))
+        current_app.extensions["eldric.registry_client"] = client
+    return client
+
+
+def proxy(json_body: bool = False):
+    """Forward this request to the same path on the registry; stream the body each way."""
+    if json_body:
+        body, length = request.get_data(), None  # small, and already read by the schema validation
+    elif request.method in ("POST", "PUT", "PATCH"):
+        body, length = request.stream, request.content_length
+    else:
+        body, length = None, None
+    resp = _client().send(request.method, request.path, query=request.query_string, headers=dict(request.headers),
+                          body=body, length=length)
+    return to_flask(resp)
+
+
+def active_distributions(client: redis.Redis, model_id: str, *, stale_after: float, scan: int) -> list[str]:
+    """Ids of pending or running distribute jobs of the registry model `model_id`."""
+    found, _total = jobs.list_jobs(client, stale_after=stale_after, limit=scan, kind="distribute")
+    return [job["id"] for job in found
+            if job["state"] in ACTIVE and (job.get("options") or {}).get("registry_model_id") == model_id]
+
+
+def start_import(client: redis.Redis, registry: RegistryClient, body: dict, raw: dict, *,
+                 deadline_seconds: float) -> str:
+    """Record an import job (target "registry") and hand it to the registry; return the job id."""
+    try:
+        spec, _token = parse_request(body)
+        validate_model_name(body["name"])
+        if body.get("version"):
+            validate_version(body["version"])
+    except (ModelRegistryError, RegistryError) as exc:
+        raise BadRequestError(str(exc), getattr(exc, "field", None)) from None
+    options = {"name": spec["name"], "version": spec["version"], "format": spec["format"],
+               "files": [{"url": redact(f["url"]), "path": f["path"]} for f in spec["files"]]}
+    job_id = jobs.create_job(client, kind="import", model=spec["name"], targets=[WORKER_ID], source=spec["source"],
+                             deadline_seconds=deadline_seconds, options=options)
+    try:
+        resp = registry.send("POST", f"{API_PREFIX}/imports", json={**raw, "job_id": job_id})
+    except Exception as exc:
+        jobs.fail_worker(client, job_id, WORKER_ID, f"could not hand the import to the registry: {exc}")
+        raise
+    with resp:
+        if resp.status_code >= 400:
+            jobs.fail_worker(client, job_id, WORKER_ID, f"the registry refused the import: {error_message(resp)}")
+    return job_id
+
+
+@blp.route("")
+class Models(MethodView):
+    @blp.arguments(ModelQuerySchema, location="query")
+    @blp.response(200, ModelListSchema)
+    def get(self, _query: dict):
+        """Committed models, newest first; filter by format, source or name; paginated."""
+        return proxy()
+
+    @blp.arguments(DraftRequestSchema)
+    @blp.response(201, ModelSchema)
+    def post(self, _body: dict):
+        """Create a draft model; put files into it (whole or by upload session), then commit it."""
+        return proxy(json_body=True)
+
+
+@blp.route("/training")
+class TrainingOutputs(MethodView):
+    @blp.arguments(TrainingRequestSchema)
+    @blp.response(201, ModelSchema)
+    def post(self, _body: dict):
+        """The Training Worker's call: a draft with source=training and lineage (base model, run id)."""
+        return proxy(json_body=True)
+
+
+@blp.route("/upload")
+class OneShotUpload(MethodView):
+    @blp.arguments(UploadQuerySchema, location="query")
+    @blp.response(201, ModelSchema)
+    def post(self, _query: dict):
+        """Register a single-file model in one request; the body is the file (streamed)."""
+        return proxy()
+
+
+@blp.route("/storage")
+class Storage(MethodView):
+    @blp.response(200, StorageSchema)
+    def get(self):
+        """The registry storage's fingerprint (compare with <NFS mount>/.eldric-fingerprint) and space."""
+        return proxy()
+
+
+@blp.route("/imports")
+class Imports(MethodView):
+    @blp.arguments(ImportRequestSchema)
+    @blp.response(202, JobSchema)
+    def post(self, body: dict):
+        """Import from URLs as a job (kind "import"): progress in /api/v1/models/pull-jobs/{id}."""
+        client = redis_client()
+        job_id = start_import(client, _client(), body, request.get_json(),
+                              deadline_seconds=current_app.config["JOB_DEADLINE_SECONDS"])
+        job = jobs.get_job(client, job_id, stale_after=stale_after())
+        return job, 202, {"Location": f"/api/v1/models/pull-jobs/{job_id}"}
+
+
+@blp.route("/imports/<job_id>")
+class Import(MethodView):
+    @blp.response(200, ImportSchema)
+    def get(self, job_id: str):
+        """The registry's own view of an import."""
+        return proxy()
+
+
+@blp.route("/<model_id>")
+class Model(MethodView):
+    @blp.response(200, ModelSchema)
+    def get(self, model_id: str):
+        """One model: files with sha256 and storage location, details, lineage."""
+        return proxy()
+
+    @blp.response(204)
+    def delete(self, model_id: str):
+        """Delete a model; 409 while a distribute job of it is pending or running."""
+        busy = active_distributions(redis_client(), model_id, stale_after=stale_after(),
+                                    scan=int(current_app.config["JOB_HISTORY_MAX"]))
+        if busy:
+            raise ConflictError(f"model {model_id} is being distributed (job {', '.join(busy)}); "
+                                "delete it when the job has finished")
+        return proxy()
+
+
+@blp.route("/<model_id>/commit")
+class Commit(MethodView):
+    @blp.response(200, ModelSchema)
+    def post(self, model_id: str):
+        """Commit a draft: format checked, headers read, version assigned; it becomes listed."""
+        return proxy()
+
+
+@blp.route("/<model_id>/files/<path:file_path>")
+class ModelFile(MethodView):
+    @blp.response(200, description="the file's bytes; 206 for a Range, 416 for a bad one")
+    def get(self, model_id: str, file_path: str):
+        """Download a file; one HTTP Range (206), ETag = sha256."""
+        return proxy()
+
+    @blp.arguments(DigestQuerySchema, location="query")
+    @blp.response(201, FileSchema)
+    def put(self, _query: dict, model_id: str, file_path: str):
+        """Put a whole file into a draft (streamed)."""
+        return proxy()
+
+
+@blp.route("/<model_id>/uploads")
+class Uploads(MethodView):
+    @blp.arguments(UploadSessionRequestSchema)
+    @blp.response(201, UploadSessionSchema)
+    def post(self, _body: dict, model_id: str):
+        """Open a resumable upload session for one file of a draft."""
+        return proxy(json_body=True)
+
+
+@blp.route("/uploads/<upload_id>")
+class Upload(MethodView):
+    @blp.response(200, UploadSessionSchema)
+    def get(self, upload_id: str):
+        """The session's offset (bytes received)."""
+        return proxy()
+
+    @blp.response(202, UploadSessionSchema)
+    def patch(self, upload_id: str):
+        """Append a chunk at `Content-Range: bytes <first>-<last>/*`; 416 with the offset if it does not fit."""
+        return proxy()
+
+    @blp.arguments(DigestQuerySchema, location="query")
+    @blp.response(201, FileSchema)
+    def put(self, _query: dict, upload_id: str):
+        """Finish the session (optional last chunk): size and digest checked, file added to the draft."""
+        return proxy()
+
+    @blp.response(204)
+    def delete(self, upload_id: str):
+        """Cancel the session."""
+        return proxy()

@@ -1,0 +1,311 @@
+"""The controller's pull API through Flask's test client, over fakeredis and a recording producer."""
+
+from __future__ import annotations
+
+import fakeredis
+import pytest
+import redis
+from kombu.exceptions import OperationalError
+
+from controller import create_app
+from eldric import jobstate, keys
+from worker_agent import membership
+
+CLOSED_PORT_URL = "redis://127.0.0.1:1/0"
+
+
+class FakeProducer:
+    """Stands in for the controller's Celery app: records send_task calls; some queues can be down."""
+
+    def __init__(self, unreachable: set[str] = frozenset()) -> None:
+        self.sent: list[dict] = []
+        self.unreachable = unreachable
+
+    def send_task(self, name: str, args=None, queue: str | None = None, **kw):
+        if queue in self.unreachable:
+            raise OperationalError("Error 111 connecting to broker")
+        self.sent.append({"name": name, "args": args, "queue": queue, **kw})
+
+
+def make_app(**config):
+    app = create_app({"REDIS_URL": CLOSED_PORT_URL, "API_TOKEN": "", **config})
+    app.extensions["eldric.redis"] = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    app.extensions["eldric.celery"] = FakeProducer()
+    return app
+
+
+@pytest.fixture
+def app():
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def store(app) -> fakeredis.FakeRedis:
+    return app.extensions["eldric.redis"]
+
+
+@pytest.fixture
+def producer(app) -> FakeProducer:
+    return app.extensions["eldric.celery"]
+
+
+def register(store, worker_id: str, worker_type: str) -> None:
+    membership.register(store, {"id": worker_id, "type": worker_type, "address": f"http://{worker_id}:1"}, ttl=30)
+
+
+@pytest.fixture
+def cluster(store):
+    """Two model-serving workers (one offline) and a data worker."""
+    register(store, "gpu1", "inference")
+    register(store, "cloud1", "cloud")
+    register(store, "dn1", "data")
+    membership.go_offline(store, "cloud1")
+
+
+def pull(client, body, **kw):
+    return client.post("/api/v1/models/pull", json=body, **kw)
+
+
+def assert_error(resp, status: int) -> dict:
+    assert resp.status_code == status
+    assert resp.is_json
+    body = resp.get_json()
+    assert body["code"] == status
+    assert "Traceback" not in resp.get_data(as_text=True)
+    return body
+
+
+def nothing_happened(store, producer) -> bool:
+    return producer.sent == [] and store.zcard(keys.JOBS) == 0
+
+
+# POST /api/v1/models/pull: validation -------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"model": 5}, "model"),
+        ({"model": None}, "model"),
+        ({"model": ["tiny"]}, "model"),
+        ({}, "model"),
+        ({"workers": ["gpu1"]}, "model"),
+        ({"model": "tiny", "surprise": 1}, "surprise"),
+        ({"model": "tiny", "workers": "gpu1"}, "workers"),
+        ({"model": "tiny", "workers": []}, "workers"),
+        ({"model": "tiny", "workers": [""]}, "workers"),
+        ({"model": "tiny", "workers": [7]}, "workers"),
+        ({"model": "tiny", "deadline_seconds": "soon"}, "deadline_seconds"),
+        ({"model": "tiny", "deadline_seconds": 1}, "deadline_seconds"),
+    ],
+)
+def test_malformed_request_is_422_naming_the_field(client, store, producer, cluster, body, field):
+    err = assert_error(pull(client, body), 422)
+    assert field in err["errors"]["json"]
+    assert nothing_happened(store, producer)
+
+
+def test_body_that_is_not_json_is_400(client, store, producer, cluster):
+    resp = client.post("/api/v1/models/pull", data="{model", content_type="application/json")
+    assert_error(resp, 400)
+    assert nothing_happened(store, producer)
+
+
+@pytest.mark.parametrize(
+    "model",
+    ["../x", "/etc/passwd", "a\\b", "tiny\x00", ".hidden", "ns/../../x", "a/b/c/d", "tiny@sha256:" + "a" * 64,
+     "ns.with.dot/tiny", "", "x" * 600],
+)
+def test_bad_model_name_is_400_naming_model(client, store, producer, cluster, model):
+    err = assert_error(pull(client, {"model": model}), 400)
+    assert list(err["errors"]["json"]) == ["model"]
+    assert "invalid model name" in err["message"]
+    assert nothing_happened(store, producer)
+
+
+@pytest.mark.xfail(reason="BUG: names._check uses pattern.match with '$', so a part may end in '\\n'; "
+                          "the job is created for 'ns\\n/tiny' (fix in registry/names.py)", strict=True)
+def test_model_name_with_a_newline_is_400(client, store, producer, cluster):
+    assert_error(pull(client, {"model": "ns\n/tiny"}), 400)
+    assert nothing_happened(store, producer)
+
+
+@pytest.mark.parametrize("workers", [["dn1"], ["gpu1", "dn1"]])
+def test_naming_a_non_serving_worker_is_400(client, store, producer, cluster, workers):
+    err = assert_error(pull(client, {"model": "tiny", "workers": workers}), 400)
+    assert list(err["errors"]["json"]) == ["workers"]
+    assert "dn1" in err["message"]
+    assert nothing_happened(store, producer)
+
+
+@pytest.mark.parametrize("workers", [["ghost"], ["gpu1", "ghost"], ["gpu1", "dn1", "ghost"]])
+def test_naming_an_unknown_worker_is_404(client, store, producer, cluster, workers):
+    err = assert_error(pull(client, {"model": "tiny", "workers": workers}), 404)
+    assert "ghost" in err["message"]
+    assert nothing_happened(store, producer)
+
+
+@pytest.mark.parametrize("types", [[], ["data"], ["data", "science", "media"]])
+def test_no_model_serving_workers_is_409(client, store, producer, types):
+    for i, worker_type in enumerate(types):
+        register(store, f"node{i}", worker_type)
+    err = assert_error(pull(client, {"model": "tiny"}), 409)
+    assert "no inference or cloud workers" in err["message"]
+    assert nothing_happened(store, producer)
+
+
+# POST /api/v1/models/pull: success ---------------------------------------------------------------
+
+def test_pull_fans_out_one_task_per_inference_and_cloud_worker(client, store, producer, cluster):
+    resp = pull(client, {"model": "tiny"})
+
+    assert resp.status_code == 202
+    job = resp.get_json()
+    assert job["model"] == "tiny:latest"
+    assert job["state"] == jobstate.JOB_PENDING
+    assert job["targets"] == ["cloud1", "gpu1"]
+    assert {w["worker"]: w["state"] for w in job["workers"]} == {"cloud1": jobstate.OFFLINE,
+                                                               "gpu1": jobstate.PENDING}
+    sent = sorted(producer.sent, key=lambda s: s["queue"])
+    assert [(s["name"], s["queue"], s["args"]) for s in sent] == [
+        ("models.pull", "worker.cloud1", [job["id"], "tiny:latest"]),
+        ("models.pull", "worker.gpu1", [job["id"], "tiny:latest"]),
+    ]
+    assert all("dn1" not in s["queue"] for s in producer.sent)
+    assert store.smembers(keys.worker_jobs("gpu1")) == {job["id"]}
+    assert store.smembers(keys.worker_jobs("dn1")) == set()
+
+
+def test_pull_to_named_workers_only(client, store, producer, cluster):
+    resp = pull(client, {"model": "qwen2.5:0.5b", "workers": ["gpu1", "gpu1"], "deadline_seconds": 60})
+    assert resp.status_code == 202
+    job = resp.get_json()
+    assert job["targets"] == ["gpu1"]
+    assert job["deadline_at"] == pytest.approx(job["created_at"] + 60)
+    assert [(s["queue"], s["args"]) for s in producer.sent] == [("worker.gpu1", [job["id"], "qwen2.5:0.5b"])]
+
+
+def test_full_name_is_sent_in_its_short_form(client, producer, cluster):
+    pull(client, {"model": "registry.ollama.ai/library/tiny:latest", "workers": ["gpu1"]})
+    assert [s["args"][1] for s in producer.sent] == ["tiny:latest"]
+
+
+def test_worker_whose_queue_cannot_be_reached_is_failed_not_dropped(app, client, store, cluster):
+    app.extensions["eldric.celery"] = producer = FakeProducer(unreachable={"worker.cloud1"})
+    resp = pull(client, {"model": "tiny"})
+    assert resp.status_code == 202
+    job_id = resp.get_json()["id"]
+    assert [s["queue"] for s in producer.sent] == ["worker.gpu1"]
+    states = {w["worker"]: w for w in client.get(f"/api/v1/models/pull-jobs/{job_id}").get_json()["workers"]}
+    assert states["cloud1"]["state"] == jobstate.FAILED
+    assert "could not enqueue" in states["cloud1"]["error"]
+    assert states["gpu1"]["state"] == jobstate.PENDING
+
+
+# GET /api/v1/models/pull-jobs ------------------------------------------------------------------
+
+def test_jobs_are_listed_newest_first_and_readable_one_by_one(client, cluster):
+    first = pull(client, {"model": "tiny"}).get_json()["id"]
+    second = pull(client, {"model": "qwen2.5:0.5b"}).get_json()["id"]
+
+    listing = client.get("/api/v1/models/pull-jobs")
+    assert listing.status_code == 200
+    body = listing.get_json()
+    assert [j["id"] for j in body["jobs"]] == [second, first]
+    assert (body["total"], body["limit"], body["offset"]) == (2, 50, 0)
+
+    one = client.get(f"/api/v1/models/pull-jobs/{first}")
+    assert one.status_code == 200
+    assert one.get_json()["model"] == "tiny:latest"
+
+
+def test_listing_pages_and_filters(client, cluster):
+    ids = [pull(client, {"model": f"m{i}"}).get_json()["id"] for i in range(3)]
+    body = client.get("/api/v1/models/pull-jobs?limit=1&offset=1").get_json()
+    assert [j["id"] for j in body["jobs"]] == [ids[1]]
+    assert client.get("/api/v1/models/pull-jobs?state=completed").get_json()["jobs"] == []
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=501", "limit=x", "offset=-1", "state=bogus"])
+def test_bad_listing_query_is_422(client, query):
+    assert_error(client.get(f"/api/v1/models/pull-jobs?{query}"), 422)
+
+
+def test_unknown_job_is_404(client):
+    err = assert_error(client.get("/api/v1/models/pull-jobs/does-not-exist"), 404)
+    assert "does-not-exist" in err["message"]
+
+
+# cross-cutting ------------------------------------------------------------------------------------
+
+@pytest.fixture
+def token_client():
+    app = make_app(API_TOKEN="s3cret")
+    register(app.extensions["eldric.redis"], "gpu1", "inference")
+    return app.test_client()
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"},
+                                     {"Authorization": "Basic s3cret"}, {"Authorization": "Bearer "}])
+def test_api_token_is_required_when_set(token_client, headers):
+    err = assert_error(token_client.get("/api/v1/models/pull-jobs", headers=headers), 401)
+    assert "bearer token" in err["message"]
+    assert_error(token_client.post("/api/v1/models/pull", json={"model": "tiny"}, headers=headers), 401)
+
+
+def test_right_token_is_let_in(token_client):
+    ok = {"Authorization": "Bearer s3cret"}
+    assert token_client.get("/api/v1/models/pull-jobs", headers=ok).status_code == 200
+    assert token_client.post("/api/v1/models/pull", json={"model": "tiny"}, headers=ok).status_code == 202
+
+
+def test_health_and_api_description_need_no_token(token_client):
+    assert token_client.get("/healthz").status_code == 200
+    assert token_client.get("/api/v1/openapi.json").status_code == 200
+
+
+def test_unknown_route_is_404_json(client):
+    err = assert_error(client.get("/api/v1/nope"), 404)
+    assert err["status"] == "Not Found"
+    assert_error(client.get("/nope"), 404)
+
+
+def test_wrong_method_is_405_json(client):
+    assert_error(client.get("/api/v1/models/pull"), 405)
+
+
+@pytest.fixture
+def down_client():
+    """The client create_app builds itself for a Redis URL on a closed port (refused at once).
+
+    A bare redis.Redis(port=1) would retry with backoff for seconds; the app's own client,
+    configured as in production, is the one worth testing.
+    """
+    app = create_app({"REDIS_URL": CLOSED_PORT_URL, "API_TOKEN": ""})
+    app.extensions["eldric.celery"] = FakeProducer()
+    assert isinstance(app.extensions["eldric.redis"], redis.Redis)
+    return app.test_client()
+
+
+@pytest.mark.parametrize(
+    "method, path, body",
+    [
+        ("post", "/api/v1/models/pull", {"model": "tiny"}),
+        ("get", "/api/v1/models/pull-jobs", None),
+        ("get", "/api/v1/models/pull-jobs/abc", None),
+        ("get", "/api/v1/workers", None),
+        ("get", "/readyz", None),
+    ],
+)
+def test_redis_down_is_503_json(down_client, method, path, body):
+    resp = getattr(down_client, method)(path, json=body)
+    err = assert_error(resp, 503)
+    assert "edis" in err["message"]
+
+
+def test_validation_comes_before_redis(down_client):
+    assert_error(pull(down_client, {"model": 5}), 422)
