@@ -35,6 +35,8 @@ def create_app(overrides: dict | None = None) -> Flask:
     from controller.api import model_registry, models, pull_jobs, workers
     for module in (pull_jobs, models, workers, model_registry):
         api.register_blueprint(module.blp)
+    from controller.ollama_api import bp as ollama_bp
+    app.register_blueprint(ollama_bp)
     register_error_handlers(app)
     _register_domain_errors(app)
     _register_auth(app)

@@ -28,15 +28,25 @@ class FakeProducer:
 
 
 def make_app(**config):
+    """create_app as a deployment calls it, then fakeredis and a FakeProducer in place of the real handles."""
     app = create_app({"REDIS_URL": CLOSED_PORT_URL, "API_TOKEN": "", **config})
     app.extensions["eldric.redis"] = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
     app.extensions["eldric.celery"] = FakeProducer()
     return app
 
 
+@pytest.fixture(scope="module")
+def shared_app():
+    return create_app({"REDIS_URL": CLOSED_PORT_URL, "API_TOKEN": ""})
+
+
 @pytest.fixture
-def app():
-    return make_app()
+def app(shared_app):
+    """One app per module (building it is the slow part); fresh Redis and producer per test."""
+    shared_app.extensions["eldric.redis"] = fakeredis.FakeRedis(server=fakeredis.FakeServer(),
+                                                                decode_responses=True)
+    shared_app.extensions["eldric.celery"] = FakeProducer()
+    return shared_app
 
 
 @pytest.fixture

@@ -1,0 +1,168 @@
+"""Ollama's model-management endpoints on the controller, so Ollama tools manage the whole cluster.
+
+`OLLAMA_HOST=controller:8880 ollama pull qwen2.5:0.5b` pulls to every inference and
+cloud worker; `/api/tags` lists the cluster's models; `/api/show` and
+`/api/delete` act on them. Shapes follow Ollama's docs/api.md and api/types.go.
+Inference endpoints are not served here: this is the cluster's model manager.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from typing import Iterator
+
+from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+
+from controller import agents, inventory, jobs, pulls
+from controller.errors import ControllerError, NotFoundError
+from controller.state import job_limits, producer, redis_client, stale_after
+from eldric import __version__
+
+bp = Blueprint("ollama", __name__)
+POLL_SECONDS = 0.25
+INFERENCE_ENDPOINTS = ("generate", "chat", "embed", "embeddings", "ps", "create", "push", "copy")
+
+
+def _error(message: str, status: int):
+    return jsonify(error=message), status
+
+
+@bp.errorhandler(ControllerError)
+def _controller_error(exc: ControllerError):
+    # Ollama clients read `{"error": "..."}` and raise it as ResponseError.
+    return _error(str(exc), exc.status)
+
+
+def _model_field(body: dict) -> str:
+    model = body.get("model") or body.get("name")
+    if not isinstance(model, str) or not model:
+        raise pulls.BadRequestError("model is required")
+    return model
+
+
+def _body() -> dict:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise pulls.BadRequestError("request body must be a JSON object")
+    return body
+
+
+@bp.get("/")
+@bp.route("/", methods=["HEAD"])
+def root():
+    return Response("Eldric Model Manager (Ollama-compatible model management) is running", mimetype="text/plain")
+
+
+@bp.get("/api/version")
+def version():
+    return jsonify(version=__version__)
+
+
+@bp.post("/api/pull")
+def pull():
+    body = _body()
+    client = redis_client()
+    job_id = pulls.start_pull(client, producer(), model=_model_field(body), workers=None, limits=job_limits())
+    events = _pull_events(job_id)
+    if body.get("stream", True) is False:
+        last = {}
+        for last in events:
+            pass
+        return (jsonify(last), 200) if "error" not in last else _error(last["error"], 500)
+    return Response(stream_with_context(_ndjson(events)), mimetype="application/x-ndjson")
+
+
+def _ndjson(events: Iterator[dict]) -> Iterator[str]:
+    for event in events:
+        yield json.dumps(event) + "\n"
+
+
+def _pull_events(job_id: str) -> Iterator[dict]:
+    """Ollama's status sequence, aggregated over the job's workers (one bar, 0 to 100 %)."""
+    client = redis_client()
+    stale = stale_after()
+    yield {"status": "pulling manifest"}
+    digest, last = None, None
+    while True:
+        job = jobs.get_job(client, job_id, stale_after=stale)
+        if job is None:
+            yield {"error": "the pull job vanished (retention too short?)"}
+            return
+        workers = job["workers"]
+        size = max((int(w.get("total") or 0) for w in workers), default=0)
+        digest = digest or next((w.get("layer") for w in workers if w.get("layer")), None) or (
+            next((w.get("digest") for w in workers if w.get("digest")), None))
+        if size and digest:
+            total = size * len(workers)
+            completed = sum(min(size, int(w.get("completed") or 0)) for w in workers)
+            event = {"status": f"pulling {digest.removeprefix('sha256:')[:12]}", "digest": digest,
+                     "total": total, "completed": completed}
+            if event != last:
+                yield event
+                last = event
+        if job["state"] in ("completed", "failed"):
+            break
+        time.sleep(POLL_SECONDS)
+    failed = [w for w in job["workers"] if w["state"] == "failed"]
+    if failed:
+        yield {"error": "pull failed on " + "; ".join(f"worker {w['worker']}: {w.get('error')}" for w in failed)}
+        return
+    for status in ("verifying sha256 digest", "writing manifest", "success"):
+        yield {"status": status}
+
+
+@bp.get("/api/tags")
+def tags():
+    models, _eligible = inventory.cluster_models(redis_client(),
+                                                 forget_after=current_app.config["WORKER_FORGET_SECONDS"])
+    return jsonify(models=[_tag(m) for m in models])
+
+
+def _tag(model: dict) -> dict:
+    modified = datetime.fromtimestamp(model.get("modified_at") or 0, timezone.utc).isoformat()
+    details = model.get("details") or {}
+    return {"name": model["name"], "model": model["name"], "modified_at": modified, "size": model.get("size", 0),
+            "digest": (model.get("digest") or "").removeprefix("sha256:"),
+            "details": {"parent_model": details.get("parent_model", ""), "format": details.get("format", "gguf"),
+                        "family": details.get("family", ""), "families": details.get("families"),
+                        "parameter_size": details.get("parameter_size", ""),
+                        "quantization_level": details.get("quantization_level", "")}}
+
+
+@bp.post("/api/show")
+def show():
+    name = pulls.parse_model(_model_field(_body()))
+    answer = agents.show_model(redis_client(), name, current_app.config["CLUSTER_SECRET"])
+    answer.pop("worker", None)
+    return jsonify(answer)
+
+
+@bp.delete("/api/delete")
+def delete():
+    name = pulls.parse_model(_model_field(_body()))
+    client = redis_client()
+    try:
+        job_id = pulls.start_delete(client, producer(), model=name.short, workers=None, limits=job_limits())
+    except NotFoundError:
+        return _error(f"model '{name.short}' not found", 404)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        job = jobs.get_job(client, job_id, stale_after=stale_after())
+        if job and job["state"] == "failed":
+            reasons = "; ".join(f"{w['worker']}: {w.get('error')}" for w in job["workers"] if w["state"] == "failed")
+            return _error(f"delete failed on {reasons}", 500)
+        if job and job["state"] == "completed":
+            return Response(status=200)
+        time.sleep(POLL_SECONDS)
+    return _error(f"delete of '{name.short}' still running (job {job_id})", 504)
+
+
+@bp.route("/api/<endpoint>", methods=["GET", "POST", "DELETE", "HEAD", "PUT"])
+def not_served(endpoint: str):
+    if endpoint in INFERENCE_ENDPOINTS or endpoint == "blobs":
+        return _error(f"/api/{endpoint} is not served here: this is the Eldric cluster's model-management "
+                      "endpoint (pull, tags, show, delete, version), not an inference server; "
+                      "send inference requests to a worker's backend", 501)
+    return _error(f"unknown endpoint /api/{endpoint}", 404)
