@@ -32,8 +32,8 @@ def create_app(overrides: dict | None = None) -> Flask:
 
     api = Api(app)
     api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
-    from controller.api import model_registry, models, pull_jobs, workers
-    for module in (pull_jobs, models, workers, model_registry):
+    from controller.api import distribute, model_registry, models, pins, pull_jobs, workers
+    for module in (pull_jobs, models, distribute, workers, model_registry, pins):
         api.register_blueprint(module.blp)
     from controller.ollama_api import bp as ollama_bp
     app.register_blueprint(ollama_bp)
@@ -41,6 +41,8 @@ def create_app(overrides: dict | None = None) -> Flask:
     _register_domain_errors(app)
     _register_auth(app)
     _register_health(app)
+    from controller.metrics import register_metrics
+    register_metrics(app)
     return app
 
 

@@ -58,3 +58,7 @@ def workers_with(client: redis.Redis, model: str) -> list[str]:
     for wid in ids:
         pipe.hexists(keys.worker_models(wid), model)
     return [wid for wid, has in zip(ids, pipe.execute()) if has]
+
+
+def models_of(client: redis.Redis, worker_id: str) -> set[str]:
+    return set(client.hkeys(keys.worker_models(worker_id)))

@@ -22,6 +22,8 @@ class WorkerProgressSchema(Schema):
     error = fields.String(allow_none=True)
     source = fields.String(allow_none=True)
     digest = fields.String(allow_none=True)
+    transferred = fields.Integer(allow_none=True, metadata={"description": "bytes that crossed the network (0 when shared)"})
+    shared = fields.Boolean(allow_none=True, metadata={"description": "served in place from the registry's shared storage"})
     started_at = fields.Float(allow_none=True)
     finished_at = fields.Float(allow_none=True)
     updated_at = fields.Float(allow_none=True)

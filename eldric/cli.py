@@ -56,6 +56,35 @@ def _registry(args: argparse.Namespace) -> int:
     return 0
 
 
+def _beat(args: argparse.Namespace) -> int:
+    from celery import Celery
+
+    from eldric import logging_setup
+    from eldric.schedules import ScheduleSettings, beat_config
+
+    try:
+        schedule = ScheduleSettings.from_env()
+        logging_setup.format_from_env()
+    except ValueError as exc:
+        print(f"eldric beat: {exc}", file=sys.stderr)
+        return 2
+    logging_setup.connect_celery_signals()
+    app = Celery("eldric-beat")
+    app.conf.update(beat_config(args.redis_url, schedule))
+    # RedBeat keeps the schedule in Redis and takes a lock there: a second beat waits for it.
+    app.Beat(loglevel=args.loglevel, max_interval=schedule.loop_seconds).run()
+    return 0
+
+
+def _flower(args: argparse.Namespace) -> int:
+    """Replace this process with Flower watching our broker (task events are on, see eldric/celeryconf.py)."""
+    extra = args.flower_args[1:] if args.flower_args[:1] == ["--"] else args.flower_args
+    argv = [sys.executable, "-m", "celery", "flower", f"--port={args.port}", f"--address={args.host}", *extra]
+    # Through the environment, not argv: a Redis password must not show in `ps`.
+    os.execve(sys.executable, argv, {**os.environ, "CELERY_BROKER_URL": args.redis_url})
+    return 0  # not reached
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eldric", description="Eldric Model Manager")
     parser.add_argument("--version", action="version", version=f"eldric {__version__}")
@@ -86,6 +115,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-free", default=None, help="refuse uploads that would leave less free space (default 1G)")
     p.add_argument("--import-workers", type=int, default=2, help="URL imports run at once")
     p.set_defaults(func=_registry)
+
+    redis_default = os.environ.get("ELDRIC_REDIS_URL", "redis://127.0.0.1:6379/0")
+    p = sub.add_parser("beat", help="run Celery beat: schedules inventory syncs, the stale-job reaper, pins")
+    p.add_argument("--redis-url", default=redis_default, help="broker and schedule store (default $ELDRIC_REDIS_URL)")
+    p.add_argument("--loglevel", default=os.environ.get("ELDRIC_LOG_LEVEL", "INFO"))
+    p.set_defaults(func=_beat)
+
+    p = sub.add_parser("flower", help="run Flower (Celery monitoring UI and API) against our broker; "
+                                      "arguments after -- go to Flower, e.g. -- --url_prefix=flower")
+    p.add_argument("--host", default=os.environ.get("ELDRIC_FLOWER_HOST", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("ELDRIC_FLOWER_PORT", "5555")))
+    p.add_argument("--redis-url", default=redis_default, help="broker (default $ELDRIC_REDIS_URL)")
+    p.add_argument("flower_args", nargs=argparse.REMAINDER, help="-- then options for Flower itself")
+    p.set_defaults(func=_flower)
     return parser
 
 

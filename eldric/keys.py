@@ -44,3 +44,8 @@ def job_events(job_id: str) -> str:
 def job_lock(job_id: str, worker_id: str) -> str:
     """STRING with TTL: held while one agent thread executes the job (no double runs)."""
     return f"{PREFIX}:job:{job_id}:lock:{worker_id}"
+
+
+def job_secrets(job_id: str) -> str:
+    """HASH of a job's secrets (source URL with signature, tokens): read by agents, never shown or logged."""
+    return f"{PREFIX}:job:{job_id}:secrets"

@@ -35,7 +35,8 @@ _PART = {
 }
 
 
-def _check(kind: str, value: str, raw: str) -> None:
+def check_part(kind: str, value: str, raw: str) -> None:
+    """Raise InvalidNameError unless `value` is a valid `kind` part (host, namespace, model, tag)."""
     pattern, limit = _PART[kind]
     if not value:
         raise InvalidNameError(f"invalid model name {raw!r}: empty {kind}")
@@ -69,7 +70,7 @@ class ModelName:
         head, sep, tail = rest.rpartition(":")
         if sep and "/" not in tail:  # a ":" followed by "/" belongs to a host:port
             rest, tag = head, tail
-            _check("tag", tag, raw)
+            check_part("tag", tag, raw)
         parts = rest.split("/")
         if len(parts) > 3:
             raise InvalidNameError(f"invalid model name {raw!r}: too many '/' separated parts")
@@ -80,9 +81,9 @@ class ModelName:
             namespace, model = parts
         else:
             (model,) = parts
-        _check("host", host, raw)
-        _check("namespace", namespace, raw)
-        _check("model", model, raw)
+        check_part("host", host, raw)
+        check_part("namespace", namespace, raw)
+        check_part("model", model, raw)
         return cls(host=host, namespace=namespace, model=model, tag=tag)
 
     @property
@@ -110,3 +111,14 @@ class ModelName:
 
     def __str__(self) -> str:
         return f"{self.host}/{self.namespace}/{self.model}:{self.tag}"
+
+
+def split_reference(reference: str) -> tuple[str, str]:
+    """`name[:version]` of a file model (registry, URL); both parts follow the model/tag grammar."""
+    if not isinstance(reference, str):
+        raise InvalidNameError("invalid model reference: not a string")
+    name, _, version = reference.partition(":")
+    version = version or DEFAULT_TAG
+    check_part("model", name, reference)
+    check_part("tag", version, reference)
+    return name, version

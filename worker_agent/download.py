@@ -62,16 +62,22 @@ def plan_parts(size: int, part_bytes: int) -> list[tuple[int, int]]:
     return [(off, min(step, size - off)) for off in range(0, max(0, size), step)]
 
 
-def download_blob(open_range: RangeOpener, digest: Digest, size: int, store: BlobStore,
+def download_blob(open_range: RangeOpener, digest: Digest | None, size: int, store: BlobStore,
                   partial_dir: Path, options: DownloadOptions = DownloadOptions(),
-                  on_bytes: Callable[[int], None] = lambda n: None) -> Path:
-    """Fetch one blob into `store` unless present; raise DigestMismatchError on bad bytes."""
+                  on_bytes: Callable[[int], None] = lambda n: None, key: str | None = None) -> Path:
+    """Fetch one blob into `store` unless present; raise DigestMismatchError on bad bytes.
+
+    With `digest` None (a plain URL whose hash nobody published) the bytes are
+    stored under the digest they turn out to have; `key` then names the partial
+    download so a retry resumes it.
+    """
     partial_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(partial_dir / f"{digest.filename}.lock"):
+    name = digest.filename if digest else f"url-{key}"
+    with _locked(partial_dir / f"{name}.lock"):
         # Another thread or process may have finished it while we waited for the lock.
-        if store.has(digest, size):
+        if digest is not None and store.has(digest, size):
             return store.path(digest)
-        return _Download(open_range, digest, size, store, partial_dir, options, on_bytes).run()
+        return _Download(open_range, digest, size, store, partial_dir, options, on_bytes, name).run()
 
 
 @contextmanager
@@ -85,12 +91,12 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 class _Download:
-    def __init__(self, open_range: RangeOpener, digest: Digest, size: int, store: BlobStore,
-                 partial_dir: Path, options: DownloadOptions, on_bytes: Callable[[int], None]) -> None:
+    def __init__(self, open_range: RangeOpener, digest: Digest | None, size: int, store: BlobStore,
+                 partial_dir: Path, options: DownloadOptions, on_bytes: Callable[[int], None], name: str) -> None:
         self.open_range, self.digest, self.size, self.store = open_range, digest, size, store
         self.options, self.on_bytes = options, on_bytes
-        self.data_path = partial_dir / digest.filename
-        self.state_path = partial_dir / f"{digest.filename}.json"
+        self.data_path = partial_dir / name
+        self.state_path = partial_dir / f"{name}.json"
         self.failed = threading.Event()
         self.wrote = threading.Event()
         self.parts: list[_Part] = []
@@ -107,11 +113,11 @@ class _Download:
             actual = self._fetch_all(fd)
         finally:
             os.close(fd)
-        if actual != self.digest:
+        if self.digest is not None and actual != self.digest:
             self.data_path.unlink(missing_ok=True)
             self.state_path.unlink(missing_ok=True)
             raise DigestMismatchError(f"digest mismatch: expected {self.digest}, got {actual}")
-        final = self.store.commit(self.data_path, self.digest)
+        final = self.store.commit(self.data_path, actual)
         self.state_path.unlink(missing_ok=True)
         return final
 
@@ -154,19 +160,19 @@ class _Download:
             except _TRANSIENT as exc:
                 failures = 0 if part.completed > before else failures + 1
                 if failures >= self.options.part_attempts:
-                    raise SourceUnavailableError(f"download of {self.digest} stalled or failed: {exc}") from None
+                    raise SourceUnavailableError(f"download of {self.data_path.name} stalled or failed: {exc}") from None
                 time.sleep(min(5.0, 0.5 * 2 ** failures))
                 continue
             if part.completed == before:
                 failures += 1  # the source closed the stream early without sending anything
                 if failures >= self.options.part_attempts:
-                    raise SourceUnavailableError(f"source keeps closing the download of {self.digest}")
+                    raise SourceUnavailableError(f"source keeps closing the download of {self.data_path.name}")
 
     def _stream_range(self, fd: int, part: _Part, start: int) -> None:
         end = part.offset + part.length - 1
         with self.open_range(start, end, self.options.stall_seconds) as resp:
             if resp.status_code == 200 and start != 0:
-                raise SourceError(f"source ignored the Range request for {self.digest}")
+                raise SourceError(f"source ignored the Range request for {self.data_path.name}")
             raw = resp.raw
             while part.completed < part.length:
                 if self.failed.is_set():

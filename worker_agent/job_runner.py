@@ -9,7 +9,10 @@ from typing import Callable
 
 from eldric import jobstate, keys
 from eldric.queues import is_model_serving
+from registry.digests import Digest
 from registry.names import ModelName
+from worker_agent.distributing import distribute
+from worker_agent.installing import uninstall_entry
 from worker_agent import membership
 from worker_agent.errors import JobExpiredError, NotEligibleError
 from worker_agent.progress import Progress
@@ -38,18 +41,42 @@ def run_pull_job(agent: Agent, job_id: str, model: str) -> dict:
     return _run_job(agent, job_id, pull)
 
 
+def run_distribute_job(agent: Agent, job_id: str, model: str) -> dict:
+    """Bring `model` to this node from the job's source (registry, worker, url, ollama)."""
+    def work(progress: Progress) -> dict:
+        meta = agent.redis.hgetall(keys.job(job_id))
+        options = json.loads(meta.get("options") or "{}")
+        secrets = agent.redis.hgetall(keys.job_secrets(job_id))
+        return distribute(agent, model, options, secrets, progress)
+    return _run_job(agent, job_id, work)
+
+
 def run_delete_job(agent: Agent, job_id: str, model: str) -> dict:
-    """Remove the model from this node's store; blobs other models use stay."""
+    """Remove the model from this node (Ollama store or file catalog); blobs other models use stay."""
     def delete(progress: Progress) -> dict:
-        name = ModelName.parse(model)
-        progress.update(force=True, state=jobstate.PULLING, status=f"deleting {name.short}")
-        if not agent.store.has_model(name) and agent.store.read_manifest(name) is None:
-            progress.finish(total=0, status="not present")
-            return {"model": name.short, "deleted": False}
-        removed = agent.store.delete_model(name)
-        progress.finish(total=0, status="deleted")
-        return {"model": name.short, "deleted": True, "blobs_removed": len(removed)}
+        progress.update(force=True, state=jobstate.PULLING, status=f"deleting {model}")
+        removed = delete_local_model(agent, model)
+        progress.finish(total=0, status="deleted" if removed is not None else "not present")
+        return {"model": model, "deleted": removed is not None, "blobs_removed": len(removed or [])}
     return _run_job(agent, job_id, delete)
+
+
+def delete_local_model(agent: Agent, model: str) -> list[str] | None:
+    """None when the node does not have it; else the digests of the blobs that went with it."""
+    entry = agent.catalog.delete(model) if agent.catalog.get(model) else None
+    if entry is not None:
+        uninstall_entry(agent, entry)
+        used = agent.store.referenced_digests() | agent.catalog.referenced_digests()
+        removed = []
+        for f in [] if entry.get("shared") else entry.get("files", []):
+            digest = Digest.parse(f["sha256"])
+            if digest.hex not in used and agent.store.blobs.delete(digest):
+                removed.append(str(digest))
+        return removed
+    name = ModelName.parse(model)
+    if agent.store.read_manifest(name) is None:
+        return None
+    return agent.store.delete_model(name, keep=agent.catalog.referenced_digests())
 
 
 def _run_job(agent: Agent, job_id: str, work: Callable[[Progress], dict]) -> dict:
@@ -79,7 +106,7 @@ def _run_job(agent: Agent, job_id: str, work: Callable[[Progress], dict]) -> dic
 
 
 def refresh_inventory(agent: Agent) -> list[dict]:
-    models = agent.store.list_models()
+    models = agent.store.list_models() + agent.catalog.inventory()
     membership.publish_inventory(agent.redis, agent.worker_id, models)
     return models
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import socket
+from pathlib import Path
 import time
 
 import redis
 
 from eldric.queues import TASK_FOR_JOB_KIND, TASK_PULL, queues_for, worker_queue
 from worker_agent import celery_app, job_runner, membership, runtime
+from worker_agent.catalog import Catalog
 from worker_agent.ollama_store import OllamaStore
 from worker_agent.runtime import Agent
 from worker_agent.server import create_agent_app, start_server
@@ -37,7 +39,7 @@ def run_agent(settings: AgentSettings, loglevel: str = "INFO") -> None:
     wait_for_redis(client, settings.redis_url)
     store = OllamaStore(settings.models_dir)
     store.ensure()
-    agent = Agent(settings=settings, redis=client, store=store)
+    agent = Agent(settings=settings, redis=client, store=store, catalog=Catalog(Path(settings.data_dir) / "catalog"))
     runtime.install(agent)
 
     server = start_server(create_agent_app(agent), settings.host, settings.http_port)

@@ -113,8 +113,8 @@ class OllamaStore:
         with open(self.blobs.path(layer.digest), "rb") as f:
             return f.read(limit).decode("utf-8", errors="replace")
 
-    def delete_model(self, name: ModelName) -> list[str]:
-        """Remove the manifest, then every blob no remaining manifest references; return removed digests."""
+    def delete_model(self, name: ModelName, keep: set[str] = frozenset()) -> list[str]:
+        """Remove the manifest, then every blob no remaining manifest (nor `keep`) references."""
         path = self.manifest_path(name)
         try:
             manifest = Manifest.parse(path.read_bytes())
@@ -126,7 +126,7 @@ class OllamaStore:
                 parent.rmdir()
             except OSError:
                 break
-        still_used = self.referenced_digests()
+        still_used = self.referenced_digests() | set(keep)
         removed = []
         for blob in manifest.blobs():
             if blob.digest.hex not in still_used and self.blobs.delete(blob.digest):

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import redis
 
+from worker_agent.catalog import Catalog
 from worker_agent.download import DownloadOptions
 from worker_agent.ollama_store import OllamaStore
 from worker_agent.settings import AgentSettings
@@ -16,6 +17,7 @@ class Agent:
     settings: AgentSettings
     redis: redis.Redis
     store: OllamaStore
+    catalog: Catalog
 
     @property
     def worker_id(self) -> str:

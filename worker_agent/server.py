@@ -9,7 +9,10 @@ import redis
 from flask import Flask, jsonify, request
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from registry.errors import InvalidNameError
+from registry.digests import Digest
+from registry.errors import InvalidDigestError, InvalidNameError
+from registry.file_responses import file_response
+from registry.ranges import RangeNotSatisfiableError
 from registry.names import ModelName
 from worker_agent.model_info import show_model
 from worker_agent.runtime import Agent
@@ -55,6 +58,38 @@ def create_agent_app(agent: Agent) -> Flask:
         if found is None:
             return jsonify(code=404, status="Not Found", message=f"model '{name.short}' not found"), 404
         return jsonify(found)
+
+    @app.get("/api/models/export")
+    def export():
+        """What a peer needs to copy a model from this node: its manifest, or its file list."""
+        model = request.args.get("model", "")
+        entry = agent.catalog.get(model)
+        if entry is not None:
+            if entry.get("shared"):
+                return jsonify(code=409, status="Conflict",
+                               message=f"'{model}' lives on shared storage here; distribute it from the registry"), 409
+            return jsonify(kind="files", entry=entry)
+        try:
+            name = ModelName.parse(model)
+        except InvalidNameError as exc:
+            return jsonify(code=400, status="Bad Request", message=str(exc)), 400
+        found = agent.store.read_manifest(name) if agent.store.has_model(name) else None
+        if found is None:
+            return jsonify(code=404, status="Not Found", message=f"model '{model}' not found"), 404
+        return jsonify(kind="ollama", model=name.short, manifest=found[0].decode())
+
+    @app.get("/blobs/<digest>")
+    def blob(digest: str):
+        """A verified blob of this node's store, with Range support (peers resume from it)."""
+        try:
+            d = Digest.parse(digest)
+            return file_response(request, agent.store.blobs.path(d), etag=str(d))
+        except InvalidDigestError as exc:
+            return jsonify(code=400, status="Bad Request", message=str(exc)), 400
+        except FileNotFoundError:
+            return jsonify(code=404, status="Not Found", message=f"blob {digest} not on this node"), 404
+        except RangeNotSatisfiableError as exc:
+            return jsonify(code=416, status="Range Not Satisfiable", message=str(exc)), 416
 
     @app.errorhandler(404)
     def not_found(_):

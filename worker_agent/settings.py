@@ -35,6 +35,14 @@ class AgentSettings:
     retry_base_seconds: float = field(default=2.0, metadata={"env": "ELDRIC_RETRY_BASE_SECONDS", "help": "first retry delay; doubles each time"})
     retry_max_seconds: float = field(default=120.0, metadata={"env": "ELDRIC_RETRY_MAX_SECONDS", "help": "longest retry delay"})
     progress_seconds: float = field(default=0.25, metadata={"env": "ELDRIC_PROGRESS_SECONDS", "help": "least time between two progress writes per worker"})
+    shared_mounts: tuple[str, ...] = field(default=(), metadata={"env": "ELDRIC_SHARED_MOUNTS", "help": "comma list of paths where the registry's storage may be mounted (NFS); proven by its fingerprint file"})
+    ollama_url: str = field(default="http://127.0.0.1:11434", metadata={"env": "ELDRIC_OLLAMA_URL", "help": "Ollama's HTTP API on this node (blob upload, create, tags)"})
+    vllm_models_dir: Path | None = field(default=None, metadata={"env": "ELDRIC_VLLM_MODELS_DIR", "help": "vLLM serving path, one directory per model; default <data dir>/backends/vllm"})
+    tgi_models_dir: Path | None = field(default=None, metadata={"env": "ELDRIC_TGI_MODELS_DIR", "help": "TGI model directories (its --model-id paths); default <data dir>/backends/tgi"})
+    llamacpp_models_dir: Path | None = field(default=None, metadata={"env": "ELDRIC_LLAMACPP_MODELS_DIR", "help": "llama.cpp models path (GGUF files); default <data dir>/backends/llamacpp"})
+    triton_repository: Path | None = field(default=None, metadata={"env": "ELDRIC_TRITON_REPOSITORY", "help": "Triton model repository (--model-repository); default <data dir>/backends/triton"})
+    triton_url: str = field(default="http://127.0.0.1:8000", metadata={"env": "ELDRIC_TRITON_URL", "help": "Triton's HTTP API (repository load, model readiness)"})
+    backend_timeout_seconds: float = field(default=600.0, metadata={"env": "ELDRIC_BACKEND_TIMEOUT_SECONDS", "help": "longest wait for one backend API call (blob upload, create, model load)"})
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **explicit) -> "AgentSettings":

@@ -7,7 +7,7 @@ import logging
 from celery import Task
 
 from eldric import keys
-from eldric.queues import TASK_DELETE, TASK_INVENTORY_SYNC, TASK_PULL
+from eldric.queues import TASK_DELETE, TASK_DISTRIBUTE, TASK_INVENTORY_SYNC, TASK_PULL
 from worker_agent import job_runner, runtime
 from worker_agent.celery_app import app
 from worker_agent.errors import AgentError, SourceUnavailableError
@@ -51,6 +51,16 @@ def pull(self: JobTask, job_id: str, model: str) -> dict:
                          max_retries=agent.settings.pull_retries)
 
 
+@app.task(name=TASK_DISTRIBUTE, bind=True, base=JobTask)
+def distribute(self: JobTask, job_id: str, model: str) -> dict:
+    agent = runtime.current()
+    try:
+        return job_runner.run_distribute_job(agent, job_id, model)
+    except SourceUnavailableError as exc:
+        raise self.retry(exc=exc, countdown=agent.settings.retry_delay(self.request.retries),
+                         max_retries=agent.settings.pull_retries)
+
+
 @app.task(name=TASK_DELETE, bind=True, base=JobTask)
 def delete(self: JobTask, job_id: str, model: str) -> dict:
     return job_runner.run_delete_job(runtime.current(), job_id, model)
@@ -60,3 +70,54 @@ def delete(self: JobTask, job_id: str, model: str) -> dict:
 def inventory_sync() -> dict:
     models = job_runner.refresh_inventory(runtime.current())
     return {"models": len(models)}
+
+
+# --- Scheduled work: beat enqueues these on the shared maintenance queue (eldric/schedules.py);
+# every agent consumes it, so one live agent runs each message. Bodies: worker_agent/maintenance.py.
+
+from celery.signals import celeryd_after_setup  # noqa: E402
+
+from eldric import logging_setup  # noqa: E402
+from eldric.queues import (  # noqa: E402
+    MAINTENANCE_QUEUE, TASK_INVENTORY_SYNC_ALL, TASK_PINS_CHECK_UPDATES, TASK_PINS_RECONCILE, TASK_REAP_STALE_JOBS,
+)
+from worker_agent import maintenance  # noqa: E402
+from worker_agent.sources import RegistrySource, registry_base_url  # noqa: E402
+
+def _send(name: str, args: list, queue: str) -> None:
+    app.send_task(name, args=args, queue=queue)
+
+
+@app.task(name=TASK_INVENTORY_SYNC_ALL)
+def inventory_sync_all() -> dict:
+    return {"asked": maintenance.request_inventory_sync(runtime.current().redis, _send)}
+
+
+@app.task(name=TASK_REAP_STALE_JOBS)
+def reap_stale_jobs(stale_after: float) -> dict:
+    reaped = maintenance.reap_stale_jobs(runtime.current().redis, stale_after=float(stale_after))
+    return {"reaped": [[r.job_id, r.worker_id] for r in reaped]}
+
+
+@app.task(name=TASK_PINS_RECONCILE)
+def pins_reconcile(deadline_seconds: float, retry_seconds: float) -> dict:
+    jobs = maintenance.reconcile_pins(runtime.current().redis, _send, deadline_seconds=float(deadline_seconds),
+                                      retry_after=float(retry_seconds))
+    return {"jobs": jobs}
+
+
+@app.task(name=TASK_PINS_CHECK_UPDATES)
+def pins_check_updates(deadline_seconds: float, retry_seconds: float) -> dict:
+    agent = runtime.current()
+    s = agent.settings
+    return maintenance.check_pin_updates(
+        agent.redis, _send, lambda name: RegistrySource(registry_base_url(name, s.ollama_registry, s.insecure_registries)),
+        deadline_seconds=float(deadline_seconds), retry_after=float(retry_seconds))
+
+
+@celeryd_after_setup.connect
+def _consume_maintenance_queue(sender, instance, **_kw) -> None:
+    instance.app.amqp.queues.select_add(MAINTENANCE_QUEUE)
+
+
+logging_setup.connect_celery_signals()

@@ -151,19 +151,29 @@ class Unreachable(RangeServer):
 
 
 class GatedServer(RangeServer):
-    """Holds each response open until `gate` are open at once (or a second passes): measures parallelism."""
+    """Holds the first responses open until more than `limit` are open at once, or for `hold` seconds.
 
-    def __init__(self, gate: int) -> None:
+    With at most `limit` connections the hold simply expires, and then max_active == limit;
+    with more, the (limit + 1)-th connection shows up in max_active.
+    """
+
+    def __init__(self, limit: int, hold: float = 0.3) -> None:
         super().__init__()
-        self.gate, self.active, self.max_active = gate, 0, 0
+        self.limit, self.hold = limit, hold
+        self.active = self.max_active = 0
+        self.released = False
         self._cond = threading.Condition()
 
     def respond(self, start: int, end: int) -> FakeResponse:
         with self._cond:
             self.active += 1
             self.max_active = max(self.max_active, self.active)
+            if self.active > self.limit:
+                self.released = True
             self._cond.notify_all()
-            self._cond.wait_for(lambda: self.active >= self.gate, timeout=1.0)
+            if not self._cond.wait_for(lambda: self.released, timeout=self.hold):
+                self.released = True
+                self._cond.notify_all()
         return FakeResponse(self.data[start:end + 1], on_close=self._closed)
 
     def _closed(self) -> None:
@@ -239,7 +249,7 @@ def test_parallel_download_commits_the_exact_bytes_under_the_digest(store, parti
 
 
 def test_many_ranges_use_at_most_parts_connections_at_once(store, partial):
-    server = GatedServer(gate=3)
+    server = GatedServer(limit=3)
     fetch(server, store, partial, options=DownloadOptions(parts=3, part_bytes=1000, chunk_bytes=300,
                                                           save_every_seconds=0.02))
     assert store.path(DIGEST).read_bytes() == DATA
@@ -427,4 +437,5 @@ def test_real_connection_failures_are_transient(store, partial, error):
     with pytest.raises(SourceUnavailableError):
         download_blob(open_range, DIGEST, len(DATA), store, partial, OPTIONS)
     state = json.loads((partial / f"{DIGEST.filename}.json").read_text())
-    assert [c for _, _, c in state["parts"]] == [keep] * 4
+    # urllib3 drops the bytes of the read that broke, so up to one chunk per range is fetched again.
+    assert all(keep - OPTIONS.chunk_bytes <= c <= keep for _, _, c in state["parts"])

@@ -1,0 +1,75 @@
+"""/api/v1/pins: desired state — models every eligible worker (or the listed ones) must hold."""
+
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from marshmallow import Schema, fields, validate
+
+from controller import pins
+from controller.state import redis_client
+
+blp = Blueprint("pins", __name__, url_prefix="/api/v1/pins",
+                description="Pinned models: beat pulls them to every eligible worker lacking them, new workers too")
+
+
+class PinRequestSchema(Schema):
+    model = fields.String(required=True, metadata={"description": "Ollama model name, e.g. qwen2.5:0.5b"})
+    workers = fields.List(fields.String(validate=validate.Length(min=1, max=63)),
+                          validate=validate.Length(min=1, max=10000), allow_none=True,
+                          metadata={"description": "worker ids; default every inference and cloud worker, "
+                                                   "including those that join later"})
+    auto_update = fields.Boolean(load_default=False, metadata={
+        "description": "re-pull when the tag points at a new digest upstream (checked every ELDRIC_PIN_UPDATE_SECONDS)"})
+
+
+class CoverageSchema(Schema):
+    present = fields.List(fields.String())
+    missing = fields.List(fields.String())
+    outdated = fields.List(fields.String(), metadata={"description": "auto-update pin: an older digest"})
+    pulling = fields.List(fields.String())
+
+
+class PinSchema(Schema):
+    model = fields.String()
+    workers = fields.List(fields.String(), allow_none=True, metadata={"description": "null: the whole cluster"})
+    auto_update = fields.Boolean()
+    created_at = fields.Float()
+    upstream_digest = fields.String(allow_none=True, metadata={"description": "where the tag pointed at the last check"})
+    checked_at = fields.Float(allow_none=True)
+    check_error = fields.String(allow_none=True)
+    coverage = fields.Nested(CoverageSchema, metadata={"description": "eligible workers by the model's status"})
+
+
+class PinListSchema(Schema):
+    pins = fields.List(fields.Nested(PinSchema))
+    total = fields.Integer()
+
+
+@blp.route("")
+class Pins(MethodView):
+    @blp.response(200, PinListSchema)
+    def get(self):
+        """Every pin with the eligible workers that hold, lack or are pulling the model."""
+        found = pins.list_pins(redis_client())
+        return {"pins": found, "total": len(found)}
+
+    @blp.arguments(PinRequestSchema)
+    @blp.response(201, PinSchema)
+    @blp.alt_response(200, schema=PinSchema, description="an existing pin was replaced")
+    def post(self, body: dict):
+        """Pin a model to the whole cluster or to listed workers (replaces an existing pin of the model)."""
+        view, created = pins.pin_model(redis_client(), model=body["model"], workers=body.get("workers"),
+                                       auto_update=body["auto_update"])
+        return view, 201 if created else 200
+
+
+@blp.route("/<path:model>")
+class PinByModel(MethodView):
+    @blp.response(200, PinSchema)
+    def get(self, model: str):
+        """One pin."""
+        return pins.get_pin(redis_client(), model)
+
+    @blp.response(204)
+    def delete(self, model: str):
+        """Remove the pin; models already pulled stay on the workers."""
+        pins.unpin_model(redis_client(), model)

@@ -1,0 +1,108 @@
+"""Starting a distribute job: resolve the source, pick targets, keep secrets out of sight, enqueue."""
+
+from __future__ import annotations
+
+from urllib.parse import quote, urlsplit
+
+import redis
+from celery import Celery
+
+from controller import cluster, dispatch, inventory, jobs
+from controller.errors import BadRequestError, NotFoundError
+from controller.pulls import JobLimits, choose_targets, parse_model
+from controller.registry_client import RegistryClient, error_message
+from eldric import keys
+from eldric.queues import TASK_DISTRIBUTE
+from registry.digests import is_digest
+from registry.errors import InvalidNameError
+from registry.names import split_reference
+
+SOURCES = ("registry", "worker", "url", "ollama")
+
+
+def start_distribute(client: redis.Redis, producer: Celery, registry: RegistryClient, *, model: str,
+                     source: dict, workers: list[str] | None, limits: JobLimits) -> str:
+    kind = source.get("type")
+    options: dict = {"source": kind}
+    secrets: dict = {}
+    chosen = choose_targets(client, workers, limits)  # cheap checks first: bad targets need no source lookup
+    if kind == "ollama":
+        model = parse_model(model).short
+    elif kind == "worker":
+        model = _from_worker(client, model, source, options)
+    elif kind == "registry":
+        model = _from_registry(registry, model, options)
+    elif kind == "url":
+        model = _from_url(model, source, options, secrets)
+    else:
+        raise BadRequestError(f"source.type must be one of {', '.join(SOURCES)}", field="source")
+    targets = [wid for wid in chosen if wid != options.get("from_worker")]
+    if not targets:
+        raise BadRequestError("no target worker left once the source worker is excluded", field="workers")
+    job_id = jobs.create_job(client, kind="distribute", model=model, targets=targets, source=kind,
+                             deadline_seconds=limits.deadline_seconds, options=options)
+    if secrets:
+        client.hset(keys.job_secrets(job_id), mapping=secrets)
+        client.expire(keys.job_secrets(job_id), int(limits.deadline_seconds) + 3600)
+    for wid in dispatch.send_to_workers(producer, TASK_DISTRIBUTE, job_id, [model], targets):
+        jobs.fail_worker(client, job_id, wid, "could not enqueue the task: broker unavailable")
+    jobs.prune_jobs(client, retention_seconds=limits.retention_seconds, keep_max=limits.keep_max)
+    return job_id
+
+
+def _from_worker(client: redis.Redis, model: str, source: dict, options: dict) -> str:
+    from_worker = source.get("worker")
+    if not isinstance(from_worker, str) or not from_worker:
+        raise BadRequestError("source.worker names the worker to copy from", field="source")
+    worker = cluster.get_worker(client, from_worker)
+    if worker is None:
+        raise NotFoundError(f"unknown source worker {from_worker!r}")
+    held = inventory.models_of(client, from_worker)
+    if model not in held:
+        model = parse_model(model).short  # inventories list Ollama models by their short name
+        if model not in held:
+            raise NotFoundError(f"worker {from_worker} does not have model '{model}'")
+    options["from_worker"] = from_worker
+    return model
+
+
+def _from_registry(registry: RegistryClient, model: str, options: dict) -> str:
+    """`model` is a registry model id, or `name[:version]` (the newest ready version)."""
+    resp = registry.send("GET", f"/api/v1/model-registry/{quote(model, safe='')}")
+    if resp.status_code == 404 or resp.status_code == 400:
+        name, _, version = model.partition(":")
+        query = f"name={quote(name)}&limit=100"
+        listing = registry.send("GET", "/api/v1/model-registry", query=query)
+        found = [m for m in (listing.json().get("models", []) if listing.ok else [])
+                 if m.get("state", "ready") == "ready" and (not version or m.get("version") == version)]
+        if not found:
+            raise NotFoundError(f"no model {model!r} in the registry")
+        chosen = found[0]
+    elif resp.ok:
+        chosen = resp.json()
+    else:
+        raise BadRequestError(f"registry answered {resp.status_code}: {error_message(resp)}", field="model")
+    options.update(registry_model_id=chosen["id"], registry_url=registry.base_url, format=chosen.get("format"))
+    return f"{chosen['name']}:{chosen['version']}"
+
+
+def _from_url(model: str, source: dict, options: dict, secrets: dict) -> str:
+    url = source.get("url")
+    if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
+        raise BadRequestError("source.url must be an http(s) URL", field="source")
+    sha256 = source.get("sha256")
+    if sha256 is not None and not is_digest(sha256):
+        raise BadRequestError("source.sha256 must be sha256:<64 hex digits>", field="source")
+    filename = source.get("filename") or urlsplit(url).path.rsplit("/", 1)[-1]
+    if not filename or "/" in filename or "\\" in filename or filename.startswith(".") or "\x00" in filename:
+        raise BadRequestError("source.filename is not a plain file name", field="source")
+    try:
+        name = ":".join(split_reference(model))
+    except InvalidNameError as exc:
+        raise BadRequestError(str(exc), field="model") from None
+    parts = urlsplit(url)
+    options.update(origin=f"{parts.scheme}://{parts.hostname}{parts.path}", filename=filename, sha256=sha256)
+    secrets["url"] = url  # query strings carry S3 signatures: kept out of job views, task args and logs
+    if source.get("token"):
+        secrets["token"] = str(source["token"])
+    return name

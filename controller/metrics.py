@@ -1,0 +1,184 @@
+"""Prometheus `/metrics` on the controller, computed from Redis at each scrape.
+
+Everything is a gauge read from the cluster's records (the controller is stateless,
+so there is no process-local counter to keep): jobs and job parts on record by
+state, bytes pulled per source, per-worker pull throughput, Celery queue depths,
+registered/online workers, and pin coverage. Nothing here writes to Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import redis
+from flask import Flask, Response, current_app
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+from eldric import jobstate, keys, pins
+from eldric.queues import MAINTENANCE_QUEUE, WORKER_TYPES, is_valid_worker_id, type_queue, worker_queue
+
+# kombu's Redis transport keeps a queue's prioritised messages in sibling lists.
+_KOMBU_PRIORITY_SEP = "\x06\x16"
+_KOMBU_PRIORITY_STEPS = (3, 6, 9)
+
+
+@dataclass
+class Snapshot:
+    jobs: Counter = field(default_factory=Counter)  # (kind, state) -> jobs
+    parts: Counter = field(default_factory=Counter)  # per-worker state -> job parts
+    bytes_by_source: Counter = field(default_factory=Counter)
+    current_rate: dict[str, float] = field(default_factory=dict)  # worker -> B/s over its active pulls
+    last_rate: dict[str, tuple[float, float]] = field(default_factory=dict)  # worker -> (finished_at, B/s)
+    queues: dict[str, int] = field(default_factory=dict)
+    workers: list[tuple[str, str, bool]] = field(default_factory=list)  # (id, type, online)
+    pin_coverage: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def source_label(source: str | None) -> str:
+    """scheme://host[:port]/path of a source: never credentials nor a signed query string."""
+    if not source:
+        return "unknown"
+    parts = urlsplit(source)
+    if not parts.scheme or not parts.hostname:
+        return source.split("?", 1)[0].split("@")[-1][:200]
+    host = parts.hostname + (f":{parts.port}" if parts.port else "")
+    return f"{parts.scheme}://{host}{parts.path}".rstrip("/")
+
+
+def read_snapshot(client: redis.Redis, *, stale_after: float, now: float | None = None) -> Snapshot:
+    now = time.time() if now is None else now
+    snap = Snapshot()
+    ids = sorted(client.smembers(keys.WORKERS))
+    pipe = client.pipeline(transaction=False)
+    for wid in ids:
+        pipe.hget(keys.worker(wid), "type")
+        pipe.exists(keys.worker_alive(wid))
+    flags = pipe.execute()
+    alive = {}
+    for i, wid in enumerate(ids):
+        wtype, online = flags[2 * i], bool(flags[2 * i + 1])
+        alive[wid] = online
+        if wtype is not None:
+            snap.workers.append((wid, wtype, online))
+    _read_jobs(client, snap, alive, stale_after, now)
+    snap.queues = _queue_depths(client, [type_queue(t) for t in WORKER_TYPES] + [MAINTENANCE_QUEUE]
+                                + [worker_queue(w) for w in ids if is_valid_worker_id(w)])
+    found = pins.list_pins(client)
+    facts = pins.load_worker_facts(client, [p.model for p in found])
+    snap.pin_coverage = {p.model: {k: len(v) for k, v in pins.coverage(p, facts).items()} for p in found}
+    return snap
+
+
+def _read_jobs(client: redis.Redis, snap: Snapshot, alive: dict[str, bool], stale_after: float, now: float) -> None:
+    job_ids = client.zrange(keys.JOBS, 0, -1)
+    pipe = client.pipeline(transaction=False)
+    for job_id in job_ids:
+        pipe.hmget(keys.job(job_id), ["kind", "deadline_at"])
+        pipe.hgetall(keys.job_workers(job_id))
+    rows = pipe.execute()
+    for i in range(len(job_ids)):
+        (kind, deadline), raw_records = rows[2 * i], rows[2 * i + 1]
+        if deadline is None:
+            continue
+        records = []
+        for wid, raw in raw_records.items():
+            record, _ = jobstate.derive_worker(json.loads(raw), now=now, alive=alive.get(wid, False),
+                                               deadline_at=float(deadline), stale_after=stale_after)
+            records.append(record)
+            _count_part(snap, wid, record)
+        snap.jobs[(kind or "pull", jobstate.job_state(records))] += 1
+
+
+def _count_part(snap: Snapshot, wid: str, record: dict) -> None:
+    state = record.get("state", jobstate.PENDING)
+    snap.parts[state] += 1
+    done = int(record.get("completed") or 0)
+    if done:
+        snap.bytes_by_source[source_label(record.get("source"))] += done
+    started, updated = record.get("started_at"), record.get("updated_at") or record.get("finished_at")
+    if not (started and updated and updated > started and done):
+        return
+    rate = done / (float(updated) - float(started))
+    if state in jobstate.ACTIVE:
+        snap.current_rate[wid] = snap.current_rate.get(wid, 0.0) + rate
+    elif state == jobstate.COMPLETED:
+        finished = float(record.get("finished_at") or updated)
+        if finished >= snap.last_rate.get(wid, (0.0, 0.0))[0]:
+            snap.last_rate[wid] = (finished, rate)
+
+
+def _queue_depths(client: redis.Redis, queues: list[str]) -> dict[str, int]:
+    pipe = client.pipeline(transaction=False)
+    for q in queues:
+        pipe.llen(q)
+        for step in _KOMBU_PRIORITY_STEPS:
+            pipe.llen(f"{q}{_KOMBU_PRIORITY_SEP}{step}")
+    lengths = pipe.execute()
+    width = 1 + len(_KOMBU_PRIORITY_STEPS)
+    return {q: sum(lengths[width * i: width * i + width]) for i, q in enumerate(queues)}
+
+
+def metric_families(snap: Snapshot) -> list[GaugeMetricFamily]:
+    jobs = GaugeMetricFamily("eldric_jobs", "Jobs on record by kind and derived state", labels=["kind", "state"])
+    for (kind, state), n in sorted(snap.jobs.items()):
+        jobs.add_metric([kind, state], n)
+    parts = GaugeMetricFamily("eldric_job_workers", "Per-worker parts of jobs on record by state", labels=["state"])
+    for state in (jobstate.PENDING, jobstate.PULLING, jobstate.RETRYING, jobstate.OFFLINE,
+                  jobstate.COMPLETED, jobstate.FAILED):
+        parts.add_metric([state], snap.parts.get(state, 0))
+    pulled = GaugeMetricFamily("eldric_pulled_bytes", "Bytes pulled by workers in jobs on record, by source",
+                               labels=["source"])
+    for source, n in sorted(snap.bytes_by_source.items()):
+        pulled.add_metric([source], n)
+    current = GaugeMetricFamily("eldric_worker_pull_bytes_per_second",
+                                "Throughput of the worker's running pulls (0 when idle)", labels=["worker"])
+    last = GaugeMetricFamily("eldric_worker_last_pull_bytes_per_second",
+                             "Average throughput of the worker's last completed pull", labels=["worker"])
+    up = GaugeMetricFamily("eldric_worker_up", "1 while the worker's agent heartbeats", labels=["worker", "type"])
+    for wid, wtype, online in snap.workers:
+        current.add_metric([wid], snap.current_rate.get(wid, 0.0))
+        if wid in snap.last_rate:
+            last.add_metric([wid], snap.last_rate[wid][1])
+        up.add_metric([wid, wtype], 1 if online else 0)
+    registered = GaugeMetricFamily("eldric_workers", "Registered workers by type", labels=["type"])
+    online = GaugeMetricFamily("eldric_workers_online", "Online workers by type", labels=["type"])
+    for wtype in WORKER_TYPES:
+        registered.add_metric([wtype], sum(1 for _, t, _ in snap.workers if t == wtype))
+        online.add_metric([wtype], sum(1 for _, t, o in snap.workers if t == wtype and o))
+    queues = GaugeMetricFamily("eldric_queue_messages", "Messages waiting in a Celery queue", labels=["queue"])
+    for q, n in snap.queues.items():
+        queues.add_metric([q], n)
+    pinned = GaugeMetricFamily("eldric_pin_workers", "Eligible workers per pinned model by the model's status",
+                               labels=["model", "status"])
+    for model, counts in sorted(snap.pin_coverage.items()):
+        for status, n in counts.items():
+            pinned.add_metric([model, status], n)
+    return [jobs, parts, pulled, current, last, up, registered, online, queues, pinned]
+
+
+class _SnapshotCollector:
+    def __init__(self, snap: Snapshot) -> None:
+        self.snap = snap
+
+    def collect(self):
+        yield from metric_families(self.snap)
+
+
+def render(snap: Snapshot) -> bytes:
+    """The text exposition format of a snapshot."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_SnapshotCollector(snap))
+    return generate_latest(registry)
+
+
+def register_metrics(app: Flask) -> None:
+    @app.get("/metrics")
+    def metrics():
+        snap = read_snapshot(current_app.extensions["eldric.redis"],
+                             stale_after=float(current_app.config["STALE_WORKER_SECONDS"]))
+        return Response(render(snap), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,0 +1,79 @@
+"""Pins (desired state) as the API sees them: validate, store, list with coverage, remove.
+
+The pulls themselves are started by the scheduled `pins.reconcile` (worker_agent/maintenance.py),
+so a pin also reaches workers that join later.
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis
+
+from controller import cluster
+from controller.errors import BadRequestError, NotFoundError
+from eldric import pins
+from registry.errors import InvalidNameError
+from registry.names import ModelName
+
+
+def canonical(model: str, field: str = "model") -> str:
+    try:
+        return ModelName.parse(model).short
+    except InvalidNameError as exc:
+        raise BadRequestError(str(exc), field=field) from None
+
+
+def pin_model(client: redis.Redis, *, model: str, workers: list[str] | None, auto_update: bool,
+              now: float | None = None) -> tuple[dict, bool]:
+    """Create or replace the pin of `model`; return (its view, whether it is new)."""
+    name = canonical(model)
+    if workers is not None:
+        _, refused, unknown = cluster.select_targets(cluster.list_workers(client), workers)
+        if unknown:
+            raise NotFoundError(f"unknown worker(s): {', '.join(unknown)}")
+        if refused:
+            raise BadRequestError(f"not inference or cloud workers, they never take model work: {', '.join(refused)}",
+                                  field="workers")
+    existing = pins.get_pin(client, name)
+    pin = pins.Pin(
+        model=name, workers=tuple(dict.fromkeys(workers)) if workers is not None else None,
+        auto_update=auto_update, created_at=existing.created_at if existing else (time.time() if now is None else now),
+        # The tag's last known digest stays valid whatever else changed.
+        upstream_digest=existing.upstream_digest if existing else None,
+        checked_at=existing.checked_at if existing else None,
+    )
+    pins.save_pin(client, pin)
+    return view(pin, pins.load_worker_facts(client, [name])), existing is None
+
+
+def list_pins(client: redis.Redis) -> list[dict]:
+    found = pins.list_pins(client)
+    facts = pins.load_worker_facts(client, [p.model for p in found])
+    return [view(p, facts) for p in found]
+
+
+def get_pin(client: redis.Redis, model: str) -> dict:
+    pin = pins.get_pin(client, canonical(model))
+    if pin is None:
+        raise NotFoundError(f"no pin for {model!r}")
+    return view(pin, pins.load_worker_facts(client, [pin.model]))
+
+
+def unpin_model(client: redis.Redis, model: str) -> None:
+    """Forget the pin; models already on workers stay where they are."""
+    if not pins.delete_pin(client, canonical(model)):
+        raise NotFoundError(f"no pin for {model!r}")
+
+
+def view(pin: pins.Pin, facts: list[pins.WorkerFacts]) -> dict:
+    return {
+        "model": pin.model,
+        "workers": list(pin.workers) if pin.workers is not None else None,
+        "auto_update": pin.auto_update,
+        "created_at": pin.created_at,
+        "upstream_digest": pin.upstream_digest,
+        "checked_at": pin.checked_at,
+        "check_error": pin.check_error,
+        "coverage": pins.coverage(pin, facts),
+    }

@@ -1,0 +1,155 @@
+"""Distribution over real processes: registry -> workers, worker -> worker, URL, shared storage (NFS)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.support.file_server import FileServer
+from tests.support.gguf_models import write_llama_gguf
+from tests.support.processes import Service, eldric, free_port, wait_until
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+SECRET = "dist-secret"
+
+
+@pytest.fixture(scope="module")
+def live(cluster, workdir):
+    storage = workdir / "registry-storage"
+    port = free_port()
+    reg = Service("registry", eldric("registry", "--port", str(port), "--storage", str(storage)), workdir,
+                  env=cluster.env(ELDRIC_CLUSTER_SECRET=SECRET), cwd=REPO).start()
+    cluster.services.append(reg)
+    cluster.registry_url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: cluster.http.get(f"{cluster.registry_url}/healthz", timeout=2).ok, message="registry")
+    cluster.registry_storage = storage
+    cluster.start_controller(ELDRIC_REGISTRY_URL=cluster.registry_url, ELDRIC_CLUSTER_SECRET=SECRET)
+    wrong = workdir / "not-the-export"
+    wrong.mkdir()
+    (wrong / ".eldric-fingerprint").write_text("someone-else\n")
+    for name, mounts in (("inf-a", ""), ("inf-b", ""), ("inf-nfs", str(storage)), ("inf-wrong", str(wrong))):
+        cluster.start_worker(name, "inference", ELDRIC_CLUSTER_SECRET=SECRET, ELDRIC_SHARED_MOUNTS=mounts)
+    cluster.start_worker("data-a", "data", ELDRIC_CLUSTER_SECRET=SECRET)
+    return cluster
+
+
+@pytest.fixture(scope="module")
+def registered(live, workdir) -> dict:
+    gguf = write_llama_gguf(workdir / "house.gguf", name="house", width=96)
+    with open(gguf, "rb") as f:
+        resp = live.api("POST", "/api/v1/model-registry/upload", params={"name": "house", "filename": "house.gguf"},
+                        data=f)
+    assert resp.status_code == 201, resp.text
+    return {**resp.json(), "bytes": gguf.read_bytes()}
+
+
+def _catalog_file(live, worker: str, model: dict) -> bytes:
+    sha = model["files"][0]["sha256"].replace(":", "-")
+    return (live.store(worker) / "blobs" / sha).read_bytes()
+
+
+def test_registry_model_reaches_two_workers(live, registered):
+    job = live.api("POST", "/api/v1/models/distribute", json={
+        "model": registered["id"], "source": {"type": "registry"}, "workers": ["inf-a", "inf-b"]}).json()
+    assert job["kind"] == "distribute" and job["source"] == "registry", job
+    final = live.wait_job(job["id"])
+    assert final["state"] == "completed", json.dumps(final, indent=1)
+    for w in ("inf-a", "inf-b"):
+        assert _catalog_file(live, w, registered) == registered["bytes"]
+    ref = f"house:{registered['version']}"
+    models = {m["name"]: m for m in live.api("GET", "/api/v1/models").json()["models"]}
+    assert models[ref]["workers"] == ["inf-a", "inf-b"] and models[ref]["format"] == "gguf"
+    listed = live.api("GET", "/api/v1/models/pull-jobs", params={"kind": "distribute"}).json()["jobs"]
+    assert listed[0]["id"] == job["id"]
+
+
+def test_shared_storage_with_matching_fingerprint_moves_no_bytes(live, registered):
+    job = live.api("POST", "/api/v1/models/distribute", json={
+        "model": registered["id"], "source": {"type": "registry"}, "workers": ["inf-nfs", "inf-wrong"]}).json()
+    final = live.wait_job(job["id"])
+    by = {w["worker"]: w for w in final["workers"]}
+    assert by["inf-nfs"]["state"] == "completed" and by["inf-nfs"]["status"] == "shared", by["inf-nfs"]
+    assert by["inf-nfs"].get("transferred") == 0
+    assert not list((live.store("inf-nfs") / "blobs").glob("sha256-*")), "nothing copied onto the NFS worker"
+    # A mount whose fingerprint differs is not the registry's storage: that worker copies.
+    assert by["inf-wrong"]["state"] == "completed" and by["inf-wrong"]["status"] != "shared"
+    assert _catalog_file(live, "inf-wrong", registered) == registered["bytes"]
+
+
+def test_worker_to_worker_copy_needs_and_uses_the_cluster_secret(live, registered, tiny_model):
+    pull = live.api("POST", "/api/v1/models/pull", json={"model": "tiny", "workers": ["inf-a"]}).json()
+    assert live.wait_job(pull["id"])["state"] == "completed"
+    inf_a = live.api("GET", "/api/v1/workers/inf-a").json()
+    digest = tiny_model["manifest"]["layers"][0]["digest"]
+    assert live.http.get(f"{inf_a['address']}/blobs/{digest}", timeout=5).status_code == 401
+    ranged = live.http.get(f"{inf_a['address']}/blobs/{digest}", headers={
+        "Authorization": f"Bearer {SECRET}", "Range": "bytes=4-11"}, timeout=5)
+    assert ranged.status_code == 206 and len(ranged.content) == 8
+    job = live.api("POST", "/api/v1/models/distribute", json={
+        "model": "tiny", "source": {"type": "worker", "worker": "inf-a"}, "workers": ["inf-b"]}).json()
+    final = live.wait_job(job["id"])
+    assert final["state"] == "completed", json.dumps(final, indent=1)
+    manifest = live.store("inf-b") / "manifests" / "registry.ollama.ai" / "library" / "tiny" / "latest"
+    assert manifest.read_bytes() == tiny_model["manifest_bytes"]
+    # and a registry file model, copied peer to peer
+    ref = f"house:{registered['version']}"
+    job = live.api("POST", "/api/v1/models/distribute", json={
+        "model": ref, "source": {"type": "worker", "worker": "inf-a"}, "workers": ["inf-wrong"]}).json()
+    assert live.wait_job(job["id"])["state"] == "completed"
+
+
+@pytest.mark.parametrize("ranges", [True, False])
+def test_url_source_with_and_without_range(live, workdir, ranges):
+    root = workdir / f"www-{ranges}"
+    root.mkdir()
+    gguf = write_llama_gguf(root / "web.gguf", name="web", width=64 + 32 * ranges)
+    server = FileServer(root, ranges=ranges, token="hf_secret")
+    try:
+        sha = "sha256:" + hashlib.sha256(gguf.read_bytes()).hexdigest()
+        url = f"{server.url}/web.gguf?X-Amz-Signature=abc123"
+        job = live.api("POST", "/api/v1/models/distribute", json={
+            "model": f"web{int(ranges)}", "workers": ["inf-a"],
+            "source": {"type": "url", "url": url, "token": "hf_secret", "sha256": sha}}).json()
+        assert "abc123" not in json.dumps(job) and "hf_secret" not in json.dumps(job)
+        final = live.wait_job(job["id"])
+        assert final["state"] == "completed", json.dumps(final, indent=1)
+        blob = live.store("inf-a") / "blobs" / sha.replace(":", "-")
+        assert blob.read_bytes() == gguf.read_bytes()
+        assert any(r is not None for _, r in server.log) == ranges or not ranges
+    finally:
+        server.close()
+
+
+def test_url_digest_mismatch_fails_the_worker(live, workdir):
+    root = workdir / "www-bad"
+    root.mkdir()
+    (root / "x.gguf").write_bytes(b"GGUF" + b"\0" * 100)
+    server = FileServer(root)
+    try:
+        job = live.api("POST", "/api/v1/models/distribute", json={
+            "model": "bad", "workers": ["inf-a"],
+            "source": {"type": "url", "url": f"{server.url}/x.gguf", "sha256": "sha256:" + "0" * 64}}).json()
+        final = live.wait_job(job["id"])
+        assert final["state"] == "failed" and "digest mismatch" in final["workers"][0]["error"]
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("body, status, needle", [
+    ({"model": "x", "source": {"type": "registry"}, "workers": ["data-a"]}, 400, "data-a"),
+    ({"model": "x", "source": {"type": "registry"}, "workers": ["ghost"]}, 404, "ghost"),
+    ({"model": "nope-id", "source": {"type": "registry"}}, 404, "nope-id"),
+    ({"model": "tiny", "source": {"type": "worker", "worker": "ghost"}}, 404, "ghost"),
+    ({"model": "x", "source": {"type": "url", "url": "file:///etc/passwd"}}, 400, "source"),
+    ({"model": "x", "source": {"type": "carrier-pigeon"}}, 422, "source"),
+    ({"model": "../x", "source": {"type": "url", "url": "http://127.0.0.1:1/x.gguf"}}, 400, "model"),
+])
+def test_bad_distribute_requests(live, body, status, needle):
+    resp = live.api("POST", "/api/v1/models/distribute", json=body)
+    assert resp.status_code == status, resp.text
+    assert needle in resp.text

@@ -1,0 +1,149 @@
+"""Distribution of one model to this node from any source: registry, peer worker, URL, Ollama registry."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from registry.digests import Digest
+from registry.names import ModelName
+from registry.names import split_reference
+from worker_agent.download import download_blob
+from worker_agent.errors import SourceError
+from worker_agent.file_sources import DataRegistrySource, HttpFileSource, PeerSource, RemoteFile, redact_url
+from worker_agent.installing import install_entry
+from worker_agent.progress import Progress
+from worker_agent.pulling import pull_model
+from worker_agent.runtime import Agent
+from worker_agent.sources import RegistrySource, registry_base_url
+
+FINGERPRINT_FILE = ".eldric-fingerprint"
+
+
+def distribute(agent: Agent, model: str, options: dict, secrets: dict, progress: Progress) -> dict:
+    source = options.get("source")
+    if source == "ollama":
+        return _from_ollama(agent, model, progress)
+    if source == "worker":
+        return _from_peer(agent, model, options, secrets, progress)
+    if source == "registry":
+        return _from_registry(agent, options, progress)
+    if source == "url":
+        return _from_url(agent, model, options, secrets, progress)
+    raise SourceError(f"unknown source {source!r}")
+
+
+def _from_ollama(agent: Agent, model: str, progress: Progress) -> dict:
+    s = agent.settings
+    name = ModelName.parse(model)
+    source = RegistrySource(registry_base_url(name, s.ollama_registry, s.insecure_registries))
+    result = pull_model(name, store=agent.store, source=source, progress=progress, options=agent.download_options)
+    progress.finish(total=result.size, digest=result.digest, transferred=result.downloaded)
+    return result.to_json()
+
+
+def _from_peer(agent: Agent, model: str, options: dict, secrets: dict, progress: Progress) -> dict:
+    address = agent.redis.hget(f"eldric:worker:{options['from_worker']}", "address")
+    if not address:
+        raise SourceError(f"source worker {options['from_worker']} is not registered")
+    peer = PeerSource(address, agent.settings.cluster_secret)
+    exported = peer.export(model)
+    if exported.get("kind") == "ollama":
+        result = pull_model(ModelName.parse(model), store=agent.store, source=peer, progress=progress,
+                            options=agent.download_options)
+        progress.finish(total=result.size, digest=result.digest, transferred=result.downloaded)
+        return result.to_json()
+    entry = exported["entry"]
+    entry = {k: entry[k] for k in ("name", "format", "details", "files", "source", "lineage") if k in entry}
+    return _store_files(agent, entry, peer.files(entry), progress, f"worker {options['from_worker']}")
+
+
+def _from_registry(agent: Agent, options: dict, progress: Progress) -> dict:
+    src = DataRegistrySource(options["registry_url"], agent.settings.cluster_secret)
+    model = src.model(options["registry_model_id"])
+    entry = {"name": f"{model['name']}:{model['version']}", "format": model.get("format"),
+             "details": model.get("details") or {}, "source": "registry", "registry_model_id": model["id"],
+             "files": [{"path": f["path"], "sha256": f["sha256"], "size": f["size"]} for f in model["files"]]}
+    shared = shared_tree(agent.settings.shared_mounts, model.get("storage") or {}, model["files"])
+    if shared is not None:
+        return _use_shared(agent, entry, shared, progress)
+    return _store_files(agent, entry, src.files(model), progress, "registry")
+
+
+def _from_url(agent: Agent, model: str, options: dict, secrets: dict, progress: Progress) -> dict:
+    url = secrets.get("url") or ""
+    src = HttpFileSource(url, token=secrets.get("token"))
+    filename = options.get("filename") or Path(redact_url(url)).name or "model.bin"
+    expected = Digest.parse(options["sha256"]) if options.get("sha256") else None
+    remote, ranged = src.remote_file(filename, expected)
+    fmt = "gguf" if filename.lower().endswith(".gguf") else options.get("format") or "other"
+    entry = {"name": model, "format": fmt, "details": {}, "source": "url", "origin": redact_url(url), "files": []}
+    return _store_files(agent, entry, [remote], progress, redact_url(url), single_range=not ranged)
+
+
+def _store_files(agent: Agent, entry: dict, files: list[RemoteFile], progress: Progress, origin: str,
+                 single_range: bool = False) -> dict:
+    """Fetch every missing file into the blob store, install for the backends, then list the model."""
+    split_reference(entry["name"])
+    blobs = agent.store.blobs
+    progress.start(total=sum(f.size for f in files), source=origin)
+    transferred, stored = 0, []
+    for f in files:
+        if f.digest is not None and blobs.has(f.digest, f.size):
+            progress.add_bytes(f.size)
+            stored.append({"path": f.path, "sha256": str(f.digest), "size": f.size})
+            continue
+        options = agent.download_options
+        if single_range:  # the server ignores Range: one stream, restarted from 0 on failure
+            options = replace(options, part_bytes=max(1, f.size), parts=1)
+        progress.update(status=f"downloading {f.path}", layer=f.path)
+        before = int(progress.record.get("completed") or 0)
+        path = download_blob(f.open_range, f.digest, f.size, blobs, agent.store.partial_dir, options,
+                             on_bytes=progress.add_bytes, key=f.key)
+        transferred += int(progress.record.get("completed") or 0) - before
+        stored.append({"path": f.path, "sha256": str(Digest.parse(path.name)), "size": f.size})
+    entry = {**entry, "files": stored, "size": sum(f["size"] for f in stored), "digest": model_digest(stored),
+             "shared": False}
+    progress.update(force=True, status="installing")
+    entry["installed"] = install_entry(agent, entry, {f["path"]: blobs.path(Digest.parse(f["sha256"])) for f in stored})
+    agent.catalog.put(entry)
+    progress.finish(total=entry["size"], digest=entry["digest"], transferred=transferred)
+    return {"model": entry["name"], "digest": entry["digest"], "size": entry["size"], "downloaded": transferred}
+
+
+def _use_shared(agent: Agent, entry: dict, tree: Path, progress: Progress) -> dict:
+    """The registry's export is mounted here: point the backends at it, move no bytes."""
+    total = sum(int(f["size"]) for f in entry["files"])
+    progress.update(force=True, state="pulling", status="shared", total=total, source=str(tree))
+    entry = {**entry, "size": total, "digest": model_digest(entry["files"]), "shared": True, "shared_path": str(tree)}
+    entry["installed"] = install_entry(agent, entry, {f["path"]: tree / f["path"] for f in entry["files"]})
+    agent.catalog.put(entry)
+    progress.finish(total=total, digest=entry["digest"], transferred=0, status="shared", shared=True)
+    return {"model": entry["name"], "digest": entry["digest"], "size": total, "downloaded": 0, "shared": True}
+
+
+def shared_tree(mounts: tuple[str, ...], storage: dict, files: list[dict]) -> Path | None:
+    """The model's tree under a mount proven (by the fingerprint file) to be the registry's storage."""
+    fingerprint, tree = storage.get("fingerprint"), storage.get("tree")
+    if not fingerprint or not tree:
+        return None
+    for mount in mounts:
+        root = Path(mount)
+        try:
+            if (root / FINGERPRINT_FILE).read_text().strip() != fingerprint:
+                continue
+        except OSError:
+            continue
+        candidate = root / tree
+        if all((candidate / f["path"]).is_file() and (candidate / f["path"]).stat().st_size == int(f["size"])
+               for f in files):
+            return candidate
+    return None
+
+
+def model_digest(files: list[dict]) -> str:
+    """A file model's identity: the sha256 of its sorted (path, sha256) list."""
+    canonical = json.dumps(sorted((f["path"], str(f["sha256"])) for f in files), separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()

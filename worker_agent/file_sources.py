@@ -1,0 +1,169 @@
+"""Sources of file models: the data worker's registry, plain URLs (HuggingFace, S3 presigned), peer agents.
+
+Each yields RemoteFile entries (path, size, expected sha256 when known, a range
+opener) that the download engine fetches; peers also serve Ollama-layout models
+through PeerSource, which speaks the same interface as the upstream registry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import requests
+
+from registry.digests import Digest
+from registry.errors import InvalidManifestError
+from registry.manifests import Manifest
+from registry.names import ModelName
+from worker_agent.download import RangeOpener
+from worker_agent.errors import ModelNotFoundError, SourceError, SourceUnavailableError
+from worker_agent.sources import CONNECT_TIMEOUT
+
+_CONTENT_RANGE_TOTAL = re.compile(r"/(\d+)\s*$")
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str
+    size: int
+    digest: Digest | None
+    open_range: RangeOpener
+    key: str  # names the partial download when the digest is unknown
+
+
+def _get(session: requests.Session, url: str, what: str, **kw) -> requests.Response:
+    try:
+        resp = session.get(url, timeout=kw.pop("timeout", (CONNECT_TIMEOUT, 60)), **kw)
+    except requests.RequestException as exc:
+        raise SourceUnavailableError(f"{what} unreachable: {exc}") from None
+    if resp.status_code >= 500 or resp.status_code == 429:
+        resp.close()
+        raise SourceUnavailableError(f"{what} answered {resp.status_code}")
+    return resp
+
+
+def redact_url(url: str) -> str:
+    """A URL fit for logs and job views: no query string (presigned signatures), no credentials."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+class HttpFileSource:
+    """One file at a URL; follows redirects; resumable where the server honours Range."""
+
+    def __init__(self, url: str, token: str | None = None, session: requests.Session | None = None) -> None:
+        self.url, self.session = url, session or requests.Session()
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def probe(self) -> tuple[int, bool]:
+        """(size, honours Range). A 1-byte ranged GET works where HEAD does not (S3 presigned GETs)."""
+        resp = _get(self.session, self.url, redact_url(self.url), headers={**self.headers, "Range": "bytes=0-0"},
+                    stream=True)
+        with resp:
+            if resp.status_code == 404:
+                raise ModelNotFoundError(f"{redact_url(self.url)}: not found (404)")
+            if resp.status_code in (401, 403):
+                raise SourceError(f"{redact_url(self.url)}: access denied ({resp.status_code}); check the token")
+            if resp.status_code == 206:
+                match = _CONTENT_RANGE_TOTAL.search(resp.headers.get("Content-Range", ""))
+                if match:
+                    return int(match.group(1)), True
+            if resp.status_code == 200 and resp.headers.get("Content-Length", "").isdigit():
+                return int(resp.headers["Content-Length"]), False
+            raise SourceError(f"{redact_url(self.url)}: answered {resp.status_code} without a usable size")
+
+    def open_range(self, start: int, end: int, read_timeout: float) -> requests.Response:
+        return _get(self.session, self.url, redact_url(self.url), stream=True, timeout=(CONNECT_TIMEOUT, read_timeout),
+                    headers={**self.headers, "Range": f"bytes={start}-{end}"})
+
+    def remote_file(self, path: str, expected: Digest | None = None) -> tuple[RemoteFile, bool]:
+        size, ranged = self.probe()
+        key = hashlib.sha256(redact_url(self.url).encode()).hexdigest()[:32]
+        return RemoteFile(path=path, size=size, digest=expected, open_range=self.open_range, key=key), ranged
+
+
+class DataRegistrySource:
+    """Models in the data worker's registry: `/api/v1/model-registry/{id}` and its files (Range)."""
+
+    def __init__(self, base_url: str, secret: str = "", session: requests.Session | None = None) -> None:
+        self.base_url, self.session = base_url.rstrip("/"), session or requests.Session()
+        self.headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+
+    def model(self, model_id: str) -> dict:
+        url = f"{self.base_url}/api/v1/model-registry/{quote(model_id, safe='')}"
+        resp = _get(self.session, url, f"registry {self.base_url}", headers=self.headers)
+        if resp.status_code == 404:
+            raise ModelNotFoundError(f"model {model_id} not found in the registry at {self.base_url}")
+        if not resp.ok:
+            raise SourceError(f"registry {self.base_url} answered {resp.status_code}: {resp.text[:200]}")
+        return resp.json()
+
+    def files(self, model: dict) -> list[RemoteFile]:
+        out = []
+        for f in model.get("files", []):
+            url = f"{self.base_url}/api/v1/model-registry/{quote(model['id'], safe='')}/files/{quote(f['path'])}"
+            opener = _ranged_opener(self.session, url, self.headers)
+            out.append(RemoteFile(path=f["path"], size=int(f["size"]), digest=Digest.parse(f["sha256"]),
+                                  open_range=opener, key=Digest.parse(f["sha256"]).hex))
+        return out
+
+
+class PeerSource:
+    """Another agent of this cluster: its store's models and blobs, behind the cluster secret."""
+
+    def __init__(self, address: str, secret: str, session: requests.Session | None = None) -> None:
+        self.address, self.session = address.rstrip("/"), session or requests.Session()
+        self.headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+
+    def describe(self) -> str:
+        return self.address
+
+    def export(self, model: str) -> dict:
+        resp = _get(self.session, f"{self.address}/api/models/export", f"worker {self.address}",
+                    params={"model": model}, headers=self.headers)
+        if resp.status_code == 404:
+            raise ModelNotFoundError(f"worker {self.address} does not have model '{model}'")
+        if not resp.ok:
+            raise SourceError(f"worker {self.address} answered {resp.status_code}: {resp.text[:200]}")
+        return resp.json()
+
+    # BlobSource interface, so pull_model copies Ollama-layout models from a peer unchanged.
+    def fetch_manifest(self, name: ModelName) -> tuple[bytes, Manifest]:
+        exported = self.export(name.short)
+        if exported.get("kind") != "ollama":
+            raise SourceError(f"worker {self.address} holds '{name.short}' as files, not an Ollama model")
+        raw = exported["manifest"].encode()
+        try:
+            return raw, Manifest.parse(raw)
+        except InvalidManifestError as exc:
+            raise SourceError(f"worker {self.address} sent a bad manifest: {exc}") from None
+
+    def open_range(self, name: ModelName, digest: Digest, start: int, end: int,
+                   read_timeout: float) -> requests.Response:
+        return self.blob_opener(digest)(start, end, read_timeout)
+
+    def blob_opener(self, digest: Digest) -> RangeOpener:
+        return _ranged_opener(self.session, f"{self.address}/blobs/{digest}", self.headers)
+
+    def files(self, entry: dict) -> list[RemoteFile]:
+        return [RemoteFile(path=f["path"], size=int(f["size"]), digest=Digest.parse(f["sha256"]),
+                           open_range=self.blob_opener(Digest.parse(f["sha256"])), key=Digest.parse(f["sha256"]).hex)
+                for f in entry.get("files", [])]
+
+
+def _ranged_opener(session: requests.Session, url: str, headers: dict) -> RangeOpener:
+    def open_range(start: int, end: int, read_timeout: float) -> requests.Response:
+        resp = _get(session, url, url, stream=True, timeout=(CONNECT_TIMEOUT, read_timeout),
+                    headers={**headers, "Range": f"bytes={start}-{end}"})
+        if resp.status_code not in (200, 206):
+            text = resp.text[:200]
+            resp.close()
+            raise SourceError(f"{url} answered {resp.status_code}: {text}")
+        return resp
+    return open_range

@@ -1,0 +1,202 @@
+"""Ollama: a Modelfile for operators, then blob upload + create through Ollama's HTTP API.
+
+Ollama's documented API (docs/api.md) with the official `ollama` client:
+`HEAD /api/blobs/<digest>` (200 present, 404 missing) -> `create_blob(path)`, i.e.
+`POST /api/blobs/<digest>` (201; 400 when the bytes do not hash to the digest) ->
+`create(model, files={name: digest}, template, system, parameters)` -> `GET /api/tags`
+must list the model. Ollama stores its own copy of every blob, so shared storage
+saves the download to this node but not this upload.
+
+Idempotence: a blob Ollama already has is never uploaded again; and when the last
+install's request (recorded beside the Modelfile) is unchanged and `/api/tags` still
+shows the digest it produced, nothing is sent at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import httpx
+import ollama
+import requests
+
+from registry.names import ModelName
+from worker_agent.installers import (BackendConfig, BackendError, BackendUnavailableError, InstallResult,
+                                     LocalModel, UnsupportedModelError, model_slug)
+from worker_agent.installers.chat_templates import TemplateChoice, choose_template
+
+BACKEND = "ollama"
+MODELFILE = "Modelfile"
+STATE = ".eldric-ollama.json"
+
+
+def served_name(name: str) -> str:
+    """The name Ollama lists the model under (`tiny` -> `tiny:latest`)."""
+    return ModelName.parse(name).short
+
+
+def template_for(model: LocalModel) -> TemplateChoice:
+    return choose_template(go_template=model.template, chat_template=model.chat_template,
+                           architecture=model.architecture)
+
+
+def create_request(model: LocalModel) -> dict:
+    """The body of POST /api/create, without the blob digests' file contents."""
+    if model.format != "gguf":
+        raise UnsupportedModelError(f"{model.name}: Ollama installs GGUF models; this one is {model.format} "
+                                    "(serve it with vllm or tgi, or convert it to GGUF)")
+    choice = template_for(model)
+    parameters = dict(model.parameters)
+    if choice.stop and "stop" not in parameters:
+        parameters["stop"] = list(choice.stop)
+    request: dict = {"model": served_name(model.name),
+                     "files": {Path(rel).name: model.digest(rel) for rel in _gguf_files(model)}}
+    if choice.template is not None:
+        request["template"] = choice.template
+    if model.system:
+        request["system"] = model.system
+    if parameters:
+        request["parameters"] = parameters
+    return request
+
+
+def render_modelfile(model: LocalModel, request: dict) -> str:
+    """The Modelfile equivalent of `request`, for operators (`ollama create NAME -f Modelfile`)."""
+    lines = [f"# {request['model']}: installed by Eldric through Ollama's API (POST /api/create).",
+             f"# To recreate by hand: ollama create {request['model']} -f Modelfile"]
+    lines += [f"FROM {path}" for rel, path in model.files.items() if rel in _gguf_files(model)]
+    if "template" in request:
+        lines.append(f"TEMPLATE {_quote(request['template'])}")
+    for key, value in (request.get("parameters") or {}).items():
+        for item in (value if isinstance(value, list) else [value]):
+            lines.append(f"PARAMETER {key} {_quote(item) if isinstance(item, str) else json.dumps(item)}")
+    if "system" in request:
+        lines.append(f"SYSTEM {_quote(request['system'])}")
+    return "\n".join(lines) + "\n"
+
+
+def _quote(text: str) -> str:
+    if "\n" not in text and '"' not in text:
+        return json.dumps(text)
+    if '"""' not in text:
+        return f'"""{text}"""'
+    return json.dumps(text)  # Ollama's parser accepts escaped quotes in a "..." string
+
+
+def _gguf_files(model: LocalModel) -> list[str]:
+    return sorted(rel for rel in model.files if rel.lower().endswith(".gguf")) or [model.gguf_file[0]]
+
+
+class Installer:
+    backend = BACKEND
+
+    def __init__(self, config: BackendConfig) -> None:
+        if not config.url or not config.models_dir:
+            raise BackendError("the ollama backend needs its API URL and a directory for Modelfiles")
+        self.config = config
+        self.url = config.url.rstrip("/")
+        self.client = ollama.Client(host=self.url, timeout=config.timeout)
+
+    def modelfile_dir(self, model: LocalModel) -> Path:
+        return Path(self.config.models_dir) / model.slug
+
+    def install(self, model: LocalModel, *, shared: bool = False) -> InstallResult:
+        request = create_request(model)
+        name = request["model"]
+        folder = self.modelfile_dir(model)
+        modelfile = folder / MODELFILE
+        _write_if_changed(modelfile, render_modelfile(model, request).encode())
+        request_hash = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+        before = self._tags().get(name)
+        state = _read_json(folder / STATE)
+        details = {"modelfile": str(modelfile), "template": template_for(model).source, "uploaded": []}
+        if before and state.get("request") == request_hash and state.get("digest") == before:
+            return InstallResult(BACKEND, name, f"{self.url}/api/tags#{name}", changed=False, shared=shared,
+                                 details={**details, "digest": before})
+        uploaded = 0
+        for rel in _gguf_files(model):
+            digest = request["files"][Path(rel).name]
+            if not self._has_blob(digest):
+                uploaded += self._upload(model.files[rel], digest)
+                details["uploaded"].append(digest)
+        self._call(lambda: self.client.create(stream=False, **_client_args(request)), f"create {name}")
+        after = self._tags().get(name)
+        if after is None:
+            raise BackendError(f"Ollama answered create for {name} but /api/tags does not list it")
+        _write_if_changed(folder / STATE, json.dumps({"request": request_hash, "digest": after}).encode())
+        return InstallResult(BACKEND, name, f"{self.url}/api/tags#{name}", changed=(after != before or uploaded > 0),
+                             shared=shared, bytes_copied=uploaded, details={**details, "digest": after})
+
+    def uninstall(self, name: str) -> bool:
+        name = served_name(name)
+        try:
+            self.client.delete(name)
+        except ollama.ResponseError as exc:
+            if exc.status_code == 404:
+                return False
+            raise BackendError(f"Ollama refused to delete {name}: {exc.error}") from None
+        except (ConnectionError, httpx.HTTPError) as exc:
+            raise BackendUnavailableError(f"Ollama at {self.url} unreachable: {exc}") from None
+        (Path(self.config.models_dir) / model_slug(name) / STATE).unlink(missing_ok=True)
+        return True
+
+    def _tags(self) -> dict[str, str]:
+        """Model name -> digest, from GET /api/tags."""
+        listing = self._call(self.client.list, "list models")
+        return {m.model: m.digest for m in listing.models if m.model}
+
+    def _has_blob(self, digest: str) -> bool:
+        try:
+            r = requests.head(f"{self.url}/api/blobs/{digest}", timeout=self.config.timeout)
+        except requests.RequestException as exc:
+            raise BackendUnavailableError(f"Ollama at {self.url} unreachable: {exc}") from None
+        if r.status_code not in (200, 404):
+            raise BackendError(f"Ollama answered HEAD /api/blobs/{digest} with {r.status_code}")
+        return r.status_code == 200
+
+    def _upload(self, path: Path, digest: str) -> int:
+        sent = self._call(lambda: self.client.create_blob(path), f"upload {path.name}")
+        if sent != digest:  # the file changed under us since its digest was taken
+            raise BackendError(f"{path}: uploaded as {sent}, but the model says {digest}")
+        return path.stat().st_size
+
+    def _call(self, fn, what: str):
+        try:
+            return fn()
+        except ollama.ResponseError as exc:
+            raise BackendError(f"Ollama refused to {what}: {exc.error} (HTTP {exc.status_code})") from None
+        except (ConnectionError, httpx.HTTPError) as exc:
+            raise BackendUnavailableError(f"Ollama at {self.url} unreachable ({what}): {exc}") from None
+
+
+def _client_args(request: dict) -> dict:
+    return {k: request[k] for k in ("model", "files", "template", "system", "parameters") if k in request}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _write_if_changed(path: Path, data: bytes) -> None:
+    try:
+        if path.read_bytes() == data:
+            return
+    except OSError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".incoming-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)

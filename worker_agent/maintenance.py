@@ -1,0 +1,144 @@
+"""Scheduled cluster upkeep that beat enqueues and any one agent runs (plain functions).
+
+- `request_inventory_sync`: fan `inventory.sync` out to every online worker's own queue.
+- `reap_stale_jobs`: fail and persist the parts of jobs whose worker went silent or missed the deadline.
+- `reconcile_pins`: start pulls so every eligible online worker holds each pinned model.
+- `check_pin_updates`: for auto-update pins, ask the registry where the tag points; re-pull on change.
+
+Each takes its Redis client and a `send(task, args, queue)` callable, so it runs (and
+is tested) without Celery.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import redis
+from kombu.exceptions import OperationalError
+
+from eldric import keys, pins
+from eldric.jobrecords import Reaped, create_job
+from eldric.jobrecords import reap_stale_jobs as reap_records
+from eldric.queues import TASK_INVENTORY_SYNC, TASK_PULL, worker_queue
+from registry.errors import RegistryError
+from registry.names import ModelName
+from worker_agent.errors import AgentError
+from worker_agent.progress import mark_failed
+from worker_agent.sources import BlobSource
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[str, list, str], object]
+LOCK_SECONDS = 120  # longer than any one run; released at the end of the run
+
+
+def lock_key(name: str) -> str:
+    """STRING with TTL: held while one agent runs scheduled job `name` (no concurrent runs)."""
+    return f"{keys.PREFIX}:maintenance:{name}:lock"
+
+
+@contextmanager
+def exclusive(client: redis.Redis, name: str) -> Iterator[bool]:
+    """Yield whether this caller got the run; a slow run must not overlap the next one."""
+    lock = client.lock(lock_key(name), timeout=LOCK_SECONDS, blocking=False)
+    acquired = lock.acquire()
+    try:
+        yield acquired
+    finally:
+        if acquired:
+            try:
+                lock.release()
+            except redis.exceptions.LockError:
+                pass  # expired meanwhile; the next run is free to start
+
+
+def request_inventory_sync(client: redis.Redis, send: Send) -> list[str]:
+    """Ask every online worker to re-report its local models; return the ids asked."""
+    ids = sorted(client.smembers(keys.WORKERS))
+    pipe = client.pipeline(transaction=False)
+    for wid in ids:
+        pipe.exists(keys.worker_alive(wid))
+    online = [wid for wid, alive in zip(ids, pipe.execute()) if alive]
+    for wid in online:
+        send(TASK_INVENTORY_SYNC, [], worker_queue(wid))
+    return online
+
+
+def reap_stale_jobs(client: redis.Redis, *, stale_after: float) -> list[Reaped]:
+    reaped = reap_records(client, stale_after=stale_after)
+    for r in reaped:
+        log.warning("failed a stale job part: %s", r.reason, extra={"job_id": r.job_id, "worker_id": r.worker_id})
+    return reaped
+
+
+def reconcile_pins(client: redis.Redis, send: Send, *, deadline_seconds: float, retry_after: float,
+                   models: list[str] | None = None, now: float | None = None) -> list[dict]:
+    """Start one pull job per pin for the eligible online workers lacking it; return the jobs started."""
+    now = time.time() if now is None else now
+    with exclusive(client, "pins") as mine:
+        if not mine:
+            log.info("another agent is reconciling pins; skipped")
+            return []
+        selected = [p for p in pins.list_pins(client) if models is None or p.model in models]
+        if not selected:
+            return []
+        facts = pins.load_worker_facts(client, [p.model for p in selected])
+        return [job for pin in selected
+                if (job := _pull_for_pin(client, send, pin, facts, now, deadline_seconds, retry_after))]
+
+
+def _pull_for_pin(client: redis.Redis, send: Send, pin: pins.Pin, facts: list[pins.WorkerFacts], now: float,
+                  deadline_seconds: float, retry_after: float) -> dict | None:
+    targets = pins.workers_to_pull(pin, facts, now=now, retry_after=retry_after)
+    if not targets:
+        return None
+    by_id = {w.id: w for w in facts}
+    outdated = [wid for wid in targets if pins.model_status(pin, by_id[wid]) == pins.OUTDATED]
+    options = {"pin": pin.model, "reason": "update" if outdated else "pinned", "outdated": outdated}
+    job_id = create_job(client, kind="pull", model=pin.model, targets=targets, source="ollama",
+                        deadline_seconds=deadline_seconds, options=options, now=now)
+    pins.record_attempt(client, pin.model, job_id, targets, now=now)
+    for wid in targets:
+        try:
+            send(TASK_PULL, [job_id, pin.model], worker_queue(wid))
+        except OperationalError as exc:
+            mark_failed(client, job_id, wid, f"could not enqueue the task: broker unavailable ({exc})")
+            client.srem(keys.worker_jobs(wid), job_id)
+    log.info("pin %s: pulling to %s (%s)", pin.model, ", ".join(targets), options["reason"],
+             extra={"job_id": job_id})
+    return {"job_id": job_id, "model": pin.model, "workers": targets, "reason": options["reason"]}
+
+
+def upstream_digest(source: BlobSource, name: ModelName) -> str:
+    """The digest of the manifest the tag points at now, as the inventory records it (sha256 of its bytes)."""
+    raw, _manifest = source.fetch_manifest(name)
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def check_pin_updates(client: redis.Redis, send: Send, source_for: Callable[[ModelName], BlobSource], *,
+                      deadline_seconds: float, retry_after: float) -> dict:
+    """Refresh the upstream digest of every auto-update pin, then pull where workers hold another."""
+    checked: dict[str, str | None] = {}
+    for pin in pins.list_pins(client):
+        if not pin.auto_update:
+            continue
+        name = ModelName.parse(pin.model)
+        try:
+            digest = upstream_digest(source_for(name), name)
+        except (AgentError, RegistryError) as exc:
+            log.warning("pin %s: update check failed: %s", pin.model, exc)
+            pins.record_check(client, pin.model, digest=None, error=str(exc))
+            checked[pin.model] = None
+            continue
+        if digest != pin.upstream_digest:
+            log.info("pin %s: upstream now at %s (was %s)", pin.model, digest, pin.upstream_digest)
+        pins.record_check(client, pin.model, digest=digest, error=None)
+        checked[pin.model] = digest
+    wanted = [m for m, d in checked.items() if d]
+    jobs = reconcile_pins(client, send, deadline_seconds=deadline_seconds, retry_after=retry_after,
+                          models=wanted) if wanted else []
+    return {"checked": checked, "jobs": jobs}
