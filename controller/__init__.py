@@ -32,11 +32,13 @@ def create_app(overrides: dict | None = None) -> Flask:
 
     api = Api(app)
     api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
-    from controller.api import distribute, model_registry, models, pins, pull_jobs, workers
-    for module in (pull_jobs, models, distribute, workers, model_registry, pins):
+    from controller.api import distribute, events, model_registry, models, pins, pull_jobs, workers
+    for module in (pull_jobs, events, models, distribute, workers, model_registry, pins):
         api.register_blueprint(module.blp)
     from controller.ollama_api import bp as ollama_bp
     app.register_blueprint(ollama_bp)
+    from controller.dashboard import bp as dashboard_bp
+    app.register_blueprint(dashboard_bp)
     register_error_handlers(app)
     _register_domain_errors(app)
     _register_auth(app)

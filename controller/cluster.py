@@ -87,7 +87,7 @@ def select_targets(workers: list[dict], requested: list[str] | None) -> tuple[li
     by_id = {w["id"]: w for w in workers}
     if requested is None:
         return [w for w in workers if is_model_serving(w["type"] or "")], [], []
-    unknown = [wid for wid in requested if wid not in by_id]
+    unknown = [wid for wid in dict.fromkeys(requested) if wid not in by_id]
     refused = [wid for wid in requested if wid in by_id and not is_model_serving(by_id[wid]["type"] or "")]
     chosen = [by_id[wid] for wid in dict.fromkeys(requested) if wid in by_id and wid not in refused]
     return chosen, refused, unknown

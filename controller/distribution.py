@@ -16,6 +16,7 @@ from eldric.queues import TASK_DISTRIBUTE
 from registry.digests import is_digest
 from registry.errors import InvalidNameError
 from registry.names import split_reference
+from registry.urlfetch import redact
 
 SOURCES = ("registry", "worker", "url", "ollama")
 
@@ -100,8 +101,7 @@ def _from_url(model: str, source: dict, options: dict, secrets: dict) -> str:
         name = ":".join(split_reference(model))
     except InvalidNameError as exc:
         raise BadRequestError(str(exc), field="model") from None
-    parts = urlsplit(url)
-    options.update(origin=f"{parts.scheme}://{parts.hostname}{parts.path}", filename=filename, sha256=sha256)
+    options.update(origin=redact(url), filename=filename, sha256=sha256)
     secrets["url"] = url  # query strings carry S3 signatures: kept out of job views, task args and logs
     if source.get("token"):
         secrets["token"] = str(source["token"])

@@ -5,6 +5,7 @@ from flask import current_app
 import redis
 
 from controller.pulls import JobLimits
+from controller.registry_client import RegistryClient
 
 
 def redis_client() -> redis.Redis:
@@ -24,3 +25,12 @@ def job_limits(deadline_seconds: float | None = None) -> JobLimits:
     return JobLimits(deadline_seconds=deadline_seconds or cfg["JOB_DEADLINE_SECONDS"],
                      retention_seconds=cfg["JOB_RETENTION_SECONDS"], keep_max=cfg["JOB_HISTORY_MAX"],
                      forget_after=cfg["WORKER_FORGET_SECONDS"])
+
+
+def registry_client() -> RegistryClient:
+    """The controller's client of the data worker's registry (one per app)."""
+    client = current_app.extensions.get("eldric.registry_client")
+    if client is None:
+        client = RegistryClient(current_app.config["REGISTRY_URL"], token=current_app.config.get("CLUSTER_SECRET", ""))
+        current_app.extensions["eldric.registry_client"] = client
+    return client

@@ -97,13 +97,31 @@ def configure_logging(level: str | int = "INFO", fmt: str = "text", stream: IO[s
     root.setLevel(level)
 
 
+class ContextSuffixFormatter(logging.Formatter):
+    """Wraps another formatter (e.g. Celery's) and appends ` [job=… worker=…]` to the first line."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = self.inner.format(record)
+        suffix = getattr(record, "context", "")
+        if not suffix:
+            return text
+        first, sep, rest = text.partition("\n")
+        return f"{first}{suffix}{sep}{rest}"
+
+
 def apply_to_logger(logger: logging.Logger, fmt: str) -> None:
-    """Give an already configured logger's handlers our filter (and, for json, our formatter)."""
+    """Give an already configured logger's handlers our filter and the context in their format."""
     for handler in logger.handlers:
         if not any(isinstance(f, ContextFilter) for f in handler.filters):
             handler.addFilter(ContextFilter())
         if fmt == "json":
             handler.setFormatter(JsonFormatter())
+        elif not isinstance(handler.formatter, (ContextSuffixFormatter, JsonFormatter)):
+            handler.setFormatter(ContextSuffixFormatter(handler.formatter or logging.Formatter()))
 
 
 JOB_TASK_PREFIX = "models."  # tasks whose first argument is a job id

@@ -43,7 +43,7 @@ _WORKER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
 def is_valid_worker_id(worker_id: str) -> bool:
-    return isinstance(worker_id, str) and bool(_WORKER_ID.match(worker_id))
+    return isinstance(worker_id, str) and bool(_WORKER_ID.fullmatch(worker_id))
 
 
 def is_model_serving(worker_type: str) -> bool:

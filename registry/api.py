@@ -7,15 +7,14 @@ buffered, so a 20 GiB upload costs the same memory as a 2 KiB one.
 
 from __future__ import annotations
 
-from typing import Iterator
-
 from flask import Response, current_app, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
+from registry.file_responses import file_response
 from registry.imports import Importer
 from registry.model_errors import BadRequestError, NotFoundError
-from registry.ranges import parse_content_range, parse_range
+from registry.ranges import parse_content_range
 from registry.schemas import (DigestQuerySchema, DraftRequestSchema, FileSchema, ImportRequestSchema, ImportSchema,
                               ModelListSchema, ModelQuerySchema, ModelSchema, StorageSchema, TrainingRequestSchema,
                               UploadQuerySchema, UploadSessionRequestSchema, UploadSessionSchema)
@@ -24,7 +23,6 @@ from registry.views import API_PREFIX
 
 blp = Blueprint("model_registry", __name__, url_prefix=API_PREFIX,
                 description="Models the cluster owns: upload, import, list, download, delete")
-CHUNK = 1 << 20
 
 
 def service() -> RegistryService:
@@ -210,34 +208,10 @@ def _chunk_start() -> int | None:
 
 
 def _send_file(model_id: str, file_path: str) -> Response:
-    blob, size, digest = service().open_file(model_id, file_path)
-    etag = f'"{digest}"'
-    headers = {"ETag": etag, "Accept-Ranges": "bytes", "X-Content-Digest": digest,
-               "Content-Disposition": f"attachment; filename=\"{file_path.rsplit('/', 1)[-1]}\""}
-    if etag in [t.strip() for t in request.headers.get("If-None-Match", "").split(",")]:
-        return Response(status=304, headers=headers)
-    asked = request.headers.get("Range")
-    if_range = request.headers.get("If-Range")
-    wanted = parse_range(asked if if_range in (None, etag) else None, size)
+    blob, _size, digest = service().open_file(model_id, file_path)
     try:
-        f = open(blob, "rb")
+        resp = file_response(request, blob, etag=digest, filename=file_path.rsplit("/", 1)[-1])
     except FileNotFoundError:
         raise NotFoundError(f"the bytes of {file_path} are missing from the registry storage") from None
-    start, length, status = (wanted.start, wanted.length, 206) if wanted else (0, size, 200)
-    if wanted:
-        headers["Content-Range"] = wanted.content_range(size)
-    resp = Response(_read(f, start, length), status=status, headers=headers,
-                    mimetype="application/octet-stream", direct_passthrough=True)
-    resp.content_length = length
-    resp.call_on_close(f.close)
+    resp.headers["X-Content-Digest"] = digest
     return resp
-
-
-def _read(f, start: int, length: int) -> Iterator[bytes]:
-    f.seek(start)
-    while length > 0:
-        chunk = f.read(min(CHUNK, length))
-        if not chunk:
-            return  # the file shrank under us; the client sees a short body and retries
-        length -= len(chunk)
-        yield chunk

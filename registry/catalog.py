@@ -194,6 +194,9 @@ class Catalog:
     def upload(self, upload_id: str) -> dict | None:
         return _row(self._conn().execute("SELECT * FROM uploads WHERE id = ?", (upload_id,)).fetchone())
 
+    def uploads_of(self, model_id: str) -> list[dict]:
+        return Tx(self._conn()).uploads_of(model_id)
+
     def all_uploads(self) -> list[dict]:
         return [_row(r) for r in self._conn().execute("SELECT * FROM uploads")]
 

@@ -22,7 +22,7 @@ class Digest:
         """Accept `sha256:<hex>` (and Ollama's file form `sha256-<hex>`)."""
         if isinstance(raw, str) and raw.startswith("sha256-"):
             raw = "sha256:" + raw[len("sha256-"):]
-        if not isinstance(raw, str) or not _DIGEST.match(raw):
+        if not isinstance(raw, str) or not _DIGEST.fullmatch(raw):
             raise InvalidDigestError(f"invalid digest {raw!r}: expected sha256:<64 lowercase hex digits>")
         return cls(hex=raw[len("sha256:"):])
 
@@ -40,7 +40,7 @@ class Digest:
 
 
 def is_digest(raw: str) -> bool:
-    return isinstance(raw, str) and bool(_DIGEST.match(raw))
+    return isinstance(raw, str) and bool(_DIGEST.fullmatch(raw))
 
 
 def sha256_of_file(f: BinaryIO, limit: int | None = None) -> "hashlib._Hash":

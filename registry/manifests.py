@@ -46,7 +46,7 @@ class Manifest:
             raise InvalidManifestError("manifest larger than 4 MiB")
         try:
             doc = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise InvalidManifestError(f"manifest is not JSON: {exc}") from None
         if not isinstance(doc, dict) or doc.get("schemaVersion") != 2:
             raise InvalidManifestError("manifest is not schemaVersion 2")

@@ -42,7 +42,7 @@ def check_part(kind: str, value: str, raw: str) -> None:
         raise InvalidNameError(f"invalid model name {raw!r}: empty {kind}")
     if len(value) > limit:
         raise InvalidNameError(f"invalid model name {raw!r}: {kind} longer than {limit} characters")
-    if not pattern.match(value):
+    if not pattern.fullmatch(value):
         raise InvalidNameError(f"invalid model name {raw!r}: {kind} {value!r} has characters that are not allowed")
 
 

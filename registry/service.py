@@ -279,6 +279,8 @@ class RegistryService:
 
     def commit(self, model_id: str) -> dict:
         model = self._require_draft(self.catalog.model(model_id), model_id)
+        if self.catalog.uploads_of(model_id):
+            raise ConflictError("the model has unfinished uploads; finish or cancel them first", "uploads")
         files = model["files"]
         if not files:
             raise InvalidFormatError("the model has no files", "files")

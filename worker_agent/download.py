@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import requests
+import urllib3
 
 from registry.blobstore import BlobStore
 from registry.digests import Digest
@@ -34,8 +35,9 @@ from worker_agent.errors import SourceError, SourceUnavailableError
 
 # open_range(start, end_inclusive, read_timeout) -> streaming response for those bytes
 RangeOpener = Callable[[int, int, float], requests.Response]
+# raw.read() surfaces urllib3's and the socket's own errors, not requests' wrappers.
 _TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-              SourceUnavailableError)
+              urllib3.exceptions.HTTPError, ConnectionError, TimeoutError, SourceUnavailableError)
 _HASH_STEP = 2 << 20
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 import requests
 
@@ -18,6 +18,7 @@ from registry.digests import Digest
 from registry.errors import InvalidManifestError
 from registry.manifests import Manifest
 from registry.names import ModelName
+from registry.urlfetch import redact as redact_url
 from worker_agent.download import RangeOpener
 from worker_agent.errors import ModelNotFoundError, SourceError, SourceUnavailableError
 from worker_agent.sources import CONNECT_TIMEOUT
@@ -43,15 +44,6 @@ def _get(session: requests.Session, url: str, what: str, **kw) -> requests.Respo
         resp.close()
         raise SourceUnavailableError(f"{what} answered {resp.status_code}")
     return resp
-
-
-def redact_url(url: str) -> str:
-    """A URL fit for logs and job views: no query string (presigned signatures), no credentials."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 class HttpFileSource:

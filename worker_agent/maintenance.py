@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -44,16 +45,27 @@ def lock_key(name: str) -> str:
 @contextmanager
 def exclusive(client: redis.Redis, name: str) -> Iterator[bool]:
     """Yield whether this caller got the run; a slow run must not overlap the next one."""
-    lock = client.lock(lock_key(name), timeout=LOCK_SECONDS, blocking=False)
-    acquired = lock.acquire()
+    key, token = lock_key(name), uuid.uuid4().hex
+    acquired = bool(client.set(key, token, nx=True, ex=LOCK_SECONDS))
     try:
         yield acquired
     finally:
         if acquired:
-            try:
-                lock.release()
-            except redis.exceptions.LockError:
-                pass  # expired meanwhile; the next run is free to start
+            _release(client, key, token)
+
+
+def _release(client: redis.Redis, key: str, token: str) -> None:
+    """Delete the lock only if it is still ours (it may have expired and been taken)."""
+    with client.pipeline() as pipe:
+        try:
+            pipe.watch(key)
+            if pipe.get(key) != token:
+                return
+            pipe.multi()
+            pipe.delete(key)
+            pipe.execute()
+        except redis.WatchError:
+            pass
 
 
 def request_inventory_sync(client: redis.Redis, send: Send) -> list[str]:

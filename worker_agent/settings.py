@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -72,6 +73,13 @@ class AgentSettings:
         for name in ("concurrency", "download_parts", "part_bytes", "pull_retries"):
             if getattr(self, name) < (0 if name == "pull_retries" else 1):
                 raise SettingsError(f"{name} must be positive")
+        if self.port is not None and not 0 <= self.port <= 65535:
+            raise SettingsError(f"port must be 0-65535, got {self.port}")
+        for name in ("heartbeat_seconds", "stall_seconds", "retry_base_seconds", "retry_max_seconds",
+                     "progress_seconds", "backend_timeout_seconds"):
+            value = getattr(self, name, 1.0)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise SettingsError(f"{name} must be a positive number of seconds, got {value!r}")
         return self
 
     @property

@@ -6,9 +6,8 @@ from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
 from controller import distribution, jobs
-from controller.api.model_registry import _client as registry_client
 from controller.schemas import JobSchema
-from controller.state import job_limits, producer, redis_client, stale_after
+from controller.state import job_limits, producer, redis_client, registry_client, stale_after
 
 blp = Blueprint("distribute", __name__, url_prefix="/api/v1/models", description="Distribute models to workers")
 

@@ -316,6 +316,7 @@ MODEL_CONFIG_FIELDS = {  # top-level fields of Triton's ModelConfig (model_confi
     "model_repository_agents", "response_cache",
 }
 INSTANCE_KINDS = {"KIND_AUTO", "KIND_GPU", "KIND_CPU", "KIND_MODEL"}
+TRITON_BACKENDS = {"vllm", "python", "tensorrtllm", "onnxruntime", "pytorch", "tensorflow", "openvino", "fil"}
 _TOKEN = re.compile(r'\s+|#[^\n]*|"(?:[^"\\]|\\.)*"|[A-Za-z_][A-Za-z0-9_.]*|-?\d+(?:\.\d+)?|[{}\[\]:,;]')
 
 
@@ -448,6 +449,9 @@ class FakeTriton(_FakeServer):
             raise ValueError(f"config.pbtxt names the model {config['name'][0]!r}, expecting {name!r}")
         if not config.get("backend") and not config.get("platform"):
             raise ValueError("config.pbtxt sets neither backend nor platform")
+        backend = config.get("backend", [""])[0]
+        if backend and backend not in TRITON_BACKENDS:
+            raise ValueError(f"unable to find backend library for backend '{backend}'")
         for group in config.get("instance_group", []):
             kind = (group.get("kind") or ["KIND_AUTO"])[0]
             if kind not in INSTANCE_KINDS:

@@ -137,8 +137,6 @@ def test_bad_model_name_is_400_naming_model(client, store, producer, cluster, mo
     assert nothing_happened(store, producer)
 
 
-@pytest.mark.xfail(reason="BUG: names._check uses pattern.match with '$', so a part may end in '\\n'; "
-                          "the job is created for 'ns\\n/tiny' (fix in registry/names.py)", strict=True)
 def test_model_name_with_a_newline_is_400(client, store, producer, cluster):
     assert_error(pull(client, {"model": "ns\n/tiny"}), 400)
     assert nothing_happened(store, producer)

@@ -419,12 +419,6 @@ def test_download_through_real_responses(store, partial):
     assert path.read_bytes() == DATA
 
 
-@pytest.mark.xfail(
-    reason="BUG (uncommitted download.py change): _stream_range now reads resp.raw.read(), which raises "
-           "urllib3's ProtocolError / ReadTimeoutError, not the requests exceptions in _TRANSIENT, so a "
-           "reset or stalled connection is not retried and the task fails instead of resuming",
-    strict=True,
-)
 @pytest.mark.parametrize("error", [ConnectionResetError("reset by peer"), TimeoutError("timed out")],
                          ids=["reset", "read-timeout"])
 def test_real_connection_failures_are_transient(store, partial, error):

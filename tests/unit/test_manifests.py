@@ -118,11 +118,6 @@ def test_parse_rejects_unusable_manifests(payload):
         Manifest.parse(payload)
 
 
-@pytest.mark.xfail(
-    reason="BUG: json.loads raises RecursionError (not ValueError) on deeply nested input, which "
-           "escapes Manifest.parse uncaught; catch RecursionError too",
-    strict=True,
-)
 def test_parse_rejects_deeply_nested_json_as_invalid():
     with pytest.raises(InvalidManifestError):
         Manifest.parse(b"[" * 100_000)

@@ -97,11 +97,6 @@ def test_parts_at_their_length_limit_are_accepted(limit_name):
     ModelName.parse(limit_name)
 
 
-@pytest.mark.xfail(
-    reason="BUG: part patterns end in '$', which also matches before a trailing newline, so "
-           "'ns\\n/model' parses with namespace 'ns\\n'; use pattern.fullmatch() in names._check",
-    strict=True,
-)
 @pytest.mark.parametrize("raw", ["ns\n/model", "model\n:tag", "host\n/ns/model"])
 def test_parse_rejects_a_newline_inside_a_part(raw):
     with pytest.raises(InvalidNameError):

@@ -67,11 +67,6 @@ def test_invalid_worker_ids_are_refused(worker_id):
         worker_queue(worker_id)
 
 
-@pytest.mark.xfail(
-    reason="BUG: _WORKER_ID ends in '$', which matches before a trailing newline, so 'node\\n' "
-           "is a valid id (and queue/Redis key); use _WORKER_ID.fullmatch()",
-    strict=True,
-)
 def test_worker_id_with_a_trailing_newline_is_refused():
     assert not is_valid_worker_id("node\n")
 
