@@ -16,11 +16,14 @@ from urllib.parse import urlsplit
 
 import redis
 from flask import Flask, Response, current_app
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, exposition, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
 from eldric import jobstate, keys, pins
 from eldric.queues import MAINTENANCE_QUEUE, WORKER_TYPES, is_valid_worker_id, type_queue, worker_queue
+
+# The classic text format every Prometheus parses (newer clients default to version 1.0.0).
+CONTENT_TYPE = getattr(exposition, "CONTENT_TYPE_PLAIN_0_0_4", exposition.CONTENT_TYPE_LATEST)
 
 # kombu's Redis transport keeps a queue's prioritised messages in sibling lists.
 _KOMBU_PRIORITY_SEP = "\x06\x16"
@@ -181,4 +184,4 @@ def register_metrics(app: Flask) -> None:
     def metrics():
         snap = read_snapshot(current_app.extensions["eldric.redis"],
                              stale_after=float(current_app.config["STALE_WORKER_SECONDS"]))
-        return Response(render(snap), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return Response(render(snap), headers={"Content-Type": CONTENT_TYPE})

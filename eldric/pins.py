@@ -189,27 +189,35 @@ def load_worker_facts(client: redis.Redis, pinned: list[str]) -> list[WorkerFact
     rows = pipe.execute()
     width = 4 if pinned else 3
     per_worker = [(rows[width * i: width * i + width] + [[]])[:4] for i in range(len(ids))]
-    job_models = _job_models(client, sorted({j for row in per_worker for j in row[2]}))
+    job_models = _unfinished_job_models(client, [(wid, j) for wid, row in zip(ids, per_worker) for j in row[2]])
     attempts = _failed_attempts(client, pinned)
     out = []
     for wid, (wtype, alive, jobs, held) in zip(ids, per_worker):
         if wtype is None:
             continue
         models = {m: json.loads(raw) for m, raw in zip(pinned, held or []) if raw}
-        busy = frozenset(job_models[j] for j in jobs if job_models.get(j))
+        busy = frozenset(m for j in jobs if (m := job_models.get((wid, j))))
         failed = {m: at for m, per in attempts.items() if (at := per.get(wid)) is not None}
         out.append(WorkerFacts(id=wid, type=wtype, online=bool(alive), models=models,
                                busy_models=busy, failed_at=failed))
     return out
 
 
-def _job_models(client: redis.Redis, job_ids: list[str]) -> dict[str, str]:
-    if not job_ids:
+def _unfinished_job_models(client: redis.Redis, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """(worker, job) -> model, for the jobs whose part on that worker has not finished."""
+    if not pairs:
         return {}
     pipe = client.pipeline(transaction=False)
-    for job_id in job_ids:
+    for wid, job_id in pairs:
         pipe.hget(keys.job(job_id), "model")
-    return {j: m for j, m in zip(job_ids, pipe.execute()) if m}
+        pipe.hget(keys.job_workers(job_id), wid)
+    rows = pipe.execute()
+    out = {}
+    for i, pair in enumerate(pairs):
+        model, raw = rows[2 * i], rows[2 * i + 1]
+        if model and raw and not jobstate.is_terminal(json.loads(raw).get("state", "")):
+            out[pair] = model
+    return out
 
 
 def _failed_attempts(client: redis.Redis, pinned: list[str]) -> dict[str, dict[str, float]]:

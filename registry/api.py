@@ -152,7 +152,7 @@ class Upload(MethodView):
     @blp.response(202, UploadSessionSchema)
     def patch(self, upload_id: str):
         """Append a chunk at `Content-Range: bytes <first>-<last>/*` (or `Upload-Offset: <first>`)."""
-        session = service().append_upload(upload_id, request.stream, _chunk_start())
+        session = service().append_upload(upload_id, request.stream, _chunk_start(), request.content_length)
         return session, 202, _upload_headers(session)
 
     @blp.arguments(DigestQuerySchema, location="query")
@@ -160,7 +160,7 @@ class Upload(MethodView):
     def put(self, query: dict, upload_id: str):
         """Finish: append the body if any, check size and digest, add the file to the draft."""
         if request.content_length or request.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            service().append_upload(upload_id, request.stream, _chunk_start())
+            service().append_upload(upload_id, request.stream, _chunk_start(), request.content_length)
         return service().finish_upload(upload_id, query.get("digest"))
 
     @blp.response(204)

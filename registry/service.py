@@ -178,7 +178,8 @@ class RegistryService:
         try:
             hasher = hashlib.sha256()
             with f, _disk_errors():
-                size = copy_stream(stream, f, hasher, limit=self.max_file_bytes, head_check=partial(check_head, path))
+                size = copy_stream(stream, f, hasher, limit=self.max_file_bytes, head_check=partial(check_head, path),
+                                   length=length)
             actual = Digest(hasher.hexdigest())
             if expected is not None and actual != expected:
                 raise DigestMismatchError(f"{path}: digest mismatch: expected {expected}, got {actual}")
@@ -242,11 +243,11 @@ class RegistryService:
     def upload_status(self, upload_id: str) -> dict:
         return views.upload_view(self._upload(upload_id), self.sessions.offset(upload_id))
 
-    def append_upload(self, upload_id: str, stream: BinaryIO, start: int | None) -> dict:
+    def append_upload(self, upload_id: str, stream: BinaryIO, start: int | None, length: int | None = None) -> dict:
         record = self._upload(upload_id)
         with _disk_errors():
             offset = self.sessions.append(upload_id, stream, start, head_check=partial(check_head, record["path"]),
-                                          limit=record["size"])
+                                          limit=record["size"], length=length)
         with self.catalog.transaction() as tx:
             tx.touch(record["model_id"], self.clock())
         return views.upload_view(record, offset)

@@ -35,18 +35,21 @@ class ClientGoneError(BadRequestError):
 
 
 def copy_stream(src: BinaryIO, dst: BinaryIO, hasher: "hashlib._Hash", *, limit: int,
-                head_check: Callable[[bytes], None] | None = None) -> int:
+                head_check: Callable[[bytes], None] | None = None, length: int | None = None) -> int:
     """Copy `src` to `dst` until EOF, hashing what is written; at most `limit` bytes.
 
     `head_check` sees the first HEAD_BYTES bytes (or all, if fewer) before they are
     written, so a file that is obviously not what it claims is refused at once.
     Reads go into one reused buffer (readinto): no allocation or extra copy per chunk.
+    `length` (the Content-Length, if known) keeps each read within the body, which
+    werkzeug's LimitedStream.readinto needs to report a short body cleanly.
     """
     buf = memoryview(bytearray(CHUNK))
     copied = 0
     head = b""
     while True:
-        n = _read_into(src, buf)
+        want = CHUNK if length is None else min(CHUNK, length - copied)
+        n = _read_into(src, buf[:want]) if want > 0 else 0
         chunk = buf[:n]
         if head_check is not None:
             head += bytes(chunk[:HEAD_BYTES - len(head)])
@@ -107,7 +110,8 @@ class UploadSessions:
             return self._live.setdefault(upload_id, _Live())
 
     def append(self, upload_id: str, stream: BinaryIO, start: int | None,
-               head_check: Callable[[bytes], None] | None = None, limit: int | None = None) -> int:
+               head_check: Callable[[bytes], None] | None = None, limit: int | None = None,
+               length: int | None = None) -> int:
         """Append the body at `start` (default: the current offset); return the new offset.
 
         A `start` other than the current offset answers 416 with that offset, so a
@@ -126,7 +130,7 @@ class UploadSessions:
             with open(self.data_path(upload_id), "ab") as f:
                 try:
                     room = min(self.max_file_bytes, self.max_file_bytes if limit is None else limit) - offset
-                    copy_stream(stream, f, live.hasher, limit=room, head_check=check)
+                    copy_stream(stream, f, live.hasher, limit=room, head_check=check, length=length)
                 finally:
                     f.flush()
                     live.hashed = f.tell()

@@ -21,6 +21,7 @@ from typing import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
+import urllib3
 
 from registry.digests import Digest, sha256_of_file
 from registry.model_errors import ImportFailedError, TooLargeError
@@ -117,7 +118,8 @@ def _fetch_once(session: requests.Session, url: str, partial: Partial, headers: 
                 return
             on_bytes(partial.size, total)
             _stream_body(resp, partial, options.max_bytes, total, on_bytes)
-    except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+    except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+            urllib3.exceptions.HTTPError, OSError) as exc:
         raise _Retry(str(exc)) from None
     if total is not None and partial.size != total:
         raise _Retry(f"connection closed at byte {partial.size} of {total}")
@@ -126,7 +128,8 @@ def _fetch_once(session: requests.Session, url: str, partial: Partial, headers: 
 def _stream_body(resp: requests.Response, partial: Partial, max_bytes: int, total: int | None,
                  on_bytes: Callable[[int, int | None], None]) -> None:
     with open(partial.path, "ab") as out:
-        for chunk in resp.iter_content(CHUNK):
+        # read1: whatever has arrived, so a cut connection loses none of the bytes received before it
+        while chunk := resp.raw.read1(CHUNK):
             if partial.size + len(chunk) > max_bytes:
                 raise TooLargeError(f"{redact(resp.url)} is larger than the file size limit of {max_bytes}")
             out.write(chunk)

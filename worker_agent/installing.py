@@ -2,15 +2,49 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+from worker_agent import installers
+from worker_agent.installers import LocalModel, UnsupportedModelError
 from worker_agent.runtime import Agent
+
+log = logging.getLogger(__name__)
 
 
 def install_entry(agent: Agent, entry: dict, files: dict[str, Path]) -> dict:
-    """Install `entry` (whose files are at `files`) for every configured backend; return what each did."""
-    return {}
+    """Install `entry` for every configured backend that can serve its format; return what each did.
+
+    A backend that cannot serve the format is skipped with the reason; if none of
+    them can, the job fails (a model no backend serves is of no use on the node).
+    Other install errors propagate: BackendUnavailableError is retried by the task.
+    """
+    configs = installers.backend_configs(agent.settings)
+    if not configs:
+        return {}
+    digests = {f["path"]: f["sha256"] for f in entry.get("files", [])}
+    shared_path = entry.get("shared_path") if entry.get("shared") else None
+    local = {rel: Path(shared_path) / rel for rel in files} if shared_path else files
+    model = LocalModel.from_files(entry["name"], local, format=entry.get("format"), digests=digests)
+    done, skipped = {}, {}
+    for name, config in configs.items():
+        try:
+            result = installers.install(model, config, shared_path=shared_path)
+        except UnsupportedModelError as exc:
+            skipped[name] = str(exc)
+            continue
+        done[name] = result.to_json()
+    if not done:
+        raise UnsupportedModelError("no backend on this node can serve it: " +
+                                    "; ".join(f"{b}: {why}" for b, why in skipped.items()))
+    for name, why in skipped.items():
+        log.info("%s not installed for %s: %s", entry["name"], name, why)
+    return done
 
 
 def uninstall_entry(agent: Agent, entry: dict) -> None:
     """Remove `entry` from every backend it was installed into."""
+    configs = installers.backend_configs(agent.settings)
+    for name in entry.get("installed", {}):
+        if name in configs:
+            installers.uninstall(entry["name"], configs[name])

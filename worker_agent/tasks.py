@@ -11,6 +11,7 @@ from eldric.queues import TASK_DELETE, TASK_DISTRIBUTE, TASK_INVENTORY_SYNC, TAS
 from worker_agent import job_runner, runtime
 from worker_agent.celery_app import app
 from worker_agent.errors import AgentError, SourceUnavailableError
+from worker_agent.installers import BackendUnavailableError
 from worker_agent.progress import mark_failed, mark_retrying
 from registry.errors import RegistryError
 
@@ -56,7 +57,7 @@ def distribute(self: JobTask, job_id: str, model: str) -> dict:
     agent = runtime.current()
     try:
         return job_runner.run_distribute_job(agent, job_id, model)
-    except SourceUnavailableError as exc:
+    except (SourceUnavailableError, BackendUnavailableError) as exc:
         raise self.retry(exc=exc, countdown=agent.settings.retry_delay(self.request.retries),
                          max_retries=agent.settings.pull_retries)
 

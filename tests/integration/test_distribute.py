@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.fake_backends import FakeOllama
 from tests.support.file_server import FileServer
 from tests.support.gguf_models import write_llama_gguf
 from tests.support.processes import Service, eldric, free_port, wait_until
@@ -19,7 +20,13 @@ SECRET = "dist-secret"
 
 
 @pytest.fixture(scope="module")
-def live(cluster, workdir):
+def ollama_server(workdir):
+    with FakeOllama(workdir / "fake-ollama") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def live(cluster, workdir, ollama_server):
     storage = workdir / "registry-storage"
     port = free_port()
     reg = Service("registry", eldric("registry", "--port", str(port), "--storage", str(storage)), workdir,
@@ -32,8 +39,10 @@ def live(cluster, workdir):
     wrong = workdir / "not-the-export"
     wrong.mkdir()
     (wrong / ".eldric-fingerprint").write_text("someone-else\n")
+    backends = {"ELDRIC_OLLAMA_URL": ollama_server.url, "ELDRIC_BACKENDS": "ollama,llamacpp"}
     for name, mounts in (("inf-a", ""), ("inf-b", ""), ("inf-nfs", str(storage)), ("inf-wrong", str(wrong))):
-        cluster.start_worker(name, "inference", ELDRIC_CLUSTER_SECRET=SECRET, ELDRIC_SHARED_MOUNTS=mounts)
+        cluster.start_worker(name, "inference", ELDRIC_CLUSTER_SECRET=SECRET, ELDRIC_SHARED_MOUNTS=mounts,
+                             **backends)
     cluster.start_worker("data-a", "data", ELDRIC_CLUSTER_SECRET=SECRET)
     return cluster
 
@@ -53,17 +62,25 @@ def _catalog_file(live, worker: str, model: dict) -> bytes:
     return (live.store(worker) / "blobs" / sha).read_bytes()
 
 
-def test_registry_model_reaches_two_workers(live, registered):
+def test_registry_model_reaches_two_workers_and_their_backends(live, registered, ollama_server):
     job = live.api("POST", "/api/v1/models/distribute", json={
         "model": registered["id"], "source": {"type": "registry"}, "workers": ["inf-a", "inf-b"]}).json()
     assert job["kind"] == "distribute" and job["source"] == "registry", job
     final = live.wait_job(job["id"])
     assert final["state"] == "completed", json.dumps(final, indent=1)
+    ref = f"house:{registered['version']}"
     for w in ("inf-a", "inf-b"):
         assert _catalog_file(live, w, registered) == registered["bytes"]
-    ref = f"house:{registered['version']}"
+        installed = live.root / "nodes" / w / "backends" / "llamacpp"
+        assert [p.read_bytes() for p in installed.rglob("*.gguf")] == [registered["bytes"]]
+        assert (live.root / "nodes" / w / "backends" / "ollama").glob("*/Modelfile")
+    # Ollama got the GGUF once (same digest for both nodes) and the model was created through its API.
+    assert any(c.get("model", "").startswith("house") for c in ollama_server.creates)
+    assert ref in ollama_server.models or f"{ref}" in str(ollama_server.models.keys())
     models = {m["name"]: m for m in live.api("GET", "/api/v1/models").json()["models"]}
     assert models[ref]["workers"] == ["inf-a", "inf-b"] and models[ref]["format"] == "gguf"
+    worker_models = live.api("GET", "/api/v1/workers/inf-a/models").json()["models"]
+    assert next(m for m in worker_models if m["name"] == ref)["backend"] == "llamacpp,ollama"
     listed = live.api("GET", "/api/v1/models/pull-jobs", params={"kind": "distribute"}).json()["jobs"]
     assert listed[0]["id"] == job["id"]
 
@@ -76,6 +93,8 @@ def test_shared_storage_with_matching_fingerprint_moves_no_bytes(live, registere
     assert by["inf-nfs"]["state"] == "completed" and by["inf-nfs"]["status"] == "shared", by["inf-nfs"]
     assert by["inf-nfs"].get("transferred") == 0
     assert not list((live.store("inf-nfs") / "blobs").glob("sha256-*")), "nothing copied onto the NFS worker"
+    [installed] = (live.root / "nodes" / "inf-nfs" / "backends" / "llamacpp").rglob("*.gguf")
+    assert installed.is_symlink() and live.registry_storage in installed.resolve().parents
     # A mount whose fingerprint differs is not the registry's storage: that worker copies.
     assert by["inf-wrong"]["state"] == "completed" and by["inf-wrong"]["status"] != "shared"
     assert _catalog_file(live, "inf-wrong", registered) == registered["bytes"]

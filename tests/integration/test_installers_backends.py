@@ -108,6 +108,17 @@ def test_ollama_uninstall_removes_the_model(fake_ollama, tmp_path, gguf_model):
     assert install(gguf_model, cfg).changed  # the record does not fool a reinstall
 
 
+def test_ollama_from_shared_storage_still_uploads_because_ollama_keeps_its_own_copy(fake_ollama, tmp_path,
+                                                                                    gguf_model):
+    shared = tmp_path / "nfs" / "tiny.gguf"
+    shared.parent.mkdir()
+    shared.write_bytes(gguf_model.files["tiny.gguf"].read_bytes())
+    result = install(gguf_model, ollama_config(fake_ollama, tmp_path), shared_path=shared)
+    assert (result.shared, result.details["read_from_shared"]) == (False, True)
+    assert f"FROM {shared}" in Path(result.details["modelfile"]).read_text()
+    assert len(fake_ollama.uploads) == 1
+
+
 def test_ollama_unreachable_is_reported_as_unavailable(tmp_path, gguf_model):
     cfg = BackendConfig("ollama", models_dir=tmp_path / "mf", url=f"http://127.0.0.1:{free_port()}", timeout=5)
     with pytest.raises(BackendUnavailableError, match="unreachable"):
@@ -142,7 +153,8 @@ def test_triton_load_and_ready(fake_triton, gguf_model):
     assert requests.get(f"{fake_triton.url}/v2/models/tiny/ready", timeout=5).status_code == 200
     index = requests.post(f"{fake_triton.url}/v2/repository/index", json={"ready": True}, timeout=5).json()
     assert index == [{"name": "tiny", "state": "READY", "reason": "", "version": "1"}]
-    assert os.listdir(fake_triton.repository) == ["tiny"]  # staging stayed outside the repository
+    assert os.listdir(fake_triton.repository) == ["tiny"]  # staging stayed outside the repository...
+    assert not any(p.name.endswith(".eldric-staging") for p in fake_triton.repository.parent.iterdir())  # ...and went
 
     again = install(gguf_model, cfg)
     assert again.changed is False and fake_triton.loads == ["tiny"]  # nothing copied, nothing reloaded

@@ -15,7 +15,7 @@ from tests.support.gguf_models import write_llama_gguf
 from worker_agent.installers import (BackendConfig, InvalidModelError, LocalModel, MissingFilesError,
                                      UnsupportedModelError, install, model_slug, uninstall)
 from worker_agent.installers import staging
-from worker_agent.installers.staging import FileSpec, place_dir
+from worker_agent.installers.staging import FileSpec, place_dir, place_file
 
 
 def write_safetensors_model(root: Path, *, tokenizer: bool = True) -> Path:
@@ -324,3 +324,21 @@ def test_rollback_restores_the_previous_directory(tmp_path):
     newer.rollback()
     assert (dest / "x.txt").read_bytes() == b"old"
     assert os.listdir(tmp_path / "models") == ["m"]
+
+
+def test_rollback_restores_the_previous_file(tmp_path):
+    dest = tmp_path / "models" / "m.gguf"
+    place_file(dest, FileSpec(data=b"old")).commit()
+    newer = place_file(dest, FileSpec(data=b"new"))
+    newer.rollback()
+    assert dest.read_bytes() == b"old"
+    assert place_file(dest, FileSpec(data=b"old")).changed is False  # the record was put back too
+    assert sorted(os.listdir(tmp_path / "models")) == [".eldric-installs", "m.gguf"]
+
+
+@pytest.mark.parametrize("backend", ["vllm", "tgi", "llamacpp"])
+def test_install_refuses_unsafe_paths_even_in_a_hand_built_model(tmp_path, gguf_model, backend):
+    model = LocalModel(name="evil", format="gguf", files={"../../escape.gguf": gguf_model.files["tiny.gguf"]})
+    with pytest.raises(InvalidModelError, match="'..'"):
+        install(model, config(backend, tmp_path))
+    assert not (tmp_path / "escape.gguf").exists()

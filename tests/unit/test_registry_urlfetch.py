@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-import requests
+import urllib3
 
 from registry.model_errors import ImportFailedError, TooLargeError
 from registry.urlfetch import FetchOptions, Partial, fetch, redact, source_kind
@@ -19,6 +19,8 @@ class FakeResponse:
     def __init__(self, status: int, body: bytes, headers: dict[str, str], drop_after: int | None) -> None:
         self.status_code, self.body, self.headers, self.drop_after = status, body, headers, drop_after
         self.url = "http://files.example/m.gguf"
+        self.raw = self
+        self.sent = 0
 
     def __enter__(self) -> "FakeResponse":
         return self
@@ -26,14 +28,16 @@ class FakeResponse:
     def __exit__(self, *exc) -> None:
         return None
 
-    def iter_content(self, chunk: int):
-        sent = 0
-        for i in range(0, len(self.body), 1000):
-            piece = self.body[i:i + 1000]
-            if self.drop_after is not None and sent + len(piece) > self.drop_after:
-                raise requests.exceptions.ChunkedEncodingError("connection broken: IncompleteRead")
-            sent += len(piece)
-            yield piece
+    def read1(self, n: int) -> bytes:
+        """At most 1000 bytes a call, like a socket; a dropped connection raises after its last byte."""
+        end = min(self.sent + 1000, len(self.body))
+        if self.drop_after is not None:
+            if self.sent >= self.drop_after:
+                raise urllib3.exceptions.ProtocolError("Connection broken: IncompleteRead")
+            end = min(end, self.drop_after)
+        piece = self.body[self.sent:end]
+        self.sent = end
+        return piece
 
 
 class FakeServer:

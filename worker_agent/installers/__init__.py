@@ -281,6 +281,14 @@ def install(model: LocalModel, config: BackendConfig, *, shared_path: str | os.P
     `model.files`, or the single file); the backend is pointed there, nothing is copied.
     """
     installer = installer_for(config)
+    _check_name(model.name)
+    if model.format not in FORMATS:
+        raise UnsupportedModelError(f"cannot install a model of format {model.format!r} (one of {', '.join(FORMATS)})")
+    for rel in model.files:  # paths inside the model become paths under the backend's directory
+        try:
+            validate_file_path(rel, "files")
+        except ModelRegistryError as exc:
+            raise InvalidModelError(str(exc)) from None
     if shared_path is not None:
         model = model.at(shared_path)
     missing = model.missing_files()

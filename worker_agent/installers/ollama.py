@@ -4,8 +4,9 @@ Ollama's documented API (docs/api.md) with the official `ollama` client:
 `HEAD /api/blobs/<digest>` (200 present, 404 missing) -> `create_blob(path)`, i.e.
 `POST /api/blobs/<digest>` (201; 400 when the bytes do not hash to the digest) ->
 `create(model, files={name: digest}, template, system, parameters)` -> `GET /api/tags`
-must list the model. Ollama stores its own copy of every blob, so shared storage
-saves the download to this node but not this upload.
+must list the model. Ollama keeps its own copy of every blob and its API cannot
+point at a file elsewhere, so with shared storage the GGUF is read from the shared
+path and uploaded: results say `shared: false`, `details.read_from_shared: true`.
 
 Idempotence: a blob Ollama already has is never uploaded again; and when the last
 install's request (recorded beside the Modelfile) is unchanged and `/api/tags` still
@@ -113,9 +114,10 @@ class Installer:
         request_hash = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
         before = self._tags().get(name)
         state = _read_json(folder / STATE)
-        details = {"modelfile": str(modelfile), "template": template_for(model).source, "uploaded": []}
+        details = {"modelfile": str(modelfile), "template": template_for(model).source, "uploaded": [],
+                   "read_from_shared": shared}
         if before and state.get("request") == request_hash and state.get("digest") == before:
-            return InstallResult(BACKEND, name, f"{self.url}/api/tags#{name}", changed=False, shared=shared,
+            return InstallResult(BACKEND, name, f"{self.url}/api/tags#{name}", changed=False,
                                  details={**details, "digest": before})
         uploaded = 0
         for rel in _gguf_files(model):
@@ -129,7 +131,7 @@ class Installer:
             raise BackendError(f"Ollama answered create for {name} but /api/tags does not list it")
         _write_if_changed(folder / STATE, json.dumps({"request": request_hash, "digest": after}).encode())
         return InstallResult(BACKEND, name, f"{self.url}/api/tags#{name}", changed=(after != before or uploaded > 0),
-                             shared=shared, bytes_copied=uploaded, details={**details, "digest": after})
+                             bytes_copied=uploaded, details={**details, "digest": after})
 
     def uninstall(self, name: str) -> bool:
         name = served_name(name)

@@ -103,9 +103,12 @@ def place_file(dest: Path, spec: FileSpec, *, staging_root: Path | None = None) 
         previous = None
         if dest.is_dir() and not dest.is_symlink():
             previous = _move_aside(dest, staging / "previous")
-        elif os.path.lexists(dest):  # keep the old file (a hard link costs nothing) for rollback
-            previous = staging / "previous"
-            os.link(dest, previous, follow_symlinks=False)
+        elif os.path.lexists(dest):  # keep the old file for rollback: a hard link costs nothing
+            try:
+                os.link(dest, staging / "previous", follow_symlinks=False)
+                previous = staging / "previous"
+            except OSError:  # a filesystem without hard links: no rollback for this file
+                pass
         os.replace(staged, dest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

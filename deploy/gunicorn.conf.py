@@ -1,0 +1,34 @@
+"""gunicorn settings for the controller: `gunicorn -c deploy/gunicorn.conf.py 'controller:create_app()'`.
+
+A gunicorn config file is an entry point, so it reads the environment:
+ELDRIC_CONTROLLER_HOST / ELDRIC_CONTROLLER_PORT (default 127.0.0.1:8880, as `eldric controller`),
+ELDRIC_CONTROLLER_WORKERS / ELDRIC_CONTROLLER_THREADS, and ELDRIC_LOG_FORMAT (text or json).
+"""
+
+import os
+
+from eldric.logging_setup import format_from_env
+
+bind = f"{os.environ.get('ELDRIC_CONTROLLER_HOST', '127.0.0.1')}:{os.environ.get('ELDRIC_CONTROLLER_PORT', '8880')}"
+# Threads: progress streams (Server-Sent Events, Ollama-style NDJSON) hold a connection each.
+worker_class = "gthread"
+workers = int(os.environ.get("ELDRIC_CONTROLLER_WORKERS", "2"))
+threads = int(os.environ.get("ELDRIC_CONTROLLER_THREADS", "16"))
+timeout = 120
+graceful_timeout = 30
+accesslog = "-"
+
+_format = format_from_env()
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"eldric": {"()": "eldric.logging_setup.make_formatter", "fmt": _format}},
+    "filters": {"context": {"()": "eldric.logging_setup.ContextFilter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr",
+                             "formatter": "eldric", "filters": ["context"]}},
+    "root": {"level": os.environ.get("ELDRIC_LOG_LEVEL", "INFO"), "handlers": ["console"]},
+    "loggers": {
+        "gunicorn.error": {"level": "INFO", "handlers": ["console"], "propagate": False},
+        "gunicorn.access": {"level": "INFO", "handlers": ["console"], "propagate": False},
+    },
+}

@@ -1,0 +1,86 @@
+"""The beat schedule read from the environment, and the `eldric beat` / `eldric flower` commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from eldric import cli
+from eldric.queues import MAINTENANCE_QUEUE
+from eldric.schedules import REDBEAT_PREFIX, ScheduleSettings, beat_config, beat_schedule
+
+
+def test_defaults_schedule_every_job_on_the_maintenance_queue():
+    schedule = beat_schedule(ScheduleSettings.from_env({}))
+    assert {name: (e["task"], e["schedule"]) for name, e in schedule.items()} == {
+        "inventory-sync": ("inventory.sync_all", 300.0),
+        "reap-stale-jobs": ("maintenance.reap_stale_jobs", 30.0),
+        "pins-reconcile": ("pins.reconcile", 60.0),
+        "pins-check-updates": ("pins.check_updates", 3600.0),
+    }
+    for entry in schedule.values():
+        assert entry["options"] == {"queue": MAINTENANCE_QUEUE, "expires": entry["schedule"]}
+        assert json.loads(json.dumps(entry["args"])) == entry["args"]  # JSON primitives only
+
+
+def test_environment_sets_periods_and_the_arguments_the_tasks_receive():
+    env = {"ELDRIC_REAP_SECONDS": "5", "ELDRIC_STALE_WORKER_SECONDS": "45", "ELDRIC_JOB_DEADLINE_SECONDS": "900",
+           "ELDRIC_PIN_RETRY_SECONDS": "7", "ELDRIC_PIN_RECONCILE_SECONDS": "2.5"}
+    schedule = beat_schedule(ScheduleSettings.from_env(env))
+    assert schedule["reap-stale-jobs"]["schedule"] == 5.0 and schedule["reap-stale-jobs"]["args"] == [45.0]
+    assert schedule["pins-reconcile"]["schedule"] == 2.5
+    assert schedule["pins-reconcile"]["args"] == schedule["pins-check-updates"]["args"] == [900.0, 7.0]
+
+
+def test_zero_disables_a_job():
+    schedule = beat_schedule(ScheduleSettings.from_env({"ELDRIC_PIN_UPDATE_SECONDS": "0"}))
+    assert "pins-check-updates" not in schedule and "pins-reconcile" in schedule
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"ELDRIC_REAP_SECONDS": "soon"}, "ELDRIC_REAP_SECONDS must be a number"),
+    ({"ELDRIC_INVENTORY_SYNC_SECONDS": "-1"}, "must not be negative"),
+    ({"ELDRIC_BEAT_LOCK_SECONDS": "1"}, "at least 3"),
+])
+def test_bad_values_fail_at_start_naming_the_variable(env, message):
+    with pytest.raises(ValueError, match=message):
+        ScheduleSettings.from_env(env)
+
+
+def test_beat_config_uses_redbeat_with_a_lock_under_our_prefix():
+    conf = beat_config("redis://h:1/0", ScheduleSettings.from_env({"ELDRIC_BEAT_LOCK_SECONDS": "30"}))
+    assert conf["beat_scheduler"] == "redbeat.RedBeatScheduler"
+    assert conf["redbeat_redis_url"] == conf["broker_url"] == "redis://h:1/0"
+    assert conf["redbeat_key_prefix"] == REDBEAT_PREFIX == "eldric:redbeat:"
+    assert conf["redbeat_lock_timeout"] == 30
+    # each tick renews the lock, so beat must wake well inside the lock's lifetime
+    assert conf["beat_max_loop_interval"] <= conf["redbeat_lock_timeout"] / 3
+
+
+def test_beat_refuses_a_bad_schedule_before_starting(monkeypatch, capsys):
+    monkeypatch.setenv("ELDRIC_REAP_SECONDS", "never")
+    assert cli.main(["beat", "--redis-url", "redis://127.0.0.1:1/0"]) == 2
+    assert "ELDRIC_REAP_SECONDS" in capsys.readouterr().err
+
+
+def test_beat_refuses_an_unknown_log_format(monkeypatch, capsys):
+    monkeypatch.setenv("ELDRIC_LOG_FORMAT", "xml")
+    assert cli.main(["beat"]) == 2
+    assert "log format" in capsys.readouterr().err
+
+
+def test_flower_runs_celery_flower_with_the_broker_in_the_environment_not_argv(monkeypatch):
+    calls = []
+    monkeypatch.setattr(cli.os, "execve", lambda path, argv, env: calls.append((path, argv, env)))
+    cli.main(["flower", "--port", "5600", "--redis-url", "redis://:pw@h:6379/0", "--", "--url_prefix=flower"])
+    [(path, argv, env)] = calls
+    assert path == sys.executable
+    assert argv[1:] == ["-m", "celery", "flower", "--port=5600", "--address=127.0.0.1", "--url_prefix=flower"]
+    assert env["CELERY_BROKER_URL"] == "redis://:pw@h:6379/0" and "pw" not in " ".join(argv)
+
+
+def test_flower_defaults_to_port_5555_on_loopback():
+    args = cli.build_parser().parse_args(["flower"])
+    assert (args.port, args.host, args.flower_args) == (5555, "127.0.0.1", [])
