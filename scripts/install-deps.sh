@@ -25,3 +25,12 @@ if ! "$PY" -c "import eldric, celery, flask_smorest, gguf, fakeredis, pytest_tim
   echo "installing the eldric Python package and its test dependencies"
   "$PY" -m pip install -q -e ".[test]"
 fi
+
+# llama-cpp-python lets a test load a distributed GGUF for real. It builds from
+# source (~4-8 min on 2 cores, then pip's wheel cache makes it instant); a failed
+# build only makes that one test skip.
+if [[ "${ELDRIC_SKIP_LLAMA_CPP:-0}" != 1 ]] && ! "$PY" -c "import llama_cpp" 2>/dev/null; then
+  echo "building llama-cpp-python (optional)"
+  CMAKE_ARGS="-DGGML_NATIVE=OFF" "$PY" -m pip install -q "llama-cpp-python==0.3.36" \
+    || echo "llama-cpp-python did not build; the llama.cpp load test will skip"
+fi

@@ -1,0 +1,251 @@
+"""The Models tab against a live cluster: redis-server, docker-registry (behind a throttle, so bars move),
+the model registry, the controller and three inference workers; Playwright drives Debian's chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.integration.conftest import REPO_ROOT
+from tests.support.gguf_models import write_gguf_of_size, write_llama_gguf
+from tests.support.oci_registry import push_ollama_model
+from tests.support.processes import Service, eldric, free_port, wait_until
+from tests.support.throttle import ThrottlingProxy
+
+pytestmark = pytest.mark.browser
+SECRET = "dash-secret"
+WORKERS = ("inf-1", "inf-2", "inf-3")
+DOCS_SCREENSHOT = REPO_ROOT / "docs" / "models-tab.png"
+
+
+def _start_registry(cluster, workdir) -> str:
+    port = free_port()
+    svc = Service("registry", eldric("registry", "--port", str(port), "--storage", str(workdir / "registry-storage")),
+                  workdir, env=cluster.env(ELDRIC_CLUSTER_SECRET=SECRET), cwd=REPO_ROOT).start()
+    cluster.services.append(svc)
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: cluster.http.get(f"{url}/healthz", timeout=2).ok, timeout=30, message="registry")
+    return url
+
+
+def _start_workers(cluster, names, **env: str) -> None:
+    """Start every agent first, then wait: on two cores the start-ups overlap instead of queueing."""
+    for name in names:
+        svc = Service(f"worker-{name}", eldric("worker", "--type", "inference", "--name", name, "--port", "0",
+                                               "--data-dir", str(cluster.root / "nodes" / name)),
+                      cluster.root, env=cluster.env(**env), cwd=REPO_ROOT).start()
+        cluster.services.append(svc)
+        cluster.workers[name] = svc
+    for name in names:
+        wait_until(lambda: cluster.redis.exists(f"eldric:worker:{name}:alive"), timeout=60,
+                   message=f"worker {name} to register\n{cluster.logs()}")
+
+
+def _models(cluster) -> dict[str, dict]:
+    return {m["name"]: m for m in cluster.api("GET", "/api/v1/models").json()["models"]}
+
+
+@pytest.fixture(scope="module")
+def dash(cluster, oci, workdir, tiny_model):
+    # 1 MiB/s per connection, 1 MiB ranges, 4 connections: a 12 MB model takes about 3 s per worker.
+    proxy = ThrottlingProxy(oci.url, bytes_per_second=1 << 20)
+    registry_url = _start_registry(cluster, workdir)
+    cluster.start_controller(ELDRIC_REGISTRY_URL=registry_url, ELDRIC_CLUSTER_SECRET=SECRET)
+    _start_workers(cluster, WORKERS, ELDRIC_CLUSTER_SECRET=SECRET, ELDRIC_OLLAMA_REGISTRY=proxy.url,
+                   ELDRIC_PART_BYTES=str(1 << 20))
+    push_ollama_model(oci.url, "library/big", "latest",
+                      gguf_path=write_gguf_of_size(workdir / "big.gguf", 12 << 20, name="big"))
+    # tiny on one worker of three: the coverage panel's partly-covered model
+    job = cluster.api("POST", "/api/v1/models/pull", json={"model": "tiny", "workers": ["inf-1"]}).json()
+    assert cluster.wait_job(job["id"])["state"] == "completed"
+    wait_until(lambda: "tiny:latest" in _models(cluster), timeout=30, message="tiny in the inventory")
+    with open(write_llama_gguf(workdir / "house.gguf", name="house", width=96), "rb") as f:
+        resp = cluster.api("POST", "/api/v1/model-registry/upload", params={"name": "house", "filename": "house.gguf"},
+                           data=f)
+    assert resp.status_code == 201, resp.text
+    cluster.house = resp.json()
+    yield cluster
+    proxy.close()
+
+
+def _open(page, cluster, path: str = "/dashboard"):
+    page.goto(f"{cluster.controller_url}{path}")
+    expect(page.locator("#workers-table tbody tr")).to_have_count(len(WORKERS))
+
+
+def test_pull_to_all_workers_shows_a_live_bar_per_worker_until_completed(dash, page, artifacts):
+    _open(page, dash)
+    page.fill("#pull-model", "big")
+    page.get_by_role("button", name="Pull to All Workers").click()
+    expect(page.locator("#pull-bars li")).to_have_count(len(WORKERS))
+    # Live: some bar shows a partial percentage before the end.
+    page.wait_for_function("""() => [...document.querySelectorAll('#pull-bars li[data-state=pulling] .bar')]
+        .some(b => +b.getAttribute('aria-valuenow') > 0 && +b.getAttribute('aria-valuenow') < 100)""",
+                           timeout=45_000)
+    shot = artifacts / "models-tab.png"
+    page.screenshot(path=str(shot), full_page=True)
+    if os.environ.get("ELDRIC_UPDATE_DOCS_SCREENSHOT"):
+        shutil.copyfile(shot, DOCS_SCREENSHOT)
+    for name in WORKERS:
+        row = page.locator(f'#pull-bars li[data-worker="{name}"]')
+        expect(row).to_have_attribute("data-state", "completed", timeout=60_000)
+        expect(row.locator(".pct")).to_have_text("100.0%")
+        expect(row.locator(".status")).to_have_text("completed")
+        expect(row.locator(".bytes")).to_have_text(re.compile(r"^12\.\d+ MB / 12\.\d+ MB$"))
+    summary = page.locator("#pull-summary")
+    expect(summary.locator("[data-job-state]")).to_have_attribute("data-job-state", "completed")
+    expect(summary).not_to_contain_text("polling")  # the event stream fed the bars
+    # The jobs panel shows it with one indicator per worker, finished as history.
+    job = page.locator("#jobs-list li.job").first
+    expect(job).to_have_attribute("data-state", "completed", timeout=20_000)
+    expect(job.locator(".dot[data-state=completed]")).to_have_count(len(WORKERS))
+    assert shot.stat().st_size > 10_000
+
+
+def test_failing_pull_shows_the_reason_on_every_bar(dash, page):
+    _open(page, dash)
+    page.fill("#pull-model", "no-such-model")
+    page.get_by_role("button", name="Pull to All Workers").click()
+    for name in WORKERS:
+        row = page.locator(f'#pull-bars li[data-worker="{name}"]')
+        expect(row).to_have_attribute("data-state", "failed", timeout=60_000)
+        expect(row.locator(".status")).to_contain_text("failed:")
+        expect(row.locator(".status")).to_contain_text("not found")
+    expect(page.locator("#pull-summary [data-job-state]")).to_have_attribute("data-job-state", "failed")
+    job = page.locator("#jobs-list li.job").first
+    expect(job).to_have_attribute("data-state", "failed", timeout=20_000)
+    expect(job.locator(".dot[data-state=failed]")).to_have_count(len(WORKERS))
+
+
+def test_coverage_distributes_a_partly_covered_model_in_one_click(dash, page):
+    _open(page, dash)
+    row = page.locator('#coverage-table tr[data-model="tiny:latest"]')
+    expect(row).to_have_class(re.compile(r"\bpartial\b"))
+    expect(row.locator(".cov-pct")).to_have_text("33.3%")
+    full = page.locator('#coverage-table tr[data-model="big:latest"]')
+    expect(full).not_to_have_class(re.compile(r"\bpartial\b"))
+    expect(full.get_by_role("button")).to_have_count(0)
+    row.get_by_role("button", name="Distribute to 2 missing").click()
+    expect(row.locator(".cov-pct")).to_have_text("100%", timeout=60_000)
+    expect(row).not_to_have_class(re.compile(r"\bpartial\b"))
+    assert sorted(_models(dash)["tiny:latest"]["workers"]) == list(WORKERS)
+    job = dash.api("GET", "/api/v1/models/pull-jobs", params={"kind": "distribute", "limit": 1}).json()["jobs"][0]
+    assert job["model"] == "tiny:latest" and job["options"]["from_worker"] == "inf-1", job
+    assert sorted(job["targets"]) == ["inf-2", "inf-3"]
+
+
+def test_registry_distribute_upload_and_delete_with_confirmation(dash, page, workdir):
+    _open(page, dash)
+    house = page.locator(f'#registry-table tr[data-model-id="{dash.house["id"]}"]')
+    expect(house).to_contain_text("gguf")
+    house.get_by_role("button", name="Distribute").click()
+    expect(house.locator(".job-status")).to_contain_text("completed: 3 completed", timeout=60_000)
+
+    gguf = write_llama_gguf(workdir / "browser-up.gguf", name="browserup", width=128)
+    page.set_input_files("#upload-file", str(gguf))
+    page.fill("#upload-name", "browserup")
+    page.get_by_role("button", name="Upload").click()
+    expect(page.locator("#upload-text")).to_contain_text("uploaded browserup:", timeout=30_000)
+    expect(page.locator("#upload-progress")).to_have_js_property("value", 100)
+    row = page.locator('#registry-table tr[data-reference^="browserup:"]')
+    expect(row).to_have_count(1)
+    model_id = row.get_attribute("data-model-id")
+    assert dash.api("GET", f"/api/v1/model-registry/{model_id}").json()["size"] == gguf.stat().st_size
+
+    asked: list[str] = []
+    page.once("dialog", lambda d: (asked.append(d.message), d.dismiss()))
+    row.get_by_role("button", name="Delete").click()
+    page.wait_for_timeout(300)
+    assert asked and "browserup" in asked[0], asked
+    expect(row).to_have_count(1)  # dismissed: nothing deleted
+    page.once("dialog", lambda d: (asked.append(d.message), d.accept()))
+    row.get_by_role("button", name="Delete").click()
+    expect(row).to_have_count(0)
+    assert len(asked) == 2
+    assert dash.api("GET", f"/api/v1/model-registry/{model_id}").status_code == 404
+
+
+def test_workers_drill_down_shows_local_models(dash, page):
+    _open(page, dash)
+    page.locator('#workers-table tr[data-worker="inf-1"]').click()
+    detail = page.locator("#worker-detail")
+    expect(detail.locator("h3")).to_contain_text("inf-1")
+    expect(detail.locator("h3")).to_contain_text("online")
+    expect(detail.locator('[data-fact="backends"]')).to_have_text("ollama")
+    expect(detail.locator('[data-fact="free_disk"]')).to_have_text(re.compile(r"\d+(\.\d+)? (kB|MB|GB|TB)"))
+    tiny = detail.locator('tr[data-model="tiny:latest"]')
+    expect(tiny).to_have_count(1)
+    expect(tiny).to_contain_text("gguf")
+    expect(page.locator('#models-table tr[data-model="big:latest"]')).to_contain_text("100%")
+
+
+def test_token_field_sends_the_api_token(dash, page):
+    main = dash.controller_url
+    url = dash.start_controller(ELDRIC_API_TOKEN="dash-token", ELDRIC_REGISTRY_URL="http://127.0.0.1:9",
+                                ELDRIC_CLUSTER_SECRET=SECRET)
+    dash.controller_url = main  # the other tests keep using the open controller
+    page.goto(f"{url}/dashboard")
+    expect(page.locator("#banner")).to_contain_text("API token")
+    page.fill("#token", "dash-token")
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator("#workers-table tbody tr")).to_have_count(len(WORKERS))
+    expect(page.locator("#banner")).to_be_hidden()
+    assert page.evaluate("localStorage.getItem('eldric.apiToken')") == "dash-token"
+
+
+def _events(resp, limit: float = 60.0):
+    """(event, data) pairs of a text/event-stream, comments as ('comment', text)."""
+    event, data, deadline = "message", [], time.monotonic() + limit
+    for line in resp.iter_lines(decode_unicode=True):
+        assert time.monotonic() < deadline, "event stream ran too long"
+        if line.startswith(":"):
+            yield "comment", line[1:].strip()
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+        elif line == "" and data:
+            yield event, json.loads("\n".join(data))
+            event, data = "message", []
+
+
+def test_event_stream_contract(dash, oci, workdir):
+    assert dash.api("GET", "/api/v1/models/pull-jobs/nope/events").status_code == 404
+    push_ollama_model(oci.url, "library/medium", "latest",
+                      gguf_path=write_gguf_of_size(workdir / "medium.gguf", 8 << 20, name="medium"))
+    job = dash.api("POST", "/api/v1/models/pull", json={"model": "medium", "workers": ["inf-2"]}).json()
+    with dash.http.get(f"{dash.controller_url}/api/v1/models/pull-jobs/{job['id']}/events", stream=True,
+                       timeout=30) as resp:
+        assert resp.status_code == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
+        assert resp.headers["Cache-Control"] == "no-cache"
+        seen = list(_events(resp))
+    names = [e for e, _ in seen if e != "comment"]
+    assert names[0] == "snapshot" and names[-1] == "done", names
+    assert seen[0][1]["id"] == job["id"] and [w["worker"] for w in seen[0][1]["workers"]] == ["inf-2"]
+    partial = [r for e, d in seen if e == "progress" for r in d["workers"]
+               if r["state"] == "pulling" and 0 < r["percent"] < 100]
+    assert partial and partial[0]["worker"] == "inf-2" and partial[0]["total"] > 8 << 20, seen
+    assert seen[-1][1]["state"] == "completed"
+
+    # A job that cannot progress (its only worker is registered but offline): keep-alives, then `end`.
+    dash.redis.hset("eldric:worker:ghost", mapping={"id": "ghost", "type": "inference", "last_seen": time.time()})
+    dash.redis.sadd("eldric:workers", "ghost")
+    try:
+        stuck = dash.api("POST", "/api/v1/models/pull", json={"model": "tiny", "workers": ["ghost"]}).json()
+        started = time.monotonic()
+        with dash.http.get(f"{dash.controller_url}/api/v1/models/pull-jobs/{stuck['id']}/events",
+                           params={"heartbeat": 0.5, "max_seconds": 2}, stream=True, timeout=30) as resp:
+            seen = list(_events(resp, limit=10))
+        assert 1.5 < time.monotonic() - started < 8
+        assert seen[0][0] == "snapshot" and seen[0][1]["workers"][0]["state"] == "offline"
+        assert ("comment", "keep-alive") in seen
+        assert seen[-1] == ("end", {"reason": "max_seconds"}), seen
+    finally:
+        dash.redis.srem("eldric:workers", "ghost")
+        dash.redis.delete("eldric:worker:ghost")
