@@ -17,6 +17,8 @@ threads = int(os.environ.get("ELDRIC_CONTROLLER_THREADS", "16"))
 timeout = 120
 graceful_timeout = 30
 accesslog = "-"
+# gunicorn >= 24 opens a control socket under $HOME by default; two controllers on a host would share it.
+control_socket_disable = True
 
 _format = format_from_env()
 logconfig_dict = {

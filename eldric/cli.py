@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from eldric import __version__
+from eldric import __version__, client_cli
 from eldric.queues import WORKER_TYPES
 
 
@@ -129,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--redis-url", default=redis_default, help="broker (default $ELDRIC_REDIS_URL)")
     p.add_argument("flower_args", nargs=argparse.REMAINDER, help="-- then options for Flower itself")
     p.set_defaults(func=_flower)
+    client_cli.add_commands(sub)
     return parser
 
 

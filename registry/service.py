@@ -172,7 +172,7 @@ class RegistryService:
             self._check_limits(model_id, path, length)
         if length == 0 and expected not in (None, EMPTY_DIGEST) and self.blobs.has(expected):
             size = self.blobs.size(expected)
-            self._check_limits(model_id, path, size)
+            self._check_limits(model_id, path, size, disk=False)  # a link takes no space
             return self._attach(model_id, path, None, expected, size)
         f, tmp = self.blobs.temp_file()
         try:

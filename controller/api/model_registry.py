@@ -19,11 +19,11 @@ from controller.registry_client import RegistryClient, error_message, to_flask
 from controller.schemas import JobSchema
 from controller.state import redis_client, stale_after
 from eldric import jobstate
+from registry.errors import RegistryError
+from registry.identifiers import validate_model_name, validate_version
 from registry.imports import parse_request
 from registry.jobprogress import WORKER_ID
-from registry.identifiers import validate_model_name, validate_version
 from registry.model_errors import ModelRegistryError
-from registry.errors import RegistryError
 from registry.schemas import (DigestQuerySchema, DraftRequestSchema, FileSchema, ImportRequestSchema, ImportSchema,
                               ModelListSchema, ModelQuerySchema, ModelSchema, StorageSchema, TrainingRequestSchema,
                               UploadQuerySchema, UploadSessionRequestSchema, UploadSessionSchema)

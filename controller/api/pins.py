@@ -18,7 +18,8 @@ class PinRequestSchema(Schema):
                           metadata={"description": "worker ids; default every inference and cloud worker, "
                                                    "including those that join later"})
     auto_update = fields.Boolean(load_default=False, metadata={
-        "description": "re-pull when the tag points at a new digest upstream (checked every ELDRIC_PIN_UPDATE_SECONDS)"})
+        "description": "re-pull when the tag points at a new digest upstream "
+                       "(checked every ELDRIC_PIN_UPDATE_SECONDS)"})
 
 
 class CoverageSchema(Schema):
@@ -33,7 +34,8 @@ class PinSchema(Schema):
     workers = fields.List(fields.String(), allow_none=True, metadata={"description": "null: the whole cluster"})
     auto_update = fields.Boolean()
     created_at = fields.Float()
-    upstream_digest = fields.String(allow_none=True, metadata={"description": "where the tag pointed at the last check"})
+    upstream_digest = fields.String(allow_none=True,
+                                    metadata={"description": "where the tag pointed at the last check"})
     checked_at = fields.Float(allow_none=True)
     check_error = fields.String(allow_none=True)
     coverage = fields.Nested(CoverageSchema, metadata={"description": "eligible workers by the model's status"})

@@ -10,9 +10,10 @@ import shutil
 import time
 
 import pytest
-from playwright.sync_api import expect
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError, expect
 
 from tests.integration.conftest import REPO_ROOT
+from tests.support.fake_backends import FakeOllama
 from tests.support.gguf_models import write_gguf_of_size, write_llama_gguf
 from tests.support.oci_registry import push_ollama_model
 from tests.support.processes import Service, eldric, free_port, wait_until
@@ -55,10 +56,11 @@ def _models(cluster) -> dict[str, dict]:
 def dash(cluster, oci, workdir, tiny_model):
     # 1 MiB/s per connection, 1 MiB ranges, 4 connections: a 12 MB model takes about 3 s per worker.
     proxy = ThrottlingProxy(oci.url, bytes_per_second=1 << 20)
+    ollama = FakeOllama(workdir / "fake-ollama").start()  # registry models are installed through Ollama's API
     registry_url = _start_registry(cluster, workdir)
     cluster.start_controller(ELDRIC_REGISTRY_URL=registry_url, ELDRIC_CLUSTER_SECRET=SECRET)
     _start_workers(cluster, WORKERS, ELDRIC_CLUSTER_SECRET=SECRET, ELDRIC_OLLAMA_REGISTRY=proxy.url,
-                   ELDRIC_PART_BYTES=str(1 << 20))
+                   ELDRIC_PART_BYTES=str(1 << 20), ELDRIC_OLLAMA_URL=ollama.url, ELDRIC_BACKENDS="ollama")
     push_ollama_model(oci.url, "library/big", "latest",
                       gguf_path=write_gguf_of_size(workdir / "big.gguf", 12 << 20, name="big"))
     # tiny on one worker of three: the coverage panel's partly-covered model
@@ -72,6 +74,7 @@ def dash(cluster, oci, workdir, tiny_model):
     cluster.house = resp.json()
     yield cluster
     proxy.close()
+    ollama.stop()
 
 
 def _open(page, cluster, path: str = "/dashboard"):
@@ -88,6 +91,12 @@ def test_pull_to_all_workers_shows_a_live_bar_per_worker_until_completed(dash, p
     page.wait_for_function("""() => [...document.querySelectorAll('#pull-bars li[data-state=pulling] .bar')]
         .some(b => +b.getAttribute('aria-valuenow') > 0 && +b.getAttribute('aria-valuenow') < 100)""",
                            timeout=45_000)
+    try:  # for the picture: every bar on its way, if the timing allows
+        page.wait_for_function("""() => [...document.querySelectorAll('#pull-bars li .bar')]
+            .every(b => +b.getAttribute('aria-valuenow') > 25 && +b.getAttribute('aria-valuenow') < 95)""",
+                               timeout=8_000)
+    except PlaywrightTimeoutError:
+        pass
     shot = artifacts / "models-tab.png"
     page.screenshot(path=str(shot), full_page=True)
     if os.environ.get("ELDRIC_UPDATE_DOCS_SCREENSHOT"):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.integration.conftest import REPO_ROOT
 from tests.support.processes import Service, eldric, free_port, wait_until
 
 pytestmark = pytest.mark.integration
@@ -78,6 +80,23 @@ def test_health_and_readiness_on_the_controller_and_an_agent(live):
     ready = live.http.get(f"{url}/readyz", timeout=20)
     assert ready.status_code == 503 and "redis" in ready.json()["message"]
     cut_off.stop()
+
+
+def test_controller_serves_under_gunicorn_with_the_deploy_config(live):
+    port = free_port()
+    argv = [sys.executable, "-m", "gunicorn", "--config", str(REPO_ROOT / "deploy" / "gunicorn.conf.py"),
+            "controller:create_app()"]
+    svc = Service(f"gunicorn-{port}", argv, live.root,
+                  env=live.env(ELDRIC_CONTROLLER_PORT=str(port), ELDRIC_CONTROLLER_WORKERS="1",
+                               ELDRIC_LOG_FORMAT="json"), cwd=REPO_ROOT).start()
+    live.services.append(svc)
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: live.http.get(f"{url}/readyz", timeout=2).ok, timeout=30, message=f"gunicorn\n{svc.log_tail()}")
+    assert live.http.get(f"{url}/api/v1/workers/inf-f", timeout=10).json()["online"]
+    assert "eldric_workers_online" in live.http.get(f"{url}/metrics", timeout=10).text
+    svc.stop()
+    access = [json.loads(line) for line in svc.log_path.read_text().splitlines() if line.startswith("{")]
+    assert any(e["logger"] == "gunicorn.access" and "/readyz" in e["message"] for e in access)
 
 
 def scrape(live) -> dict[tuple[str, tuple], float]:

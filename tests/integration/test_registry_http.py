@@ -213,7 +213,7 @@ def registry_storage(url: str) -> str:
     ({"filename": "m.safetensors", "format": "safetensors"}, b"\xff" * 64, 422, "safetensors"),
     ({"filename": "m.gguf", "digest": "sha256:" + "0" * 64}, None, 400, "digest mismatch"),
     ({"filename": "m.gguf"}, b"GGUF" + b"\0" * (4 << 20), 413, "limit"),
-])
+], ids=["absolute", "backslash", "not-gguf", "not-safetensors", "digest", "too-large"])
 def test_bad_uploads(http, registry: str, gguf: Path, params: dict, data: bytes | None, code: int,
                      words: str) -> None:
     before = count(http, registry)

@@ -33,7 +33,8 @@ def test_model_status(pin, worker, status):
 def test_workers_to_pull_takes_only_online_eligible_workers_lacking_the_model():
     workers = [facts("inf"), facts("cloud", "cloud"), facts("data", "data"), facts("off", online=False),
                facts("has", models={"m:1": {"digest": "x"}}), facts("busy", busy_models=frozenset({"m:1"})),
-               facts("failed-recently", failed_at={"m:1": NOW - 10}), facts("failed-long-ago", failed_at={"m:1": NOW - 999})]
+               facts("failed-recently", failed_at={"m:1": NOW - 10}),
+               facts("failed-long-ago", failed_at={"m:1": NOW - 999})]
     assert pins.workers_to_pull(Pin("m:1"), workers, now=NOW, retry_after=60) == ["inf", "cloud", "failed-long-ago"]
     assert pins.workers_to_pull(Pin("m:1", workers=("cloud", "data")), workers, now=NOW, retry_after=60) == ["cloud"]
 

@@ -102,12 +102,14 @@ def test_training_output_needs_lineage(svc: RegistryService, gguf_bytes: bytes) 
     assert svc.list_models(source="training")[1] == 1 and svc.list_models(source="upload")[1] == 0
 
 
-@pytest.mark.parametrize("filename, data, error", [
-    ("bad.gguf", b"not a gguf at all", InvalidFormatError),
-    ("../up.gguf", b"GGUF", InvalidPathError),
-    ("big.gguf", b"GGUF" + b"\0" * (4 << 20), TooLargeError),
-])
-def test_rejected_uploads_leave_nothing(svc: RegistryService, filename: str, data: bytes, error: type) -> None:
+@pytest.mark.parametrize("filename, head, size, error", [
+    ("bad.gguf", b"not a gguf at all", 17, InvalidFormatError),
+    ("../up.gguf", b"GGUF", 4, InvalidPathError),
+    ("big.gguf", b"GGUF", (4 << 20) + 1, TooLargeError),
+], ids=["wrong-magic", "path", "too-large"])
+def test_rejected_uploads_leave_nothing(svc: RegistryService, filename: str, head: bytes, size: int,
+                                        error: type) -> None:
+    data = head + b"\0" * (size - len(head))
     with pytest.raises(error):
         svc.upload_model(name="x", filename=filename, stream=io.BytesIO(data))
     assert svc.list_models()[1] == 0 and svc.list_models(state="draft")[1] == 0

@@ -104,9 +104,12 @@
   const clampPage = (page, total, size) => Math.max(0, Math.min(page, Math.max(0, Math.ceil(total / size) - 1)));
 
   // ---- live job progress: SSE over fetch (so the token header goes along), polling as fallback --------
+  const watches = new Map(); // job id -> JobWatch: the jobs panel shows these live too
+
   class JobWatch {
     constructor(job, onChange) {
       this.id = job.id;
+      watches.set(job.id, this);
       this.onChange = onChange;
       this.closed = false;
       this.mode = "live";
@@ -125,12 +128,13 @@
         const old = this.records.get(r.worker);
         if (!old || (r.updated_at || 0) >= (old.updated_at || 0) || FINAL.has(r.state)) this.records.set(r.worker, r);
       }
+      this.job = { ...this.job, state: jobState([...this.records.values()]) };
       this.changed();
     }
 
     changed() {
       if (this.frame) return;
-      this.frame = requestAnimationFrame(() => { this.frame = null; this.onChange(this); });
+      this.frame = requestAnimationFrame(() => { this.frame = null; this.onChange(this); scheduleJobs(); });
     }
 
     get finished() { return FINAL.has(this.job.state) && this.closed; }
@@ -212,6 +216,15 @@
     }
   }
 
+  // The job's state from its workers' states, as the controller derives it (eldric/jobstate.py).
+  function jobState(records) {
+    const states = records.map((r) => r.state);
+    if (!states.length || states.every((st) => st === "pending" || st === "offline")) return "pending";
+    if (states.every((st) => st === "completed")) return "completed";
+    if (states.every((st) => FINAL.has(st))) return "failed";
+    return "running";
+  }
+
   function failureText(watch) {
     const failed = [...watch.records.values()].filter((r) => r.state === "failed");
     const shown = failed.slice(0, 3).map((r) => `${r.worker}: ${r.error || r.status}`);
@@ -284,7 +297,19 @@
   // ---- 2. Pull jobs ------------------------------------------------------------------------
   const jobsView = { page: 0, size: 10, open: new Set(), active: false };
 
+  // A job as the live stream knows it, when one is open (fresher than the last poll).
+  function liveJob(job) {
+    const watch = watches.get(job.id);
+    if (!watch) return job;
+    const workers = [...watch.records.values()].sort((a, b) => a.worker.localeCompare(b.worker));
+    const completed = workers.reduce((n, w) => n + (Number(w.completed) || 0), 0);
+    const total = workers.reduce((n, w) => n + (Number(w.total) || 0), 0);
+    return { ...job, state: watch.job.state, workers,
+      summary: { counts: watch.counts(), completed, total, percent: total ? (100 * completed) / total : 0 } };
+  }
+
   function jobItem(job) {
+    job = liveJob(job);
     const active = !FINAL.has(job.state);
     const workers = job.workers || [];
     const dots = workers.slice(0, DOT_CAP).map((w) => h("span", {
@@ -315,13 +340,25 @@
       details);
   }
 
+  function scheduleJobs() {
+    if (jobsView.frame) return;
+    jobsView.frame = requestAnimationFrame(() => { jobsView.frame = null; renderJobs(); });
+  }
+
+  function renderJobs() {
+    const data = jobsView.data;
+    if (!data) return;
+    $("jobs-list").replaceChildren(...(data.jobs.length ? data.jobs.map(jobItem) : [h("li", { class: "muted" }, "no jobs yet")]));
+    renderPager($("jobs-pager"), jobsView.page, Math.ceil(data.total / jobsView.size),
+      (p) => { jobsView.page = p; loadJobs(); });
+  }
+
   async function loadJobs() {
     try {
       const data = await api("GET", `/api/v1/models/pull-jobs?limit=${jobsView.size}&offset=${jobsView.page * jobsView.size}`);
       jobsView.active = data.jobs.some((j) => !FINAL.has(j.state));
-      $("jobs-list").replaceChildren(...(data.jobs.length ? data.jobs.map(jobItem) : [h("li", { class: "muted" }, "no jobs yet")]));
-      renderPager($("jobs-pager"), jobsView.page, Math.ceil(data.total / jobsView.size),
-        (p) => { jobsView.page = p; loadJobs(); });
+      jobsView.data = data;
+      renderJobs();
     } catch (err) {
       $("jobs-list").replaceChildren(h("li", { class: "error" }, `jobs: ${err.message}`));
     }
@@ -486,7 +523,7 @@
     try {
       const job = await api("POST", "/api/v1/models/distribute", { model: m.id, source: { type: "registry" } });
       new JobWatch(job, (watch) => {
-        slot.text = `${watch.job.state}: ${countsText(watch.counts())}`;
+        slot.text = `${watch.job.state}: ${watch.job.state === "failed" ? failureText(watch) : countsText(watch.counts())}`;
         show();
         if (watch.closed) refreshSoon();
       });

@@ -1,0 +1,659 @@
+"""Operator commands of `eldric`: pull, jobs, models, workers, show, distribute, registry list|upload|delete.
+
+They talk only to the controller's REST API: `--controller URL` (default $ELDRIC_CONTROLLER, then
+http://127.0.0.1:8880) and `--token` (default $ELDRIC_API_TOKEN). Tables for people, `--json` for
+scripts. `pull` and `distribute` draw one progress bar per worker from the job's event stream
+(GET /api/v1/models/pull-jobs/<id>/events), polling the job when the stream is unavailable, and
+exit 1 when any worker failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterable, Iterator
+
+import requests
+from rich.console import Console
+from rich.progress import (BarColumn, DownloadColumn, Progress, TaskID, TaskProgressColumn, TextColumn,
+                           TransferSpeedColumn)
+from rich.table import Table
+
+DEFAULT_CONTROLLER = "http://127.0.0.1:8880"
+REGISTRY = "/api/v1/model-registry"
+FINAL = ("completed", "failed")
+STATE_STYLE = {"completed": "green", "failed": "red", "pulling": "blue", "retrying": "yellow", "offline": "dim"}
+
+
+class ClientError(Exception):
+    """A failure to report in one line (exit status 1); `status` is the HTTP status, if there was an answer."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Api:
+    """The controller's REST API: JSON in and out, its error format turned into ClientError."""
+
+    def __init__(self, base_url: str, token: str = "", session: requests.Session | None = None,
+                 timeout: float = 30.0) -> None:
+        self.base = base_url.rstrip("/")
+        self.session = session or requests.Session()
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+        self.timeout = timeout
+
+    def call(self, method: str, path: str, **kw) -> requests.Response:
+        kw.setdefault("timeout", self.timeout)
+        try:
+            resp = self.session.request(method, self.base + path, **kw)
+        except requests.ConnectionError as exc:
+            raise ClientError(f"cannot reach the controller at {self.base} ({type(exc).__name__})") from None
+        if resp.status_code >= 400:
+            raise ClientError(f"{method} {path}: HTTP {resp.status_code}: {error_message(resp)}", resp.status_code)
+        return resp
+
+    def get(self, path: str, **params) -> dict:
+        return self.call("GET", path, params={k: v for k, v in params.items() if v is not None}).json()
+
+    def post(self, path: str, body: dict) -> dict:
+        return self.call("POST", path, json=body).json()
+
+    def events(self, job_id: str) -> Iterator[tuple[str, dict]]:
+        with self.call("GET", f"/api/v1/models/pull-jobs/{job_id}/events", stream=True, timeout=(10, 60),
+                       headers={"Accept": "text/event-stream"}) as resp:
+            yield from parse_sse(resp.iter_lines(decode_unicode=True))
+
+
+def error_message(resp: requests.Response) -> str:
+    try:
+        body = resp.json()
+    except ValueError:
+        return resp.text.strip()[:300] or resp.reason
+    if isinstance(body, dict):
+        if body.get("message"):
+            return str(body["message"])
+        fields = [f"{k}: {' '.join(map(str, v))}" for where in (body.get("errors") or {}).values()
+                  for k, v in (where or {}).items()]
+        if fields:
+            return "; ".join(fields)
+    return json.dumps(body)[:300]
+
+
+def parse_sse(lines: Iterable[str]) -> Iterator[tuple[str, dict]]:
+    """(event, data) for each event of a text/event-stream; comments and `retry:` are skipped."""
+    event, data = "message", []
+    for line in lines:
+        if line == "":
+            if data:
+                yield event, json.loads("\n".join(data))
+            event, data = "message", []
+        elif line.startswith(":"):
+            continue
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].lstrip())
+
+
+def parse_source(text: str, *, token: str | None = None, sha256: str | None = None,
+                 filename: str | None = None) -> dict:
+    """`registry`, `ollama`, `worker:<id>` or an http(s) URL -> the distribute API's `source` object."""
+    if text in ("registry", "ollama"):
+        return {"type": text}
+    if text.startswith("worker:") and len(text) > len("worker:"):
+        return {"type": "worker", "worker": text[len("worker:"):]}
+    if text.startswith(("http://", "https://")):
+        source = {"type": "url", "url": text, "token": token, "sha256": sha256, "filename": filename}
+        return {k: v for k, v in source.items() if v}
+    raise ValueError(f"--from must be registry, ollama, worker:<id> or an http(s) URL, not {text!r}")
+
+
+def split_list(text: str | None) -> list[str] | None:
+    items = [part.strip() for part in (text or "").split(",") if part.strip()]
+    return items or None
+
+
+class JobTracker:
+    """What is known of one job: the snapshot, then each worker's newest record."""
+
+    def __init__(self, job: dict) -> None:
+        self.apply(job)
+
+    def apply(self, job: dict) -> None:
+        self.job = job
+        self.records = {w["worker"]: w for w in job.get("workers", [])}
+
+    def merge(self, records: list[dict]) -> None:
+        for record in records:
+            old = self.records.get(record["worker"])
+            if old is None or float(record.get("updated_at") or 0) >= float(old.get("updated_at") or 0):
+                self.records[record["worker"]] = record
+
+    @property
+    def finished(self) -> bool:
+        return self.job.get("state") in FINAL and all(r.get("state") in FINAL for r in self.records.values())
+
+    def failed(self) -> list[dict]:
+        return [r for r in self.records.values() if r.get("state") == "failed"]
+
+
+def follow_job(api: Api, job: dict, on_change: Callable[[JobTracker], None], *, poll_seconds: float = 1.0,
+               sleep: Callable[[float], None] = time.sleep) -> JobTracker:
+    """Follow a job to its end: the event stream while it works, polling GET pull-jobs/<id> otherwise."""
+    tracker = JobTracker(job)
+    on_change(tracker)
+    streams = 0
+    while not tracker.finished and streams < 50:
+        streams += 1
+        try:
+            for event, data in api.events(job["id"]):
+                if event in ("snapshot", "done"):
+                    tracker.apply(data)
+                elif event == "progress":
+                    tracker.merge(data.get("workers", []))
+                on_change(tracker)
+                if event == "done":
+                    return tracker
+        except (ClientError, requests.RequestException, ValueError):
+            break  # no stream (old controller, proxy in between): poll instead
+    while not tracker.finished:
+        tracker.apply(api.get(f"/api/v1/models/pull-jobs/{job['id']}"))
+        on_change(tracker)
+        if not tracker.finished:
+            sleep(poll_seconds)
+    return tracker
+
+
+class WorkerBars:
+    """One rich progress bar per worker, like `ollama pull` draws one per layer."""
+
+    def __init__(self, console: Console) -> None:
+        self.progress = Progress(TextColumn("{task.fields[worker]:<16}"), BarColumn(), TaskProgressColumn(),
+                                 DownloadColumn(), TransferSpeedColumn(), TextColumn("{task.fields[status]}"),
+                                 console=console)
+        self.tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> "WorkerBars":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def update(self, tracker: JobTracker) -> None:
+        for wid in sorted(tracker.records):
+            r = tracker.records[wid]
+            total = int(r.get("total") or 0) or None
+            state = r.get("state", "pending")
+            done = int(r.get("total") or 0) if state == "completed" else int(r.get("completed") or 0)
+            status = f"[red]failed: {r.get('error') or r.get('status')}" if state == "failed" else (
+                "[green]completed" if state == "completed" else _esc(r.get("status") or state))
+            if wid not in self.tasks:
+                self.tasks[wid] = self.progress.add_task(wid, total=total, worker=wid, status=status)
+            if state == "completed" and not total:
+                total = done = 1  # nothing to transfer: show a full bar
+            self.progress.update(self.tasks[wid], total=total, completed=done, status=status)
+
+
+def _esc(text: object) -> str:
+    return str(text).replace("[", r"\[")
+
+
+def human_bytes(n: float | None) -> str:
+    n = float(n or 0)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def human_time(value: float | str | None) -> str:
+    if not value:
+        return "-"
+    if isinstance(value, str):
+        return value.replace("T", " ").replace("Z", "")[:19]
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(value)))
+
+
+def counts_text(summary: dict) -> str:
+    counts = summary.get("counts") or {}
+    return ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+
+
+# ---- commands ----------------------------------------------------------------------------------
+
+def _table(*columns: str) -> Table:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in columns:
+        table.add_column(column)
+    return table
+
+
+def _print_json(data: object) -> None:
+    print(json.dumps(data, indent=2))
+
+
+def _run_job(api: Api, job: dict, args: argparse.Namespace, out: Console, err: Console) -> int:
+    if args.no_wait:
+        _print_json(job) if args.json else out.print(f"job {job['id']} started ({job['kind']} {job['model']})")
+        return 0
+    if args.json:
+        tracker = follow_job(api, job, lambda t: None)
+        _print_json(tracker.job)
+    else:
+        with WorkerBars(err if not out.is_terminal else out) as bars:
+            tracker = follow_job(api, job, bars.update)
+    for record in tracker.failed():
+        err.print(f"[red]✘ {record['worker']}: {_esc(record.get('error') or record.get('status'))}")
+    if not args.json:
+        verb = "completed on" if not tracker.failed() else "failed on"
+        n = len(tracker.failed()) or len(tracker.records)
+        out.print(f"{job['model']}: {verb} {n} of {len(tracker.records)} worker(s) (job {job['id']})")
+    return 1 if tracker.failed() or tracker.job.get("state") != "completed" else 0
+
+
+def cmd_pull(api: Api, args: argparse.Namespace, out: Console, err: Console) -> int:
+    body = {"model": args.model, "workers": split_list(args.workers), "deadline_seconds": args.deadline}
+    job = api.post("/api/v1/models/pull", {k: v for k, v in body.items() if v is not None})
+    return _run_job(api, job, args, out, err)
+
+
+def cmd_distribute(api: Api, args: argparse.Namespace, out: Console, err: Console) -> int:
+    try:
+        source = parse_source(args.source, token=args.source_token, sha256=args.sha256, filename=args.filename)
+    except ValueError as exc:
+        raise ClientError(str(exc)) from None
+    body = {"model": args.model, "source": source, "workers": split_list(args.to)}
+    job = api.post("/api/v1/models/distribute", {k: v for k, v in body.items() if v is not None})
+    return _run_job(api, job, args, out, err)
+
+
+def cmd_jobs(api: Api, args: argparse.Namespace, out: Console, err: Console) -> int:
+    if args.id:
+        job = api.get(f"/api/v1/models/pull-jobs/{args.id}")
+        if args.follow and job["state"] not in FINAL:
+            return _run_job(api, job, argparse.Namespace(no_wait=False, json=args.json), out, err)
+        if args.json:
+            _print_json(job)
+            return 0
+        out.print(f"job {job['id']}: {job['kind']} {job['model']} from {job.get('source')} - "
+                  f"[{STATE_STYLE.get(job['state'], '')}]{job['state']}[/] (created {human_time(job['created_at'])})")
+        table = _table("WORKER", "STATE", "PROGRESS", "BYTES", "STATUS")
+        for w in job["workers"]:
+            state = w.get("state", "")
+            table.add_row(w["worker"], f"[{STATE_STYLE.get(state, '')}]{state}", f"{w.get('percent') or 0:.1f}%",
+                          f"{human_bytes(w.get('completed'))} / {human_bytes(w.get('total'))}",
+                          _esc(w.get("error") or w.get("status") or ""))
+        out.print(table)
+        return 0
+    data = api.get("/api/v1/models/pull-jobs", limit=args.limit, state=args.state, kind=args.kind)
+    if args.json:
+        _print_json(data)
+        return 0
+    table = _table("ID", "KIND", "MODEL", "STATE", "WORKERS", "PROGRESS", "CREATED")
+    for job in data["jobs"]:
+        summary = job.get("summary") or {}
+        table.add_row(job["id"], job["kind"], job["model"], f"[{STATE_STYLE.get(job['state'], '')}]{job['state']}",
+                      counts_text(summary), f"{summary.get('percent') or 0:.1f}%", human_time(job["created_at"]))
+    out.print(table)
+    out.print(f"{len(data['jobs'])} of {data['total']} job(s)")
+    return 0
+
+
+def cmd_models(api: Api, args: argparse.Namespace, out: Console, err: Console) -> int:
+    data = api.get("/api/v1/models")
+    if args.json:
+        _print_json(data)
+        return 0
+    table = _table("NAME", "SIZE", "FORMAT", "COVERAGE", "WORKERS", "MODIFIED", "DIGESTS")
+    for m in data["models"]:
+        style = "" if m["coverage"] >= 100 else "yellow"
+        table.add_row(m["name"], human_bytes(m["size"]), m.get("format") or "-", f"[{style}]{m['coverage']:.1f}%",
+                      f"{len(m['workers'])}/{data['eligible_workers']}", human_time(m.get("modified_at")),
+                      "same" if m.get("consistent") else "[red]differ")
+    out.print(table)
+    return 0
+
+
+def cmd_workers(api: Api, args: argparse.Namespace, out: Console, err: Console) -> int:
+    if args.id:
+        worker = api.get(f"/api/v1/workers/{args.id}")
+        models = api.get(f"/api/v1/workers/{args.id}/models")
+        if args.json:
+            _print_json({**worker, "local_models": models["models"]})
+            return 0
+        out.print(f"{worker['id']} ({worker['type']}) {'online' if worker['online'] else '[red]offline'}[/], "
+                  f"backends {', '.join(worker.get('backends') or []) or '-'}, free disk {human_bytes(worker['free_disk'])}"
+                  f", address {worker.get('address') or '-'}")
+        table = _table("MODEL", "SIZE", "MODIFIED", "FORMAT", "BACKEND")
+        for m in models["models"]:
+            table.add_row(m["name"], human_bytes(m.get("size")), human_time(m.get("modified_at")),
+                          m.get("format") or "-", m.get("backend") or "-")
+        out.print(table)
+        return 0
+    data = api.get("/api/v1/workers")
+    if args.json:
+        _print_json(data)
+        return 0
+    table = _table("ID", "TYPE", "ONLINE", "BACKENDS", "FREE DISK", "MODELS", "LAST SEEN")
+    for w in data["workers"]:
+        table.add_row(w["id"], w["type"], "[green]yes" if w["online"] else "[red]no", ", ".join(w.get("backends") or []),
+                      human_bytes(w["free_disk"]), str(w["models"]), human_time(w.get("last_seen")))
+    out.print(table)
+    out.print(f"{data['online']} of {data['total']} worker(s) online")
+    return 0
+
+
+def cmd_show(api: Api, args: argparse.Namespace, out: Console, err: Console) -> int:
+    data = api.post("/api/v1/models/show", {"model": args.model})
+    if args.json:
+        _print_json(data)
+        return 0
+    details = data.get("details") or {}
+    table = _table("", "")
+    for key in ("format", "family", "parameter_size", "quantization_level"):
+        if details.get(key):
+            table.add_row(key.replace("_", " "), str(details[key]))
+    table.add_row("described by", str(data.get("worker", "-")))
+    out.print(f"[bold]{args.model}[/]")
+    out.print(table)
+    for section in ("parameters", "template", "system", "license"):
+        if data.get(section):
+            out.print(f"\n[bold]{section}[/]")
+            out.print(_esc(str(data[section]).strip()[:2000]), highlight=False)
+    return 0
+
+
+def cmd_registry(api: Api, args: argparse.Namespace, out: Console, err: Console) -> int:
+    prefix = "/api/v1/model-registry"
+    if args.registry_action == "list":
+        data = api.get(prefix, format=args.format, source=args.source, name=args.name, limit=args.limit)
+        if args.json:
+            _print_json(data)
+            return 0
+        table = _table("ID", "MODEL", "FORMAT", "SIZE", "SOURCE", "CREATED")
+        for m in data["models"]:
+            table.add_row(m["id"], m.get("reference") or m["name"], m.get("format") or "-", human_bytes(m["size"]),
+                          m["source"], human_time(m.get("created_at")))
+        out.print(table)
+        out.print(f"{len(data['models'])} of {data['total']} model(s)")
+        return 0
+    if not args.target:
+        raise ClientError(f"eldric registry {args.registry_action} needs {'FILE' if args.registry_action == 'upload' else 'ID'}")
+    if args.registry_action == "delete":
+        api.call("DELETE", f"{prefix}/{args.target}")
+        _print_json({"deleted": args.target}) if args.json else out.print(f"deleted {args.target}")
+        return 0
+    return _upload(api, args, out, err)
+
+
+class _Chunk:
+    """`length` bytes of `f` from `offset`, hashed and counted as requests reads them (sent with Content-Length)."""
+
+    def __init__(self, f: BinaryIO, offset: int, length: int, hasher: "hashlib._Hash",
+                 on_read: Callable[[int], None]) -> None:
+        self.f, self.left, self.length, self.hasher, self.on_read = f, length, length, hasher, on_read
+        f.seek(offset)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(self.left if n is None or n < 0 else min(n, self.left))
+        self.left -= len(data)
+        self.hasher.update(data)
+        self.on_read(self.length - self.left)
+        return data
+
+
+def _hash_range(f: BinaryIO, hasher: "hashlib._Hash", start: int, end: int) -> None:
+    f.seek(start)
+    while start < end:
+        block = f.read(min(1 << 20, end - start))
+        if not block:
+            raise ClientError("the file shrank while it was being uploaded")
+        hasher.update(block)
+        start += len(block)
+
+
+def _is_transient(exc: Exception) -> bool:
+    return isinstance(exc, requests.RequestException) or getattr(exc, "status", None) in (
+        None, 409, 416, 500, 502, 503, 504)
+
+
+class ResumableUpload:
+    """One file into the registry through an upload session (draft, PATCH chunks, PUT with sha256, commit).
+
+    The session ids are kept in `state_dir`, keyed by controller, file (path, size, mtime) and target
+    name, so the same command run again after a crash or Ctrl-C continues from the registry's offset.
+    """
+
+    def __init__(self, call: Callable[..., requests.Response], path: Path, *, name: str, version: str | None = None,
+                 fmt: str | None = None, chunk_bytes: int = 64 << 20, state_dir: Path, key_extra: str = "",
+                 attempts: int = 8, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.call, self.path, self.name, self.version, self.fmt = call, path, name, version, fmt
+        self.chunk_bytes, self.attempts, self.sleep = max(1, chunk_bytes), attempts, sleep
+        st = path.stat()
+        key = f"{key_extra}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{name}|{version}|{fmt}"
+        self.state_file = Path(state_dir) / f"upload-{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
+        self.resumed_at = 0
+        self.offset = 0
+
+    def run(self, on_progress: Callable[[int], None]) -> dict:
+        size = self.path.stat().st_size
+        session = self._resume() or self._open(size)
+        uid, model_id = session["upload_id"], session["model_id"]
+        with open(self.path, "rb") as f:
+            hasher = self._send(f, uid, size, on_progress)
+        try:
+            self.call("PUT", f"{REGISTRY}/uploads/{uid}", params={"digest": "sha256:" + hasher.hexdigest()})
+            model = self.call("POST", f"{REGISTRY}/{model_id}/commit").json()
+        except ClientError as exc:
+            if exc.status in (400, 404, 413, 422):  # refused for good: the draft is of no further use
+                self._forget()
+                try:
+                    self.call("DELETE", f"{REGISTRY}/{model_id}")
+                except ClientError:
+                    pass
+            raise
+        self._forget()
+        return model
+
+    def _send(self, f: BinaryIO, uid: str, size: int, on_progress: Callable[[int], None]) -> "hashlib._Hash":
+        """PATCH chunks from the registry's offset to the end; return the sha256 of the whole file."""
+        hasher, hashed, failures, offset = hashlib.sha256(), 0, 0, None
+        while offset is None or offset < size:
+            try:
+                if offset is None:  # start, or after a failure: the registry says where we are
+                    offset = self.offset = int(self.call("GET", f"{REGISTRY}/uploads/{uid}").json()["offset"])
+                    self.resumed_at = self.resumed_at or offset
+                    on_progress(offset)
+                    continue
+                if hashed != offset:
+                    if hashed > offset:
+                        hasher, hashed = hashlib.sha256(), 0
+                    _hash_range(f, hasher, hashed, offset)
+                    hashed = offset
+                length, trial, start = min(self.chunk_bytes, size - offset), hasher.copy(), offset
+                body = _Chunk(f, offset, length, trial, lambda n: on_progress(start + n))
+                resp = self.call("PATCH", f"{REGISTRY}/uploads/{uid}", data=body, headers={
+                    "Content-Range": f"bytes {offset}-{offset + length - 1}/{size}",
+                    "Content-Type": "application/octet-stream"})
+                offset = self.offset = int(resp.json()["offset"])
+                if offset == start + length:
+                    hasher, hashed = trial, offset
+                failures = 0
+            except (ClientError, requests.RequestException) as exc:
+                if not _is_transient(exc):
+                    raise
+                failures += 1
+                if failures >= self.attempts:
+                    raise ClientError(f"upload stopped at byte {self.offset} of {size} ({exc}); "
+                                      "run the same command again to resume") from None
+                self.sleep(min(5.0, 0.2 * 2 ** failures))
+                offset = None
+        if hashed != size:
+            _hash_range(f, hasher, hashed, size)
+        return hasher
+
+    def _resume(self) -> dict | None:
+        try:
+            session = json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return None
+        try:
+            self.call("GET", f"{REGISTRY}/uploads/{session['upload_id']}")
+        except ClientError as exc:
+            if exc.status in (404, 410):  # expired or finished: start over
+                self._forget()
+                return None
+            raise
+        return session
+
+    def _open(self, size: int) -> dict:
+        draft = {"name": self.name, "version": self.version, "format": self.fmt, "source": "upload"}
+        model = self.call("POST", REGISTRY, json={k: v for k, v in draft.items() if v}).json()
+        upload = self.call("POST", f"{REGISTRY}/{model['id']}/uploads", json={"path": self.path.name, "size": size})
+        session = {"model_id": model["id"], "upload_id": upload.json()["id"], "file": str(self.path.resolve())}
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        self.state_file.write_text(json.dumps(session))
+        return session
+
+    def _forget(self) -> None:
+        self.state_file.unlink(missing_ok=True)
+
+
+def _upload(api: Api, args: argparse.Namespace, out: Console, err: Console) -> int:
+    path = Path(args.target)
+    if not path.is_file():
+        raise ClientError(f"{path}: no such file")
+    state_dir = Path(args.state_dir or os.environ.get("ELDRIC_STATE_DIR") or Path.home() / ".eldric" / "cli")
+    upload = ResumableUpload(api.call, path, name=args.name or default_name(path), version=args.version,
+                             fmt=args.format, chunk_bytes=args.chunk_size, state_dir=state_dir, key_extra=api.base)
+    bars = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), DownloadColumn(),
+                    TransferSpeedColumn(), console=err if args.json or not out.is_terminal else out)
+    with bars:
+        task = bars.add_task(f"upload {path.name}", total=path.stat().st_size)
+        try:
+            model = upload.run(lambda done: bars.update(task, completed=done))
+        except KeyboardInterrupt:
+            bars.stop()
+            err.print(f"interrupted at byte {upload.offset}; run the same command again to resume")
+            return 130
+    if args.json:
+        _print_json(model)
+    else:
+        resumed = f" (resumed at byte {upload.resumed_at})" if upload.resumed_at else ""
+        out.print(f"uploaded {model.get('reference') or model['name']} as {model['id']}: {model.get('format')}, "
+                  f"{human_bytes(model['size'])}{resumed}")
+    return 0
+
+
+def default_name(path: Path) -> str:
+    stem = "".join(c if c.isalnum() or c in "_.-" else "-" for c in path.name.split(".")[0])
+    return stem.lstrip(".-") or "model"
+
+
+# ---- argument parsing --------------------------------------------------------------------------
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--controller", default=None, help="controller URL (default $ELDRIC_CONTROLLER or "
+                                                      f"{DEFAULT_CONTROLLER})")
+    p.add_argument("--token", default=None, help="API token (default $ELDRIC_API_TOKEN)")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts instead of tables")
+
+
+def _job_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-wait", action="store_true", help="print the job and return at once")
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Add the operator commands to `eldric`'s subcommands; `eldric registry` keeps serving without an action."""
+    p = sub.add_parser("pull", help="pull a model to every inference/cloud worker, one progress bar per worker")
+    p.add_argument("model")
+    p.add_argument("--workers", help="comma list of worker ids (default: every inference and cloud worker)")
+    p.add_argument("--deadline", type=int, default=None, help="fail workers not finished after this many seconds")
+    _job_options(p)
+    _common(p)
+    p.set_defaults(func=_wrap(cmd_pull))
+
+    p = sub.add_parser("jobs", help="list pull/distribute jobs, or show one")
+    p.add_argument("id", nargs="?")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--state", choices=["pending", "running", "completed", "failed"])
+    p.add_argument("--kind", help="pull, distribute, delete, import, ...")
+    p.add_argument("-f", "--follow", action="store_true", help="with ID: progress bars until the job ends")
+    _common(p)
+    p.set_defaults(func=_wrap(cmd_jobs))
+
+    p = sub.add_parser("models", help="the cluster's models with coverage")
+    _common(p)
+    p.set_defaults(func=_wrap(cmd_models))
+
+    p = sub.add_parser("workers", help="the cluster's workers, or one worker's local models")
+    p.add_argument("id", nargs="?")
+    _common(p)
+    p.set_defaults(func=_wrap(cmd_workers))
+
+    p = sub.add_parser("show", help="a model's details, parameters, template, system prompt, license")
+    p.add_argument("model")
+    _common(p)
+    p.set_defaults(func=_wrap(cmd_show))
+
+    p = sub.add_parser("distribute", help="copy a model to workers from the registry, a worker, a URL or Ollama")
+    p.add_argument("model", help="model name; registry: id or name[:version]; url: the name to give it")
+    p.add_argument("--from", dest="source", required=True, metavar="SOURCE",
+                   help="registry, ollama, worker:<id>, or an http(s) URL")
+    p.add_argument("--to", help="comma list of target workers (default: every inference and cloud worker)")
+    p.add_argument("--source-token", help="URL source: bearer token (e.g. HuggingFace)")
+    p.add_argument("--sha256", help="URL source: expected sha256:<hex>")
+    p.add_argument("--filename", help="URL source: file name")
+    _job_options(p)
+    _common(p)
+    p.set_defaults(func=_wrap(cmd_distribute))
+
+    _extend_registry(sub.choices["registry"])
+
+
+def _extend_registry(p: argparse.ArgumentParser) -> None:
+    """`eldric registry list|upload FILE|delete ID` talk to the API; plain `eldric registry` serves as before."""
+    serve = p.get_default("func")
+    p.usage = "eldric registry [list | upload FILE [--name N] | delete ID] [options]"
+    p.add_argument("registry_action", nargs="?", choices=["list", "upload", "delete"],
+                   help="operator command against the controller (none: run the registry service)")
+    p.add_argument("target", nargs="?", help="upload: the file; delete: the model id")
+    p.add_argument("--name", help="list: filter by name; upload: model name (default: the file name)")
+    p.add_argument("--version", help="upload: version (default: the next v<n>)")
+    p.add_argument("--format", help="list: filter; upload: gguf, safetensors, lora or other (default: detected)")
+    p.add_argument("--source", help="list: filter by source (upload, training, import)")
+    p.add_argument("--limit", type=int, default=50, help="list: at most this many")
+    p.add_argument("--chunk-size", type=int, default=64 << 20, help="upload: bytes per resumable chunk")
+    p.add_argument("--state-dir", default=None, help="upload: where resume state is kept "
+                                                     "(default $ELDRIC_STATE_DIR or ~/.eldric/cli)")
+    _common(p)
+    operator = _wrap(cmd_registry)
+    p.set_defaults(func=lambda args: serve(args) if args.registry_action is None else operator(args))
+
+
+def _wrap(command: Callable[[Api, argparse.Namespace, Console, Console], int]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        api = Api(args.controller or os.environ.get("ELDRIC_CONTROLLER") or DEFAULT_CONTROLLER,
+                  token=args.token if args.token is not None else os.environ.get("ELDRIC_API_TOKEN", ""))
+        out, err = Console(), Console(stderr=True)
+        try:
+            return command(api, args, out, err)
+        except ClientError as exc:
+            err.print(f"[red]eldric {args.command}: {_esc(exc)}", highlight=False)
+            return 1
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            return 130
+    return run
