@@ -4,31 +4,11 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 
 import redis
 
 from eldric import jobstate, keys
-
-
-def create_job(client: redis.Redis, *, kind: str, model: str, targets: list[str], source: str,
-               deadline_seconds: float, options: dict | None = None, now: float | None = None) -> str:
-    """Write the job and a pending record per target worker in one transaction."""
-    now = time.time() if now is None else now
-    job_id = uuid.uuid4().hex
-    meta = {"id": job_id, "kind": kind, "model": model, "source": source, "created_at": now,
-            "deadline_at": now + deadline_seconds, "targets": json.dumps(targets),
-            "options": json.dumps(options or {})}
-    pipe = client.pipeline()
-    pipe.hset(keys.job(job_id), mapping=meta)
-    if targets:
-        pipe.hset(keys.job_workers(job_id),
-                  mapping={wid: json.dumps(jobstate.new_record(now)) for wid in targets})
-    for wid in targets:
-        pipe.sadd(keys.worker_jobs(wid), job_id)
-    pipe.zadd(keys.JOBS, {job_id: now})
-    pipe.execute()
-    return job_id
+from eldric.jobrecords import alive_flags, create_job, persist_if_unchanged  # noqa: F401 (create_job re-exported)
 
 
 def fail_worker(client: redis.Redis, job_id: str, worker_id: str, reason: str) -> None:
@@ -47,26 +27,17 @@ def get_job(client: redis.Redis, job_id: str, *, stale_after: float, now: float 
     if not meta:
         return None
     ids = sorted(raw_records)
-    alive = dict(zip(ids, _alive_flags(client, ids)))
+    alive = alive_flags(client, ids)
     deadline = float(meta["deadline_at"])
     workers: dict[str, dict] = {}
     for wid in ids:
-        record, final = jobstate.derive_worker(json.loads(raw_records[wid]), now=now, alive=alive[wid],
-                                               deadline_at=deadline, stale_after=stale_after)
+        seen = json.loads(raw_records[wid])
+        record, final = jobstate.derive_worker(seen, now=now, alive=alive[wid], deadline_at=deadline,
+                                               stale_after=stale_after)
         if final:  # reap: persist so the late worker (and every reader) sees the same end
-            client.hset(keys.job_workers(job_id), wid, json.dumps(record))
-            client.srem(keys.worker_jobs(wid), job_id)
+            persist_if_unchanged(client, job_id, wid, seen, record)
         workers[wid] = record
     return _job_view(meta, workers)
-
-
-def _alive_flags(client: redis.Redis, ids: list[str]) -> list[bool]:
-    if not ids:
-        return []
-    pipe = client.pipeline(transaction=False)
-    for wid in ids:
-        pipe.exists(keys.worker_alive(wid))
-    return [bool(x) for x in pipe.execute()]
 
 
 def _job_view(meta: dict, workers: dict[str, dict]) -> dict:

@@ -14,7 +14,9 @@ def _controller(args: argparse.Namespace) -> int:
     from werkzeug.serving import run_simple
 
     from controller import create_app
+    from eldric import logging_setup
 
+    logging_setup.configure_logging(os.environ.get("ELDRIC_LOG_LEVEL", "INFO"), logging_setup.format_from_env())
     app = create_app()
     run_simple(args.host, args.port, app, threaded=True, use_reloader=False)
     return 0

@@ -330,7 +330,8 @@ def cmd_workers(api: Api, args: argparse.Namespace, out: Console, err: Console) 
         if args.json:
             _print_json({**worker, "local_models": models["models"]})
             return 0
-        out.print(f"{worker['id']} ({worker['type']}) {'online' if worker['online'] else '[red]offline'}[/], "
+        online = "[green]online[/]" if worker["online"] else "[red]offline[/]"
+        out.print(f"{worker['id']} ({worker['type']}) {online}, "
                   f"backends {', '.join(worker.get('backends') or []) or '-'}, free disk {human_bytes(worker['free_disk'])}"
                   f", address {worker.get('address') or '-'}")
         table = _table("MODEL", "SIZE", "MODIFIED", "FORMAT", "BACKEND")
@@ -647,7 +648,7 @@ def _wrap(command: Callable[[Api, argparse.Namespace, Console, Console], int]) -
     def run(args: argparse.Namespace) -> int:
         api = Api(args.controller or os.environ.get("ELDRIC_CONTROLLER") or DEFAULT_CONTROLLER,
                   token=args.token if args.token is not None else os.environ.get("ELDRIC_API_TOKEN", ""))
-        out, err = Console(), Console(stderr=True)
+        out, err = Console(soft_wrap=True, highlight=False), Console(stderr=True, soft_wrap=True, highlight=False)
         try:
             return command(api, args, out, err)
         except ClientError as exc:

@@ -70,17 +70,17 @@ def reap_stale_jobs(client: redis.Redis, *, stale_after: float, now: float | Non
             record = json.loads(raw)
             if not jobstate.is_terminal(record.get("state", "")):
                 open_parts.append((job_id, float(deadline), wid, record))
-    alive = _alive_flags(client, sorted({wid for _, _, wid, _ in open_parts}))
+    alive = alive_flags(client, sorted({wid for _, _, wid, _ in open_parts}))
     reaped: list[Reaped] = []
     for job_id, deadline, wid, record in open_parts:
         derived, final = jobstate.derive_worker(record, now=now, alive=alive[wid], deadline_at=deadline,
                                                 stale_after=stale_after)
-        if final and _persist_if_unchanged(client, job_id, wid, record, derived):
+        if final and persist_if_unchanged(client, job_id, wid, record, derived):
             reaped.append(Reaped(job_id, wid, derived.get("error") or "failed"))
     return reaped
 
 
-def _alive_flags(client: redis.Redis, ids: list[str]) -> dict[str, bool]:
+def alive_flags(client: redis.Redis, ids: list[str]) -> dict[str, bool]:
     if not ids:
         return {}
     pipe = client.pipeline(transaction=False)
@@ -89,7 +89,7 @@ def _alive_flags(client: redis.Redis, ids: list[str]) -> dict[str, bool]:
     return dict(zip(ids, (bool(x) for x in pipe.execute())))
 
 
-def _persist_if_unchanged(client: redis.Redis, job_id: str, worker_id: str, seen: dict, final: dict) -> bool:
+def persist_if_unchanged(client: redis.Redis, job_id: str, worker_id: str, seen: dict, final: dict) -> bool:
     """Write `final` only if the worker's record is still `seen` (an agent may have just written)."""
     key = keys.job_workers(job_id)
     with client.pipeline() as pipe:

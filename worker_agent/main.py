@@ -9,6 +9,7 @@ import time
 
 import redis
 
+from eldric import logging_setup
 from eldric.queues import TASK_FOR_JOB_KIND, TASK_PULL, queues_for, worker_queue
 from worker_agent import celery_app, job_runner, membership, runtime
 from worker_agent.catalog import Catalog
@@ -34,7 +35,7 @@ def wait_for_redis(client: redis.Redis, url: str, timeout: float = 30.0) -> None
 
 
 def run_agent(settings: AgentSettings, loglevel: str = "INFO") -> None:
-    logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging_setup.configure_logging(loglevel, logging_setup.format_from_env())
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     wait_for_redis(client, settings.redis_url)
     store = OllamaStore(settings.models_dir)
