@@ -27,7 +27,8 @@ from rich.table import Table
 DEFAULT_CONTROLLER = "http://127.0.0.1:8880"
 REGISTRY = "/api/v1/model-registry"
 FINAL = ("completed", "failed")
-STATE_STYLE = {"completed": "green", "failed": "red", "pulling": "blue", "retrying": "yellow", "offline": "dim"}
+STATE_STYLE = {"completed": "green", "failed": "red", "pulling": "blue", "running": "blue", "retrying": "yellow",
+               "offline": "dim"}
 
 
 class ClientError(Exception):
@@ -193,13 +194,18 @@ class WorkerBars:
             total = int(r.get("total") or 0) or None
             state = r.get("state", "pending")
             done = int(r.get("total") or 0) if state == "completed" else int(r.get("completed") or 0)
-            status = f"[red]failed: {r.get('error') or r.get('status')}" if state == "failed" else (
+            status = f"[red]failed: {_esc(r.get('error') or r.get('status'))}" if state == "failed" else (
                 "[green]completed" if state == "completed" else _esc(r.get("status") or state))
             if wid not in self.tasks:
                 self.tasks[wid] = self.progress.add_task(wid, total=total, worker=wid, status=status)
             if state == "completed" and not total:
                 total = done = 1  # nothing to transfer: show a full bar
             self.progress.update(self.tasks[wid], total=total, completed=done, status=status)
+
+
+def _styled(state: str) -> str:
+    style = STATE_STYLE.get(state)
+    return f"[{style}]{state}[/]" if style else state
 
 
 def _esc(text: object) -> str:
@@ -230,10 +236,10 @@ def counts_text(summary: dict) -> str:
 
 # ---- commands ----------------------------------------------------------------------------------
 
-def _table(*columns: str) -> Table:
-    table = Table(box=None, header_style="bold", pad_edge=False)
+def _table(*columns: str, header: bool = True) -> Table:
+    table = Table(box=None, header_style="bold", pad_edge=False, show_header=header)
     for column in columns:
-        table.add_column(column)
+        table.add_column(column, no_wrap=column in ("ID", "CREATED", "MODIFIED", "LAST SEEN"))
     return table
 
 
@@ -285,11 +291,11 @@ def cmd_jobs(api: Api, args: argparse.Namespace, out: Console, err: Console) -> 
             _print_json(job)
             return 0
         out.print(f"job {job['id']}: {job['kind']} {job['model']} from {job.get('source')} - "
-                  f"[{STATE_STYLE.get(job['state'], '')}]{job['state']}[/] (created {human_time(job['created_at'])})")
+                  f"{_styled(job['state'])} (created {human_time(job['created_at'])})")
         table = _table("WORKER", "STATE", "PROGRESS", "BYTES", "STATUS")
         for w in job["workers"]:
             state = w.get("state", "")
-            table.add_row(w["worker"], f"[{STATE_STYLE.get(state, '')}]{state}", f"{w.get('percent') or 0:.1f}%",
+            table.add_row(w["worker"], _styled(state), f"{w.get('percent') or 0:.1f}%",
                           f"{human_bytes(w.get('completed'))} / {human_bytes(w.get('total'))}",
                           _esc(w.get("error") or w.get("status") or ""))
         out.print(table)
@@ -301,7 +307,7 @@ def cmd_jobs(api: Api, args: argparse.Namespace, out: Console, err: Console) -> 
     table = _table("ID", "KIND", "MODEL", "STATE", "WORKERS", "PROGRESS", "CREATED")
     for job in data["jobs"]:
         summary = job.get("summary") or {}
-        table.add_row(job["id"], job["kind"], job["model"], f"[{STATE_STYLE.get(job['state'], '')}]{job['state']}",
+        table.add_row(job["id"], job["kind"], job["model"], _styled(job["state"]),
                       counts_text(summary), f"{summary.get('percent') or 0:.1f}%", human_time(job["created_at"]))
     out.print(table)
     out.print(f"{len(data['jobs'])} of {data['total']} job(s)")
@@ -315,8 +321,8 @@ def cmd_models(api: Api, args: argparse.Namespace, out: Console, err: Console) -
         return 0
     table = _table("NAME", "SIZE", "FORMAT", "COVERAGE", "WORKERS", "MODIFIED", "DIGESTS")
     for m in data["models"]:
-        style = "" if m["coverage"] >= 100 else "yellow"
-        table.add_row(m["name"], human_bytes(m["size"]), m.get("format") or "-", f"[{style}]{m['coverage']:.1f}%",
+        coverage = f"{m['coverage']:.1f}%" if m["coverage"] >= 100 else f"[yellow]{m['coverage']:.1f}%"
+        table.add_row(m["name"], human_bytes(m["size"]), m.get("format") or "-", coverage,
                       f"{len(m['workers'])}/{data['eligible_workers']}", human_time(m.get("modified_at")),
                       "same" if m.get("consistent") else "[red]differ")
     out.print(table)
@@ -359,7 +365,7 @@ def cmd_show(api: Api, args: argparse.Namespace, out: Console, err: Console) -> 
         _print_json(data)
         return 0
     details = data.get("details") or {}
-    table = _table("", "")
+    table = _table("", "", header=False)
     for key in ("format", "family", "parameter_size", "quantization_level"):
         if details.get(key):
             table.add_row(key.replace("_", " "), str(details[key]))
@@ -559,7 +565,8 @@ def _upload(api: Api, args: argparse.Namespace, out: Console, err: Console) -> i
 
 
 def default_name(path: Path) -> str:
-    stem = "".join(c if c.isalnum() or c in "_.-" else "-" for c in path.name.split(".")[0])
+    """The registry name a file gets unless --name says otherwise: its stem, cleaned to [A-Za-z0-9_.-]."""
+    stem = "".join(c if c.isascii() and (c.isalnum() or c in "_.-") else "-" for c in path.stem)
     return stem.lstrip(".-") or "model"
 
 
@@ -648,7 +655,9 @@ def _wrap(command: Callable[[Api, argparse.Namespace, Console, Console], int]) -
     def run(args: argparse.Namespace) -> int:
         api = Api(args.controller or os.environ.get("ELDRIC_CONTROLLER") or DEFAULT_CONTROLLER,
                   token=args.token if args.token is not None else os.environ.get("ELDRIC_API_TOKEN", ""))
-        out, err = Console(soft_wrap=True, highlight=False), Console(stderr=True, soft_wrap=True, highlight=False)
+        width = None if sys.stdout.isatty() else 160  # piped into a file or pager: do not squeeze to 80 columns
+        out = Console(soft_wrap=True, highlight=False, width=width)
+        err = Console(stderr=True, soft_wrap=True, highlight=False, width=None if sys.stderr.isatty() else 160)
         try:
             return command(api, args, out, err)
         except ClientError as exc:

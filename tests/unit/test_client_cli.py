@@ -1,0 +1,286 @@
+"""The `eldric` operator commands without a network: parsing, job following, resumable uploads (hand-written fakes)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+import requests
+from rich.console import Console
+
+from eldric import client_cli
+from eldric.client_cli import (REGISTRY, ClientError, JobTracker, ResumableUpload, WorkerBars, default_name,
+                               error_message, follow_job, parse_source, parse_sse, split_list)
+from eldric.cli import build_parser
+
+
+@pytest.mark.parametrize("text, source", [
+    ("registry", {"type": "registry"}),
+    ("ollama", {"type": "ollama"}),
+    ("worker:inf-3", {"type": "worker", "worker": "inf-3"}),
+    ("https://hf.co/x/resolve/main/m.gguf", {"type": "url", "url": "https://hf.co/x/resolve/main/m.gguf"}),
+])
+def test_parse_source(text, source):
+    assert parse_source(text) == source
+
+
+def test_parse_source_url_options_and_errors():
+    assert parse_source("http://h/m.gguf", token="t", sha256="sha256:ab", filename="m.gguf") == {
+        "type": "url", "url": "http://h/m.gguf", "token": "t", "sha256": "sha256:ab", "filename": "m.gguf"}
+    for bad in ("worker:", "ftp://h/m", "floppy", ""):
+        with pytest.raises(ValueError, match="--from must be"):
+            parse_source(bad)
+
+
+def test_split_list_and_default_name():
+    assert split_list("a, b,,c ") == ["a", "b", "c"] and split_list("") is None and split_list(None) is None
+    assert default_name(Path("/x/qwen2.5 small.Q4.gguf")) == "qwen2.5-small.Q4"
+    assert default_name(Path(".hidden")) == "hidden" and default_name(Path("/x/ü-.gguf")) == "model"
+
+
+def test_parse_sse_events_comments_and_multiline_data():
+    lines = ["retry: 3000", "event: snapshot", 'data: {"id": "j",', 'data: "workers": []}', "",
+             ": keep-alive", "", "event: progress", 'data: {"workers": [{"worker": "a"}]}', "", "data: {}", ""]
+    assert list(parse_sse(lines)) == [("snapshot", {"id": "j", "workers": []}),
+                                      ("progress", {"workers": [{"worker": "a"}]}), ("message", {})]
+
+
+def _response(status: int, body: bytes) -> requests.Response:
+    resp = requests.Response()
+    resp.status_code, resp._content = status, body
+    return resp
+
+
+@pytest.mark.parametrize("body, message", [
+    (b'{"code": 404, "message": "no job \'x\'"}', "no job 'x'"),
+    (b'{"code": 422, "errors": {"json": {"model": ["Not a valid string."]}}}', "model: Not a valid string."),
+    (b"<html>bad gateway</html>", "<html>bad gateway</html>"),
+])
+def test_error_message(body, message):
+    assert error_message(_response(400, body)) == message
+
+
+def _job(state: str, *workers: dict) -> dict:
+    return {"id": "j1", "kind": "pull", "model": "m:latest", "state": state, "workers": list(workers)}
+
+
+def _w(worker: str, state: str, at: float = 1.0, **kw) -> dict:
+    return {"worker": worker, "state": state, "updated_at": at, **kw}
+
+
+def test_tracker_keeps_the_newest_record_per_worker():
+    tracker = JobTracker(_job("running", _w("a", "pulling", 5, percent=50.0)))
+    tracker.merge([_w("a", "pulling", 4, percent=40.0)])  # an older echo
+    assert tracker.records["a"]["percent"] == 50.0
+    tracker.merge([_w("a", "completed", 6)])
+    assert tracker.records["a"]["state"] == "completed" and not tracker.finished  # the job view not final yet
+
+
+class FakeApi:
+    """Scripted event streams (a list per connection; an exception to fail it) and job reads."""
+
+    def __init__(self, streams: list, jobs: list[dict] | None = None) -> None:
+        self.streams, self.jobs, self.gets = list(streams), list(jobs or []), 0
+
+    def events(self, job_id: str):
+        script = self.streams.pop(0)
+        if isinstance(script, Exception):
+            raise script
+        yield from script
+
+    def get(self, path: str, **params) -> dict:
+        self.gets += 1
+        return self.jobs.pop(0)
+
+
+def test_follow_job_uses_the_stream_until_done():
+    start = _job("pending", _w("a", "pending"), _w("b", "pending"))
+    stream = [("snapshot", start), ("progress", {"workers": [_w("a", "pulling", 2, percent=10.0)]}),
+              ("progress", {"workers": [_w("b", "failed", 3, error="boom")]}),
+              ("done", _job("failed", _w("a", "completed", 4), _w("b", "failed", 3, error="boom")))]
+    seen = []
+    api = FakeApi([stream])
+    tracker = follow_job(api, start, lambda t: seen.append({w: r["state"] for w, r in t.records.items()}))
+    assert {"a": "pulling", "b": "pending"} in seen and seen[-1] == {"a": "completed", "b": "failed"}
+    assert [r["error"] for r in tracker.failed()] == ["boom"] and api.gets == 0
+
+
+def test_follow_job_reconnects_after_a_lifetime_end_and_polls_without_a_stream():
+    start = _job("running", _w("a", "pulling"))
+    final = _job("completed", _w("a", "completed", 9))
+    api = FakeApi([[("snapshot", start), ("end", {"reason": "max_seconds"})], [("done", final)]])
+    assert follow_job(api, start, lambda t: None).job["state"] == "completed" and api.gets == 0
+
+    sleeps = []
+    api = FakeApi([ClientError("HTTP 404: no such route", 404)], jobs=[start, final])
+    tracker = follow_job(api, start, lambda t: None, sleep=sleeps.append)
+    assert tracker.job["state"] == "completed" and api.gets == 2 and sleeps == [1.0]
+
+
+def test_worker_bars_show_bytes_completion_and_the_failure_reason():
+    buf = io.StringIO()
+    bars = WorkerBars(Console(file=buf, width=160, force_terminal=False))
+    with bars:
+        bars.update(JobTracker(_job("failed", _w("inf-a", "completed", total=2000, completed=2000),
+                                    _w("inf-b", "failed", error="digest [mismatch]"))))
+    text = buf.getvalue()
+    assert "inf-a" in text and "100%" in text and "2.0/2.0 kB" in text and "completed" in text
+    assert "failed: digest [mismatch]" in text
+
+
+class FakeRegistry:
+    """The controller's model-registry upload API in memory, with faults on demand."""
+
+    def __init__(self) -> None:
+        self.drafts: dict[str, dict] = {}
+        self.uploads: dict[str, bytearray] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.patch_bytes: list[int] = []
+        self.drop_after: int | None = None  # next PATCH: keep this many bytes, then the connection drops
+        self.refuse_commit = False
+
+    def __call__(self, method: str, path: str, **kw):
+        self.calls.append((method, path))
+        rel = path[len(REGISTRY):]
+        if method == "POST" and rel == "":
+            mid = f"m{len(self.drafts)}"
+            self.drafts[mid] = dict(kw["json"], id=mid)
+            return _json(self.drafts[mid])
+        if method == "POST" and rel.endswith("/uploads"):
+            uid = f"u{len(self.uploads)}"
+            self.uploads[uid] = bytearray()
+            return _json({"id": uid, "offset": 0})
+        if method == "DELETE":
+            self.drafts.pop(rel.strip("/"), None)
+            return _json({})
+        if method == "POST" and rel.endswith("/commit"):
+            if self.refuse_commit:
+                raise ClientError("HTTP 400: not a GGUF file", 400)
+            return _json({"id": rel.split("/")[1], "name": "m", "size": len(self.uploads["u0"]), "format": "gguf"})
+        uid = rel.split("/")[2]
+        if uid not in self.uploads:
+            raise ClientError("HTTP 404: no upload", 404)
+        data = self.uploads[uid]
+        if method == "GET":
+            return _json({"offset": len(data)})
+        if method == "PATCH":
+            first = int(kw["headers"]["Content-Range"].split()[1].split("-")[0])
+            if first != len(data):
+                raise ClientError("HTTP 416: wrong offset", 416)
+            chunk = kw["data"].read(self.drop_after if self.drop_after is not None else -1)
+            data += chunk
+            self.patch_bytes.append(len(chunk))
+            if self.drop_after is not None:
+                self.drop_after = None
+                raise requests.ConnectionError("connection reset")
+            return _json({"offset": len(data)})
+        if method == "PUT":
+            if kw["params"]["digest"] != "sha256:" + hashlib.sha256(data).hexdigest():
+                raise ClientError("HTTP 400: digest mismatch", 400)
+            return _json({"size": len(data)})
+        raise AssertionError(f"unexpected {method} {path}")
+
+
+def _json(body: dict) -> requests.Response:
+    return _response(200, json.dumps(body).encode())
+
+
+@pytest.fixture
+def model_file(tmp_path) -> Path:
+    path = tmp_path / "m.gguf"
+    path.write_bytes(bytes(range(256)) * 40)  # 10240 bytes
+    return path
+
+
+def _upload(reg, path, state_dir, **kw) -> ResumableUpload:
+    return ResumableUpload(reg, path, name="m", chunk_bytes=4096, state_dir=state_dir, sleep=lambda s: None, **kw)
+
+
+def test_upload_sends_chunks_with_the_digest_and_forgets_its_state(model_file, tmp_path):
+    reg, seen = FakeRegistry(), []
+    model = _upload(reg, model_file, tmp_path / "state").run(seen.append)
+    assert bytes(reg.uploads["u0"]) == model_file.read_bytes() and model["size"] == 10240
+    assert reg.patch_bytes == [4096, 4096, 2048] and seen[-1] == 10240
+    assert reg.drafts["m0"]["source"] == "upload" and not list((tmp_path / "state").iterdir())
+
+
+def test_upload_resumes_after_a_dropped_connection_that_kept_part_of_a_chunk(model_file, tmp_path):
+    reg = FakeRegistry()
+    reg.drop_after = 1000
+    _upload(reg, model_file, tmp_path / "state").run(lambda n: None)
+    assert bytes(reg.uploads["u0"]) == model_file.read_bytes()  # PUT checked the sha256 too
+    assert reg.patch_bytes[:2] == [1000, 4096]
+
+
+def test_upload_interrupted_then_run_again_continues_at_the_offset(model_file, tmp_path):
+    reg = FakeRegistry()
+
+    def interrupt_second_patch(method, path, **kw):
+        if method == "PATCH" and reg.patch_bytes:
+            raise KeyboardInterrupt
+        return reg(method, path, **kw)
+
+    with pytest.raises(KeyboardInterrupt):
+        _upload(interrupt_second_patch, model_file, tmp_path / "state").run(lambda n: None)
+    assert len(list((tmp_path / "state").iterdir())) == 1
+    again = _upload(reg, model_file, tmp_path / "state")
+    again.run(lambda n: None)
+    assert again.resumed_at == 4096 and reg.patch_bytes == [4096, 4096, 2048] and len(reg.drafts) == 1
+    assert bytes(reg.uploads["u0"]) == model_file.read_bytes()
+
+
+def test_upload_starts_over_when_the_session_expired(model_file, tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    first = _upload(FakeRegistry(), model_file, state)
+    first.state_file.write_text(json.dumps({"model_id": "gone", "upload_id": "u9"}))
+    reg = FakeRegistry()
+    _upload(reg, model_file, state).run(lambda n: None)
+    assert ("POST", REGISTRY) in reg.calls and bytes(reg.uploads["u0"]) == model_file.read_bytes()
+
+
+def test_refused_commit_deletes_the_draft_and_forgets_the_session(model_file, tmp_path):
+    reg = FakeRegistry()
+    reg.refuse_commit = True
+    with pytest.raises(ClientError, match="not a GGUF"):
+        _upload(reg, model_file, tmp_path / "state").run(lambda n: None)
+    assert ("DELETE", f"{REGISTRY}/m0") in reg.calls and not reg.drafts
+    assert not list((tmp_path / "state").iterdir())
+
+
+def test_upload_gives_up_after_the_attempts_and_keeps_the_session(model_file, tmp_path):
+    def down(method, path, **kw):
+        if method in ("PATCH", "GET"):
+            raise requests.ConnectionError("refused")
+        return reg(method, path, **kw)
+
+    reg = FakeRegistry()
+    with pytest.raises(ClientError, match="run the same command again to resume"):
+        ResumableUpload(down, model_file, name="m", state_dir=tmp_path / "state", attempts=3,
+                        sleep=lambda s: None).run(lambda n: None)
+    assert len(list((tmp_path / "state").iterdir())) == 1
+
+
+def test_registry_without_an_action_still_runs_the_service():
+    served, ran = [], []
+    parser = argparse.ArgumentParser(prog="eldric")
+    sub = parser.add_subparsers(dest="command", required=True)
+    reg = sub.add_parser("registry")
+    reg.add_argument("--port", type=int, default=8892)
+    reg.set_defaults(func=served.append)
+    client_cli.add_commands(sub)
+    args = parser.parse_args(["registry", "--port", "9"])
+    args.func(args)
+    assert served and served[0].port == 9 and served[0].registry_action is None
+
+    args = parser.parse_args(["registry", "upload", "m.gguf", "--name", "n", "--controller", "http://c:1"])
+    assert (args.registry_action, args.target, args.name, args.controller) == ("upload", "m.gguf", "n", "http://c:1")
+    real = build_parser().parse_args(["registry", "--port", "1", "--storage", "/tmp/x"])
+    assert real.registry_action is None and real.storage == "/tmp/x"
+    for argv in (["pull", "m", "--workers", "a,b", "--json"], ["jobs", "j1", "-f"], ["models"], ["workers", "w"],
+                 ["show", "m"], ["distribute", "m", "--from", "worker:a", "--to", "b"], ["registry", "list"]):
+        assert callable(build_parser().parse_args(argv).func)
