@@ -337,9 +337,9 @@ def cmd_workers(api: Api, args: argparse.Namespace, out: Console, err: Console) 
             _print_json({**worker, "local_models": models["models"]})
             return 0
         online = "[green]online[/]" if worker["online"] else "[red]offline[/]"
-        out.print(f"{worker['id']} ({worker['type']}) {online}, "
-                  f"backends {', '.join(worker.get('backends') or []) or '-'}, free disk {human_bytes(worker['free_disk'])}"
-                  f", address {worker.get('address') or '-'}")
+        backends = ", ".join(worker.get("backends") or []) or "-"
+        out.print(f"{worker['id']} ({worker['type']}) {online}, backends {backends}, "
+                  f"free disk {human_bytes(worker['free_disk'])}, address {worker.get('address') or '-'}")
         table = _table("MODEL", "SIZE", "MODIFIED", "FORMAT", "BACKEND")
         for m in models["models"]:
             table.add_row(m["name"], human_bytes(m.get("size")), human_time(m.get("modified_at")),
@@ -352,8 +352,9 @@ def cmd_workers(api: Api, args: argparse.Namespace, out: Console, err: Console) 
         return 0
     table = _table("ID", "TYPE", "ONLINE", "BACKENDS", "FREE DISK", "MODELS", "LAST SEEN")
     for w in data["workers"]:
-        table.add_row(w["id"], w["type"], "[green]yes" if w["online"] else "[red]no", ", ".join(w.get("backends") or []),
-                      human_bytes(w["free_disk"]), str(w["models"]), human_time(w.get("last_seen")))
+        table.add_row(w["id"], w["type"], "[green]yes" if w["online"] else "[red]no",
+                      ", ".join(w.get("backends") or []), human_bytes(w["free_disk"]), str(w["models"]),
+                      human_time(w.get("last_seen")))
     out.print(table)
     out.print(f"{data['online']} of {data['total']} worker(s) online")
     return 0
@@ -394,7 +395,8 @@ def cmd_registry(api: Api, args: argparse.Namespace, out: Console, err: Console)
         out.print(f"{len(data['models'])} of {data['total']} model(s)")
         return 0
     if not args.target:
-        raise ClientError(f"eldric registry {args.registry_action} needs {'FILE' if args.registry_action == 'upload' else 'ID'}")
+        what = "FILE" if args.registry_action == "upload" else "ID"
+        raise ClientError(f"eldric registry {args.registry_action} needs {what}")
     if args.registry_action == "delete":
         api.call("DELETE", f"{prefix}/{args.target}")
         _print_json({"deleted": args.target}) if args.json else out.print(f"deleted {args.target}")

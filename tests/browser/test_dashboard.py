@@ -258,3 +258,53 @@ def test_event_stream_contract(dash, oci, workdir):
     finally:
         dash.redis.srem("eldric:workers", "ghost")
         dash.redis.delete("eldric:worker:ghost")
+
+
+def _seed_big_cluster(client, n_workers: int = 200, n_models: int = 300) -> None:
+    """200 online inference workers and 300 models in Redis, 100 of them on only some workers."""
+    now = time.time()
+    pipe = client.pipeline(transaction=False)
+    for j in range(n_workers):
+        wid = f"node-{j:03d}"
+        pipe.sadd("eldric:workers", wid)
+        pipe.hset(f"eldric:worker:{wid}", mapping={
+            "id": wid, "type": "inference", "address": f"http://10.0.{j // 250}.{j % 250}:8890",
+            "backends": '["ollama"]', "free_disk": 500 << 30, "registered_at": now, "last_seen": now})
+        pipe.set(f"eldric:worker:{wid}:alive", "1", ex=600)
+        inventory = {}
+        for i in range(n_models):
+            if i < 100 and (i + j) % 7 == 0:
+                continue
+            name = f"model-{i:03d}:q4"
+            inventory[name] = json.dumps({"name": name, "digest": f"sha256:{i:064x}", "size": (i + 1) << 20,
+                                          "modified_at": now, "format": "gguf", "backend": "ollama"})
+        pipe.hset(f"eldric:worker:{wid}:models", mapping=inventory)
+    pipe.execute()
+
+
+def test_stays_usable_at_200_workers_and_300_models(dash, page):
+    scale_redis = dash.redis_server.url.rsplit("/", 1)[0] + "/1"  # the same server, a database of its own
+    import redis as redis_lib
+    _seed_big_cluster(redis_lib.Redis.from_url(scale_redis))
+    main = dash.controller_url
+    url = dash.start_controller(ELDRIC_REDIS_URL=scale_redis)
+    dash.controller_url = main
+    calls: list[str] = []
+    page.on("request", lambda r: calls.append(r.url.split("?")[0].removeprefix(url)) if "/api/" in r.url else None)
+    started = time.monotonic()
+    page.goto(f"{url}/dashboard")
+    expect(page.locator("#coverage-stats")).to_have_text(
+        "300 models × 200 eligible workers · 100 partly covered", timeout=30_000)
+    elapsed = time.monotonic() - started
+    expect(page.locator("#coverage-table tbody tr")).to_have_count(25)
+    expect(page.locator("#coverage-table tbody tr.partial")).to_have_count(25)  # the partly covered come first
+    expect(page.locator("#workers-table tbody tr")).to_have_count(25)
+    expect(page.locator("#models-table tbody tr")).to_have_count(25)
+    expect(page.locator("#coverage-pager")).to_contain_text("page 1 of 12")
+    elements = page.evaluate("document.getElementsByTagName('*').length")
+    assert elements < 3000, elements  # bounded: pages of 25 rows, one canvas strip per model row
+    page.locator("#coverage-pager button", has_text="next").click()
+    expect(page.locator("#coverage-pager")).to_contain_text("page 2 of 12")
+    assert not [c for c in calls if c.startswith("/api/v1/workers/")], calls  # no request per worker or cell
+    assert {"/api/v1/models", "/api/v1/workers"} <= set(calls)
+    print(f"\n200 x 300 dashboard: first render {elapsed:.1f} s, {elements} elements, {len(calls)} API calls")

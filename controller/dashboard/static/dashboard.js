@@ -81,7 +81,7 @@
     let data = null;
     try { data = text ? JSON.parse(text) : null; } catch (_) { data = null; }
     if (resp.status === 401) banner("The controller asks for an API token: enter ELDRIC_API_TOKEN above and press Save.");
-    if (!resp.ok) throw new Error(errorText(data, resp.status));
+    if (!resp.ok) throw Object.assign(new Error(errorText(data, resp.status)), { status: resp.status });
     return data;
   }
 
@@ -193,6 +193,7 @@
       if (event === "snapshot") this.apply(payload);
       else if (event === "progress") this.merge(payload.workers || []);
       else if (event === "done") { this.apply(payload); this.close(); return true; }
+      else if (event === "end" && payload.reason === "gone") { this.close(); return true; } // the job was pruned
       return false;
     }
 
@@ -204,7 +205,10 @@
           const job = await api("GET", `/api/v1/models/pull-jobs/${encodeURIComponent(this.id)}`);
           this.apply(job);
           if (FINAL.has(job.state)) { this.close(); return; }
-        } catch (_) { /* keep polling: the controller may be restarting */ }
+        } catch (err) {
+          if (err.status === 404) { this.close(); return; } // the job is gone
+          // otherwise keep polling: the controller may be restarting
+        }
         await sleep(1000);
       }
     }
@@ -465,7 +469,8 @@
       .filter((m) => (!text || m.name.toLowerCase().includes(text)) && (!partialOnly || partial(m)))
       .sort((a, b) => (partial(b) - partial(a)) || a.coverage - b.coverage || a.name.localeCompare(b.name));
     const partCount = cluster.models.filter(partial).length;
-    $("coverage-stats").textContent = `${cluster.models.length} models × ${cluster.eligible} eligible workers · ${partCount} partly covered`;
+    const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+    $("coverage-stats").textContent = `${plural(cluster.models.length, "model")} × ${plural(cluster.eligible, "eligible worker")} · ${partCount} partly covered`;
     coverage.page = clampPage(coverage.page, rows.length, PAGE);
     const body = $("coverage-table").tBodies[0];
     body.replaceChildren(...rows.slice(coverage.page * PAGE, (coverage.page + 1) * PAGE).map((m) => {
