@@ -635,9 +635,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def _extend_registry(p: argparse.ArgumentParser) -> None:
     """`eldric registry list|upload FILE|delete ID` talk to the API; plain `eldric registry` serves as before."""
-    serve = p.get_default("func")
     p.usage = "eldric registry [list | upload FILE [--name N] | delete ID] [options]"
-    p.add_argument("registry_action", nargs="?", choices=["list", "upload", "delete"],
+    p.add_argument("registry_action", nargs="?", choices=["list", "upload", "delete"], action=_RegistryAction,
                    help="operator command against the controller (none: run the registry service)")
     p.add_argument("target", nargs="?", help="upload: the file; delete: the model id")
     p.add_argument("--name", help="list: filter by name; upload: model name (default: the file name)")
@@ -649,11 +648,19 @@ def _extend_registry(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", default=None, help="upload: where resume state is kept "
                                                      "(default $ELDRIC_STATE_DIR or ~/.eldric/cli)")
     _common(p)
-    operator = _wrap(cmd_registry)
-    p.set_defaults(func=lambda args: serve(args) if args.registry_action is None else operator(args))
+
+
+class _RegistryAction(argparse.Action):
+    """Given an action word, `eldric registry` runs the operator command instead of the service (its default)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+        if values is not None:
+            namespace.func = _REGISTRY_COMMAND
 
 
 def _wrap(command: Callable[[Api, argparse.Namespace, Console, Console], int]) -> Callable[[argparse.Namespace], int]:
+    """The command as an argparse `func`: the API client from options or environment, errors as one line."""
     def run(args: argparse.Namespace) -> int:
         api = Api(args.controller or os.environ.get("ELDRIC_CONTROLLER") or DEFAULT_CONTROLLER,
                   token=args.token if args.token is not None else os.environ.get("ELDRIC_API_TOKEN", ""))
@@ -669,3 +676,6 @@ def _wrap(command: Callable[[Api, argparse.Namespace, Console, Console], int]) -
             err.print("interrupted")
             return 130
     return run
+
+
+_REGISTRY_COMMAND = _wrap(cmd_registry)
