@@ -21,9 +21,12 @@ from tests.support.oci_registry import OCIRegistry, push_ollama_model  # noqa: E
 from tests.support.processes import RedisServer, Service, eldric, free_port, session, wait_until  # noqa: E402
 
 
-def curl_seconds(url: str, dest: Path) -> float:
+def curl_seconds(url: str, dest: Path, verify: bool = False) -> float:
+    """curl into a file; with `verify`, also `sha256sum` it, as an operator checking by hand would."""
     start = time.perf_counter()
     subprocess.run(["curl", "-sSf", "-o", str(dest), url], check=True)
+    if verify:
+        subprocess.run(["sha256sum", str(dest)], check=True, stdout=subprocess.DEVNULL)
     elapsed = time.perf_counter() - start
     dest.unlink()
     return elapsed
@@ -55,9 +58,10 @@ def main() -> None:
             api = f"http://127.0.0.1:{port}/api/v1"
             wait_until(lambda: http.get(f"{api}/workers", timeout=2).ok, message="controller")
             print(f"blob: {pushed['manifest']['layers'][0]['size'] / 2**20:.0f} MiB", flush=True)
-            curl_times, our_times = [], []
+            curl_times, verified_times, our_times = [], [], []
             for r in range(args.rounds):
                 curl_times.append(curl_seconds(blob_url, root / "curl.out"))
+                verified_times.append(curl_seconds(blob_url, root / "curl.out", verify=True))
                 name = f"bench-{r}"
                 services.append(Service(name, eldric("worker", "--type", "inference", "--name", name, "--port", "0",
                                                      "--data-dir", str(root / name)), root, env=env).start())
@@ -74,7 +78,10 @@ def main() -> None:
             best_curl, best_ours = min(curl_times), min(our_times)
             print(f"curl -o file : {size / best_curl / 1e6:8.1f} MB/s  ({best_curl:.2f} s; runs {', '.join(f'{t:.2f}' for t in curl_times)})")
             print(f"eldric pull  : {size / best_ours / 1e6:8.1f} MB/s  ({best_ours:.2f} s; runs {', '.join(f'{t:.2f}' for t in our_times)})")
+            best_verified = min(verified_times)
+            print(f"curl+sha256sum: {size / best_verified / 1e6:8.1f} MB/s  ({best_verified:.2f} s)")
             print(f"ratio eldric/curl throughput: {best_curl / best_ours:.2f}  (target >= 0.8)")
+            print(f"ratio eldric/(curl then sha256sum): {best_verified / best_ours:.2f}  (both verify the digest)")
     finally:
         for svc in reversed(services):
             svc.stop()
