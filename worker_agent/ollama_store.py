@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
+from registry.atomicfile import write_atomically
 from registry.blobstore import BlobStore
 from registry.manifests import Manifest
 from registry.names import ModelName
@@ -34,20 +34,10 @@ class OllamaStore:
 
     def write_manifest(self, name: ModelName, raw: bytes) -> Path:
         """Write the manifest bytes as received (Ollama does the same), atomically."""
-        final = self.manifest_path(name)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".incoming-", dir=final.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                # No fsync, as Ollama: on ext4 it would force the whole just-written
-                # blob to disk first (seconds for large models). A process crash
-                # still never exposes a manifest before its verified blobs.
-                f.write(raw)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, final)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-        return final
+        # No fsync, as Ollama: on ext4 it would force the whole just-written blob to
+        # disk first (seconds for large models). A process crash still never
+        # exposes a manifest before its verified blobs.
+        return write_atomically(self.manifest_path(name), raw)
 
     def read_manifest(self, name: ModelName) -> tuple[bytes, Manifest] | None:
         try:

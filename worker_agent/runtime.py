@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dataclasses import dataclass
 
-import redis
 
 from worker_agent.catalog import Catalog
+
+if TYPE_CHECKING:
+    import redis
 from worker_agent.download import DownloadOptions
 from worker_agent.ollama_store import OllamaStore
 from worker_agent.settings import AgentSettings
@@ -15,7 +19,7 @@ from worker_agent.settings import AgentSettings
 @dataclass
 class Agent:
     settings: AgentSettings
-    redis: redis.Redis
+    redis: "redis.Redis"
     store: OllamaStore
     catalog: Catalog
 

@@ -1,6 +1,5 @@
 """/api/v1/models/distribute: copy a model to workers from the registry, another worker, a URL or Ollama."""
 
-from flask import current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate

@@ -17,7 +17,7 @@ from controller import jobs
 from controller.errors import BadRequestError, ConflictError
 from controller.registry_client import RegistryClient, error_message, to_flask
 from controller.schemas import JobSchema
-from controller.state import redis_client, stale_after
+from controller.state import registry_client, redis_client, stale_after
 from eldric import jobstate
 from registry.errors import RegistryError
 from registry.identifiers import validate_model_name, validate_version
@@ -36,11 +36,7 @@ ACTIVE = (jobstate.JOB_PENDING, jobstate.JOB_RUNNING)
 
 
 def _client() -> RegistryClient:
-    client = current_app.extensions.get("eldric.registry_client")
-    if client is None:
-        client = RegistryClient(current_app.config["REGISTRY_URL"], token=current_app.config.get("CLUSTER_SECRET", ""))
-        current_app.extensions["eldric.registry_client"] = client
-    return client
+    return registry_client()
 
 
 def proxy(json_body: bool = False):

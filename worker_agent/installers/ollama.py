@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import httpx
@@ -26,6 +24,7 @@ import ollama
 import requests
 
 from registry.names import ModelName
+from registry.atomicfile import write_atomically
 from worker_agent.installers import (BackendConfig, BackendError, BackendUnavailableError, InstallResult,
                                      LocalModel, UnsupportedModelError, model_slug)
 from worker_agent.installers.chat_templates import TemplateChoice, choose_template
@@ -193,12 +192,4 @@ def _write_if_changed(path: Path, data: bytes) -> None:
             return
     except OSError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".incoming-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    write_atomically(path, data)

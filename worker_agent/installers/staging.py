@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from registry.errors import DigestMismatchError
+from registry.atomicfile import write_atomically
 
 RECORD = ".eldric-install.json"
 FILE_RECORDS = ".eldric-installs"
@@ -276,12 +277,4 @@ def _remove_if_empty(path: Path) -> None:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".incoming-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    write_atomically(path, data)
