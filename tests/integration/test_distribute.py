@@ -171,3 +171,13 @@ def test_bad_distribute_requests(live, body, status, needle):
     resp = live.api("POST", "/api/v1/models/distribute", json=body)
     assert resp.status_code == status, resp.text
     assert needle in resp.text
+
+
+def test_llama_cpp_loads_the_gguf_distributed_from_the_registry(live, registered):
+    """The GGUF that distribution installed for llama.cpp on inf-a is one llama.cpp really runs."""
+    llama_cpp = pytest.importorskip(
+        "llama_cpp", reason="llama-cpp-python is not installed (scripts/install-deps.sh builds it, ~4-8 min)")
+    [installed] = (live.root / "nodes" / "inf-a" / "backends" / "llamacpp").rglob("*.gguf")
+    llm = llama_cpp.Llama(model_path=str(installed), n_ctx=64, n_threads=2, verbose=False)
+    out = llm("hello", max_tokens=1, temperature=0.0)
+    assert out["usage"]["completion_tokens"] == 1
