@@ -177,6 +177,9 @@ def test_llama_cpp_loads_the_gguf_distributed_from_the_registry(live, registered
     """The GGUF that distribution installed for llama.cpp on inf-a is one llama.cpp really runs."""
     llama_cpp = pytest.importorskip(
         "llama_cpp", reason="llama-cpp-python is not installed (scripts/install-deps.sh builds it, ~4-8 min)")
+    job = live.api("POST", "/api/v1/models/distribute", json={
+        "model": registered["id"], "source": {"type": "registry"}, "workers": ["inf-a"]}).json()
+    assert live.wait_job(job["id"])["state"] == "completed"
     [installed] = (live.root / "nodes" / "inf-a" / "backends" / "llamacpp").rglob("*.gguf")
     llm = llama_cpp.Llama(model_path=str(installed), n_ctx=64, n_threads=2, verbose=False)
     out = llm("hello", max_tokens=1, temperature=0.0)
