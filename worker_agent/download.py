@@ -14,12 +14,14 @@ renamed into the store (after Ollama's server/download.go and verifyBlob).
 from __future__ import annotations
 
 import fcntl
+import logging
 import http.client
 import hashlib
 import json
 import os
 import threading
 import time
+from collections import deque
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,9 +39,9 @@ from worker_agent.errors import SourceError, SourceUnavailableError
 # open_range(start, end_inclusive, read_timeout) -> streaming response for those bytes
 RangeOpener = Callable[[int, int, float], requests.Response]
 # raw.read() surfaces urllib3's and the socket's own errors, not requests' wrappers.
+log = logging.getLogger(__name__)
 _TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError, http.client.HTTPException,
               urllib3.exceptions.HTTPError, ConnectionError, TimeoutError, SourceUnavailableError)
-_HASH_STEP = 2 << 20
 
 
 def _direct_reader(resp: requests.Response) -> Callable[[memoryview], int]:
@@ -59,14 +61,31 @@ def _direct_reader(resp: requests.Response) -> Callable[[memoryview], int]:
     return read_decoded
 
 
+def _reuse_connection(resp: requests.Response) -> None:
+    """Hand a fully read connection back to the pool: reading past urllib3 means it cannot tell.
+
+    A new TCP connection per range costs more than the range's transfer on fast
+    links (measured: 33 ranges of 32 MiB on loopback took 30% longer than one GET).
+    """
+    fp = getattr(resp.raw, "_fp", None)
+    if fp is not None and getattr(fp, "isclosed", lambda: False)() and hasattr(resp.raw, "release_conn"):
+        resp.raw.release_conn()
+
+
 @dataclass(frozen=True)
 class DownloadOptions:
-    parts: int = 4
-    part_bytes: int = 32 << 20
+    parts: int = 8  # most connections at once
+    part_bytes: int = 64 << 20
     stall_seconds: float = 30.0
     part_attempts: int = 4
     chunk_bytes: int = 1 << 20
     save_every_seconds: float = 1.0
+    hash_step: int = 1 << 20  # small steps keep the hasher right behind the writer, on cache-hot data
+    # Start with one connection and open another each interval while slower than this:
+    # a WAN link gains from parallel ranges, a fast LAN or loopback only loses CPU to them.
+    ramp_below_bytes_per_second: int = 256 << 20
+    ramp_every_seconds: float = 0.5
+    start_connections: int = 1
 
 
 class _Part:
@@ -145,21 +164,12 @@ class _Download:
         hasher: dict[str, object] = {}
         hash_thread = threading.Thread(target=self._hash_loop, args=(fd, hasher), daemon=True)
         hash_thread.start()
-        todo = [p for p in self.parts if p.completed < p.length]
+        self.todo = deque(p for p in self.parts if p.completed < p.length)
+        self.todo_lock = threading.Lock()
+        most = max(1, min(self.options.parts, len(self.todo)))
         try:
-            # The pool runs submissions first-in first-out: ranges are fetched in order.
-            with ThreadPoolExecutor(max_workers=max(1, min(self.options.parts, len(todo))),
-                                    thread_name_prefix="part") as pool:
-                futures = [pool.submit(self._fetch_part, fd, p) for p in todo]
-                pending = set(futures)
-                while pending:
-                    done, pending = wait(pending, timeout=self.options.save_every_seconds,
-                                         return_when=FIRST_EXCEPTION)
-                    self._save_state()
-                    for f in done:
-                        if f.exception() is not None:
-                            self.failed.set()
-                            raise f.exception()  # type: ignore[misc]
+            with ThreadPoolExecutor(max_workers=most, thread_name_prefix="part") as pool:
+                self._supervise(pool, fd, most)
         except BaseException:
             self.failed.set()
             self.wrote.set()
@@ -170,7 +180,42 @@ class _Download:
             raise hasher["error"]  # type: ignore[misc]
         return Digest(hasher["sha256"].hexdigest())  # type: ignore[union-attr]
 
-    def _fetch_part(self, fd: int, part: _Part) -> None:
+    def _supervise(self, pool: ThreadPoolExecutor, fd: int, most: int) -> None:
+        """Run connections over the ordered range queue; save resume state; add one while the link is slow."""
+        active = max(1, min(most, self.options.start_connections))
+        pending = {pool.submit(self._connection, fd) for _ in range(active)}
+        last_save = time.monotonic()
+        last_bytes, last_time = self._done_bytes(), last_save
+        while pending:
+            done, pending = wait(pending, timeout=self.options.ramp_every_seconds, return_when=FIRST_EXCEPTION)
+            for f in done:
+                if f.exception() is not None:
+                    raise f.exception()  # type: ignore[misc]
+            now = time.monotonic()
+            if now - last_save >= self.options.save_every_seconds:
+                self._save_state()
+                last_save = now
+            rate = (self._done_bytes() - last_bytes) / max(1e-6, now - last_time)
+            if pending and active < most and self.todo and rate < self.options.ramp_below_bytes_per_second:
+                pending.add(pool.submit(self._connection, fd))
+                active += 1
+                log.debug("%s: %.0f MB/s, opening connection %d", self.data_path.name, rate / 1e6, active)
+            last_bytes, last_time = self._done_bytes(), now
+        self._save_state()
+
+    def _done_bytes(self) -> int:
+        return sum(p.completed for p in self.parts)
+
+    def _connection(self, fd: int) -> None:
+        """One connection's loop: take the next range in order until none is left."""
+        while not self.failed.is_set():
+            with self.todo_lock:
+                if not self.todo:
+                    return
+                part = self.todo.popleft()
+            self._fetch_part_now(fd, part)
+
+    def _fetch_part_now(self, fd: int, part: _Part) -> None:
         failures = 0
         while part.completed < part.length and not self.failed.is_set():
             start = part.offset + part.completed
@@ -210,6 +255,7 @@ class _Download:
                 part.completed += n
                 self.on_bytes(n)
                 self.wrote.set()
+            _reuse_connection(resp)
 
     def _frontier(self) -> int:
         for p in self.parts:
@@ -220,15 +266,15 @@ class _Download:
     def _hash_loop(self, fd: int, out: dict) -> None:
         h = hashlib.sha256()
         hashed = 0
-        buf = bytearray(_HASH_STEP)
-        view = memoryview(buf)
+        step = self.options.hash_step
+        view = memoryview(bytearray(step))
         try:
             while hashed < self.size:
                 if self.failed.is_set():
                     return
                 frontier = self._frontier()
                 if frontier > hashed:
-                    n = os.preadv(fd, [view[: min(_HASH_STEP, frontier - hashed)]], hashed)
+                    n = os.preadv(fd, [view[: min(step, frontier - hashed)]], hashed)
                     if n <= 0:
                         raise OSError(f"short read of {self.data_path} at {hashed}")
                     h.update(view[:n])

@@ -26,7 +26,7 @@ from worker_agent.errors import SourceError, SourceUnavailableError
 DATA = bytes((i * 31 + 7) % 251 for i in range(10_000))
 DIGEST = Digest.of_bytes(DATA)
 # Four ranges of 2500 bytes, all fetched at once.
-OPTIONS = DownloadOptions(parts=4, part_bytes=2500, stall_seconds=7.0, part_attempts=1, chunk_bytes=300,
+OPTIONS = DownloadOptions(parts=4, start_connections=4, part_bytes=2500, stall_seconds=7.0, part_attempts=1, chunk_bytes=300,
                           save_every_seconds=0.02)
 PART_STARTS = [0, 2500, 5000, 7500]
 
@@ -251,10 +251,19 @@ def test_parallel_download_commits_the_exact_bytes_under_the_digest(store, parti
 def test_many_ranges_use_at_most_parts_connections_at_once(store, partial):
     server = GatedServer(limit=3)
     fetch(server, store, partial, options=DownloadOptions(parts=3, part_bytes=1000, chunk_bytes=300,
-                                                          save_every_seconds=0.02))
+                                                          save_every_seconds=0.02, ramp_every_seconds=0.01))
     assert store.path(DIGEST).read_bytes() == DATA
     assert server.starts == list(range(0, 10_000, 1000))
     assert server.max_active == 3
+
+
+def test_a_fast_source_keeps_a_single_connection(store, partial):
+    server = GatedServer(limit=1, hold=0.05)
+    fetch(server, store, partial, options=DownloadOptions(parts=4, part_bytes=1000, chunk_bytes=300,
+                                                          ramp_every_seconds=0.01, ramp_below_bytes_per_second=0))
+    assert store.path(DIGEST).read_bytes() == DATA
+    assert server.max_active == 1
+    assert server.starts == list(range(0, 10_000, 1000)), "one connection takes the ranges in order"
 
 
 def test_single_range_when_the_blob_is_smaller_than_a_part(store, partial):
