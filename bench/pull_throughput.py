@@ -7,6 +7,7 @@ the same disk (target >= 0.8). Run: python bench/pull_throughput.py [--size-mib 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from tests.support.processes import RedisServer, Service, eldric, free_port, ses
 
 def curl_seconds(url: str, dest: Path, verify: bool = False) -> float:
     """curl into a file; with `verify`, also `sha256sum` it, as an operator checking by hand would."""
+    os.sync()  # no dirty pages of an earlier run slowing this one down
     start = time.perf_counter()
     subprocess.run(["curl", "-sSf", "-o", str(dest), url], check=True)
     if verify:
@@ -67,6 +69,7 @@ def main() -> None:
                                                      "--data-dir", str(root / name)), root, env=env).start())
                 wait_until(lambda: any(w["id"] == name and w["online"] for w in http.get(f"{api}/workers").json()["workers"]),
                            timeout=30, message=name)
+                os.sync()
                 job = http.post(f"{api}/models/pull", json={"model": "bench", "workers": [name]}).json()
                 final = wait_until(lambda: (j := http.get(f"{api}/models/pull-jobs/{job['id']}").json())["state"]
                                    in ("completed", "failed") and j, timeout=600, interval=0.05, message="pull")

@@ -168,14 +168,18 @@ class _Download:
         self.todo_lock = threading.Lock()
         most = max(1, min(self.options.parts, len(self.todo)))
         try:
+            started = time.monotonic()
             with ThreadPoolExecutor(max_workers=most, thread_name_prefix="part") as pool:
                 self._supervise(pool, fd, most)
+            fetched = time.monotonic()
         except BaseException:
             self.failed.set()
             self.wrote.set()
             self._save_state()
             raise
         hash_thread.join()
+        log.info("%s: %d bytes fetched in %.2f s, verified %.2f s later", self.data_path.name, self.size,
+                 fetched - started, time.monotonic() - fetched)
         if "error" in hasher:
             raise hasher["error"]  # type: ignore[misc]
         return Digest(hasher["sha256"].hexdigest())  # type: ignore[union-attr]
