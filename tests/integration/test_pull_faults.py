@@ -33,7 +33,7 @@ def test_worker_killed_mid_download_resumes_after_restart(live, oci, workdir):
     gguf = write_gguf_of_size(workdir / "big.gguf", size, name="big")
     pushed = push_ollama_model(oci.url, "library/big", "latest", gguf_path=gguf)
     blob_size = gguf.stat().st_size
-    proxy = ThrottlingProxy(oci.url, bytes_per_second=2 << 20)  # 4 connections -> ~8 MB/s in all
+    proxy = ThrottlingProxy(oci.url, bytes_per_second=2 << 20)  # up to 8 connections of 2 MB/s each
     try:
         env = {"ELDRIC_OLLAMA_REGISTRY": proxy.url, "ELDRIC_PART_BYTES": str(4 << 20)}
         worker = live.start_worker("crashy", "inference", **env)
