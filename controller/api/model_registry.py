@@ -8,6 +8,8 @@ in Redis (kind "import", target "registry") that lists with the pulls.
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import redis
 from flask import current_app, request
 from flask.views import MethodView
@@ -47,9 +49,28 @@ def proxy(json_body: bool = False):
         body, length = request.stream, request.content_length
     else:
         body, length = None, None
-    resp = _client().send(request.method, request.path, query=request.query_string, headers=dict(request.headers),
+    resp = _client().send(request.method, upstream_path(), query=request.query_string, headers=dict(request.headers),
                           body=body, length=length)
     return to_flask(resp)
+
+
+def upstream_path() -> str:
+    """The registry path for this request, rebuilt from the checked and re-escaped route arguments.
+
+    Forwarding `request.path` (already percent-decoded) would let `ID%23` or `%2e%2e`
+    reach another registry path than the one the controller checked.
+    """
+    rule = request.url_rule.rule
+    path = rule
+    for name, value in (request.view_args or {}).items():
+        is_path = f"<path:{name}>" in rule
+        segments = value.split("/")
+        if any(seg in ("", ".", "..") for seg in segments) or (not is_path and len(segments) > 1) or any(
+                ch in value for ch in "\x00\\#?%"):
+            raise BadRequestError(f"invalid {name} {value!r}: no '..', empty segments, NUL, '\\', '#', '?' or '%'",
+                                  field=name)
+        path = path.replace(f"<path:{name}>" if is_path else f"<{name}>", quote(value, safe="/" if is_path else ""))
+    return path
 
 
 def active_distributions(client: redis.Redis, model_id: str, *, stale_after: float, scan: int) -> list[str]:

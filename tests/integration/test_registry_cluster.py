@@ -87,11 +87,28 @@ def test_delete_is_refused_while_the_model_is_distributed(live: Live, workdir: P
                              options={"registry_model_id": model["id"]})
     resp = live.api("DELETE", f"{API}/{model['id']}")
     assert resp.status_code == 409 and job_id in resp.json()["message"] and resp.json()["code"] == 409
+    # Encoded tricks must not reach another registry path than the one checked.
+    for trick in ("%23", "%3Fx=1", "%2F..", "%252e"):
+        resp = live.api("DELETE", f"{API}/{model['id']}{trick}")
+        assert resp.status_code in (400, 404, 405), (trick, resp.status_code, resp.text)
     assert live.api("GET", f"{API}/{model['id']}").status_code == 200
     done = dict(jobstate.new_record(0), state=jobstate.COMPLETED)
     live.redis.hset(keys.job_workers(job_id), "inf-a", json.dumps(done))
     assert live.api("DELETE", f"{API}/{model['id']}").status_code == 204
     assert live.api("GET", f"{API}/{model['id']}").status_code == 404
+
+
+@pytest.mark.parametrize("path", [
+    "x/files/%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/openapi.json",
+    "x/files/%2e%2e/registry.db",
+    "x/files/a%5Cb",
+    "x/files/a%00b",
+    "x%23/files/model.gguf",
+])
+def test_encoded_path_tricks_are_400_before_reaching_the_registry(live: Live, path: str) -> None:
+    resp = live.api("GET", f"{API}/{path}")
+    assert resp.status_code == 400, (path, resp.status_code, resp.text[:200])
+    assert resp.json()["code"] == 400
 
 
 def test_import_is_a_job_listed_with_the_pulls(live: Live, workdir: Path) -> None:
