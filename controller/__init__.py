@@ -69,7 +69,10 @@ def _register_auth(app: Flask) -> None:
             return None
         sent = request.headers.get("Authorization", "")
         if not (sent.startswith("Bearer ") and hmac.compare_digest(sent[7:].encode(), str(token).encode())):
-            return error_response(401, "missing or wrong bearer token (Authorization: Bearer <ELDRIC_API_TOKEN>)")
+            message = "missing or wrong bearer token (Authorization: Bearer <ELDRIC_API_TOKEN>)"
+            if not request.path.startswith("/api/v1/"):  # Ollama's endpoints answer in Ollama's shape
+                return jsonify(error=message), 401
+            return error_response(401, message)
         return None
 
 

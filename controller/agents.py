@@ -29,4 +29,6 @@ def show_model(client: redis.Redis, name: ModelName, secret: str, timeout: float
         if resp.ok:
             return {**resp.json(), "worker": wid}
         errors.append(f"{wid}: {resp.status_code}")
+    if errors and all(e.endswith(": 404") for e in errors):  # the inventory was stale: nobody has it
+        raise NotFoundError(f"model '{name.short}' not found on any worker")
     raise UnavailableError(f"no online worker could describe '{name.short}'" + (f" ({'; '.join(errors)})" if errors else ""))

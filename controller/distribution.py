@@ -16,7 +16,7 @@ from eldric.queues import TASK_DISTRIBUTE
 from registry.digests import is_digest
 from registry.errors import InvalidNameError
 from registry.names import split_reference
-from registry.urlfetch import redact
+from registry.urlfetch import is_http_url, redact
 
 SOURCES = ("registry", "worker", "url", "ollama")
 
@@ -89,8 +89,8 @@ def _from_registry(registry: RegistryClient, model: str, options: dict) -> str:
 
 def _from_url(model: str, source: dict, options: dict, secrets: dict) -> str:
     url = source.get("url")
-    if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
-        raise BadRequestError("source.url must be an http(s) URL", field="source")
+    if not is_http_url(url):
+        raise BadRequestError("source.url must be an http(s) URL with a valid host and port", field="source")
     sha256 = source.get("sha256")
     if sha256 is not None and not is_digest(sha256):
         raise BadRequestError("source.sha256 must be sha256:<64 hex digits>", field="source")

@@ -13,12 +13,14 @@ import time
 from datetime import datetime, timezone
 from typing import Iterator
 
+import redis
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
 from controller import agents, inventory, jobs, pulls
 from controller.errors import ControllerError, NotFoundError
 from controller.state import job_limits, producer, redis_client, stale_after
 from eldric import __version__
+from registry.formats import parameter_size_label
 
 bp = Blueprint("ollama", __name__)
 POLL_SECONDS = 0.25
@@ -33,6 +35,11 @@ def _error(message: str, status: int):
 def _controller_error(exc: ControllerError):
     # Ollama clients read `{"error": "..."}` and raise it as ResponseError.
     return _error(str(exc), exc.status)
+
+
+@bp.errorhandler(redis.RedisError)
+def _redis_down(exc: redis.RedisError):
+    return _error(f"cluster state store (Redis) unavailable: {exc}", 503)
 
 
 def _model_field(body: dict) -> str:
@@ -63,6 +70,8 @@ def version():
 @bp.post("/api/pull")
 def pull():
     body = _body()
+    if not isinstance(body.get("stream", True), bool):
+        raise pulls.BadRequestError("stream must be true or false")
     client = redis_client()
     job_id = pulls.start_pull(client, producer(), model=_model_field(body), workers=None, limits=job_limits())
     events = _pull_events(job_id)
@@ -70,7 +79,8 @@ def pull():
         last = {}
         for last in events:
             pass
-        return (jsonify(last), 200) if "error" not in last else _error(last["error"], 500)
+        # 502: the workers (or the registry behind them) failed, not this service.
+        return (jsonify(last), 200) if "error" not in last else _error(last["error"], 502)
     return Response(stream_with_context(_ndjson(events)), mimetype="application/x-ndjson")
 
 
@@ -121,14 +131,17 @@ def tags():
 
 
 def _tag(model: dict) -> dict:
+    """One /api/tags entry; file models (registry, URL) carry the registry's header facts instead."""
     modified = datetime.fromtimestamp(model.get("modified_at") or 0, timezone.utc).isoformat()
-    details = model.get("details") or {}
+    d = model.get("details") or {}
+    family = d.get("family") or d.get("architecture") or ""
     return {"name": model["name"], "model": model["name"], "modified_at": modified, "size": model.get("size", 0),
             "digest": (model.get("digest") or "").removeprefix("sha256:"),
-            "details": {"parent_model": details.get("parent_model", ""), "format": details.get("format", "gguf"),
-                        "family": details.get("family", ""), "families": details.get("families"),
-                        "parameter_size": details.get("parameter_size", ""),
-                        "quantization_level": details.get("quantization_level", "")}}
+            "details": {"parent_model": d.get("parent_model", ""),
+                        "format": d.get("format") or model.get("format") or "",
+                        "family": family, "families": d.get("families") or ([family] if family else None),
+                        "parameter_size": d.get("parameter_size") or parameter_size_label(d.get("parameter_count")),
+                        "quantization_level": d.get("quantization_level") or d.get("quantization") or ""}}
 
 
 @bp.post("/api/show")
@@ -159,10 +172,9 @@ def delete():
     return _error(f"delete of '{name.short}' still running (job {job_id})", 504)
 
 
-@bp.route("/api/<endpoint>", methods=["GET", "POST", "DELETE", "HEAD", "PUT"])
-def not_served(endpoint: str):
-    if endpoint in INFERENCE_ENDPOINTS or endpoint == "blobs":
-        return _error(f"/api/{endpoint} is not served here: this is the Eldric cluster's model-management "
-                      "endpoint (pull, tags, show, delete, version), not an inference server; "
-                      "send inference requests to a worker's backend", 501)
-    return _error(f"unknown endpoint /api/{endpoint}", 404)
+@bp.route(f"/api/<any({', '.join(INFERENCE_ENDPOINTS)}):endpoint>", methods=["GET", "POST", "DELETE", "HEAD", "PUT"])
+@bp.route("/api/<any(blobs):endpoint>/<path:_rest>", methods=["GET", "POST", "DELETE", "HEAD", "PUT"])
+def not_served(endpoint: str, _rest: str = ""):
+    return _error(f"/api/{endpoint} is not served here: this is the Eldric cluster's model-management "
+                  "endpoint (pull, tags, show, delete, version), not an inference server; "
+                  "send inference requests to a worker's backend", 501)

@@ -254,3 +254,14 @@ def _adapter_details(by_kind: dict) -> dict:
     return {"base_model": config.get("base_model_name_or_path"), "peft_type": config.get("peft_type"),
             "rank": config.get("r"), "lora_alpha": config.get("lora_alpha"),
             "target_modules": config.get("target_modules"), "task_type": config.get("task_type")}
+
+
+def parameter_size_label(n: object) -> str:
+    """A parameter count the way Ollama labels it: 494M, 7.6B ("" when unknown)."""
+    if not isinstance(n, (int, float)) or isinstance(n, bool) or n <= 0:
+        return ""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            value = n / size
+            return f"{value:.1f}{unit}" if value < 10 else f"{value:.0f}{unit}"
+    return str(int(n))

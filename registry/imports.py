@@ -34,7 +34,7 @@ from registry.jobprogress import JobProgress
 from registry.model_errors import (BadRequestError, ConflictError, ModelRegistryError, NotFoundError,
                                    UnavailableError)
 from registry.service import RegistryService
-from registry.urlfetch import FetchOptions, Partial, fetch, redact, source_kind
+from registry.urlfetch import is_http_url, FetchOptions, Partial, fetch, redact, source_kind
 from registry.views import iso_time
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def parse_request(body: dict) -> tuple[dict, str | None]:
     clean, seen = [], set()
     for entry in files:
         url = entry.get("url") or ""
-        if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
+        if not is_http_url(url):
             raise BadRequestError(f"not an http(s) URL: {redact(url)!r}", "url")
         path = validate_file_path(entry.get("path") or unquote(basename(urlsplit(url).path)), "path")
         if path in seen:

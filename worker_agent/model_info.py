@@ -5,11 +5,51 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
+from pathlib import Path
+
 from registry import manifests as mt
 from registry.errors import RegistryError
-from registry.formats import gguf_info
+from registry.formats import gguf_info, parameter_size_label
 from registry.names import ModelName
+from worker_agent.errors import AgentError
+from worker_agent.installers import LocalModel
+from worker_agent.installers.ollama import create_request, render_modelfile
 from worker_agent.ollama_store import OllamaStore
+
+
+def show_file_model(entry: dict, files: dict[str, Path]) -> dict:
+    """`show` for a model that came as files (registry, URL, peer), in the same shape."""
+    details = entry.get("details") or {}
+    answer = {"modelfile": "", "parameters": "", "template": "", "system": "", "license": "",
+              "details": {"format": entry.get("format") or "", "family": details.get("architecture") or "",
+                          "families": [details["architecture"]] if details.get("architecture") else None,
+                          "parameter_size": parameter_size_label(details.get("parameter_count")),
+                          "quantization_level": details.get("quantization") or details.get("file_type") or "",
+                          "parent_model": (entry.get("lineage") or {}).get("base_model", "")},
+              "model_info": {}, "modified_at": datetime.fromtimestamp(entry.get("modified_at") or 0,
+                                                                        timezone.utc).isoformat()}
+    if entry.get("format") != "gguf":
+        return answer
+    try:
+        model = LocalModel.from_files(entry["name"], files, format="gguf",
+                                      digests={f["path"]: f["sha256"] for f in entry.get("files", [])})
+        request = create_request(model)
+        info = model.gguf_info()
+    except (AgentError, RegistryError, ValueError, OSError):
+        return answer
+    params = request.get("parameters") or {}
+    arch = info.get("architecture") or ""
+    answer.update(
+        modelfile=render_modelfile(model, request), template=request.get("template") or "",
+        parameters="\n".join(f"{k:<30} {_fmt(v)}" for k, vs in params.items() for v in _as_list(vs)))
+    answer["details"].update(family=arch, families=[arch] if arch else None,
+                             parameter_size=parameter_size_label(info.get("parameter_count")),
+                             quantization_level=info.get("file_type") or "")
+    answer["model_info"] = {k: v for k, v in {
+        "general.architecture": arch, "general.parameter_count": info.get("parameter_count"),
+        "general.file_type": info.get("file_type"),
+        f"{arch}.context_length": info.get("context_length")}.items() if v is not None}
+    return answer
 
 
 def show_model(store: OllamaStore, name: ModelName) -> dict | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import threading
+from pathlib import Path
 
 import redis
 from flask import Flask, jsonify, request
@@ -14,7 +15,7 @@ from registry.errors import InvalidDigestError, InvalidNameError
 from registry.file_responses import file_response
 from registry.ranges import RangeNotSatisfiableError
 from registry.names import ModelName
-from worker_agent.model_info import show_model
+from worker_agent.model_info import show_file_model, show_model
 from worker_agent.runtime import Agent
 
 
@@ -35,7 +36,7 @@ def create_agent_app(agent: Agent) -> Flask:
 
     @app.get("/api/inventory")
     def inventory():
-        return jsonify(worker=agent.worker_id, models=agent.store.list_models())
+        return jsonify(worker=agent.worker_id, models=agent.store.list_models() + agent.catalog.inventory())
 
     @app.before_request
     def require_cluster_secret():
@@ -50,6 +51,9 @@ def create_agent_app(agent: Agent) -> Flask:
 
     @app.get("/api/show")
     def show():
+        entry = agent.catalog.get(request.args.get("model", ""))
+        if entry is not None:
+            return jsonify(show_file_model(entry, local_files(agent, entry)))
         try:
             name = ModelName.parse(request.args.get("model", ""))
         except InvalidNameError as exc:
@@ -96,6 +100,13 @@ def create_agent_app(agent: Agent) -> Flask:
         return jsonify(code=404, status="Not Found", message="no such endpoint on this agent"), 404
 
     return app
+
+
+def local_files(agent: Agent, entry: dict) -> dict[str, Path]:
+    """Where a catalog model's files are on this node: the shared tree, or the blob store."""
+    if entry.get("shared") and entry.get("shared_path"):
+        return {f["path"]: Path(entry["shared_path"]) / f["path"] for f in entry.get("files", [])}
+    return {f["path"]: agent.store.blobs.path(Digest.parse(f["sha256"])) for f in entry.get("files", [])}
 
 
 def start_server(app: Flask, host: str, port: int) -> BaseWSGIServer:

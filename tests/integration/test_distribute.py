@@ -84,6 +84,21 @@ def test_registry_model_reaches_two_workers_and_their_backends(live, registered,
     assert listed[0]["id"] == job["id"]
 
 
+def test_show_and_tags_describe_a_file_model(live, registered):
+    ref = f"house:{registered['version']}"
+    resp = live.api("POST", "/api/v1/models/show", json={"model": ref})
+    assert resp.status_code == 200, resp.text
+    shown = resp.json()
+    assert shown["details"]["family"] == "llama" and shown["details"]["format"] == "gguf"
+    assert shown["model_info"]["general.architecture"] == "llama"
+    assert shown["model_info"]["general.parameter_count"] > 0
+    assert "{{" in shown["template"] and "<|im_end|>" in shown["parameters"], shown  # ChatML family
+    assert shown["modelfile"].count("FROM ") == 1
+    tags = {m["name"]: m for m in live.api("GET", "/api/tags").json()["models"]}
+    assert tags[ref]["details"]["family"] == "llama" and tags[ref]["details"]["format"] == "gguf"
+    assert tags[ref]["details"]["parameter_size"]
+
+
 def test_shared_storage_with_matching_fingerprint_moves_no_bytes(live, registered):
     job = live.api("POST", "/api/v1/models/distribute", json={
         "model": registered["id"], "source": {"type": "registry"}, "workers": ["inf-nfs", "inf-wrong"]}).json()
@@ -165,6 +180,8 @@ def test_url_digest_mismatch_fails_the_worker(live, workdir):
     ({"model": "tiny", "source": {"type": "worker", "worker": "ghost"}}, 404, "ghost"),
     ({"model": "x", "source": {"type": "url", "url": "file:///etc/passwd"}}, 400, "source"),
     ({"model": "x", "source": {"type": "carrier-pigeon"}}, 422, "source"),
+    ({"model": "x", "source": {"type": "url", "url": "http://[::1/x.gguf"}}, 400, "source"),
+    ({"model": "x", "source": {"type": "url", "url": "http://127.0.0.1:99999/x.gguf"}}, 400, "source"),
     ({"model": "../x", "source": {"type": "url", "url": "http://127.0.0.1:1/x.gguf"}}, 400, "model"),
 ])
 def test_bad_distribute_requests(live, body, status, needle):

@@ -138,3 +138,23 @@ def test_source_kind(url: str, kind: str) -> None:
 def test_redact_drops_credentials_and_signatures() -> None:
     assert redact("https://user:pw@minio.local:9000/b/m.gguf?X-Amz-Signature=s3cret") == \
         "https://minio.local:9000/b/m.gguf"
+
+
+@pytest.mark.parametrize("url, ok", [
+    ("https://huggingface.co/org/m/resolve/main/m.gguf", True),
+    ("http://127.0.0.1:8080/x.gguf?X-Amz-Signature=abc", True),
+    ("http://[::1/x", False),
+    ("http://host:99999/x", False),
+    ("ftp://host/x", False),
+    ("/etc/passwd", False),
+    (None, False),
+])
+def test_is_http_url(url, ok):
+    from registry.urlfetch import is_http_url
+    assert is_http_url(url) is ok
+
+
+def test_redact_survives_malformed_urls():
+    from registry.urlfetch import redact
+    assert redact("http://[::1/x") == "(malformed URL)"
+    assert redact("https://u:p@h:8443/a/b?sig=1") == "https://h:8443/a/b"
