@@ -32,7 +32,7 @@ def start_distribute(client: redis.Redis, producer: Celery, registry: RegistryCl
     elif kind == "worker":
         model = _from_worker(client, model, source, options)
     elif kind == "registry":
-        model = _from_registry(registry, model, options)
+        model = resolve_registry_model(registry, model, options)
     elif kind == "url":
         model = _from_url(model, source, options, secrets)
     else:
@@ -67,7 +67,7 @@ def _from_worker(client: redis.Redis, model: str, source: dict, options: dict) -
     return model
 
 
-def _from_registry(registry: RegistryClient, model: str, options: dict) -> str:
+def resolve_registry_model(registry: RegistryClient, model: str, options: dict) -> str:
     """`model` is a registry model id, or `name[:version]` (the newest ready version)."""
     resp = registry.send("GET", f"/api/v1/model-registry/{quote(model, safe='')}")
     if resp.status_code == 404 or resp.status_code == 400:

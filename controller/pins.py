@@ -11,7 +11,9 @@ import time
 import redis
 
 from controller import cluster
+from controller.distribution import resolve_registry_model
 from controller.errors import BadRequestError, NotFoundError
+from controller.registry_client import RegistryClient
 from eldric import pins
 from registry.errors import InvalidNameError
 from registry.names import ModelName
@@ -25,8 +27,21 @@ def canonical(model: str, field: str = "model") -> str:
 
 
 def pin_model(client: redis.Redis, *, model: str, workers: list[str] | None, auto_update: bool,
+              source: str = "ollama", registry: RegistryClient | None = None,
               now: float | None = None) -> tuple[dict, bool]:
-    """Create or replace the pin of `model`; return (its view, whether it is new)."""
+    """Create or replace the pin of `model`; return (its view, whether it is new).
+
+    source "registry": `model` is a registry model id or name[:version], resolved now
+    to one version; auto-update is an Ollama-registry notion and is refused for it.
+    """
+    source_options = None
+    if source == "registry":
+        if auto_update:
+            raise BadRequestError("auto_update applies to Ollama-registry pins only", field="auto_update")
+        if registry is None:
+            raise BadRequestError("no registry configured", field="source")
+        source_options = {}
+        model = resolve_registry_model(registry, model, source_options)
     name = canonical(model)
     if workers is not None:
         _, refused, unknown = cluster.select_targets(cluster.list_workers(client), workers)
@@ -42,6 +57,7 @@ def pin_model(client: redis.Redis, *, model: str, workers: list[str] | None, aut
         # The tag's last known digest stays valid whatever else changed.
         upstream_digest=existing.upstream_digest if existing else None,
         checked_at=existing.checked_at if existing else None,
+        source=source, source_options=source_options,
     )
     pins.save_pin(client, pin)
     return view(pin, pins.load_worker_facts(client, [name])), existing is None
@@ -71,6 +87,8 @@ def view(pin: pins.Pin, facts: list[pins.WorkerFacts]) -> dict:
         "model": pin.model,
         "workers": list(pin.workers) if pin.workers is not None else None,
         "auto_update": pin.auto_update,
+        "source": pin.source,
+        "registry_model_id": (pin.source_options or {}).get("registry_model_id"),
         "created_at": pin.created_at,
         "upstream_digest": pin.upstream_digest,
         "checked_at": pin.checked_at,

@@ -46,6 +46,8 @@ class Pin:
     upstream_digest: str | None = None  # what the tag pointed at on the last update check
     checked_at: float | None = None
     check_error: str | None = None
+    source: str = "ollama"  # or "registry": reconciled by distribute jobs from the data worker's registry
+    source_options: dict | None = None  # registry: registry_model_id, registry_url, format
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -59,7 +61,8 @@ class Pin:
         return cls(model=data["model"], workers=tuple(workers) if workers is not None else None,
                    auto_update=bool(data.get("auto_update")), created_at=float(data.get("created_at") or 0),
                    upstream_digest=data.get("upstream_digest"), checked_at=data.get("checked_at"),
-                   check_error=data.get("check_error"))
+                   check_error=data.get("check_error"), source=data.get("source") or "ollama",
+                   source_options=data.get("source_options"))
 
     def applies_to(self, worker: "WorkerFacts") -> bool:
         """Eligible: serves models, and is listed (or the pin is cluster-wide)."""

@@ -24,7 +24,7 @@ from kombu.exceptions import OperationalError
 from eldric import keys, pins
 from eldric.jobrecords import Reaped, create_job
 from eldric.jobrecords import reap_stale_jobs as reap_records
-from eldric.queues import TASK_INVENTORY_SYNC, TASK_PULL, worker_queue
+from eldric.queues import TASK_DISTRIBUTE, TASK_INVENTORY_SYNC, TASK_PULL, worker_queue
 from registry.errors import RegistryError
 from registry.names import ModelName
 from worker_agent.errors import AgentError
@@ -111,12 +111,16 @@ def _pull_for_pin(client: redis.Redis, send: Send, pin: pins.Pin, facts: list[pi
     by_id = {w.id: w for w in facts}
     outdated = [wid for wid in targets if pins.model_status(pin, by_id[wid]) == pins.OUTDATED]
     options = {"pin": pin.model, "reason": "update" if outdated else "pinned", "outdated": outdated}
-    job_id = create_job(client, kind="pull", model=pin.model, targets=targets, source="ollama",
+    kind, task = ("pull", TASK_PULL)
+    if pin.source == "registry":  # a registry model reaches workers through a distribute job
+        kind, task = ("distribute", TASK_DISTRIBUTE)
+        options.update(pin.source_options or {}, source="registry")
+    job_id = create_job(client, kind=kind, model=pin.model, targets=targets, source=pin.source,
                         deadline_seconds=deadline_seconds, options=options, now=now)
     pins.record_attempt(client, pin.model, job_id, targets, now=now)
     for wid in targets:
         try:
-            send(TASK_PULL, [job_id, pin.model], worker_queue(wid))
+            send(task, [job_id, pin.model], worker_queue(wid))
         except OperationalError as exc:
             mark_failed(client, job_id, wid, f"could not enqueue the task: broker unavailable ({exc})")
             client.srem(keys.worker_jobs(wid), job_id)
@@ -136,7 +140,7 @@ def check_pin_updates(client: redis.Redis, send: Send, source_for: Callable[[Mod
     """Refresh the upstream digest of every auto-update pin, then pull where workers hold another."""
     checked: dict[str, str | None] = {}
     for pin in pins.list_pins(client):
-        if not pin.auto_update:
+        if not pin.auto_update or pin.source != "ollama":
             continue
         name = ModelName.parse(pin.model)
         try:

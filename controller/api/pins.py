@@ -5,7 +5,7 @@ from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
 from controller import pins
-from controller.state import redis_client
+from controller.state import registry_client, redis_client
 
 blp = Blueprint("pins", __name__, url_prefix="/api/v1/pins",
                 description="Pinned models: beat pulls them to every eligible worker lacking them, new workers too")
@@ -17,6 +17,9 @@ class PinRequestSchema(Schema):
                           validate=validate.Length(min=1, max=10000), allow_none=True,
                           metadata={"description": "worker ids; default every inference and cloud worker, "
                                                    "including those that join later"})
+    source = fields.String(load_default="ollama", validate=validate.OneOf(["ollama", "registry"]), metadata={
+        "description": "ollama: an Ollama-registry model (pulled); registry: a model of the data worker's registry "
+                       "by id or name[:version] (distributed)"})
     auto_update = fields.Boolean(load_default=False, metadata={
         "description": "re-pull when the tag points at a new digest upstream "
                        "(checked every ELDRIC_PIN_UPDATE_SECONDS)"})
@@ -33,6 +36,8 @@ class PinSchema(Schema):
     model = fields.String()
     workers = fields.List(fields.String(), allow_none=True, metadata={"description": "null: the whole cluster"})
     auto_update = fields.Boolean()
+    source = fields.String(metadata={"description": "ollama (pulled) or registry (distributed)"})
+    registry_model_id = fields.String(allow_none=True)
     created_at = fields.Float()
     upstream_digest = fields.String(allow_none=True,
                                     metadata={"description": "where the tag pointed at the last check"})
@@ -60,7 +65,8 @@ class Pins(MethodView):
     def post(self, body: dict):
         """Pin a model to the whole cluster or to listed workers (replaces an existing pin of the model)."""
         view, created = pins.pin_model(redis_client(), model=body["model"], workers=body.get("workers"),
-                                       auto_update=body["auto_update"])
+                                       auto_update=body["auto_update"], source=body["source"],
+                                       registry=registry_client() if body["source"] == "registry" else None)
         return view, 201 if created else 200
 
 

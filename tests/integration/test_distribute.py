@@ -203,3 +203,31 @@ def test_llama_cpp_loads_the_gguf_distributed_from_the_registry(live, registered
     llm = llama_cpp.Llama(model_path=str(installed), n_ctx=64, n_threads=2, verbose=False)
     out = llm("hello", max_tokens=1, temperature=0.0)
     assert out["usage"]["completion_tokens"] == 1
+
+
+def test_a_registry_model_pinned_to_workers_reaches_them_through_beat(live, workdir):
+    gguf = write_llama_gguf(workdir / "pinned.gguf", name="pinned", width=64, ff=192)
+    with open(gguf, "rb") as f:
+        model = live.api("POST", "/api/v1/model-registry/upload", params={"name": "pinned", "filename": "p.gguf"},
+                         data=f).json()
+    refused = live.api("POST", "/api/v1/pins", json={"model": model["id"], "source": "registry", "auto_update": True})
+    assert refused.status_code == 400 and "auto_update" in refused.text
+    resp = live.api("POST", "/api/v1/pins", json={"model": model["id"], "source": "registry",
+                                                   "workers": ["inf-a", "inf-b"]})
+    assert resp.status_code == 201, resp.text
+    ref = f"pinned:{model['version']}"
+    assert resp.json()["model"] == ref and resp.json()["source"] == "registry"
+    beat = Service("beat", eldric("beat"), live.root, cwd=REPO,
+                   env=live.env(ELDRIC_PIN_RECONCILE_SECONDS="1", ELDRIC_INVENTORY_SYNC_SECONDS="0",
+                                ELDRIC_PIN_UPDATE_SECONDS="0", ELDRIC_REAP_SECONDS="0")).start()
+    live.services.append(beat)
+    try:
+        def covered():
+            found = {m["name"]: m for m in live.api("GET", "/api/v1/models").json()["models"]}
+            return ref in found and {"inf-a", "inf-b"} <= set(found[ref]["workers"])
+        wait_until(covered, timeout=60, interval=0.5, message=f"beat to distribute the pinned {ref}\n{beat.log_tail()}")
+        jobs = live.api("GET", "/api/v1/models/pull-jobs", params={"kind": "distribute"}).json()["jobs"]
+        assert any(j["model"] == ref and j["options"].get("pin") == ref for j in jobs)
+    finally:
+        beat.stop()
+        live.api("DELETE", f"/api/v1/pins/{ref}")
