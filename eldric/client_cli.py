@@ -10,6 +10,7 @@ exit 1 when any worker failed.
 from __future__ import annotations
 
 import argparse
+from urllib.parse import quote
 import hashlib
 import json
 import os
@@ -67,7 +68,7 @@ class Api:
         return self.call("POST", path, json=body).json()
 
     def events(self, job_id: str) -> Iterator[tuple[str, dict]]:
-        with self.call("GET", f"/api/v1/models/pull-jobs/{job_id}/events", stream=True, timeout=(10, 60),
+        with self.call("GET", f"/api/v1/models/pull-jobs/{quote(job_id, safe='')}/events", stream=True, timeout=(10, 60),
                        headers={"Accept": "text/event-stream"}) as resp:
             yield from parse_sse(resp.iter_lines(decode_unicode=True))
 
@@ -284,7 +285,7 @@ def cmd_distribute(api: Api, args: argparse.Namespace, out: Console, err: Consol
 
 def cmd_jobs(api: Api, args: argparse.Namespace, out: Console, err: Console) -> int:
     if args.id:
-        job = api.get(f"/api/v1/models/pull-jobs/{args.id}")
+        job = api.get(f"/api/v1/models/pull-jobs/{quote(args.id, safe='')}")
         if args.follow and job["state"] not in FINAL:
             return _run_job(api, job, argparse.Namespace(no_wait=False, json=args.json), out, err)
         if args.json:
@@ -331,8 +332,8 @@ def cmd_models(api: Api, args: argparse.Namespace, out: Console, err: Console) -
 
 def cmd_workers(api: Api, args: argparse.Namespace, out: Console, err: Console) -> int:
     if args.id:
-        worker = api.get(f"/api/v1/workers/{args.id}")
-        models = api.get(f"/api/v1/workers/{args.id}/models")
+        worker = api.get(f"/api/v1/workers/{quote(args.id, safe='')}")
+        models = api.get(f"/api/v1/workers/{quote(args.id, safe='')}/models")
         if args.json:
             _print_json({**worker, "local_models": models["models"]})
             return 0
@@ -398,7 +399,7 @@ def cmd_registry(api: Api, args: argparse.Namespace, out: Console, err: Console)
         what = "FILE" if args.registry_action == "upload" else "ID"
         raise ClientError(f"eldric registry {args.registry_action} needs {what}")
     if args.registry_action == "delete":
-        api.call("DELETE", f"{prefix}/{args.target}")
+        api.call("DELETE", f"{prefix}/{quote(args.target, safe='')}")
         _print_json({"deleted": args.target}) if args.json else out.print(f"deleted {args.target}")
         return 0
     return _upload(api, args, out, err)

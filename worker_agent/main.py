@@ -59,6 +59,9 @@ def run_agent(settings: AgentSettings, loglevel: str = "INFO") -> None:
         task = TASK_FOR_JOB_KIND.get(meta.get("kind", "pull"), TASK_PULL)
         app.send_task(task, args=[job_id, meta.get("model", "")], queue=worker_queue(settings.worker_id))
 
+    if not settings.cluster_secret:
+        log.warning("ELDRIC_CLUSTER_SECRET is empty: this agent serves its blobs and model list to anyone who "
+                    "can reach %s; set the same secret on every agent, the controller and the registry", address)
     log.info("agent %s (%s) serving on %s, store %s", settings.worker_id, settings.worker_type, address, store.root)
     try:
         worker = app.Worker(

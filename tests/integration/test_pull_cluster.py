@@ -122,3 +122,19 @@ def test_unknown_worker_and_job_are_404_and_malformed_json_is_400(live):
     assert live.api("GET", "/api/v1/models/pull-jobs/doesnotexist").status_code == 404
     resp = live.api("POST", "/api/v1/models/pull", data="{not json", headers={"Content-Type": "application/json"})
     assert resp.status_code == 400 and resp.json()["code"] == 400
+
+
+def test_a_pull_task_sent_straight_to_a_data_worker_is_refused(live):
+    """Defence in depth: even a task that bypasses the controller's routing is refused by the agent."""
+    from controller.dispatch import create_producer
+    from eldric.jobrecords import create_job
+    from eldric.queues import TASK_PULL, worker_queue
+
+    job_id = create_job(live.redis, kind="pull", model="tiny:latest", targets=["data-a"], source="ollama",
+                        deadline_seconds=60)
+    create_producer(live.redis_server.url).send_task(TASK_PULL, args=[job_id, "tiny:latest"],
+                                                     queue=worker_queue("data-a"))
+    final = live.wait_job(job_id)
+    assert final["state"] == "failed"
+    assert "do not take model work" in final["workers"][0]["error"]
+    assert not list(live.store("data-a").glob("blobs/sha256-*"))
