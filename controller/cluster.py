@@ -19,13 +19,15 @@ def _worker_view(record: dict, alive: bool, models: int) -> dict:
             return 0.0
     try:
         backends = json.loads(record.get("backends") or "[]")
+        backend_details = json.loads(record.get("backend_details") or "{}")
     except ValueError:
-        backends = []
+        backends, backend_details = [], {}
     return {
         "id": record.get("id"),
         "type": record.get("type"),
         "address": record.get("address"),
         "backends": backends,
+        "backend_details": backend_details,
         "free_disk": int(num("free_disk")),
         "online": alive,
         "last_seen": num("last_seen"),

@@ -63,6 +63,7 @@ class WorkerSchema(Schema):
     type = fields.String()
     address = fields.String(allow_none=True)
     backends = fields.List(fields.String())
+    backend_details = fields.Dict(metadata={"description": "per backend: its models directory and API address"})
     free_disk = fields.Integer()
     online = fields.Boolean()
     last_seen = fields.Float()

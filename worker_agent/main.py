@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import json
 import socket
 from pathlib import Path
 import time
@@ -11,7 +12,7 @@ import redis
 
 from eldric import logging_setup
 from eldric.queues import TASK_FOR_JOB_KIND, TASK_PULL, queues_for, worker_queue
-from worker_agent import celery_app, job_runner, membership, runtime
+from worker_agent import celery_app, installers, job_runner, membership, runtime
 from worker_agent.catalog import Catalog
 from worker_agent.ollama_store import OllamaStore
 from worker_agent.runtime import Agent
@@ -34,6 +35,14 @@ def wait_for_redis(client: redis.Redis, url: str, timeout: float = 30.0) -> None
             time.sleep(0.5)
 
 
+def declared_backends(settings: AgentSettings) -> dict:
+    """What the node tells the cluster about each backend it serves: its directory and API address."""
+    out = {"ollama-store": {"models_dir": str(settings.models_dir)}}
+    for name, config in installers.backend_configs(settings).items():
+        out[name] = {"models_dir": str(config.models_dir) if config.models_dir else None, "url": config.url}
+    return out
+
+
 def run_agent(settings: AgentSettings, loglevel: str = "INFO") -> None:
     logging_setup.configure_logging(loglevel, logging_setup.format_from_env())
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
@@ -47,7 +56,8 @@ def run_agent(settings: AgentSettings, loglevel: str = "INFO") -> None:
     address = settings.advertise_url or f"http://{settings.host}:{server.server_port}"
     info = {"id": settings.worker_id, "type": settings.worker_type, "address": address,
             "backends": settings.backends, "free_disk": membership.free_disk(settings.data_dir),
-            "data_dir": str(settings.data_dir), "hostname": socket.gethostname()}
+            "data_dir": str(settings.data_dir), "hostname": socket.gethostname(),
+            "backend_details": json.dumps(declared_backends(settings))}
     membership.register(client, info, ttl=settings.heartbeat_seconds * 3)
     heartbeat = membership.Heartbeat(client, settings.worker_id, settings.data_dir, settings.heartbeat_seconds)
     heartbeat.start()

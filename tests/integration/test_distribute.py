@@ -78,6 +78,9 @@ def test_registry_model_reaches_two_workers_and_their_backends(live, registered,
     assert ref in ollama_server.models or f"{ref}" in str(ollama_server.models.keys())
     models = {m["name"]: m for m in live.api("GET", "/api/v1/models").json()["models"]}
     assert models[ref]["workers"] == ["inf-a", "inf-b"] and models[ref]["format"] == "gguf"
+    details = live.api("GET", "/api/v1/workers/inf-a").json()["backend_details"]
+    assert details["ollama"]["url"] == ollama_server.url
+    assert details["llamacpp"]["models_dir"].endswith("backends/llamacpp")
     worker_models = live.api("GET", "/api/v1/workers/inf-a/models").json()["models"]
     assert next(m for m in worker_models if m["name"] == ref)["backend"] == "llamacpp,ollama"
     listed = live.api("GET", "/api/v1/models/pull-jobs", params={"kind": "distribute"}).json()["jobs"]
