@@ -41,6 +41,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     app.register_blueprint(dashboard_bp)
     register_error_handlers(app)
     _register_domain_errors(app)
+    _register_limits(app)
     _register_auth(app)
     _register_health(app)
     from controller.metrics import register_metrics
@@ -59,13 +60,25 @@ def _register_domain_errors(app: Flask) -> None:
         return error_response(503, f"cluster state store (Redis) unavailable: {exc}")
 
 
+MAX_JSON_BYTES = 1 << 20
+
+
+def _register_limits(app: Flask) -> None:
+    @app.before_request
+    def limit_json_bodies():
+        """JSON requests are small; a large one is refused before it is read (uploads stream as octets)."""
+        if request.is_json and (request.content_length or 0) > MAX_JSON_BYTES:
+            return error_response(413, f"JSON body larger than {MAX_JSON_BYTES} bytes")
+        return None
+
+
 def _register_auth(app: Flask) -> None:
     @app.before_request
     def require_token():
         token = app.config.get("API_TOKEN")
         if not token or not request.path.startswith("/api/"):
             return None
-        if request.path in ("/api/v1/openapi.json",):
+        if request.path in ("/api/v1/openapi.json", "/api/v1/docs"):  # the docs are public; the calls are not
             return None
         sent = request.headers.get("Authorization", "")
         if not (sent.startswith("Bearer ") and hmac.compare_digest(sent[7:].encode(), str(token).encode())):

@@ -19,6 +19,7 @@ from registry.names import split_reference
 from registry.urlfetch import is_http_url, redact
 
 SOURCES = ("registry", "worker", "url", "ollama")
+_FIELDS_OF = {"worker": ("worker",), "url": ("url", "token", "sha256", "filename")}
 
 
 def start_distribute(client: redis.Redis, producer: Celery, registry: RegistryClient, *, model: str,
@@ -26,6 +27,10 @@ def start_distribute(client: redis.Redis, producer: Celery, registry: RegistryCl
     kind = source.get("type")
     options: dict = {"source": kind}
     secrets: dict = {}
+    stray = sorted(k for k in ("worker", "url", "token", "sha256", "filename")
+                   if source.get(k) is not None and k not in _FIELDS_OF.get(kind, ()))
+    if stray:
+        raise BadRequestError(f"source.{', source.'.join(stray)} does not apply to source type {kind!r}", field="source")
     chosen = choose_targets(client, workers, limits)  # cheap checks first: bad targets need no source lookup
     if kind == "ollama":
         model = parse_model(model).short

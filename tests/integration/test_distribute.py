@@ -183,6 +183,7 @@ def test_url_digest_mismatch_fails_the_worker(live, workdir):
     ({"model": "tiny", "source": {"type": "worker", "worker": "ghost"}}, 404, "ghost"),
     ({"model": "x", "source": {"type": "url", "url": "file:///etc/passwd"}}, 400, "source"),
     ({"model": "x", "source": {"type": "carrier-pigeon"}}, 422, "source"),
+    ({"model": "tiny", "source": {"type": "ollama", "token": "hf_x"}}, 400, "token"),
     ({"model": "x", "source": {"type": "url", "url": "http://[::1/x.gguf"}}, 400, "source"),
     ({"model": "x", "source": {"type": "url", "url": "http://127.0.0.1:99999/x.gguf"}}, 400, "source"),
     ({"model": "../x", "source": {"type": "url", "url": "http://127.0.0.1:1/x.gguf"}}, 400, "model"),

@@ -317,3 +317,9 @@ def test_redis_down_is_503_json(down_client, method, path, body):
 
 def test_validation_comes_before_redis(down_client):
     assert_error(pull(down_client, {"model": 5}), 422)
+
+
+def test_a_json_body_over_one_mib_is_413_before_it_is_read(client):
+    resp = client.post("/api/v1/models/pull", data=b'{"model": "' + b"x" * (2 << 20) + b'"}',
+                       content_type="application/json")
+    assert resp.status_code == 413 and resp.get_json()["code"] == 413
