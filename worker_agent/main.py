@@ -59,7 +59,8 @@ def run_agent(settings: AgentSettings, loglevel: str = "INFO") -> None:
             "data_dir": str(settings.data_dir), "hostname": socket.gethostname(),
             "backend_details": json.dumps(declared_backends(settings))}
     membership.register(client, info, ttl=settings.heartbeat_seconds * 3)
-    heartbeat = membership.Heartbeat(client, settings.worker_id, settings.data_dir, settings.heartbeat_seconds)
+    heartbeat = membership.Heartbeat(client, settings.worker_id, settings.data_dir, settings.heartbeat_seconds,
+                                     info=info, on_reregister=lambda: job_runner.refresh_inventory(agent))
     heartbeat.start()
     job_runner.refresh_inventory(agent)
 

@@ -28,12 +28,19 @@ def register(client: redis.Redis, info: dict, ttl: float) -> None:
     pipe.execute()
 
 
-def beat(client: redis.Redis, worker_id: str, data_dir: Path, ttl: float) -> None:
+def beat(client: redis.Redis, worker_id: str, data_dir: Path, ttl: float, info: dict | None = None) -> bool:
+    """Refresh the online mark; re-register from `info` when Redis lost the record (a restart
+    without persistence). Returns True when it had to re-register."""
     now = time.time()
     pipe = client.pipeline()
+    pipe.exists(keys.worker(worker_id))
     pipe.hset(keys.worker(worker_id), mapping={"last_seen": now, "free_disk": free_disk(data_dir)})
     pipe.set(keys.worker_alive(worker_id), now, ex=max(1, int(ttl)))
-    pipe.execute()
+    existed = pipe.execute()[0]
+    if not existed and info is not None:
+        register(client, info, ttl)
+        return True
+    return False
 
 
 def free_disk(path: Path) -> int:
@@ -60,15 +67,20 @@ def publish_inventory(client: redis.Redis, worker_id: str, models: list[dict]) -
 class Heartbeat(threading.Thread):
     """Refreshes the online mark every `interval`; survives Redis outages by retrying."""
 
-    def __init__(self, client: redis.Redis, worker_id: str, data_dir: Path, interval: float) -> None:
+    def __init__(self, client: redis.Redis, worker_id: str, data_dir: Path, interval: float,
+                 info: dict | None = None, on_reregister=None) -> None:
         super().__init__(name="heartbeat", daemon=True)
         self.client, self.worker_id, self.data_dir, self.interval = client, worker_id, data_dir, interval
+        self.info, self.on_reregister = info, on_reregister
         self.stopped = threading.Event()
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval):
             try:
-                beat(self.client, self.worker_id, self.data_dir, ttl=self.interval * 3)
+                if beat(self.client, self.worker_id, self.data_dir, ttl=self.interval * 3, info=self.info):
+                    log.warning("Redis had lost this worker's record (restarted?); registered again")
+                    if self.on_reregister:
+                        self.on_reregister()
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
 

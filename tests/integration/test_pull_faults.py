@@ -99,6 +99,20 @@ def test_unreachable_registry_is_retried_then_failed_with_the_reason(live):
     assert "retrying" in seen
 
 
+def test_workers_come_back_after_redis_restarts_empty_and_pulls_still_work(live, redis_server, tiny_model):
+    live.start_worker("phoenix", "inference")
+    redis_server.stop()
+    redis_server.start()  # same port, no persistence: every record is gone
+
+    def phoenix_online():
+        workers = {w["id"]: w for w in live.api("GET", "/api/v1/workers").json()["workers"]}
+        return "phoenix" in workers and workers["phoenix"]["online"]
+    wait_until(phoenix_online, timeout=30, message=f"phoenix to re-register\n{live.logs()}")
+    job = live.api("POST", "/api/v1/models/pull", json={"model": "tiny", "workers": ["phoenix"]}).json()
+    assert live.wait_job(job["id"], timeout=60)["state"] == "completed"
+    assert [m["name"] for m in live.api("GET", "/api/v1/workers/phoenix/models").json()["models"]] == ["tiny:latest"]
+
+
 def test_api_token_is_required_when_set(cluster):
     url = cluster.start_controller(ELDRIC_API_TOKEN="s3cret")
     resp = cluster.http.get(f"{url}/api/v1/workers", timeout=5)
