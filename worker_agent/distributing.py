@@ -10,7 +10,7 @@ from pathlib import Path
 from registry.digests import Digest
 from registry.names import ModelName
 from registry.names import split_reference
-from worker_agent.download import download_blob
+from worker_agent.download import download_blob, ensure_space
 from worker_agent.errors import SourceError
 from worker_agent.file_sources import DataRegistrySource, HttpFileSource, PeerSource, RemoteFile, redact_url
 from worker_agent.installing import install_entry
@@ -39,7 +39,8 @@ def _from_ollama(agent: Agent, model: str, progress: Progress) -> dict:
     s = agent.settings
     name = ModelName.parse(model)
     source = RegistrySource(registry_base_url(name, s.ollama_registry, s.insecure_registries))
-    result = pull_model(name, store=agent.store, source=source, progress=progress, options=agent.download_options)
+    result = pull_model(name, store=agent.store, source=source, progress=progress, options=agent.download_options,
+                        reserve=agent.settings.disk_reserve_bytes)
     progress.finish(total=result.size, digest=result.digest, transferred=result.downloaded)
     return result.to_json()
 
@@ -52,7 +53,7 @@ def _from_peer(agent: Agent, model: str, options: dict, secrets: dict, progress:
     exported = peer.export(model)
     if exported.get("kind") == "ollama":
         result = pull_model(ModelName.parse(model), store=agent.store, source=peer, progress=progress,
-                            options=agent.download_options)
+                            options=agent.download_options, reserve=agent.settings.disk_reserve_bytes)
         progress.finish(total=result.size, digest=result.digest, transferred=result.downloaded)
         return result.to_json()
     entry = exported["entry"]
@@ -88,6 +89,8 @@ def _store_files(agent: Agent, entry: dict, files: list[RemoteFile], progress: P
     """Fetch every missing file into the blob store, install for the backends, then list the model."""
     split_reference(entry["name"])
     blobs = agent.store.blobs
+    missing = sum(f.size for f in files if f.digest is None or not blobs.has(f.digest, f.size))
+    ensure_space(agent.store.partial_dir, missing, entry["name"], agent.settings.disk_reserve_bytes)
     progress.start(total=sum(f.size for f in files), source=origin)
     transferred, stored = 0, []
     for f in files:

@@ -19,6 +19,7 @@ import http.client
 import hashlib
 import json
 import os
+import shutil
 import threading
 import time
 from collections import deque
@@ -34,7 +35,7 @@ import urllib3
 from registry.blobstore import BlobStore
 from registry.digests import Digest
 from registry.errors import DigestMismatchError
-from worker_agent.errors import SourceError, SourceUnavailableError
+from worker_agent.errors import InsufficientSpaceError, SourceError, SourceUnavailableError
 
 # open_range(start, end_inclusive, read_timeout) -> streaming response for those bytes
 RangeOpener = Callable[[int, int, float], requests.Response]
@@ -93,6 +94,16 @@ class _Part:
 
     def __init__(self, offset: int, length: int, completed: int = 0) -> None:
         self.offset, self.length, self.completed = offset, length, completed
+
+
+def ensure_space(directory: Path, needed: int, what: str, reserve: int = 1 << 30) -> None:
+    """Refuse early (InsufficientSpaceError) when `needed` bytes plus a reserve do not fit on the disk."""
+    directory.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(directory).free
+    if needed + reserve > free:
+        raise InsufficientSpaceError(f"not enough disk space for {what}: needs {needed / 2**30:.2f} GiB "
+                                     f"(+{reserve / 2**30:.0f} GiB reserve), {free / 2**30:.2f} GiB free "
+                                     f"at {directory}")
 
 
 def plan_parts(size: int, part_bytes: int) -> list[tuple[int, int]]:

@@ -29,3 +29,7 @@ class JobExpiredError(AgentError):
 
 class SettingsError(AgentError, ValueError):
     """A bad configuration value, reported at start-up."""
+
+
+class InsufficientSpaceError(AgentError):
+    """The node lacks the disk space the model needs: refused before the first byte is fetched."""

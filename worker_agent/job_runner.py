@@ -35,7 +35,7 @@ def run_pull_job(agent: Agent, job_id: str, model: str) -> dict:
         s = agent.settings
         source = RegistrySource(registry_base_url(name, s.ollama_registry, s.insecure_registries))
         result = pull_model(name, store=agent.store, source=source, progress=progress,
-                            options=agent.download_options)
+                            options=agent.download_options, reserve=s.disk_reserve_bytes)
         progress.finish(total=result.size, digest=result.digest)
         return result.to_json()
     return _run_job(agent, job_id, pull)

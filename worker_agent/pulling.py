@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import dataclass
 
 from registry.names import ModelName
-from worker_agent.download import DownloadOptions, download_blob
+from worker_agent.download import DownloadOptions, download_blob, ensure_space
 from worker_agent.ollama_store import OllamaStore
 from worker_agent.progress import Progress
 from worker_agent.sources import BlobSource
@@ -24,7 +24,7 @@ class PullResult:
 
 
 def pull_model(name: ModelName, *, store: OllamaStore, source: BlobSource, progress: Progress,
-               options: DownloadOptions = DownloadOptions()) -> PullResult:
+               options: DownloadOptions = DownloadOptions(), reserve: int = 1 << 30) -> PullResult:
     """Manifest, then every missing blob (verified), then the manifest file last.
 
     The manifest is what makes a model visible to Ollama, so it is written only
@@ -36,6 +36,7 @@ def pull_model(name: ModelName, *, store: OllamaStore, source: BlobSource, progr
     blobs = manifest.blobs()
     progress.start(total=manifest.total_size, source=source.describe())
     present = [b for b in blobs if store.blobs.has(b.digest, b.size)]
+    ensure_space(store.partial_dir, sum(b.size for b in blobs if b not in present), name.short, reserve)
     if present:
         progress.add_bytes(sum(b.size for b in present))
     downloaded = 0

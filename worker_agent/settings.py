@@ -36,6 +36,7 @@ class AgentSettings:
     retry_base_seconds: float = field(default=2.0, metadata={"env": "ELDRIC_RETRY_BASE_SECONDS", "help": "first retry delay; doubles each time"})
     retry_max_seconds: float = field(default=120.0, metadata={"env": "ELDRIC_RETRY_MAX_SECONDS", "help": "longest retry delay"})
     progress_seconds: float = field(default=0.25, metadata={"env": "ELDRIC_PROGRESS_SECONDS", "help": "least time between two progress writes per worker"})
+    disk_reserve_bytes: int = field(default=1 << 30, metadata={"env": "ELDRIC_DISK_RESERVE_BYTES", "help": "a download that would leave less free disk than this is refused up front"})
     shared_mounts: tuple[str, ...] = field(default=(), metadata={"env": "ELDRIC_SHARED_MOUNTS", "help": "comma list of paths where the registry's storage may be mounted (NFS); proven by its fingerprint file"})
     ollama_url: str = field(default="http://127.0.0.1:11434", metadata={"env": "ELDRIC_OLLAMA_URL", "help": "Ollama's HTTP API on this node (blob upload, create, tags)"})
     vllm_models_dir: Path | None = field(default=None, metadata={"env": "ELDRIC_VLLM_MODELS_DIR", "help": "vLLM serving path, one directory per model; default <data dir>/backends/vllm"})

@@ -113,6 +113,14 @@ def test_workers_come_back_after_redis_restarts_empty_and_pulls_still_work(live,
     assert [m["name"] for m in live.api("GET", "/api/v1/workers/phoenix/models").json()["models"]] == ["tiny:latest"]
 
 
+def test_a_worker_without_the_disk_space_fails_before_downloading(live, tiny_model):
+    live.start_worker("cramped", "inference", ELDRIC_DISK_RESERVE_BYTES=str(1 << 60))
+    job = live.api("POST", "/api/v1/models/pull", json={"model": "tiny", "workers": ["cramped"]}).json()
+    final = live.wait_job(job["id"], timeout=30)
+    assert final["state"] == "failed" and "not enough disk space" in final["workers"][0]["error"]
+    assert not list((live.store("cramped") / "blobs").glob("sha256-*"))
+
+
 def test_api_token_is_required_when_set(cluster):
     url = cluster.start_controller(ELDRIC_API_TOKEN="s3cret")
     resp = cluster.http.get(f"{url}/api/v1/workers", timeout=5)

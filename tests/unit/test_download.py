@@ -442,3 +442,11 @@ def test_real_connection_failures_are_transient(store, partial, error):
     state = json.loads((partial / f"{DIGEST.filename}.json").read_text())
     # urllib3 drops the bytes of the read that broke, so up to one chunk per range is fetched again.
     assert all(keep - OPTIONS.chunk_bytes <= c <= keep for _, _, c in state["parts"])
+
+
+def test_ensure_space_refuses_what_does_not_fit(tmp_path):
+    from worker_agent.download import ensure_space
+    from worker_agent.errors import InsufficientSpaceError
+    ensure_space(tmp_path, 1, "tiny", reserve=0)
+    with pytest.raises(InsufficientSpaceError, match="not enough disk space for huge"):
+        ensure_space(tmp_path, 1 << 62, "huge", reserve=0)
