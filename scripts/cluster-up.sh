@@ -3,6 +3,6 @@
 # the registry, two inference workers, a cloud, a data and a science worker (Procfile).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-deps.sh
+ELDRIC_SKIP_LLAMA_CPP=1 bash scripts/install-deps.sh  # the llama.cpp build is only for a test
 mkdir -p .eldric
 exec honcho -e deploy/local.env start "$@"

@@ -20,11 +20,10 @@ if (( ${#missing[@]} )); then
 fi
 
 PY="${PYTHON:-python3}"
-if ! "$PY" -c "import eldric, celery, flask_smorest, gguf, fakeredis, pytest_timeout" 2>/dev/null \
-   || ! command -v eldric >/dev/null; then
-  echo "installing the eldric Python package and its test dependencies"
-  "$PY" -m pip install -q -e ".[test]"
-fi
+# Always: pip is quick when everything is there, and a dependency added since the last
+# install must not go missing (an import check of a few packages would not notice).
+echo "installing the eldric Python package and its test dependencies"
+"$PY" -m pip install -q -e ".[test]"
 
 # llama-cpp-python lets a test load a distributed GGUF for real. It builds from
 # source (~4-8 min on 2 cores, then pip's wheel cache makes it instant); a failed
