@@ -16,9 +16,18 @@ import time
 from pathlib import Path
 
 from registry.errors import InvalidNameError
+from registry.blobstore import BlobStore
+from registry.digests import Digest
 from registry.names import split_reference
 
 ENTRY_SUFFIX = ".json"
+
+
+def entry_files(entry: dict, blobs: BlobStore) -> dict[str, Path]:
+    """Where a catalog model's files are on this node: its shared tree, or the blob store."""
+    if entry.get("shared") and entry.get("shared_path"):
+        return {f["path"]: Path(entry["shared_path"]) / f["path"] for f in entry.get("files", [])}
+    return {f["path"]: blobs.path(Digest.parse(f["sha256"])) for f in entry.get("files", [])}
 
 
 class Catalog:

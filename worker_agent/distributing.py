@@ -7,6 +7,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from eldric import keys
 from registry.digests import Digest
 from registry.names import ModelName
 from registry.names import split_reference
@@ -17,7 +18,7 @@ from worker_agent.installing import install_entry
 from worker_agent.progress import Progress
 from worker_agent.pulling import pull_model
 from worker_agent.runtime import Agent
-from worker_agent.sources import RegistrySource, registry_base_url
+from worker_agent.sources import BlobSource, RegistrySource, registry_base_url
 
 FINGERPRINT_FILE = ".eldric-fingerprint"
 
@@ -25,7 +26,7 @@ FINGERPRINT_FILE = ".eldric-fingerprint"
 def distribute(agent: Agent, model: str, options: dict, secrets: dict, progress: Progress) -> dict:
     source = options.get("source")
     if source == "ollama":
-        return _from_ollama(agent, model, progress)
+        return pull_from_ollama(agent, model, progress)
     if source == "worker":
         return _from_peer(agent, model, options, secrets, progress)
     if source == "registry":
@@ -35,10 +36,15 @@ def distribute(agent: Agent, model: str, options: dict, secrets: dict, progress:
     raise SourceError(f"unknown source {source!r}")
 
 
-def _from_ollama(agent: Agent, model: str, progress: Progress) -> dict:
+def pull_from_ollama(agent: Agent, model: str, progress: Progress) -> dict:
+    """A pull: the model from the Ollama registry (or the configured mirror) into Ollama's store."""
     s = agent.settings
     name = ModelName.parse(model)
-    source = RegistrySource(registry_base_url(name, s.ollama_registry, s.insecure_registries))
+    return _pull_into_store(agent, name, RegistrySource(registry_base_url(name, s.ollama_registry,
+                                                                          s.insecure_registries)), progress)
+
+
+def _pull_into_store(agent: Agent, name: ModelName, source: BlobSource, progress: Progress) -> dict:
     result = pull_model(name, store=agent.store, source=source, progress=progress, options=agent.download_options,
                         reserve=agent.settings.disk_reserve_bytes)
     progress.finish(total=result.size, digest=result.digest, transferred=result.downloaded)
@@ -46,16 +52,13 @@ def _from_ollama(agent: Agent, model: str, progress: Progress) -> dict:
 
 
 def _from_peer(agent: Agent, model: str, options: dict, secrets: dict, progress: Progress) -> dict:
-    address = agent.redis.hget(f"eldric:worker:{options['from_worker']}", "address")
+    address = agent.redis.hget(keys.worker(options["from_worker"]), "address")
     if not address:
         raise SourceError(f"source worker {options['from_worker']} is not registered")
     peer = PeerSource(address, agent.settings.cluster_secret)
     exported = peer.export(model)
     if exported.get("kind") == "ollama":
-        result = pull_model(ModelName.parse(model), store=agent.store, source=peer, progress=progress,
-                            options=agent.download_options, reserve=agent.settings.disk_reserve_bytes)
-        progress.finish(total=result.size, digest=result.digest, transferred=result.downloaded)
-        return result.to_json()
+        return _pull_into_store(agent, ModelName.parse(model), peer, progress)
     entry = exported["entry"]
     entry = {k: entry[k] for k in ("name", "format", "details", "files", "source", "lineage") if k in entry}
     return _store_files(agent, entry, peer.files(entry), progress, f"worker {options['from_worker']}")
@@ -110,7 +113,7 @@ def _store_files(agent: Agent, entry: dict, files: list[RemoteFile], progress: P
     entry = {**entry, "files": stored, "size": sum(f["size"] for f in stored), "digest": model_digest(stored),
              "shared": False}
     progress.update(force=True, status="installing")
-    entry["installed"] = install_entry(agent, entry, {f["path"]: blobs.path(Digest.parse(f["sha256"])) for f in stored})
+    entry["installed"] = install_entry(agent, entry)
     agent.catalog.put(entry)
     progress.finish(total=entry["size"], digest=entry["digest"], transferred=transferred)
     return {"model": entry["name"], "digest": entry["digest"], "size": entry["size"], "downloaded": transferred}
@@ -121,7 +124,7 @@ def _use_shared(agent: Agent, entry: dict, tree: Path, progress: Progress) -> di
     total = sum(int(f["size"]) for f in entry["files"])
     progress.update(force=True, state="pulling", status="shared", total=total, source=str(tree))
     entry = {**entry, "size": total, "digest": model_digest(entry["files"]), "shared": True, "shared_path": str(tree)}
-    entry["installed"] = install_entry(agent, entry, {f["path"]: tree / f["path"] for f in entry["files"]})
+    entry["installed"] = install_entry(agent, entry)
     agent.catalog.put(entry)
     progress.finish(total=total, digest=entry["digest"], transferred=0, status="shared", shared=True)
     return {"model": entry["name"], "digest": entry["digest"], "size": total, "downloaded": 0, "shared": True}

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from worker_agent import installers
+from worker_agent.catalog import entry_files
 from worker_agent.installers import LocalModel, UnsupportedModelError
 from worker_agent.runtime import Agent
 
 log = logging.getLogger(__name__)
 
 
-def install_entry(agent: Agent, entry: dict, files: dict[str, Path]) -> dict:
-    """Install `entry` for every configured backend that can serve its format; return what each did.
+def install_entry(agent: Agent, entry: dict) -> dict:
+    """Install `entry` (its files in the blob store or shared tree) for every configured backend
+    that can serve its format; return what each did.
 
     A backend that cannot serve the format is skipped with the reason; if none of
     them can, the job fails (a model no backend serves is of no use on the node).
@@ -24,8 +25,8 @@ def install_entry(agent: Agent, entry: dict, files: dict[str, Path]) -> dict:
         return {}
     digests = {f["path"]: f["sha256"] for f in entry.get("files", [])}
     shared_path = entry.get("shared_path") if entry.get("shared") else None
-    local = {rel: Path(shared_path) / rel for rel in files} if shared_path else files
-    model = LocalModel.from_files(entry["name"], local, format=entry.get("format"), digests=digests)
+    model = LocalModel.from_files(entry["name"], entry_files(entry, agent.store.blobs), format=entry.get("format"),
+                                  digests=digests)
     done, skipped = {}, {}
     for name, config in configs.items():
         try:

@@ -11,14 +11,12 @@ from eldric import jobstate, keys
 from eldric.queues import is_model_serving
 from registry.digests import Digest
 from registry.names import ModelName
-from worker_agent.distributing import distribute
+from worker_agent.distributing import distribute, pull_from_ollama
 from worker_agent.installing import uninstall_entry
 from worker_agent import membership
 from worker_agent.errors import JobExpiredError, NotEligibleError
 from worker_agent.progress import Progress
-from worker_agent.pulling import pull_model
 from worker_agent.runtime import Agent
-from worker_agent.sources import RegistrySource, registry_base_url
 
 LOCK_TTL = 6 * 3600  # safety net only: a restarting agent clears its own stale locks
 
@@ -30,15 +28,7 @@ def own_record(agent: Agent, job_id: str) -> dict | None:
 
 def run_pull_job(agent: Agent, job_id: str, model: str) -> dict:
     """Do this worker's part of pull job `job_id`; duplicates and finished work are skipped."""
-    def pull(progress: Progress) -> dict:
-        name = ModelName.parse(model)
-        s = agent.settings
-        source = RegistrySource(registry_base_url(name, s.ollama_registry, s.insecure_registries))
-        result = pull_model(name, store=agent.store, source=source, progress=progress,
-                            options=agent.download_options, reserve=s.disk_reserve_bytes)
-        progress.finish(total=result.size, digest=result.digest)
-        return result.to_json()
-    return _run_job(agent, job_id, pull)
+    return _run_job(agent, job_id, lambda progress: pull_from_ollama(agent, model, progress))
 
 
 def run_distribute_job(agent: Agent, job_id: str, model: str) -> dict:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hmac
 import threading
-from pathlib import Path
 
 import redis
 from flask import Flask, jsonify, request
@@ -13,8 +12,10 @@ from werkzeug.serving import BaseWSGIServer, make_server
 from registry.digests import Digest
 from registry.errors import InvalidDigestError, InvalidNameError
 from registry.file_responses import file_response
+from registry.problems import error_response, register_error_handlers
 from registry.ranges import RangeNotSatisfiableError
 from registry.names import ModelName
+from worker_agent.catalog import entry_files
 from worker_agent.model_info import show_file_model, show_model
 from worker_agent.runtime import Agent
 
@@ -47,20 +48,20 @@ def create_agent_app(agent: Agent) -> Flask:
         sent = request.headers.get("Authorization", "")
         if sent.startswith("Bearer ") and hmac.compare_digest(sent[7:].encode(), secret.encode()):
             return None
-        return jsonify(code=401, status="Unauthorized", message="cluster secret required"), 401
+        return error_response(401, "cluster secret required")
 
     @app.get("/api/show")
     def show():
         entry = agent.catalog.get(request.args.get("model", ""))
         if entry is not None:
-            return jsonify(show_file_model(entry, local_files(agent, entry)))
+            return jsonify(show_file_model(entry, entry_files(entry, agent.store.blobs)))
         try:
             name = ModelName.parse(request.args.get("model", ""))
         except InvalidNameError as exc:
-            return jsonify(code=400, status="Bad Request", message=str(exc)), 400
+            return error_response(400, str(exc))
         found = show_model(agent.store, name)
         if found is None:
-            return jsonify(code=404, status="Not Found", message=f"model '{name.short}' not found"), 404
+            return error_response(404, f"model '{name.short}' not found")
         return jsonify(found)
 
     @app.get("/api/models/export")
@@ -70,16 +71,16 @@ def create_agent_app(agent: Agent) -> Flask:
         entry = agent.catalog.get(model)
         if entry is not None:
             if entry.get("shared"):
-                return jsonify(code=409, status="Conflict",
-                               message=f"'{model}' lives on shared storage here; distribute it from the registry"), 409
+                return error_response(409, f"'{model}' lives on shared storage here; "
+                                           "distribute it from the registry")
             return jsonify(kind="files", entry=entry)
         try:
             name = ModelName.parse(model)
         except InvalidNameError as exc:
-            return jsonify(code=400, status="Bad Request", message=str(exc)), 400
+            return error_response(400, str(exc))
         found = agent.store.read_manifest(name) if agent.store.has_model(name) else None
         if found is None:
-            return jsonify(code=404, status="Not Found", message=f"model '{model}' not found"), 404
+            return error_response(404, f"model '{model}' not found")
         return jsonify(kind="ollama", model=name.short, manifest=found[0].decode())
 
     @app.get("/blobs/<digest>")
@@ -89,24 +90,19 @@ def create_agent_app(agent: Agent) -> Flask:
             d = Digest.parse(digest)
             return file_response(request, agent.store.blobs.path(d), etag=str(d))
         except InvalidDigestError as exc:
-            return jsonify(code=400, status="Bad Request", message=str(exc)), 400
+            return error_response(400, str(exc))
         except FileNotFoundError:
-            return jsonify(code=404, status="Not Found", message=f"blob {digest} not on this node"), 404
+            return error_response(404, f"blob {digest} not on this node")
         except RangeNotSatisfiableError as exc:
-            return jsonify(code=416, status="Range Not Satisfiable", message=str(exc)), 416
+            return error_response(416, str(exc))
+
+    register_error_handlers(app)  # 405 and unexpected errors as JSON too (tracebacks to the log)
 
     @app.errorhandler(404)
     def not_found(_):
-        return jsonify(code=404, status="Not Found", message="no such endpoint on this agent"), 404
+        return error_response(404, "no such endpoint on this agent")
 
     return app
-
-
-def local_files(agent: Agent, entry: dict) -> dict[str, Path]:
-    """Where a catalog model's files are on this node: the shared tree, or the blob store."""
-    if entry.get("shared") and entry.get("shared_path"):
-        return {f["path"]: Path(entry["shared_path"]) / f["path"] for f in entry.get("files", [])}
-    return {f["path"]: agent.store.blobs.path(Digest.parse(f["sha256"])) for f in entry.get("files", [])}
 
 
 def start_server(app: Flask, host: str, port: int) -> BaseWSGIServer:
