@@ -7,11 +7,10 @@ from urllib.parse import quote, urlsplit
 import redis
 from celery import Celery
 
-from controller import cluster, dispatch, inventory, jobs
+from controller import cluster, inventory
 from controller.errors import BadRequestError, NotFoundError
-from controller.pulls import JobLimits, choose_targets, parse_model
+from controller.pulls import JobLimits, choose_targets, parse_model, start_job
 from controller.registry_client import RegistryClient, error_message
-from eldric import keys
 from eldric.queues import TASK_DISTRIBUTE
 from registry.digests import is_digest
 from registry.errors import InvalidNameError
@@ -45,15 +44,8 @@ def start_distribute(client: redis.Redis, producer: Celery, registry: RegistryCl
     targets = [wid for wid in chosen if wid != options.get("from_worker")]
     if not targets:
         raise BadRequestError("no target worker left once the source worker is excluded", field="workers")
-    job_id = jobs.create_job(client, kind="distribute", model=model, targets=targets, source=kind,
-                             deadline_seconds=limits.deadline_seconds, options=options)
-    if secrets:
-        client.hset(keys.job_secrets(job_id), mapping=secrets)
-        client.expire(keys.job_secrets(job_id), int(limits.deadline_seconds) + 3600)
-    for wid in dispatch.send_to_workers(producer, TASK_DISTRIBUTE, job_id, [model], targets):
-        jobs.fail_worker(client, job_id, wid, "could not enqueue the task: broker unavailable")
-    jobs.prune_jobs(client, retention_seconds=limits.retention_seconds, keep_max=limits.keep_max)
-    return job_id
+    return start_job(client, producer, kind="distribute", task=TASK_DISTRIBUTE, model=model, targets=targets,
+                     source=kind, limits=limits, options=options, secrets=secrets)
 
 
 def _from_worker(client: redis.Redis, model: str, source: dict, options: dict) -> str:

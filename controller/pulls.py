@@ -9,6 +9,7 @@ from celery import Celery
 
 from controller import cluster, dispatch, inventory, jobs
 from controller.errors import BadRequestError, ConflictError, NotFoundError  # noqa: F401 (re-exported)
+from eldric import keys
 from eldric.queues import TASK_DELETE, TASK_PULL
 from registry.errors import InvalidNameError
 from registry.names import ModelName
@@ -46,7 +47,8 @@ def start_pull(client: redis.Redis, producer: Celery, *, model: str, workers: li
                limits: JobLimits) -> str:
     name = parse_model(model)
     ids = choose_targets(client, workers, limits)
-    return _start(client, producer, "pull", TASK_PULL, name.short, ids, "ollama", limits)
+    return start_job(client, producer, kind="pull", task=TASK_PULL, model=name.short, targets=ids, source="ollama",
+                     limits=limits)
 
 
 def start_delete(client: redis.Redis, producer: Celery, *, model: str, workers: list[str] | None,
@@ -59,14 +61,19 @@ def start_delete(client: redis.Redis, producer: Celery, *, model: str, workers: 
             raise NotFoundError(f"no worker has model '{name.short}'")
     else:
         ids = choose_targets(client, workers, limits)
-    return _start(client, producer, "delete", TASK_DELETE, name.short, ids, "local", limits)
+    return start_job(client, producer, kind="delete", task=TASK_DELETE, model=name.short, targets=ids,
+                     source="local", limits=limits)
 
 
-def _start(client: redis.Redis, producer: Celery, kind: str, task: str, model: str, ids: list[str],
-           source: str, limits: JobLimits) -> str:
-    job_id = jobs.create_job(client, kind=kind, model=model, targets=ids, source=source,
-                             deadline_seconds=limits.deadline_seconds)
-    for wid in dispatch.send_to_workers(producer, task, job_id, [model], ids):
+def start_job(client: redis.Redis, producer: Celery, *, kind: str, task: str, model: str, targets: list[str],
+              source: str, limits: JobLimits, options: dict | None = None, secrets: dict | None = None) -> str:
+    """Record the job, keep its secrets apart from it, send `task(job_id, model)` to every target."""
+    job_id = jobs.create_job(client, kind=kind, model=model, targets=targets, source=source,
+                             deadline_seconds=limits.deadline_seconds, options=options)
+    if secrets:  # read by agents only: never in job views, task arguments or logs
+        client.hset(keys.job_secrets(job_id), mapping=secrets)
+        client.expire(keys.job_secrets(job_id), int(limits.deadline_seconds) + 3600)
+    for wid in dispatch.send_to_workers(producer, task, job_id, [model], targets):
         jobs.fail_worker(client, job_id, wid, "could not enqueue the task: broker unavailable")
     jobs.prune_jobs(client, retention_seconds=limits.retention_seconds, keep_max=limits.keep_max)
     return job_id

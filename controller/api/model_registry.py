@@ -37,10 +37,6 @@ blp = Blueprint("model_registry", __name__, url_prefix=API_PREFIX,
 ACTIVE = (jobstate.JOB_PENDING, jobstate.JOB_RUNNING)
 
 
-def _client() -> RegistryClient:
-    return registry_client()
-
-
 def proxy(json_body: bool = False):
     """Forward this request to the same path on the registry; stream the body each way."""
     if json_body:
@@ -49,7 +45,7 @@ def proxy(json_body: bool = False):
         body, length = request.stream, request.content_length
     else:
         body, length = None, None
-    resp = _client().send(request.method, upstream_path(), query=request.query_string, headers=dict(request.headers),
+    resp = registry_client().send(request.method, upstream_path(), query=request.query_string, headers=dict(request.headers),
                           body=body, length=length)
     return to_flask(resp)
 
@@ -153,7 +149,7 @@ class Imports(MethodView):
     def post(self, body: dict):
         """Import from URLs as a job (kind "import"): progress in /api/v1/models/pull-jobs/{id}."""
         client = redis_client()
-        job_id = start_import(client, _client(), body, request.get_json(),
+        job_id = start_import(client, registry_client(), body, request.get_json(),
                               deadline_seconds=current_app.config["JOB_DEADLINE_SECONDS"])
         job = jobs.get_job(client, job_id, stale_after=stale_after())
         return job, 202, {"Location": f"/api/v1/models/pull-jobs/{job_id}"}
