@@ -21,7 +21,7 @@ from registry.names import ModelName
 from registry.urlfetch import redact as redact_url
 from worker_agent.download import RangeOpener
 from worker_agent.errors import ModelNotFoundError, SourceError, SourceUnavailableError
-from worker_agent.sources import CONNECT_TIMEOUT
+from worker_agent.sources import CONNECT_TIMEOUT, raise_if_transient
 
 _CONTENT_RANGE_TOTAL = re.compile(r"/(\d+)\s*$")
 
@@ -40,9 +40,7 @@ def _get(session: requests.Session, url: str, what: str, **kw) -> requests.Respo
         resp = session.get(url, timeout=kw.pop("timeout", (CONNECT_TIMEOUT, 60)), **kw)
     except requests.RequestException as exc:
         raise SourceUnavailableError(f"{what} unreachable: {exc}") from None
-    if resp.status_code >= 500 or resp.status_code == 429:
-        resp.close()
-        raise SourceUnavailableError(f"{what} answered {resp.status_code}")
+    raise_if_transient(resp, what)
     return resp
 
 

@@ -99,10 +99,15 @@ class RegistrySource:
         return body.get("token") or body.get("access_token") or ""
 
 
-def _raise_for_status(resp: requests.Response, what: str) -> None:
+def raise_if_transient(resp: requests.Response, what: str) -> None:
+    """5xx and 429 are worth retrying later (SourceUnavailableError); every source uses this rule."""
     if resp.status_code >= 500 or resp.status_code == 429:
         resp.close()
-        raise SourceUnavailableError(f"{what}: registry answered {resp.status_code}")
+        raise SourceUnavailableError(f"{what} answered {resp.status_code}")
+
+
+def _raise_for_status(resp: requests.Response, what: str) -> None:
+    raise_if_transient(resp, f"{what}: registry")
     if resp.status_code >= 400:
         msg = _registry_message(resp)
         resp.close()
