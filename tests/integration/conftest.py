@@ -105,3 +105,12 @@ def tiny_model(oci, workdir) -> dict:
     """An Ollama-format model (valid GGUF + template/system/params/license) in the upstream registry."""
     gguf = write_llama_gguf(workdir / "tiny.gguf", name="tiny")
     return push_ollama_model(oci.url, "library/tiny", "latest", gguf_path=gguf)
+
+
+@pytest.fixture(scope="module")
+def mixed_cluster(cluster, tiny_model):
+    """A controller, two inference workers, a cloud worker and a data worker (which must never get model work)."""
+    cluster.start_controller()
+    for name, wtype in (("inf-a", "inference"), ("inf-b", "inference"), ("cloud-a", "cloud"), ("data-a", "data")):
+        cluster.start_worker(name, wtype)
+    return cluster

@@ -12,11 +12,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def live(cluster, tiny_model):
-    cluster.start_controller()
-    for name, wtype in (("inf-a", "inference"), ("inf-b", "inference"), ("cloud-a", "cloud"), ("data-a", "data")):
-        cluster.start_worker(name, wtype)
-    return cluster
+def live(mixed_cluster):
+    return mixed_cluster
 
 
 @pytest.fixture(scope="module")
