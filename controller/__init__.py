@@ -12,7 +12,7 @@ from controller import config as settings
 from controller.dispatch import create_producer
 from controller.errors import BadRequestError, ControllerError
 from eldric import __version__
-from registry.problems import error_response, register_error_handlers
+from eldric.web.problems import error_response, register_error_handlers
 
 
 def create_app(overrides: dict | None = None) -> Flask:

@@ -7,7 +7,7 @@ import requests
 
 from controller import cluster, inventory
 from controller.errors import NotFoundError, UnavailableError
-from registry.names import ModelName
+from eldric.core.names import ModelName
 
 
 def show_model(client: redis.Redis, name: ModelName, secret: str, timeout: float = 10.0) -> dict:

@@ -7,8 +7,8 @@ import time
 
 import redis
 
-from eldric import keys
-from eldric.queues import is_model_serving
+from eldric.cluster import keys
+from eldric.cluster.queues import is_model_serving
 
 
 def _worker_view(record: dict, alive: bool, models: int) -> dict:

@@ -7,8 +7,8 @@ import logging
 from celery import Celery
 from kombu.exceptions import OperationalError
 
-from eldric.celeryconf import celery_config
-from eldric.queues import worker_queue
+from eldric.cluster.celeryconf import celery_config
+from eldric.cluster.queues import worker_queue
 
 log = logging.getLogger(__name__)
 

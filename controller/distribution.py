@@ -11,11 +11,11 @@ from controller import cluster, inventory
 from controller.errors import BadRequestError, NotFoundError
 from controller.pulls import JobLimits, choose_targets, parse_model, start_job
 from controller.registry_client import RegistryClient, error_message
-from eldric.queues import TASK_DISTRIBUTE
-from registry.digests import is_digest
-from registry.errors import InvalidNameError
-from registry.names import split_reference
-from registry.urlfetch import is_http_url, redact
+from eldric.cluster.queues import TASK_DISTRIBUTE
+from eldric.core.digests import is_digest
+from eldric.core.errors import InvalidNameError
+from eldric.core.names import split_reference
+from eldric.transfer.urlfetch import is_http_url, redact
 
 SOURCES = ("registry", "worker", "url", "ollama")
 _FIELDS_OF = {"worker": ("worker",), "url": ("url", "token", "sha256", "filename")}

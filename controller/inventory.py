@@ -7,8 +7,8 @@ import json
 import redis
 
 from controller import cluster
-from eldric import keys
-from eldric.queues import is_model_serving
+from eldric.cluster import keys
+from eldric.cluster.queues import is_model_serving
 
 
 def _inventories(client: redis.Redis, worker_ids: list[str]) -> dict[str, dict[str, dict]]:

@@ -7,8 +7,9 @@ import time
 
 import redis
 
-from eldric import jobstate, keys
-from eldric.jobrecords import alive_flags, create_job, persist_if_unchanged  # noqa: F401 (create_job re-exported)
+from eldric.cluster import jobstate
+from eldric.cluster import keys
+from eldric.cluster.jobrecords import alive_flags, create_job, persist_if_unchanged  # noqa: F401 (create_job re-exported)
 
 
 def fail_worker(client: redis.Redis, job_id: str, worker_id: str, reason: str) -> None:

@@ -19,8 +19,10 @@ from flask import Flask, Response, current_app
 from prometheus_client import CollectorRegistry, exposition, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from eldric import jobstate, keys, pins
-from eldric.queues import MAINTENANCE_QUEUE, WORKER_TYPES, is_valid_worker_id, type_queue, worker_queue
+from eldric.cluster import jobstate
+from eldric.cluster import keys
+from eldric.cluster import pins
+from eldric.cluster.queues import MAINTENANCE_QUEUE, WORKER_TYPES, is_valid_worker_id, type_queue, worker_queue
 
 # The classic text format every Prometheus parses (newer clients default to version 1.0.0).
 CONTENT_TYPE = getattr(exposition, "CONTENT_TYPE_PLAIN_0_0_4", exposition.CONTENT_TYPE_LATEST)

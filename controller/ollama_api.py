@@ -20,7 +20,7 @@ from controller import agents, inventory, jobs, pulls
 from controller.errors import ControllerError, NotFoundError
 from controller.state import job_limits, producer, redis_client, stale_after
 from eldric import __version__
-from registry.formats import parameter_size_label
+from eldric.core.formats import parameter_size_label
 
 bp = Blueprint("ollama", __name__)
 POLL_SECONDS = 0.25

@@ -14,9 +14,9 @@ from controller import cluster
 from controller.distribution import resolve_registry_model
 from controller.errors import BadRequestError, NotFoundError
 from controller.registry_client import RegistryClient
-from eldric import pins
-from registry.errors import InvalidNameError
-from registry.names import ModelName
+from eldric.cluster import pins
+from eldric.core.errors import InvalidNameError
+from eldric.core.names import ModelName
 
 
 def canonical(model: str, field: str = "model") -> str:

@@ -9,10 +9,10 @@ from celery import Celery
 
 from controller import cluster, dispatch, inventory, jobs
 from controller.errors import BadRequestError, ConflictError, NotFoundError  # noqa: F401 (re-exported)
-from eldric import keys
-from eldric.queues import TASK_DELETE, TASK_PULL
-from registry.errors import InvalidNameError
-from registry.names import ModelName
+from eldric.cluster import keys
+from eldric.cluster.queues import TASK_DELETE, TASK_PULL
+from eldric.core.errors import InvalidNameError
+from eldric.core.names import ModelName
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import requests
 from flask import Response
 
 from controller.errors import UnavailableError
-from registry.client import http_session
+from eldric.client.registry import http_session
 
 BLOCK = 1 << 20
 REQUEST_HEADERS = ("Content-Type", "Content-Range", "Upload-Offset", "Range", "If-Range", "If-None-Match", "Accept")

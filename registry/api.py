@@ -11,15 +11,15 @@ from flask import Response, current_app, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from registry.file_responses import file_response
+from eldric.web.file_responses import file_response
 from registry.imports import Importer
-from registry.model_errors import BadRequestError, NotFoundError
-from registry.ranges import parse_content_range
-from registry.schemas import (DigestQuerySchema, DraftRequestSchema, FileSchema, ImportRequestSchema, ImportSchema,
+from eldric.core.model_errors import BadRequestError, NotFoundError
+from eldric.transfer.ranges import parse_content_range
+from eldric.cluster.registry_api import (DigestQuerySchema, DraftRequestSchema, FileSchema, ImportRequestSchema, ImportSchema,
                               ModelListSchema, ModelQuerySchema, ModelSchema, StorageSchema, TrainingRequestSchema,
                               UploadQuerySchema, UploadSessionRequestSchema, UploadSessionSchema)
 from registry.service import RegistryService
-from registry.views import API_PREFIX
+from eldric.cluster.registry_api import API_PREFIX
 
 blp = Blueprint("model_registry", __name__, url_prefix=API_PREFIX,
                 description="Models the cluster owns: upload, import, list, download, delete")

@@ -27,43 +27,21 @@ from urllib.parse import unquote, urlsplit
 import redis
 import requests
 
-from eldric import jobstate
-from registry.digests import Digest
-from registry.identifiers import validate_file_path
-from registry.jobprogress import JobProgress
-from registry.model_errors import (BadRequestError, ConflictError, ModelRegistryError, NotFoundError,
+from eldric.cluster import jobstate
+from eldric.core.digests import Digest
+from eldric.core.identifiers import validate_file_path
+from eldric.cluster.jobprogress import JobProgress
+from eldric.core.model_errors import (BadRequestError, ConflictError, ModelRegistryError, NotFoundError,
                                    UnavailableError)
 from registry.service import RegistryService
-from registry.urlfetch import is_http_url, FetchOptions, Partial, fetch, redact, source_kind
+from eldric.cluster.registry_api import parse_import_request
+from eldric.transfer.urlfetch import FetchOptions, Partial, fetch, redact
 from registry.views import iso_time
 
 log = logging.getLogger(__name__)
 
-MAX_FILES = 1000
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
-
-def parse_request(body: dict) -> tuple[dict, str | None]:
-    """(spec kept on disk, token kept in memory) of an import request; raise BadRequestError."""
-    files = body.get("files") or ([{"url": body["url"], "path": body.get("path"), "digest": body.get("digest")}]
-                                  if body.get("url") else [])
-    if not files or len(files) > MAX_FILES:
-        raise BadRequestError(f"give `url` or `files` (1 to {MAX_FILES} entries of url, path, digest)", "files")
-    clean, seen = [], set()
-    for entry in files:
-        url = entry.get("url") or ""
-        if not is_http_url(url):
-            raise BadRequestError(f"not an http(s) URL: {redact(url)!r}", "url")
-        path = validate_file_path(entry.get("path") or unquote(basename(urlsplit(url).path)), "path")
-        if path in seen:
-            raise BadRequestError(f"two files have the path {path!r}", "path")
-        seen.add(path)
-        digest = entry.get("digest")
-        clean.append({"url": url, "path": path, "digest": str(Digest.parse(digest)) if digest else None})
-    spec = {"name": body.get("name"), "version": body.get("version"), "format": body.get("format"),
-            "description": body.get("description"), "files": clean, "has_token": bool(body.get("token")),
-            "source": source_kind(clean[0]["url"])}
-    return spec, body.get("token") or None
 
 
 def import_view(record: dict) -> dict:
@@ -95,7 +73,7 @@ class Importer:
         return self
 
     def submit(self, body: dict) -> dict:
-        spec, token = parse_request(body)
+        spec, token = parse_import_request(body)
         # Fail on a bad name/version/format now, not minutes later in the job.
         self.service.check_draft(name=spec["name"], version=spec["version"], fmt=spec["format"], source="import")
         job_id = body.get("job_id") or uuid.uuid4().hex

@@ -19,11 +19,11 @@ from flask_smorest import Api
 from werkzeug.serving import WSGIRequestHandler, run_simple
 
 from eldric import __version__
-from registry.errors import DigestMismatchError, InvalidDigestError, InvalidNameError
+from eldric.core.errors import DigestMismatchError, InvalidDigestError, InvalidNameError
 from registry.imports import Importer
-from registry.jobprogress import Heartbeat
-from registry.model_errors import ModelRegistryError, RangeNotSatisfiableError
-from registry.problems import error_response, register_error_handlers
+from eldric.cluster.jobprogress import Heartbeat
+from eldric.core.model_errors import ModelRegistryError, RangeNotSatisfiableError
+from eldric.web.problems import error_response, register_error_handlers
 from registry.service import RegistryService
 
 log = logging.getLogger(__name__)

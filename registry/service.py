@@ -31,19 +31,19 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 from registry import views
-from registry.blobstore import BlobStore
+from eldric.core.blobstore import BlobStore
 from registry.catalog import DRAFT, READY, Catalog
-from registry.digests import Digest
-from registry.errors import DigestMismatchError
-from registry.formats import FORMATS, check_head, detect_format, inspect_file, model_details
-from registry.identifiers import validate_file_path, validate_model_name, validate_version
-from registry.model_errors import (BadRequestError, ConflictError, InsufficientStorageError, InvalidFormatError,
+from eldric.cluster.registry_api import SOURCES
+from eldric.core.digests import Digest
+from eldric.core.errors import DigestMismatchError
+from eldric.core.formats import FORMATS, check_head, detect_format, inspect_file, model_details
+from eldric.core.identifiers import validate_file_path, validate_model_name, validate_version
+from eldric.core.model_errors import (BadRequestError, ConflictError, InsufficientStorageError, InvalidFormatError,
                                    NotFoundError, TooLargeError)
 from registry.uploads import UploadSessions, copy_stream
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("upload", "training", "import")
 FINGERPRINT_FILE = ".eldric-fingerprint"
 EMPTY_DIGEST = Digest(hashlib.sha256(b"").hexdigest())
 

@@ -22,9 +22,9 @@ from typing import BinaryIO, Callable
 
 from werkzeug.exceptions import ClientDisconnected
 
-from registry.digests import Digest, sha256_of_file
-from registry.formats import HEAD_BYTES
-from registry.model_errors import (BadRequestError, ConflictError, NotFoundError, RangeNotSatisfiableError,
+from eldric.core.digests import Digest, sha256_of_file
+from eldric.core.formats import HEAD_BYTES
+from eldric.core.model_errors import (BadRequestError, ConflictError, NotFoundError, RangeNotSatisfiableError,
                                    TooLargeError)
 
 CHUNK = 1 << 20

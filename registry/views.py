@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
-from registry.digests import Digest
-from registry.model_errors import BadRequestError
+from eldric.core.digests import Digest
+from eldric.core.model_errors import BadRequestError
+from eldric.cluster.registry_api import API_PREFIX  # noqa: F401  (views build links with it)
 
-API_PREFIX = "/api/v1/model-registry"
 MAX_LINEAGE_BYTES = 16 << 10
 
 

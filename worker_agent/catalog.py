@@ -15,10 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from registry.errors import InvalidNameError
-from registry.blobstore import BlobStore
-from registry.digests import Digest
-from registry.names import split_reference
+from eldric.core.errors import InvalidNameError
+from eldric.core.blobstore import BlobStore
+from eldric.core.digests import Digest
+from eldric.core.names import split_reference
 
 ENTRY_SUFFIX = ".json"
 

@@ -2,7 +2,7 @@
 
 from celery import Celery
 
-from eldric.celeryconf import celery_config
+from eldric.cluster.celeryconf import celery_config
 
 app = Celery("eldric", include=["worker_agent.tasks"])
 

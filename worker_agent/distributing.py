@@ -7,11 +7,11 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from eldric import keys
-from registry.digests import Digest
-from registry.names import ModelName
-from registry.names import split_reference
-from worker_agent.download import download_blob, ensure_space
+from eldric.cluster import keys
+from eldric.core.digests import Digest
+from eldric.core.names import ModelName
+from eldric.core.names import split_reference
+from eldric.transfer.download import download_blob, ensure_space
 from worker_agent.errors import SourceError
 from worker_agent.file_sources import DataRegistrySource, HttpFileSource, PeerSource, RemoteFile, redact_url
 from worker_agent.installing import install_entry

@@ -1,22 +1,12 @@
 """The agent's one base error and its kinds; only SourceUnavailableError is retried."""
 
-from registry.errors import DigestMismatchError  # noqa: F401  (re-exported: the agent raises it too)
+from eldric.core.errors import DigestMismatchError, EldricError  # noqa: F401  (re-exported: the agent raises it too)
+from eldric.transfer.errors import (InsufficientSpaceError, ModelNotFoundError, SourceError,  # noqa: F401
+                                    SourceUnavailableError)
 
 
-class AgentError(Exception):
+class AgentError(EldricError):
     """Base of every error the agent raises on purpose."""
-
-
-class SourceUnavailableError(AgentError):
-    """The source could not be reached or answered 5xx: transient, retried with backoff."""
-
-
-class ModelNotFoundError(AgentError):
-    """The source has no such model or tag."""
-
-
-class SourceError(AgentError):
-    """The source answered, but with something unusable (4xx, bad manifest)."""
 
 
 class NotEligibleError(AgentError):
@@ -29,7 +19,3 @@ class JobExpiredError(AgentError):
 
 class SettingsError(AgentError, ValueError):
     """A bad configuration value, reported at start-up."""
-
-
-class InsufficientSpaceError(AgentError):
-    """The node lacks the disk space the model needs: refused before the first byte is fetched."""

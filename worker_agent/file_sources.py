@@ -14,12 +14,12 @@ from urllib.parse import quote
 
 import requests
 
-from registry.digests import Digest
-from registry.errors import InvalidManifestError
-from registry.manifests import Manifest
-from registry.names import ModelName
-from registry.urlfetch import redact as redact_url
-from worker_agent.download import RangeOpener
+from eldric.core.digests import Digest
+from eldric.core.errors import InvalidManifestError
+from eldric.core.manifests import Manifest
+from eldric.core.names import ModelName
+from eldric.transfer.urlfetch import redact as redact_url
+from eldric.transfer.download import RangeOpener
 from worker_agent.errors import ModelNotFoundError, SourceError, SourceUnavailableError
 from worker_agent.sources import CONNECT_TIMEOUT, raise_if_transient
 

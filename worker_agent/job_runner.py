@@ -7,10 +7,11 @@ import time
 import uuid
 from typing import Callable
 
-from eldric import jobstate, keys
-from eldric.queues import is_model_serving
-from registry.digests import Digest
-from registry.names import ModelName
+from eldric.cluster import jobstate
+from eldric.cluster import keys
+from eldric.cluster.queues import is_model_serving
+from eldric.core.digests import Digest
+from eldric.core.names import ModelName
 from worker_agent.distributing import distribute, pull_from_ollama
 from worker_agent.installing import uninstall_entry
 from worker_agent import membership

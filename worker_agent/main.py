@@ -11,7 +11,7 @@ import time
 import redis
 
 from eldric import logging_setup
-from eldric.queues import TASK_FOR_JOB_KIND, TASK_PULL, queues_for, worker_queue
+from eldric.cluster.queues import TASK_FOR_JOB_KIND, TASK_PULL, queues_for, worker_queue
 from worker_agent import celery_app, installers, job_runner, membership, runtime
 from worker_agent.catalog import Catalog
 from worker_agent.ollama_store import OllamaStore

@@ -21,13 +21,13 @@ from contextlib import contextmanager
 import redis
 from kombu.exceptions import OperationalError
 
-from eldric import keys, pins
-from eldric.jobrecords import Reaped, create_job
-from eldric.jobrecords import reap_stale_jobs as reap_records
-from eldric.queues import TASK_DISTRIBUTE, TASK_INVENTORY_SYNC, TASK_PULL, worker_queue
-from registry.errors import RegistryError
-from registry.names import ModelName
-from worker_agent.errors import AgentError
+from eldric.cluster import keys
+from eldric.cluster import pins
+from eldric.cluster.jobrecords import Reaped, create_job
+from eldric.cluster.jobrecords import reap_stale_jobs as reap_records
+from eldric.cluster.queues import TASK_DISTRIBUTE, TASK_INVENTORY_SYNC, TASK_PULL, worker_queue
+from eldric.core.errors import EldricError
+from eldric.core.names import ModelName
 from worker_agent.progress import mark_failed
 from worker_agent.sources import BlobSource
 
@@ -145,7 +145,7 @@ def check_pin_updates(client: redis.Redis, send: Send, source_for: Callable[[Mod
         name = ModelName.parse(pin.model)
         try:
             digest = upstream_digest(source_for(name), name)
-        except (AgentError, RegistryError) as exc:
+        except EldricError as exc:
             log.warning("pin %s: update check failed: %s", pin.model, exc)
             pins.record_check(client, pin.model, digest=None, error=str(exc))
             checked[pin.model] = None

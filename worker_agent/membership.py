@@ -11,7 +11,7 @@ from pathlib import Path
 
 import redis
 
-from eldric import keys
+from eldric.cluster import keys
 
 log = logging.getLogger(__name__)
 

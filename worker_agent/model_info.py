@@ -7,11 +7,10 @@ from datetime import datetime, timezone
 
 from pathlib import Path
 
-from registry import manifests as mt
-from registry.errors import RegistryError
-from registry.formats import gguf_info, parameter_size_label
-from registry.names import ModelName
-from worker_agent.errors import AgentError
+from eldric.core import manifests as mt
+from eldric.core.errors import EldricError
+from eldric.core.formats import gguf_info, parameter_size_label
+from eldric.core.names import ModelName
 from worker_agent.installers import LocalModel
 from worker_agent.installers.ollama import create_request, render_modelfile
 from worker_agent.ollama_store import OllamaStore
@@ -35,7 +34,7 @@ def show_file_model(entry: dict, files: dict[str, Path]) -> dict:
                                       digests={f["path"]: f["sha256"] for f in entry.get("files", [])})
         request = create_request(model)
         info = model.gguf_info()
-    except (AgentError, RegistryError, ValueError, OSError):
+    except (EldricError, ValueError, OSError):
         return answer
     params = request.get("parameters") or {}
     arch = info.get("architecture") or ""
@@ -99,7 +98,7 @@ def _model_info(store: OllamaStore, layer: mt.Layer | None) -> dict:
         return {}
     try:
         info = gguf_info("model.gguf", store.blobs.path(layer.digest))
-    except (RegistryError, ValueError, OSError):
+    except (EldricError, ValueError, OSError):
         return {}
     arch = info.get("architecture") or ""
     out = {"general.architecture": arch, "general.parameter_count": info.get("parameter_count"),

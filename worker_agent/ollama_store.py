@@ -12,10 +12,10 @@ import json
 import os
 from pathlib import Path
 
-from registry.atomicfile import write_atomically
-from registry.blobstore import BlobStore
-from registry.manifests import Manifest
-from registry.names import ModelName
+from eldric.core.atomicfile import write_atomically
+from eldric.core.blobstore import BlobStore
+from eldric.core.manifests import Manifest
+from eldric.core.names import ModelName
 
 
 class OllamaStore:

@@ -14,7 +14,8 @@ from typing import Callable
 
 import redis
 
-from eldric import jobstate, keys
+from eldric.cluster import jobstate
+from eldric.cluster import keys
 
 
 class Progress:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from registry.names import ModelName
-from worker_agent.download import DownloadOptions, download_blob, ensure_space
+from eldric.core.names import ModelName
+from eldric.transfer.download import DownloadOptions, download_blob, ensure_space
 from worker_agent.ollama_store import OllamaStore
 from worker_agent.progress import Progress
 from worker_agent.sources import BlobSource

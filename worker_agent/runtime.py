@@ -11,7 +11,7 @@ from worker_agent.catalog import Catalog
 
 if TYPE_CHECKING:
     import redis
-from worker_agent.download import DownloadOptions
+from eldric.transfer.download import DownloadOptions
 from worker_agent.ollama_store import OllamaStore
 from worker_agent.settings import AgentSettings
 

@@ -9,12 +9,12 @@ import redis
 from flask import Flask, jsonify, request
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from registry.digests import Digest
-from registry.errors import InvalidDigestError, InvalidNameError
-from registry.file_responses import file_response
-from registry.problems import error_response, register_error_handlers
-from registry.ranges import RangeNotSatisfiableError
-from registry.names import ModelName
+from eldric.core.digests import Digest
+from eldric.core.errors import InvalidDigestError, InvalidNameError
+from eldric.web.file_responses import file_response
+from eldric.web.problems import error_response, register_error_handlers
+from eldric.transfer.ranges import RangeNotSatisfiableError
+from eldric.core.names import ModelName
 from worker_agent.catalog import entry_files
 from worker_agent.model_info import show_file_model, show_model
 from worker_agent.runtime import Agent

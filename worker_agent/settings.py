@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from eldric.queues import WORKER_PORTS, is_valid_worker_id
+from eldric.cluster.queues import WORKER_PORTS, is_valid_worker_id
 from worker_agent.errors import SettingsError
 
 DEFAULT_OLLAMA_REGISTRY = "https://registry.ollama.ai"

@@ -12,10 +12,10 @@ from typing import Protocol
 
 import requests
 
-from registry.digests import Digest
-from registry.errors import InvalidManifestError
-from registry.manifests import MANIFEST_V2, OCI_MANIFEST, Manifest
-from registry.names import ModelName
+from eldric.core.digests import Digest
+from eldric.core.errors import InvalidManifestError
+from eldric.core.manifests import MANIFEST_V2, OCI_MANIFEST, Manifest
+from eldric.core.names import ModelName
 from worker_agent.errors import ModelNotFoundError, SourceError, SourceUnavailableError
 
 CONNECT_TIMEOUT = 10.0

@@ -6,21 +6,21 @@ import logging
 
 from celery import Task
 
-from eldric import keys
-from eldric.queues import TASK_DELETE, TASK_DISTRIBUTE, TASK_INVENTORY_SYNC, TASK_PULL
+from eldric.cluster import keys
+from eldric.cluster.queues import TASK_DELETE, TASK_DISTRIBUTE, TASK_INVENTORY_SYNC, TASK_PULL
 from worker_agent import job_runner, runtime
 from worker_agent.celery_app import app
-from worker_agent.errors import AgentError, SourceUnavailableError
+from worker_agent.errors import SourceUnavailableError
 from worker_agent.installers import BackendUnavailableError
 from worker_agent.progress import mark_failed, mark_retrying
-from registry.errors import RegistryError
+from eldric.core.errors import EldricError
 
 log = logging.getLogger(__name__)
 
 
 def describe_failure(exc: BaseException) -> str:
     """The reason an operator reads; our own errors speak for themselves, bugs are labelled."""
-    if isinstance(exc, (AgentError, RegistryError)):
+    if isinstance(exc, EldricError):
         return str(exc)
     return f"internal error ({type(exc).__name__}): {exc}"
 
@@ -36,7 +36,7 @@ class JobTask(Task):
 
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
         agent = runtime.current()
-        if not isinstance(exc, (AgentError, RegistryError)):
+        if not isinstance(exc, EldricError):
             log.error("task %s failed unexpectedly", task_id, exc_info=exc)
         mark_failed(agent.redis, args[0], agent.worker_id, describe_failure(exc))
         agent.redis.srem(keys.worker_jobs(agent.worker_id), args[0])
@@ -73,13 +73,13 @@ def inventory_sync() -> dict:
     return {"models": len(models)}
 
 
-# --- Scheduled work: beat enqueues these on the shared maintenance queue (eldric/schedules.py);
+# --- Scheduled work: beat enqueues these on the shared maintenance queue (eldric/cluster/schedules.py);
 # every agent consumes it, so one live agent runs each message. Bodies: worker_agent/maintenance.py.
 
 from celery.signals import celeryd_after_setup  # noqa: E402
 
 from eldric import logging_setup  # noqa: E402
-from eldric.queues import (  # noqa: E402
+from eldric.cluster.queues import (  # noqa: E402
     MAINTENANCE_QUEUE, TASK_INVENTORY_SYNC_ALL, TASK_PINS_CHECK_UPDATES, TASK_PINS_RECONCILE, TASK_REAP_STALE_JOBS,
 )
 from worker_agent import maintenance  # noqa: E402

@@ -32,7 +32,8 @@ from marshmallow import Schema, fields, validate
 from controller import jobs
 from controller.errors import NotFoundError
 from controller.state import redis_client, stale_after
-from eldric import jobstate, keys
+from eldric.cluster import jobstate
+from eldric.cluster import keys
 
 blp = Blueprint("pull_job_events", __name__, url_prefix="/api/v1/models",
                 description="Live progress of pull and distribute jobs (server-sent events)")

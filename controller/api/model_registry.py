@@ -20,17 +20,15 @@ from controller.errors import BadRequestError, ConflictError
 from controller.registry_client import RegistryClient, error_message, to_flask
 from controller.schemas import JobSchema
 from controller.state import registry_client, redis_client, stale_after
-from eldric import jobstate
-from registry.errors import RegistryError
-from registry.identifiers import validate_model_name, validate_version
-from registry.imports import parse_request
-from registry.jobprogress import WORKER_ID
-from registry.model_errors import ModelRegistryError
-from registry.schemas import (DigestQuerySchema, DraftRequestSchema, FileSchema, ImportRequestSchema, ImportSchema,
+from eldric.cluster import jobstate
+from eldric.core.errors import EldricError
+from eldric.core.identifiers import validate_model_name, validate_version
+from eldric.cluster.jobprogress import WORKER_ID
+from eldric.core.model_errors import ModelRegistryError
+from eldric.cluster.registry_api import (API_PREFIX, parse_import_request, DigestQuerySchema, DraftRequestSchema, FileSchema, ImportRequestSchema, ImportSchema,
                               ModelListSchema, ModelQuerySchema, ModelSchema, StorageSchema, TrainingRequestSchema,
                               UploadQuerySchema, UploadSessionRequestSchema, UploadSessionSchema)
-from registry.urlfetch import redact
-from registry.views import API_PREFIX
+from eldric.transfer.urlfetch import redact
 
 blp = Blueprint("model_registry", __name__, url_prefix=API_PREFIX,
                 description="The cluster's own models on the data worker: upload, import, list, download, delete")
@@ -80,11 +78,11 @@ def start_import(client: redis.Redis, registry: RegistryClient, body: dict, raw:
                  deadline_seconds: float) -> str:
     """Record an import job (target "registry") and hand it to the registry; return the job id."""
     try:
-        spec, _token = parse_request(body)
+        spec, _token = parse_import_request(body)
         validate_model_name(body["name"])
         if body.get("version"):
             validate_version(body["version"])
-    except (ModelRegistryError, RegistryError) as exc:
+    except (ModelRegistryError, EldricError) as exc:
         raise BadRequestError(str(exc), getattr(exc, "field", None)) from None
     options = {"name": spec["name"], "version": spec["version"], "format": spec["format"],
                "files": [{"url": redact(f["url"]), "path": f["path"]} for f in spec["files"]]}

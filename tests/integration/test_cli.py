@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from eldric.client_cli import Api, ResumableUpload
+from eldric.client.cli import Api, ResumableUpload
 from tests.support.fake_backends import FakeOllama
 from tests.support.gguf_models import write_llama_gguf
 from tests.support.processes import Service, eldric, free_port, wait_until

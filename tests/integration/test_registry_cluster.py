@@ -12,8 +12,9 @@ import pytest
 import redis as redis_lib
 
 from controller import jobs
-from eldric import jobstate, keys
-from registry.client import ModelRegistryClient
+from eldric.cluster import jobstate
+from eldric.cluster import keys
+from eldric.client.registry import ModelRegistryClient
 from tests.support.file_server import FileServer
 from tests.support.gguf_models import write_llama_gguf
 from tests.support.processes import Service, eldric, free_port, session, wait_until

@@ -15,7 +15,7 @@ import pytest
 import requests
 from safetensors.numpy import save_file
 
-from registry.client import ModelRegistryClient
+from eldric.client.registry import ModelRegistryClient
 from tests.support.gguf_models import write_llama_gguf
 from tests.support.processes import Service, eldric, free_port, session, wait_until
 

@@ -266,7 +266,7 @@ class FakeOllama(_FakeServer):
         return 200, b"".join(json.dumps({"status": s}).encode() + b"\n" for s in statuses)
 
     def _architecture(self, files: dict) -> str:
-        from registry.formats import gguf_info  # a real GGUF reader: the fake reports what Ollama would
+        from eldric.core.formats import gguf_info  # a real GGUF reader: the fake reports what Ollama would
         for filename, digest in files.items():
             if filename.endswith(".gguf"):
                 try:

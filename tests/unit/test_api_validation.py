@@ -8,7 +8,8 @@ import redis
 from kombu.exceptions import OperationalError
 
 from controller import create_app
-from eldric import jobstate, keys
+from eldric.cluster import jobstate
+from eldric.cluster import keys
 from worker_agent import membership
 
 CLOSED_PORT_URL = "redis://127.0.0.1:1/0"

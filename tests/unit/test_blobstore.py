@@ -1,4 +1,4 @@
-"""registry.blobstore: content-addressed files that are never visible half-written."""
+"""eldric.core.blobstore: content-addressed files that are never visible half-written."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import stat
 
 import pytest
 
-from registry.blobstore import BlobStore
-from registry.digests import Digest
-from registry.errors import DigestMismatchError
+from eldric.core.blobstore import BlobStore
+from eldric.core.digests import Digest
+from eldric.core.errors import DigestMismatchError
 
 DATA = b"some model weights " * 1000
 

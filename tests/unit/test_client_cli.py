@@ -12,8 +12,8 @@ import pytest
 import requests
 from rich.console import Console
 
-from eldric import client_cli
-from eldric.client_cli import (REGISTRY, ClientError, JobTracker, ResumableUpload, WorkerBars, default_name,
+from eldric.client import cli as client_cli
+from eldric.client.cli import (REGISTRY, ClientError, JobTracker, ResumableUpload, WorkerBars, default_name,
                                error_message, follow_job, parse_source, parse_sse, split_list)
 from eldric.cli import build_parser
 

@@ -9,7 +9,7 @@ import fakeredis
 import pytest
 
 from controller.cluster import get_worker, is_alive, list_workers, select_targets, worker_models
-from eldric import keys
+from eldric.cluster import keys
 from worker_agent import membership
 
 

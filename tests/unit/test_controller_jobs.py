@@ -9,7 +9,8 @@ import fakeredis
 import pytest
 
 from controller.jobs import create_job, fail_worker, get_job, list_jobs, prune_jobs
-from eldric import jobstate, keys
+from eldric.cluster import jobstate
+from eldric.cluster import keys
 
 NOW = 1_700_000_000.0
 STALE = 120.0

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from eldric import cli
-from eldric.queues import WORKER_PORTS, WORKER_TYPES
+from eldric.cluster.queues import WORKER_PORTS, WORKER_TYPES
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -48,6 +48,15 @@ def eldric_args(argv: list[str]):
     """Parse an `eldric ...` command line with our own CLI; fails the test if it would not start."""
     assert Path(argv[0]).name == "eldric", argv
     return cli.build_parser().parse_args(argv[1:])
+
+
+ENTRY = {"beat": "eldric.cli._beat", "flower": "eldric.cli._flower", "registry": "registry.cli.run",
+         "controller": "controller.cli.run", "worker": "worker_agent.cli.run"}
+
+
+def entry(args) -> str:
+    """Which function an `eldric ...` command line would run."""
+    return f"{args.func.__module__}.{args.func.__name__}"
 
 
 def flag(argv: list[str], name: str) -> str | None:
@@ -124,7 +133,7 @@ def test_systemd_units_parse_and_run_our_commands(unit):
         assert "/etc/eldric/worker-%i.env" in sections["Service"]["EnvironmentFile"]
         return
     args = eldric_args(argv)
-    assert args.func.__name__ == f"_{role}"
+    assert entry(args) == ENTRY[role]
     if role == "flower":
         assert args.port == FLOWER_PORT == cli.build_parser().parse_args(["flower"]).port
     if role == "registry":
@@ -186,7 +195,7 @@ def test_compose_runs_every_role_with_commands_our_cli_accepts(compose):
     services = compose["services"]
     assert {"redis", "controller", "beat", "flower", "registry", "worker-inference", "worker-data"} <= set(services)
     check_gunicorn(services["controller"]["command"], DEPLOY)
-    assert eldric_args(services["beat"]["command"]).func.__name__ == "_beat"
+    assert entry(eldric_args(services["beat"]["command"])) == ENTRY["beat"]
     assert eldric_args(services["flower"]["command"]).port == FLOWER_PORT
     assert eldric_args(services["registry"]["command"]).port == REGISTRY_PORT
     assert services["controller"]["ports"] == [f"{CONTROLLER_PORT}:{CONTROLLER_PORT}"]
@@ -262,7 +271,7 @@ def test_kubernetes_commands_and_ports(k8s):
     env = {e["name"]: e.get("value") for e in agent["env"]}
     assert env["ELDRIC_AGENT_ADVERTISE_URL"] == f"http://$(POD_IP):{WORKER_PORTS['inference']}"
 
-    assert eldric_args(container(k8s[("Deployment", "eldric-beat")])["command"]).func.__name__ == "_beat"
+    assert entry(eldric_args(container(k8s[("Deployment", "eldric-beat")])["command"])) == ENTRY["beat"]
     flower = container(k8s[("Deployment", "eldric-flower")])
     assert eldric_args(flower["command"]).port == flower["ports"][0]["containerPort"] == FLOWER_PORT
     assert container(k8s[("StatefulSet", "redis")])["ports"][0]["containerPort"] == REDIS_PORT
@@ -315,5 +324,5 @@ def test_deploy_files_only_set_variables_our_code_reads():
 
 def test_procfile_runs_beat_and_flower():
     procs = dict(line.split(": ", 1) for line in (ROOT / "Procfile").read_text().splitlines() if ": " in line)
-    assert eldric_args(shlex.split(procs["beat"])).func.__name__ == "_beat"
+    assert entry(eldric_args(shlex.split(procs["beat"]))) == ENTRY["beat"]
     assert eldric_args(shlex.split(procs["flower"])).port == FLOWER_PORT

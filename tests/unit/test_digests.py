@@ -1,4 +1,4 @@
-"""registry.digests: the sha256 value type, its validation and streaming hashing."""
+"""eldric.core.digests: the sha256 value type, its validation and streaming hashing."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import io
 
 import pytest
 
-from registry.digests import Digest, is_digest, sha256_of_file
-from registry.errors import InvalidDigestError
+from eldric.core.digests import Digest, is_digest, sha256_of_file
+from eldric.core.errors import InvalidDigestError
 
 HEX = hashlib.sha256(b"hello").hexdigest()
 

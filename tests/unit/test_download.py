@@ -1,4 +1,4 @@
-"""worker_agent.download: ranged parallel download of one blob, verified, atomic and resumable.
+"""eldric.transfer.download: ranged parallel download of one blob, verified, atomic and resumable.
 
 The source is an in-memory fake of `open_range(start, end, timeout)` whose responses behave
 like a streaming `requests.Response` (context manager, `status_code`, `iter_content(n)` and
@@ -17,10 +17,10 @@ import pytest
 import requests
 import urllib3
 
-from registry.blobstore import BlobStore
-from registry.digests import Digest
-from registry.errors import DigestMismatchError
-from worker_agent.download import DownloadOptions, download_blob, plan_parts
+from eldric.core.blobstore import BlobStore
+from eldric.core.digests import Digest
+from eldric.core.errors import DigestMismatchError
+from eldric.transfer.download import DownloadOptions, download_blob, plan_parts
 from worker_agent.errors import SourceError, SourceUnavailableError
 
 DATA = bytes((i * 31 + 7) % 251 for i in range(10_000))
@@ -445,7 +445,7 @@ def test_real_connection_failures_are_transient(store, partial, error):
 
 
 def test_ensure_space_refuses_what_does_not_fit(tmp_path):
-    from worker_agent.download import ensure_space
+    from eldric.transfer.download import ensure_space
     from worker_agent.errors import InsufficientSpaceError
     ensure_space(tmp_path, 1, "tiny", reserve=0)
     with pytest.raises(InsufficientSpaceError, match="not enough disk space for huge"):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from registry.errors import DigestMismatchError
+from eldric.core.errors import DigestMismatchError
 from tests.support.gguf_models import write_llama_gguf
 from worker_agent.installers import (BackendConfig, InvalidModelError, LocalModel, MissingFilesError,
                                      UnsupportedModelError, install, model_slug, uninstall)

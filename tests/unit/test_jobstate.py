@@ -1,11 +1,11 @@
-"""eldric.jobstate: per-worker records, the derived `offline`/reaped states, and job state."""
+"""eldric.cluster.jobstate: per-worker records, the derived `offline`/reaped states, and job state."""
 
 from __future__ import annotations
 
 import pytest
 
-from eldric import jobstate
-from eldric.jobstate import (
+from eldric.cluster import jobstate
+from eldric.cluster.jobstate import (
     COMPLETED,
     FAILED,
     JOB_COMPLETED,

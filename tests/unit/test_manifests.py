@@ -1,4 +1,4 @@
-"""registry.manifests: parsing and validating the schema-2 manifests Ollama's registry serves."""
+"""eldric.core.manifests: parsing and validating the schema-2 manifests Ollama's registry serves."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from registry.digests import Digest
-from registry.errors import InvalidManifestError
-from registry.manifests import (
+from eldric.core.digests import Digest
+from eldric.core.errors import InvalidManifestError
+from eldric.core.manifests import (
     CONFIG,
     MANIFEST_V2,
     MAX_MANIFEST_BYTES,

@@ -1,11 +1,11 @@
-"""registry.names: Ollama's name grammar, its defaults, and the path tricks it must refuse."""
+"""eldric.core.names: Ollama's name grammar, its defaults, and the path tricks it must refuse."""
 
 from __future__ import annotations
 
 import pytest
 
-from registry.errors import InvalidNameError
-from registry.names import DEFAULT_HOST, DEFAULT_NAMESPACE, DEFAULT_TAG, MAX_NAME_LENGTH, ModelName
+from eldric.core.errors import InvalidNameError
+from eldric.core.names import DEFAULT_HOST, DEFAULT_NAMESPACE, DEFAULT_TAG, MAX_NAME_LENGTH, ModelName
 
 
 @pytest.mark.parametrize(

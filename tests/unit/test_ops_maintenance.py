@@ -10,9 +10,11 @@ import fakeredis
 import pytest
 from kombu.exceptions import OperationalError
 
-from eldric import jobstate, keys, pins
-from eldric.jobrecords import create_job
-from registry.names import ModelName
+from eldric.cluster import jobstate
+from eldric.cluster import keys
+from eldric.cluster import pins
+from eldric.cluster.jobrecords import create_job
+from eldric.core.names import ModelName
 from worker_agent import maintenance, membership
 from worker_agent.errors import SourceUnavailableError
 

@@ -11,8 +11,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controller import create_app
 from controller.metrics import read_snapshot, render, source_label
-from eldric import jobstate, keys, pins
-from eldric.jobrecords import create_job
+from eldric.cluster import jobstate
+from eldric.cluster import keys
+from eldric.cluster import pins
+from eldric.cluster.jobrecords import create_job
 from worker_agent import membership
 
 

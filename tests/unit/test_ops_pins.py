@@ -6,8 +6,8 @@ import fakeredis
 import pytest
 
 from controller import create_app
-from eldric import pins
-from eldric.pins import Pin, WorkerFacts
+from eldric.cluster import pins
+from eldric.cluster.pins import Pin, WorkerFacts
 from worker_agent import membership
 
 NOW = 1_000_000.0

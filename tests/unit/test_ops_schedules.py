@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from eldric import cli
-from eldric.queues import MAINTENANCE_QUEUE
-from eldric.schedules import REDBEAT_PREFIX, ScheduleSettings, beat_config, beat_schedule
+from eldric.cluster.queues import MAINTENANCE_QUEUE
+from eldric.cluster.schedules import REDBEAT_PREFIX, ScheduleSettings, beat_config, beat_schedule
 
 
 def test_defaults_schedule_every_job_on_the_maintenance_queue():

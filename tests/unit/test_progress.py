@@ -7,7 +7,8 @@ import json
 import fakeredis
 import pytest
 
-from eldric import jobstate, keys
+from eldric.cluster import jobstate
+from eldric.cluster import keys
 from worker_agent.progress import Progress, mark_failed, mark_retrying
 
 JOB, WORKER = "job1", "gpu1"

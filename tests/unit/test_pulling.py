@@ -9,12 +9,13 @@ import threading
 import fakeredis
 import pytest
 
-from eldric import jobstate, keys
-from registry.digests import Digest
-from registry.errors import DigestMismatchError
-from registry.manifests import CONFIG, MANIFEST_V2, OLLAMA_LICENSE, OLLAMA_MODEL, OLLAMA_TEMPLATE, Manifest
-from registry.names import ModelName
-from worker_agent.download import DownloadOptions
+from eldric.cluster import jobstate
+from eldric.cluster import keys
+from eldric.core.digests import Digest
+from eldric.core.errors import DigestMismatchError
+from eldric.core.manifests import CONFIG, MANIFEST_V2, OLLAMA_LICENSE, OLLAMA_MODEL, OLLAMA_TEMPLATE, Manifest
+from eldric.core.names import ModelName
+from eldric.transfer.download import DownloadOptions
 from worker_agent.errors import SourceError
 from worker_agent.ollama_store import OllamaStore
 from worker_agent.progress import Progress

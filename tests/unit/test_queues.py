@@ -1,11 +1,11 @@
-"""eldric.queues: the worker types, queue names and task names controller and agents share."""
+"""eldric.cluster.queues: the worker types, queue names and task names controller and agents share."""
 
 from __future__ import annotations
 
 import pytest
 
-from eldric import queues
-from eldric.queues import (
+from eldric.cluster import queues
+from eldric.cluster.queues import (
     MODEL_SERVING_TYPES,
     WORKER_PORTS,
     WORKER_TYPES,

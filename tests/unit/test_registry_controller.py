@@ -20,8 +20,9 @@ from controller import create_app, jobs
 from controller.api.model_registry import active_distributions, start_import
 from controller.errors import BadRequestError
 from controller.registry_client import RegistryClient
-from eldric import jobstate, keys
-from registry.client import http_session
+from eldric.cluster import jobstate
+from eldric.cluster import keys
+from eldric.client.registry import http_session
 from registry.server import RegistrySettings, create_registry_app
 from tests.support.gguf_models import write_llama_gguf
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from registry.formats import check_head, detect_format, inspect_file, model_details
-from registry.ggufheader import read_header
-from registry.model_errors import InvalidFormatError
+from eldric.core.formats import check_head, detect_format, inspect_file, model_details
+from eldric.core.ggufheader import read_header
+from eldric.core.model_errors import InvalidFormatError
 from tests.support.gguf_models import DEFAULT_CHAT_TEMPLATE, write_llama_gguf
 
 

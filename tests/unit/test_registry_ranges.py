@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from registry.model_errors import RangeNotSatisfiableError
-from registry.ranges import ByteRange, parse_content_range, parse_range
+from eldric.core.model_errors import RangeNotSatisfiableError
+from eldric.transfer.ranges import ByteRange, parse_content_range, parse_range
 
 
 @pytest.mark.parametrize("header, size, expected", [

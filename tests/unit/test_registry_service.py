@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from registry.errors import DigestMismatchError
-from registry.model_errors import (BadRequestError, ConflictError, InvalidFormatError, InvalidPathError,
+from eldric.core.errors import DigestMismatchError
+from eldric.core.model_errors import (BadRequestError, ConflictError, InvalidFormatError, InvalidPathError,
                                    NotFoundError, RangeNotSatisfiableError, TooLargeError)
 from registry.service import RegistryService
 from tests.support.gguf_models import write_llama_gguf

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import urllib3
 
-from registry.model_errors import ImportFailedError, TooLargeError
-from registry.urlfetch import FetchOptions, Partial, fetch, redact, source_kind
+from eldric.core.model_errors import ImportFailedError, TooLargeError
+from eldric.transfer.urlfetch import FetchOptions, Partial, fetch, redact, source_kind
 
 DATA = bytes(range(256)) * 40  # 10240 bytes
 
@@ -150,11 +150,11 @@ def test_redact_drops_credentials_and_signatures() -> None:
     (None, False),
 ])
 def test_is_http_url(url, ok):
-    from registry.urlfetch import is_http_url
+    from eldric.transfer.urlfetch import is_http_url
     assert is_http_url(url) is ok
 
 
 def test_redact_survives_malformed_urls():
-    from registry.urlfetch import redact
+    from eldric.transfer.urlfetch import redact
     assert redact("http://[::1/x") == "(malformed URL)"
     assert redact("https://u:p@h:8443/a/b?sig=1") == "https://h:8443/a/b"

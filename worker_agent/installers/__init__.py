@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Protocol
 
-from registry.digests import Digest
-from registry.errors import InvalidNameError
-from registry.formats import detect_format, gguf_info
-from registry.identifiers import validate_file_path
-from registry.model_errors import ModelRegistryError
-from registry.names import DEFAULT_HOST, DEFAULT_NAMESPACE, DEFAULT_TAG, ModelName
+from eldric.core.digests import Digest
+from eldric.core.errors import InvalidNameError
+from eldric.core.formats import detect_format, gguf_info
+from eldric.core.identifiers import validate_file_path
+from eldric.core.model_errors import ModelRegistryError
+from eldric.core.names import DEFAULT_HOST, DEFAULT_NAMESPACE, DEFAULT_TAG, ModelName
 from worker_agent.errors import AgentError
 from worker_agent.installers.staging import FileSpec, Placement, sha256_file
 

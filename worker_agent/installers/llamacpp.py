@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from registry.formats import gguf_info
-from registry.model_errors import ModelRegistryError
+from eldric.core.formats import gguf_info
+from eldric.core.model_errors import ModelRegistryError
 from worker_agent.installers import (BackendConfig, InstallError, InstallResult, InvalidModelError, LocalModel,
                                      UnsupportedModelError, file_specs, model_slug, placed)
 from worker_agent.installers.staging import place_dir, place_file, remove_entry

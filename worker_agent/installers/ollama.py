@@ -23,8 +23,8 @@ import httpx
 import ollama
 import requests
 
-from registry.names import ModelName
-from registry.atomicfile import write_atomically
+from eldric.core.names import ModelName
+from eldric.core.atomicfile import write_atomically
 from worker_agent.installers import (BackendConfig, BackendError, BackendUnavailableError, InstallResult,
                                      LocalModel, UnsupportedModelError, model_slug)
 from worker_agent.installers.chat_templates import TemplateChoice, choose_template

@@ -24,8 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from registry.errors import DigestMismatchError
-from registry.atomicfile import write_atomically
+from eldric.core.errors import DigestMismatchError
+from eldric.core.atomicfile import write_atomically
 
 RECORD = ".eldric-install.json"
 FILE_RECORDS = ".eldric-installs"

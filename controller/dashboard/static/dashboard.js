@@ -220,7 +220,7 @@
     }
   }
 
-  // The job's state from its workers' states, as the controller derives it (eldric/jobstate.py).
+  // The job's state from its workers' states, as the controller derives it (eldric/cluster/jobstate.py).
   function jobState(records) {
     const states = records.map((r) => r.state);
     if (!states.length || states.every((st) => st === "pending" || st === "offline")) return "pending";

@@ -7,7 +7,7 @@ from typing import BinaryIO, Iterator
 
 from flask import Request, Response
 
-from registry.ranges import parse_range
+from eldric.transfer.ranges import parse_range
 
 CHUNK = 1 << 20
 

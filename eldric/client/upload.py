@@ -10,7 +10,7 @@ from typing import BinaryIO, Callable
 
 import requests
 
-from eldric.client_api import REGISTRY, ClientError
+from eldric.client.api import REGISTRY, ClientError
 
 
 class _Chunk:

@@ -31,7 +31,7 @@ TASK_INVENTORY_SYNC = "inventory.sync"
 # The task that carries out each kind of per-worker job (used to resume after a restart).
 TASK_FOR_JOB_KIND = {"pull": TASK_PULL, "distribute": TASK_DISTRIBUTE, "delete": TASK_DELETE}
 
-# Scheduled work (beat enqueues; see eldric/schedules.py). Every agent also consumes the
+# Scheduled work (beat enqueues; see eldric/cluster/schedules.py). Every agent also consumes the
 # shared maintenance queue, so any one live agent runs each message.
 MAINTENANCE_QUEUE = "maintenance"
 TASK_INVENTORY_SYNC_ALL = "inventory.sync_all"

@@ -5,7 +5,7 @@ The controller writes pins (`controller/pins.py`); the agents' scheduled work
 that lack a pinned model, or, with auto-update on, hold an older digest than the
 one the upstream tag now points at.
 
-Redis keys (to be listed with the others in `eldric/keys.py`):
+Redis keys (to be listed with the others in `eldric/cluster/keys.py`):
 
 | key | type | holds |
 | --- | --- | --- |
@@ -21,8 +21,9 @@ from dataclasses import asdict, dataclass, field
 
 import redis
 
-from eldric import jobstate, keys
-from eldric.queues import is_model_serving
+from eldric.cluster import jobstate
+from eldric.cluster import keys
+from eldric.cluster.queues import is_model_serving
 
 PINS = f"{keys.PREFIX}:pins"
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import redis
 
-from eldric import jobstate, keys
+from eldric.cluster import jobstate
+from eldric.cluster import keys
 
 
 def create_job(client: redis.Redis, *, kind: str, model: str, targets: list[str], source: str,

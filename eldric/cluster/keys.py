@@ -32,7 +32,7 @@ def job(job_id: str) -> str:
 
 
 def job_workers(job_id: str) -> str:
-    """HASH worker id -> JSON progress record (see eldric.jobstate)."""
+    """HASH worker id -> JSON progress record (see eldric.cluster.jobstate)."""
     return f"{PREFIX}:job:{job_id}:workers"
 
 

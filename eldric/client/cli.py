@@ -24,8 +24,8 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TaskID, TaskProg
                            TransferSpeedColumn)
 from rich.table import Table
 
-from eldric.client_api import DEFAULT_CONTROLLER, REGISTRY, Api, ClientError, error_message, parse_sse  # noqa: F401
-from eldric.client_upload import ResumableUpload, default_name  # noqa: F401
+from eldric.client.api import DEFAULT_CONTROLLER, REGISTRY, Api, ClientError, error_message, parse_sse  # noqa: F401
+from eldric.client.upload import ResumableUpload, default_name  # noqa: F401
 FINAL = ("completed", "failed")
 STATE_STYLE = {"completed": "green", "failed": "red", "pulling": "blue", "running": "blue", "retrying": "yellow",
                "offline": "dim"}

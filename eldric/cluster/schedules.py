@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 
-from eldric.celeryconf import celery_config
-from eldric.keys import PREFIX
-from eldric.queues import (
+from eldric.cluster.celeryconf import celery_config
+from eldric.cluster.keys import PREFIX
+from eldric.cluster.queues import (
     MAINTENANCE_QUEUE,
     TASK_INVENTORY_SYNC_ALL,
     TASK_PINS_CHECK_UPDATES,

@@ -23,8 +23,8 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 import urllib3
 
-from registry.digests import Digest, sha256_of_file
-from registry.model_errors import ImportFailedError, TooLargeError
+from eldric.core.digests import Digest, sha256_of_file
+from eldric.core.model_errors import ImportFailedError, TooLargeError
 
 log = logging.getLogger(__name__)
 

@@ -1,15 +1,15 @@
 """Errors of the model registry service, each carrying the HTTP status a view answers with.
 
-They subclass the package's one base error (registry.errors.RegistryError), so
+They subclass the package's one base error (eldric.core.errors.EldricError), so
 library callers can catch everything the registry raises in one place.
 """
 
 from __future__ import annotations
 
-from registry.errors import RegistryError
+from eldric.core.errors import EldricError
 
 
-class ModelRegistryError(RegistryError):
+class ModelRegistryError(EldricError):
     """Base of the service's errors; `field` names the request field at fault, if any."""
 
     status = 500

@@ -2,8 +2,8 @@
 
 A URL import is a job like a pull (controller.jobs creates it with targets
 ["registry"]); the registry writes its per-worker progress record under
-eldric.keys.job_workers(job_id) in eldric.jobstate's record shape, and keeps
-eldric.keys.worker_alive("registry") fresh so readers do not take it for an
+eldric.cluster.keys.job_workers(job_id) in eldric.cluster.jobstate's record shape, and keeps
+eldric.cluster.keys.worker_alive("registry") fresh so readers do not take it for an
 offline worker. Redis trouble is logged, never raised: progress is a report, and
 the import itself must not fail because Redis blinked.
 """
@@ -18,7 +18,8 @@ from typing import Callable
 
 import redis
 
-from eldric import jobstate, keys
+from eldric.cluster import jobstate
+from eldric.cluster import keys
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-from registry.model_errors import BadRequestError, InvalidPathError
+from eldric.core.model_errors import BadRequestError, InvalidPathError
 
 MAX_PATH_LENGTH = 512
 MAX_PATH_DEPTH = 16

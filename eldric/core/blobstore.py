@@ -13,8 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterable
 
-from registry.digests import Digest
-from registry.errors import DigestMismatchError
+from eldric.core.digests import Digest
+from eldric.core.errors import DigestMismatchError
 
 _CHUNK = 1 << 20
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from registry.digests import Digest
-from registry.errors import InvalidDigestError, InvalidManifestError
+from eldric.core.digests import Digest
+from eldric.core.errors import InvalidDigestError, InvalidManifestError
 
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

@@ -18,14 +18,14 @@ from urllib.parse import quote
 import requests
 from requests.adapters import HTTPAdapter
 
-from registry.errors import RegistryError
-from registry.views import API_PREFIX
+from eldric.core.errors import EldricError
+from eldric.cluster.registry_api import API_PREFIX
 
 BLOCK = 1 << 20
 _TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 
 
-class RegistryClientError(RegistryError):
+class RegistryClientError(EldricError):
     """An error answer of the registry: `status` and the problem body."""
 
     def __init__(self, status: int, body: dict | str) -> None:
@@ -190,7 +190,7 @@ class ModelRegistryClient:
         with open(dest, "rb") as f:
             actual = "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
         if expected and actual != expected:
-            raise RegistryError(f"{dest}: downloaded bytes have {actual}, expected {expected}")
+            raise EldricError(f"{dest}: downloaded bytes have {actual}, expected {expected}")
         return dest
 
 
@@ -200,7 +200,7 @@ def _hash_range(f: BinaryIO, hasher: "hashlib._Hash", start: int, end: int) -> N
     while left > 0:
         block = f.read(min(BLOCK, left))
         if not block:
-            raise RegistryError("the file shrank while it was being uploaded")
+            raise EldricError("the file shrank while it was being uploaded")
         hasher.update(block)
         left -= len(block)
 

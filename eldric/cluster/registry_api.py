@@ -1,10 +1,25 @@
-"""marshmallow schemas of the model registry API (the registry serves them; the controller documents
-and validates its mirror of the API with the same ones)."""
+"""The model registry API's contract: its path, marshmallow schemas and import-request rules.
+
+The registry serves them; the controller documents and validates its mirror of the API with the
+same ones, so the two cannot drift. Neither service imports the other.
+"""
+
+from __future__ import annotations
+
+from posixpath import basename
+from urllib.parse import unquote, urlsplit
 
 from marshmallow import Schema, fields, validate
 
-from registry.formats import FORMATS
-from registry.service import SOURCES
+from eldric.core.digests import Digest
+from eldric.core.formats import FORMATS
+from eldric.core.identifiers import validate_file_path
+from eldric.core.model_errors import BadRequestError
+from eldric.transfer.urlfetch import is_http_url, redact, source_kind
+
+API_PREFIX = "/api/v1/model-registry"
+SOURCES = ("upload", "training", "import")
+MAX_IMPORT_FILES = 1000
 
 _NAME = {"description": "model name: `model` or `namespace/model`, parts [A-Za-z0-9_][A-Za-z0-9_.-]*"}
 _VERSION = {"description": "version/tag; default: the next free v<n> of that name, chosen at commit"}
@@ -157,3 +172,25 @@ class StorageSchema(Schema):
     total_bytes = fields.Integer()
     max_file_bytes = fields.Integer()
     max_model_bytes = fields.Integer()
+
+def parse_import_request(body: dict) -> tuple[dict, str | None]:
+    """(spec kept on disk, token kept in memory) of an import request; raise BadRequestError."""
+    files = body.get("files") or ([{"url": body["url"], "path": body.get("path"), "digest": body.get("digest")}]
+                                  if body.get("url") else [])
+    if not files or len(files) > MAX_IMPORT_FILES:
+        raise BadRequestError(f"give `url` or `files` (1 to {MAX_IMPORT_FILES} entries of url, path, digest)", "files")
+    clean, seen = [], set()
+    for entry in files:
+        url = entry.get("url") or ""
+        if not is_http_url(url):
+            raise BadRequestError(f"not an http(s) URL: {redact(url)!r}", "url")
+        path = validate_file_path(entry.get("path") or unquote(basename(urlsplit(url).path)), "path")
+        if path in seen:
+            raise BadRequestError(f"two files have the path {path!r}", "path")
+        seen.add(path)
+        digest = entry.get("digest")
+        clean.append({"url": url, "path": path, "digest": str(Digest.parse(digest)) if digest else None})
+    spec = {"name": body.get("name"), "version": body.get("version"), "format": body.get("format"),
+            "description": body.get("description"), "files": clean, "has_token": bool(body.get("token")),
+            "source": source_kind(clean[0]["url"])}
+    return spec, body.get("token") or None

@@ -32,10 +32,10 @@ from typing import Callable, Iterator
 import requests
 import urllib3
 
-from registry.blobstore import BlobStore
-from registry.digests import Digest
-from registry.errors import DigestMismatchError
-from worker_agent.errors import InsufficientSpaceError, SourceError, SourceUnavailableError
+from eldric.core.blobstore import BlobStore
+from eldric.core.digests import Digest
+from eldric.core.errors import DigestMismatchError
+from eldric.transfer.errors import InsufficientSpaceError, SourceError, SourceUnavailableError
 
 # open_range(start, end_inclusive, read_timeout) -> streaming response for those bytes
 RangeOpener = Callable[[int, int, float], requests.Response]

@@ -1,0 +1,1 @@
+"""Clients of the REST APIs (the operator CLI and SDKs); they import no service."""

@@ -1,0 +1,1 @@
+"""Moving bytes over HTTP: session, retry rules, ranged downloads, range parsing."""
