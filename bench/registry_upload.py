@@ -25,9 +25,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eldric.client.registry import ModelRegistryClient  # noqa: E402
-from registry.server import parse_size  # noqa: E402
-from tests.support.processes import RedisServer, Service, eldric, free_port, session, wait_until  # noqa: E402
+from eldric.client.registry import ModelRegistryClient
+from registry.server import parse_size
+from tests.support.processes import RedisServer, Service, eldric, free_port, session, wait_until
 
 _BLOCK = 16 << 20
 

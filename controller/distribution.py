@@ -14,7 +14,7 @@ from controller.registry_client import RegistryClient, error_message
 from eldric.cluster.queues import TASK_DISTRIBUTE
 from eldric.core.digests import is_digest
 from eldric.core.errors import InvalidNameError
-from eldric.core.names import split_reference
+from eldric.core.names import FileModelRef
 from eldric.transfer.urlfetch import is_http_url, redact
 
 SOURCES = ("registry", "worker", "url", "ollama")
@@ -81,7 +81,15 @@ def resolve_registry_model(registry: RegistryClient, model: str, options: dict) 
     else:
         raise BadRequestError(f"registry answered {resp.status_code}: {error_message(resp)}", field="model")
     options.update(registry_model_id=chosen["id"], registry_url=registry.base_url, format=chosen.get("format"))
-    return f"{chosen['name']}:{chosen['version']}"
+    return file_model_name(f"{chosen['name']}:{chosen['version']}")
+
+
+def file_model_name(reference: str) -> str:
+    """The canonical `[namespace/]name:version`; 400 naming `model` when no worker could store it."""
+    try:
+        return str(FileModelRef.parse(reference))
+    except InvalidNameError as exc:
+        raise BadRequestError(str(exc), field="model") from None
 
 
 def _from_url(model: str, source: dict, options: dict, secrets: dict) -> str:
@@ -94,10 +102,7 @@ def _from_url(model: str, source: dict, options: dict, secrets: dict) -> str:
     filename = source.get("filename") or urlsplit(url).path.rsplit("/", 1)[-1]
     if not filename or "/" in filename or "\\" in filename or filename.startswith(".") or "\x00" in filename:
         raise BadRequestError("source.filename is not a plain file name", field="source")
-    try:
-        name = ":".join(split_reference(model))
-    except InvalidNameError as exc:
-        raise BadRequestError(str(exc), field="model") from None
+    name = file_model_name(model)
     options.update(origin=redact(url), filename=filename, sha256=sha256)
     secrets["url"] = url  # query strings carry S3 signatures: kept out of job views, task args and logs
     if source.get("token"):

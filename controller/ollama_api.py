@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
-from typing import Iterator
+from datetime import datetime, UTC
+from collections.abc import Iterator
 
 import redis
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
@@ -132,7 +132,7 @@ def tags():
 
 def _tag(model: dict) -> dict:
     """One /api/tags entry; file models (registry, URL) carry the registry's header facts instead."""
-    modified = datetime.fromtimestamp(model.get("modified_at") or 0, timezone.utc).isoformat()
+    modified = datetime.fromtimestamp(model.get("modified_at") or 0, UTC).isoformat()
     d = model.get("details") or {}
     family = d.get("family") or d.get("architecture") or ""
     return {"name": model["name"], "model": model["name"], "modified_at": modified, "size": model.get("size", 0),

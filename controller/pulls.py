@@ -8,7 +8,7 @@ import redis
 from celery import Celery
 
 from controller import cluster, dispatch, inventory, jobs
-from controller.errors import BadRequestError, ConflictError, NotFoundError  # noqa: F401 (re-exported)
+from controller.errors import BadRequestError, ConflictError, NotFoundError
 from eldric.cluster import keys
 from eldric.cluster.queues import TASK_DELETE, TASK_PULL
 from eldric.core.errors import InvalidNameError

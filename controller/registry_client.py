@@ -9,7 +9,8 @@ passed through unchanged (they already are in the one problem format).
 
 from __future__ import annotations
 
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
+from collections.abc import Iterator
 
 import requests
 from flask import Response

@@ -20,16 +20,12 @@ import shutil
 import threading
 import time
 import uuid
-from posixpath import basename
-from typing import Callable
-from urllib.parse import unquote, urlsplit
+from collections.abc import Callable
 
 import redis
 import requests
 
 from eldric.cluster import jobstate
-from eldric.core.digests import Digest
-from eldric.core.identifiers import validate_file_path
 from eldric.cluster.jobprogress import JobProgress
 from eldric.core.model_errors import (BadRequestError, ConflictError, ModelRegistryError, NotFoundError,
                                    UnavailableError)
@@ -67,7 +63,7 @@ class Importer:
         self._queue: queue.Queue[str] = queue.Queue()
         self._threads = [threading.Thread(target=self._work, name=f"import-{i}", daemon=True) for i in range(workers)]
 
-    def start(self) -> "Importer":
+    def start(self) -> Importer:
         for thread in self._threads:
             thread.start()
         return self
@@ -112,7 +108,7 @@ class Importer:
             job_id = self._queue.get()
             try:
                 self._run(job_id)
-            except Exception:  # noqa: BLE001 - one broken job must not stop the worker thread
+            except Exception:
                 log.exception("import %s crashed", job_id)
 
     def _progress(self, job_id: str) -> JobProgress:
@@ -141,7 +137,7 @@ class Importer:
                 model = self.service.commit(draft_id)
             self._set(job_id, state=jobstate.JOB_COMPLETED, model_id=model["id"], error=None)
             progress.finish(f"imported as {model['reference']} ({model['id']})")
-        except Exception as exc:  # noqa: BLE001 - every failure ends the job with its reason
+        except Exception as exc:
             reason = str(exc) if isinstance(exc, ModelRegistryError) else f"internal error: {exc}"
             if not isinstance(exc, ModelRegistryError):
                 log.exception("import %s failed", job_id)

@@ -121,7 +121,7 @@ def _start_janitor(svc: RegistryService, every: float = 600.0) -> None:
         while not stop.wait(every):
             try:
                 svc.expire_drafts()
-            except Exception:  # noqa: BLE001 - housekeeping must not kill the thread
+            except Exception:
                 log.exception("draft expiry failed")
     stop = threading.Event()
     threading.Thread(target=run, name="registry-janitor", daemon=True).start()

@@ -28,7 +28,8 @@ import time
 import uuid
 from functools import partial
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
+from collections.abc import Callable
 
 from registry import views
 from eldric.core.blobstore import BlobStore

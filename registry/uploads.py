@@ -18,7 +18,8 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
+from collections.abc import Callable
 
 from werkzeug.exceptions import ClientDisconnected
 
@@ -34,7 +35,7 @@ class ClientGoneError(BadRequestError):
     """The client stopped sending before the body was complete."""
 
 
-def copy_stream(src: BinaryIO, dst: BinaryIO, hasher: "hashlib._Hash", *, limit: int,
+def copy_stream(src: BinaryIO, dst: BinaryIO, hasher: hashlib._Hash, *, limit: int,
                 head_check: Callable[[bytes], None] | None = None, length: int | None = None) -> int:
     """Copy `src` to `dst` until EOF, hashing what is written; at most `limit` bytes.
 
@@ -81,7 +82,7 @@ class _Live:
     """In-memory state of a session: a lock (one writer at a time) and the running hash."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
-    hasher: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+    hasher: hashlib._Hash = field(default_factory=hashlib.sha256)
     hashed: int = 0
 
 

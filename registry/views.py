@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 from eldric.core.digests import Digest
 from eldric.core.model_errors import BadRequestError
-from eldric.cluster.registry_api import API_PREFIX  # noqa: F401  (views build links with it)
+from eldric.cluster.registry_api import API_PREFIX
 
 MAX_LINEAGE_BYTES = 16 << 10
 
@@ -15,7 +15,7 @@ MAX_LINEAGE_BYTES = 16 << 10
 def iso_time(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def file_view(entry: dict) -> dict:

@@ -18,7 +18,7 @@ from pathlib import Path
 from eldric.core.errors import InvalidNameError
 from eldric.core.blobstore import BlobStore
 from eldric.core.digests import Digest
-from eldric.core.names import split_reference
+from eldric.core.names import FileModelRef
 
 ENTRY_SUFFIX = ".json"
 
@@ -35,8 +35,9 @@ class Catalog:
         self.root = Path(root)
 
     def path(self, reference: str) -> Path:
-        name, version = split_reference(reference)
-        return self.root / name / f"{version}{ENTRY_SUFFIX}"
+        """`<root>/[<namespace>/]<name>/<version>.json`: the name is checked before any path is built."""
+        ref = FileModelRef.parse(reference)
+        return self.root.joinpath(*ref.path_parts(), f"{ref.version}{ENTRY_SUFFIX}")
 
     def get(self, reference: str) -> dict | None:
         try:
@@ -58,18 +59,23 @@ class Catalog:
     def delete(self, reference: str) -> dict | None:
         entry = self.get(reference)
         if entry is not None:
-            self.path(reference).unlink(missing_ok=True)
-            try:
-                self.path(reference).parent.rmdir()
-            except OSError:
-                pass
+            path = self.path(reference)
+            path.unlink(missing_ok=True)
+            for directory in (path.parent, path.parent.parent):  # the name's, then the namespace's
+                if directory == self.root:
+                    break
+                try:
+                    directory.rmdir()
+                except OSError:  # not empty: other versions or models
+                    break
         return entry
 
     def entries(self) -> list[dict]:
         out = []
         if not self.root.is_dir():
             return out
-        for path in sorted(self.root.glob(f"*/*{ENTRY_SUFFIX}")):
+        paths = [*self.root.glob(f"*/*{ENTRY_SUFFIX}"), *self.root.glob(f"*/*/*{ENTRY_SUFFIX}")]
+        for path in sorted(paths):
             try:
                 out.append(json.loads(path.read_text()))
             except (OSError, ValueError):

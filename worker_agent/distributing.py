@@ -10,7 +10,7 @@ from pathlib import Path
 from eldric.cluster import keys
 from eldric.core.digests import Digest
 from eldric.core.names import ModelName
-from eldric.core.names import split_reference
+from eldric.core.names import FileModelRef
 from eldric.transfer.download import download_blob, ensure_space
 from worker_agent.errors import SourceError
 from worker_agent.file_sources import DataRegistrySource, HttpFileSource, PeerSource, RemoteFile, redact_url
@@ -90,7 +90,7 @@ def _from_url(agent: Agent, model: str, options: dict, secrets: dict, progress: 
 def _store_files(agent: Agent, entry: dict, files: list[RemoteFile], progress: Progress, origin: str,
                  single_range: bool = False) -> dict:
     """Fetch every missing file into the blob store, install for the backends, then list the model."""
-    split_reference(entry["name"])
+    FileModelRef.parse(entry["name"])  # refuse a name the catalog cannot hold before any byte moves
     blobs = agent.store.blobs
     missing = sum(f.size for f in files if f.digest is None or not blobs.has(f.digest, f.size))
     ensure_space(agent.store.partial_dir, missing, entry["name"], agent.settings.disk_reserve_bytes)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 from pathlib import Path
 
@@ -26,7 +26,7 @@ def show_file_model(entry: dict, files: dict[str, Path]) -> dict:
                           "quantization_level": details.get("quantization") or details.get("file_type") or "",
                           "parent_model": (entry.get("lineage") or {}).get("base_model", "")},
               "model_info": {}, "modified_at": datetime.fromtimestamp(entry.get("modified_at") or 0,
-                                                                        timezone.utc).isoformat()}
+                                                                        UTC).isoformat()}
     if entry.get("format") != "gguf":
         return answer
     try:
@@ -70,7 +70,7 @@ def show_model(store: OllamaStore, name: ModelName) -> dict | None:
         "license": license_text or "",
         "details": store.details(manifest),
         "model_info": info,
-        "modified_at": datetime.fromtimestamp(store.manifest_path(name).stat().st_mtime, timezone.utc).isoformat(),
+        "modified_at": datetime.fromtimestamp(store.manifest_path(name).stat().st_mtime, UTC).isoformat(),
     }
 
 

@@ -19,7 +19,7 @@ from worker_agent.settings import AgentSettings
 @dataclass
 class Agent:
     settings: AgentSettings
-    redis: "redis.Redis"
+    redis: redis.Redis
     store: OllamaStore
     catalog: Catalog
 

@@ -47,7 +47,7 @@ class AgentSettings:
     backend_timeout_seconds: float = field(default=600.0, metadata={"env": "ELDRIC_BACKEND_TIMEOUT_SECONDS", "help": "longest wait for one backend API call (blob upload, create, model load)"})
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, **explicit) -> "AgentSettings":
+    def from_env(cls, env: dict[str, str] | None = None, **explicit) -> AgentSettings:
         """Explicit arguments win over ELDRIC_* variables, which win over defaults."""
         env = dict(os.environ if env is None else env)
         values: dict[str, object] = {}
@@ -64,7 +64,7 @@ class AgentSettings:
             raise SettingsError(f"missing setting: {exc}") from None
         return settings.validated()
 
-    def validated(self) -> "AgentSettings":
+    def validated(self) -> AgentSettings:
         if not is_valid_worker_id(self.worker_id):
             raise SettingsError(f"invalid worker name {self.worker_id!r}: use letters, digits, '.', '_', '-'")
         if self.worker_type not in WORKER_PORTS:

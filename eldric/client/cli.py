@@ -16,7 +16,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import requests
 from rich.console import Console
@@ -25,7 +25,7 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TaskID, TaskProg
 from rich.table import Table
 
 from eldric.client.api import DEFAULT_CONTROLLER, REGISTRY, Api, ClientError, error_message, parse_sse  # noqa: F401
-from eldric.client.upload import ResumableUpload, default_name  # noqa: F401
+from eldric.client.upload import ResumableUpload, default_name
 FINAL = ("completed", "failed")
 STATE_STYLE = {"completed": "green", "failed": "red", "pulling": "blue", "running": "blue", "retrying": "yellow",
                "offline": "dim"}
@@ -109,7 +109,7 @@ class WorkerBars:
                                  console=console)
         self.tasks: dict[str, TaskID] = {}
 
-    def __enter__(self) -> "WorkerBars":
+    def __enter__(self) -> WorkerBars:
         self.progress.start()
         return self
 

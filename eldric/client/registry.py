@@ -53,7 +53,7 @@ def http_session(trust_env: bool = False) -> requests.Session:
 class _Body:
     """`length` bytes of a file from `offset`, hashed as they are read; requests sends it with Content-Length."""
 
-    def __init__(self, f: BinaryIO, offset: int, length: int, hasher: "hashlib._Hash | None") -> None:
+    def __init__(self, f: BinaryIO, offset: int, length: int, hasher: hashlib._Hash | None) -> None:
         self.f, self.left, self.hasher = f, length, hasher
         self.length = length
         f.seek(offset)
@@ -194,7 +194,7 @@ class ModelRegistryClient:
         return dest
 
 
-def _hash_range(f: BinaryIO, hasher: "hashlib._Hash", start: int, end: int) -> None:
+def _hash_range(f: BinaryIO, hasher: hashlib._Hash, start: int, end: int) -> None:
     f.seek(start)
     left = end - start
     while left > 0:

@@ -6,7 +6,8 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
+from collections.abc import Callable
 
 import requests
 
@@ -16,7 +17,7 @@ from eldric.client.api import REGISTRY, ClientError
 class _Chunk:
     """`length` bytes of `f` from `offset`, hashed and counted as requests reads them (sent with Content-Length)."""
 
-    def __init__(self, f: BinaryIO, offset: int, length: int, hasher: "hashlib._Hash",
+    def __init__(self, f: BinaryIO, offset: int, length: int, hasher: hashlib._Hash,
                  on_read: Callable[[int], None]) -> None:
         self.f, self.left, self.length, self.hasher, self.on_read = f, length, length, hasher, on_read
         f.seek(offset)
@@ -32,7 +33,7 @@ class _Chunk:
         return data
 
 
-def _hash_range(f: BinaryIO, hasher: "hashlib._Hash", start: int, end: int) -> None:
+def _hash_range(f: BinaryIO, hasher: hashlib._Hash, start: int, end: int) -> None:
     f.seek(start)
     while start < end:
         block = f.read(min(1 << 20, end - start))
@@ -85,7 +86,7 @@ class ResumableUpload:
         self._forget()
         return model
 
-    def _send(self, f: BinaryIO, uid: str, size: int, on_progress: Callable[[int], None]) -> "hashlib._Hash":
+    def _send(self, f: BinaryIO, uid: str, size: int, on_progress: Callable[[int], None]) -> hashlib._Hash:
         """PATCH chunks from the registry's offset to the end; return the sha256 of the whole file."""
         hasher, hashed, failures, offset = hashlib.sha256(), 0, 0, None
         while offset is None or offset < size:

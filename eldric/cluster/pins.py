@@ -56,7 +56,7 @@ class Pin:
         return json.dumps(data)
 
     @classmethod
-    def from_json(cls, raw: str) -> "Pin":
+    def from_json(cls, raw: str) -> Pin:
         data = json.loads(raw)
         workers = data.get("workers")
         return cls(model=data["model"], workers=tuple(workers) if workers is not None else None,
@@ -65,7 +65,7 @@ class Pin:
                    check_error=data.get("check_error"), source=data.get("source") or "ollama",
                    source_options=data.get("source_options"))
 
-    def applies_to(self, worker: "WorkerFacts") -> bool:
+    def applies_to(self, worker: WorkerFacts) -> bool:
         """Eligible: serves models, and is listed (or the pin is cluster-wide)."""
         return is_model_serving(worker.type) and (self.workers is None or worker.id in self.workers)
 

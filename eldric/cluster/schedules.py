@@ -50,7 +50,7 @@ class ScheduleSettings:
         "ELDRIC_BEAT_LOCK_SECONDS", "a second beat takes over this long after the scheduling one died"))
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> "ScheduleSettings":
+    def from_env(cls, env: dict[str, str] | None = None) -> ScheduleSettings:
         env = dict(os.environ if env is None else env)
         values: dict[str, float] = {}
         for f in fields(cls):

@@ -11,7 +11,8 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import BinaryIO
+from collections.abc import Iterable
 
 from eldric.core.digests import Digest
 from eldric.core.errors import DigestMismatchError

@@ -18,7 +18,7 @@ class Digest:
     hex: str
 
     @classmethod
-    def parse(cls, raw: str) -> "Digest":
+    def parse(cls, raw: str) -> Digest:
         """Accept `sha256:<hex>` (and Ollama's file form `sha256-<hex>`)."""
         if isinstance(raw, str) and raw.startswith("sha256-"):
             raw = "sha256:" + raw[len("sha256-"):]
@@ -27,7 +27,7 @@ class Digest:
         return cls(hex=raw[len("sha256:"):])
 
     @classmethod
-    def of_bytes(cls, data: bytes) -> "Digest":
+    def of_bytes(cls, data: bytes) -> Digest:
         return cls(hex=hashlib.sha256(data).hexdigest())
 
     @property
@@ -43,7 +43,7 @@ def is_digest(raw: str) -> bool:
     return isinstance(raw, str) and bool(_DIGEST.fullmatch(raw))
 
 
-def sha256_of_file(f: BinaryIO, limit: int | None = None) -> "hashlib._Hash":
+def sha256_of_file(f: BinaryIO, limit: int | None = None) -> hashlib._Hash:
     """Hash a file object from its current position (up to `limit` bytes)."""
     h = hashlib.sha256()
     remaining = limit

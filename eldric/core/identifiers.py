@@ -2,9 +2,9 @@
 
 Grammar::
 
-    model name := part ["/" part]          e.g. "llama-3-8b" or "acme/llama-3-8b"
+    model name := [namespace "/"] name     e.g. "llama-3-8b" or "acme/llama-3-8b" (names.FileModelRef)
     version    := part                     e.g. "v3", "2024-06-01", "q4_k_m"
-    part       := [A-Za-z0-9_] [A-Za-z0-9_.-]{0,79}
+    part       := [A-Za-z0-9_] [A-Za-z0-9_.-]{0,79}; a namespace holds no "."
     file path  := segment ("/" segment)*   at most 16 segments, 512 characters
     segment    := 1-255 characters, none of "/", "\\", ":", NUL or control
                   characters; not "." nor ".."
@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import re
 
+from eldric.core.errors import InvalidNameError
 from eldric.core.model_errors import BadRequestError, InvalidPathError
+from eldric.core.names import FileModelRef
 
 MAX_PATH_LENGTH = 512
 MAX_PATH_DEPTH = 16
 MAX_SEGMENT_LENGTH = 255
 
-_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}$")
 _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\\:]")
 
 
@@ -53,19 +54,26 @@ def validate_file_path(raw: object, field: str = "path") -> str:
 
 
 def validate_model_name(raw: object, field: str = "name") -> str:
+    """`raw` if it is a file model's name (`name` or `namespace/name`, see names.FileModelRef); else 400."""
     if not isinstance(raw, str) or not raw:
         raise BadRequestError("model name is empty", field)
     if "\x00" in raw or "\\" in raw or raw.startswith("/") or ".." in raw:
         raise InvalidPathError(f"model name {raw!r} contains NUL, '\\', '..' or a leading '/'", field)
-    parts = raw.split("/")
-    if len(parts) > 2 or not all(_PART.match(p) for p in parts):
-        raise BadRequestError(f"model name {raw!r} must be 'model' or 'namespace/model', each part "
-                              "[A-Za-z0-9_][A-Za-z0-9_.-]* and at most 80 characters", field)
+    try:
+        FileModelRef.split_name(raw)
+    except InvalidNameError as exc:
+        raise BadRequestError(f"model name {raw!r} must be 'name' or 'namespace/name' (letters, digits, '_', '-', "
+                              f"and '.' in the name, at most 80 characters each): {exc}", field) from None
     return raw
 
 
 def validate_version(raw: object, field: str = "version") -> str:
-    if not isinstance(raw, str) or not _PART.match(raw) or ".." in raw:
+    """`raw` if it is a file model's version (see names.FileModelRef); else 400."""
+    try:
+        if not isinstance(raw, str):
+            raise InvalidNameError("not a string")
+        FileModelRef.check_version(raw)
+    except InvalidNameError:
         raise BadRequestError(f"version {raw!r} must match [A-Za-z0-9_][A-Za-z0-9_.-]* (at most 80 characters)",
-                              field)
+                              field) from None
     return raw

@@ -40,7 +40,7 @@ class Manifest:
     media_type: str = MANIFEST_V2
 
     @classmethod
-    def parse(cls, raw: bytes) -> "Manifest":
+    def parse(cls, raw: bytes) -> Manifest:
         """Parse and validate manifest bytes; every digest is checked before use."""
         if len(raw) > MAX_MANIFEST_BYTES:
             raise InvalidManifestError("manifest larger than 4 MiB")

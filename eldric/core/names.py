@@ -54,7 +54,7 @@ class ModelName:
     tag: str
 
     @classmethod
-    def parse(cls, raw: str) -> "ModelName":
+    def parse(cls, raw: str) -> ModelName:
         """Parse `raw` with Ollama's defaults; raise InvalidNameError naming the bad part."""
         if not isinstance(raw, str) or not raw.strip():
             raise InvalidNameError("invalid model name: empty")
@@ -113,12 +113,69 @@ class ModelName:
         return f"{self.host}/{self.namespace}/{self.model}:{self.tag}"
 
 
-def split_reference(reference: str) -> tuple[str, str]:
-    """`name[:version]` of a file model (registry, URL); both parts follow the model/tag grammar."""
-    if not isinstance(reference, str):
-        raise InvalidNameError("invalid model reference: not a string")
-    name, _, version = reference.partition(":")
-    version = version or DEFAULT_TAG
-    check_part("model", name, reference)
-    check_part("tag", version, reference)
-    return name, version
+@dataclass(frozen=True)
+class FileModelRef:
+    """The name of a file model (registry, URL, peer): what the registry stores and every worker catalogs.
+
+    Grammar::
+
+        reference := [namespace "/"] name [":" version]
+        namespace := Ollama's namespace part (no "."); at most 80 chars
+        name      := Ollama's model part; at most 80 chars
+        version   := Ollama's tag part; at most 80 chars; default "latest"
+
+    The parts follow Ollama's grammar on purpose: a file model is also served by Ollama
+    under this very name (`acme/house:v1`), so a name one backend could not store is
+    refused everywhere, at upload and before a job is queued. None may hold "..".
+    """
+
+    namespace: str | None
+    name: str
+    version: str
+
+    @classmethod
+    def parse(cls, raw: object, *, default_version: str = DEFAULT_TAG) -> FileModelRef:
+        if not isinstance(raw, str) or not raw:
+            raise InvalidNameError("invalid model reference: empty or not a string")
+        if len(raw) > MAX_NAME_LENGTH:
+            raise InvalidNameError(f"invalid model reference: longer than {MAX_NAME_LENGTH} characters")
+        model, sep, version = raw.partition(":")
+        if sep:
+            cls.check_version(version, raw)
+        else:
+            version = default_version
+        namespace, name = cls.split_name(model, raw)
+        return cls(namespace=namespace, name=name, version=version)
+
+    @staticmethod
+    def split_name(model: str, raw: str | None = None) -> tuple[str | None, str]:
+        """(namespace or None, name) of `model` (`name` or `namespace/name`); raise InvalidNameError."""
+        raw = model if raw is None else raw
+        parts = model.split("/")
+        if len(parts) > 2:
+            raise InvalidNameError(f"invalid model name {raw!r}: use 'name' or 'namespace/name'")
+        if "\x00" in model or ".." in model:
+            raise InvalidNameError(f"invalid model name {raw!r}: NUL and '..' are not allowed")
+        if len(parts) == 2:
+            check_part("namespace", parts[0], raw)
+        check_part("model", parts[-1], raw)
+        return (parts[0] if len(parts) == 2 else None), parts[-1]
+
+    @staticmethod
+    def check_version(version: str, raw: str | None = None) -> None:
+        raw = version if raw is None else raw
+        check_part("tag", version, raw)
+        if ".." in version:
+            raise InvalidNameError(f"invalid model reference {raw!r}: version may not hold '..'")
+
+    @property
+    def model(self) -> str:
+        """`namespace/name` or `name`: the model without its version."""
+        return f"{self.namespace}/{self.name}" if self.namespace else self.name
+
+    def path_parts(self) -> tuple[str, ...]:
+        """Directory components of this model under a catalog root (namespace first)."""
+        return (self.namespace, self.name) if self.namespace else (self.name,)
+
+    def __str__(self) -> str:
+        return f"{self.model}:{self.version}"

@@ -27,7 +27,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import requests
 import urllib3
@@ -90,7 +90,7 @@ class DownloadOptions:
 
 
 class _Part:
-    __slots__ = ("offset", "length", "completed")
+    __slots__ = ("completed", "length", "offset")
 
     def __init__(self, offset: int, length: int, completed: int = 0) -> None:
         self.offset, self.length, self.completed = offset, length, completed

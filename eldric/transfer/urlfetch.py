@@ -17,7 +17,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -77,11 +77,11 @@ class Partial:
     """A download in progress: the file and the sha256 of its current bytes."""
 
     path: Path
-    hasher: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+    hasher: hashlib._Hash = field(default_factory=hashlib.sha256)
     size: int = 0
 
     @classmethod
-    def open(cls, path: Path) -> "Partial":
+    def open(cls, path: Path) -> Partial:
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             path.touch()

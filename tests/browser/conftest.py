@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import *  # noqa: F401,F403 - the live-cluster fixtures
+from tests.integration.conftest import *  # noqa: F403 - the live-cluster fixtures
 from tests.integration.conftest import REPO_ROOT
 
 CHROMIUM = "/usr/bin/chromium"

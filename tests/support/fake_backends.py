@@ -46,7 +46,7 @@ class _FakeServer:
         self._httpd: ThreadingHTTPServer | None = None
         self.url = ""
 
-    def start(self) -> "_FakeServer":
+    def start(self) -> _FakeServer:
         app = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -255,7 +255,7 @@ class FakeOllama(_FakeServer):
             self.creates.append(body)
             self.models[_ollama_name(name)] = {
                 **record, "name": _ollama_name(name), "digest": digest, "size": size,
-                "modified_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+                "modified_at": dt.datetime.now(dt.UTC).isoformat(),
                 "details": {"parent_model": "", "format": "gguf", "family": family,
                             "families": [family] if family else None, "parameter_size": "",
                             "quantization_level": ""}}
@@ -271,7 +271,7 @@ class FakeOllama(_FakeServer):
             if filename.endswith(".gguf"):
                 try:
                     return gguf_info(filename, self.blob_path(digest)).get("architecture") or ""
-                except Exception as exc:  # noqa: BLE001 - Ollama answers a broken GGUF with 400
+                except Exception as exc:
                     raise HTTPError(400, f"{filename}: {exc}") from None
         return ""
 

@@ -76,7 +76,7 @@ class OCIRegistry:
         self.url = ""
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> "OCIRegistry":
+    def start(self) -> OCIRegistry:
         self.root.mkdir(parents=True, exist_ok=True)
         # Every exported REGISTRY_* variable is parsed as a config override and an
         # unknown one makes the registry exit, so strip them all; config lives in the file.
@@ -134,7 +134,7 @@ class OCIRegistry:
         if self._own_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> "OCIRegistry":
+    def __enter__(self) -> OCIRegistry:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -9,7 +9,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
+from collections.abc import Callable
 
 import requests
 
@@ -32,7 +33,7 @@ def wait_until(predicate: Callable[[], T], timeout: float = 20.0, interval: floa
             value = predicate()
             if value:
                 return value
-        except Exception as exc:  # noqa: BLE001 - the service may not be up yet
+        except Exception as exc:
             last_exc = exc
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {message}" + (f" (last error: {last_exc})" if last_exc else ""))
@@ -53,7 +54,7 @@ class Service:
         self.log_path = Path(log_dir) / f"{name}.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Service":
+    def start(self) -> Service:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("ELDRIC_", "REGISTRY_"))}
         full_env.update(self.env or {})
         full_env.setdefault("PYTHONUNBUFFERED", "1")
@@ -103,7 +104,7 @@ class RedisServer(Service):
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         super().start()
         import redis
         client = redis.Redis(port=self.port)

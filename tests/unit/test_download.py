@@ -54,7 +54,7 @@ class FakeResponse:
         self.closed = False
         self._on_close = on_close
 
-    def __enter__(self) -> "FakeResponse":
+    def __enter__(self) -> FakeResponse:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -62,7 +62,7 @@ class FakeResponse:
         self.status_code = 206
         self.raw = FakeBody(data)
 
-    def __enter__(self) -> "FakeResponse":
+    def __enter__(self) -> FakeResponse:
         return self
 
     def __exit__(self, *exc) -> None:

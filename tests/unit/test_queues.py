@@ -18,7 +18,7 @@ from eldric.cluster.queues import (
 
 
 def test_only_inference_and_cloud_serve_models():
-    assert MODEL_SERVING_TYPES == {"inference", "cloud"}
+    assert {"inference", "cloud"} == MODEL_SERVING_TYPES
     assert [t for t in WORKER_TYPES if is_model_serving(t)] == ["inference", "cloud"]
 
 

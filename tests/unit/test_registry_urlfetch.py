@@ -22,7 +22,7 @@ class FakeResponse:
         self.raw = self
         self.sent = 0
 
-    def __enter__(self) -> "FakeResponse":
+    def __enter__(self) -> FakeResponse:
         return self
 
     def __exit__(self, *exc) -> None:

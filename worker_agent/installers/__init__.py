@@ -25,7 +25,8 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Protocol
+from typing import Protocol
+from collections.abc import Callable, Mapping
 
 from eldric.core.digests import Digest
 from eldric.core.errors import InvalidNameError
@@ -81,7 +82,7 @@ class LocalModel:
 
     @classmethod
     def from_files(cls, name: str, files: Mapping[str, str | os.PathLike], *, format: str | None = None,
-                   digests: Mapping[str, str] | None = None, **extra) -> "LocalModel":
+                   digests: Mapping[str, str] | None = None, **extra) -> LocalModel:
         """Describe a model from its files; the format is checked and GGUF metadata read."""
         _check_name(name)
         paths: dict[str, Path] = {}
@@ -108,7 +109,7 @@ class LocalModel:
         return model
 
     @classmethod
-    def from_path(cls, name: str, path: str | os.PathLike, **kw) -> "LocalModel":
+    def from_path(cls, name: str, path: str | os.PathLike, **kw) -> LocalModel:
         """A GGUF file, or a directory whose files (hidden ones aside) make up the model."""
         path = Path(path)
         if path.is_file():
@@ -120,7 +121,7 @@ class LocalModel:
                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)}
         return cls.from_files(name, files, **kw)
 
-    def replace(self, **changes) -> "LocalModel":
+    def replace(self, **changes) -> LocalModel:
         values = {f: getattr(self, f) for f in self.__dataclass_fields__ if f != "_hashed"}
         return LocalModel(**{**values, **changes})
 
@@ -152,7 +153,7 @@ class LocalModel:
             self._hashed[rel] = sha256_file(self.files[rel])
         return self._hashed[rel]
 
-    def at(self, shared_path: str | os.PathLike) -> "LocalModel":
+    def at(self, shared_path: str | os.PathLike) -> LocalModel:
         """The same model read from shared storage: a directory laid out like `files`, or the one file."""
         shared = Path(shared_path)
         if shared.is_file() and len(self.files) == 1:
