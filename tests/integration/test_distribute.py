@@ -139,6 +139,43 @@ def test_worker_to_worker_copy_needs_and_uses_the_cluster_secret(live, registere
     assert live.wait_job(job["id"])["state"] == "completed"
 
 
+def test_a_namespaced_registry_model_travels_by_name_from_registry_and_from_a_peer(live, workdir):
+    gguf = write_llama_gguf(workdir / "acme-house.gguf", name="acme-house", width=80)
+    with open(gguf, "rb") as f:
+        resp = live.api("POST", "/api/v1/model-registry/upload",
+                        params={"name": "acme/house", "version": "v1", "filename": "house.gguf"}, data=f)
+    assert resp.status_code == 201, resp.text
+    jobs_before = live.api("GET", "/api/v1/models/pull-jobs").json()["total"]
+    job = live.api("POST", "/api/v1/models/distribute", json={
+        "model": "acme/house:v1", "source": {"type": "registry"}, "workers": ["inf-a"]}).json()
+    final = live.wait_job(job["id"])
+    assert final["state"] == "completed", json.dumps(final, indent=1)
+    entry = live.root / "nodes" / "inf-a" / "catalog" / "acme" / "house" / "v1.json"
+    assert json.loads(entry.read_text())["name"] == "acme/house:v1"
+    # and on to a peer, by the same name
+    job = live.api("POST", "/api/v1/models/distribute", json={
+        "model": "acme/house:v1", "source": {"type": "worker", "worker": "inf-a"}, "workers": ["inf-b"]}).json()
+    final = live.wait_job(job["id"])
+    assert final["state"] == "completed", json.dumps(final, indent=1)
+    models = {m["name"]: m for m in live.api("GET", "/api/v1/models").json()["models"]}
+    assert models["acme/house:v1"]["workers"] == ["inf-a", "inf-b"]
+    shown = live.api("POST", "/api/v1/models/show", json={"model": "acme/house:v1"})
+    assert shown.status_code == 200 and shown.json()["details"]["format"] == "gguf", shown.text
+    # delete from one worker leaves the other's copy and removes the catalog directories it made
+    job = live.api("POST", "/api/v1/models/delete", json={"model": "acme/house:v1", "workers": ["inf-b"]}).json()
+    assert live.wait_job(job["id"])["state"] == "completed"
+    assert not (live.root / "nodes" / "inf-b" / "catalog" / "acme").exists()
+    assert entry.exists()
+    assert live.api("GET", "/api/v1/models/pull-jobs").json()["total"] == jobs_before + 3
+
+
+def test_the_registry_refuses_a_name_no_worker_could_store(live, workdir):
+    resp = live.api("POST", "/api/v1/model-registry/upload", params={"name": "acme.corp/house", "filename": "h.gguf"},
+                    data=b"GGUF")
+    assert resp.status_code == 400, resp.text
+    assert "acme.corp/house" in resp.json()["message"]
+
+
 @pytest.mark.parametrize("ranges", [True, False])
 def test_url_source_with_and_without_range(live, workdir, ranges):
     root = workdir / f"www-{ranges}"
@@ -187,6 +224,9 @@ def test_url_digest_mismatch_fails_the_worker(live, workdir):
     ({"model": "x", "source": {"type": "url", "url": "http://[::1/x.gguf"}}, 400, "source"),
     ({"model": "x", "source": {"type": "url", "url": "http://127.0.0.1:99999/x.gguf"}}, 400, "source"),
     ({"model": "../x", "source": {"type": "url", "url": "http://127.0.0.1:1/x.gguf"}}, 400, "model"),
+    # a namespace with a dot: Ollama could not serve it, so no worker could store it; refused before queuing
+    ({"model": "acme.corp/x:v1", "source": {"type": "url", "url": "http://127.0.0.1:1/x.gguf"}}, 400, "model"),
+    ({"model": "a/b/c:v1", "source": {"type": "url", "url": "http://127.0.0.1:1/x.gguf"}}, 400, "model"),
 ])
 def test_bad_distribute_requests(live, body, status, needle):
     resp = live.api("POST", "/api/v1/models/distribute", json=body)
