@@ -1,4 +1,4 @@
-"""Job records in Redis: create, read with derived per-worker state, list, prune."""
+"""Reading job records (with the states only readers derive), listing and pruning; writes go through the job store."""
 
 from __future__ import annotations
 
@@ -9,14 +9,7 @@ import redis
 
 from eldric.cluster import jobstate
 from eldric.cluster import keys
-from eldric.cluster.jobrecords import alive_flags, create_job, persist_if_unchanged  # noqa: F401 (create_job re-exported)
-
-
-def fail_worker(client: redis.Redis, job_id: str, worker_id: str, reason: str) -> None:
-    now = time.time()
-    record = dict(jobstate.new_record(now), state=jobstate.FAILED, error=reason, status=reason, finished_at=now)
-    client.hset(keys.job_workers(job_id), worker_id, json.dumps(record))
-    client.srem(keys.worker_jobs(worker_id), job_id)
+from eldric.cluster.jobstore import alive_flags, create_job, delete_jobs, fail_worker  # noqa: F401 (re-exported)
 
 
 def get_job(client: redis.Redis, job_id: str, *, stale_after: float, now: float | None = None) -> dict | None:
@@ -32,12 +25,9 @@ def get_job(client: redis.Redis, job_id: str, *, stale_after: float, now: float 
     deadline = float(meta["deadline_at"])
     workers: dict[str, dict] = {}
     for wid in ids:
-        seen = json.loads(raw_records[wid])
-        record, final = jobstate.derive_worker(seen, now=now, alive=alive[wid], deadline_at=deadline,
-                                               stale_after=stale_after)
-        if final:  # reap: persist so the late worker (and every reader) sees the same end
-            persist_if_unchanged(client, job_id, wid, seen, record)
-        workers[wid] = record
+        # Reads never write: beat's reaper persists what derive_worker calls final (the job store's guarded path).
+        workers[wid], _final = jobstate.derive_worker(json.loads(raw_records[wid]), now=now, alive=alive[wid],
+                                                      deadline_at=deadline, stale_after=stale_after)
     return _job_view(meta, workers)
 
 
@@ -100,9 +90,6 @@ def prune_jobs(client: redis.Redis, *, retention_seconds: float, keep_max: int, 
         if any(not jobstate.is_terminal(r.get("state", "")) for r in records) and now - float(
                 client.hget(keys.job(job_id), "deadline_at") or 0) < 0:
             continue  # still running and within its deadline: keep it
-        pipe = client.pipeline()
-        pipe.delete(keys.job(job_id), keys.job_workers(job_id))
-        pipe.zrem(keys.JOBS, job_id)
-        pipe.execute()
+        delete_jobs(client, [job_id])
         removed += 1
     return removed

@@ -5,7 +5,7 @@ pool of threads downloads them into `imports/<job id>/` (urlfetch: Range resume,
 retries), moves each into a draft model, then commits it, so a failed import
 never shows up in the model list. Progress goes to the local `imports` table
 (GET /imports/<id>) and, when the job came from the controller, to the job's
-Redis record (jobprogress), so it shows in /api/v1/models/pull-jobs like a pull.
+Redis record (eldric.cluster.jobstore), so it shows in /api/v1/models/pull-jobs like a pull.
 
 Tokens are kept in memory only: after a restart, imports that need one fail
 with a message saying so; token-less ones resume where their files stopped.
@@ -26,7 +26,7 @@ import redis
 import requests
 
 from eldric.cluster import jobstate
-from eldric.cluster.jobprogress import JobProgress
+from eldric.cluster.jobstore import REGISTRY_WORKER_ID, Progress
 from eldric.core.model_errors import (BadRequestError, ConflictError, ModelRegistryError, NotFoundError,
                                    UnavailableError)
 from registry.service import RegistryService
@@ -111,12 +111,13 @@ class Importer:
             except Exception:
                 log.exception("import %s crashed", job_id)
 
-    def _progress(self, job_id: str) -> JobProgress:
+    def _progress(self, job_id: str) -> Progress:
         def save(record: dict) -> None:
             with self.service.catalog.transaction() as tx:
                 tx.update_import(job_id, status=record["status"], completed=int(record["completed"] or 0),
                                  total=int(record["total"] or 0), updated_at=time.time())
-        return JobProgress(self.redis, job_id, on_write=save)
+        return Progress(self.redis, job_id, REGISTRY_WORKER_ID, min_interval=0.5, on_write=save,
+                        tolerate_redis_errors=True)
 
     def _run(self, job_id: str) -> None:
         record = self.service.catalog.import_record(job_id)
@@ -129,14 +130,14 @@ class Importer:
                                          "start the import again")
             draft_id = record["draft_id"] or self._new_draft(job_id, spec)
             self._set(job_id, state=jobstate.JOB_RUNNING, draft_id=draft_id)
-            progress.start(spec["source"])
+            progress.start(source=spec["source"], status="starting the import")
             model = self.service.get_model(draft_id)
             if model["state"] != "ready":  # else: committed just before a restart
                 self._download_all(job_id, spec, draft_id, token, progress)
                 progress.update(force=True, status="checking and committing the model")
                 model = self.service.commit(draft_id)
             self._set(job_id, state=jobstate.JOB_COMPLETED, model_id=model["id"], error=None)
-            progress.finish(f"imported as {model['reference']} ({model['id']})")
+            progress.finish(status=f"imported as {model['reference']} ({model['id']})")
         except Exception as exc:
             reason = str(exc) if isinstance(exc, ModelRegistryError) else f"internal error: {exc}"
             if not isinstance(exc, ModelRegistryError):
@@ -155,7 +156,7 @@ class Importer:
         return draft["id"]
 
     def _download_all(self, job_id: str, spec: dict, draft_id: str, token: str | None,
-                      progress: JobProgress) -> None:
+                      progress: Progress) -> None:
         done_bytes = 0
         have = {f["path"]: f for f in self.service.get_model(draft_id)["files"]}
         headers = {"User-Agent": "eldric-registry"}

@@ -21,7 +21,7 @@ from werkzeug.serving import WSGIRequestHandler, run_simple
 from eldric import __version__
 from eldric.core.errors import DigestMismatchError, InvalidDigestError, InvalidNameError
 from registry.imports import Importer
-from eldric.cluster.jobprogress import Heartbeat
+from registry.heartbeat import Heartbeat
 from eldric.core.model_errors import ModelRegistryError, RangeNotSatisfiableError
 from eldric.web.problems import error_response, register_error_handlers
 from registry.service import RegistryService

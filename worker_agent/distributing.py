@@ -15,7 +15,7 @@ from eldric.transfer.download import download_blob, ensure_space
 from worker_agent.errors import SourceError
 from worker_agent.file_sources import DataRegistrySource, HttpFileSource, PeerSource, RemoteFile, redact_url
 from worker_agent.installing import install_entry
-from worker_agent.progress import Progress
+from eldric.cluster.jobstore import Progress
 from worker_agent.pulling import pull_model
 from worker_agent.runtime import Agent
 from worker_agent.sources import BlobSource, RegistrySource, registry_base_url

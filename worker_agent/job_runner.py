@@ -16,7 +16,7 @@ from worker_agent.distributing import distribute, pull_from_ollama
 from worker_agent.installing import uninstall_entry
 from worker_agent import membership
 from worker_agent.errors import JobExpiredError, NotEligibleError
-from worker_agent.progress import Progress
+from eldric.cluster.jobstore import Progress
 from worker_agent.runtime import Agent
 
 LOCK_TTL = 6 * 3600  # safety net only: a restarting agent clears its own stale locks

@@ -23,12 +23,11 @@ from kombu.exceptions import OperationalError
 
 from eldric.cluster import keys
 from eldric.cluster import pins
-from eldric.cluster.jobrecords import Reaped, create_job
-from eldric.cluster.jobrecords import reap_stale_jobs as reap_records
+from eldric.cluster.jobstore import Reaped, create_job, fail_worker
+from eldric.cluster.jobstore import reap_stale_jobs as reap_records
 from eldric.cluster.queues import TASK_DISTRIBUTE, TASK_INVENTORY_SYNC, TASK_PULL, worker_queue
 from eldric.core.errors import EldricError
 from eldric.core.names import ModelName
-from worker_agent.progress import mark_failed
 from worker_agent.sources import BlobSource
 
 log = logging.getLogger(__name__)
@@ -122,7 +121,7 @@ def _pull_for_pin(client: redis.Redis, send: Send, pin: pins.Pin, facts: list[pi
         try:
             send(task, [job_id, pin.model], worker_queue(wid))
         except OperationalError as exc:
-            mark_failed(client, job_id, wid, f"could not enqueue the task: broker unavailable ({exc})")
+            fail_worker(client, job_id, wid, f"could not enqueue the task: broker unavailable ({exc})")
             client.srem(keys.worker_jobs(wid), job_id)
     log.info("pin %s: pulling to %s (%s)", pin.model, ", ".join(targets), options["reason"],
              extra={"job_id": job_id})

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from eldric.core.names import ModelName
 from eldric.transfer.download import DownloadOptions, download_blob, ensure_space
 from worker_agent.ollama_store import OllamaStore
-from worker_agent.progress import Progress
+from eldric.cluster.jobstore import Progress
 from worker_agent.sources import BlobSource
 
 

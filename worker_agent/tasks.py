@@ -12,7 +12,7 @@ from worker_agent import job_runner, runtime
 from worker_agent.celery_app import app
 from worker_agent.errors import SourceUnavailableError
 from worker_agent.installers import BackendUnavailableError
-from worker_agent.progress import mark_failed, mark_retrying
+from eldric.cluster.jobstore import Progress, fail_worker
 from eldric.core.errors import EldricError
 
 log = logging.getLogger(__name__)
@@ -31,14 +31,14 @@ class JobTask(Task):
     def on_retry(self, exc, task_id, args, kwargs, einfo) -> None:
         agent = runtime.current()
         delay = agent.settings.retry_delay(self.request.retries - 1)
-        mark_retrying(agent.redis, args[0], agent.worker_id,
-                      f"{exc}; retry {self.request.retries} of {agent.settings.pull_retries} in {delay:.0f} s")
+        Progress(agent.redis, args[0], agent.worker_id).retrying(
+            f"{exc}; retry {self.request.retries} of {agent.settings.pull_retries} in {delay:.0f} s")
 
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
         agent = runtime.current()
         if not isinstance(exc, EldricError):
             log.error("task %s failed unexpectedly", task_id, exc_info=exc)
-        mark_failed(agent.redis, args[0], agent.worker_id, describe_failure(exc))
+        fail_worker(agent.redis, args[0], agent.worker_id, describe_failure(exc))
         agent.redis.srem(keys.worker_jobs(agent.worker_id), args[0])
 
 

@@ -23,7 +23,7 @@ from controller.state import registry_client, redis_client, stale_after
 from eldric.cluster import jobstate
 from eldric.core.errors import EldricError
 from eldric.core.identifiers import validate_model_name, validate_version
-from eldric.cluster.jobprogress import WORKER_ID
+from eldric.cluster.jobstore import REGISTRY_WORKER_ID as WORKER_ID
 from eldric.core.model_errors import ModelRegistryError
 from eldric.cluster.registry_api import (API_PREFIX, parse_import_request, DigestQuerySchema, DraftRequestSchema, FileSchema, ImportRequestSchema, ImportSchema,
                               ModelListSchema, ModelQuerySchema, ModelSchema, StorageSchema, TrainingRequestSchema,

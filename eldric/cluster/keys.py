@@ -36,6 +36,11 @@ def job_workers(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:workers"
 
 
+def job_states(job_id: str) -> str:
+    """HASH per-worker state -> how many of the job's workers are in it (kept by the job store's one write path)."""
+    return f"{PREFIX}:job:{job_id}:states"
+
+
 def job_events(job_id: str) -> str:
     """Pub/sub channel: a message each time a worker's progress record changes."""
     return f"{PREFIX}:job:{job_id}:events"

@@ -9,6 +9,7 @@ import fakeredis
 import pytest
 
 from controller.jobs import create_job, fail_worker, get_job, list_jobs, prune_jobs
+from eldric.cluster.jobstore import Progress, reap_stale_jobs
 from eldric.cluster import jobstate
 from eldric.cluster import keys
 
@@ -96,7 +97,7 @@ def test_offline_worker_is_shown_offline_but_not_persisted(client):
     assert client.smembers(keys.worker_jobs("gpu2")) == {job_id}
 
 
-def test_passed_deadline_is_reaped_and_persisted(client):
+def test_passed_deadline_is_shown_by_readers_and_persisted_by_the_reaper(client):
     online(client, "gpu1")
     job_id = new_job(client, deadline=60)
     set_record(client, job_id, "gpu1", state=jobstate.COMPLETED, finished_at=NOW + 30)
@@ -105,6 +106,9 @@ def test_passed_deadline_is_reaped_and_persisted(client):
 
     assert job["state"] == jobstate.JOB_FAILED
     assert job["finished_at"] == NOW + 61
+    assert stored(client, job_id, "gpu2")["state"] == jobstate.PENDING  # reads never write
+    reaped = reap_stale_jobs(client, stale_after=STALE, now=NOW + 61)
+    assert [(r.job_id, r.worker_id) for r in reaped] == [(job_id, "gpu2")]
     gpu2 = stored(client, job_id, "gpu2")
     assert gpu2["state"] == jobstate.FAILED
     assert "deadline" in gpu2["error"]
@@ -120,6 +124,8 @@ def test_offline_mid_pull_worker_is_reaped_after_stale_timeout(client):
     job = get_job(client, job_id, stale_after=STALE, now=NOW + STALE + 1)
 
     assert job["state"] == jobstate.JOB_FAILED
+    assert stored(client, job_id, "gpu1")["state"] == jobstate.PULLING  # reads never write
+    reap_stale_jobs(client, stale_after=STALE, now=NOW + STALE + 1)
     assert stored(client, job_id, "gpu1")["state"] == jobstate.FAILED
     assert "offline mid-pull" in stored(client, job_id, "gpu1")["error"]
 
@@ -150,6 +156,46 @@ def test_fail_worker_persists_failure_and_unassigns(client):
     assert stored(client, job_id, "gpu1")["error"] == "could not enqueue"
     assert client.smembers(keys.worker_jobs("gpu1")) == set()
     assert client.smembers(keys.worker_jobs("gpu2")) == {job_id}
+
+
+def test_a_final_failure_is_never_flipped_back_to_completed_by_a_late_agent(client):
+    """The flip of issue 10: the reaper fails a worker at the deadline, then the agent reports `completed`."""
+    events = client.pubsub(ignore_subscribe_messages=True)
+    job_id = new_job(client, targets=["gpu1"], deadline=60)
+    events.subscribe(keys.job_events(job_id))
+    events.get_message(timeout=0.05)  # the subscription's confirmation
+    agent = Progress(client, job_id, "gpu1", clock=lambda: NOW + 10)
+    agent.start(total=100)
+    assert reap_stale_jobs(client, stale_after=STALE, now=NOW + 61)  # online or not, past the deadline
+
+    agent.clock = lambda: NOW + 62
+    agent.finish()
+
+    assert stored(client, job_id, "gpu1")["state"] == jobstate.FAILED
+    assert "deadline" in stored(client, job_id, "gpu1")["error"]
+    assert agent.ended_elsewhere == jobstate.FAILED
+    seen = []
+    while (message := events.get_message(timeout=0.05)) is not None:
+        seen.append(json.loads(message["data"]))
+    assert [(e["state"], e["job_state"]) for e in seen] == [(jobstate.PULLING, jobstate.JOB_RUNNING),
+                                                           (jobstate.FAILED, jobstate.JOB_FAILED)]
+    assert get_job(client, job_id, stale_after=STALE, now=NOW + 63)["state"] == jobstate.JOB_FAILED
+
+
+def test_fail_worker_publishes_and_keeps_a_finished_part(client):
+    events = client.pubsub(ignore_subscribe_messages=True)
+    job_id = new_job(client)
+    events.subscribe(keys.job_events(job_id))
+    events.get_message(timeout=0.05)  # the subscription's confirmation
+    Progress(client, job_id, "gpu1").finish(total=10)
+    assert not fail_worker(client, job_id, "gpu1", "too late").accepted
+    assert fail_worker(client, job_id, "gpu2", "could not enqueue").accepted
+    seen = []
+    while (message := events.get_message(timeout=0.05)) is not None:
+        seen.append(json.loads(message["data"]))
+    assert [(e["worker"], e["state"], e["job_state"]) for e in seen] == [
+        ("gpu1", jobstate.COMPLETED, jobstate.JOB_RUNNING), ("gpu2", jobstate.FAILED, jobstate.JOB_FAILED)]
+    assert stored(client, job_id, "gpu1")["state"] == jobstate.COMPLETED
 
 
 # list_jobs ---------------------------------------------------------------------------------------

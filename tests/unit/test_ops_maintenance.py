@@ -13,7 +13,7 @@ from kombu.exceptions import OperationalError
 from eldric.cluster import jobstate
 from eldric.cluster import keys
 from eldric.cluster import pins
-from eldric.cluster.jobrecords import create_job
+from eldric.cluster.jobstore import create_job
 from eldric.core.names import ModelName
 from worker_agent import maintenance, membership
 from worker_agent.errors import SourceUnavailableError

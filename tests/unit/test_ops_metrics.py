@@ -14,7 +14,7 @@ from controller.metrics import read_snapshot, render, source_label
 from eldric.cluster import jobstate
 from eldric.cluster import keys
 from eldric.cluster import pins
-from eldric.cluster.jobrecords import create_job
+from eldric.cluster.jobstore import create_job
 from worker_agent import membership
 
 

@@ -1,4 +1,4 @@
-"""worker_agent.progress: throttled per-worker progress records and their pub/sub events."""
+"""eldric.cluster.jobstore.Progress: throttled per-worker progress records and their pub/sub events."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from eldric.cluster import jobstate
 from eldric.cluster import keys
-from worker_agent.progress import Progress, mark_failed, mark_retrying
+from eldric.cluster.jobstore import Progress, fail_worker
 
 JOB, WORKER = "job1", "gpu1"
 INTERVAL = 0.25
@@ -136,7 +136,7 @@ def test_events_name_the_worker_and_match_the_record(client, clock, events):
     p = progress(client, clock)
     p.start(total=10)
     (event,) = events()
-    assert event == {"worker": WORKER, **stored(client)}
+    assert event == {"worker": WORKER, "job_state": jobstate.JOB_RUNNING, **stored(client)}
 
 
 def test_finish_shape(client, clock, events):
@@ -197,10 +197,10 @@ def test_records_are_per_worker(client, clock):
     assert stored(client)["state"] == jobstate.PULLING
 
 
-def test_mark_failed_and_mark_retrying(client, events):
-    mark_retrying(client, JOB, WORKER, "registry answered 503; retry 1 of 5")
+def test_retrying_and_fail_worker(client, events):
+    Progress(client, JOB, WORKER).retrying("registry answered 503; retry 1 of 5")
     assert stored(client)["state"] == jobstate.RETRYING
     assert stored(client)["status"].startswith("registry answered 503")
-    mark_failed(client, JOB, WORKER, "gave up")
+    fail_worker(client, JOB, WORKER, "gave up")
     assert (stored(client)["state"], stored(client)["error"]) == (jobstate.FAILED, "gave up")
     assert [e["state"] for e in events()] == [jobstate.RETRYING, jobstate.FAILED]

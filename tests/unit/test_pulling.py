@@ -18,7 +18,7 @@ from eldric.core.names import ModelName
 from eldric.transfer.download import DownloadOptions
 from worker_agent.errors import SourceError
 from worker_agent.ollama_store import OllamaStore
-from worker_agent.progress import Progress
+from eldric.cluster.jobstore import Progress
 from worker_agent.pulling import pull_model
 
 NAME = ModelName.parse("tiny")
