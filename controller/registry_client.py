@@ -16,7 +16,7 @@ import requests
 from flask import Response
 
 from controller.errors import UnavailableError
-from eldric.client.registry import http_session
+from eldric.transfer.http import http_session
 
 BLOCK = 1 << 20
 REQUEST_HEADERS = ("Content-Type", "Content-Range", "Upload-Offset", "Range", "If-Range", "If-None-Match", "Accept")

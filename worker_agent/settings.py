@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from eldric.cluster.queues import WORKER_PORTS, is_valid_worker_id
+from eldric.transfer.retry import backoff_delay
 from worker_agent.errors import SettingsError
 
 DEFAULT_OLLAMA_REGISTRY = "https://registry.ollama.ai"
@@ -92,7 +93,7 @@ class AgentSettings:
         return Path(self.ollama_models_dir) if self.ollama_models_dir else Path(self.data_dir) / "ollama" / "models"
 
     def retry_delay(self, retries: int) -> float:
-        return min(self.retry_max_seconds, self.retry_base_seconds * (2 ** retries))
+        return backoff_delay(retries, base=self.retry_base_seconds, cap=self.retry_max_seconds)
 
 
 def _convert(name: str, kind: object, raw: str) -> object:

@@ -16,6 +16,7 @@ from eldric.core.digests import Digest
 from eldric.core.errors import InvalidManifestError
 from eldric.core.manifests import MANIFEST_V2, OCI_MANIFEST, Manifest
 from eldric.core.names import ModelName
+from eldric.transfer.retry import is_transient_status
 from worker_agent.errors import ModelNotFoundError, SourceError, SourceUnavailableError
 
 CONNECT_TIMEOUT = 10.0
@@ -100,8 +101,8 @@ class RegistrySource:
 
 
 def raise_if_transient(resp: requests.Response, what: str) -> None:
-    """5xx and 429 are worth retrying later (SourceUnavailableError); every source uses this rule."""
-    if resp.status_code >= 500 or resp.status_code == 429:
+    """Transient answers (eldric.transfer.retry) are worth retrying later: SourceUnavailableError."""
+    if is_transient_status(resp.status_code):
         resp.close()
         raise SourceUnavailableError(f"{what} answered {resp.status_code}")
 

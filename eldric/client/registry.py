@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 from pathlib import Path
-from typing import BinaryIO
 from urllib.parse import quote
 
 import requests
-from requests.adapters import HTTPAdapter
 
 from eldric.core.errors import EldricError
 from eldric.cluster.registry_api import API_PREFIX
+from eldric.transfer.http import BLOCK, http_session
+from eldric.transfer.retry import TRANSIENT_ERRORS
+from eldric.transfer.upload import FileSpan, send_chunks
 
-BLOCK = 1 << 20
-_TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 
 
 class RegistryClientError(EldricError):
@@ -32,42 +30,6 @@ class RegistryClientError(EldricError):
         message = body.get("message") if isinstance(body, dict) else body
         super().__init__(f"HTTP {status}: {message}")
         self.status, self.body = status, body
-
-
-class _BigBlocks(HTTPAdapter):
-    """Send request bodies in 1 MiB blocks (urllib3's default is 16 KiB: 64x the system calls)."""
-
-    def init_poolmanager(self, *args, **kwargs) -> None:
-        kwargs["blocksize"] = BLOCK
-        super().init_poolmanager(*args, **kwargs)
-
-
-def http_session(trust_env: bool = False) -> requests.Session:
-    session = requests.Session()
-    session.trust_env = trust_env  # cluster-internal traffic does not go through an egress proxy
-    for prefix in ("http://", "https://"):
-        session.mount(prefix, _BigBlocks())
-    return session
-
-
-class _Body:
-    """`length` bytes of a file from `offset`, hashed as they are read; requests sends it with Content-Length."""
-
-    def __init__(self, f: BinaryIO, offset: int, length: int, hasher: hashlib._Hash | None) -> None:
-        self.f, self.left, self.hasher = f, length, hasher
-        self.length = length
-        f.seek(offset)
-
-    def __len__(self) -> int:
-        return self.length
-
-    def read(self, n: int = -1) -> bytes:
-        n = self.left if n is None or n < 0 else min(n, self.left)
-        data = self.f.read(n)
-        self.left -= len(data)
-        if self.hasher is not None:
-            self.hasher.update(data)
-        return data
 
 
 class ModelRegistryClient:
@@ -108,7 +70,7 @@ class ModelRegistryClient:
         if digest:
             params["digest"] = digest
         with open(file, "rb") as f:
-            body = _Body(f, 0, file.stat().st_size, None)
+            body = FileSpan(f, 0, file.stat().st_size)
             return self.call("POST", "/upload", params=params, data=body,
                              headers={"Content-Type": "application/octet-stream"}).json()
 
@@ -126,7 +88,7 @@ class ModelRegistryClient:
         except BaseException:
             try:
                 self.delete_model(model["id"])
-            except (RegistryClientError, *_TRANSIENT):
+            except (RegistryClientError, *TRANSIENT_ERRORS):
                 pass
             raise
 
@@ -142,39 +104,17 @@ class ModelRegistryClient:
             return self.upload_resumable(model_id, path, local)
         with open(local, "rb") as f:
             digest = "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
-            body = _Body(f, 0, size, None)
+            body = FileSpan(f, 0, size)
             return self.call("PUT", f"/{model_id}/files/{quote(path)}", params={"digest": digest}, data=body).json()
 
     def upload_resumable(self, model_id: str, path: str, local: Path) -> dict:
         """Upload in chunks through a session; after a failure, ask the offset and go on from there."""
         size = local.stat().st_size
         session = self.call("POST", f"/{model_id}/uploads", json={"path": path, "size": size}).json()
-        hasher, hashed, offset, failures = hashlib.sha256(), 0, 0, 0  # hasher covers bytes [0, hashed)
         with open(local, "rb") as f:
-            while offset < size:
-                if hashed != offset:  # the server kept part of a chunk whose send failed
-                    if hashed > offset:
-                        hasher, hashed = hashlib.sha256(), 0
-                    _hash_range(f, hasher, hashed, offset)
-                    hashed = offset
-                length = min(self.chunk_bytes, size - offset)
-                trial = hasher.copy()
-                try:
-                    resp = self.call("PATCH", f"/uploads/{session['id']}", data=_Body(f, offset, length, trial),
-                                     headers={"Content-Range": f"bytes {offset}-{offset + length - 1}/{size}"})
-                    offset = resp.json()["offset"]
-                    if offset == hashed + length:
-                        hasher, hashed = trial, offset
-                except (*_TRANSIENT, RegistryClientError) as exc:
-                    if isinstance(exc, RegistryClientError) and exc.status not in (409, 416, 502, 503, 504):
-                        raise
-                    failures += 1
-                    if failures >= self.attempts:
-                        raise
-                    time.sleep(min(5.0, 0.2 * 2 ** failures))
-                    offset = self.call("GET", f"/uploads/{session['id']}").json()["offset"]
-        digest = "sha256:" + hasher.hexdigest()
-        return self.call("PUT", f"/uploads/{session['id']}", params={"digest": digest}).json()
+            hasher = send_chunks(self.call, f"/uploads/{session['id']}", f, size, chunk_bytes=self.chunk_bytes,
+                                 attempts=self.attempts)
+        return self.call("PUT", f"/uploads/{session['id']}", params={"digest": "sha256:" + hasher.hexdigest()}).json()
 
     def download(self, model_id: str, path: str, dest: str | os.PathLike) -> Path:
         """Fetch a file to `dest`, continuing a partial one with Range; verified against its sha256."""
@@ -192,17 +132,6 @@ class ModelRegistryClient:
         if expected and actual != expected:
             raise EldricError(f"{dest}: downloaded bytes have {actual}, expected {expected}")
         return dest
-
-
-def _hash_range(f: BinaryIO, hasher: hashlib._Hash, start: int, end: int) -> None:
-    f.seek(start)
-    left = end - start
-    while left > 0:
-        block = f.read(min(BLOCK, left))
-        if not block:
-            raise EldricError("the file shrank while it was being uploaded")
-        hasher.update(block)
-        left -= len(block)
 
 
 def _files_of(files: str | os.PathLike | dict[str, Path]) -> dict[str, Path]:

@@ -12,40 +12,7 @@ from collections.abc import Callable
 import requests
 
 from eldric.client.api import REGISTRY, ClientError
-
-
-class _Chunk:
-    """`length` bytes of `f` from `offset`, hashed and counted as requests reads them (sent with Content-Length)."""
-
-    def __init__(self, f: BinaryIO, offset: int, length: int, hasher: hashlib._Hash,
-                 on_read: Callable[[int], None]) -> None:
-        self.f, self.left, self.length, self.hasher, self.on_read = f, length, length, hasher, on_read
-        f.seek(offset)
-
-    def __len__(self) -> int:
-        return self.length
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.f.read(self.left if n is None or n < 0 else min(n, self.left))
-        self.left -= len(data)
-        self.hasher.update(data)
-        self.on_read(self.length - self.left)
-        return data
-
-
-def _hash_range(f: BinaryIO, hasher: hashlib._Hash, start: int, end: int) -> None:
-    f.seek(start)
-    while start < end:
-        block = f.read(min(1 << 20, end - start))
-        if not block:
-            raise ClientError("the file shrank while it was being uploaded")
-        hasher.update(block)
-        start += len(block)
-
-
-def _is_transient(exc: Exception) -> bool:
-    return isinstance(exc, requests.RequestException) or getattr(exc, "status", None) in (
-        None, 409, 416, 500, 502, 503, 504)
+from eldric.transfer.upload import is_retryable, send_chunks
 
 
 class ResumableUpload:
@@ -88,40 +55,18 @@ class ResumableUpload:
 
     def _send(self, f: BinaryIO, uid: str, size: int, on_progress: Callable[[int], None]) -> hashlib._Hash:
         """PATCH chunks from the registry's offset to the end; return the sha256 of the whole file."""
-        hasher, hashed, failures, offset = hashlib.sha256(), 0, 0, None
-        while offset is None or offset < size:
-            try:
-                if offset is None:  # start, or after a failure: the registry says where we are
-                    offset = self.offset = int(self.call("GET", f"{REGISTRY}/uploads/{uid}").json()["offset"])
-                    self.resumed_at = self.resumed_at or offset
-                    on_progress(offset)
-                    continue
-                if hashed != offset:
-                    if hashed > offset:
-                        hasher, hashed = hashlib.sha256(), 0
-                    _hash_range(f, hasher, hashed, offset)
-                    hashed = offset
-                length, trial, start = min(self.chunk_bytes, size - offset), hasher.copy(), offset
-                body = _Chunk(f, offset, length, trial, lambda n: on_progress(start + n))
-                resp = self.call("PATCH", f"{REGISTRY}/uploads/{uid}", data=body, headers={
-                    "Content-Range": f"bytes {offset}-{offset + length - 1}/{size}",
-                    "Content-Type": "application/octet-stream"})
-                offset = self.offset = int(resp.json()["offset"])
-                if offset == start + length:
-                    hasher, hashed = trial, offset
-                failures = 0
-            except (ClientError, requests.RequestException) as exc:
-                if not _is_transient(exc):
-                    raise
-                failures += 1
-                if failures >= self.attempts:
-                    raise ClientError(f"upload stopped at byte {self.offset} of {size} ({exc}); "
-                                      "run the same command again to resume") from None
-                self.sleep(min(5.0, 0.2 * 2 ** failures))
-                offset = None
-        if hashed != size:
-            _hash_range(f, hasher, hashed, size)
-        return hasher
+        def confirmed(offset: int) -> None:
+            self.offset = offset
+            self.resumed_at = self.resumed_at or offset
+
+        try:
+            return send_chunks(self.call, f"{REGISTRY}/uploads/{uid}", f, size, chunk_bytes=self.chunk_bytes,
+                               attempts=self.attempts, sleep=self.sleep, on_progress=on_progress, on_offset=confirmed)
+        except (ClientError, requests.RequestException) as exc:
+            if not is_retryable(exc):
+                raise
+            raise ClientError(f"upload stopped at byte {self.offset} of {size} ({exc}); "
+                              "run the same command again to resume") from None
 
     def _resume(self) -> dict | None:
         try:

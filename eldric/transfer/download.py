@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import http.client
 import hashlib
 import json
 import os
@@ -30,19 +29,17 @@ from pathlib import Path
 from collections.abc import Callable, Iterator
 
 import requests
-import urllib3
 
 from eldric.core.blobstore import BlobStore
 from eldric.core.digests import Digest
 from eldric.core.errors import DigestMismatchError
 from eldric.transfer.errors import InsufficientSpaceError, SourceError, SourceUnavailableError
+from eldric.transfer.retry import TRANSIENT_ERRORS, backoff_delay
 
 # open_range(start, end_inclusive, read_timeout) -> streaming response for those bytes
 RangeOpener = Callable[[int, int, float], requests.Response]
-# raw.read() surfaces urllib3's and the socket's own errors, not requests' wrappers.
 log = logging.getLogger(__name__)
-_TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError, http.client.HTTPException,
-              urllib3.exceptions.HTTPError, ConnectionError, TimeoutError, SourceUnavailableError)
+_TRANSIENT = (*TRANSIENT_ERRORS, SourceUnavailableError)
 
 
 def _direct_reader(resp: requests.Response) -> Callable[[memoryview], int]:
@@ -242,7 +239,7 @@ class _Download:
                 failures = 0 if part.completed > before else failures + 1
                 if failures >= self.options.part_attempts:
                     raise SourceUnavailableError(f"download of {self.data_path.name} stalled or failed: {exc}") from None
-                time.sleep(min(5.0, 0.5 * 2 ** failures))
+                time.sleep(backoff_delay(failures - 1, base=0.5, cap=5.0))
                 continue
             if part.completed == before:
                 failures += 1  # the source closed the stream early without sending anything

@@ -21,10 +21,10 @@ from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
-import urllib3
 
 from eldric.core.digests import Digest, sha256_of_file
 from eldric.core.model_errors import ImportFailedError, TooLargeError
+from eldric.transfer.retry import TRANSIENT_ERRORS, backoff_delay, is_transient_status
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def fetch(session: requests.Session, url: str, partial: Partial, *, headers: dic
             if attempt == options.attempts:
                 raise ImportFailedError(f"{redact(url)}: giving up after {attempt} attempts: {exc}") from None
             log.info("download of %s interrupted at byte %d (%s); retrying", redact(url), partial.size, exc)
-            sleep(min(10.0, options.backoff * 2 ** (attempt - 1)))
+            sleep(backoff_delay(attempt - 1, base=options.backoff, cap=10.0))
     raise AssertionError("unreachable")
 
 
@@ -134,8 +134,7 @@ def _fetch_once(session: requests.Session, url: str, partial: Partial, headers: 
                 return
             on_bytes(partial.size, total)
             _stream_body(resp, partial, options.max_bytes, total, on_bytes)
-    except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-            urllib3.exceptions.HTTPError, OSError) as exc:
+    except (*TRANSIENT_ERRORS, OSError) as exc:
         raise _Retry(str(exc)) from None
     if total is not None and partial.size != total:
         raise _Retry(f"connection closed at byte {partial.size} of {total}")
@@ -166,7 +165,7 @@ def _start_position(resp: requests.Response, url: str, partial: Partial) -> int 
     if code in (401, 403):
         raise ImportFailedError(f"{redact(url)}: access denied (HTTP {code}); gated or private models need a token, "
                                 "presigned URLs expire")
-    if code == 429 or code >= 500:
+    if is_transient_status(code):
         raise _Retry(f"HTTP {code} from {redact(url)}")
     if code >= 400 or code not in (200, 206):
         raise ImportFailedError(f"{redact(url)}: HTTP {code}")

@@ -22,7 +22,7 @@ from controller.errors import BadRequestError
 from controller.registry_client import RegistryClient
 from eldric.cluster import jobstate
 from eldric.cluster import keys
-from eldric.client.registry import http_session
+from eldric.transfer.http import http_session
 from registry.server import RegistrySettings, create_registry_app
 from tests.support.gguf_models import write_llama_gguf
 

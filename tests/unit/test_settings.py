@@ -162,11 +162,14 @@ def test_settings_are_frozen():
         s.port = 1  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("retries, delay", [(0, 2.0), (1, 4.0), (2, 8.0), (5, 64.0), (6, 120.0), (30, 120.0)])
-def test_retry_delay_doubles_up_to_the_cap(retries, delay):
-    assert load().retry_delay(retries) == delay
+@pytest.mark.parametrize("retries, nominal", [(0, 2.0), (1, 4.0), (2, 8.0), (5, 64.0), (6, 120.0), (30, 120.0)])
+def test_retry_delay_doubles_up_to_the_cap_with_jitter(retries, nominal):
+    delays = {load().retry_delay(retries) for _ in range(50)}
+    assert all(nominal / 2 <= d <= nominal for d in delays)
+    assert len(delays) > 1, "jittered: 200 workers retrying one registry must not wake together"
 
 
 def test_retry_delay_uses_the_configured_base_and_cap():
     s = load({"ELDRIC_RETRY_BASE_SECONDS": "0.2", "ELDRIC_RETRY_MAX_SECONDS": "1"})
-    assert [s.retry_delay(n) for n in range(5)] == [0.2, 0.4, 0.8, 1.0, 1.0]
+    for n, nominal in enumerate([0.2, 0.4, 0.8, 1.0, 1.0]):
+        assert nominal / 2 <= s.retry_delay(n) <= nominal
