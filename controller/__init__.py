@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 
 import redis
 from flask import Flask, jsonify, request
@@ -12,6 +11,7 @@ from controller import config as settings
 from controller.dispatch import create_producer
 from controller.errors import BadRequestError, ControllerError
 from eldric import __version__
+from eldric.web.auth import require_bearer
 from eldric.web.problems import error_response, register_error_handlers
 
 
@@ -73,20 +73,17 @@ def _register_limits(app: Flask) -> None:
 
 
 def _register_auth(app: Flask) -> None:
-    @app.before_request
-    def require_token():
-        token = app.config.get("API_TOKEN")
-        if not token or not request.path.startswith("/api/"):
-            return None
-        if request.path in ("/api/v1/openapi.json", "/api/v1/docs"):  # the docs are public; the calls are not
-            return None
-        sent = request.headers.get("Authorization", "")
-        if not (sent.startswith("Bearer ") and hmac.compare_digest(sent[7:].encode(), str(token).encode())):
-            message = "missing or wrong bearer token (Authorization: Bearer <ELDRIC_API_TOKEN>)"
-            if not request.path.startswith("/api/v1/"):  # Ollama's endpoints answer in Ollama's shape
-                return jsonify(error=message), 401
-            return error_response(401, message)
-        return None
+    message = "missing or wrong bearer token (Authorization: Bearer <ELDRIC_API_TOKEN>)"
+
+    def is_open(path: str) -> bool:  # the page, health, metrics and the docs are public; the calls are not
+        return not path.startswith("/api/") or path in ("/api/v1/openapi.json", "/api/v1/docs")
+
+    def refuse(path: str):
+        if not path.startswith("/api/v1/"):  # Ollama's endpoints answer in Ollama's shape
+            return jsonify(error=message), 401
+        return error_response(401, message)
+
+    require_bearer(app, lambda: str(app.config.get("API_TOKEN") or ""), is_open=is_open, refuse=refuse)
 
 
 def _register_health(app: Flask) -> None:

@@ -6,7 +6,6 @@ is what tests and the CLI both build.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import re
 import threading
@@ -23,6 +22,7 @@ from eldric.core.errors import DigestMismatchError, InvalidDigestError, InvalidN
 from registry.imports import Importer
 from registry.heartbeat import Heartbeat
 from eldric.core.model_errors import ModelRegistryError, RangeNotSatisfiableError
+from eldric.web.auth import require_bearer
 from eldric.web.problems import error_response, register_error_handlers
 from registry.service import RegistryService
 
@@ -106,14 +106,8 @@ def _register_domain_errors(app: Flask) -> None:
 
 
 def _register_auth(app: Flask, token: str) -> None:
-    @app.before_request
-    def require_token():
-        if not token or request.path in ("/healthz",):
-            return None
-        sent = request.headers.get("Authorization", "")
-        if not (sent.startswith("Bearer ") and hmac.compare_digest(sent[7:].encode(), token.encode())):
-            return error_response(401, "missing or wrong bearer token (Authorization: Bearer <cluster secret>)")
-        return None
+    require_bearer(app, lambda: token, is_open=lambda path: path == "/healthz", refuse=lambda path: error_response(
+        401, "missing or wrong bearer token (Authorization: Bearer <cluster secret>)"))
 
 
 def _start_janitor(svc: RegistryService, every: float = 600.0) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import threading
 
 import redis
@@ -12,6 +11,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 from eldric.core.digests import Digest
 from eldric.core.errors import InvalidDigestError, InvalidNameError
 from eldric.web.file_responses import file_response
+from eldric.web.auth import require_bearer
 from eldric.web.problems import error_response, register_error_handlers
 from eldric.transfer.ranges import RangeNotSatisfiableError
 from eldric.core.names import ModelName
@@ -39,16 +39,9 @@ def create_agent_app(agent: Agent) -> Flask:
     def inventory():
         return jsonify(worker=agent.worker_id, models=agent.store.list_models() + agent.catalog.inventory())
 
-    @app.before_request
-    def require_cluster_secret():
-        """Everything but health checks is for this cluster's controller and agents only."""
-        secret = agent.settings.cluster_secret
-        if not secret or request.path in ("/healthz", "/readyz"):
-            return None
-        sent = request.headers.get("Authorization", "")
-        if sent.startswith("Bearer ") and hmac.compare_digest(sent[7:].encode(), secret.encode()):
-            return None
-        return error_response(401, "cluster secret required")
+    # Everything but health checks is for this cluster's controller and agents only.
+    require_bearer(app, lambda: agent.settings.cluster_secret, is_open=lambda path: path in ("/healthz", "/readyz"),
+                   refuse=lambda path: error_response(401, "cluster secret required"))
 
     @app.get("/api/show")
     def show():
