@@ -15,7 +15,6 @@ from pathlib import Path
 import redis
 from flask import Flask, jsonify, request
 from flask_smorest import Api
-from werkzeug.serving import WSGIRequestHandler, run_simple
 
 from eldric import __version__
 from eldric.core.errors import DigestMismatchError, InvalidDigestError, InvalidNameError
@@ -23,10 +22,12 @@ from registry.imports import Importer
 from registry.heartbeat import Heartbeat
 from eldric.core.model_errors import ModelRegistryError, RangeNotSatisfiableError
 from eldric.web.auth import require_bearer
+from eldric.web.gunicorn_server import serve_with_gunicorn
 from eldric.web.problems import error_response, register_error_handlers
 from registry.service import RegistryService
 
 log = logging.getLogger(__name__)
+DRAIN_LIMIT = 64 << 20  # past this, a refused body is cut off: cheaper than reading it (nginx does the same)
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 
 
@@ -77,6 +78,17 @@ def create_registry_app(storage: str | Path, settings: RegistrySettings = Regist
     def healthz():
         return jsonify(status="ok", storage=str(svc.root), fingerprint=svc.fingerprint)
 
+    @app.after_request
+    def drain_refused_body(resp):
+        """Read what is left of a refused upload (bounded), so the client gets our error, not a reset connection."""
+        if resp.status_code >= 400 and 0 < (request.content_length or 0) <= DRAIN_LIMIT:
+            try:
+                while request.stream.read(1 << 20):
+                    pass
+            except OSError:
+                pass
+        return resp
+
     if background:
         svc.startup_cleanup()
         importer.start().resume_unfinished()
@@ -121,12 +133,9 @@ def _start_janitor(svc: RegistryService, every: float = 600.0) -> None:
     threading.Thread(target=run, name="registry-janitor", daemon=True).start()
 
 
-class _RequestHandler(WSGIRequestHandler):
-    # A client that vanishes without closing its connection frees its thread after this long.
-    timeout = 300
-
-
-def serve(host: str, port: int, storage: str | Path, settings: RegistrySettings = RegistrySettings()) -> None:
+def serve(host: str, port: int, storage: str | Path, settings: RegistrySettings = RegistrySettings(),
+          threads: int = 32) -> None:
+    """Serve under gunicorn (gthread): uploads stream in, files go out with sendfile(2)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_registry_app(storage, settings)
-    run_simple(host, port, app, threaded=True, use_reloader=False, request_handler=_RequestHandler)
+    serve_with_gunicorn(lambda: create_registry_app(storage, settings), host=host, port=port, threads=threads,
+                        name="eldric-registry")

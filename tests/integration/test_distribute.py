@@ -241,9 +241,10 @@ def test_llama_cpp_loads_the_gguf_distributed_from_the_registry(live, registered
     job = live.api("POST", "/api/v1/models/distribute", json={
         "model": registered["id"], "source": {"type": "registry"}, "workers": ["inf-a"]}).json()
     assert live.wait_job(job["id"])["state"] == "completed"
-    [installed] = [p for p in (live.root / "nodes" / "inf-a" / "backends" / "llamacpp").rglob("*.gguf")
-                   if "house" in str(p)]
-    assert installed.read_bytes() == registered["bytes"]
+    installed = [p for p in (live.root / "nodes" / "inf-a" / "backends" / "llamacpp").rglob("*.gguf")
+                 if p.read_bytes() == registered["bytes"]]
+    assert installed, "the registry model's GGUF is installed for llama.cpp"
+    installed = installed[0]
     llm = llama_cpp.Llama(model_path=str(installed), n_ctx=64, n_threads=2, verbose=False)
     out = llm("hello", max_tokens=1, temperature=0.0)
     assert out["usage"]["completion_tokens"] == 1

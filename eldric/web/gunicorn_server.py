@@ -1,0 +1,39 @@
+"""Run a Flask app under gunicorn (gthread) from inside our own command, as the controller runs in production.
+
+One worker process with a pool of threads: the registry keeps per-process state (its
+import threads, janitor and SQLite connections), so it scales by threads, and the app
+is built inside the worker (no preload) so those threads live where the requests are.
+Files go out with `sendfile(2)` through gunicorn's `wsgi.file_wrapper`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flask import Flask
+from gunicorn.app.base import BaseApplication
+
+
+class _Embedded(BaseApplication):
+    def __init__(self, build: Callable[[], Flask], options: dict) -> None:
+        self.build, self.options = build, options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Flask:
+        return self.build()
+
+
+def serve_with_gunicorn(build: Callable[[], Flask], *, host: str, port: int, threads: int = 32,
+                        timeout: int = 300, name: str = "eldric") -> None:
+    """Serve the app `build()` returns until SIGTERM/SIGINT; blocks (gunicorn's arbiter owns this process)."""
+    _Embedded(build, {
+        "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        "worker_class": "gthread", "workers": 1, "threads": threads,
+        # gthread answers the arbiter between requests, so a long download never looks like a hung worker.
+        "timeout": timeout, "graceful_timeout": 30, "keepalive": 5, "proc_name": name,
+        "accesslog": None, "control_socket_disable": True,
+    }).run()
