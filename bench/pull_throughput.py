@@ -99,7 +99,7 @@ def main() -> None:
                 our_times.append(w["finished_at"] - w["started_at"])
                 our_cpu.append((process_cpu(agent_pid) - a0, process_cpu(reg_pid) - r0))
                 shutil.rmtree(root / name, ignore_errors=True)
-            size = pushed["manifest"]["layers"][0]["size"] + sum(l["size"] for l in pushed["manifest"]["layers"][1:])
+            size = pushed["manifest"]["layers"][0]["size"] + sum(layer["size"] for layer in pushed["manifest"]["layers"][1:])
             best_curl, best_ours = min(curl_times), min(our_times)
             print(f"curl -o file : {size / best_curl / 1e6:8.1f} MB/s  ({best_curl:.2f} s; runs {', '.join(f'{t:.2f}' for t in curl_times)})")
             print(f"eldric pull  : {size / best_ours / 1e6:8.1f} MB/s  ({best_ours:.2f} s; runs {', '.join(f'{t:.2f}' for t in our_times)})")

@@ -27,10 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.registry_upload import write_gguf  # noqa: E402
-from eldric.client.registry import ModelRegistryClient  # noqa: E402
-from registry.server import parse_size  # noqa: E402
-from tests.support.processes import Service, eldric, free_port, session, wait_until  # noqa: E402
+from bench.registry_upload import write_gguf
+from eldric.client.registry import ModelRegistryClient
+from registry.server import parse_size
+from tests.support.processes import Service, eldric, free_port, session, wait_until
 
 CLIENTS = 4
 RANGE = 64 << 20

@@ -16,7 +16,7 @@ def _inventories(client: redis.Redis, worker_ids: list[str]) -> dict[str, dict[s
     for wid in worker_ids:
         pipe.hgetall(keys.worker_models(wid))
     out: dict[str, dict[str, dict]] = {}
-    for wid, raw in zip(worker_ids, pipe.execute()):
+    for wid, raw in zip(worker_ids, pipe.execute(), strict=False):
         out[wid] = {name: json.loads(value) for name, value in raw.items()}
     return out
 
@@ -57,7 +57,7 @@ def workers_with(client: redis.Redis, model: str) -> list[str]:
     pipe = client.pipeline(transaction=False)
     for wid in ids:
         pipe.hexists(keys.worker_models(wid), model)
-    return [wid for wid, has in zip(ids, pipe.execute()) if has]
+    return [wid for wid, has in zip(ids, pipe.execute(), strict=False) if has]
 
 
 def models_of(client: redis.Redis, worker_id: str) -> set[str]:

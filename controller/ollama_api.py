@@ -77,8 +77,8 @@ def pull():
     events = _pull_events(job_id)
     if body.get("stream", True) is False:
         last = {}
-        for last in events:
-            pass
+        for event in events:
+            last = event
         # 502: the workers (or the registry behind them) failed, not this service.
         return (jsonify(last), 200) if "error" not in last else _error(last["error"], 502)
     return Response(stream_with_context(_ndjson(events)), mimetype="application/x-ndjson")

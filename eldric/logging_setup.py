@@ -24,7 +24,7 @@ FIELDS = ("job_id", "worker_id", "task", "task_id")
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s%(context)s: %(message)s"
 
-_context: contextvars.ContextVar[dict] = contextvars.ContextVar("eldric_log_context", default={})
+_context: contextvars.ContextVar[dict] = contextvars.ContextVar("eldric_log_context", default={})  # noqa: B039  (never mutated: replaced by set())
 _process_fields: dict[str, str] = {}
 _celery_connected = False
 

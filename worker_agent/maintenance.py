@@ -73,7 +73,7 @@ def request_inventory_sync(client: redis.Redis, send: Send) -> list[str]:
     pipe = client.pipeline(transaction=False)
     for wid in ids:
         pipe.exists(keys.worker_alive(wid))
-    online = [wid for wid, alive in zip(ids, pipe.execute()) if alive]
+    online = [wid for wid, alive in zip(ids, pipe.execute(), strict=False) if alive]
     for wid in online:
         send(TASK_INVENTORY_SYNC, [], worker_queue(wid))
     return online

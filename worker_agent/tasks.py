@@ -49,7 +49,7 @@ def pull(self: JobTask, job_id: str, model: str) -> dict:
         return job_runner.run_pull_job(agent, job_id, model)
     except SourceUnavailableError as exc:
         raise self.retry(exc=exc, countdown=agent.settings.retry_delay(self.request.retries),
-                         max_retries=agent.settings.pull_retries)
+                         max_retries=agent.settings.pull_retries) from exc
 
 
 @app.task(name=TASK_DISTRIBUTE, bind=True, base=JobTask)
@@ -59,7 +59,7 @@ def distribute(self: JobTask, job_id: str, model: str) -> dict:
         return job_runner.run_distribute_job(agent, job_id, model)
     except (SourceUnavailableError, BackendUnavailableError) as exc:
         raise self.retry(exc=exc, countdown=agent.settings.retry_delay(self.request.retries),
-                         max_retries=agent.settings.pull_retries)
+                         max_retries=agent.settings.pull_retries) from exc
 
 
 @app.task(name=TASK_DELETE, bind=True, base=JobTask)

@@ -192,14 +192,14 @@ def load_worker_facts(client: redis.Redis, pinned: list[str]) -> list[WorkerFact
             pipe.hmget(keys.worker_models(wid), pinned)
     rows = pipe.execute()
     width = 4 if pinned else 3
-    per_worker = [(rows[width * i: width * i + width] + [[]])[:4] for i in range(len(ids))]
-    job_models = _unfinished_job_models(client, [(wid, j) for wid, row in zip(ids, per_worker) for j in row[2]])
+    per_worker = [([*rows[width * i:width * i + width], []])[:4] for i in range(len(ids))]
+    job_models = _unfinished_job_models(client, [(wid, j) for wid, row in zip(ids, per_worker, strict=False) for j in row[2]])
     attempts = _failed_attempts(client, pinned)
     out = []
-    for wid, (wtype, alive, jobs, held) in zip(ids, per_worker):
+    for wid, (wtype, alive, jobs, held) in zip(ids, per_worker, strict=False):
         if wtype is None:
             continue
-        models = {m: json.loads(raw) for m, raw in zip(pinned, held or []) if raw}
+        models = {m: json.loads(raw) for m, raw in zip(pinned, held or [], strict=False) if raw}
         busy = frozenset(m for j in jobs if (m := job_models.get((wid, j))))
         failed = {m: at for m, per in attempts.items() if (at := per.get(wid)) is not None}
         out.append(WorkerFacts(id=wid, type=wtype, online=bool(alive), models=models,
@@ -231,14 +231,14 @@ def _failed_attempts(client: redis.Redis, pinned: list[str]) -> dict[str, dict[s
     pipe = client.pipeline(transaction=False)
     for model in pinned:
         pipe.hgetall(pin_attempts(model))
-    last = [(model, wid, json.loads(raw)) for model, per in zip(pinned, pipe.execute()) for wid, raw in per.items()]
+    last = [(model, wid, json.loads(raw)) for model, per in zip(pinned, pipe.execute(), strict=False) for wid, raw in per.items()]
     if not last:
         return {}
     pipe = client.pipeline(transaction=False)
     for _, wid, attempt in last:
         pipe.hget(keys.job_workers(attempt["job_id"]), wid)
     out: dict[str, dict[str, float]] = {}
-    for (model, wid, attempt), raw in zip(last, pipe.execute()):
+    for (model, wid, attempt), raw in zip(last, pipe.execute(), strict=False):
         record = json.loads(raw) if raw else None
         if record and record.get("state") == jobstate.FAILED:
             out.setdefault(model, {})[wid] = float(record.get("finished_at") or attempt["at"])

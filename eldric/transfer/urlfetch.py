@@ -95,7 +95,7 @@ class Partial:
         self.hasher, self.size = hashlib.sha256(), 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class FetchOptions:
     attempts: int = 6
     backoff: float = 0.5

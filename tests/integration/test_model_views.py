@@ -33,7 +33,7 @@ def test_cluster_model_list_shows_workers_and_coverage(live, tiny_model):
     assert set(by_name) == {"tiny:latest", "other:q4"}
     tiny = by_name["tiny:latest"]
     assert tiny["workers"] == ["inf-a", "inf-b"] and tiny["coverage"] == 100.0 and tiny["consistent"]
-    assert tiny["size"] == sum(l["size"] for l in tiny_model["manifest"]["layers"]) + tiny_model["manifest"]["config"]["size"]
+    assert tiny["size"] == sum(layer["size"] for layer in tiny_model["manifest"]["layers"]) + tiny_model["manifest"]["config"]["size"]
     assert tiny["details"]["family"] == "llama"
     other = by_name["other:q4"]
     assert other["workers"] == ["inf-a"] and other["coverage"] == 50.0 and other["missing"] == ["inf-b"]

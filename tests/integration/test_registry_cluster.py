@@ -65,7 +65,7 @@ def test_registry_needs_the_cluster_secret_the_controller_sends(live: Live) -> N
 def test_large_upload_and_download_stream_through_the_controller(live: Live, workdir: Path) -> None:
     big = workdir / "weights.bin"
     with open(big, "wb") as f:
-        for i in range(96):
+        for _i in range(96):
             f.write(os.urandom(1 << 16) * 16)  # 96 MiB
     digest = "sha256:" + hashlib.sha256(big.read_bytes()).hexdigest()
     before = peak_rss_mb(live.controller_pid)

@@ -108,7 +108,7 @@ class RedisServer(Service):
         super().start()
         import redis
         client = redis.Redis(port=self.port)
-        wait_until(lambda: client.ping(), timeout=10, message="redis-server to answer PING")
+        wait_until(client.ping, timeout=10, message="redis-server to answer PING")
         return self
 
 

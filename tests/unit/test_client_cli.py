@@ -266,7 +266,7 @@ def test_upload_gives_up_after_the_attempts_and_keeps_the_session(model_file, tm
 
 
 def test_registry_without_an_action_still_runs_the_service():
-    served, ran = [], []
+    served, _ran = [], []
     parser = argparse.ArgumentParser(prog="eldric")
     sub = parser.add_subparsers(dest="command", required=True)
     reg = sub.add_parser("registry")

@@ -22,6 +22,7 @@ from eldric.core.digests import Digest
 from eldric.core.errors import DigestMismatchError
 from eldric.transfer.download import DownloadOptions, download_blob, plan_parts
 from worker_agent.errors import SourceError, SourceUnavailableError
+import itertools
 
 DATA = bytes((i * 31 + 7) % 251 for i in range(10_000))
 DIGEST = Digest.of_bytes(DATA)
@@ -224,7 +225,7 @@ def test_plan_parts(size, part_bytes, expected):
 def test_plan_parts_cover_the_blob_exactly_in_order(size, part_bytes):
     plan = plan_parts(size, part_bytes)
     assert plan[0][0] == 0
-    assert all(a + n == b for (a, n), (b, _) in zip(plan, plan[1:]))
+    assert all(a + n == b for (a, n), (b, _) in itertools.pairwise(plan))
     assert sum(n for _, n in plan) == size
     assert all(n == part_bytes for _, n in plan[:-1])
     assert 0 < plan[-1][1] <= part_bytes
@@ -302,7 +303,7 @@ def test_failed_download_keeps_its_state_and_the_next_one_resumes_every_range(st
 
     assert path.read_bytes() == DATA
     assert good.starts == [start + keep for start in PART_STARTS]
-    assert all(start > part for start, part in zip(good.starts, PART_STARTS))
+    assert all(start > part for start, part in zip(good.starts, PART_STARTS, strict=False))
     assert good.bytes_requested == len(DATA) - 4 * keep
     assert sum(counted) == len(DATA)  # resumed bytes are reported too, so progress reaches 100 %
     assert partial_files(partial) == set()

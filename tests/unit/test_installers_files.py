@@ -159,7 +159,7 @@ def test_shared_path_links_instead_of_copying(tmp_path, st_model):
 
 def test_shared_path_lacking_a_file_is_refused(tmp_path, st_model):
     shared = write_safetensors_model(tmp_path / "nfs" / "m", tokenizer=False)
-    with pytest.raises(MissingFilesError, match="tokenizer.json"):
+    with pytest.raises(MissingFilesError, match=r"tokenizer\.json"):
         install(st_model, config("vllm", tmp_path), shared_path=shared)
     assert not (tmp_path / "vllm" / "acme--tiny-st").exists()
 
@@ -213,7 +213,7 @@ def test_llamacpp_refuses_a_file_that_is_not_gguf(tmp_path):
     bogus = tmp_path / "bogus.gguf"
     bogus.write_bytes(b"GGML" + bytes(64))
     model = LocalModel(name="bogus", format="gguf", files={"bogus.gguf": bogus})
-    with pytest.raises(InvalidModelError, match="llama.cpp cannot load it: .*magic"):
+    with pytest.raises(InvalidModelError, match=r"llama\.cpp cannot load it: .*magic"):
         install(model, config("llamacpp", tmp_path))
     assert not (tmp_path / "llamacpp").exists()
 
@@ -339,6 +339,6 @@ def test_rollback_restores_the_previous_file(tmp_path):
 @pytest.mark.parametrize("backend", ["vllm", "tgi", "llamacpp"])
 def test_install_refuses_unsafe_paths_even_in_a_hand_built_model(tmp_path, gguf_model, backend):
     model = LocalModel(name="evil", format="gguf", files={"../../escape.gguf": gguf_model.files["tiny.gguf"]})
-    with pytest.raises(InvalidModelError, match="'..'"):
+    with pytest.raises(InvalidModelError, match=r"'\.\.'"):
         install(model, config(backend, tmp_path))
     assert not (tmp_path / "escape.gguf").exists()

@@ -170,7 +170,7 @@ def test_metadata_entry_is_ignored(tmp_path: Path) -> None:
 
 def test_config_json_must_be_an_object(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("[1]")
-    with pytest.raises(InvalidFormatError, match="config.json: not a JSON object"):
+    with pytest.raises(InvalidFormatError, match=r"config\.json: not a JSON object"):
         inspect_file("config.json", tmp_path / "config.json")
 
 

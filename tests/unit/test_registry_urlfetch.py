@@ -81,7 +81,7 @@ def test_dropped_connection_resumes_with_range(tmp_path: Path) -> None:
 
 def test_server_without_range_support_starts_over(tmp_path: Path) -> None:
     server = FakeServer(ranges=False, drops=[4000])
-    digest, size, path = run(server, tmp_path)
+    digest, _size, path = run(server, tmp_path)
     assert path.read_bytes() == DATA and digest == "sha256:" + hashlib.sha256(DATA).hexdigest()
     assert server.seen[1].get("Range") == "bytes=4000-"  # asked, got a 200, restarted cleanly
 
