@@ -1,25 +1,7 @@
-"""The controller's one base error; views map each kind to its HTTP status."""
+"""The controller's errors: the foundation's status-carrying errors (one set for every service).
 
+Views map each kind to its HTTP status through the one error format (eldric.web.problems).
+"""
 
-class ControllerError(Exception):
-    status = 500
-
-
-class BadRequestError(ControllerError):
-    status = 400
-
-    def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field
-
-
-class NotFoundError(ControllerError):
-    status = 404
-
-
-class ConflictError(ControllerError):
-    status = 409
-
-
-class UnavailableError(ControllerError):
-    status = 503
+from eldric.core.model_errors import BadRequestError, ConflictError, NotFoundError, UnavailableError  # noqa: F401
+from eldric.core.model_errors import ModelRegistryError as ControllerError  # noqa: F401
