@@ -14,7 +14,11 @@ deadline/stale failures, reach the client too). Contract (text/event-stream):
 
 A record is the same per-worker record as in the job view (`worker`, `state`,
 `status`, `percent`, `completed`, `total`, `error`, `updated_at`, ...); records
-older than what the client already has are not sent.
+older than what the client already has are not sent. Records published by a write
+also carry `job_state`, the job's state right after that write, so clients never
+derive it; the newest is the last record of the event. Records from a re-read (the
+reader-derived `offline` and deadline failures) carry no `job_state`; the job's state
+then comes with `done`, or the next snapshot.
 """
 
 from __future__ import annotations
@@ -83,6 +87,7 @@ def job_event_stream(client: redis.Redis, job_id: str, read_job: Callable[[], di
             while message is not None:
                 record = _parse(message)
                 if record and _newer(record, known):
+                    pending.pop(record["worker"], None)  # keep write order: the last record's job_state is the newest
                     pending[record["worker"]] = record
                 message = pubsub.get_message(timeout=0)
             now = clock()

@@ -60,14 +60,22 @@ class JobTracker:
         self.records = {w["worker"]: w for w in job.get("workers", [])}
 
     def merge(self, records: list[dict]) -> None:
+        """Keep each worker's newest record; a published one carries the job's state after it (`job_state`).
+
+        The records the controller re-reads for states only readers derive (offline) carry no
+        `job_state` and leave the job's state as it was.
+        """
         for record in records:
             old = self.records.get(record["worker"])
             if old is None or float(record.get("updated_at") or 0) >= float(old.get("updated_at") or 0):
                 self.records[record["worker"]] = record
+                if record.get("job_state"):
+                    self.job = {**self.job, "state": record["job_state"]}
 
     @property
     def finished(self) -> bool:
-        return self.job.get("state") in FINAL and all(r.get("state") in FINAL for r in self.records.values())
+        """Whether the controller (the snapshot, or the last event's `job_state`) says the job ended."""
+        return self.job.get("state") in FINAL
 
     def failed(self) -> list[dict]:
         return [r for r in self.records.values() if r.get("state") == "failed"]
@@ -75,7 +83,11 @@ class JobTracker:
 
 def follow_job(api: Api, job: dict, on_change: Callable[[JobTracker], None], *, poll_seconds: float = 1.0,
                sleep: Callable[[float], None] = time.sleep) -> JobTracker:
-    """Follow a job to its end: the event stream while it works, polling GET pull-jobs/<id> otherwise."""
+    """Follow a job to its end: the event stream while it works, polling GET pull-jobs/<id> otherwise.
+
+    The stream is read to its `done` (the final job); when it is cut after an event's `job_state`
+    already said the job ended, the follow ends there, without reconnecting or polling.
+    """
     tracker = JobTracker(job)
     on_change(tracker)
     streams = 0

@@ -132,6 +132,48 @@ def test_failing_pull_shows_the_reason_on_every_bar(dash, page):
     expect(job.locator(".dot[data-state=failed]")).to_have_count(len(WORKERS))
 
 
+def _sse(event: str, data: dict) -> str:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+def test_the_watch_takes_the_job_state_from_the_events(dash, page):
+    """The job's state is the one each event carries (`job_state`), never re-derived from the workers' records."""
+    now = time.time()
+    job_id = "f" * 32
+
+    def rec(worker: str, state: str, at: float, **kw) -> dict:
+        return {"worker": worker, "state": state, "percent": 0.0, "completed": 0, "total": 0, "status": state,
+                "error": None, "updated_at": at, **kw}
+
+    job = {"id": job_id, "kind": "pull", "model": "scripted:latest", "source": "ollama", "state": "pending",
+           "created_at": now, "deadline_at": now + 600, "finished_at": None, "targets": ["inf-1", "inf-2"],
+           "options": {}, "summary": {"counts": {"pending": 2}, "completed": 0, "total": 0, "percent": 0.0},
+           "workers": [rec("inf-1", "pending", now), rec("inf-2", "pending", now)]}
+    running = {**job, "state": "running", "workers": [rec("inf-1", "pulling", now + 1), rec("inf-2", "pulling", now + 1)]}
+    # The stream is cut before its `done`: by the records alone inf-2 is still pulling (a running job),
+    # but the write of inf-1's failure said the job failed.
+    body = "retry: 3000\n" + _sse("snapshot", running) + _sse("progress", {"workers": [
+        rec("inf-1", "failed", now + 2, error="boom", job_state="failed")]})
+    streams, reads = [], []
+    page.route(lambda url: url.endswith("/api/v1/models/pull"),
+               lambda route: route.fulfill(status=202, json=job))
+    page.route(lambda url: url.endswith(f"/pull-jobs/{job_id}/events"),
+               lambda route: (streams.append(1), route.fulfill(status=200, body=body, headers={
+                   "Content-Type": "text/event-stream", "Cache-Control": "no-cache"})))
+    page.route(lambda url: url.endswith(f"/pull-jobs/{job_id}"),
+               lambda route: (reads.append(1), route.fulfill(status=404, json={"code": 404, "message": "gone"})))
+    _open(page, dash)
+    page.fill("#pull-model", "scripted")
+    page.get_by_role("button", name="Pull to All Workers").click()
+    expect(page.locator("#pull-summary [data-job-state]")).to_have_attribute("data-job-state", "failed")
+    expect(page.locator('#pull-bars li[data-worker="inf-1"]')).to_have_attribute("data-state", "failed")
+    expect(page.locator('#pull-bars li[data-worker="inf-2"]')).to_have_attribute("data-state", "pulling")
+    expect(page.locator("#pull-summary")).to_contain_text("1 failed · 1 pulling")  # the per-worker counts
+    expect(page.get_by_role("button", name="Pull to All Workers")).to_be_enabled()  # the watch ended
+    page.wait_for_timeout(1500)  # a reconnect or a poll would come within this
+    assert streams == [1] and reads == []
+
+
 def test_coverage_distributes_a_partly_covered_model_in_one_click(dash, page):
     _open(page, dash)
     row = page.locator('#coverage-table tr[data-model="tiny:latest"]')
@@ -240,6 +282,8 @@ def test_event_stream_contract(dash, oci, workdir):
     partial = [r for e, d in seen if e == "progress" for r in d["workers"]
                if r["state"] == "pulling" and 0 < r["percent"] < 100]
     assert partial and partial[0]["worker"] == "inf-2" and partial[0]["total"] > 8 << 20, seen
+    # Each published record carries the job's state after its write (the re-read derived ones carry none).
+    assert any(r.get("job_state") == "running" for r in partial), partial
     assert seen[-1][1]["state"] == "completed"
 
     # A job that cannot progress (its only worker is registered but offline): keep-alives, then `end`.

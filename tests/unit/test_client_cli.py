@@ -80,6 +80,18 @@ def test_tracker_keeps_the_newest_record_per_worker():
     assert tracker.records["a"]["state"] == "completed" and not tracker.finished  # the job view not final yet
 
 
+def test_tracker_takes_the_job_state_from_the_events_not_from_the_records():
+    tracker = JobTracker(_job("pending", _w("a", "pending"), _w("b", "pending")))
+    tracker.merge([_w("a", "pulling", 2, job_state="running")])
+    assert tracker.job["state"] == "running"
+    tracker.merge([_w("a", "pulling", 1.5, job_state="pending")])  # an older echo: neither record nor state
+    tracker.merge([_w("b", "offline", 2)])  # a state only readers derive: published by no write, no job_state
+    assert tracker.job["state"] == "running" and tracker.records["a"]["updated_at"] == 2
+    # b's own failure was never seen here, yet the write of a's completed record said the job failed.
+    tracker.merge([_w("a", "completed", 3, job_state="failed")])
+    assert tracker.job["state"] == "failed" and tracker.finished and tracker.records["b"]["state"] == "offline"
+
+
 class FakeApi:
     """Scripted event streams (a list per connection; an exception to fail it) and job reads."""
 
@@ -107,6 +119,17 @@ def test_follow_job_uses_the_stream_until_done():
     tracker = follow_job(api, start, lambda t: seen.append({w: r["state"] for w, r in t.records.items()}))
     assert {"a": "pulling", "b": "pending"} in seen and seen[-1] == {"a": "completed", "b": "failed"}
     assert [r["error"] for r in tracker.failed()] == ["boom"] and api.gets == 0
+
+
+def test_follow_job_ends_when_an_event_says_the_job_failed_without_reconnecting_or_polling():
+    start = _job("running", _w("a", "pulling"), _w("b", "pulling"))
+    # The stream is cut after the event (no `done`); the tracker's records alone still show b pulling.
+    api = FakeApi([[("snapshot", start), ("progress", {"workers": [_w("a", "failed", 2, error="boom",
+                                                                        job_state="failed")]})]])
+    tracker = follow_job(api, start, lambda t: None, sleep=lambda s: pytest.fail("polled"))
+    assert tracker.job["state"] == "failed" and tracker.records["b"]["state"] == "pulling"
+    assert api.streams == [] and api.gets == 0  # one stream, no reconnect, no job read
+    assert [r["error"] for r in tracker.failed()] == ["boom"]
 
 
 def test_follow_job_reconnects_after_a_lifetime_end_and_polls_without_a_stream():

@@ -123,12 +123,17 @@
       this.changed();
     }
 
+    // A published record carries the job's state after its write (`job_state`, eldric/cluster/jobstore.py);
+    // the records the controller re-reads for states only readers derive carry none and leave it as it was.
     merge(records) {
+      let state = this.job.state;
       for (const r of records) {
         const old = this.records.get(r.worker);
-        if (!old || (r.updated_at || 0) >= (old.updated_at || 0) || FINAL.has(r.state)) this.records.set(r.worker, r);
+        if (old && (r.updated_at || 0) < (old.updated_at || 0) && !FINAL.has(r.state)) continue; // an older echo
+        this.records.set(r.worker, r);
+        if (r.job_state) state = r.job_state;
       }
-      this.job = { ...this.job, state: jobState([...this.records.values()]) };
+      this.job = { ...this.job, state };
       this.changed();
     }
 
@@ -152,8 +157,10 @@
           attempt = 0; // the server ended a healthy stream (lifetime): reconnect at once
         } catch (err) {
           if (this.closed) return;
-          await sleep(500);
+          if (!FINAL.has(this.job.state)) await sleep(500);
         }
+        // The events already said the job ended (the stream was cut before its `done`): nothing left to wait for.
+        if (FINAL.has(this.job.state)) { this.close(); return; }
       }
       if (!this.closed) await this.poll();
     }
@@ -218,15 +225,6 @@
       for (const r of this.records.values()) counts[r.state] = (counts[r.state] || 0) + 1;
       return counts;
     }
-  }
-
-  // The job's state from its workers' states, as the controller derives it (eldric/cluster/jobstate.py).
-  function jobState(records) {
-    const states = records.map((r) => r.state);
-    if (!states.length || states.every((st) => st === "pending" || st === "offline")) return "pending";
-    if (states.every((st) => st === "completed")) return "completed";
-    if (states.every((st) => FINAL.has(st))) return "failed";
-    return "running";
   }
 
   function failureText(watch) {
