@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import argparse
-import os
+import sys
 
 HELP = "run the controller (REST API, dashboard)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default=os.environ.get("ELDRIC_CONTROLLER_HOST", "127.0.0.1"))
-    p.add_argument("--port", type=int, default=int(os.environ.get("ELDRIC_CONTROLLER_PORT", "8880")))
+    p.add_argument("--host", default=None, help="listen address (default $ELDRIC_CONTROLLER_HOST or 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="listen port (default $ELDRIC_CONTROLLER_PORT or 8880)")
 
 
 def run(args: argparse.Namespace) -> int:
     from werkzeug.serving import run_simple
 
     from controller import create_app
+    from controller.config import ControllerSettings
     from eldric import logging_setup
 
-    logging_setup.configure_logging(os.environ.get("ELDRIC_LOG_LEVEL", "INFO"), logging_setup.format_from_env())
-    run_simple(args.host, args.port, create_app(), threaded=True, use_reloader=False)
+    try:
+        settings = ControllerSettings.from_env(controller_host=args.host, controller_port=args.port)
+    except ValueError as exc:
+        print(f"eldric controller: {exc}", file=sys.stderr)
+        return 2
+    logging_setup.configure_logging(settings.log_level, logging_setup.format_from_env())
+    run_simple(settings.controller_host, settings.controller_port, create_app(), threaded=True, use_reloader=False)
     return 0

@@ -1,39 +1,39 @@
 """Every controller setting: its default, its environment variable, its meaning.
 
 Precedence: these defaults, then ELDRIC_* environment variables, then the mapping
-passed to create_app (tests).
+passed to create_app (tests). Flask's config takes them under upper-case names
+(`REDIS_URL`, `API_TOKEN`, …), the variable without its `ELDRIC_` prefix.
 """
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
 
-# name: (default, meaning)
-SETTINGS: dict[str, tuple[object, str]] = {
-    "REDIS_URL": ("redis://127.0.0.1:6379/0", "Redis: Celery broker and all cluster state"),
-    "API_TOKEN": ("", "when set, every /api/v1 call needs `Authorization: Bearer <token>`"),
-    "CLUSTER_SECRET": ("", "shared secret of controller and agents (agent-to-agent and agent-to-controller calls)"),
-    "JOB_DEADLINE_SECONDS": (6 * 3600, "a worker that has not finished its part by then is failed"),
-    "STALE_WORKER_SECONDS": (120, "a worker silent this long mid-pull, and offline, is failed"),
-    "JOB_RETENTION_SECONDS": (7 * 24 * 3600, "finished jobs older than this are forgotten"),
-    "JOB_HISTORY_MAX": (1000, "at most this many jobs are kept"),
-    "WORKER_FORGET_SECONDS": (7 * 24 * 3600, "a worker offline this long leaves the worker list"),
-    "REGISTRY_URL": ("http://127.0.0.1:8892", "the data worker's model registry"),
-}
+from pydantic import Field
+
+from eldric.core.settings import EnvSettings
 
 
-def from_env(env: dict[str, str] | None = None) -> dict[str, object]:
-    env = dict(os.environ if env is None else env)
-    out: dict[str, object] = {}
-    for name, (default, _meaning) in SETTINGS.items():
-        raw = env.get(f"ELDRIC_{name}")
-        if raw in (None, ""):
-            out[name] = default
-        elif isinstance(default, int):
-            try:
-                out[name] = int(raw)
-            except ValueError:
-                raise ValueError(f"ELDRIC_{name} must be an integer, got {raw!r}") from None
-        else:
-            out[name] = raw
-    return out
+class ControllerSettings(EnvSettings):
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis: Celery broker and all cluster state")
+    api_token: str = Field("", description="when set, every /api/v1 call needs `Authorization: Bearer <token>`")
+    cluster_secret: str = Field("", description="shared secret of controller and agents (agent-to-agent and agent-to-controller calls)")
+    job_deadline_seconds: int = Field(6 * 3600, ge=1, description="a worker that has not finished its part by then is failed")
+    stale_worker_seconds: int = Field(120, ge=1, description="a worker silent this long mid-pull, and offline, is failed")
+    job_retention_seconds: int = Field(7 * 24 * 3600, ge=0, description="finished jobs older than this are forgotten")
+    job_history_max: int = Field(1000, ge=1, description="at most this many jobs are kept")
+    worker_forget_seconds: int = Field(7 * 24 * 3600, ge=0, description="a worker offline this long leaves the worker list")
+    registry_url: str = Field("http://127.0.0.1:8892", description="the data worker's model registry")
+    controller_host: str = Field("127.0.0.1", description="where `eldric controller` listens")
+    controller_port: int = Field(8880, ge=0, le=65535, description="where `eldric controller` listens")
+    log_level: str = Field("INFO", description="log level of the controller process")
+
+
+# Flask config names of the settings the app reads (the listen address is the command's).
+SETTINGS = tuple(name.upper() for name in ControllerSettings.model_fields
+                 if name not in ("controller_host", "controller_port", "log_level"))
+
+
+def from_env(env: Mapping[str, str] | None = None) -> dict[str, object]:
+    values = ControllerSettings.from_env(env)
+    return {name: getattr(values, name.lower()) for name in SETTINGS}

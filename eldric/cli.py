@@ -11,8 +11,11 @@ import importlib
 import os
 import sys
 
+from pydantic import Field
+
 from eldric import __version__
 from eldric.client import cli as client_cli
+from eldric.core.settings import EnvSettings
 
 SERVICES = {"controller": "controller.cli", "worker": "worker_agent.cli", "registry": "registry.cli"}
 
@@ -24,25 +27,36 @@ def _beat(args: argparse.Namespace) -> int:
     from eldric.cluster.schedules import ScheduleSettings, beat_config
 
     try:
-        schedule = ScheduleSettings.from_env()
+        schedule = ScheduleSettings.from_env(redis_url=args.redis_url, log_level=args.loglevel)
         logging_setup.format_from_env()
     except ValueError as exc:
         print(f"eldric beat: {exc}", file=sys.stderr)
         return 2
     logging_setup.connect_celery_signals()
     app = Celery("eldric-beat")
-    app.conf.update(beat_config(args.redis_url, schedule))
+    app.conf.update(beat_config(schedule.redis_url, schedule))
     # RedBeat keeps the schedule in Redis and takes a lock there: a second beat waits for it.
-    app.Beat(loglevel=args.loglevel, max_interval=schedule.loop_seconds).run()
+    app.Beat(loglevel=schedule.log_level, max_interval=schedule.loop_seconds).run()
     return 0
+
+
+class FlowerSettings(EnvSettings):
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="the broker Flower watches")
+    flower_host: str = Field("127.0.0.1", description="where `eldric flower` listens")
+    flower_port: int = Field(5555, ge=0, le=65535, description="where `eldric flower` listens")
 
 
 def _flower(args: argparse.Namespace) -> int:
     """Replace this process with Flower watching our broker (task events are on, see eldric/cluster/celeryconf.py)."""
+    try:
+        s = FlowerSettings.from_env(redis_url=args.redis_url, flower_host=args.host, flower_port=args.port)
+    except ValueError as exc:
+        print(f"eldric flower: {exc}", file=sys.stderr)
+        return 2
     extra = args.flower_args[1:] if args.flower_args[:1] == ["--"] else args.flower_args
-    argv = [sys.executable, "-m", "celery", "flower", f"--port={args.port}", f"--address={args.host}", *extra]
+    argv = [sys.executable, "-m", "celery", "flower", f"--port={s.flower_port}", f"--address={s.flower_host}", *extra]
     # Through the environment, not argv: a Redis password must not show in `ps`.
-    os.execve(sys.executable, argv, {**os.environ, "CELERY_BROKER_URL": args.redis_url})  # noqa: S606  (our own argv)
+    os.execve(sys.executable, argv, {**os.environ, "CELERY_BROKER_URL": s.redis_url})  # noqa: S606  (our own argv)
     return 0  # not reached
 
 
@@ -58,17 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
         service.add_arguments(p)
         p.set_defaults(func=service.run)
 
-    redis_default = os.environ.get("ELDRIC_REDIS_URL", "redis://127.0.0.1:6379/0")
     p = sub.add_parser("beat", help="run Celery beat: schedules inventory syncs, the stale-job reaper, pins")
-    p.add_argument("--redis-url", default=redis_default, help="broker and schedule store (default $ELDRIC_REDIS_URL)")
-    p.add_argument("--loglevel", default=os.environ.get("ELDRIC_LOG_LEVEL", "INFO"))
+    p.add_argument("--redis-url", default=None, help="broker and schedule store (default $ELDRIC_REDIS_URL)")
+    p.add_argument("--loglevel", default=None, help="default $ELDRIC_LOG_LEVEL or INFO")
     p.set_defaults(func=_beat)
 
     p = sub.add_parser("flower", help="run Flower (Celery monitoring UI and API) against our broker; "
                                       "arguments after -- go to Flower, e.g. -- --url_prefix=flower")
-    p.add_argument("--host", default=os.environ.get("ELDRIC_FLOWER_HOST", "127.0.0.1"))
-    p.add_argument("--port", type=int, default=int(os.environ.get("ELDRIC_FLOWER_PORT", "5555")))
-    p.add_argument("--redis-url", default=redis_default, help="broker (default $ELDRIC_REDIS_URL)")
+    p.add_argument("--host", default=None, help="default $ELDRIC_FLOWER_HOST or 127.0.0.1")
+    p.add_argument("--port", type=int, default=None, help="default $ELDRIC_FLOWER_PORT or 5555")
+    p.add_argument("--redis-url", default=None, help="broker (default $ELDRIC_REDIS_URL)")
     p.add_argument("flower_args", nargs=argparse.REMAINDER, help="-- then options for Flower itself")
     p.set_defaults(func=_flower)
     client_cli.add_commands(sub)

@@ -11,7 +11,6 @@ hostname `<id>@eldric`), and the process default set by `set_process_fields`.
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import os
 import sys
@@ -19,6 +18,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO
+
+from pythonjsonlogger.core import RESERVED_ATTRS
+from pythonjsonlogger.json import JsonFormatter as BaseJsonFormatter
 
 FIELDS = ("job_id", "worker_id", "task", "task_id")
 FORMATS = ("text", "json")
@@ -58,19 +60,19 @@ class ContextFilter(logging.Filter):
         return True
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for name in FIELDS:
-            entry[name] = getattr(record, name, None)
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+class JsonFormatter(BaseJsonFormatter):
+    """python-json-logger with our field names: ts (UTC, ms), level, logger, message, the ids, exc."""
+
+    converter = time.gmtime
+    default_time_format = "%Y-%m-%dT%H:%M:%S"
+    default_msec_format = "%s.%03dZ"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "{asctime}{levelname}{name}{message}" + "".join(f"{{{name}}}" for name in FIELDS), style="{",
+            rename_fields={"asctime": "ts", "levelname": "level", "name": "logger", "exc_info": "exc"},
+            # `context` is the text format's suffix, not a field of its own.
+            reserved_attrs=[*RESERVED_ATTRS, "context"], json_default=str)
 
 
 def make_formatter(fmt: str) -> logging.Formatter:

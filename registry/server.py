@@ -7,16 +7,16 @@ is what tests and the CLI both build.
 from __future__ import annotations
 
 import logging
-import re
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 from flask import Flask, jsonify, request
 from flask_smorest import Api
+from pydantic import Field
 
-from eldric import __version__
+from eldric import __version__, logging_setup
+from eldric.core.settings import EnvSettings, Size, UserPath
 from eldric.core.errors import DigestMismatchError, InvalidDigestError, InvalidNameError
 from registry.imports import Importer
 from registry.heartbeat import Heartbeat
@@ -28,29 +28,28 @@ from registry.service import RegistryService
 
 log = logging.getLogger(__name__)
 DRAIN_LIMIT = 64 << 20  # past this, a refused body is cut off: cheaper than reading it (nginx does the same)
-_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 
 
-def parse_size(raw: str | int) -> int:
-    """Bytes from `1073741824`, `512M`, `20G`, `1TiB` (binary units: K = 1024)."""
-    if isinstance(raw, int):
-        return raw
-    match = _SIZE.match(raw)
-    if not match:
-        raise ValueError(f"not a size: {raw!r} (examples: 1048576, 512M, 20G, 1T)")
-    number, unit = int(match.group(1)), (match.group(2) or "B")[0].upper()
-    return number << {"B": 0, "K": 10, "M": 20, "G": 30, "T": 40}[unit]
+class RegistrySettings(EnvSettings):
+    """The registry's settings: `from_env` reads ELDRIC_REGISTRY_* (the CLI); tests construct them directly."""
 
-
-@dataclass(frozen=True)
-class RegistrySettings:
-    max_file_bytes: int = 1 << 40  # one file of a model
-    max_model_bytes: int = 4 << 40  # all files of a model
-    min_free_bytes: int = 1 << 30  # uploads that would leave less free space are refused (507)
-    draft_ttl_seconds: float = 24 * 3600  # drafts untouched this long are deleted
-    redis_url: str | None = None  # for job progress of URL imports started by the controller
-    token: str = ""  # when set, every API call needs `Authorization: Bearer <token>` (the cluster secret)
-    import_workers: int = 2
+    host: str = Field("127.0.0.1", validation_alias="ELDRIC_REGISTRY_HOST", description="listen address")
+    port: int = Field(8892, ge=0, le=65535, validation_alias="ELDRIC_REGISTRY_PORT", description="listen port")
+    storage: UserPath = Field(Path.home() / ".eldric" / "registry", validation_alias="ELDRIC_REGISTRY_STORAGE",
+                              description="storage root: drafts, committed models, the catalog")
+    max_file_bytes: Size = Field(1 << 40, validation_alias="ELDRIC_REGISTRY_MAX_FILE_SIZE",
+                                 description="largest file of a model, e.g. 200G")
+    max_model_bytes: Size = Field(4 << 40, validation_alias="ELDRIC_REGISTRY_MAX_MODEL_SIZE",
+                                  description="largest model, all files")
+    min_free_bytes: Size = Field(1 << 30, validation_alias="ELDRIC_REGISTRY_MIN_FREE",
+                                 description="uploads that would leave less free space are refused (507)")
+    draft_ttl_seconds: float = Field(24 * 3600, gt=0, validation_alias="ELDRIC_REGISTRY_DRAFT_TTL_SECONDS",
+                                     description="drafts untouched this long are deleted")
+    redis_url: str | None = Field(None, description="Redis for the progress of URL imports the controller starts")
+    token: str = Field("", validation_alias="ELDRIC_CLUSTER_SECRET",
+                       description="when set, every API call needs `Authorization: Bearer <token>` (the cluster secret)")
+    import_workers: int = Field(2, ge=1, validation_alias="ELDRIC_REGISTRY_IMPORT_WORKERS", description="URL imports run at once")
+    log_level: str = Field("INFO", description="log level of the registry process")
 
 
 def create_registry_app(storage: str | Path, settings: RegistrySettings = RegistrySettings(), *,
@@ -136,6 +135,6 @@ def _start_janitor(svc: RegistryService, every: float = 600.0) -> None:
 def serve(host: str, port: int, storage: str | Path, settings: RegistrySettings = RegistrySettings(),
           threads: int = 32) -> None:
     """Serve under gunicorn (gthread): uploads stream in, files go out with sendfile(2)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging_setup.configure_logging(settings.log_level, logging_setup.format_from_env())
     serve_with_gunicorn(lambda: create_registry_app(storage, settings), host=host, port=port, threads=threads,
                         name="eldric-registry")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from eldric.cluster.queues import WORKER_TYPES
@@ -18,7 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default=None, help="agent bind address (default 127.0.0.1)")
     p.add_argument("--data-dir", default=None, help="agent state directory (default ~/.eldric/NAME)")
     p.add_argument("--concurrency", type=int, default=None, help="tasks run at once")
-    p.add_argument("--loglevel", default=os.environ.get("ELDRIC_LOG_LEVEL", "INFO"))
+    p.add_argument("--loglevel", default=None, help="default $ELDRIC_LOG_LEVEL or INFO")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,9 +27,10 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         settings = AgentSettings.from_env(worker_id=args.name, worker_type=args.type, port=args.port,
-                                          data_dir=args.data_dir, host=args.host, concurrency=args.concurrency)
+                                          data_dir=args.data_dir, host=args.host, concurrency=args.concurrency,
+                                          log_level=args.loglevel)
     except SettingsError as exc:
         print(f"eldric worker: {exc}", file=sys.stderr)
         return 2
-    run_agent(settings, loglevel=args.loglevel)
+    run_agent(settings, loglevel=settings.log_level)
     return 0

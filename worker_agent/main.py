@@ -12,11 +12,10 @@ import redis
 
 from eldric import logging_setup
 from eldric.cluster.queues import TASK_FOR_JOB_KIND, TASK_PULL, queues_for, worker_queue
-from worker_agent import celery_app, installers, job_runner, membership, runtime
+from worker_agent import celery_app, http_process, installers, job_runner, membership, runtime
 from worker_agent.catalog import Catalog
 from worker_agent.ollama_store import OllamaStore
 from worker_agent.runtime import Agent
-from worker_agent.server import create_agent_app, start_server
 from worker_agent.settings import AgentSettings
 
 log = logging.getLogger("eldric.agent")
@@ -52,7 +51,7 @@ def run_agent(settings: AgentSettings, loglevel: str = "INFO") -> None:
     agent = Agent(settings=settings, redis=client, store=store, catalog=Catalog(Path(settings.data_dir) / "catalog"))
     runtime.install(agent)
 
-    server = start_server(create_agent_app(agent), settings.host, settings.http_port)
+    server = http_process.start(settings.model_dump_json(), settings.host, settings.http_port)
     address = settings.advertise_url or f"http://{settings.host}:{server.server_port}"
     info = {"id": settings.worker_id, "type": settings.worker_type, "address": address,
             "backends": settings.backends, "free_disk": membership.free_disk(settings.data_dir),

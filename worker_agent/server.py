@@ -1,12 +1,9 @@
-"""The agent's HTTP face: health, readiness and local inventory."""
+"""The agent's HTTP face: health, readiness, local inventory, and blobs for peers (served by http_process)."""
 
 from __future__ import annotations
 
-import threading
-
 import redis
 from flask import Flask, jsonify, request
-from werkzeug.serving import BaseWSGIServer, make_server
 
 from eldric.core.digests import Digest
 from eldric.core.errors import InvalidDigestError, InvalidNameError
@@ -97,8 +94,3 @@ def create_agent_app(agent: Agent) -> Flask:
 
     return app
 
-
-def start_server(app: Flask, host: str, port: int) -> BaseWSGIServer:
-    server = make_server(host, port, app, threaded=True)
-    threading.Thread(target=server.serve_forever, name="agent-http", daemon=True).start()
-    return server

@@ -9,8 +9,7 @@ beats run, one schedules and the other waits to take over.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field, fields
+from pydantic import Field
 
 from eldric.cluster.celeryconf import celery_config
 from eldric.cluster.keys import PREFIX
@@ -21,52 +20,25 @@ from eldric.cluster.queues import (
     TASK_PINS_RECONCILE,
     TASK_REAP_STALE_JOBS,
 )
+from eldric.core.settings import EnvSettings
 
 REDBEAT_PREFIX = f"{PREFIX}:redbeat:"  # RedBeat's keys: <prefix>:schedule, <prefix>:lock, <prefix><entry>
 
 
-def _setting(env: str, meaning: str) -> dict:
-    return {"env": env, "help": meaning}
-
-
-@dataclass(frozen=True)
-class ScheduleSettings:
+class ScheduleSettings(EnvSettings):
     """Every beat setting; 0 disables a scheduled job."""
-    inventory_sync_seconds: float = field(default=300.0, metadata=_setting(
-        "ELDRIC_INVENTORY_SYNC_SECONDS", "every worker re-reports its local models this often"))
-    reap_seconds: float = field(default=30.0, metadata=_setting(
-        "ELDRIC_REAP_SECONDS", "how often unfinished jobs of silent workers are failed"))
-    pin_reconcile_seconds: float = field(default=60.0, metadata=_setting(
-        "ELDRIC_PIN_RECONCILE_SECONDS", "how often pinned models are pulled to eligible workers lacking them"))
-    pin_update_seconds: float = field(default=3600.0, metadata=_setting(
-        "ELDRIC_PIN_UPDATE_SECONDS", "how often auto-update pins ask the registry where their tag points"))
-    pin_retry_seconds: float = field(default=600.0, metadata=_setting(
-        "ELDRIC_PIN_RETRY_SECONDS", "after a failed pin pull on a worker, wait this long before the next"))
-    stale_worker_seconds: float = field(default=120.0, metadata=_setting(
-        "ELDRIC_STALE_WORKER_SECONDS", "a worker offline and silent this long mid-pull is failed (as the controller)"))
-    job_deadline_seconds: float = field(default=6 * 3600.0, metadata=_setting(
-        "ELDRIC_JOB_DEADLINE_SECONDS", "deadline of the pull jobs scheduled work starts (as the controller)"))
-    lock_seconds: float = field(default=30.0, metadata=_setting(
-        "ELDRIC_BEAT_LOCK_SECONDS", "a second beat takes over this long after the scheduling one died"))
 
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> ScheduleSettings:
-        env = dict(os.environ if env is None else env)
-        values: dict[str, float] = {}
-        for f in fields(cls):
-            raw = env.get(f.metadata["env"])
-            if raw in (None, ""):
-                continue
-            try:
-                values[f.name] = float(raw)
-            except ValueError:
-                raise ValueError(f"{f.metadata['env']} must be a number of seconds, got {raw!r}") from None
-            if values[f.name] < 0:
-                raise ValueError(f"{f.metadata['env']} must not be negative, got {raw!r}")
-        settings = cls(**values)
-        if settings.lock_seconds < 3:
-            raise ValueError("ELDRIC_BEAT_LOCK_SECONDS must be at least 3")
-        return settings
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="broker and schedule store")
+    log_level: str = Field("INFO", description="log level of beat")
+    inventory_sync_seconds: float = Field(300.0, ge=0, description="every worker re-reports its local models this often")
+    reap_seconds: float = Field(30.0, ge=0, description="how often unfinished jobs of silent workers are failed")
+    pin_reconcile_seconds: float = Field(60.0, ge=0, description="how often pinned models are pulled to eligible workers lacking them")
+    pin_update_seconds: float = Field(3600.0, ge=0, description="how often auto-update pins ask the registry where their tag points")
+    pin_retry_seconds: float = Field(600.0, ge=0, description="after a failed pin pull on a worker, wait this long before the next")
+    stale_worker_seconds: float = Field(120.0, ge=0, description="a worker offline and silent this long mid-pull is failed (as the controller)")
+    job_deadline_seconds: float = Field(6 * 3600.0, ge=0, description="deadline of the pull jobs scheduled work starts (as the controller)")
+    lock_seconds: float = Field(30.0, ge=3, validation_alias="ELDRIC_BEAT_LOCK_SECONDS",
+                                description="a second beat takes over this long after the scheduling one died")
 
     @property
     def loop_seconds(self) -> float:

@@ -27,11 +27,15 @@ class _Embedded(BaseApplication):
         return self.build()
 
 
-def serve_with_gunicorn(build: Callable[[], Flask], *, host: str, port: int, threads: int = 32,
-                        timeout: int = 300, name: str = "eldric") -> None:
-    """Serve the app `build()` returns until SIGTERM/SIGINT; blocks (gunicorn's arbiter owns this process)."""
+def serve_with_gunicorn(build: Callable[[], Flask], *, host: str = "127.0.0.1", port: int = 0, threads: int = 32,
+                        timeout: int = 300, name: str = "eldric", listen_fd: int | None = None) -> None:
+    """Serve the app `build()` returns until SIGTERM/SIGINT; blocks (gunicorn's arbiter owns this process).
+
+    `listen_fd`: serve a socket the parent already bound and listens on (`fd://N`),
+    so the parent knows the port (even a free one it picked) before this process is up.
+    """
     _Embedded(build, {
-        "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        "bind": f"fd://{listen_fd}" if listen_fd is not None else (f"[{host}]:{port}" if ":" in host else f"{host}:{port}"),
         "worker_class": "gthread", "workers": 1, "threads": threads,
         # gthread answers the arbiter between requests, so a long download never looks like a hung worker.
         "timeout": timeout, "graceful_timeout": 30, "keepalive": 5, "proc_name": name,

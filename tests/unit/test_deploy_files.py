@@ -85,10 +85,18 @@ def documented_env_vars() -> set[str]:
     for package in ("eldric", "controller", "worker_agent", "registry"):
         for source in (ROOT / package).rglob("*.py"):
             names |= set(re.findall(r"ELDRIC_[A-Z0-9_]+", source.read_text()))
-    # Fields named in settings dataclasses without the prefix spelled out (controller/config.py).
-    from controller.config import SETTINGS
-    names |= {f"ELDRIC_{name}" for name in SETTINGS}
+    # Settings fields whose variable is the prefix plus the field name, not spelled out.
+    for settings in all_settings_classes():
+        names |= {variable for variable, _default, _meaning in settings.table()}
     return names
+
+
+def all_settings_classes() -> list[type]:
+    from controller.config import ControllerSettings
+    from eldric.cluster.schedules import ScheduleSettings
+    from registry.server import RegistrySettings
+    from worker_agent.settings import AgentSettings
+    return [ControllerSettings, AgentSettings, RegistrySettings, ScheduleSettings, cli.FlowerSettings]
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -135,9 +143,10 @@ def test_systemd_units_parse_and_run_our_commands(unit):
     args = eldric_args(argv)
     assert entry(args) == ENTRY[role]
     if role == "flower":
-        assert args.port == FLOWER_PORT == cli.build_parser().parse_args(["flower"]).port
+        assert args.port == FLOWER_PORT == cli.FlowerSettings.from_env({}).flower_port
     if role == "registry":
-        assert args.port == REGISTRY_PORT == cli.build_parser().parse_args(["registry"]).port
+        from registry.server import RegistrySettings
+        assert args.port == REGISTRY_PORT == RegistrySettings.from_env({}).port
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")

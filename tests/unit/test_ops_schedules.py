@@ -40,9 +40,9 @@ def test_zero_disables_a_job():
 
 
 @pytest.mark.parametrize("env, message", [
-    ({"ELDRIC_REAP_SECONDS": "soon"}, "ELDRIC_REAP_SECONDS must be a number"),
-    ({"ELDRIC_INVENTORY_SYNC_SECONDS": "-1"}, "must not be negative"),
-    ({"ELDRIC_BEAT_LOCK_SECONDS": "1"}, "at least 3"),
+    ({"ELDRIC_REAP_SECONDS": "soon"}, r"reap_seconds \(ELDRIC_REAP_SECONDS\): Input should be a valid number.*'soon'"),
+    ({"ELDRIC_INVENTORY_SYNC_SECONDS": "-1"}, r"ELDRIC_INVENTORY_SYNC_SECONDS\): Input should be greater than or equal to 0"),
+    ({"ELDRIC_BEAT_LOCK_SECONDS": "1"}, r"ELDRIC_BEAT_LOCK_SECONDS\): Input should be greater than or equal to 3"),
 ])
 def test_bad_values_fail_at_start_naming_the_variable(env, message):
     with pytest.raises(ValueError, match=message):
@@ -83,4 +83,12 @@ def test_flower_runs_celery_flower_with_the_broker_in_the_environment_not_argv(m
 
 def test_flower_defaults_to_port_5555_on_loopback():
     args = cli.build_parser().parse_args(["flower"])
-    assert (args.port, args.host, args.flower_args) == (5555, "127.0.0.1", [])
+    s = cli.FlowerSettings.from_env({}, flower_host=args.host, flower_port=args.port)
+    assert (s.flower_port, s.flower_host, args.flower_args) == (5555, "127.0.0.1", [])
+
+
+def test_flower_flags_win_over_the_environment():
+    args = cli.build_parser().parse_args(["flower", "--port", "6000"])
+    env = {"ELDRIC_FLOWER_PORT": "7000", "ELDRIC_FLOWER_HOST": "0.0.0.0"}
+    s = cli.FlowerSettings.from_env(env, flower_host=args.host, flower_port=args.port)
+    assert (s.flower_port, s.flower_host) == (6000, "0.0.0.0")

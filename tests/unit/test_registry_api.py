@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from registry.server import RegistrySettings, create_registry_app, parse_size
+from eldric.core.settings import parse_size
+from registry.server import RegistrySettings, create_registry_app
 from tests.support.gguf_models import write_llama_gguf
 
 API = "/api/v1/model-registry"

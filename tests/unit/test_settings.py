@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from worker_agent.errors import SettingsError
 from worker_agent.settings import DEFAULT_OLLAMA_REGISTRY, AgentSettings
@@ -33,9 +33,12 @@ def test_defaults():
 
 
 def test_every_setting_names_its_variable_and_says_what_it_is():
-    for f in fields(AgentSettings):
-        assert f.metadata["env"].startswith("ELDRIC_"), f.name
-        assert f.metadata["help"], f.name
+    table = AgentSettings.table()
+    assert len(table) == len(AgentSettings.model_fields)
+    for variable, _default, meaning in table:
+        assert variable.startswith("ELDRIC_") and meaning, variable
+    assert AgentSettings.env_name("worker_id") == "ELDRIC_WORKER_NAME"
+    assert AgentSettings.env_name("download_parts") == "ELDRIC_DOWNLOAD_PARTS"
 
 
 def test_the_process_environment_is_not_read_when_a_mapping_is_given(monkeypatch):
@@ -158,7 +161,7 @@ def test_non_positive_durations_are_refused(env):
 
 def test_settings_are_frozen():
     s = load()
-    with pytest.raises(AttributeError):
+    with pytest.raises(ValidationError, match="frozen"):
         s.port = 1  # type: ignore[misc]
 
 

@@ -1,0 +1,134 @@
+"""One settings loader for every service: pydantic-settings over ELDRIC_* variables.
+
+A service declares its settings as fields of an `EnvSettings` subclass: the default,
+the variable (`ELDRIC_<FIELD>` unless the field names another with `validation_alias`),
+the meaning (`description`) and the constraints. `from_env(env, **explicit)` gives
+explicit non-None arguments (command-line flags) precedence over the variables, which
+win over the defaults; an empty variable counts as unset. Every bad value is reported
+at start-up as one `SettingsError` naming the setting and its variable.
+
+Why pydantic-settings and not environs: the agent's settings are typed (Path, tuple,
+int | None) and pydantic converts and validates those from the annotations alone.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar
+
+from pathlib import Path
+
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
+
+from eldric.core.errors import EldricError
+
+PREFIX = "ELDRIC_"
+
+# The mapping `from_env` was given, read by the env source while the model is built.
+_ENVIRON: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("eldric_settings_env", default=None)
+
+
+class SettingsError(EldricError, ValueError):
+    """A bad or missing configuration value, reported at start-up."""
+
+
+def _split_commas(value: Any) -> Any:
+    if isinstance(value, str):
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    return value
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+
+
+def parse_size(raw: str | int) -> int:
+    """Bytes from `1073741824`, `512M`, `20G`, `1TiB` (binary units: K = 1024)."""
+    if isinstance(raw, int):
+        return raw
+    match = _SIZE.match(raw)
+    if not match:
+        raise ValueError(f"not a size: {raw!r} (examples: 1048576, 512M, 20G, 1T)")
+    number, unit = int(match.group(1)), (match.group(2) or "B")[0].upper()
+    return number << {"B": 0, "K": 10, "M": 20, "G": 30, "T": 40}[unit]
+
+
+# A byte count written as a number or with a binary unit (`512M`, `20G`, `1T`).
+Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
+
+# A path; `~` is the user's home.
+UserPath = Annotated[Path, AfterValidator(lambda p: p.expanduser())]
+
+# A comma-separated list in the environment (`a, b,,c` -> ("a", "b", "c")); not JSON.
+CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_split_commas)]
+
+
+class _MappingEnvSource(EnvSettingsSource):
+    """The environment source, reading the mapping given to `from_env`.
+
+    Outside `from_env` it reads nothing: constructing settings directly (tests, embedding)
+    gives the defaults and the arguments, never whatever the process happens to have set.
+    """
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        given = _ENVIRON.get()
+        if given is None:
+            return {}
+        fold = (lambda k: k) if self.case_sensitive else str.lower  # as the library does with os.environ
+        return {fold(k): v for k, v in given.items() if v != ""}
+
+
+class EnvSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=PREFIX, env_ignore_empty=True,
+                                      frozen=True, extra="ignore", populate_by_name=True)
+
+    error_type: ClassVar[type[SettingsError]] = SettingsError
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        return init_settings, _MappingEnvSource(settings_cls)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **explicit: Any):
+        """Explicit non-None arguments, then `env` (default os.environ), then the defaults."""
+        token = _ENVIRON.set(dict(os.environ if env is None else env))
+        try:
+            return cls(**{k: v for k, v in explicit.items() if v is not None})
+        except ValidationError as exc:
+            raise cls.error_type(cls.describe_errors(exc)) from None
+        finally:
+            _ENVIRON.reset(token)
+
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        alias = cls.model_fields[field].validation_alias
+        return alias if isinstance(alias, str) else PREFIX + field.upper()
+
+    @classmethod
+    def describe_errors(cls, exc: ValidationError) -> str:
+        """One line per bad value: `<field> (<VARIABLE>): <what is wrong>`."""
+        by_alias = {cls.env_name(name).lower(): name for name in cls.model_fields}
+        lines = []
+        for error in exc.errors(include_url=False):
+            loc = str(error["loc"][0]) if error["loc"] else ""
+            name = by_alias.get(loc.lower(), loc)
+            if error["type"] == "missing":
+                meaning = cls.model_fields[name].description if name in cls.model_fields else ""
+                lines.append(f"missing setting: {cls.env_name(name) if name in cls.model_fields else name}"
+                             f"{f' ({meaning})' if meaning else ''}")
+                continue
+            message = str(error["msg"]).removeprefix("Value error, ")
+            where = f"{name} ({cls.env_name(name)})" if name in cls.model_fields else (name or "settings")
+            shown = error.get("input")
+            got = f", got {shown!r}" if isinstance(shown, (str, int, float)) and repr(shown) not in message else ""
+            lines.append(f"{where}: {message}{got}")
+        return "; ".join(lines)
+
+    @classmethod
+    def table(cls) -> list[tuple[str, object, str]]:
+        """(variable, default, meaning) for every setting, in declaration order (docs, --help)."""
+        return [(cls.env_name(name), f.default, f.description or "") for name, f in cls.model_fields.items()]

@@ -1,0 +1,85 @@
+"""eldric.core.settings: one loader for every service's ELDRIC_* settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import Field
+
+from controller.config import ControllerSettings
+from controller.config import from_env as controller_config
+from eldric.core.settings import CommaList, EnvSettings, SettingsError, Size, UserPath, parse_size
+from registry.server import RegistrySettings
+
+
+class Demo(EnvSettings):
+    name: str = Field(validation_alias="ELDRIC_DEMO_NAME", description="a required setting")
+    parts: int = Field(8, ge=1, description="a bounded integer")
+    hosts: CommaList = Field((), description="a comma list")
+    limit: Size = Field(1 << 30, description="a size")
+    home: UserPath | None = Field(None, description="a path")
+
+
+def test_explicit_beats_environment_beats_default():
+    env = {"ELDRIC_DEMO_NAME": "env", "ELDRIC_PARTS": "4"}
+    assert (Demo.from_env(env).name, Demo.from_env(env).parts) == ("env", 4)
+    assert Demo.from_env(env, name="flag", parts=None).name == "flag"  # None: the flag was not given
+    assert Demo.from_env({"ELDRIC_DEMO_NAME": "x"}).parts == 8
+
+
+def test_values_are_converted_from_text():
+    s = Demo.from_env({"ELDRIC_DEMO_NAME": "x", "ELDRIC_HOSTS": " a:5000, b ,,", "ELDRIC_LIMIT": "512M",
+                       "ELDRIC_HOME": "~/models"})
+    assert s.hosts == ("a:5000", "b")
+    assert s.limit == 512 << 20
+    assert s.home == Path.home() / "models"
+
+
+def test_empty_variables_count_as_unset():
+    assert Demo.from_env({"ELDRIC_DEMO_NAME": "x", "ELDRIC_PARTS": ""}).parts == 8
+
+
+def test_every_bad_value_is_named_with_its_variable_in_one_error():
+    with pytest.raises(SettingsError) as info:
+        Demo.from_env({"ELDRIC_PARTS": "0", "ELDRIC_LIMIT": "lots"})
+    text = str(info.value)
+    assert "missing setting: ELDRIC_DEMO_NAME (a required setting)" in text
+    assert "parts (ELDRIC_PARTS): Input should be greater than or equal to 1, got '0'" in text
+    assert "limit (ELDRIC_LIMIT): not a size: 'lots'" in text
+    assert isinstance(info.value, ValueError)
+
+
+def test_only_from_env_reads_the_process_environment(monkeypatch):
+    monkeypatch.setenv("ELDRIC_CLUSTER_SECRET", "from-process")
+    monkeypatch.setenv("ELDRIC_REGISTRY_PORT", "9999")
+    assert RegistrySettings().token == "" and RegistrySettings().port == 8892
+    assert RegistrySettings.from_env().token == "from-process"
+    assert RegistrySettings.from_env().port == 9999
+
+
+def test_the_table_lists_variable_default_and_meaning_in_order():
+    assert Demo.table()[:2] == [("ELDRIC_DEMO_NAME", Demo.model_fields["name"].default, "a required setting"),
+                                ("ELDRIC_PARTS", 8, "a bounded integer")]
+
+
+def test_controller_config_keeps_flask_names():
+    config = controller_config({"ELDRIC_JOB_DEADLINE_SECONDS": "60", "ELDRIC_API_TOKEN": "t"})
+    assert config["JOB_DEADLINE_SECONDS"] == 60 and config["API_TOKEN"] == "t"
+    assert config["REDIS_URL"] == "redis://127.0.0.1:6379/0"
+    assert "CONTROLLER_PORT" not in config  # the listen address belongs to the command
+
+
+def test_controller_refuses_a_non_integer_deadline():
+    with pytest.raises(SettingsError, match=r"job_deadline_seconds \(ELDRIC_JOB_DEADLINE_SECONDS\)"):
+        ControllerSettings.from_env({"ELDRIC_JOB_DEADLINE_SECONDS": "6h"})
+
+
+def test_registry_sizes_accept_binary_units_from_flags_and_environment():
+    s = RegistrySettings.from_env({"ELDRIC_REGISTRY_MAX_FILE_SIZE": "200G"}, min_free_bytes="0")
+    assert (s.max_file_bytes, s.min_free_bytes) == (200 << 30, 0)
+
+
+@pytest.mark.parametrize("raw, expected", [("1048576", 1 << 20), ("512M", 512 << 20), ("1TiB", 1 << 40), (7, 7)])
+def test_parse_size(raw, expected):
+    assert parse_size(raw) == expected
