@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -78,6 +79,17 @@ class Written:
     state: str | None  # the job's state after an accepted write; the record's kept state after a refusal
 
 
+_scripts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _write_script(client: redis.Redis):
+    """One Script per client: it hashes the source once and runs by EVALSHA (loading it after a Redis restart)."""
+    script = _scripts.get(client)
+    if script is None:
+        script = _scripts[client] = client.register_script(_WRITE)
+    return script
+
+
 def write_record(client: redis.Redis, job_id: str, worker_id: str, record: dict, *, reset: bool = False,
                  expect: str | None = None) -> Written:
     """Store `record` as the worker's part of the job and publish it, unless the part is already final.
@@ -86,7 +98,7 @@ def write_record(client: redis.Redis, job_id: str, worker_id: str, record: dict,
     against an agent that wrote in between). `reset`: overwrite even a final record.
     """
     mode = "expect" if expect is not None else "reset" if reset else "write"
-    script = client.register_script(_WRITE)
+    script = _write_script(client)
     ok, state = script(keys=[keys.job_workers(job_id), keys.job_states(job_id), keys.worker_jobs(worker_id),
                              keys.job_events(job_id)],
                        args=[worker_id, json.dumps(record), job_id, mode, expect or ""])
