@@ -1,9 +1,10 @@
 """Import a model from URLs: an asynchronous job with progress, resumable, committed like an upload.
 
 `POST /imports` names the files (each a URL and its path in the model); a small
-pool of threads downloads them into `imports/<job id>/` (urlfetch: Range resume,
-retries), moves each into a draft model, then commits it, so a failed import
-never shows up in the model list. Progress goes to the local `imports` table
+pool of threads downloads them into `imports/<job id>/` with the agent's download
+engine (urlfetch: parallel ranges, resume, sha256 computed while the bytes land),
+moves each into a draft model, then commits it, so a failed import never shows
+up in the model list. Progress goes to the local `imports` table
 (GET /imports/<id>) and, when the job came from the controller, to the job's
 Redis record (eldric.cluster.jobstore), so it shows in /api/v1/models/pull-jobs like a pull.
 
@@ -27,11 +28,13 @@ import requests
 
 from eldric.cluster import jobstate
 from eldric.cluster.jobstore import REGISTRY_WORKER_ID, Progress
+from eldric.core.blobstore import BlobStore
+from eldric.core.digests import Digest
 from eldric.core.model_errors import (BadRequestError, ConflictError, ModelRegistryError, NotFoundError,
                                    UnavailableError)
 from registry.service import RegistryService
 from eldric.cluster.registry_api import parse_import_request
-from eldric.transfer.urlfetch import FetchOptions, Partial, fetch, redact
+from eldric.transfer.urlfetch import FetchOptions, fetch, redact
 from registry.views import iso_time
 
 log = logging.getLogger(__name__)
@@ -173,12 +176,14 @@ class Importer:
             def on_bytes(size: int, total: int | None, base: int = done_bytes, label: str = label) -> None:
                 progress.update(status=f"downloading {label}", layer=label, completed=base + size,
                                 total=base + max(size, total or 0))
-            partial = Partial.open(self.dir / job_id / f"{index}.part")
-            digest, size = fetch(session, entry["url"], partial, headers=headers, options=self.options,
-                                 on_bytes=on_bytes)
-            if entry["digest"] and str(digest) != entry["digest"]:
-                raise BadRequestError(f"{entry['path']}: downloaded bytes have {digest}, expected {entry['digest']}")
-            self.service.add_local_file(draft_id, entry["path"], partial.path, digest, size)
+            # A partial download stays in imports/<job>/partial until the job ends, so an import
+            # the registry's restart interrupted resumes there (resume_unfinished).
+            staging = self.dir / job_id
+            expected = Digest.parse(entry["digest"]) if entry["digest"] else None
+            path, digest, size = fetch(session, entry["url"], BlobStore(staging / "done"), staging / "partial",
+                                       key=str(index), expected=expected, headers=headers, options=self.options,
+                                       on_bytes=on_bytes)
+            self.service.add_local_file(draft_id, entry["path"], path, digest, size)
             done_bytes += size
 
     def _abandon(self, job_id: str) -> None:

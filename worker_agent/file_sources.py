@@ -8,7 +8,6 @@ through PeerSource, which speaks the same interface as the upstream registry.
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -18,12 +17,11 @@ from eldric.core.digests import Digest
 from eldric.core.errors import InvalidManifestError
 from eldric.core.manifests import Manifest
 from eldric.core.names import ModelName
+from eldric.transfer.urlfetch import UrlSource
 from eldric.transfer.urlfetch import redact as redact_url
 from eldric.transfer.download import RangeOpener
 from worker_agent.errors import ModelNotFoundError, SourceError, SourceUnavailableError
 from worker_agent.sources import CONNECT_TIMEOUT, raise_if_transient
-
-_CONTENT_RANGE_TOTAL = re.compile(r"/(\d+)\s*$")
 
 
 @dataclass(frozen=True)
@@ -45,37 +43,24 @@ def _get(session: requests.Session, url: str, what: str, **kw) -> requests.Respo
 
 
 class HttpFileSource:
-    """One file at a URL; follows redirects; resumable where the server honours Range."""
+    """One file at a URL: the registry importer's URL layer (urlfetch.UrlSource), fetched by the same engine."""
 
     def __init__(self, url: str, token: str | None = None, session: requests.Session | None = None) -> None:
-        self.url, self.session = url, session or requests.Session()
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.url = url
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.source = UrlSource(session or requests.Session(), url, headers, connect_timeout=CONNECT_TIMEOUT)
 
     def probe(self) -> tuple[int, bool]:
-        """(size, honours Range). A 1-byte ranged GET works where HEAD does not (S3 presigned GETs)."""
-        resp = _get(self.session, self.url, redact_url(self.url), headers={**self.headers, "Range": "bytes=0-0"},
-                    stream=True)
-        with resp:
-            if resp.status_code == 404:
-                raise ModelNotFoundError(f"{redact_url(self.url)}: not found (404)")
-            if resp.status_code in (401, 403):
-                raise SourceError(f"{redact_url(self.url)}: access denied ({resp.status_code}); check the token")
-            if resp.status_code == 206:
-                match = _CONTENT_RANGE_TOTAL.search(resp.headers.get("Content-Range", ""))
-                if match:
-                    return int(match.group(1)), True
-            if resp.status_code == 200 and resp.headers.get("Content-Length", "").isdigit():
-                return int(resp.headers["Content-Length"]), False
-            raise SourceError(f"{redact_url(self.url)}: answered {resp.status_code} without a usable size")
-
-    def open_range(self, start: int, end: int, read_timeout: float) -> requests.Response:
-        return _get(self.session, self.url, redact_url(self.url), stream=True, timeout=(CONNECT_TIMEOUT, read_timeout),
-                    headers={**self.headers, "Range": f"bytes={start}-{end}"})
+        """(size, honours Range); the agent plans its disk space by the size, so it must be known."""
+        found = self.source.probe()
+        if found.size is None:
+            raise SourceError(f"{self.source.name}: the server does not say how big the file is")
+        return found.size, found.ranged
 
     def remote_file(self, path: str, expected: Digest | None = None) -> tuple[RemoteFile, bool]:
         size, ranged = self.probe()
         key = hashlib.sha256(redact_url(self.url).encode()).hexdigest()[:32]
-        return RemoteFile(path=path, size=size, digest=expected, open_range=self.open_range, key=key), ranged
+        return RemoteFile(path=path, size=size, digest=expected, open_range=self.source.open_range, key=key), ranged
 
 
 class DataRegistrySource:

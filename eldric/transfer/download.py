@@ -9,6 +9,12 @@ far each part got, so a killed agent resumes instead of starting over. A hasher
 thread follows the contiguous written prefix, so verification overlaps the
 download instead of re-reading the whole file afterwards. Only a verified file is
 renamed into the store (after Ollama's server/download.go and verifyBlob).
+
+A source that ignores Range answers a resumed first range with the whole file
+(200): the bytes already on disk are read past and dropped, which is starting
+over without rewriting them. A blob of unknown size (a URL without
+Content-Length) is fetched as one stream, hashed as it arrives; such a download
+resumes within a run but starts over in the next one.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
 import requests
 
@@ -36,8 +43,9 @@ from eldric.core.errors import DigestMismatchError
 from eldric.transfer.errors import InsufficientSpaceError, SourceError, SourceUnavailableError
 from eldric.transfer.retry import TRANSIENT_ERRORS, backoff_delay
 
-# open_range(start, end_inclusive, read_timeout) -> streaming response for those bytes
-RangeOpener = Callable[[int, int, float], requests.Response]
+# open_range(start, end_inclusive, read_timeout) -> streaming response for those bytes;
+# end None (only for a blob of unknown size): from `start` to the end of the file.
+RangeOpener = Callable[[int, int | None, float], requests.Response]
 log = logging.getLogger(__name__)
 _TRANSIENT = (*TRANSIENT_ERRORS, SourceUnavailableError)
 
@@ -59,6 +67,16 @@ def _direct_reader(resp: requests.Response) -> Callable[[memoryview], int]:
     return read_decoded
 
 
+def _discard(readinto: Callable[[memoryview], int], buf: memoryview, count: int) -> bool:
+    """Read and drop `count` bytes of the body; False if it ended first."""
+    while count > 0:
+        n = readinto(buf[: min(len(buf), count)])
+        if not n:
+            return False
+        count -= n
+    return True
+
+
 def _reuse_connection(resp: requests.Response) -> None:
     """Hand a fully read connection back to the pool: reading past urllib3 means it cannot tell.
 
@@ -75,7 +93,8 @@ class DownloadOptions:
     parts: int = 8  # most connections at once
     part_bytes: int = 64 << 20
     stall_seconds: float = 30.0
-    part_attempts: int = 4
+    part_attempts: int = 4  # tries of one range in a row that bring no new byte
+    retry_backoff_seconds: float = 0.5  # first wait before another try; it doubles, up to 5 s
     chunk_bytes: int = 1 << 20
     save_every_seconds: float = 1.0
     hash_step: int = 1 << 20  # small steps keep the hasher right behind the writer, on cache-hot data
@@ -109,14 +128,15 @@ def plan_parts(size: int, part_bytes: int) -> list[tuple[int, int]]:
     return [(off, min(step, size - off)) for off in range(0, max(0, size), step)]
 
 
-def download_blob(open_range: RangeOpener, digest: Digest | None, size: int, store: BlobStore,
+def download_blob(open_range: RangeOpener, digest: Digest | None, size: int | None, store: BlobStore,
                   partial_dir: Path, options: DownloadOptions = DownloadOptions(),
                   on_bytes: Callable[[int], None] = lambda n: None, key: str | None = None) -> Path:
     """Fetch one blob into `store` unless present; raise DigestMismatchError on bad bytes.
 
     With `digest` None (a plain URL whose hash nobody published) the bytes are
     stored under the digest they turn out to have; `key` then names the partial
-    download so a retry resumes it.
+    download so a retry resumes it. `size` None: unknown, fetched as one stream.
+    `on_bytes(n)` is called with each batch of new bytes, from the download threads.
     """
     partial_dir.mkdir(parents=True, exist_ok=True)
     name = digest.filename if digest else f"url-{key}"
@@ -138,7 +158,7 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 class _Download:
-    def __init__(self, open_range: RangeOpener, digest: Digest | None, size: int, store: BlobStore,
+    def __init__(self, open_range: RangeOpener, digest: Digest | None, size: int | None, store: BlobStore,
                  partial_dir: Path, options: DownloadOptions, on_bytes: Callable[[int], None], name: str) -> None:
         self.open_range, self.digest, self.size, self.store = open_range, digest, size, store
         self.options, self.on_bytes = options, on_bytes
@@ -150,6 +170,15 @@ class _Download:
         self._first_open = 0  # parts before it are complete; the hasher asks for the frontier often
 
     def run(self) -> Path:
+        if self.size is None:  # nothing to plan or resume by: one stream, kept only if it completes
+            self.state_path.unlink(missing_ok=True)
+            try:
+                with open(self.data_path, "wb") as out:
+                    actual = self._fetch_stream(out)
+            except BaseException:
+                self.data_path.unlink(missing_ok=True)
+                raise
+            return self._commit(actual)
         self.parts = self._load_or_plan()
         fd = os.open(self.data_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -161,6 +190,10 @@ class _Download:
             actual = self._fetch_all(fd)
         finally:
             os.close(fd)
+        return self._commit(actual)
+
+    def _commit(self, actual: Digest) -> Path:
+        """Move the verified file into the store under its digest; drop it if it is not what was promised."""
         if self.digest is not None and actual != self.digest:
             self.data_path.unlink(missing_ok=True)
             self.state_path.unlink(missing_ok=True)
@@ -237,22 +270,28 @@ class _Download:
                 self._stream_range(fd, part, start)
             except _TRANSIENT as exc:
                 failures = 0 if part.completed > before else failures + 1
-                if failures >= self.options.part_attempts:
-                    raise SourceUnavailableError(f"download of {self.data_path.name} stalled or failed: {exc}") from None
-                time.sleep(backoff_delay(failures - 1, base=0.5, cap=5.0))
+                self._wait_before_retry(failures, exc)
                 continue
             if part.completed == before:
                 failures += 1  # the source closed the stream early without sending anything
                 if failures >= self.options.part_attempts:
                     raise SourceUnavailableError(f"source keeps closing the download of {self.data_path.name}")
 
+    def _wait_before_retry(self, failures: int, exc: BaseException) -> None:
+        if failures >= self.options.part_attempts:
+            raise SourceUnavailableError(f"download of {self.data_path.name} stalled or failed: {exc}") from None
+        time.sleep(backoff_delay(failures - 1, base=self.options.retry_backoff_seconds, cap=5.0))
+
     def _stream_range(self, fd: int, part: _Part, start: int) -> None:
         end = part.offset + part.length - 1
         with self.open_range(start, end, self.options.stall_seconds) as resp:
-            if resp.status_code == 200 and start != 0:
-                raise SourceError(f"source ignored the Range request for {self.data_path.name}")
             readinto = _direct_reader(resp)
             buf = memoryview(bytearray(self.options.chunk_bytes))
+            if resp.status_code == 200 and start != 0:
+                if part.offset != 0:
+                    raise SourceError(f"source ignored the Range request for {self.data_path.name}")
+                if not _discard(readinto, buf, start):  # the whole file again: read past what we have
+                    return
             while part.completed < part.length:
                 if self.failed.is_set():
                     return
@@ -269,6 +308,34 @@ class _Download:
                 self.on_bytes(n)
                 self.wrote.set()
             _reuse_connection(resp)
+
+    def _fetch_stream(self, out: BinaryIO) -> Digest:
+        """The whole blob of unknown size as one stream, hashed as it arrives; a retry resumes where it broke."""
+        hasher, written, failures = hashlib.sha256(), 0, 0
+        while True:
+            before = written
+            try:
+                with self.open_range(written, None, self.options.stall_seconds) as resp:
+                    # urllib3's read enforces Content-Length (a cut is an error, not a short file) and decodes
+                    # a Content-Encoding the server applied anyway.
+                    skip = written if resp.status_code == 200 else 0  # 200: sent from byte 0 again
+                    while chunk := resp.raw.read(self.options.chunk_bytes, decode_content=True):
+                        dropped = min(skip, len(chunk))
+                        skip -= dropped
+                        if dropped < len(chunk):
+                            fresh = memoryview(chunk)[dropped:]
+                            out.write(fresh)
+                            hasher.update(fresh)
+                            written += len(fresh)
+                            self.on_bytes(len(fresh))
+                    if not skip:
+                        return Digest(hasher.hexdigest())
+            except _TRANSIENT as exc:
+                failures = 0 if written > before else failures + 1
+                self._wait_before_retry(failures, exc)
+                continue
+            failures += 1  # the source sent fewer bytes than we already had
+            self._wait_before_retry(failures, SourceError("the source sent a shorter file than before"))
 
     def _frontier(self) -> int:
         """End of the contiguous written prefix. Parts never lose bytes, so the scan resumes where it stopped:

@@ -1,36 +1,46 @@
-"""Download one URL to a local file, resuming with HTTP Range, hashing as it goes.
+"""Download one URL into a blob store: what only a URL needs, over the one download engine.
 
-Works with HuggingFace `resolve` URLs (a bearer token; the redirect to their CDN
-drops it, as requests does across hosts), S3 presigned URLs (the signature is in
-the query string, so no header may be added that it does not cover) and plain
-HTTP. A dropped connection or a 5xx is retried with `Range: bytes=<have>-`; a
-server that ignores Range (200 instead of 206) makes the download start over,
-which is still correct. The running sha256 follows the bytes on disk, so a
-finished download needs no second read.
+The engine (eldric.transfer.download, the agent's too) fetches parallel byte
+ranges, resumes a partial download, detects stalls, hashes and renames the file
+into place only once it is complete. This module adds what is particular to a URL:
+
+- a probe: a 1-byte ranged GET tells the size and whether Range works (not HEAD:
+  an S3 presigned GET URL signs the method);
+- HuggingFace `resolve` URLs with a bearer token: requests drops the header on
+  the redirect to their CDN (another host), so the token never leaves HF;
+- S3 presigned URLs: the signature is in the query string, so the only headers
+  added are Range and `Accept-Encoding: identity`, which it does not cover;
+- a server that ignores Range: one stream; after a cut, the engine starts over
+  from byte 0 and reads past the bytes it already has;
+- a file of unknown size (no Content-Length): one stream, hashed as it arrives;
+- the size cap (TooLargeError), checked before the first byte when the size is known.
+
+When nobody published the file's sha256, the engine's hasher computes it while
+the bytes land and the file is committed under it: an import is never read a
+second time to learn its digest.
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import re
+import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
-from eldric.core.digests import Digest, sha256_of_file
+from eldric.core.blobstore import BlobStore
+from eldric.core.digests import Digest
+from eldric.core.errors import DigestMismatchError
 from eldric.core.model_errors import ImportFailedError, TooLargeError
+from eldric.transfer.download import DownloadOptions, download_blob
+from eldric.transfer.errors import ModelNotFoundError, SourceError, SourceUnavailableError, TransferError
+from eldric.transfer.ranges import parse_content_range
 from eldric.transfer.retry import TRANSIENT_ERRORS, backoff_delay, is_transient_status
 
-log = logging.getLogger(__name__)
-
-CHUNK = 1 << 20
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
-_UNSATISFIED = re.compile(r"^bytes \*/(\d+)$")
+CONNECT_TIMEOUT = 10.0
 
 
 def is_http_url(url: object) -> bool:
@@ -68,115 +78,142 @@ def source_kind(url: str) -> str:
     return "http"
 
 
-class _Retry(Exception):
-    """A transient failure: try again from the bytes already on disk."""
+@dataclass(frozen=True)
+class UrlProbe:
+    """What a probe learned: the file's size (None: the server does not say) and whether Range works."""
+
+    size: int | None
+    ranged: bool
 
 
-@dataclass
-class Partial:
-    """A download in progress: the file and the sha256 of its current bytes."""
+class UrlSource:
+    """One URL: probe it, open byte ranges of it (the engine's RangeOpener).
 
-    path: Path
-    hasher: hashlib._Hash = field(default_factory=hashlib.sha256)
-    size: int = 0
+    HTTP answers become transfer errors: SourceUnavailableError (connection
+    failures, 408, 429, 5xx: worth another try), ModelNotFoundError (404),
+    SourceError (any other answer that cannot be used).
+    """
 
-    @classmethod
-    def open(cls, path: Path) -> Partial:
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.touch()
-            return cls(path)
-        with open(path, "rb") as f:
-            hasher = sha256_of_file(f)
-        return cls(path, hasher, path.stat().st_size)
+    def __init__(self, session: requests.Session, url: str, headers: dict[str, str] | None = None,
+                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
+        self.session, self.url, self.headers = session, url, dict(headers or {})
+        self.connect_timeout = connect_timeout
+        self.name = redact(url)
 
-    def restart(self) -> None:
-        self.path.write_bytes(b"")
-        self.hasher, self.size = hashlib.sha256(), 0
+    def probe(self, read_timeout: float = 60.0) -> UrlProbe:
+        with self._get("bytes=0-0", read_timeout) as resp:
+            if resp.status_code == 416:  # only an empty file cannot satisfy bytes=0-0
+                return UrlProbe(0, True)
+            self._check(resp, 0)
+            if resp.status_code == 206:
+                return UrlProbe(parse_content_range(resp.headers.get("Content-Range", ""))[2], True)
+            length = resp.headers.get("Content-Length", "")
+            # An encoded body's length is not the file's (some servers compress despite `identity`).
+            known = length.isdigit() and not resp.headers.get("Content-Encoding")
+            return UrlProbe(int(length) if known else None, False)
+
+    def open_range(self, start: int, end: int | None, read_timeout: float) -> requests.Response:
+        """A streaming response for bytes start..end; a 200 (Range ignored) too: the engine reads past what it has."""
+        wanted = None if start == 0 and end is None else f"bytes={start}-{'' if end is None else end}"
+        resp = self._get(wanted, read_timeout)
+        try:
+            self._check(resp, start)
+        except BaseException:
+            resp.close()
+            raise
+        return resp
+
+    def _get(self, byte_range: str | None, read_timeout: float) -> requests.Response:
+        headers = {**self.headers, "Accept-Encoding": "identity"}  # offsets must count the file's own bytes
+        if byte_range:
+            headers["Range"] = byte_range
+        try:
+            return self.session.get(self.url, headers=headers, stream=True,
+                                    timeout=(self.connect_timeout, read_timeout))
+        except TRANSIENT_ERRORS as exc:
+            raise SourceUnavailableError(f"{self.name}: {exc}") from None
+        except requests.RequestException as exc:  # a bad redirect, too many of them
+            raise SourceError(f"{self.name}: {exc}") from None
+
+    def _check(self, resp: requests.Response, start: int) -> None:
+        code = resp.status_code
+        if code == 206:
+            try:
+                first = parse_content_range(resp.headers.get("Content-Range", ""))[0]
+            except ValueError as exc:
+                raise SourceError(f"{self.name}: {exc}") from None
+            if first != start:
+                raise SourceError(f"{self.name}: asked for bytes from {start}, got bytes from {first}")
+        elif code in (401, 403):
+            raise SourceError(f"{self.name}: access denied (HTTP {code}); gated or private models need a token, "
+                              "presigned URLs expire")
+        elif code == 404:
+            raise ModelNotFoundError(f"{self.name}: not found (HTTP 404)")
+        elif is_transient_status(code):
+            raise SourceUnavailableError(f"{self.name}: HTTP {code}")
+        elif code != 200:
+            raise SourceError(f"{self.name}: HTTP {code}")
 
 
 @dataclass(frozen=True)
 class FetchOptions:
-    attempts: int = 6
-    backoff: float = 0.5
-    stall_seconds: float = 60.0
-    max_bytes: int = 1 << 40
+    max_bytes: int = 1 << 40  # the size cap: a bigger file fails with TooLargeError
+    # part_attempts: tries in a row that bring no new byte, for the probe and for each range
+    download: DownloadOptions = DownloadOptions(stall_seconds=60.0, part_attempts=6)
 
 
-def fetch(session: requests.Session, url: str, partial: Partial, *, headers: dict[str, str] | None = None,
-          options: FetchOptions = FetchOptions(), on_bytes: Callable[[int, int | None], None] = lambda n, t: None,
-          sleep: Callable[[float], None] = time.sleep) -> tuple[Digest, int]:
-    """Complete `partial` from `url`; return (digest, size). on_bytes(size so far, total or None)."""
-    for attempt in range(1, options.attempts + 1):
+def fetch(session: requests.Session, url: str, store: BlobStore, partial_dir: Path, *, key: str,
+          expected: Digest | None = None, headers: dict[str, str] | None = None,
+          options: FetchOptions = FetchOptions(),
+          on_bytes: Callable[[int, int | None], None] = lambda done, total: None) -> tuple[Path, Digest, int]:
+    """Download `url` into `store`, resuming what `partial_dir` holds under `key`; return (path, digest, size).
+
+    on_bytes(bytes so far, total or None) reports progress. Raise ImportFailedError when
+    the URL cannot be fetched (an HTTP error, no progress after the attempts, other bytes
+    than `expected`), TooLargeError above options.max_bytes.
+    """
+    source = UrlSource(session, url, headers)
+    attempts = options.download.part_attempts
+    try:
+        found = _probe(source, options.download)
+        if found.size is not None and found.size > options.max_bytes:
+            raise TooLargeError(f"{source.name} has {found.size} bytes, over the file size limit of "
+                                f"{options.max_bytes}")
+        plan = options.download
+        if not found.ranged and found.size:
+            plan = replace(plan, parts=1, part_bytes=found.size)  # one stream from byte 0
+        counter = _Counter(on_bytes, found.size, options.max_bytes, source.name)
+        path = download_blob(source.open_range, expected, found.size, store, partial_dir, plan,
+                             on_bytes=counter.add, key=key)
+    except SourceUnavailableError as exc:
+        raise ImportFailedError(f"{source.name}: giving up after {attempts} attempts: {exc}") from None
+    except (TransferError, DigestMismatchError) as exc:
+        raise ImportFailedError(f"{source.name}: {exc}" if source.name not in str(exc) else str(exc)) from None
+    return path, Digest.parse(path.name), path.stat().st_size
+
+
+def _probe(source: UrlSource, options: DownloadOptions) -> UrlProbe:
+    for attempt in range(1, options.part_attempts + 1):
         try:
-            _fetch_once(session, url, partial, headers or {}, options, on_bytes)
-            return Digest(partial.hasher.hexdigest()), partial.size
-        except _Retry as exc:
-            if attempt == options.attempts:
-                raise ImportFailedError(f"{redact(url)}: giving up after {attempt} attempts: {exc}") from None
-            log.info("download of %s interrupted at byte %d (%s); retrying", redact(url), partial.size, exc)
-            sleep(backoff_delay(attempt - 1, base=options.backoff, cap=10.0))
+            return source.probe(options.stall_seconds)
+        except SourceUnavailableError:
+            if attempt == options.part_attempts:
+                raise
+            time.sleep(backoff_delay(attempt - 1, base=options.retry_backoff_seconds, cap=5.0))
     raise AssertionError("unreachable")
 
 
-def _fetch_once(session: requests.Session, url: str, partial: Partial, headers: dict[str, str],
-                options: FetchOptions, on_bytes: Callable[[int, int | None], None]) -> None:
-    sent = {**headers, "Accept-Encoding": "identity"}  # byte offsets must mean the file's bytes
-    if partial.size:
-        sent["Range"] = f"bytes={partial.size}-"
-    try:
-        with session.get(url, headers=sent, stream=True, timeout=(10, options.stall_seconds)) as resp:
-            total = _start_position(resp, url, partial)
-            if total is not None and total > options.max_bytes:
-                raise TooLargeError(f"{redact(url)} has {total} bytes, over the file size limit of "
-                                    f"{options.max_bytes}")
-            if total is not None and partial.size == total:
-                return
-            on_bytes(partial.size, total)
-            _stream_body(resp, partial, options.max_bytes, total, on_bytes)
-    except (*TRANSIENT_ERRORS, OSError) as exc:
-        raise _Retry(str(exc)) from None
-    if total is not None and partial.size != total:
-        raise _Retry(f"connection closed at byte {partial.size} of {total}")
+class _Counter:
+    """Turns the engine's per-thread byte counts into on_bytes(bytes so far, total); enforces the cap."""
 
+    def __init__(self, on_bytes: Callable[[int, int | None], None], total: int | None, limit: int, name: str) -> None:
+        self.on_bytes, self.total, self.limit, self.name = on_bytes, total, limit, name
+        self.done = 0
+        self._lock = threading.Lock()  # the engine calls from several download threads
 
-def _stream_body(resp: requests.Response, partial: Partial, max_bytes: int, total: int | None,
-                 on_bytes: Callable[[int, int | None], None]) -> None:
-    with open(partial.path, "ab") as out:
-        # read1: whatever has arrived, so a cut connection loses none of the bytes received before it
-        while chunk := resp.raw.read1(CHUNK):
-            if partial.size + len(chunk) > max_bytes:
-                raise TooLargeError(f"{redact(resp.url)} is larger than the file size limit of {max_bytes}")
-            out.write(chunk)
-            partial.hasher.update(chunk)
-            partial.size += len(chunk)
-            on_bytes(partial.size, total)
-
-
-def _start_position(resp: requests.Response, url: str, partial: Partial) -> int | None:
-    """Line `partial` up with what the server sends; return the file's total size if known."""
-    code = resp.status_code
-    if code == 416 and partial.size:
-        match = _UNSATISFIED.match(resp.headers.get("Content-Range", ""))
-        if match and int(match.group(1)) == partial.size:
-            return partial.size  # we already have every byte
-        partial.restart()
-        raise _Retry("server refused the resume range; starting over")
-    if code in (401, 403):
-        raise ImportFailedError(f"{redact(url)}: access denied (HTTP {code}); gated or private models need a token, "
-                                "presigned URLs expire")
-    if is_transient_status(code):
-        raise _Retry(f"HTTP {code} from {redact(url)}")
-    if code >= 400 or code not in (200, 206):
-        raise ImportFailedError(f"{redact(url)}: HTTP {code}")
-    if code == 206:
-        match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
-        if match and int(match.group(1)) == partial.size:
-            return None if match.group(3) == "*" else int(match.group(3))
-        partial.restart()
-        raise _Retry("server answered a different range than asked; starting over")
-    if partial.size:  # 200: the server ignored Range and sends everything
-        log.info("%s does not support Range; downloading from the start", redact(url))
-        partial.restart()
-    length = resp.headers.get("Content-Length")
-    return int(length) if length and length.isdigit() and "Content-Encoding" not in resp.headers else None
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.done += n
+            if self.done > self.limit:  # only a stream of unknown size can get here
+                raise TooLargeError(f"{self.name} is larger than the file size limit of {self.limit}")
+            self.on_bytes(self.done, self.total)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -346,6 +347,51 @@ def test_source_ignoring_range_is_a_source_error(store, partial):
 def test_full_answer_to_a_request_for_everything_is_fine(store, partial):
     fetch(IgnoresRange(), store, partial, options=DownloadOptions(parts=1, part_bytes=1 << 20, chunk_bytes=300))
     assert store.path(DIGEST).read_bytes() == DATA
+
+
+def test_single_stream_from_a_source_ignoring_range_restarts_by_reading_past_what_it_has(store, partial):
+    class CutOnceIgnoresRange(IgnoresRange):
+        def respond(self, start: int, end: int) -> FakeResponse:
+            if len(self.requests) == 1:
+                return FakeResponse(self.data[:3000], status_code=200, then_raise=requests.ConnectionError("reset"))
+            return super().respond(start, end)
+
+    server = CutOnceIgnoresRange()
+    counted: list[int] = []
+    fetch(server, store, partial, counted=counted, options=DownloadOptions(
+        parts=1, part_bytes=len(DATA), chunk_bytes=300, retry_backoff_seconds=0))
+    assert store.path(DIGEST).read_bytes() == DATA
+    assert [(s, e) for s, e, _ in server.requests] == [(0, 9999), (3000, 9999)]
+    assert sum(counted) == len(DATA), "the bytes read past are not counted twice"
+
+
+class StreamServer(RangeServer):
+    """A source that cannot tell the size: `open_range(start, None)`; the first answer breaks after 4000 bytes."""
+
+    def respond(self, start: int, end: int | None) -> FakeResponse:
+        assert end is None
+        if len(self.requests) == 1:
+            return FakeResponse(self.data[:4000], status_code=200, then_raise=requests.ConnectionError("reset"))
+        return FakeResponse(self.data[start:], status_code=206)
+
+
+@pytest.mark.parametrize("digest", [None, DIGEST], ids=["unknown-digest", "known-digest"])
+def test_unknown_size_is_one_stream_resumed_where_it_broke(store, partial, digest):
+    server = StreamServer()
+    counted: list[int] = []
+    path = download_blob(server, digest, None, store, partial, replace(OPTIONS, retry_backoff_seconds=0),
+                         on_bytes=counted.append, key="k")
+    assert path == store.path(DIGEST) and path.read_bytes() == DATA
+    assert [s for s, _, _ in server.requests] == [0, 4000]
+    assert sum(counted) == len(DATA)
+    assert partial_files(partial) == set()
+
+
+def test_unknown_size_with_other_bytes_than_promised_is_dropped(store, partial):
+    promised = Digest.of_bytes(b"x")
+    with pytest.raises(DigestMismatchError):
+        download_blob(StreamServer(), promised, None, store, partial, replace(OPTIONS, retry_backoff_seconds=0))
+    assert partial_files(partial) == set() and not store.has(DIGEST)
 
 
 def test_zero_size_blob_is_stored_without_a_request(store, partial):

@@ -1,36 +1,39 @@
-"""URL downloads for imports, against a hand-written fake HTTP session: resume, restart, give up."""
+"""URL downloads over the download engine, against a hand-written fake HTTP session: probe, parallel
+ranges, resume, servers without Range or without a size, give up, size cap."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+import threading
 from pathlib import Path
 
 import pytest
 import urllib3
 
+from eldric.core.blobstore import BlobStore
+from eldric.core.digests import Digest
 from eldric.core.model_errors import ImportFailedError, TooLargeError
-from eldric.transfer.urlfetch import FetchOptions, Partial, fetch, redact, source_kind
+from eldric.transfer.download import DownloadOptions
+from eldric.transfer.urlfetch import FetchOptions, UrlSource, fetch, redact, source_kind
 
 DATA = bytes(range(256)) * 40  # 10240 bytes
+SHA = "sha256:" + hashlib.sha256(DATA).hexdigest()
+URL = "http://files.example/m.gguf"
+# Five ranges of 2048 bytes, four connections from the start, no waiting between tries.
+ENGINE = DownloadOptions(parts=4, start_connections=4, part_bytes=2048, chunk_bytes=500, part_attempts=3,
+                         retry_backoff_seconds=0, save_every_seconds=0.01)
 
 
-class FakeResponse:
-    def __init__(self, status: int, body: bytes, headers: dict[str, str], drop_after: int | None) -> None:
-        self.status_code, self.body, self.headers, self.drop_after = status, body, headers, drop_after
-        self.url = "http://files.example/m.gguf"
-        self.raw = self
-        self.sent = 0
+class FakeRaw:
+    """`response.raw`: urllib3's read(amt); a dropped connection raises after its last byte."""
 
-    def __enter__(self) -> FakeResponse:
-        return self
+    def __init__(self, body: bytes, drop_after: int | None) -> None:
+        self.body, self.drop_after, self.sent = body, drop_after, 0
 
-    def __exit__(self, *exc) -> None:
-        return None
-
-    def read1(self, n: int) -> bytes:
-        """At most 1000 bytes a call, like a socket; a dropped connection raises after its last byte."""
-        end = min(self.sent + 1000, len(self.body))
+    def read(self, amt: int, decode_content: bool | None = None) -> bytes:
+        end = min(self.sent + amt, len(self.body))
         if self.drop_after is not None:
             if self.sent >= self.drop_after:
                 raise urllib3.exceptions.ProtocolError("Connection broken: IncompleteRead")
@@ -40,72 +43,171 @@ class FakeResponse:
         return piece
 
 
-class FakeServer:
-    """Serves DATA; `ranges` decides whether Range is honoured; `drops` cuts the first answers short."""
+class FakeResponse:
+    def __init__(self, status: int, body: bytes, headers: dict[str, str], drop_after: int | None = None) -> None:
+        self.status_code, self.headers = status, headers
+        self.raw = FakeRaw(body, drop_after)
 
-    def __init__(self, *, ranges: bool = True, drops: list[int] | None = None, status: int = 200) -> None:
-        self.ranges, self.drops, self.status = ranges, list(drops or []), status
+    def __enter__(self) -> FakeResponse:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        return None
+
+
+class FakeServer:
+    """A `requests.Session` serving DATA. `ranges`: honour Range; `sized`: send Content-Length;
+    `drops`: {first byte of a request: bytes to send before the connection breaks}, once each
+    (every time if `sticky`)."""
+
+    def __init__(self, *, ranges: bool = True, sized: bool = True, drops: dict[int, int] | None = None,
+                 sticky: bool = False, status: int = 200, data: bytes = DATA, content_range: str | None = None) -> None:
+        self.ranges, self.sized, self.drops, self.status = ranges, sized, dict(drops or {}), status
+        self.sticky = sticky
+        self.data, self.content_range = data, content_range
         self.seen: list[dict] = []
+        self._lock = threading.Lock()
+
+    @property
+    def ranges_asked(self) -> list[str | None]:
+        return [h.get("Range") for h in self.seen]
 
     def get(self, url: str, headers: dict, stream: bool, timeout) -> FakeResponse:
-        self.seen.append(dict(headers))
-        drop = self.drops.pop(0) if self.drops else None
+        assert url == URL and stream
+        with self._lock:
+            self.seen.append(dict(headers))
         if self.status != 200:
-            return FakeResponse(self.status, b"", {}, None)
-        match = re.match(r"bytes=(\d+)-$", headers.get("Range", ""))
+            return FakeResponse(self.status, b"", {})
+        match = re.fullmatch(r"bytes=(\d+)-(\d*)", headers.get("Range", ""))
+        start, end, status = 0, len(self.data) - 1, 200
         if match and self.ranges:
             start = int(match.group(1))
-            if start >= len(DATA):
-                return FakeResponse(416, b"", {"Content-Range": f"bytes */{len(DATA)}"}, None)
-            body = DATA[start:]
-            return FakeResponse(206, body, {"Content-Range": f"bytes {start}-{len(DATA) - 1}/{len(DATA)}",
-                                            "Content-Length": str(len(body))}, drop)
-        return FakeResponse(200, DATA, {"Content-Length": str(len(DATA))}, drop)
+            if start >= len(self.data):
+                return FakeResponse(416, b"", {"Content-Range": f"bytes */{len(self.data)}"})
+            end = min(int(match.group(2) or end), end)
+            status = 206
+        with self._lock:
+            if headers.get("Range") == "bytes=0-0":
+                drop = None  # the probe is never cut
+            else:
+                drop = self.drops.get(start) if self.sticky else self.drops.pop(start, None)
+        body = self.data[start:end + 1]
+        sent = {"Content-Length": str(len(body))} if self.sized else {}
+        if status == 206:
+            sent["Content-Range"] = self.content_range or f"bytes {start}-{end}/{len(self.data)}"
+        return FakeResponse(status, body, sent, drop)
 
 
-def run(server: FakeServer, tmp_path: Path, **options) -> tuple[str, int, Path]:
-    partial = Partial.open(tmp_path / "f.part")
-    digest, size = fetch(server, "http://files.example/m.gguf", partial, headers={"Authorization": "Bearer t"},
-                         options=FetchOptions(backoff=0, **options), sleep=lambda s: None)
-    return str(digest), size, partial.path
+def run(server: FakeServer, tmp_path: Path, *, expected: str | None = None, max_bytes: int = 1 << 40,
+        engine: DownloadOptions = ENGINE, progress: list | None = None) -> tuple[str, int, Path]:
+    def on_bytes(done: int, total: int | None) -> None:
+        if progress is not None:
+            progress.append((done, total))
+    path, digest, size = fetch(server, URL, BlobStore(tmp_path / "done"), tmp_path / "partial", key="0",
+                               expected=Digest.parse(expected) if expected else None,
+                               headers={"Authorization": "Bearer t"},
+                               options=FetchOptions(max_bytes=max_bytes, download=engine), on_bytes=on_bytes)
+    return str(digest), size, path
 
 
-def test_dropped_connection_resumes_with_range(tmp_path: Path) -> None:
-    server = FakeServer(drops=[3000, 2000])
-    digest, size, path = run(server, tmp_path)
-    assert (digest, size) == ("sha256:" + hashlib.sha256(DATA).hexdigest(), len(DATA))
-    assert path.read_bytes() == DATA
-    assert [h.get("Range") for h in server.seen] == [None, "bytes=3000-", "bytes=5000-"]
+def leftovers(tmp_path: Path) -> set[str]:
+    partial = tmp_path / "partial"
+    return {p.name for p in partial.iterdir() if not p.name.endswith(".lock")} if partial.exists() else set()
+
+
+def test_ranges_in_parallel_and_a_dropped_one_resumes_at_the_byte_it_stopped(tmp_path: Path) -> None:
+    server = FakeServer(drops={4096: 1000})
+    progress: list = []
+    digest, size, path = run(server, tmp_path, progress=progress)
+    assert (digest, size) == (SHA, len(DATA))
+    assert path == tmp_path / "done" / SHA.replace(":", "-") and path.read_bytes() == DATA
+    asked = server.ranges_asked
+    assert asked[0] == "bytes=0-0"  # the probe
+    assert sorted(asked[1:]) == sorted(["bytes=0-2047", "bytes=2048-4095", "bytes=4096-6143", "bytes=5096-6143",
+                                        "bytes=6144-8191", "bytes=8192-10239"])
     assert all(h["Authorization"] == "Bearer t" and h["Accept-Encoding"] == "identity" for h in server.seen)
+    assert progress[-1] == (len(DATA), len(DATA)) and [d for d, _ in progress] == sorted(d for d, _ in progress)
+    assert leftovers(tmp_path) == set()
 
 
-def test_server_without_range_support_starts_over(tmp_path: Path) -> None:
-    server = FakeServer(ranges=False, drops=[4000])
-    digest, _size, path = run(server, tmp_path)
-    assert path.read_bytes() == DATA and digest == "sha256:" + hashlib.sha256(DATA).hexdigest()
-    assert server.seen[1].get("Range") == "bytes=4000-"  # asked, got a 200, restarted cleanly
+def test_server_without_range_support_is_one_stream_that_starts_over(tmp_path: Path) -> None:
+    server = FakeServer(ranges=False, drops={0: 4000})
+    progress: list = []
+    digest, _size, path = run(server, tmp_path, progress=progress)
+    assert path.read_bytes() == DATA and digest == SHA
+    # asked for the rest, got everything again (200), read past the 4000 bytes it had
+    assert server.ranges_asked == ["bytes=0-0", "bytes=0-10239", "bytes=4000-10239"]
+    assert progress[-1] == (len(DATA), len(DATA))
 
 
-def test_a_partial_left_by_a_previous_run_is_continued(tmp_path: Path) -> None:
-    (tmp_path / "f.part").write_bytes(DATA[:7000])
+def test_an_interrupted_download_is_continued_by_the_next_run(tmp_path: Path) -> None:
+    with pytest.raises(ImportFailedError, match="giving up after 3 attempts"):
+        run(FakeServer(drops={2048: 700, 2748: 0}, sticky=True), tmp_path, engine=DownloadOptions(
+            parts=1, part_bytes=2048, part_attempts=3, retry_backoff_seconds=0, chunk_bytes=500))
+    state = json.loads((tmp_path / "partial" / "url-0.json").read_text())
+    assert state["parts"][:2] == [[0, 2048, 2048], [2048, 2048, 700]]
+
     server = FakeServer()
-    digest, size, _ = run(server, tmp_path)
-    assert server.seen[0]["Range"] == "bytes=7000-" and size == len(DATA)
-    assert digest == "sha256:" + hashlib.sha256(DATA).hexdigest()
+    progress: list = []
+    digest, size, _ = run(server, tmp_path, progress=progress)
+    assert (digest, size) == (SHA, len(DATA))
+    assert "bytes=0-2047" not in server.ranges_asked and "bytes=2748-4095" in server.ranges_asked
+    assert progress[0][0] == 2048 + 700, "resumed bytes count towards the progress"
+    assert progress[-1] == (len(DATA), len(DATA))
 
 
-def test_already_complete_partial_gets_416_and_is_done(tmp_path: Path) -> None:
-    (tmp_path / "f.part").write_bytes(DATA)
-    digest, size, _ = run(FakeServer(), tmp_path)
-    assert size == len(DATA) and digest == "sha256:" + hashlib.sha256(DATA).hexdigest()
+def test_unknown_size_is_one_stream_hashed_as_it_arrives(tmp_path: Path) -> None:
+    server = FakeServer(ranges=False, sized=False, drops={0: 3000})
+    progress: list = []
+    digest, size, path = run(server, tmp_path, progress=progress)
+    assert (digest, size) == (SHA, len(DATA)) and path.read_bytes() == DATA
+    assert server.ranges_asked == ["bytes=0-0", None, "bytes=3000-"]
+    assert progress[-1] == (len(DATA), None)
+
+
+def test_unknown_size_over_the_cap_stops_and_leaves_nothing(tmp_path: Path) -> None:
+    with pytest.raises(TooLargeError, match="larger than the file size limit of 5000"):
+        run(FakeServer(ranges=False, sized=False), tmp_path, max_bytes=5000)
+    assert leftovers(tmp_path) == set()
+    assert not (tmp_path / "done").exists() or not list((tmp_path / "done").iterdir())
+
+
+def test_known_size_over_the_cap_fails_before_the_download(tmp_path: Path) -> None:
+    server = FakeServer()
+    with pytest.raises(TooLargeError, match="10240 bytes, over the file size limit of 1000"):
+        run(server, tmp_path, max_bytes=1000)
+    assert server.ranges_asked == ["bytes=0-0"]
+
+
+def test_a_wrong_digest_fails_and_stores_nothing(tmp_path: Path) -> None:
+    with pytest.raises(ImportFailedError, match="expected sha256:1111"):
+        run(FakeServer(), tmp_path, expected="sha256:" + "1" * 64)
+    assert leftovers(tmp_path) == set()
+    assert not list((tmp_path / "done").glob("sha256-*"))
+
+
+def test_the_expected_digest_is_checked(tmp_path: Path) -> None:
+    digest, _, path = run(FakeServer(), tmp_path, expected=SHA)
+    assert digest == SHA and path.read_bytes() == DATA
+
+
+def test_an_empty_file(tmp_path: Path) -> None:
+    digest, size, path = run(FakeServer(data=b""), tmp_path)
+    assert (digest, size) == ("sha256:" + hashlib.sha256(b"").hexdigest(), 0) and path.read_bytes() == b""
 
 
 def test_gives_up_after_the_attempts(tmp_path: Path) -> None:
-    with pytest.raises(ImportFailedError, match="giving up after 3 attempts"):
-        run(FakeServer(drops=[100, 100, 100]), tmp_path, attempts=3)
+    server = FakeServer(status=503)
+    with pytest.raises(ImportFailedError, match=r"giving up after 3 attempts: .*HTTP 503"):
+        run(server, tmp_path)
+    assert len(server.seen) == 3
 
 
-@pytest.mark.parametrize("status, why", [(401, "access denied"), (403, "token"), (404, "HTTP 404")])
+@pytest.mark.parametrize("status, why", [(401, "access denied"), (403, "token"), (404, "HTTP 404"),
+                                         (410, "HTTP 410")])
 def test_client_errors_fail_at_once(tmp_path: Path, status: int, why: str) -> None:
     server = FakeServer(status=status)
     with pytest.raises(ImportFailedError, match=why):
@@ -113,16 +215,15 @@ def test_client_errors_fail_at_once(tmp_path: Path, status: int, why: str) -> No
     assert len(server.seen) == 1
 
 
-def test_server_errors_are_retried(tmp_path: Path) -> None:
-    server = FakeServer(status=503)
-    with pytest.raises(ImportFailedError, match="HTTP 503"):
-        run(server, tmp_path, attempts=2)
-    assert len(server.seen) == 2
+def test_a_range_other_than_asked_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ImportFailedError, match="asked for bytes from 0, got bytes from 5"):
+        run(FakeServer(content_range="bytes 5-5/10240"), tmp_path)
 
 
-def test_size_limit(tmp_path: Path) -> None:
-    with pytest.raises(TooLargeError):
-        run(FakeServer(), tmp_path, max_bytes=1000)
+def test_url_source_probe() -> None:
+    assert UrlSource(FakeServer(), URL).probe().size == len(DATA)
+    assert UrlSource(FakeServer(ranges=False), URL).probe().ranged is False
+    assert UrlSource(FakeServer(ranges=False, sized=False), URL).probe().size is None
 
 
 @pytest.mark.parametrize("url, kind", [
@@ -155,6 +256,5 @@ def test_is_http_url(url, ok):
 
 
 def test_redact_survives_malformed_urls():
-    from eldric.transfer.urlfetch import redact
     assert redact("http://[::1/x") == "(malformed URL)"
     assert redact("https://u:p@h:8443/a/b?sig=1") == "https://h:8443/a/b"
