@@ -7,6 +7,7 @@ import redis
 from flask import Flask, jsonify, request
 from flask_smorest import Api
 
+from controller import api_docs
 from controller import config as settings
 from controller.dispatch import create_producer
 from controller.errors import BadRequestError, ControllerError
@@ -22,7 +23,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     app.config.update(
         API_TITLE="Eldric Model Manager", API_VERSION=__version__, OPENAPI_VERSION="3.0.3",
         OPENAPI_URL_PREFIX="/api/v1", OPENAPI_JSON_PATH="openapi.json",
-        OPENAPI_SWAGGER_UI_PATH="docs", OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        OPENAPI_SWAGGER_UI_PATH="docs", OPENAPI_SWAGGER_UI_URL=api_docs.URL,  # served here: no CDN
         JSON_SORT_KEYS=False,
     )
     app.json.sort_keys = False
@@ -39,6 +40,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     app.register_blueprint(ollama_bp)
     from controller.dashboard import bp as dashboard_bp
     app.register_blueprint(dashboard_bp)
+    app.register_blueprint(api_docs.bp)
     register_error_handlers(app)
     _register_domain_errors(app)
     _register_limits(app)
