@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 HELP = "run the controller (REST API, dashboard)"
@@ -26,5 +27,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"eldric controller: {exc}", file=sys.stderr)
         return 2
     logging_setup.configure_logging(settings.log_level, logging_setup.format_from_env())
+    logging.getLogger("controller").info("effective configuration: %s", settings.effective())
     run_simple(settings.controller_host, settings.controller_port, create_app(), threaded=True, use_reloader=False)
     return 0

@@ -33,6 +33,7 @@ def _beat(args: argparse.Namespace) -> int:
         print(f"eldric beat: {exc}", file=sys.stderr)
         return 2
     logging_setup.connect_celery_signals()
+    print(f"eldric beat: effective configuration: {schedule.effective()}", file=sys.stderr)
     app = Celery("eldric-beat")
     app.conf.update(beat_config(schedule.redis_url, schedule))
     # RedBeat keeps the schedule in Redis and takes a lock there: a second beat waits for it.

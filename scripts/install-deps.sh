@@ -19,17 +19,24 @@ if (( ${#missing[@]} )); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}"
 fi
 
-PY="${PYTHON:-python3}"
+# shellcheck source=scripts/python-env.sh
+source scripts/python-env.sh
 # Always: pip is quick when everything is there, and a dependency added since the last
 # install must not go missing (an import check of a few packages would not notice).
 echo "installing the eldric Python package and its test dependencies"
 "$PY" -m pip install -q -e ".[test]"
 
 # llama-cpp-python lets a test load a distributed GGUF for real. It builds from
-# source (~4-8 min on 2 cores, then pip's wheel cache makes it instant); a failed
+# source (8-11 min on 2 cores, then pip's wheel cache makes it instant); a failed
 # build only makes that one test skip.
 if [[ "${ELDRIC_SKIP_LLAMA_CPP:-0}" != 1 ]] && ! "$PY" -c "import llama_cpp" 2>/dev/null; then
-  echo "building llama-cpp-python (optional)"
-  CMAKE_ARGS="-DGGML_NATIVE=OFF" "$PY" -m pip install -q "llama-cpp-python==0.3.36" \
-    || echo "llama-cpp-python did not build; the llama.cpp load test will skip"
+  echo "building llama-cpp-python (optional, once: 8-11 minutes on 2 cores; ELDRIC_SKIP_LLAMA_CPP=1 skips it)"
+  CMAKE_ARGS="-DGGML_NATIVE=OFF" "$PY" -m pip install -q "llama-cpp-python==0.3.36" &
+  build=$! started=$SECONDS
+  next=30
+  while kill -0 "$build" 2>/dev/null; do  # a heartbeat, so a long silent build does not look hung
+    sleep 1
+    if (( SECONDS - started >= next )); then echo "  still building llama-cpp-python: $((SECONDS - started)) s"; next=$((next + 30)); fi
+  done
+  wait "$build" || echo "llama-cpp-python did not build; the llama.cpp load test will skip"
 fi

@@ -269,6 +269,47 @@ def cmd_models(api: Api, args: argparse.Namespace, out: Console, err: Console) -
     return 0
 
 
+def cluster_status(api: Api, *, expect_workers: int = 0, wait: float = 0.0, poll: float = 1.0,
+                   sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> dict:
+    """The controller's health and its workers, waiting up to `wait` s for `expect_workers` online."""
+    end = clock() + wait
+    while True:
+        try:
+            api.get("/healthz")
+            workers = api.get("/api/v1/workers")["workers"]
+            online = [w for w in workers if w["online"]]
+            if len(online) >= expect_workers:
+                return {"ok": True, "workers": workers}
+            problem = f"{len(online)} of {expect_workers} workers online"
+        except ClientError as exc:
+            problem = str(exc)
+        if clock() >= end:
+            return {"ok": False, "problem": problem}
+        sleep(poll)
+
+
+def cmd_status(api: Api, args: argparse.Namespace, out: Console, err: Console) -> int:
+    status = cluster_status(api, expect_workers=args.expect_workers, wait=args.wait)
+    if args.json:
+        _print_json(status)
+        return 0 if status["ok"] else 1
+    if not status["ok"]:
+        err.print(f"[red]eldric status: the cluster is not up after {args.wait:.0f} s: {_esc(status['problem'])}")
+        return 1
+    rows = [("dashboard", f"{api.base}/dashboard"), ("API docs", f"{api.base}/api/v1/docs")]
+    if args.flower:
+        rows.append(("Flower", args.flower))
+    if args.upstream:
+        rows.append(("upstream", f"{args.upstream} (ELDRIC_OLLAMA_REGISTRY: where registry.ollama.ai names are pulled from)"))
+    workers = sorted(status["workers"], key=lambda w: (w["type"], w["id"]))
+    rows.append(("workers", ", ".join(f"{w['id']} ({w['type']}{'' if w['online'] else ', offline'})" for w in workers)
+                 or "none registered"))
+    out.print("[green]cluster is up[/]")
+    for label, value in rows:
+        out.print(f"  {label:<10} {_esc(value)}")
+    return 0
+
+
 def cmd_workers(api: Api, args: argparse.Namespace, out: Console, err: Console) -> int:
     if args.id:
         worker = api.get(f"/api/v1/workers/{quote(args.id, safe='')}")
@@ -403,6 +444,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="the cluster's models with coverage")
     _common(p)
     p.set_defaults(func=_wrap(cmd_models))
+
+    p = sub.add_parser("status", help="is the cluster up: the controller answers and workers are online; "
+                                      "prints the dashboard, docs and Flower addresses")
+    p.add_argument("--wait", type=float, default=0.0, help="wait up to this many seconds for it")
+    p.add_argument("--expect-workers", type=int, default=0, help="up means at least this many workers online")
+    p.add_argument("--flower", default=None, help="Flower's address, to show in the summary")
+    p.add_argument("--upstream", default=None, help="the agents' ELDRIC_OLLAMA_REGISTRY, to show in the summary")
+    _common(p)
+    p.set_defaults(func=_wrap(cmd_status))
 
     p = sub.add_parser("workers", help="the cluster's workers, or one worker's local models")
     p.add_argument("id", nargs="?")

@@ -66,6 +66,10 @@ UserPath = Annotated[Path, AfterValidator(lambda p: p.expanduser())]
 CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_split_commas)]
 
 
+def _is_secret(field: str) -> bool:
+    return any(word in field for word in ("secret", "token", "password"))
+
+
 class _MappingEnvSource(EnvSettingsSource):
     """The environment source, reading the mapping given to `from_env`.
 
@@ -127,6 +131,18 @@ class EnvSettings(BaseSettings):
             got = f", got {shown!r}" if isinstance(shown, (str, int, float)) and repr(shown) not in message else ""
             lines.append(f"{where}: {message}{got}")
         return "; ".join(lines)
+
+    def effective(self) -> str:
+        """`VARIABLE=value ...` for every setting, secrets masked: what a service logs at start."""
+        shown = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if _is_secret(name):
+                value = "(set)" if value else "(empty)"
+            elif isinstance(value, tuple):
+                value = ",".join(value)
+            shown.append(f"{type(self).env_name(name)}={value}")
+        return " ".join(shown)
 
     @classmethod
     def table(cls) -> list[tuple[str, object, str]]:

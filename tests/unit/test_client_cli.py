@@ -307,3 +307,37 @@ def test_registry_without_an_action_still_runs_the_service():
     for argv in (["pull", "m", "--workers", "a,b", "--json"], ["jobs", "j1", "-f"], ["models"], ["workers", "w"],
                  ["show", "m"], ["distribute", "m", "--from", "worker:a", "--to", "b"], ["registry", "list"]):
         assert callable(build_parser().parse_args(argv).func)
+
+
+class _StatusApi:
+    """Answers like the controller: first unreachable, then fewer workers online than expected, then all."""
+
+    base = "http://ctl:8880"
+
+    def __init__(self, answers: list) -> None:
+        self.answers = answers
+
+    def get(self, path: str, **_params):
+        if path == "/healthz":
+            if self.answers[0] == "down":
+                self.answers.pop(0)
+                raise client_cli.ClientError("cannot reach the controller at http://ctl:8880 (ConnectionError)")
+            return {"status": "ok"}
+        return {"workers": self.answers.pop(0)}
+
+
+def test_cluster_status_waits_for_the_expected_workers():
+    one = [{"id": "a", "type": "inference", "online": True}, {"id": "b", "type": "cloud", "online": False}]
+    two = [{**w, "online": True} for w in one]
+    slept: list[float] = []
+    status = client_cli.cluster_status(_StatusApi(["down", one, two]), expect_workers=2, wait=10, sleep=slept.append,
+                                clock=lambda: 0.0)
+    assert status == {"ok": True, "workers": two} and len(slept) == 2
+
+
+def test_cluster_status_says_what_is_missing_when_time_is_up():
+    ticks = iter([0.0, 5.0, 11.0])
+    one = [{"id": "a", "type": "inference", "online": True}]
+    status = client_cli.cluster_status(_StatusApi([one, one]), expect_workers=3, wait=10, sleep=lambda s: None,
+                                clock=lambda: next(ticks))
+    assert status == {"ok": False, "problem": "1 of 3 workers online"}

@@ -83,3 +83,11 @@ def test_registry_sizes_accept_binary_units_from_flags_and_environment():
 @pytest.mark.parametrize("raw, expected", [("1048576", 1 << 20), ("512M", 512 << 20), ("1TiB", 1 << 40), (7, 7)])
 def test_parse_size(raw, expected):
     assert parse_size(raw) == expected
+
+
+def test_the_effective_configuration_masks_secrets():
+    text = RegistrySettings.from_env({"ELDRIC_CLUSTER_SECRET": "hunter2", "ELDRIC_REGISTRY_PORT": "9001"}).effective()
+    assert "ELDRIC_CLUSTER_SECRET=(set)" in text and "hunter2" not in text
+    assert "ELDRIC_REGISTRY_PORT=9001" in text
+    controller = ControllerSettings.from_env({"ELDRIC_API_TOKEN": ""}).effective()
+    assert "ELDRIC_API_TOKEN=(empty)" in controller
