@@ -342,3 +342,62 @@ def test_install_refuses_unsafe_paths_even_in_a_hand_built_model(tmp_path, gguf_
     with pytest.raises(InvalidModelError, match=r"'\.\.'"):
         install(model, config(backend, tmp_path))
     assert not (tmp_path / "escape.gguf").exists()
+
+
+# ---------------------------------------------------------------- one copy per node
+
+def gguf_file(tmp_path: Path) -> Path:
+    (tmp_path / "src").mkdir(exist_ok=True)
+    return write_llama_gguf(tmp_path / "src" / "tiny.gguf")
+
+
+def blob_store_model(tmp_path: Path, name: str, source) -> LocalModel:
+    """The model as the agent installs it: every file a content-addressed blob of the store."""
+    import hashlib
+    blobs = tmp_path / "store" / "blobs"
+    blobs.mkdir(parents=True, exist_ok=True)
+    files, digests = {}, {}
+    for path in [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file()):
+        digest = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+        blob = blobs / digest.replace(":", "-")
+        blob.write_bytes(path.read_bytes())
+        rel = path.relative_to(source).as_posix() if source.is_dir() else path.name
+        files[rel], digests[rel] = blob, digest
+    return LocalModel.from_files(name, files, digests=digests)
+
+
+def test_llamacpp_and_vllm_share_one_inode_with_the_blob_store(tmp_path):
+    model = blob_store_model(tmp_path, "tiny:q8", gguf_file(tmp_path))
+    [blob] = model.files.values()
+    results = {b: install(model, config(b, tmp_path)) for b in ("llamacpp", "vllm")}
+    placed = [p for p in (tmp_path / "llamacpp").rglob("*.gguf")] + [p for p in (tmp_path / "vllm").rglob("*.gguf")]
+    assert len(placed) == 2
+    assert {p.stat().st_ino for p in placed} == {blob.stat().st_ino}
+    assert blob.stat().st_nlink == 3, "blob store + llama.cpp + vLLM: one copy on disk"
+    assert all(r.bytes_copied == 0 and r.files_linked == 1 for r in results.values())
+
+    # Removing the model from one backend never breaks the other or the store.
+    assert uninstall("tiny:q8", config("llamacpp", tmp_path))
+    vllm_file = next((tmp_path / "vllm").rglob("*.gguf"))
+    assert vllm_file.read_bytes() == blob.read_bytes() and blob.stat().st_nlink == 2
+    # A re-run finds everything in place and copies nothing.
+    again = install(model, config("vllm", tmp_path))
+    assert (again.changed, again.bytes_copied) == (False, 0)
+
+
+def test_a_source_that_is_not_content_addressed_is_copied_and_hashed(tmp_path, gguf_model):
+    result = install(gguf_model, config("llamacpp", tmp_path))
+    [placed] = (tmp_path / "llamacpp").rglob("*.gguf")
+    [source] = gguf_model.files.values()
+    assert placed.stat().st_ino != source.stat().st_ino
+    assert result.bytes_copied == source.stat().st_size and result.files_linked == 0
+
+
+def test_another_filesystem_falls_back_to_a_verified_copy(tmp_path, monkeypatch):
+    model = blob_store_model(tmp_path, "tiny:q8", gguf_file(tmp_path))
+
+    def cross_device(src, dst, **_kw):
+        raise OSError(18, "Invalid cross-device link")
+    monkeypatch.setattr(staging.os, "link", cross_device)
+    result = install(model, config("llamacpp", tmp_path))
+    assert result.files_linked == 0 and result.bytes_copied == next(iter(model.files.values())).stat().st_size

@@ -204,7 +204,7 @@ def file_specs(model: LocalModel, *, shared: bool, prefix: str = "",
 
 def placed(backend: str, model: LocalModel, placement: Placement, *, shared: bool, **details) -> InstallResult:
     return InstallResult(backend, model.name, str(placement.path), changed=placement.changed, shared=shared,
-                         bytes_copied=placement.bytes_copied, details=details)
+                         bytes_copied=placement.bytes_copied, files_linked=placement.files_linked, details=details)
 
 
 @dataclass(frozen=True)
@@ -226,12 +226,13 @@ class InstallResult:
     changed: bool  # False when everything was already in place
     shared: bool = False  # the backend points at shared storage; no bytes were copied
     bytes_copied: int = 0  # bytes copied or uploaded to the backend
+    files_linked: int = 0  # files placed as hard links to the blob store (one copy per node)
     details: Mapping[str, object] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {"backend": self.backend, "model": self.model, "location": self.location,
                 "changed": self.changed, "shared": self.shared, "bytes_copied": self.bytes_copied,
-                "details": dict(self.details)}
+                "files_linked": self.files_linked, "details": dict(self.details)}
 
 
 class Installer(Protocol):

@@ -36,7 +36,7 @@ _CHUNK = 4 << 20
 
 @dataclass(frozen=True)
 class FileSpec:
-    """One file of an entry: a copy of `source`, a symlink to it (`link`), or generated `data`."""
+    """One file of an entry: `source` hard-linked or copied, a symlink to it (`link`), or generated `data`."""
 
     source: Path | None = None
     digest: str | None = None  # "sha256:<hex>" of source; checked while copying
@@ -62,6 +62,7 @@ class Placement:
     path: Path
     changed: bool
     bytes_copied: int = 0
+    files_linked: int = 0  # hard links to the blob store (no bytes copied)
     _previous: Path | None = None
     _staging: Path | None = None
     _old_record: bytes | None = None
@@ -116,8 +117,8 @@ def place_file(dest: Path, spec: FileSpec, *, staging_root: Path | None = None) 
         _remove_if_empty(staging.parent)
         raise
     _write_atomic(record_path, json.dumps({"file": _record_entry(dest, entry)}, indent=1).encode())
-    return Placement(dest, changed=True, bytes_copied=copied, _previous=previous, _staging=staging,
-                     _old_record=old_record)
+    return Placement(dest, changed=True, bytes_copied=copied, files_linked=int(entry.get("placed") == "hardlink"),
+                     _previous=previous, _staging=staging, _old_record=old_record)
 
 
 def place_dir(dest: Path, files: dict[str, FileSpec], *, staging_root: Path | None = None) -> Placement:
@@ -128,11 +129,12 @@ def place_dir(dest: Path, files: dict[str, FileSpec], *, staging_root: Path | No
     previous = None
     try:
         staged = staging / "new"
-        copied, entries = 0, {}
+        copied, linked, entries = 0, 0, {}
         for rel in sorted(files):
             n, entry = _stage(staged / rel, files[rel])
             entries[rel] = _record_entry(staged / rel, entry)
             copied += n
+            linked += entry.get("placed") == "hardlink"
         _write_atomic(staged / RECORD, json.dumps({"files": entries}, indent=1).encode())
         previous = _move_aside(dest, staging / "previous")
         os.rename(staged, dest)
@@ -142,7 +144,7 @@ def place_dir(dest: Path, files: dict[str, FileSpec], *, staging_root: Path | No
         shutil.rmtree(staging, ignore_errors=True)
         _remove_if_empty(staging.parent)
         raise
-    return Placement(dest, changed=True, bytes_copied=copied, _previous=previous, _staging=staging)
+    return Placement(dest, changed=True, bytes_copied=copied, files_linked=linked, _previous=previous, _staging=staging)
 
 
 def _dir_is_current(dest: Path, files: dict[str, FileSpec]) -> bool:
@@ -152,10 +154,15 @@ def _dir_is_current(dest: Path, files: dict[str, FileSpec]) -> bool:
     recorded = (_read_record(dest / RECORD) or {}).get("files") or {}
     if not all(_is_current(dest / rel, spec, recorded.get(rel)) for rel, spec in files.items()):
         return False
-    fresh = {rel: _record_entry(dest / rel, {"digest": spec.wanted}) for rel, spec in files.items()}
+    fresh = {rel: _record_entry(dest / rel, {"digest": spec.wanted, **_how_placed(recorded.get(rel))})
+             for rel, spec in files.items()}
     if fresh != recorded:
         _write_atomic(dest / RECORD, json.dumps({"files": fresh}, indent=1).encode())
     return True
+
+
+def _how_placed(recorded: dict | None) -> dict:
+    return {"placed": recorded["placed"]} if recorded and "placed" in recorded else {}
 
 
 def remove_entry(path: Path) -> bool:
@@ -188,6 +195,8 @@ def _stage(staged: Path, spec: FileSpec) -> tuple[int, dict]:
     if spec.link:
         os.symlink(spec.source, staged)
         return 0, {"digest": spec.wanted}
+    if _hard_link(spec, staged):
+        return 0, {"digest": spec.wanted, "placed": "hardlink"}
     h, size = hashlib.sha256(), 0
     with open(spec.source, "rb") as src, open(staged, "wb") as dst:
         while chunk := src.read(_CHUNK):
@@ -198,7 +207,26 @@ def _stage(staged: Path, spec: FileSpec) -> tuple[int, dict]:
     if actual != spec.wanted:
         raise DigestMismatchError(f"{spec.source}: sha256 is {actual}, expected {spec.wanted}")
     os.chmod(staged, 0o644)
-    return size, {"digest": actual}
+    return size, {"digest": actual, "placed": "copy"}
+
+
+def _hard_link(spec: FileSpec, staged: Path) -> bool:
+    """One copy per node: the backend's file is another name for the blob store's file.
+
+    Only for a content-addressed source (`sha256-<hex>` of the wanted digest: the blob
+    store verified it before naming it so), so no bytes need reading; any other source,
+    or another filesystem (EXDEV) or one without hard links, is copied and hashed instead.
+    Backends only read these files, and removing one name never touches the others.
+    """
+    if spec.source is None or spec.digest is None:
+        return False
+    if spec.source.name != spec.digest.replace(":", "-", 1):
+        return False
+    try:
+        os.link(spec.source, staged)
+    except OSError:
+        return False
+    return True
 
 
 def _record_entry(path: Path, entry: dict) -> dict:
