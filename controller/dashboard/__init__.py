@@ -7,9 +7,13 @@ needs one), so the dashboard route itself needs no token and no Redis.
 
 from __future__ import annotations
 
-from flask import Blueprint, redirect, render_template, url_for
+from pathlib import Path
+
+from flask import Blueprint, redirect, render_template, send_from_directory, url_for
 
 from eldric import __version__
+
+STATIC = Path(__file__).parent / "static"
 
 bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static",
                static_url_path="/dashboard/static")
@@ -23,3 +27,9 @@ def models_tab():
 @bp.get("/dashboard/")
 def models_tab_slash():
     return redirect(url_for("dashboard.models_tab"))
+
+
+@bp.get("/favicon.ico")
+def favicon():
+    """Browsers ask for /favicon.ico on every page (the API docs too): answer with the SVG icon."""
+    return send_from_directory(STATIC, "favicon.svg", mimetype="image/svg+xml", max_age=86400)

@@ -85,12 +85,19 @@ def _open(page, cluster, path: str = "/dashboard"):
 def test_pull_to_all_workers_shows_a_live_bar_per_worker_until_completed(dash, page, artifacts):
     _open(page, dash)
     page.fill("#pull-model", "big")
-    page.get_by_role("button", name="Pull to All Workers").click()
+    button = page.get_by_role("button", name="Pull to All Workers")
+    button.click()
     expect(page.locator("#pull-bars li")).to_have_count(len(WORKERS))
-    # Live: some bar shows a partial percentage before the end.
+    expect(button).to_be_focused()  # busy (aria-disabled), yet the focus stays where the user pressed
+    # Live: some bar shows a partial percentage before the end, with its rate and time left.
     page.wait_for_function("""() => [...document.querySelectorAll('#pull-bars li[data-state=pulling] .bar')]
         .some(b => +b.getAttribute('aria-valuenow') > 0 && +b.getAttribute('aria-valuenow') < 100)""",
                            timeout=45_000)
+    rated = page.wait_for_function("""() => [...document.querySelectorAll('#pull-bars li[data-phase=pulling]')]
+        .map(li => [li.querySelector('.rate').textContent, li.querySelector('.left').textContent])
+        .find(([rate, left]) => rate && left)""", timeout=45_000).json_value()
+    assert re.fullmatch(r"\d+(\.\d+)? (B|kB|MB)/s", rated[0]) and re.fullmatch(r"\d+ s left|\d+ min( \d+ s)? left",
+                                                                           rated[1]), rated
     try:  # for the picture: every bar on its way, if the timing allows
         page.wait_for_function("""() => [...document.querySelectorAll('#pull-bars li .bar')]
             .every(b => +b.getAttribute('aria-valuenow') > 25 && +b.getAttribute('aria-valuenow') < 95)""",
@@ -110,6 +117,8 @@ def test_pull_to_all_workers_shows_a_live_bar_per_worker_until_completed(dash, p
     summary = page.locator("#pull-summary")
     expect(summary.locator("[data-job-state]")).to_have_attribute("data-job-state", "completed")
     expect(summary).not_to_contain_text("polling")  # the event stream fed the bars
+    expect(button).to_be_enabled()
+    expect(button).to_be_focused()
     # The jobs panel shows it with one indicator per worker, finished as history.
     job = page.locator("#jobs-list li.job").first
     expect(job).to_have_attribute("data-state", "completed", timeout=20_000)
@@ -130,6 +139,13 @@ def test_failing_pull_shows_the_reason_on_every_bar(dash, page):
     job = page.locator("#jobs-list li.job").first
     expect(job).to_have_attribute("data-state", "failed", timeout=20_000)
     expect(job.locator(".dot[data-state=failed]")).to_have_count(len(WORKERS))
+    # The reason is in the row itself, no click: one line per distinct reason, naming the workers.
+    failure = job.locator(".failures .failure")
+    expect(failure).to_have_count(1)
+    expect(failure.locator(".reason")).to_be_visible()
+    expect(failure.locator(".reason")).to_contain_text("not found")
+    assert sorted(failure.get_attribute("data-workers").split()) == list(WORKERS)
+    expect(job.locator("details.per-worker")).not_to_have_attribute("open", "")
 
 
 def _sse(event: str, data: dict) -> str:
@@ -182,9 +198,27 @@ def test_coverage_distributes_a_partly_covered_model_in_one_click(dash, page):
     full = page.locator('#coverage-table tr[data-model="big:latest"]')
     expect(full).not_to_have_class(re.compile(r"\bpartial\b"))
     expect(full.get_by_role("button")).to_have_count(0)
-    row.get_by_role("button", name="Distribute to 2 missing").click()
+    # Every column is labelled with its worker, over its own cell of the strip.
+    labels = page.locator("#coverage-axis .col-label")
+    expect(labels).to_have_count(len(WORKERS))
+    order = labels.all_inner_texts()
+    assert sorted(order) == list(WORKERS), order
+    strip = row.locator("canvas.strip").bounding_box()
+    for i in range(len(WORKERS)):
+        box = labels.nth(i).bounding_box()
+        assert strip["x"] + i * strip["width"] / 3 <= box["x"] + box["width"] / 2 <= strip["x"] + (i + 1) * strip["width"] / 3
+    distribute = row.get_by_role("button", name="Distribute to 2 missing")
+    distribute.focus()
+    page.keyboard.press("Enter")
+    # The job's bars under the row, one per missing worker; the pressed button keeps the focus meanwhile.
+    bars = page.locator('#coverage-table tr.bars-row[data-bars-for="tiny:latest"] .bar-row')
+    expect(bars).to_have_count(2)
+    assert sorted(bars.evaluate_all("rows => rows.map(r => r.dataset.worker)")) == ["inf-2", "inf-3"]
+    expect(distribute).to_be_focused()
     expect(row.locator(".cov-pct")).to_have_text("100%", timeout=60_000)
     expect(row).not_to_have_class(re.compile(r"\bpartial\b"))
+    # The button is gone with the gap; the focus stays in its cell (not on some other row's control).
+    assert page.evaluate("document.activeElement.dataset.focus") == "coverage:tiny:latest"
     assert sorted(_models(dash)["tiny:latest"]["workers"]) == list(WORKERS)
     job = dash.api("GET", "/api/v1/models/pull-jobs", params={"kind": "distribute", "limit": 1}).json()["jobs"][0]
     assert job["model"] == "tiny:latest" and job["options"]["from_worker"] == "inf-1", job
@@ -195,8 +229,17 @@ def test_registry_distribute_upload_and_delete_with_confirmation(dash, page, wor
     _open(page, dash)
     house = page.locator(f'#registry-table tr[data-model-id="{dash.house["id"]}"]')
     expect(house).to_contain_text("gguf")
-    house.get_by_role("button", name="Distribute").click()
+    distribute = house.get_by_role("button", name="Distribute")
+    distribute.click()
+    distribute.evaluate("b => { b.dataset.old = 'yes'; }")  # gone once the table is re-read
+    bars = page.locator(f'#registry-table tr.bars-row[data-bars-for="{dash.house["id"]}"] .bar-row')
+    expect(bars).to_have_count(len(WORKERS))  # per-worker bars under the row the job was started from
     expect(house.locator(".job-status")).to_contain_text("completed: 3 completed", timeout=60_000)
+    expect(bars.and_(page.locator("[data-state=completed]"))).to_have_count(len(WORKERS))
+    # The table is re-read once the job ends; the focus stays on the Distribute button (not the red Delete).
+    page.wait_for_function("""id => { const b = document.querySelector(`#registry-table tr[data-model-id="${id}"] button.distribute`);
+        return b && !b.dataset.old; }""", arg=dash.house["id"], timeout=20_000)
+    expect(distribute).to_be_focused()
 
     gguf = write_llama_gguf(workdir / "browser-up.gguf", name="browserup", width=128)
     page.set_input_files("#upload-file", str(gguf))
@@ -234,6 +277,46 @@ def test_workers_drill_down_shows_local_models(dash, page):
     expect(tiny).to_have_count(1)
     expect(tiny).to_contain_text("gguf")
     expect(page.locator('#models-table tr[data-model="big:latest"]')).to_contain_text("100%")
+
+
+def test_favicon_and_no_failed_request_on_load(dash, page):
+    failed: list[str] = []
+    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    page.on("requestfailed", lambda r: failed.append(f"{r.failure} {r.url}"))
+    _open(page, dash)
+    icon = page.locator('link[rel="icon"]').get_attribute("href")
+    assert icon.endswith(".svg"), icon
+    for path in (icon, "/favicon.ico"):  # the link, and what browsers ask for on any page (the API docs too)
+        resp = page.request.get(f"{dash.controller_url}{path}")
+        assert resp.status == 200 and resp.headers["content-type"].startswith("image/svg+xml"), (path, resp.status)
+        assert resp.body().startswith(b"<svg"), path
+    page.wait_for_timeout(500)
+    assert not failed, failed
+
+
+def test_phone_width_fits_every_tab(dash, browser):
+    """At 390 px the page is 390 px wide, with the jobs' bars, a worker's details and the JSON open."""
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    try:
+        page = context.new_page()
+        _open(page, dash)
+        tabs = page.locator("nav.tabs a")
+        hrefs = [tabs.nth(i).get_attribute("href") for i in range(tabs.count())]
+        assert hrefs
+        for href in hrefs:
+            _open(page, dash, href)
+            assert page.evaluate("document.documentElement.scrollWidth") <= 390
+            expect(page.locator("#jobs-list li.job").first).to_be_visible()
+            for summary in page.locator("#jobs-list details.per-worker summary").all():
+                summary.click()
+            expect(page.locator("#jobs-list .bar-row").first).to_be_visible()
+            page.locator('#workers-table tr[data-worker="inf-1"]').click()
+            expect(page.locator("#worker-detail h3")).to_contain_text("inf-1")
+            page.locator("#models-panel details.raw summary").click()
+            width = page.evaluate("document.documentElement.scrollWidth")
+            assert width <= 390, f"{href}: {width} px wide at 390"
+    finally:
+        context.close()
 
 
 def test_token_field_sends_the_api_token(dash, page):
@@ -345,6 +428,10 @@ def test_stays_usable_at_200_workers_and_300_models(dash, page):
     expect(page.locator("#workers-table tbody tr")).to_have_count(25)
     expect(page.locator("#models-table tbody tr")).to_have_count(25)
     expect(page.locator("#coverage-pager")).to_contain_text("page 1 of 12")
+    labels = page.locator("#coverage-axis .col-label")  # one labelled column per worker, in windows
+    shown = labels.count()
+    assert 6 <= shown <= 60 and labels.first.inner_text() == "node-000", shown
+    expect(page.locator("#coverage-columns")).to_contain_text(f"workers 1–{shown} of 200")
     elements = page.evaluate("document.getElementsByTagName('*').length")
     assert elements < 3000, elements  # bounded: pages of 25 rows, one canvas strip per model row
     page.locator("#coverage-pager button", has_text="next").click()
