@@ -16,8 +16,10 @@ from flask_smorest import Api
 from pydantic import Field
 
 from eldric import __version__, logging_setup
-from eldric.core.settings import EnvSettings, Size, UserPath
+from eldric.core.settings import CommaList, EnvSettings, Size, UserPath
 from eldric.core.errors import DigestMismatchError, InvalidDigestError, InvalidNameError
+from eldric.transfer.upstreams import AddressPolicy
+from eldric.transfer.urlfetch import FetchOptions
 from registry.imports import Importer
 from registry.heartbeat import Heartbeat
 from eldric.core.model_errors import ModelRegistryError, RangeNotSatisfiableError
@@ -50,6 +52,12 @@ class RegistrySettings(EnvSettings):
                        description="when set, every API call needs `Authorization: Bearer <token>` (the cluster secret)")
     import_workers: int = Field(2, ge=1, validation_alias="ELDRIC_REGISTRY_IMPORT_WORKERS", description="URL imports run at once")
     log_level: str = Field("INFO", description="log level of the registry process")
+    # Issue 11: URL imports refuse loopback, private and link-local addresses on every hop unless
+    # listed here; create_registry_app passes AddressPolicy.parse(url_allowlist) to the Importer's
+    # FetchOptions(url_policy=...), which also rejects a bad entry at start.
+    url_allowlist: CommaList = Field(
+        (), validation_alias="ELDRIC_URL_ALLOWLIST",
+        description="comma list of addresses, networks (CIDR) or host names URL imports may reach although loopback, private or link-local")
 
 
 def create_registry_app(storage: str | Path, settings: RegistrySettings = RegistrySettings(), *,
@@ -63,7 +71,9 @@ def create_registry_app(storage: str | Path, settings: RegistrySettings = Regist
                           min_free_bytes=settings.min_free_bytes, draft_ttl=settings.draft_ttl_seconds)
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=10,
                                   socket_connect_timeout=5) if settings.redis_url else None
-    importer = Importer(svc, redis_client=client, workers=settings.import_workers)
+    importer = Importer(svc, redis_client=client, workers=settings.import_workers,
+                        fetch_options=FetchOptions(max_bytes=settings.max_file_bytes,
+                                                   url_policy=AddressPolicy.parse(settings.url_allowlist)))
     app.extensions["eldric.registry"] = svc
     app.extensions["eldric.importer"] = importer
 
@@ -136,5 +146,6 @@ def serve(host: str, port: int, storage: str | Path, settings: RegistrySettings 
           threads: int = 32) -> None:
     """Serve under gunicorn (gthread): uploads stream in, files go out with sendfile(2)."""
     logging_setup.configure_logging(settings.log_level, logging_setup.format_from_env())
+    log.info("effective configuration: %s", settings.effective())
     serve_with_gunicorn(lambda: create_registry_app(storage, settings), host=host, port=port, threads=threads,
                         name="eldric-registry")

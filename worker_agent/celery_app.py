@@ -1,12 +1,75 @@
-"""The agents' Celery app; configured by the entry point, tasks registered in worker_agent.tasks."""
+"""The agents' Celery app; configured by the entry point, tasks registered in worker_agent.tasks.
+
+The Redis transport is kombu's own with one change (issue 11): a channel keeps the
+connection parameters it was opened with. kombu builds a channel's Redis client lazily
+from `channel.connection.client`, and closing a broken connection clears that reference
+(`kombu.connection.Connection._do_close_transport` sets `transport.client = None`;
+`virtual.Transport.close_channel` sets `channel.connection = None`). Celery 5.7's
+`Consumer.on_connection_error_after_connected` (celery/worker/consumer/consumer.py, the
+new `connection.close()` after `connection.collect()`) closes the channel a second time
+after the first close was cut short by the dead socket (`Channel.close` ->
+`_brpop_read` raises before `super().close()`), so with a task still running under
+`acks_late` the close goes on to `QoS.restore_unacked_once` -> `Channel.conn_or_acquire`
+-> `Channel._connparams` (kombu/transport/redis.py) and dies on
+`AttributeError: 'NoneType' object has no attribute 'hostname'`. That is not a
+connection error, so `kombu.common.ignore_errors` lets it through and the worker stops
+("Unrecoverable error"). The same lookup kills the worker later when the task finishes
+and acknowledges its message on the old channel (`'NoneType' object has no attribute
+'client'`). With the parameters kept, both calls reach Redis like any other: a restore
+while Redis is down is a connection error Celery ignores (the message stays in Redis's
+unacked set if Redis kept its data), and the late ack removes it after the reconnect.
+Upstream reports of the same family: kombu #582, #970; celery #7705, #9250.
+"""
+
+from __future__ import annotations
+
+import warnings
+from urllib.parse import urlsplit
 
 from celery import Celery
+from celery.exceptions import CPendingDeprecationWarning
+from kombu.transport import redis as kombu_redis
 
 from eldric.cluster.celeryconf import celery_config
 
 app = Celery("eldric", include=["worker_agent.tasks"])
 
 
+class RedisChannel(kombu_redis.Channel):
+    """kombu's Redis channel, able to open a client after its connection was closed."""
+
+    def _connparams(self, asynchronous: bool = False) -> dict:
+        # Called first by Channel.__init__ (its PING), while the transport is still attached.
+        saved = self.__dict__.setdefault("_eldric_connparams", {})
+        if asynchronous not in saved:
+            saved[asynchronous] = super()._connparams(asynchronous=asynchronous)
+        return dict(saved[asynchronous])
+
+
+class RedisTransport(kombu_redis.Transport):
+    Channel = RedisChannel
+
+
+TRANSPORT = f"{__name__}:RedisTransport"
+
+
 def configure(redis_url: str, visibility_timeout: int = 3600) -> Celery:
     app.conf.update(celery_config(redis_url, visibility_timeout))
+    if urlsplit(redis_url).scheme == "redis":
+        # Only plain redis:// URLs: kombu derives TLS defaults from the `rediss` scheme name.
+        app.conf.broker_transport = TRANSPORT
+    # An agent waits for Redis as long as it takes (Celery's default gives up after 100 tries,
+    # about 50 minutes, and the worker then exits).
+    app.conf.broker_connection_max_retries = None
+    # A running pull goes on through a broker outage (its bytes do not pass through Redis); the
+    # copy of its message Redis may hand out again is skipped by the job's lock. Pinned because
+    # Celery 6 turns cancelling on; the warning saying so would otherwise come with every outage.
+    app.conf.worker_cancel_long_running_tasks_on_connection_loss = False
     return app
+
+
+def quiet_cancel_warning() -> None:
+    """Drop Celery's warning about that setting, logged with every outage. Call it after the worker's
+    logging setup (app.Worker()), which turns every Celery deprecation warning to 'always'."""
+    warnings.filterwarnings("ignore", message=r"\s*In Celery 5\.1 we introduced an optional breaking change",
+                            category=CPendingDeprecationWarning)

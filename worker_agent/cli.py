@@ -32,5 +32,4 @@ def run(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"eldric worker: {exc}", file=sys.stderr)
         return 2
-    run_agent(settings, loglevel=settings.log_level)
-    return 0
+    return run_agent(settings, loglevel=settings.log_level)

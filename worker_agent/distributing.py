@@ -11,14 +11,17 @@ from eldric.cluster import keys
 from eldric.core.digests import Digest
 from eldric.core.names import ModelName
 from eldric.core.names import FileModelRef
-from eldric.transfer.download import download_blob, ensure_space
+from eldric.transfer.diskspace import ensure_space
+from eldric.transfer.download import download_blob
+from eldric.transfer.partials import resumable_bytes
+from eldric.transfer.upstreams import AddressPolicy
 from worker_agent.errors import SourceError
 from worker_agent.file_sources import DataRegistrySource, HttpFileSource, PeerSource, RemoteFile, redact_url
 from worker_agent.installing import install_entry
 from eldric.cluster.jobstore import Progress
 from worker_agent.pulling import pull_model
 from worker_agent.runtime import Agent
-from worker_agent.sources import BlobSource, RegistrySource, registry_base_url
+from worker_agent.sources import BlobSource, RegistrySource
 
 FINGERPRINT_FILE = ".eldric-fingerprint"
 
@@ -38,10 +41,8 @@ def distribute(agent: Agent, model: str, options: dict, secrets: dict, progress:
 
 def pull_from_ollama(agent: Agent, model: str, progress: Progress) -> dict:
     """A pull: the model from the Ollama registry (or the configured mirror) into Ollama's store."""
-    s = agent.settings
     name = ModelName.parse(model)
-    return _pull_into_store(agent, name, RegistrySource(registry_base_url(name, s.ollama_registry,
-                                                                          s.insecure_registries)), progress)
+    return _pull_into_store(agent, name, RegistrySource.from_settings(name, agent.settings), progress)
 
 
 def _pull_into_store(agent: Agent, name: ModelName, source: BlobSource, progress: Progress) -> dict:
@@ -78,7 +79,7 @@ def _from_registry(agent: Agent, options: dict, progress: Progress) -> dict:
 
 def _from_url(agent: Agent, model: str, options: dict, secrets: dict, progress: Progress) -> dict:
     url = secrets.get("url") or ""
-    src = HttpFileSource(url, token=secrets.get("token"))
+    src = HttpFileSource(url, token=secrets.get("token"), policy=AddressPolicy.parse(agent.settings.url_allowlist))
     filename = options.get("filename") or Path(redact_url(url)).name or "model.bin"
     expected = Digest.parse(options["sha256"]) if options.get("sha256") else None
     remote, ranged = src.remote_file(filename, expected)
@@ -92,7 +93,8 @@ def _store_files(agent: Agent, entry: dict, files: list[RemoteFile], progress: P
     """Fetch every missing file into the blob store, install for the backends, then list the model."""
     FileModelRef.parse(entry["name"])  # refuse a name the catalog cannot hold before any byte moves
     blobs = agent.store.blobs
-    missing = sum(f.size for f in files if f.digest is None or not blobs.has(f.digest, f.size))
+    missing = sum(f.size - resumable_bytes(agent.store.partial_dir, f.digest, f.size, f.key)
+                  for f in files if f.digest is None or not blobs.has(f.digest, f.size))
     ensure_space(agent.store.partial_dir, missing, entry["name"], agent.settings.disk_reserve_bytes)
     progress.start(total=sum(f.size for f in files), source=origin)
     transferred, stored = 0, []
@@ -107,7 +109,7 @@ def _store_files(agent: Agent, entry: dict, files: list[RemoteFile], progress: P
         progress.update(status=f"downloading {f.path}", layer=f.path)
         before = int(progress.record.get("completed") or 0)
         path = download_blob(f.open_range, f.digest, f.size, blobs, agent.store.partial_dir, options,
-                             on_bytes=progress.add_bytes, key=f.key)
+                             on_bytes=progress.add_bytes, key=f.key, owner=progress.job_id)
         transferred += int(progress.record.get("completed") or 0) - before
         stored.append({"path": f.path, "sha256": str(Digest.parse(path.name)), "size": f.size})
     entry = {**entry, "files": stored, "size": sum(f["size"] for f in stored), "digest": model_digest(stored),

@@ -8,20 +8,26 @@ through PeerSource, which speaks the same interface as the upstream registry.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from urllib.parse import quote
 
 import requests
 
 from eldric.core.digests import Digest
-from eldric.core.errors import InvalidManifestError
+from eldric.core.errors import InvalidManifestError, cap_text
 from eldric.core.manifests import Manifest
 from eldric.core.names import ModelName
+from eldric.transfer.http import error_text, read_capped, upstream_session
+from eldric.transfer.retry import TRANSIENT_ERRORS
+from eldric.transfer.upstreams import PUBLIC_ONLY, AddressPolicy
 from eldric.transfer.urlfetch import UrlSource
 from eldric.transfer.urlfetch import redact as redact_url
 from eldric.transfer.download import RangeOpener
 from worker_agent.errors import ModelNotFoundError, SourceError, SourceUnavailableError
 from worker_agent.sources import CONNECT_TIMEOUT, raise_if_transient
+
+MAX_JSON_BYTES = 32 << 20  # a registry model's or a peer's export description
 
 
 @dataclass(frozen=True)
@@ -34,21 +40,37 @@ class RemoteFile:
 
 
 def _get(session: requests.Session, url: str, what: str, **kw) -> requests.Response:
+    """A streamed GET: its body is read bounded (`_json`, error_text) or by the download engine."""
     try:
-        resp = session.get(url, timeout=kw.pop("timeout", (CONNECT_TIMEOUT, 60)), **kw)
+        resp = session.get(url, timeout=kw.pop("timeout", (CONNECT_TIMEOUT, 60)), stream=True, **kw)
     except requests.RequestException as exc:
-        raise SourceUnavailableError(f"{what} unreachable: {exc}") from None
+        raise SourceUnavailableError(f"{what} unreachable: {cap_text(str(exc), 300)}") from None
     raise_if_transient(resp, what)
     return resp
+
+
+def _json(resp: requests.Response, what: str) -> dict:
+    try:
+        body, more = read_capped(resp, MAX_JSON_BYTES)
+    except TRANSIENT_ERRORS as exc:
+        raise SourceUnavailableError(f"{what}: the connection broke: {cap_text(str(exc), 300)}") from None
+    try:
+        doc = None if more else json.loads(body)
+    except (ValueError, RecursionError):
+        doc = None
+    if not isinstance(doc, dict):
+        raise SourceError(f"{what} did not answer a JSON object of at most {MAX_JSON_BYTES >> 20} MiB")
+    return doc
 
 
 class HttpFileSource:
     """One file at a URL: the registry importer's URL layer (urlfetch.UrlSource), fetched by the same engine."""
 
-    def __init__(self, url: str, token: str | None = None, session: requests.Session | None = None) -> None:
+    def __init__(self, url: str, token: str | None = None, session: requests.Session | None = None,
+                 policy: AddressPolicy = PUBLIC_ONLY) -> None:
         self.url = url
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.source = UrlSource(session or requests.Session(), url, headers, connect_timeout=CONNECT_TIMEOUT)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}  # requests drops it on a redirect to another host
+        self.source = UrlSource(session or upstream_session(policy), url, headers, connect_timeout=CONNECT_TIMEOUT)
 
     def probe(self) -> tuple[int, bool]:
         """(size, honours Range); the agent plans its disk space by the size, so it must be known."""
@@ -74,10 +96,11 @@ class DataRegistrySource:
         url = f"{self.base_url}/api/v1/model-registry/{quote(model_id, safe='')}"
         resp = _get(self.session, url, f"registry {self.base_url}", headers=self.headers)
         if resp.status_code == 404:
+            resp.close()
             raise ModelNotFoundError(f"model {model_id} not found in the registry at {self.base_url}")
         if not resp.ok:
-            raise SourceError(f"registry {self.base_url} answered {resp.status_code}: {resp.text[:200]}")
-        return resp.json()
+            raise SourceError(f"registry {self.base_url} answered {resp.status_code}: {error_text(resp)}")
+        return _json(resp, f"registry {self.base_url}")
 
     def files(self, model: dict) -> list[RemoteFile]:
         out = []
@@ -103,10 +126,11 @@ class PeerSource:
         resp = _get(self.session, f"{self.address}/api/models/export", f"worker {self.address}",
                     params={"model": model}, headers=self.headers)
         if resp.status_code == 404:
+            resp.close()
             raise ModelNotFoundError(f"worker {self.address} does not have model '{model}'")
         if not resp.ok:
-            raise SourceError(f"worker {self.address} answered {resp.status_code}: {resp.text[:200]}")
-        return resp.json()
+            raise SourceError(f"worker {self.address} answered {resp.status_code}: {error_text(resp)}")
+        return _json(resp, f"worker {self.address}")
 
     # BlobSource interface, so pull_model copies Ollama-layout models from a peer unchanged.
     def fetch_manifest(self, name: ModelName) -> tuple[bytes, Manifest]:
@@ -134,11 +158,9 @@ class PeerSource:
 
 def _ranged_opener(session: requests.Session, url: str, headers: dict) -> RangeOpener:
     def open_range(start: int, end: int, read_timeout: float) -> requests.Response:
-        resp = _get(session, url, url, stream=True, timeout=(CONNECT_TIMEOUT, read_timeout),
+        resp = _get(session, url, url, timeout=(CONNECT_TIMEOUT, read_timeout),
                     headers={**headers, "Range": f"bytes={start}-{end}"})
         if resp.status_code not in (200, 206):
-            text = resp.text[:200]
-            resp.close()
-            raise SourceError(f"{url} answered {resp.status_code}: {text}")
+            raise SourceError(f"{url} answered {resp.status_code}: {error_text(resp)}")
         return resp
     return open_range

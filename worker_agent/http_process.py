@@ -51,6 +51,9 @@ class HttpProcess:
             code = self.proc.wait()
             if self._stopping.wait(1.0):  # also paces restarts of a server that cannot start
                 return
+            if code == 0:  # gunicorn stopped on request (SIGTERM to the agent's process group): the agent is stopping
+                log.info("the agent's HTTP server stopped")
+                return
             log.error("the agent's HTTP server exited (code %s); restarting it", code)
             self.proc = self._spawn()
 

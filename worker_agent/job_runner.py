@@ -1,25 +1,122 @@
-"""Running this worker's share of a job: checks, lock, pull, final state, inventory."""
+"""Running this worker's share of a job: checks, lease, pull, final state, inventory.
+
+A job's state lives in Redis, which may restart (empty or from a snapshot) or be
+unreachable while a pull runs (README "Failure behaviour"). The work goes on regardless:
+progress writes that fail are logged and skipped, the final state is written once Redis
+answers again (`REPORT_PATIENCE`), and a job Redis no longer knows is finished without
+reports rather than brought back as a stray record.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
-import uuid
 from collections.abc import Callable
+
+import redis
+from redis.exceptions import LockError
 
 from eldric.cluster import jobstate
 from eldric.cluster import keys
 from eldric.cluster.queues import is_model_serving
 from eldric.core.digests import Digest
 from eldric.core.names import ModelName
+from eldric.transfer.retry import backoff_delay
 from worker_agent.distributing import distribute, pull_from_ollama
 from worker_agent.installing import uninstall_entry
-from worker_agent import membership
+from worker_agent import maintenance, membership
 from worker_agent.errors import JobExpiredError, NotEligibleError
-from eldric.cluster.jobstore import Progress
+from eldric.cluster.jobstore import Progress, fail_worker, write_record
 from worker_agent.runtime import Agent
 
-LOCK_TTL = 6 * 3600  # safety net only: a restarting agent clears its own stale locks
+log = logging.getLogger(__name__)
+
+# The per-job lock's TTL. A live runner renews it every LOCK_TTL / 3 (JobLease), so a pull may
+# run for its whole deadline (up to 30 days); the TTL only bounds how long a runner that froze
+# without exiting keeps a redelivered copy of its task from starting (a restarting agent
+# deletes its own stale locks at once: unfinished_jobs).
+LOCK_TTL = 120.0
+# How long a finished part waits for Redis to take its final state (and a failure its reason).
+REPORT_PATIENCE = 600.0
+
+JOB_GONE = "the job is gone from Redis (restarted without its data?)"
+TAKEN_OVER = "another runner holds this job's lock"
+
+
+class JobLease:
+    """The per-job lock of one runner on this worker, renewed in the background while the job runs.
+
+    The lock keeps a redelivered copy of the task (Celery's visibility timeout, see
+    eldric/cluster/celeryconf.py) from starting a second runner. When Redis lost the lock
+    (restarted empty, or from a snapshot taken before it was set), the next renewal notices:
+    the lock is taken again if the job still exists and nobody holds it; otherwise
+    `on_lost(JOB_GONE | TAKEN_OVER)` is called once and renewing stops. A Redis that does not
+    answer is tried again at the next renewal.
+    """
+
+    def __init__(self, client: redis.Redis, job_id: str, worker_id: str, ttl: float = LOCK_TTL) -> None:
+        self.client, self.job_id = client, job_id
+        self.lock = client.lock(keys.job_lock(job_id, worker_id), timeout=ttl, blocking=False, thread_local=False)
+        self.interval = ttl / 3
+        self.lost: str | None = None
+        self._on_lost: Callable[[str], None] = lambda reason: None
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._unreachable = False
+
+    def acquire(self) -> bool:
+        return bool(self.lock.acquire())
+
+    def keep(self, on_lost: Callable[[str], None] = lambda reason: None) -> None:
+        """Renew in a daemon thread until `release`."""
+        self._on_lost = on_lost
+        self._thread = threading.Thread(target=self._run, name=f"lease-{self.job_id[:8]}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self.interval) and self.lost is None:
+            self.renew()
+
+    def renew(self) -> None:
+        """One renewal: extend the lock, or find out why it is gone."""
+        try:
+            try:
+                self.lock.reacquire()
+            except LockError:
+                self._recover()
+            if self._unreachable:
+                log.info("job %s: Redis answers again; lock renewed", self.job_id)
+            self._unreachable = False
+        except redis.RedisError as exc:
+            if not self._unreachable:
+                log.warning("job %s: could not renew the job's lock (%s); trying again in %.0f s",
+                            self.job_id, exc, self.interval)
+            self._unreachable = True
+
+    def _recover(self) -> None:
+        if not self.client.exists(keys.job(self.job_id)):
+            self._lose(JOB_GONE)
+        elif self.lock.acquire():
+            log.warning("job %s: the job's lock had expired or was lost with Redis; taken again", self.job_id)
+        else:
+            self._lose(TAKEN_OVER)
+
+    def _lose(self, reason: str) -> None:
+        self.lost = reason
+        log.warning("job %s: %s; this runner finishes its part without reporting it", self.job_id, reason)
+        self._on_lost(reason)
+
+    def release(self) -> None:
+        self._stopped.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        if self.lost is None:
+            try:
+                self.lock.release()
+            except (LockError, redis.RedisError):
+                pass  # already gone, or Redis is away: the TTL ends it
 
 
 def own_record(agent: Agent, job_id: str) -> dict | None:
@@ -70,7 +167,7 @@ def delete_local_model(agent: Agent, model: str) -> list[str] | None:
     return agent.store.delete_model(name, keep=agent.catalog.referenced_digests())
 
 
-def _run_job(agent: Agent, job_id: str, work: Callable[[Progress], dict]) -> dict:
+def _run_job(agent: Agent, job_id: str, work: Callable[[Progress], dict], lock_ttl: float = LOCK_TTL) -> dict:
     meta = agent.redis.hgetall(keys.job(job_id))
     if not meta:
         return {"skipped": "job no longer exists"}
@@ -81,19 +178,88 @@ def _run_job(agent: Agent, job_id: str, work: Callable[[Progress], dict]) -> dic
         raise NotEligibleError(f"{agent.settings.worker_type} workers do not take model work")
     if time.time() > float(meta.get("deadline_at", "inf")):
         raise JobExpiredError("job deadline passed before this worker could start")
-    token = uuid.uuid4().hex
-    lock = keys.job_lock(job_id, agent.worker_id)
-    if not agent.redis.set(lock, token, nx=True, ex=LOCK_TTL):
+    lease = JobLease(agent.redis, job_id, agent.worker_id, ttl=lock_ttl)
+    if not lease.acquire():
         return {"skipped": "already running on this worker"}
+    progress = Progress(agent.redis, job_id, agent.worker_id, min_interval=agent.settings.progress_seconds,
+                        tolerate_redis_errors=True)
+    lease.keep(on_lost=lambda reason: _stop_reporting(agent, job_id, progress, reason))
     try:
-        progress = Progress(agent.redis, job_id, agent.worker_id, min_interval=agent.settings.progress_seconds)
         result = work(progress)
-        agent.redis.srem(keys.worker_jobs(agent.worker_id), job_id)
-        refresh_inventory(agent)
+        _with_redis(lambda: _report_done(agent, job_id, progress), f"report the end of job {job_id}")
         return result
     finally:
-        if agent.redis.get(lock) == token:
-            agent.redis.delete(lock)
+        lease.release()
+
+
+def _stop_reporting(agent: Agent, job_id: str, progress: Progress, reason: str) -> None:
+    progress.detach(reason)
+    if reason == JOB_GONE:
+        _drop_stray_records(agent, job_id)
+
+
+def _drop_stray_records(agent: Agent, job_id: str) -> None:
+    """Progress written after Redis lost the job made records no job owns; remove them."""
+    if not agent.redis.exists(keys.job(job_id)):
+        agent.redis.delete(keys.job_workers(job_id), keys.job_states(job_id))
+
+
+def _report_done(agent: Agent, job_id: str, progress: Progress) -> None:
+    """Store the part's final record (its last write may have been lost to an outage), then the inventory."""
+    if progress.ended_elsewhere is None:
+        if agent.redis.exists(keys.job(job_id)):
+            written = write_record(agent.redis, job_id, agent.worker_id, progress.record)
+            if not written.accepted:
+                progress.ended_elsewhere = written.state
+        else:
+            progress.detach(JOB_GONE)
+            log.warning("job %s: %s; its part ended %s on this worker", job_id, JOB_GONE, progress.record["state"])
+            _drop_stray_records(agent, job_id)
+    agent.redis.srem(keys.worker_jobs(agent.worker_id), job_id)
+    refresh_inventory(agent)
+
+
+def report_failure(agent: Agent, job_id: str, reason: str) -> None:
+    """End the worker's part as failed with `reason`, once Redis answers; a job Redis lost stays lost."""
+    def store() -> None:
+        if agent.redis.exists(keys.job(job_id)):
+            fail_worker(agent.redis, job_id, agent.worker_id, reason)
+        agent.redis.srem(keys.worker_jobs(agent.worker_id), job_id)
+    # The part ended for good (retries used up, or not retryable): its partial data is of no further use.
+    cleaned = maintenance.discard_job_partials(agent.store, job_id)
+    if cleaned.removed:
+        log.info("job %s: removed %d partial download(s), %d bytes", job_id, len(cleaned.removed), cleaned.freed)
+    _with_redis(store, f"report the failure of job {job_id}")
+
+
+def report_retrying(agent: Agent, job_id: str, reason: str) -> None:
+    """Show the coming retry; only informative, so a Redis outage just skips it."""
+    try:
+        if agent.redis.exists(keys.job(job_id)):
+            Progress(agent.redis, job_id, agent.worker_id).retrying(reason)
+    except redis.RedisError as exc:
+        log.warning("could not report the retry of job %s: %s", job_id, exc)
+
+
+def _with_redis(action: Callable[[], None], what: str, patience: float | None = None,
+                sleep: Callable[[float], None] = time.sleep) -> bool:
+    """Run `action`, again after each Redis error (backoff with jitter) for up to `patience` seconds."""
+    patience = REPORT_PATIENCE if patience is None else patience
+    deadline = time.monotonic() + patience
+    attempt = 0
+    while True:
+        try:
+            action()
+            return True
+        except redis.RedisError as exc:
+            delay = backoff_delay(attempt, base=0.5, cap=10.0)
+            if time.monotonic() + delay > deadline:
+                log.error("could not %s: Redis did not answer for %.0f s (%s)", what, patience, exc)
+                return False
+            if attempt == 0:
+                log.warning("could not %s yet (%s); trying again until Redis answers", what, exc)
+            attempt += 1
+            sleep(delay)
 
 
 def refresh_inventory(agent: Agent) -> list[dict]:

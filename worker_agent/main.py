@@ -42,9 +42,19 @@ def declared_backends(settings: AgentSettings) -> dict:
     return out
 
 
-def run_agent(settings: AgentSettings, loglevel: str = "INFO") -> None:
+def redis_client(url: str) -> redis.Redis:
+    """The agent's own Redis client (state, heartbeat, progress). The timeouts turn a Redis that
+    stopped answering into an error the callers retry, instead of a heartbeat or a download
+    thread blocked on a dead socket for the kernel's TCP timeout (minutes)."""
+    return redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5, socket_timeout=5,
+                                health_check_interval=30)
+
+
+def run_agent(settings: AgentSettings, loglevel: str = "INFO") -> int:
+    """Run until the consumer stops; the exit status is Celery's (non-zero after an unrecoverable
+    error, so a supervisor with `Restart=on-failure` starts the agent again)."""
     logging_setup.configure_logging(loglevel, logging_setup.format_from_env())
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client = redis_client(settings.redis_url)
     wait_for_redis(client, settings.redis_url)
     store = OllamaStore(settings.models_dir)
     store.ensure()
@@ -73,13 +83,19 @@ def run_agent(settings: AgentSettings, loglevel: str = "INFO") -> None:
         log.warning("ELDRIC_CLUSTER_SECRET is empty: this agent serves its blobs and model list to anyone who "
                     "can reach %s; set the same secret on every agent, the controller and the registry", address)
     log.info("agent %s (%s) serving on %s, store %s", settings.worker_id, settings.worker_type, address, store.root)
+    log.info("effective configuration: %s", settings.effective())
     try:
         worker = app.Worker(
             queues=queues_for(settings.worker_type, settings.worker_id),
             hostname=f"{settings.worker_id}@eldric", pool="threads", concurrency=settings.concurrency,
             loglevel=loglevel, without_gossip=True, without_mingle=True,
         )
+        celery_app.quiet_cancel_warning()
         worker.start()
+        if worker.exitcode:
+            log.error("the Celery consumer stopped (exit status %s); exiting so the supervisor restarts the agent",
+                      worker.exitcode)
+        return int(worker.exitcode or 0)
     finally:
         heartbeat.stop()
         try:

@@ -4,6 +4,9 @@
 - `reap_stale_jobs`: fail and persist the parts of jobs whose worker went silent or missed the deadline.
 - `reconcile_pins`: start pulls so every eligible online worker holds each pinned model.
 - `check_pin_updates`: for auto-update pins, ask the registry where the tag points; re-pull on change.
+- `request_partial_cleanup` / `clean_partials`: fan out to every online worker, which deletes the
+  partial downloads of jobs that ended and anything its downloads left untouched for a day;
+  `discard_job_partials` does it for one job at once, when its task fails for good.
 
 Each takes its Redis client and a `send(task, args, queue)` callable, so it runs (and
 is tested) without Celery.
@@ -12,7 +15,9 @@ is tested) without Celery.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,13 +26,17 @@ from contextlib import contextmanager
 import redis
 from kombu.exceptions import OperationalError
 
-from eldric.cluster import keys
+from eldric.cluster import jobstate, keys
 from eldric.cluster import pins
 from eldric.cluster.jobstore import Reaped, create_job, fail_worker
 from eldric.cluster.jobstore import reap_stale_jobs as reap_records
-from eldric.cluster.queues import TASK_DISTRIBUTE, TASK_INVENTORY_SYNC, TASK_PULL, worker_queue
+from eldric.cluster.queues import TASK_CLEAN_PARTIALS, TASK_DISTRIBUTE, TASK_INVENTORY_SYNC, TASK_PULL, worker_queue
 from eldric.core.errors import EldricError
 from eldric.core.names import ModelName
+from eldric.transfer.diskspace import format_size
+from eldric.transfer.partials import Cleaned
+from eldric.transfer.partials import clean_partials as clean_partial_dir
+from worker_agent.ollama_store import OllamaStore
 from worker_agent.sources import BlobSource
 
 log = logging.getLogger(__name__)
@@ -67,16 +76,50 @@ def _release(client: redis.Redis, key: str, token: str) -> None:
             pass
 
 
-def request_inventory_sync(client: redis.Redis, send: Send) -> list[str]:
-    """Ask every online worker to re-report its local models; return the ids asked."""
+def online_workers(client: redis.Redis) -> list[str]:
     ids = sorted(client.smembers(keys.WORKERS))
     pipe = client.pipeline(transaction=False)
     for wid in ids:
         pipe.exists(keys.worker_alive(wid))
-    online = [wid for wid, alive in zip(ids, pipe.execute(), strict=False) if alive]
+    return [wid for wid, alive in zip(ids, pipe.execute(), strict=False) if alive]
+
+
+def request_inventory_sync(client: redis.Redis, send: Send) -> list[str]:
+    """Ask every online worker to re-report its local models; return the ids asked."""
+    online = online_workers(client)
     for wid in online:
         send(TASK_INVENTORY_SYNC, [], worker_queue(wid))
     return online
+
+
+def request_partial_cleanup(client: redis.Redis, send: Send, max_age: float) -> list[str]:
+    """Ask every online worker to clean its partial downloads; return the ids asked."""
+    online = online_workers(client)
+    for wid in online:
+        send(TASK_CLEAN_PARTIALS, [max_age], worker_queue(wid))
+    return online
+
+
+def clean_partials(client: redis.Redis, worker_id: str, store: OllamaStore, *, max_age: float) -> Cleaned:
+    """Delete this node's partial downloads of jobs that ended, and what nobody touched for `max_age` seconds.
+
+    A download in progress holds its lock and stays; so does one whose job may still retry it.
+    """
+    def job_ended(job_id: str) -> bool:
+        raw = client.hget(keys.job_workers(job_id), worker_id)
+        return raw is None or jobstate.is_terminal(json.loads(raw).get("state", ""))
+
+    cleaned = clean_partial_dir(store.partial_dir, max_age=max_age, is_finished=job_ended,
+                                incoming_dirs=(store.blobs.root,))
+    if cleaned.removed:
+        log.info("deleted %d partial downloads (%s): %s", len(cleaned.removed), format_size(cleaned.freed),
+                 ", ".join(cleaned.removed))
+    return cleaned
+
+
+def discard_job_partials(store: OllamaStore, job_id: str) -> Cleaned:
+    """Delete the partial downloads job `job_id` left behind: for a task's final failure (retries used up)."""
+    return clean_partial_dir(store.partial_dir, max_age=math.inf, is_finished=lambda owner: owner == job_id)
 
 
 def reap_stale_jobs(client: redis.Redis, *, stale_after: float) -> list[Reaped]:

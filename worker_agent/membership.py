@@ -33,11 +33,14 @@ def beat(client: redis.Redis, worker_id: str, data_dir: Path, ttl: float, info: 
     without persistence). Returns True when it had to re-register."""
     now = time.time()
     pipe = client.pipeline()
-    pipe.exists(keys.worker(worker_id))
+    # Registered means in the set with the fields register() writes: after Redis restarted empty,
+    # an inventory report (publish_inventory's `inventory_at`) may recreate a bare hash first.
+    pipe.sismember(keys.WORKERS, worker_id)
+    pipe.hexists(keys.worker(worker_id), "registered_at")
     pipe.hset(keys.worker(worker_id), mapping={"last_seen": now, "free_disk": free_disk(data_dir)})
     pipe.set(keys.worker_alive(worker_id), now, ex=max(1, int(ttl)))
-    existed = pipe.execute()[0]
-    if not existed and info is not None:
+    in_set, has_record = pipe.execute()[:2]
+    if not (in_set and has_record) and info is not None:
         register(client, info, ttl)
         return True
     return False

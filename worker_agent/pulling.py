@@ -6,7 +6,9 @@ import hashlib
 from dataclasses import dataclass
 
 from eldric.core.names import ModelName
-from eldric.transfer.download import DownloadOptions, download_blob, ensure_space
+from eldric.transfer.diskspace import ensure_space, is_disk_full, no_space_error
+from eldric.transfer.download import DownloadOptions, download_blob
+from eldric.transfer.partials import resumable_bytes
 from worker_agent.ollama_store import OllamaStore
 from eldric.cluster.jobstore import Progress
 from worker_agent.sources import BlobSource
@@ -29,6 +31,9 @@ def pull_model(name: ModelName, *, store: OllamaStore, source: BlobSource, progr
 
     The manifest is what makes a model visible to Ollama, so it is written only
     after every blob it names is in place: a half-pulled model is never listed.
+    The space check counts only the bytes still missing (a partial download of an
+    earlier try is on the disk already); a disk that fills anyway is an
+    InsufficientSpaceError, and the partial data of the blob that did not fit is deleted.
     """
     store.ensure()
     progress.update(force=True, status="pulling manifest", source=source.describe())
@@ -36,7 +41,8 @@ def pull_model(name: ModelName, *, store: OllamaStore, source: BlobSource, progr
     blobs = manifest.blobs()
     progress.start(total=manifest.total_size, source=source.describe())
     present = [b for b in blobs if store.blobs.has(b.digest, b.size)]
-    ensure_space(store.partial_dir, sum(b.size for b in blobs if b not in present), name.short, reserve)
+    missing = sum(b.size - resumable_bytes(store.partial_dir, b.digest, b.size) for b in blobs if b not in present)
+    ensure_space(store.partial_dir, missing, name.short, reserve)
     if present:
         progress.add_bytes(sum(b.size for b in present))
     downloaded = 0
@@ -48,10 +54,16 @@ def pull_model(name: ModelName, *, store: OllamaStore, source: BlobSource, progr
         download_blob(
             lambda start, end, timeout, d=blob.digest: source.open_range(name, d, start, end, timeout),
             blob.digest, blob.size, store.blobs, store.partial_dir, options, on_bytes=progress.add_bytes,
+            owner=progress.job_id,
         )
         downloaded += int(progress.record.get("completed", 0)) - int(before)
     progress.update(force=True, status="verifying sha256 digest", layer=None)
     progress.update(force=True, status="writing manifest")
-    store.write_manifest(name, raw)
+    try:
+        store.write_manifest(name, raw)
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        raise no_space_error(store.manifests_dir, len(raw), f"the manifest of {name.short}") from None
     return PullResult(model=name.short, digest="sha256:" + hashlib.sha256(raw).hexdigest(),
                       size=manifest.total_size, downloaded=downloaded)

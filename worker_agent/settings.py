@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from eldric.cluster.queues import WORKER_PORTS, is_valid_worker_id
 from eldric.core.settings import CommaList, EnvSettings, UserPath
 from eldric.transfer.retry import backoff_delay
+from eldric.transfer.upstreams import checked_address_entries, checked_registry_hosts
 from worker_agent.errors import SettingsError
 
 DEFAULT_OLLAMA_REGISTRY = "https://registry.ollama.ai"
@@ -51,6 +52,8 @@ class AgentSettings(EnvSettings):
     triton_url: str = Field("http://127.0.0.1:8000", description="Triton's HTTP API (repository load, model readiness)")
     log_level: str = Field("INFO", description="log level of the agent process")
     backend_timeout_seconds: Seconds = Field(600.0, description="longest wait for one backend API call (blob upload, create, model load)")
+    allowed_registries: Annotated[CommaList, AfterValidator(checked_registry_hosts)] = Field((), description="comma list of registry hosts (host or host:port) model names may name, besides registry.ollama.ai, hf.co, the mirror and the insecure registries")
+    url_allowlist: Annotated[CommaList, AfterValidator(checked_address_entries)] = Field((), description="comma list of addresses, networks (CIDR) or host names the url source and registry redirects may reach although loopback, private or link-local")
 
 
     @field_validator("worker_id")

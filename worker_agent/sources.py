@@ -7,19 +7,27 @@ without touching the engine.
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import requests
 
 from eldric.core.digests import Digest
-from eldric.core.errors import InvalidManifestError
-from eldric.core.manifests import MANIFEST_V2, OCI_MANIFEST, Manifest
+from eldric.core.errors import InvalidManifestError, cap_text
+from eldric.core.manifests import MANIFEST_V2, MAX_MANIFEST_BYTES, OCI_MANIFEST, Manifest
 from eldric.core.names import ModelName
-from eldric.transfer.retry import is_transient_status
+from eldric.transfer.http import error_text, read_capped, upstream_session
+from eldric.transfer.retry import TRANSIENT_ERRORS, is_transient_status
+from eldric.transfer.upstreams import PUBLIC_ONLY, AddressPolicy, RegistryAllowList
+from eldric.transfer.urlfetch import is_http_url
 from worker_agent.errors import ModelNotFoundError, SourceError, SourceUnavailableError
 
+if TYPE_CHECKING:
+    from worker_agent.settings import AgentSettings
+
 CONNECT_TIMEOUT = 10.0
+MAX_TOKEN_BYTES = 64 << 10
 
 
 class BlobSource(Protocol):
@@ -31,8 +39,14 @@ class BlobSource(Protocol):
     def describe(self) -> str: ...
 
 
-def registry_base_url(name: ModelName, mirror: str, insecure_hosts: tuple[str, ...] = ()) -> str:
-    """The URL serving `name`: the configured mirror for registry.ollama.ai, else the name's host."""
+def registry_base_url(name: ModelName, mirror: str, insecure_hosts: tuple[str, ...] = (),
+                      allowed: tuple[str, ...] = ()) -> str:
+    """The URL serving `name`: the configured mirror for registry.ollama.ai, else the name's host.
+
+    HostNotAllowedError, before any connection, for a host outside the allow-list
+    (eldric.transfer.upstreams: the defaults, the mirror, `insecure_hosts` and `allowed`).
+    """
+    RegistryAllowList.build(allowed, mirror=mirror, insecure=insecure_hosts).check(name)
     if name.is_default_host:
         return mirror.rstrip("/")
     scheme = "http" if name.host in insecure_hosts else "https"
@@ -40,12 +54,23 @@ def registry_base_url(name: ModelName, mirror: str, insecure_hosts: tuple[str, .
 
 
 class RegistrySource:
-    """Docker Registry v2 / OCI distribution, as the Ollama registry (and docker-registry) serve it."""
+    """Docker Registry v2 / OCI distribution, as the Ollama registry (and docker-registry) serve it.
 
-    def __init__(self, base_url: str, session: requests.Session | None = None) -> None:
+    Its connections may reach the registry itself and public addresses (a CDN the registry
+    redirects to, a token realm); anything else only when `policy` allows it.
+    """
+
+    def __init__(self, base_url: str, session: requests.Session | None = None,
+                 policy: AddressPolicy = PUBLIC_ONLY) -> None:
         self.base_url = base_url.rstrip("/")
-        self.session = session or requests.Session()
+        self.session = session or upstream_session(policy.trusting(self.base_url))
         self._token: str | None = None
+
+    @classmethod
+    def from_settings(cls, name: ModelName, s: AgentSettings) -> RegistrySource:
+        """The source of `name` under the agent's mirror, insecure hosts and both allow-lists."""
+        base = registry_base_url(name, s.ollama_registry, s.insecure_registries, s.allowed_registries)
+        return cls(base, policy=AddressPolicy.parse(s.url_allowlist))
 
     def describe(self) -> str:
         return self.base_url
@@ -55,9 +80,9 @@ class RegistrySource:
         # docker-registry answers MANIFEST_INVALID unless the schema-2 type is accepted.
         resp = self._get(url, headers={"Accept": f"{MANIFEST_V2}, {OCI_MANIFEST}"}, timeout=(CONNECT_TIMEOUT, 60))
         if resp.status_code == 404:
-            raise ModelNotFoundError(f"model '{name.short}' not found at {self.base_url}: {_registry_message(resp)}")
+            raise ModelNotFoundError(f"model '{name.short}' not found at {self.base_url}: {error_text(resp)}")
         _raise_for_status(resp, f"manifest of {name.short}")
-        raw = resp.content
+        raw = _read_body(resp, MAX_MANIFEST_BYTES, f"the manifest of {name.short}")
         try:
             return raw, Manifest.parse(raw)
         except InvalidManifestError as exc:
@@ -66,8 +91,7 @@ class RegistrySource:
     def open_range(self, name: ModelName, digest: Digest, start: int, end: int,
                    read_timeout: float) -> requests.Response:
         url = f"{self.base_url}/v2/{name.repository}/blobs/{digest}"
-        resp = self._get(url, headers={"Range": f"bytes={start}-{end}"}, stream=True,
-                         timeout=(CONNECT_TIMEOUT, read_timeout))
+        resp = self._get(url, headers={"Range": f"bytes={start}-{end}"}, timeout=(CONNECT_TIMEOUT, read_timeout))
         if resp.status_code == 404:
             resp.close()
             raise SourceError(f"blob {digest} not found at {self.base_url}")
@@ -75,28 +99,49 @@ class RegistrySource:
         return resp
 
     def _get(self, url: str, *, headers: dict, **kw) -> requests.Response:
+        """A streamed GET (bodies are read by the caller, bounded), with the anonymous token flow on 401."""
+        resp = self._send(url, headers, **kw)
+        if resp.status_code == 401 and "Bearer" in resp.headers.get("WWW-Authenticate", ""):
+            resp.close()
+            self._token = self._anonymous_token(resp.headers["WWW-Authenticate"])
+            resp = self._send(url, headers, **kw)
+        return resp
+
+    def _send(self, url: str, headers: dict, **kw) -> requests.Response:
         try:
-            resp = self.session.get(url, headers=self._auth(headers), **kw)
-            if resp.status_code == 401 and "Bearer" in resp.headers.get("WWW-Authenticate", ""):
-                resp.close()
-                self._token = self._anonymous_token(resp.headers["WWW-Authenticate"])
-                resp = self.session.get(url, headers=self._auth(headers), **kw)
-            return resp
-        except requests.RequestException as exc:
+            return self.session.get(url, headers=self._auth(headers), stream=True, **kw)
+        except TRANSIENT_ERRORS as exc:
             raise SourceUnavailableError(f"registry {self.base_url} unreachable: {_short(exc)}") from None
+        except requests.RequestException as exc:  # too many redirects, a bad redirect URL: no retry mends it
+            raise SourceError(f"registry {self.base_url}: {_short(exc)}") from None
 
     def _auth(self, headers: dict) -> dict:
         return {**headers, "Authorization": f"Bearer {self._token}"} if self._token else headers
 
     def _anonymous_token(self, challenge: str) -> str:
-        """The Docker token flow for public repositories (realm, service, scope from the challenge)."""
+        """The Docker token flow for public repositories (realm, service, scope from the challenge).
+
+        No credential is sent to the realm; a realm on another host must be a public address.
+        """
         params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
         realm = params.pop("realm", None)
         if not realm:
             raise SourceError(f"registry {self.base_url} asks for credentials")
-        resp = self.session.get(realm, params=params, timeout=(CONNECT_TIMEOUT, 30))
+        if not is_http_url(realm):
+            raise SourceError(f"registry {self.base_url} named an unusable token realm: {cap_text(realm, 200)!r}")
+        try:
+            resp = self.session.get(realm, params=params, stream=True, timeout=(CONNECT_TIMEOUT, 30))
+        except TRANSIENT_ERRORS as exc:
+            raise SourceUnavailableError(f"token realm of {self.base_url} unreachable: {_short(exc)}") from None
+        except requests.RequestException as exc:
+            raise SourceError(f"token realm of {self.base_url}: {_short(exc)}") from None
         _raise_for_status(resp, "token")
-        body = resp.json()
+        try:
+            body = json.loads(_read_body(resp, MAX_TOKEN_BYTES, "the token answer"))
+        except (ValueError, RecursionError):
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("token") or body.get("access_token") or "", str):
+            raise SourceError(f"token realm of {self.base_url} answered something that is not a token")
         return body.get("token") or body.get("access_token") or ""
 
 
@@ -110,20 +155,23 @@ def raise_if_transient(resp: requests.Response, what: str) -> None:
 def _raise_for_status(resp: requests.Response, what: str) -> None:
     raise_if_transient(resp, f"{what}: registry")
     if resp.status_code >= 400:
-        msg = _registry_message(resp)
+        raise SourceError(f"{what}: registry answered {resp.status_code}: {error_text(resp)}")
+
+
+def _read_body(resp: requests.Response, limit: int, what: str) -> bytes:
+    """The whole body if it is at most `limit` bytes, read as it streams; SourceError for a bigger one."""
+    length = resp.headers.get("Content-Length", "")
+    if length.isdigit() and int(length) > limit:
         resp.close()
-        raise SourceError(f"{what}: registry answered {resp.status_code}: {msg}")
-
-
-def _registry_message(resp: requests.Response) -> str:
-    """The registry's own words: `{"errors":[{"code":..,"message":..}]}`."""
+        raise SourceError(f"{what} is larger than {limit >> 10} KiB ({int(length)} bytes announced)")
     try:
-        errors = resp.json().get("errors") or []
-        return "; ".join(f"{e.get('code', '')} {e.get('message', '')}".strip() for e in errors) or resp.reason
-    except ValueError:
-        return resp.text[:200] or str(resp.reason)
+        body, more = read_capped(resp, limit)
+    except TRANSIENT_ERRORS as exc:
+        raise SourceUnavailableError(f"{what}: the connection broke: {_short(exc)}") from None
+    if more:
+        raise SourceError(f"{what} is larger than {limit >> 10} KiB")
+    return body
 
 
 def _short(exc: Exception) -> str:
-    text = str(exc)
-    return text if len(text) < 200 else text[:200] + "…"
+    return cap_text(str(exc), 200)

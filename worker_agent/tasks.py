@@ -5,15 +5,19 @@ from __future__ import annotations
 import logging
 
 from celery import Task
+from celery.signals import celeryd_after_setup
 
-from eldric.cluster import keys
-from eldric.cluster.queues import TASK_DELETE, TASK_DISTRIBUTE, TASK_INVENTORY_SYNC, TASK_PULL
-from worker_agent import job_runner, runtime
+from eldric import logging_setup
+from eldric.cluster.queues import (
+    MAINTENANCE_QUEUE, TASK_CLEAN_PARTIALS, TASK_CLEAN_PARTIALS_ALL, TASK_DELETE, TASK_DISTRIBUTE, TASK_INVENTORY_SYNC,
+    TASK_INVENTORY_SYNC_ALL, TASK_PINS_CHECK_UPDATES, TASK_PINS_RECONCILE, TASK_PULL, TASK_REAP_STALE_JOBS,
+)
+from eldric.core.errors import EldricError
+from worker_agent import job_runner, maintenance, runtime
 from worker_agent.celery_app import app
 from worker_agent.errors import SourceUnavailableError
 from worker_agent.installers import BackendUnavailableError
-from eldric.cluster.jobstore import Progress, fail_worker
-from eldric.core.errors import EldricError
+from worker_agent.sources import RegistrySource
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +35,14 @@ class JobTask(Task):
     def on_retry(self, exc, task_id, args, kwargs, einfo) -> None:
         agent = runtime.current()
         delay = agent.settings.retry_delay(self.request.retries - 1)
-        Progress(agent.redis, args[0], agent.worker_id).retrying(
-            f"{exc}; retry {self.request.retries} of {agent.settings.pull_retries} in {delay:.0f} s")
+        job_runner.report_retrying(
+            agent, args[0], f"{exc}; retry {self.request.retries} of {agent.settings.pull_retries} in {delay:.0f} s")
 
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
         agent = runtime.current()
         if not isinstance(exc, EldricError):
             log.error("task %s failed unexpectedly", task_id, exc_info=exc)
-        fail_worker(agent.redis, args[0], agent.worker_id, describe_failure(exc))
-        agent.redis.srem(keys.worker_jobs(agent.worker_id), args[0])
+        job_runner.report_failure(agent, args[0], describe_failure(exc))
 
 
 @app.task(name=TASK_PULL, bind=True, base=JobTask)
@@ -76,14 +79,6 @@ def inventory_sync() -> dict:
 # --- Scheduled work: beat enqueues these on the shared maintenance queue (eldric/cluster/schedules.py);
 # every agent consumes it, so one live agent runs each message. Bodies: worker_agent/maintenance.py.
 
-from celery.signals import celeryd_after_setup  # noqa: E402
-
-from eldric import logging_setup  # noqa: E402
-from eldric.cluster.queues import (  # noqa: E402
-    MAINTENANCE_QUEUE, TASK_INVENTORY_SYNC_ALL, TASK_PINS_CHECK_UPDATES, TASK_PINS_RECONCILE, TASK_REAP_STALE_JOBS,
-)
-from worker_agent import maintenance  # noqa: E402
-from worker_agent.sources import RegistrySource, registry_base_url  # noqa: E402
 
 def _send(name: str, args: list, queue: str) -> None:
     app.send_task(name, args=args, queue=queue)
@@ -112,7 +107,7 @@ def pins_check_updates(deadline_seconds: float, retry_seconds: float) -> dict:
     agent = runtime.current()
     s = agent.settings
     return maintenance.check_pin_updates(
-        agent.redis, _send, lambda name: RegistrySource(registry_base_url(name, s.ollama_registry, s.insecure_registries)),
+        agent.redis, _send, lambda name: RegistrySource.from_settings(name, s),
         deadline_seconds=float(deadline_seconds), retry_after=float(retry_seconds))
 
 
@@ -122,3 +117,17 @@ def _consume_maintenance_queue(sender, instance, **_kw) -> None:
 
 
 logging_setup.connect_celery_signals()
+
+
+# --- Partial-download cleanup (README "Scheduled work"): beat -> any one agent -> every online worker.
+
+@app.task(name=TASK_CLEAN_PARTIALS_ALL)
+def clean_partials_all(max_age_seconds: float) -> dict:
+    return {"asked": maintenance.request_partial_cleanup(runtime.current().redis, _send, float(max_age_seconds))}
+
+
+@app.task(name=TASK_CLEAN_PARTIALS)
+def clean_partials(max_age_seconds: float) -> dict:
+    agent = runtime.current()
+    cleaned = maintenance.clean_partials(agent.redis, agent.worker_id, agent.store, max_age=float(max_age_seconds))
+    return {"removed": cleaned.removed, "freed": cleaned.freed}

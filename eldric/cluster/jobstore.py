@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 import uuid
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 import redis
 
 from eldric.cluster import jobstate, keys
+from eldric.core.errors import cap_text
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +131,7 @@ def create_job(client: redis.Redis, *, kind: str, model: str, targets: list[str]
 def fail_worker(client: redis.Redis, job_id: str, worker_id: str, reason: str) -> Written:
     """End the worker's part as failed (unless it already ended), keeping what it reported so far."""
     now = time.time()
+    reason = cap_text(reason)
     raw = client.hget(keys.job_workers(job_id), worker_id)
     record = json.loads(raw) if raw else jobstate.new_record(now)
     record.update(state=jobstate.FAILED, error=reason, status=reason, finished_at=now, updated_at=now, layer=None)
@@ -161,6 +164,11 @@ def reap_stale_jobs(client: redis.Redis, *, stale_after: float, now: float | Non
     job_ids = client.zrange(keys.JOBS, 0, -1)
     if not job_ids:
         return []
+    if _redis_uptime(client) < stale_after:
+        # Redis itself was away: agents could not report, so their silence says nothing yet. Give them
+        # one stale period from Redis's return (a heartbeat brings them back) before failing anyone;
+        # deadlines still apply.
+        stale_after = math.inf
     pipe = client.pipeline(transaction=False)
     for job_id in job_ids:
         pipe.hget(keys.job(job_id), "deadline_at")
@@ -184,6 +192,13 @@ def reap_stale_jobs(client: redis.Redis, *, stale_after: float, now: float | Non
     return reaped
 
 
+def _redis_uptime(client: redis.Redis) -> float:
+    try:
+        return float(client.info("server").get("uptime_in_seconds", math.inf))
+    except (redis.RedisError, ValueError, TypeError):
+        return math.inf
+
+
 def alive_flags(client: redis.Redis, ids: list[str]) -> dict[str, bool]:
     if not ids:
         return {}
@@ -200,17 +215,20 @@ class Progress:
     elsewhere: deadline, reaper, cancel), `ended_elsewhere` is set and later writes are
     skipped. `client=None` keeps the record local; `on_write` sees every write either way;
     with `tolerate_redis_errors` a Redis failure is logged instead of raised (the registry's
-    imports must not fail because Redis blinked).
+    imports and the agents' pulls must not fail because Redis blinked), and the periodic
+    writes pause for `quiet_after_error` seconds: the writer's thread (a download's) then
+    waits for a Redis that does not answer at most once per pause, not on every write.
     """
 
     def __init__(self, client: redis.Redis | None, job_id: str, worker_id: str, *, min_interval: float = 0.25,
                  clock: Callable[[], float] = time.time, on_write: Callable[[dict], None] = lambda record: None,
-                 tolerate_redis_errors: bool = False) -> None:
+                 tolerate_redis_errors: bool = False, quiet_after_error: float = 10.0) -> None:
         self.client, self.job_id, self.worker_id = client, job_id, worker_id
         self.min_interval, self.clock, self.on_write = min_interval, clock, on_write
-        self.tolerate_redis_errors = tolerate_redis_errors
+        self.tolerate_redis_errors, self.quiet_after_error = tolerate_redis_errors, quiet_after_error
         self._lock = threading.Lock()
         self._last_write = 0.0
+        self._quiet_until = 0.0
         self.ended_elsewhere: str | None = None
         self.record: dict = self._load() or jobstate.new_record(clock())
 
@@ -248,19 +266,26 @@ class Progress:
         self.update(force=True, state=jobstate.COMPLETED, completed=total, total=total, **final)
 
     def fail(self, reason: str) -> None:
+        reason = cap_text(reason)  # a worker's error is a few KiB at most, whatever an upstream sent
         self.update(force=True, state=jobstate.FAILED, status=reason, error=reason,
                     finished_at=self.clock(), layer=None)
 
     def retrying(self, reason: str) -> None:
-        self.update(force=True, state=jobstate.RETRYING, status=reason, error=None)
+        self.update(force=True, state=jobstate.RETRYING, status=cap_text(reason), error=None)
 
     def flush(self) -> None:
         with self._lock:
             self._maybe_write(True)
 
+    def detach(self, reason: str) -> None:
+        """Stop writing (the job is gone, or another runner owns it); no write is in flight on return."""
+        with self._lock:
+            self.ended_elsewhere = reason
+
     def _maybe_write(self, force: bool) -> None:
         now = self.clock()
-        if self.ended_elsewhere or (not force and now - self._last_write < self.min_interval):
+        if self.ended_elsewhere or (not force and (now - self._last_write < self.min_interval
+                                                   or now < self._quiet_until)):
             return
         self._last_write = now
         rec = self.record
@@ -274,7 +299,9 @@ class Progress:
         except redis.RedisError as exc:
             if not self.tolerate_redis_errors:
                 raise
-            log.warning("could not report progress of job %s to Redis: %s", self.job_id, exc)
+            self._quiet_until = self.clock() + self.quiet_after_error
+            log.warning("could not report progress of job %s to Redis: %s; next try in %.0f s",
+                        self.job_id, exc, self.quiet_after_error)
             return
         if not written.accepted:
             self.ended_elsewhere = written.state

@@ -38,6 +38,8 @@ TASK_INVENTORY_SYNC_ALL = "inventory.sync_all"
 TASK_REAP_STALE_JOBS = "maintenance.reap_stale_jobs"
 TASK_PINS_RECONCILE = "pins.reconcile"
 TASK_PINS_CHECK_UPDATES = "pins.check_updates"
+TASK_CLEAN_PARTIALS_ALL = "maintenance.clean_partials_all"  # fans TASK_CLEAN_PARTIALS out to every online worker
+TASK_CLEAN_PARTIALS = "maintenance.clean_partials"
 
 _WORKER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 

@@ -15,6 +15,7 @@ from eldric.cluster.celeryconf import celery_config
 from eldric.cluster.keys import PREFIX
 from eldric.cluster.queues import (
     MAINTENANCE_QUEUE,
+    TASK_CLEAN_PARTIALS_ALL,
     TASK_INVENTORY_SYNC_ALL,
     TASK_PINS_CHECK_UPDATES,
     TASK_PINS_RECONCILE,
@@ -39,6 +40,8 @@ class ScheduleSettings(EnvSettings):
     job_deadline_seconds: float = Field(6 * 3600.0, ge=0, description="deadline of the pull jobs scheduled work starts (as the controller)")
     lock_seconds: float = Field(30.0, ge=3, validation_alias="ELDRIC_BEAT_LOCK_SECONDS",
                                 description="a second beat takes over this long after the scheduling one died")
+    partial_clean_seconds: float = Field(3600.0, ge=0, description="how often every worker deletes partial downloads of ended jobs and stale ones")
+    partial_max_age_seconds: float = Field(86400.0, gt=0, description="partial downloads, lock and temp files untouched this long are deleted")
 
     @property
     def loop_seconds(self) -> float:
@@ -54,6 +57,7 @@ def beat_schedule(s: ScheduleSettings) -> dict[str, dict]:
         "pins-reconcile": (TASK_PINS_RECONCILE, s.pin_reconcile_seconds, [s.job_deadline_seconds, s.pin_retry_seconds]),
         "pins-check-updates": (TASK_PINS_CHECK_UPDATES, s.pin_update_seconds,
                                [s.job_deadline_seconds, s.pin_retry_seconds]),
+        "clean-partials": (TASK_CLEAN_PARTIALS_ALL, s.partial_clean_seconds, [s.partial_max_age_seconds]),
     }
     return {
         name: {"task": task, "schedule": float(period), "args": args,

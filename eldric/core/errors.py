@@ -19,3 +19,14 @@ class InvalidManifestError(EldricError, ValueError):
 
 class DigestMismatchError(EldricError):
     """Bytes whose sha256 differs from the digest they were promised to have."""
+
+
+MAX_ERROR_CHARS = 2048  # a worker's error in a job record: a few lines, never an upstream's whole answer
+
+
+def cap_text(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """`text` in at most `limit` characters; a longer one is cut and ends with a marker saying so."""
+    if len(text) <= limit:
+        return text
+    marker = f"… [cut: {len(text):,} characters in all]"
+    return text[: max(0, limit - len(marker))] + marker

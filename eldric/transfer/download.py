@@ -15,32 +15,36 @@ A source that ignores Range answers a resumed first range with the whole file
 over without rewriting them. A blob of unknown size (a URL without
 Content-Length) is fetched as one stream, hashed as it arrives; such a download
 resumes within a run but starts over in the next one.
+
+A failure a retry can mend (a transient one) keeps the partial data for the retry;
+any other (digest mismatch, a source error, a full disk) deletes it at once
+(eldric.transfer.partials). A full disk is reported as `no space left on <device>:
+needs X, has Y` (eldric.transfer.diskspace), an ordinary failure.
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import hashlib
 import json
 import os
-import shutil
 import threading
 import time
 from collections import deque
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import BinaryIO
 
 import requests
 
 from eldric.core.blobstore import BlobStore
 from eldric.core.digests import Digest
-from eldric.core.errors import DigestMismatchError
-from eldric.transfer.errors import InsufficientSpaceError, SourceError, SourceUnavailableError
+from eldric.core.errors import DigestMismatchError, EldricError
+from eldric.transfer.diskspace import is_disk_full, no_space_error
+from eldric.transfer.errors import SourceError, SourceUnavailableError
+from eldric.transfer.partials import LOCK_SUFFIX, STATE_SUFFIX, discard, locked, partial_name, saved_parts
 from eldric.transfer.retry import TRANSIENT_ERRORS, backoff_delay
 
 # open_range(start, end_inclusive, read_timeout) -> streaming response for those bytes;
@@ -112,16 +116,6 @@ class _Part:
         self.offset, self.length, self.completed = offset, length, completed
 
 
-def ensure_space(directory: Path, needed: int, what: str, reserve: int = 1 << 30) -> None:
-    """Refuse early (InsufficientSpaceError) when `needed` bytes plus a reserve do not fit on the disk."""
-    directory.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(directory).free
-    if needed + reserve > free:
-        raise InsufficientSpaceError(f"not enough disk space for {what}: needs {needed / 2**30:.2f} GiB "
-                                     f"(+{reserve / 2**30:.0f} GiB reserve), {free / 2**30:.2f} GiB free "
-                                     f"at {directory}")
-
-
 def plan_parts(size: int, part_bytes: int) -> list[tuple[int, int]]:
     """Cut `size` bytes into (offset, length) ranges of `part_bytes` (the last may be shorter)."""
     step = max(1, part_bytes)
@@ -130,40 +124,46 @@ def plan_parts(size: int, part_bytes: int) -> list[tuple[int, int]]:
 
 def download_blob(open_range: RangeOpener, digest: Digest | None, size: int | None, store: BlobStore,
                   partial_dir: Path, options: DownloadOptions = DownloadOptions(),
-                  on_bytes: Callable[[int], None] = lambda n: None, key: str | None = None) -> Path:
+                  on_bytes: Callable[[int], None] = lambda n: None, key: str | None = None,
+                  owner: str | None = None) -> Path:
     """Fetch one blob into `store` unless present; raise DigestMismatchError on bad bytes.
 
     With `digest` None (a plain URL whose hash nobody published) the bytes are
     stored under the digest they turn out to have; `key` then names the partial
     download so a retry resumes it. `size` None: unknown, fetched as one stream.
     `on_bytes(n)` is called with each batch of new bytes, from the download threads.
+    `owner` (a job id) is recorded in the resume state, so the partial data can be
+    dropped once that job has ended. InsufficientSpaceError when the disk fills.
     """
     partial_dir.mkdir(parents=True, exist_ok=True)
-    name = digest.filename if digest else f"url-{key}"
-    with _locked(partial_dir / f"{name}.lock"):
+    name = partial_name(digest, key)
+    with locked(partial_dir / f"{name}{LOCK_SUFFIX}"):
         # Another thread or process may have finished it while we waited for the lock.
         if digest is not None and store.has(digest, size):
             return store.path(digest)
-        return _Download(open_range, digest, size, store, partial_dir, options, on_bytes, name).run()
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            return _Download(open_range, digest, size, store, partial_dir, options, on_bytes, name, owner).run()
+        except _TRANSIENT:
+            raise  # the partial data stays for the retry
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            discard(partial_dir, name)  # a retry starts over, so the message says what that needs
+            raise no_space_error(partial_dir, size, str(digest) if digest else name) from None
+        except EldricError:
+            discard(partial_dir, name)  # no retry follows: nothing will resume it
+            raise
 
 
 class _Download:
     def __init__(self, open_range: RangeOpener, digest: Digest | None, size: int | None, store: BlobStore,
-                 partial_dir: Path, options: DownloadOptions, on_bytes: Callable[[int], None], name: str) -> None:
+                 partial_dir: Path, options: DownloadOptions, on_bytes: Callable[[int], None], name: str,
+                 owner: str | None = None) -> None:
         self.open_range, self.digest, self.size, self.store = open_range, digest, size, store
-        self.options, self.on_bytes = options, on_bytes
+        self.options, self.on_bytes, self.owner = options, on_bytes, owner
+        self.partial_dir, self.name = partial_dir, name
         self.data_path = partial_dir / name
-        self.state_path = partial_dir / f"{name}.json"
+        self.state_path = partial_dir / f"{name}{STATE_SUFFIX}"
         self.failed = threading.Event()
         self.wrote = threading.Event()
         self.parts: list[_Part] = []
@@ -217,7 +217,10 @@ class _Download:
         except BaseException:
             self.failed.set()
             self.wrote.set()
-            self._save_state()
+            try:
+                self._save_state()
+            except OSError:  # a full disk: the data is dropped anyway
+                pass
             raise
         hash_thread.join()
         log.info("%s: %d bytes fetched in %.2f s, verified %.2f s later", self.data_path.name, self.size,
@@ -372,18 +375,14 @@ class _Download:
             out["error"] = exc
 
     def _load_or_plan(self) -> list[_Part]:
-        try:
-            state = json.loads(self.state_path.read_text())
-            if (state.get("digest") == str(self.digest) and state.get("size") == self.size
-                    and self.data_path.exists()):
-                return [_Part(int(o), int(n), int(c)) for o, n, c in state["parts"]]
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
+        saved = saved_parts(self.partial_dir, self.name, self.digest, self.size)
+        if saved is not None:
+            return [_Part(o, n, c) for o, n, c in saved]
         self.data_path.unlink(missing_ok=True)
         return [_Part(o, n) for o, n in plan_parts(self.size, self.options.part_bytes)]
 
     def _save_state(self) -> None:
-        state = {"digest": str(self.digest), "size": self.size,
+        state = {"digest": str(self.digest), "size": self.size, "owner": self.owner,
                  "parts": [[p.offset, p.length, p.completed] for p in self.parts]}
         tmp = self.state_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(state))

@@ -21,3 +21,7 @@ class SourceError(TransferError):
 
 class InsufficientSpaceError(TransferError):
     """The node lacks the disk space the model needs: refused before the first byte is fetched."""
+
+
+class HostNotAllowedError(SourceError):
+    """An upstream host or address outside the allow-lists: refused before any connection to it."""

@@ -13,7 +13,9 @@ into place only once it is complete. This module adds what is particular to a UR
 - a server that ignores Range: one stream; after a cut, the engine starts over
   from byte 0 and reads past the bytes it already has;
 - a file of unknown size (no Content-Length): one stream, hashed as it arrives;
-- the size cap (TooLargeError), checked before the first byte when the size is known.
+- the size cap (TooLargeError), checked before the first byte when the size is known;
+- the address policy (eldric.transfer.upstreams): loopback, private, link-local and
+  metadata addresses are refused on every hop unless the allow-list names them.
 
 When nobody published the file's sha256, the engine's hasher computes it while
 the bytes land and the file is committed under it: an import is never read a
@@ -22,6 +24,7 @@ second time to learn its digest.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -33,12 +36,15 @@ import requests
 
 from eldric.core.blobstore import BlobStore
 from eldric.core.digests import Digest
-from eldric.core.errors import DigestMismatchError
+from eldric.core.errors import DigestMismatchError, cap_text
 from eldric.core.model_errors import ImportFailedError, TooLargeError
 from eldric.transfer.download import DownloadOptions, download_blob
-from eldric.transfer.errors import ModelNotFoundError, SourceError, SourceUnavailableError, TransferError
+from eldric.transfer.errors import (HostNotAllowedError, ModelNotFoundError, SourceError, SourceUnavailableError,
+                                    TransferError)
+from eldric.transfer.http import guard
 from eldric.transfer.ranges import parse_content_range
 from eldric.transfer.retry import TRANSIENT_ERRORS, backoff_delay, is_transient_status
+from eldric.transfer.upstreams import PUBLIC_ONLY, AddressPolicy
 
 CONNECT_TIMEOUT = 10.0
 
@@ -131,9 +137,11 @@ class UrlSource:
             return self.session.get(self.url, headers=headers, stream=True,
                                     timeout=(self.connect_timeout, read_timeout))
         except TRANSIENT_ERRORS as exc:
-            raise SourceUnavailableError(f"{self.name}: {exc}") from None
+            raise SourceUnavailableError(f"{self.name}: {_describe(exc)}") from None
         except requests.RequestException as exc:  # a bad redirect, too many of them
-            raise SourceError(f"{self.name}: {exc}") from None
+            raise SourceError(f"{self.name}: {_describe(exc)}") from None
+        except HostNotAllowedError as exc:  # this URL or a redirect hop leads to an internal address
+            raise HostNotAllowedError(f"{self.name}: {exc}") from None
 
     def _check(self, resp: requests.Response, start: int) -> None:
         code = resp.status_code
@@ -155,11 +163,21 @@ class UrlSource:
             raise SourceError(f"{self.name}: HTTP {code}")
 
 
+_QUERY = re.compile(r"\?[^\s'\"()]+")
+
+
+def _describe(exc: BaseException) -> str:
+    """An HTTP library's error, short, without the query strings (S3 signatures) of the URLs it names."""
+    return cap_text(_QUERY.sub("?…", str(exc)), 300)
+
+
 @dataclass(frozen=True)
 class FetchOptions:
     max_bytes: int = 1 << 40  # the size cap: a bigger file fails with TooLargeError
     # part_attempts: tries in a row that bring no new byte, for the probe and for each range
     download: DownloadOptions = DownloadOptions(stall_seconds=60.0, part_attempts=6)
+    # Which addresses the URL and its redirects may reach: public ones, and what the allow-list names.
+    url_policy: AddressPolicy = PUBLIC_ONLY
 
 
 def fetch(session: requests.Session, url: str, store: BlobStore, partial_dir: Path, *, key: str,
@@ -170,9 +188,10 @@ def fetch(session: requests.Session, url: str, store: BlobStore, partial_dir: Pa
 
     on_bytes(bytes so far, total or None) reports progress. Raise ImportFailedError when
     the URL cannot be fetched (an HTTP error, no progress after the attempts, other bytes
-    than `expected`), TooLargeError above options.max_bytes.
+    than `expected`, an address the policy refuses), TooLargeError above options.max_bytes.
+    `session` is made an upstream one (eldric.transfer.http.guard) under options.url_policy.
     """
-    source = UrlSource(session, url, headers)
+    source = UrlSource(guard(session, options.url_policy), url, headers)
     attempts = options.download.part_attempts
     try:
         found = _probe(source, options.download)

@@ -9,7 +9,7 @@ import redis as redis_lib
 
 from tests.support.gguf_models import write_llama_gguf
 from tests.support.oci_registry import OCIRegistry, push_ollama_model
-from tests.support.processes import RedisServer, Service, eldric, free_port, session, wait_until
+from tests.support.processes import LOOPBACK, RedisServer, Service, eldric, free_port, session, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,7 +49,8 @@ class Cluster:
                 "ELDRIC_RETRY_MAX_SECONDS": "1", "ELDRIC_PULL_RETRIES": "2",
                 "ELDRIC_STALE_WORKER_SECONDS": "30",
                 # Test models are tiny; a nearly full CI disk must not fail them on the 1 GiB reserve.
-                "ELDRIC_DISK_RESERVE_BYTES": "0", "ELDRIC_REGISTRY_MIN_FREE": "0", **extra}
+                "ELDRIC_DISK_RESERVE_BYTES": "0", "ELDRIC_REGISTRY_MIN_FREE": "0",
+                "ELDRIC_URL_ALLOWLIST": LOOPBACK, **extra}
 
     def start_controller(self, **env: str) -> str:
         port = free_port()

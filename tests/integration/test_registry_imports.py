@@ -19,11 +19,12 @@ from safetensors.numpy import save_file
 
 from eldric.core.blobstore import BlobStore
 from eldric.transfer.download import DownloadOptions
+from eldric.transfer.upstreams import AddressPolicy
 from eldric.transfer.urlfetch import FetchOptions, fetch
 from registry.imports import Importer
 from registry.service import RegistryService
 from tests.support.gguf_models import write_llama_gguf
-from tests.support.processes import Service, eldric, free_port, session, wait_until
+from tests.support.processes import LOOPBACK, Service, eldric, free_port, session, wait_until
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -96,7 +97,7 @@ def root(tmp_path_factory) -> Path:
 def registry(root: Path):
     port = free_port()
     svc = Service("registry", eldric("registry", "--port", str(port), "--storage", str(root / "store"),
-                                     "--min-free", "0"), root, cwd=REPO).start()
+                                     "--min-free", "0"), root, env={"ELDRIC_URL_ALLOWLIST": LOOPBACK}, cwd=REPO).start()
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: session().get(f"{url}/healthz", timeout=2).ok, message=f"registry\n{svc.log_tail()}")
     yield url
@@ -252,7 +253,8 @@ time.sleep(600)
 """
 SMALL_PARTS = FetchOptions(download=DownloadOptions(parts=4, start_connections=4, part_bytes=64 << 10,
                                                    chunk_bytes=16 << 10, save_every_seconds=0.05,
-                                                   retry_backoff_seconds=0.05))
+                                                   retry_backoff_seconds=0.05),
+                           url_policy=AddressPolicy.parse(LOOPBACK.split(",")))
 
 
 def test_import_fetches_ranges_in_parallel_and_resumes_after_the_registry_was_killed(tmp_path: Path) -> None:
@@ -322,7 +324,8 @@ def test_a_token_stays_with_the_host_it_was_given_for(tmp_path: Path) -> None:
     try:
         path, _digest, size = fetch(requests.Session(), f"http://127.0.0.1:{hub.server_port}/org/m/resolve/main/m.gguf",
                                     BlobStore(tmp_path / "done"), tmp_path / "partial", key="0",
-                                    headers={"Authorization": "Bearer hf_secret"})
+                                    headers={"Authorization": "Bearer hf_secret"},
+                                    options=FetchOptions(url_policy=AddressPolicy.parse(LOOPBACK.split(","))))
     finally:
         hub.shutdown()
         hub.server_close()

@@ -16,6 +16,10 @@ import requests
 
 T = TypeVar("T")
 
+# ELDRIC_URL_ALLOWLIST for services under test: every test server listens on loopback, which url
+# sources, URL imports and registry redirects refuse unless the allow-list names it.
+LOOPBACK = "127.0.0.0/8,::1"
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

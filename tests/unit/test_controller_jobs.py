@@ -311,3 +311,22 @@ def test_prune_with_nothing_to_do(client):
     job_id = finished_job(client, now=NOW)
     assert prune_jobs(client, retention_seconds=100, keep_max=10, now=NOW) == 0
     assert job_exists(client, job_id)
+
+
+def test_the_reaper_waits_one_stale_period_after_redis_itself_was_away(client, monkeypatch):
+    """Redis restarted (with its data) 10 s ago: the agents' silence was Redis's, not theirs."""
+    job_id = new_job(client, targets=["gpu1"], deadline=3600)
+    set_record(client, job_id, "gpu1", state=jobstate.PULLING, updated_at=NOW)
+    monkeypatch.setattr(client, "info", lambda section=None: {"uptime_in_seconds": 10})
+    assert reap_stale_jobs(client, stale_after=STALE, now=NOW + STALE + 60) == []
+    assert stored(client, job_id, "gpu1")["state"] == jobstate.PULLING
+    monkeypatch.setattr(client, "info", lambda section=None: {"uptime_in_seconds": STALE + 1})
+    assert [r.worker_id for r in reap_stale_jobs(client, stale_after=STALE, now=NOW + STALE + 60)] == ["gpu1"]
+
+
+def test_deadlines_apply_even_right_after_a_redis_restart(client, monkeypatch):
+    job_id = new_job(client, targets=["gpu1"], deadline=60)
+    set_record(client, job_id, "gpu1", state=jobstate.PULLING, updated_at=NOW)
+    monkeypatch.setattr(client, "info", lambda section=None: {"uptime_in_seconds": 1})
+    [reaped] = reap_stale_jobs(client, stale_after=STALE, now=NOW + 61)
+    assert "deadline" in reaped.reason

@@ -492,8 +492,8 @@ def test_real_connection_failures_are_transient(store, partial, error):
 
 
 def test_ensure_space_refuses_what_does_not_fit(tmp_path):
-    from eldric.transfer.download import ensure_space
+    from eldric.transfer.diskspace import ensure_space
     from worker_agent.errors import InsufficientSpaceError
     ensure_space(tmp_path, 1, "tiny", reserve=0)
-    with pytest.raises(InsufficientSpaceError, match="not enough disk space for huge"):
-        ensure_space(tmp_path, 1 << 62, "huge", reserve=0)
+    with pytest.raises(InsufficientSpaceError, match=r"no space left on .* for huge: needs 1024.00 TiB, has "):
+        ensure_space(tmp_path, 1 << 50, "huge", reserve=0)

@@ -19,6 +19,7 @@ def test_defaults_schedule_every_job_on_the_maintenance_queue():
         "reap-stale-jobs": ("maintenance.reap_stale_jobs", 30.0),
         "pins-reconcile": ("pins.reconcile", 60.0),
         "pins-check-updates": ("pins.check_updates", 3600.0),
+        "clean-partials": ("maintenance.clean_partials_all", 3600.0),
     }
     for entry in schedule.values():
         assert entry["options"] == {"queue": MAINTENANCE_QUEUE, "expires": entry["schedule"]}
@@ -32,6 +33,10 @@ def test_environment_sets_periods_and_the_arguments_the_tasks_receive():
     assert schedule["reap-stale-jobs"]["schedule"] == 5.0 and schedule["reap-stale-jobs"]["args"] == [45.0]
     assert schedule["pins-reconcile"]["schedule"] == 2.5
     assert schedule["pins-reconcile"]["args"] == schedule["pins-check-updates"]["args"] == [900.0, 7.0]
+    assert beat_schedule(ScheduleSettings.from_env({}))["clean-partials"]["args"] == [86400.0]
+    cleanup = beat_schedule(ScheduleSettings.from_env({"ELDRIC_PARTIAL_CLEAN_SECONDS": "600",
+                                                       "ELDRIC_PARTIAL_MAX_AGE_SECONDS": "7200"}))["clean-partials"]
+    assert (cleanup["schedule"], cleanup["args"]) == (600.0, [7200.0])
 
 
 def test_zero_disables_a_job():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import fakeredis
+import redis
 import pytest
 
 from eldric.cluster import jobstate
@@ -204,3 +205,49 @@ def test_retrying_and_fail_worker(client, events):
     fail_worker(client, JOB, WORKER, "gave up")
     assert (stored(client)["state"], stored(client)["error"]) == (jobstate.FAILED, "gave up")
     assert [e["state"] for e in events()] == [jobstate.RETRYING, jobstate.FAILED]
+
+
+class CountingUnreachable:
+    """A Redis that never answers, counting how often it was asked."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def register_script(self, source: str):
+        def run(**_kw):
+            self.calls += 1
+            raise redis.ConnectionError("Timeout reading from socket")
+        return run
+
+
+def test_tolerant_progress_pauses_periodic_writes_after_a_redis_error(clock):
+    dead = CountingUnreachable()
+    progress = Progress(None, JOB, WORKER, min_interval=INTERVAL, clock=clock, tolerate_redis_errors=True,
+                        quiet_after_error=10.0)
+    progress.client = dead  # None kept the constructor from reading the record
+    progress.start(total=100)  # a state change: tried, fails, logged
+    for _ in range(30):  # 7.5 s of bytes arriving: no call waits for the dead Redis
+        clock.advance(INTERVAL)
+        progress.add_bytes(1)
+    assert dead.calls == 1
+    clock.advance(3)
+    progress.add_bytes(1)  # the pause is over: one more try
+    assert dead.calls == 2
+    progress.finish()  # a state change is always tried
+    assert dead.calls == 3 and progress.record["completed"] == 100
+
+
+def test_every_writer_caps_the_error_text_it_stores(client, clock):
+    from eldric.core.errors import MAX_ERROR_CHARS
+
+    huge = "x" * (5 << 20)  # an upstream's 5 MB error message, joined into a reason
+    client.hset(keys.job("j"), "deadline_at", 1e12)
+    fail_worker(client, "j", "w1", huge)
+    progress = Progress(client, "j", "w2", clock=clock)
+    progress.retrying(huge)
+    stored = {w: json.loads(r) for w, r in client.hgetall(keys.job_workers("j")).items()}
+    assert len(stored["w1"]["error"]) <= MAX_ERROR_CHARS and stored["w1"]["error"].endswith("characters in all]")
+    assert len(stored["w2"]["status"]) <= MAX_ERROR_CHARS
+    progress.fail(huge)
+    assert len(json.loads(client.hget(keys.job_workers("j"), "w2"))["error"]) <= MAX_ERROR_CHARS
+    assert max(len(r) for r in client.hgetall(keys.job_workers("j")).values()) < 4 * MAX_ERROR_CHARS

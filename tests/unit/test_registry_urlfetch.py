@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import requests
 import urllib3
 
 from eldric.core.blobstore import BlobStore
@@ -70,6 +71,12 @@ class FakeServer:
         self.data, self.content_range = data, content_range
         self.seen: list[dict] = []
         self._lock = threading.Lock()
+        # What fetch() sets up on a session (eldric.transfer.http.guard); no socket is opened here.
+        self.hooks: dict[str, list] = {"response": []}
+        self.max_redirects, self.trust_env, self.adapters = 30, True, {}
+
+    def mount(self, prefix: str, adapter: object) -> None:
+        self.adapters[prefix] = adapter
 
     @property
     def ranges_asked(self) -> list[str | None]:
@@ -258,3 +265,14 @@ def test_is_http_url(url, ok):
 def test_redact_survives_malformed_urls():
     assert redact("http://[::1/x") == "(malformed URL)"
     assert redact("https://u:p@h:8443/a/b?sig=1") == "https://h:8443/a/b"
+
+
+def test_a_connection_error_keeps_the_urls_signature_out_of_the_error(tmp_path: Path) -> None:
+    class Refusing(FakeServer):
+        def get(self, url: str, headers: dict, stream: bool, timeout) -> FakeResponse:
+            raise requests.ConnectionError("HTTPSConnectionPool(host='bucket.s3.example', port=443): Max retries "
+                                           "exceeded with url: /m.gguf?X-Amz-Signature=s3cr3t&X-Amz-Date=1 (Caused "
+                                           "by NewConnectionError('Failed to establish a new connection'))")
+    with pytest.raises(ImportFailedError) as info:
+        run(Refusing(), tmp_path)
+    assert "s3cr3t" not in str(info.value) and "url: /m.gguf?… (Caused by" in str(info.value)

@@ -1,0 +1,158 @@
+"""The download engine's unfinished downloads in a partial directory, and their upkeep.
+
+A download named N (`sha256-<hex>`, or `url-<key>` when nobody published the digest) keeps
+
+- `N`: the data, written in place (sparse until every range arrived);
+- `N.json`: the resume state `{"digest", "size", "parts": [[offset, length, completed]…], "owner"}`,
+  where `owner` is the job that wrote it last (None outside jobs);
+- `N.lock`: flock'ed while one thread or process works on N. The holder removes it when it
+  lets go; whoever waited on the removed file locks the new one (see `locked`).
+
+A download that failed in a way a retry can mend keeps its data and state, so the retry
+resumes. Everything else is deleted by `discard` at once, or by `clean_partials` later:
+a download whose job ended, and anything untouched for a day (the maintenance schedule).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eldric.core.digests import Digest
+
+STATE_SUFFIX = ".json"
+LOCK_SUFFIX = ".lock"
+INCOMING_PREFIX = ".incoming-"  # the blob store's and atomic writers' temp files
+
+
+def partial_name(digest: Digest | None, key: str | None) -> str:
+    return digest.filename if digest else f"url-{key}"
+
+
+@contextmanager
+def locked(path: Path, *, blocking: bool = True) -> Iterator[bool]:
+    """Hold the lock file `path`; yield False at once when `blocking` is False and someone else holds it.
+
+    The holder deletes the file on leaving, so lock files do not pile up: a waiter that then
+    gets the deleted file's lock sees the path gone (or another file there) and starts over.
+    """
+    while True:
+        f = open(path, "a")  # noqa: SIM115 - held past this block: closed when the lock is let go
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            f.close()
+            yield False
+            return
+        try:
+            current = os.stat(path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(f.fileno()).st_ino:
+            break
+        f.close()
+    try:
+        yield True
+    finally:
+        path.unlink(missing_ok=True)
+        f.close()  # closing releases the flock
+
+
+def read_state(partial_dir: Path, name: str) -> dict | None:
+    try:
+        state = json.loads((partial_dir / f"{name}{STATE_SUFFIX}").read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def saved_parts(partial_dir: Path, name: str, digest: Digest | None, size: int) -> list[tuple[int, int, int]] | None:
+    """The (offset, length, completed) parts saved for this very blob, if its data is still there."""
+    state = read_state(partial_dir, name)
+    if not state or state.get("digest") != str(digest) or state.get("size") != size:
+        return None
+    if not (partial_dir / name).exists():
+        return None
+    try:
+        return [(int(o), int(n), int(c)) for o, n, c in state["parts"]]
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def resumable_bytes(partial_dir: Path, digest: Digest | None, size: int, key: str | None = None) -> int:
+    """Bytes of this blob already on disk in a resumable download: the space check need not find them again."""
+    parts = saved_parts(partial_dir, partial_name(digest, key), digest, size)
+    return sum(min(max(0, c), n) for _, n, c in parts) if parts else 0
+
+
+def discard(partial_dir: Path, name: str) -> None:
+    """Delete download `name`'s data and state (its lock is the caller's)."""
+    for suffix in ("", STATE_SUFFIX, f"{STATE_SUFFIX}.tmp"):
+        (partial_dir / f"{name}{suffix}").unlink(missing_ok=True)
+
+
+@dataclass
+class Cleaned:
+    removed: list[str] = field(default_factory=list)  # download names
+    freed: int = 0  # bytes on disk
+
+
+def clean_partials(partial_dir: Path, *, max_age: float, is_finished: Callable[[str], bool] = lambda owner: False,
+                   incoming_dirs: tuple[Path, ...] = (), now: float | None = None) -> Cleaned:
+    """Delete the downloads nobody works on whose job ended, or that nobody touched for `max_age` seconds.
+
+    A download being worked on holds its lock and is left alone. Stray lock files and
+    `.incoming-*` temp files (of `incoming_dirs`) older than `max_age` go too.
+    """
+    now = time.time() if now is None else now
+    out = Cleaned()
+    if not partial_dir.is_dir():
+        return out
+    names = {_download_name(p.name) for p in partial_dir.iterdir()}
+    for name in sorted(n for n in names if n):
+        files = [partial_dir / f"{name}{s}" for s in ("", STATE_SUFFIX, f"{STATE_SUFFIX}.tmp")]
+        with locked(partial_dir / f"{name}{LOCK_SUFFIX}", blocking=False) as mine:
+            if not mine:
+                continue  # in use
+            state = read_state(partial_dir, name) or {}
+            owner = state.get("owner")
+            touched = max((_mtime(f) for f in files), default=0.0)
+            if (isinstance(owner, str) and is_finished(owner)) or now - touched >= max_age:
+                out.freed += sum(_disk_bytes(f) for f in files)
+                discard(partial_dir, name)
+                if touched:
+                    out.removed.append(name)
+    for directory in incoming_dirs:
+        for path in directory.glob(f"{INCOMING_PREFIX}*") if directory.is_dir() else ():
+            if now - _mtime(path) >= max_age:
+                out.freed += _disk_bytes(path)
+                path.unlink(missing_ok=True)
+                out.removed.append(str(path.relative_to(directory.parent)))
+    return out
+
+
+def _download_name(filename: str) -> str | None:
+    for suffix in (f"{STATE_SUFFIX}.tmp", STATE_SUFFIX, LOCK_SUFFIX):
+        if filename.endswith(suffix):
+            return filename[: -len(suffix)]
+    return filename if filename.startswith(("sha256-", "url-")) else None
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def _disk_bytes(path: Path) -> int:
+    try:
+        return path.stat().st_blocks * 512
+    except FileNotFoundError:
+        return 0
