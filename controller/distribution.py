@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import quote, urlsplit
 
 import redis
@@ -12,6 +13,7 @@ from controller.errors import BadRequestError, NotFoundError
 from controller.pulls import JobLimits, choose_targets, parse_model, start_job
 from controller.registry_client import RegistryClient, error_message
 from eldric.cluster.queues import TASK_DISTRIBUTE
+from eldric.cluster.registry_api import ID_PATTERN
 from eldric.core.digests import is_digest
 from eldric.core.errors import InvalidNameError
 from eldric.core.names import FileModelRef
@@ -66,8 +68,10 @@ def _from_worker(client: redis.Redis, model: str, source: dict, options: dict) -
 
 def resolve_registry_model(registry: RegistryClient, model: str, options: dict) -> str:
     """`model` is a registry model id, or `name[:version]` (the newest ready version)."""
-    resp = registry.send("GET", f"/api/v1/model-registry/{quote(model, safe='')}")
-    if resp.status_code == 404 or resp.status_code == 400:
+    # Only an id is looked up by path: a name such as "storage" or "upload" is another registry route.
+    is_id = re.fullmatch(ID_PATTERN, model) is not None
+    resp = registry.send("GET", f"/api/v1/model-registry/{quote(model, safe='')}") if is_id else None
+    if resp is None or resp.status_code == 404 or resp.status_code == 400:
         name, _, version = model.partition(":")
         query = f"name={quote(name)}&limit=100"
         listing = registry.send("GET", "/api/v1/model-registry", query=query)

@@ -2,12 +2,34 @@
 
 from marshmallow import Schema, fields, validate
 
+from eldric.core.names import MAX_NAME_LENGTH
+
+MAX_OFFSET = 2**31 - 1  # list offsets: far past any job history, far below Redis's 64-bit integers
+
+# eldric.core.names.ModelName's grammar as an OpenAPI pattern (ECMA-262, read the same way by Python's re):
+# [host "/"] [namespace "/"] model [":" tag]. The views still parse with ModelName (400 naming `model`);
+# tests keep the two in step.
+_HOST, _NAMESPACE = r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,349}", r"[A-Za-z0-9_][A-Za-z0-9_-]{0,79}"
+_PART = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}"
+OLLAMA_NAME_PATTERN = rf"^(?:(?:{_HOST}/)?{_NAMESPACE}/)?{_PART}(?::{_PART})?$"
+
+
+def model_name_field(description: str = "Ollama model name, e.g. qwen2.5:0.5b", **kw) -> fields.String:
+    """A model named the way Ollama writes names (eldric.core.names.ModelName)."""
+    # Only emptiness fails the schema (422); the rest is ModelName's to refuse, with 400 naming `model`.
+    return fields.String(validate=validate.Length(min=1), metadata={
+        "description": description, "pattern": OLLAMA_NAME_PATTERN, "maxLength": MAX_NAME_LENGTH}, **kw)
+
+
+def worker_ids_field(description: str, **kw) -> fields.List:
+    return fields.List(fields.String(validate=validate.Length(min=1, max=63)), validate=validate.Length(min=1, max=10000),
+                       metadata={"description": description}, **kw)
+
 
 class PullRequestSchema(Schema):
-    model = fields.String(required=True, metadata={"description": "Ollama model name, e.g. qwen2.5:0.5b"})
-    workers = fields.List(fields.String(validate=validate.Length(min=1, max=63)), validate=validate.Length(min=1, max=10000),
-                          metadata={"description": "worker ids; default every inference and cloud worker"})
-    deadline_seconds = fields.Integer(validate=validate.Range(min=10, max=30 * 24 * 3600),
+    model = model_name_field(required=True)
+    workers = worker_ids_field("worker ids; default every inference and cloud worker")
+    deadline_seconds = fields.Integer(strict=True, validate=validate.Range(min=10, max=30 * 24 * 3600),
                                       metadata={"description": "fail workers not finished by then"})
 
 
@@ -53,7 +75,7 @@ class JobListSchema(Schema):
 
 class JobQuerySchema(Schema):
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
-    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_OFFSET))
     state = fields.String(validate=validate.OneOf(["pending", "running", "completed", "failed"]))
     kind = fields.String(validate=validate.Length(max=32))
 

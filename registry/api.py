@@ -7,22 +7,28 @@ buffered, so a 20 GiB upload costs the same memory as a 2 KiB one.
 
 from __future__ import annotations
 
+import re
+
 from flask import Response, current_app, request
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
-from eldric.web.file_responses import file_response
-from registry.imports import Importer
+from eldric.cluster.registry_api import (API_PREFIX, FILE_DOWNLOAD_RESPONSES, FILE_PATH_PARAMETER, JOB_ID_PARAMETER, MODEL_ID_PARAMETER,
+                                         UPLOAD_ID_PARAMETER, DigestQuerySchema, DraftRequestSchema, FileSchema,
+                                         ImportRequestSchema, ImportSchema, ModelListSchema, ModelQuerySchema,
+                                         ModelSchema, StorageSchema, TrainingRequestSchema, UploadQuerySchema,
+                                         UploadSessionRequestSchema, UploadSessionSchema, install_converters)
 from eldric.core.model_errors import BadRequestError, NotFoundError
 from eldric.transfer.ranges import parse_content_range
-from eldric.cluster.registry_api import (DigestQuerySchema, DraftRequestSchema, FileSchema, ImportRequestSchema, ImportSchema,
-                              ModelListSchema, ModelQuerySchema, ModelSchema, StorageSchema, TrainingRequestSchema,
-                              UploadQuerySchema, UploadSessionRequestSchema, UploadSessionSchema)
+from eldric.web.blueprints import Blueprint
+from eldric.web.file_responses import file_response
+from registry.imports import Importer
 from registry.service import RegistryService
-from eldric.cluster.registry_api import API_PREFIX
+
+_BYTE_COUNT = re.compile(r"[0-9]{1,19}", re.ASCII)
 
 blp = Blueprint("model_registry", __name__, url_prefix=API_PREFIX,
                 description="Models the cluster owns: upload, import, list, download, delete")
+blp.record_once(install_converters)  # before the routes below use <hex_id:...>
 
 
 def service() -> RegistryService:
@@ -95,7 +101,7 @@ class Storage(MethodView):
         return service().storage_info()
 
 
-@blp.route("/<model_id>")
+@blp.route("/<hex_id:model_id>", parameters=[MODEL_ID_PARAMETER])
 class Model(MethodView):
     @blp.response(200, ModelSchema)
     def get(self, model_id: str):
@@ -109,7 +115,7 @@ class Model(MethodView):
         return ""
 
 
-@blp.route("/<model_id>/commit")
+@blp.route("/<hex_id:model_id>/commit", parameters=[MODEL_ID_PARAMETER])
 class Commit(MethodView):
     @blp.response(200, ModelSchema)
     def post(self, model_id: str):
@@ -117,8 +123,9 @@ class Commit(MethodView):
         return service().commit(model_id)
 
 
-@blp.route("/<model_id>/files/<path:file_path>")
+@blp.route("/<hex_id:model_id>/files/<path:file_path>", parameters=[MODEL_ID_PARAMETER, FILE_PATH_PARAMETER])
 class ModelFile(MethodView):
+    @blp.doc(responses=FILE_DOWNLOAD_RESPONSES)
     def get(self, model_id: str, file_path: str):
         """Download a file; one HTTP Range (206), ETag = sha256, If-Range and If-None-Match honoured."""
         return _send_file(model_id, file_path)
@@ -131,7 +138,7 @@ class ModelFile(MethodView):
                                   length=request.content_length)
 
 
-@blp.route("/<model_id>/uploads")
+@blp.route("/<hex_id:model_id>/uploads", parameters=[MODEL_ID_PARAMETER])
 class Uploads(MethodView):
     @blp.arguments(UploadSessionRequestSchema)
     @blp.response(201, UploadSessionSchema)
@@ -141,7 +148,7 @@ class Uploads(MethodView):
         return session, 201, _upload_headers(session)
 
 
-@blp.route("/uploads/<upload_id>")
+@blp.route("/uploads/<hex_id:upload_id>", parameters=[UPLOAD_ID_PARAMETER])
 class Upload(MethodView):
     @blp.response(200, UploadSessionSchema)
     def get(self, upload_id: str):
@@ -181,7 +188,7 @@ class Imports(MethodView):
         return status, 202, {"Location": f"{API_PREFIX}/imports/{status['id']}"}
 
 
-@blp.route("/imports/<job_id>")
+@blp.route("/imports/<job_id>", parameters=[JOB_ID_PARAMETER])
 class Import(MethodView):
     @blp.response(200, ImportSchema)
     def get(self, job_id: str):
@@ -201,7 +208,7 @@ def _chunk_start() -> int | None:
                                   f"{request.content_length}", "Content-Range")
         return first
     if upload_offset:
-        if not upload_offset.isdigit():
+        if not _BYTE_COUNT.fullmatch(upload_offset):  # not str.isdigit: it takes "²", which int() refuses
             raise BadRequestError("Upload-Offset must be a byte count", "Upload-Offset")
         return int(upload_offset)
     return None

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import BinaryIO
 from collections.abc import Callable
 
-from registry import views
+from registry import trees, views
 from eldric.core.blobstore import BlobStore
 from registry.catalog import DRAFT, READY, Catalog
 from eldric.cluster.registry_api import SOURCES
@@ -168,7 +168,8 @@ class RegistryService:
         """Store the body as `path` of the draft; an empty body with the digest of a stored blob links it."""
         path = validate_file_path(path)
         expected = _parse_digest(digest)
-        self._require_draft(self.catalog.model(model_id), model_id)
+        model = self._require_draft(self.catalog.model(model_id), model_id)
+        trees.refuse_conflict(path, (f["path"] for f in model["files"]))  # before the bytes; _attach checks again
         if length is not None:
             self._check_limits(model_id, path, length)
         if length == 0 and expected not in (None, EMPTY_DIGEST) and self.blobs.has(expected):
@@ -201,6 +202,7 @@ class RegistryService:
         info = inspect_file(path, tmp if tmp is not None else self.blobs.path(digest))
         with self.catalog.transaction() as tx:
             self._require_draft(tx.model(model_id), model_id)
+            trees.refuse_conflict(path, (f["path"] for f in tx.files(model_id)))
             if self.blobs.has(digest, size):
                 pass  # stored once per digest: the new copy is dropped below
             elif tmp is None:
@@ -228,6 +230,7 @@ class RegistryService:
         try:
             with self.catalog.transaction() as tx:
                 self._require_draft(tx.model(model_id), model_id)
+                trees.refuse_conflict(path, [f["path"] for f in tx.files(model_id)] + [u["path"] for u in tx.uploads_of(model_id)])
                 tx.insert_upload(record)
                 tx.touch(model_id, self.clock())
         except BaseException:
@@ -280,30 +283,45 @@ class RegistryService:
     # -- commit, one-shot upload, delete ---------------------------------------------------------
 
     def commit(self, model_id: str) -> dict:
+        """Make a draft `ready`: only once its tree is built and holds every file, so what is listed can be served."""
         model = self._require_draft(self.catalog.model(model_id), model_id)
         if self.catalog.uploads_of(model_id):
             raise ConflictError("the model has unfinished uploads; finish or cancel them first", "uploads")
         files = model["files"]
         if not files:
             raise InvalidFormatError("the model has no files", "files")
+        trees.refuse_conflicts(f["path"] for f in files)  # drafts from before paths were checked at upload time
         fmt = detect_format([f["path"] for f in files], model["format"])
         details = model_details(fmt, {f["path"]: f["info"] or {} for f in files})
         lineage = model["lineage"]
         if fmt == "lora" and details.get("base_model") and not (lineage or {}).get("base_model"):
             lineage = {**(lineage or {}), "base_model": details["base_model"]}
         snapshot = {(f["path"], f["digest"]) for f in files}
-        with self.catalog.transaction() as tx:
-            self._require_draft(tx.model(model_id), model_id)
-            if {(f["path"], f["digest"]) for f in tx.files(model_id)} != snapshot:
-                raise ConflictError("the model's files changed during the commit; commit again", "files")
-            if tx.uploads_of(model_id):
-                raise ConflictError("the model has unfinished uploads; finish or cancel them first", "uploads")
-            version = model["requested_version"] or tx.next_version(model["name"])
-            if tx.version_taken(model["name"], version):
-                raise ConflictError(f"model {model['name']}:{version} already exists", "version")
-            tx.mark_ready(model_id, version=version, fmt=fmt, details=details, lineage=lineage,
-                          size=sum(f["size"] for f in files), now=self.clock())
-        self._make_tree(model_id, files)
+        staged = trees.stage_tree(self.trees, self.blobs, model_id, files)  # complete and checked, or 409
+        final = self.trees / model_id
+        try:
+            with self.catalog.transaction() as tx:
+                self._require_draft(tx.model(model_id), model_id)
+                if {(f["path"], f["digest"]) for f in tx.files(model_id)} != snapshot:
+                    raise ConflictError("the model's files changed during the commit; commit again", "files")
+                if tx.uploads_of(model_id):
+                    raise ConflictError("the model has unfinished uploads; finish or cancel them first", "uploads")
+                version = model["requested_version"] or tx.next_version(model["name"])
+                if tx.version_taken(model["name"], version):
+                    raise ConflictError(f"model {model['name']}:{version} already exists", "version")
+                tx.mark_ready(model_id, version=version, fmt=fmt, details=details, lineage=lineage,
+                              size=sum(f["size"] for f in files), now=self.clock())
+                shutil.rmtree(final, ignore_errors=True)  # left by a crash; the model is a draft until this commits
+                try:  # the last step of the transaction: if it fails, the model stays a draft
+                    os.rename(staged, final)
+                except OSError as exc:
+                    raise ConflictError(f"the model's tree could not be put in place ({exc.strerror}); "
+                                        "the model stays a draft, commit again", "files") from None
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            if (self.catalog.model(model_id) or {}).get("state") != READY:  # e.g. the COMMIT itself failed
+                shutil.rmtree(final, ignore_errors=True)
+            raise
         return self.get_model(model_id)
 
     def upload_model(self, *, name: str, filename: str, stream: BinaryIO, length: int | None = None,
@@ -332,18 +350,6 @@ class RegistryService:
             self.sessions.discard(upload["id"])
         shutil.rmtree(self.trees / model_id, ignore_errors=True)
 
-    def _make_tree(self, model_id: str, files: list[dict]) -> None:
-        """trees/<id>/<path> -> blobs/...: a directory vLLM or llama.cpp can open straight from NFS."""
-        try:
-            for f in files:
-                link = self.trees / model_id / f["path"]
-                link.parent.mkdir(parents=True, exist_ok=True)
-                target = self.blobs.path(Digest.parse(f["digest"]))
-                link.unlink(missing_ok=True)
-                link.symlink_to(os.path.relpath(target, link.parent))
-        except OSError as exc:
-            log.warning("could not build trees/%s (downloads are unaffected): %s", model_id, exc)
-
     # -- housekeeping ----------------------------------------------------------------------------
 
     def expire_drafts(self) -> int:
@@ -360,6 +366,7 @@ class RegistryService:
         """Before serving: drop temp files, session files without a record and unreferenced blobs."""
         for tmp in self.blobs.root.glob(".incoming-*"):
             tmp.unlink(missing_ok=True)
+        trees.remove_staged(self.trees)
         known = {u["id"] for u in self.catalog.all_uploads()}
         for orphan in self.sessions.orphans(known):
             self.sessions.discard(orphan)

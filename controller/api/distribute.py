@@ -1,34 +1,50 @@
 """/api/v1/models/distribute: copy a model to workers from the registry, another worker, a URL or Ollama."""
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
 from controller import distribution, jobs
-from controller.schemas import JobSchema
+from controller.schemas import JobSchema, worker_ids_field
 from controller.state import job_limits, producer, redis_client, registry_client, stale_after
+from eldric.web.blueprints import Blueprint
 
 blp = Blueprint("distribute", __name__, url_prefix="/api/v1/models", description="Distribute models to workers")
 
 
 class SourceSchema(Schema):
     type = fields.String(required=True, validate=validate.OneOf(distribution.SOURCES))
-    worker = fields.String(metadata={"description": "type=worker: the worker to copy from"})
-    url = fields.String(validate=validate.Length(max=8192), metadata={
-        "description": "type=url: HuggingFace resolve URL, S3 presigned URL or plain http(s); never shown back"})
+    worker = fields.String(validate=validate.Length(min=1, max=63),
+                           metadata={"description": "type=worker: the worker to copy from"})
+    url = fields.String(validate=validate.Length(min=1, max=8192), metadata={
+        "description": "type=url: HuggingFace resolve URL, S3 presigned URL or plain http(s); never shown back",
+        "pattern": r"^[hH][tT][tT][pP][sS]?://"})
     token = fields.String(load_only=True, validate=validate.Length(max=4096),
                           metadata={"description": "type=url: bearer token (e.g. HuggingFace); never shown back"})
-    sha256 = fields.String(metadata={"description": "type=url: expected digest, checked after download"})
-    filename = fields.String(validate=validate.Length(max=255), metadata={"description": "type=url: file name"})
+    sha256 = fields.String(validate=validate.Length(min=1, max=71), metadata={
+        "description": "type=url: expected digest, checked after download", "pattern": r"^sha256:[0-9a-f]{64}$"})
+    filename = fields.String(validate=validate.Length(max=255), metadata={
+        "description": "type=url: file name (no '/', '\\', NUL, no leading '.'); default (also when empty): the URL's",
+        "pattern": r"^(?:[^/\\\x00.][^/\\\x00]*)?$"})
+
+
+def _without(*names: str) -> dict:
+    return {"not": {"anyOf": [{"required": [name]} for name in names]}}
+
+
+# Which fields each source type takes (distribution.start_distribute answers 400 for the others).
+_SOURCE_VARIANTS = [
+    {"properties": {"type": {"enum": ["registry", "ollama"]}}, **_without("worker", "url", "token", "sha256", "filename")},
+    {"properties": {"type": {"enum": ["worker"]}}, "required": ["worker"], **_without("url", "token", "sha256", "filename")},
+    {"properties": {"type": {"enum": ["url"]}}, "required": ["url"], **_without("worker")},
+]
 
 
 class DistributeRequestSchema(Schema):
     model = fields.String(required=True, validate=validate.Length(min=1, max=512), metadata={
         "description": "ollama/worker: model name; registry: model id or name[:version]; url: name to give it"})
-    source = fields.Nested(SourceSchema, required=True)
-    workers = fields.List(fields.String(validate=validate.Length(min=1, max=63)), validate=validate.Length(min=1),
-                          metadata={"description": "target worker ids; default every inference and cloud worker"})
-    deadline_seconds = fields.Integer(validate=validate.Range(min=10, max=30 * 24 * 3600))
+    source = fields.Nested(SourceSchema, required=True, metadata={"oneOf": _SOURCE_VARIANTS})
+    workers = worker_ids_field("target worker ids; default every inference and cloud worker")
+    deadline_seconds = fields.Integer(strict=True, validate=validate.Range(min=10, max=30 * 24 * 3600))
 
 
 @blp.route("/distribute")

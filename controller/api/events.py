@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 import redis
 from flask import Response
 from flask.views import MethodView
-from flask_smorest import Blueprint
+from eldric.web.blueprints import Blueprint
 from marshmallow import Schema, fields, validate
 
 from controller import jobs

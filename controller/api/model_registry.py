@@ -13,7 +13,6 @@ from urllib.parse import quote
 import redis
 from flask import current_app, request
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from controller import jobs
 from controller.errors import BadRequestError, ConflictError
@@ -22,16 +21,21 @@ from controller.schemas import JobSchema
 from controller.state import registry_client, redis_client, stale_after
 from eldric.cluster import jobstate
 from eldric.core.errors import EldricError
-from eldric.core.identifiers import validate_model_name, validate_version
+from eldric.core.identifiers import validate_file_path, validate_model_name, validate_version
 from eldric.cluster.jobstore import REGISTRY_WORKER_ID as WORKER_ID
 from eldric.core.model_errors import ModelRegistryError
-from eldric.cluster.registry_api import (API_PREFIX, parse_import_request, DigestQuerySchema, DraftRequestSchema, FileSchema, ImportRequestSchema, ImportSchema,
-                              ModelListSchema, ModelQuerySchema, ModelSchema, StorageSchema, TrainingRequestSchema,
-                              UploadQuerySchema, UploadSessionRequestSchema, UploadSessionSchema)
+from eldric.cluster.registry_api import (API_PREFIX, FILE_DOWNLOAD_RESPONSES, FILE_PATH_PARAMETER, JOB_ID_PARAMETER, MODEL_ID_PARAMETER,
+                                         UPLOAD_ID_PARAMETER, DigestQuerySchema, DraftRequestSchema, FileSchema,
+                                         ImportRequestSchema, ImportSchema, ModelListSchema, ModelQuerySchema,
+                                         ModelSchema, StorageSchema, TrainingRequestSchema, UploadQuerySchema,
+                                         UploadSessionRequestSchema, UploadSessionSchema, install_converters,
+                                         parse_import_request)
 from eldric.transfer.urlfetch import redact
+from eldric.web.blueprints import Blueprint
 
 blp = Blueprint("model_registry", __name__, url_prefix=API_PREFIX,
                 description="The cluster's own models on the data worker: upload, import, list, download, delete")
+blp.record_once(install_converters)  # before the routes below use <hex_id:...>
 ACTIVE = (jobstate.JOB_PENDING, jobstate.JOB_RUNNING)
 
 
@@ -54,16 +58,15 @@ def upstream_path() -> str:
     Forwarding `request.path` (already percent-decoded) would let `ID%23` or `%2e%2e`
     reach another registry path than the one the controller checked.
     """
-    rule = request.url_rule.rule
-    path = rule
+    path = rule = request.url_rule.rule
     for name, value in (request.view_args or {}).items():
-        is_path = f"<path:{name}>" in rule
-        segments = value.split("/")
-        if any(seg in ("", ".", "..") for seg in segments) or (not is_path and len(segments) > 1) or any(
-                ch in value for ch in "\x00\\#?%"):
-            raise BadRequestError(f"invalid {name} {value!r}: no '..', empty segments, NUL, '\\', '#', '?' or '%'",
-                                  field=name)
-        path = path.replace(f"<path:{name}>" if is_path else f"<{name}>", quote(value, safe="/" if is_path else ""))
+        placeholder = next(p for p in (f"<{name}>", f"<path:{name}>", f"<hex_id:{name}>") if p in rule)
+        if placeholder.startswith("<path:"):
+            validate_file_path(value, name)  # the registry's own rule: 400 for '..', NUL, '\\', ...
+        elif "/" in value or value in (".", "..") or any(ch in value for ch in "\x00\\#?%"):
+            raise BadRequestError(f"invalid {name} {value!r}: no '/', '..', NUL, '\\', '#', '?' or '%'", field=name)
+        # Re-escaped, so a '#', '?' or '%' in a file name is that character at the registry, not a URL part.
+        path = path.replace(placeholder, quote(value, safe="/" if placeholder.startswith("<path:") else ""))
     return path
 
 
@@ -153,7 +156,7 @@ class Imports(MethodView):
         return job, 202, {"Location": f"/api/v1/models/pull-jobs/{job_id}"}
 
 
-@blp.route("/imports/<job_id>")
+@blp.route("/imports/<job_id>", parameters=[JOB_ID_PARAMETER])
 class Import(MethodView):
     @blp.response(200, ImportSchema)
     def get(self, job_id: str):
@@ -161,7 +164,7 @@ class Import(MethodView):
         return proxy()
 
 
-@blp.route("/<model_id>")
+@blp.route("/<hex_id:model_id>", parameters=[MODEL_ID_PARAMETER])
 class Model(MethodView):
     @blp.response(200, ModelSchema)
     def get(self, model_id: str):
@@ -179,7 +182,7 @@ class Model(MethodView):
         return proxy()
 
 
-@blp.route("/<model_id>/commit")
+@blp.route("/<hex_id:model_id>/commit", parameters=[MODEL_ID_PARAMETER])
 class Commit(MethodView):
     @blp.response(200, ModelSchema)
     def post(self, model_id: str):
@@ -187,9 +190,9 @@ class Commit(MethodView):
         return proxy()
 
 
-@blp.route("/<model_id>/files/<path:file_path>")
+@blp.route("/<hex_id:model_id>/files/<path:file_path>", parameters=[MODEL_ID_PARAMETER, FILE_PATH_PARAMETER])
 class ModelFile(MethodView):
-    @blp.response(200, description="the file's bytes; 206 for a Range, 416 for a bad one")
+    @blp.doc(responses=FILE_DOWNLOAD_RESPONSES)
     def get(self, model_id: str, file_path: str):
         """Download a file; one HTTP Range (206), ETag = sha256."""
         return proxy()
@@ -201,7 +204,7 @@ class ModelFile(MethodView):
         return proxy()
 
 
-@blp.route("/<model_id>/uploads")
+@blp.route("/<hex_id:model_id>/uploads", parameters=[MODEL_ID_PARAMETER])
 class Uploads(MethodView):
     @blp.arguments(UploadSessionRequestSchema)
     @blp.response(201, UploadSessionSchema)
@@ -210,7 +213,7 @@ class Uploads(MethodView):
         return proxy(json_body=True)
 
 
-@blp.route("/uploads/<upload_id>")
+@blp.route("/uploads/<hex_id:upload_id>", parameters=[UPLOAD_ID_PARAMETER])
 class Upload(MethodView):
     @blp.response(200, UploadSessionSchema)
     def get(self, upload_id: str):

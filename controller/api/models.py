@@ -2,12 +2,12 @@
 
 from flask import current_app
 from flask.views import MethodView
-from flask_smorest import Blueprint
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, fields, post_dump
 
 from controller import agents, inventory, jobs, pulls
-from controller.schemas import JobSchema
+from controller.schemas import JobSchema, model_name_field, worker_ids_field
 from controller.state import job_limits, producer, redis_client, stale_after
+from eldric.web.blueprints import Blueprint
 
 blp = Blueprint("models", __name__, url_prefix="/api/v1/models", description="Models across the cluster")
 
@@ -33,12 +33,31 @@ class ClusterModelListSchema(Schema):
 
 
 class ModelRefSchema(Schema):
-    model = fields.String(required=True)
+    model = model_name_field(required=True)
+
+
+class ShowSchema(Schema):
+    """Ollama's /api/show answer (api/types.go ShowResponse) from a worker that has the model, plus that worker."""
+
+    modelfile = fields.String()
+    parameters = fields.String()
+    template = fields.String()
+    system = fields.String()
+    license = fields.String()
+    details = fields.Dict(metadata={"description": "format, family, families, parameter_size, quantization_level, ..."})
+    model_info = fields.Dict(metadata={"description": "header facts, e.g. general.architecture"})
+    modified_at = fields.String()
+    worker = fields.String(metadata={"description": "the worker that answered"})
+
+    @post_dump(pass_original=True)
+    def keep_the_rest(self, data: dict, original: dict, **_kw) -> dict:
+        """Fields Ollama adds later (capabilities, tensors...) pass through as the worker sent them."""
+        return {**original, **data} if isinstance(original, dict) else data
 
 
 class DeleteRequestSchema(Schema):
-    model = fields.String(required=True)
-    workers = fields.List(fields.String(validate=validate.Length(min=1, max=63)), validate=validate.Length(min=1))
+    model = model_name_field(required=True)
+    workers = worker_ids_field("worker ids; default every worker whose inventory has the model")
 
 
 @blp.route("")
@@ -54,6 +73,7 @@ class Models(MethodView):
 @blp.route("/show")
 class Show(MethodView):
     @blp.arguments(ModelRefSchema)
+    @blp.response(200, ShowSchema)
     def post(self, body: dict):
         """Template, system prompt, parameters, license and details, shaped like Ollama's /api/show."""
         name = pulls.parse_model(body["model"])

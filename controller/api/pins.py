@@ -1,28 +1,34 @@
 """/api/v1/pins: desired state — models every eligible worker (or the listed ones) must hold."""
 
+from typing import ClassVar
+
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
 from controller import pins
+from controller.schemas import OLLAMA_NAME_PATTERN, model_name_field, worker_ids_field
 from controller.state import registry_client, redis_client
+from eldric.web.blueprints import Blueprint
 
 blp = Blueprint("pins", __name__, url_prefix="/api/v1/pins",
                 description="Pinned models: beat pulls them to every eligible worker lacking them, new workers too")
 
 
 class PinRequestSchema(Schema):
-    model = fields.String(required=True, metadata={"description": "Ollama model name, e.g. qwen2.5:0.5b"})
-    workers = fields.List(fields.String(validate=validate.Length(min=1, max=63)),
-                          validate=validate.Length(min=1, max=10000), allow_none=True,
-                          metadata={"description": "worker ids; default every inference and cloud worker, "
-                                                   "including those that join later"})
+    # Documented in OpenAPI (eldric.web.blueprints); controller.pins.pin_model enforces it (400 naming auto_update).
+    OPENAPI_RULES: ClassVar[dict] = {"anyOf": [{"properties": {"source": {"enum": ["ollama"]}}},
+                                               {"properties": {"auto_update": {"enum": [False]}}}]}
+
+    model = model_name_field("Ollama model name, e.g. qwen2.5:0.5b; source registry: a registry model id or "
+                             "name[:version]", required=True)
+    workers = worker_ids_field("worker ids; default every inference and cloud worker, including those that join later",
+                               allow_none=True)
     source = fields.String(load_default="ollama", validate=validate.OneOf(["ollama", "registry"]), metadata={
         "description": "ollama: an Ollama-registry model (pulled); registry: a model of the data worker's registry "
                        "by id or name[:version] (distributed)"})
     auto_update = fields.Boolean(load_default=False, metadata={
         "description": "re-pull when the tag points at a new digest upstream "
-                       "(checked every ELDRIC_PIN_UPDATE_SECONDS)"})
+                       "(checked every ELDRIC_PIN_UPDATE_SECONDS); source ollama only (400 otherwise)"})
 
 
 class CoverageSchema(Schema):
@@ -70,7 +76,8 @@ class Pins(MethodView):
         return view, 201 if created else 200
 
 
-@blp.route("/<path:model>")
+@blp.route("/<path:model>", parameters=[{"in": "path", "name": "model", "required": True,
+                                           "schema": {"type": "string", "pattern": OLLAMA_NAME_PATTERN}}])
 class PinByModel(MethodView):
     @blp.response(200, PinSchema)
     def get(self, model: str):

@@ -1,7 +1,7 @@
 """/api/v1/models/pull and /api/v1/models/pull-jobs: cluster-wide pulls and their progress."""
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
+from eldric.web.blueprints import Blueprint
 
 from controller import jobs, pulls
 from controller.errors import NotFoundError

@@ -2,7 +2,7 @@
 
 from flask import current_app
 from flask.views import MethodView
-from flask_smorest import Blueprint
+from eldric.web.blueprints import Blueprint
 
 from controller import cluster
 from controller.errors import NotFoundError

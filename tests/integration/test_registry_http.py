@@ -259,3 +259,26 @@ def test_delete_keeps_blobs_another_model_shares(http, registry: str, gguf: Path
 def test_fingerprint_file_matches_the_api(http, registry: str) -> None:
     storage = http.get(f"{registry}{API}/storage", timeout=5).json()
     assert (Path(storage["root"]) / ".eldric-fingerprint").read_text().strip() == storage["fingerprint"]
+
+
+def test_conflicting_paths_are_409_and_the_committed_tree_is_whole(http, registry: str) -> None:
+    """Issue 11: a draft with ok.txt and ok.txt/inner committed as ready with 3 of its 9 files in the tree."""
+    draft = http.post(f"{registry}{API}", json={"name": "nine", "format": "other"}, timeout=10).json()
+    paths = ["a.txt", "b.txt", "c.txt", "d/e.txt", "d/f.txt", "g.txt", "h.txt", "i.txt", "ok.txt"]
+    for path in paths:
+        assert http.put(f"{registry}{API}/{draft['id']}/files/{path}", data=path.encode(), timeout=10).status_code == 201
+    resp = http.put(f"{registry}{API}/{draft['id']}/files/ok.txt/inner", data=b"inner", timeout=10)
+    assert resp.status_code == 409 and "'ok.txt' and 'ok.txt/inner'" in resp.json()["message"], resp.text
+    model = http.post(f"{registry}{API}/{draft['id']}/commit", timeout=10).json()
+    assert model["state"] == "ready"
+    tree = Path(registry_storage(registry)) / model["storage"]["tree"]  # what a worker opens over NFS
+    assert {str(p.relative_to(tree)): p.read_bytes() for p in tree.rglob("*") if p.is_file()} == \
+        {path: path.encode() for path in paths}
+
+
+def test_oversized_input_gets_json_errors_not_500s(http, registry: str) -> None:
+    resp = http.get(f"{registry}{API}", params={"offset": 10**20}, timeout=10)
+    assert resp.status_code == 422 and "offset" in resp.json()["errors"]["query"], resp.text
+    resp = http.get(f"{registry}{API}", params={"name": "n" * 9000}, timeout=10)  # over gunicorn's request line
+    assert resp.status_code == 414 and resp.headers["Content-Type"] == "application/json", resp.text
+    assert resp.json()["code"] == 414

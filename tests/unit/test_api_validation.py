@@ -104,6 +104,7 @@ def nothing_happened(store, producer) -> bool:
         ({"model": None}, "model"),
         ({"model": ["tiny"]}, "model"),
         ({}, "model"),
+        ({"model": ""}, "model"),  # empty fails the schema, not the name check after it
         ({"workers": ["gpu1"]}, "model"),
         ({"model": "tiny", "surprise": 1}, "surprise"),
         ({"model": "tiny", "workers": "gpu1"}, "workers"),
@@ -129,7 +130,7 @@ def test_body_that_is_not_json_is_400(client, store, producer, cluster):
 @pytest.mark.parametrize(
     "model",
     ["../x", "/etc/passwd", "a\\b", "tiny\x00", ".hidden", "ns/../../x", "a/b/c/d", "tiny@sha256:" + "a" * 64,
-     "ns.with.dot/tiny", "", "x" * 600],
+     "ns.with.dot/tiny", " ", "x" * 600],
 )
 def test_bad_model_name_is_400_naming_model(client, store, producer, cluster, model):
     err = assert_error(pull(client, {"model": model}), 400)
@@ -324,3 +325,56 @@ def test_a_json_body_over_one_mib_is_413_before_it_is_read(client):
     resp = client.post("/api/v1/models/pull", data=b'{"model": "' + b"x" * (2 << 20) + b'"}',
                        content_type="application/json")
     assert resp.status_code == 413 and resp.get_json()["code"] == 413
+
+
+# Issue 11 (hardening) -----------------------------------------------------------------------------
+
+def test_lower_case_bearer_scheme_is_let_in(token_client):
+    for scheme in ("bearer", "BEARER"):
+        ok = {"Authorization": f"{scheme} s3cret"}
+        assert token_client.get("/api/v1/models/pull-jobs", headers=ok).status_code == 200
+        assert token_client.post("/api/v1/models/pull", json={"model": "tiny"}, headers=ok).status_code == 202
+
+
+@pytest.mark.parametrize("query", ["offset=100000000000000000000", "offset=2147483648", "offset=-1",
+                                   "limit=100000000000000000000"])
+def test_job_listing_bounds_are_422(client, query):
+    err = assert_error(client.get(f"/api/v1/models/pull-jobs?{query}"), 422)
+    assert query.split("=")[0] in err["errors"]["query"]
+
+
+@pytest.mark.parametrize("path, body, field", [
+    ("/api/v1/models/show", {"model": ""}, "model"),
+    ("/api/v1/models/delete", {"model": ""}, "model"),
+    ("/api/v1/models/distribute", {"model": "", "source": {"type": "ollama"}}, "model"),
+    ("/api/v1/models/distribute", {"model": "m", "source": {"type": "worker", "worker": ""}}, "source"),
+    ("/api/v1/models/distribute", {"model": "m", "source": {"type": "url", "url": ""}}, "source"),
+    ("/api/v1/pins", {"model": ""}, "model"),
+    ("/api/v1/models/pull", {"model": "tiny", "deadline_seconds": 60.5}, "deadline_seconds"),
+])
+def test_empty_or_malformed_fields_fail_the_schema_naming_them(client, store, producer, cluster, path, body, field):
+    err = assert_error(client.post(path, json=body), 422)
+    assert field in err["errors"]["json"]
+    assert nothing_happened(store, producer)
+
+
+def test_show_has_a_documented_200_schema(client):
+    doc = client.get("/api/v1/openapi.json").get_json()
+    ok = doc["paths"]["/api/v1/models/show"]["post"]["responses"]["200"]
+    ref = ok["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+    assert {"modelfile", "template", "details", "model_info", "worker"} <= set(doc["components"]["schemas"][ref]["properties"])
+
+
+def test_show_answer_keeps_what_ollama_adds():
+    from controller.api.models import ShowSchema
+    answer = {"modelfile": "# m", "template": "{{ .Prompt }}", "details": {"family": "llama"}, "worker": "gpu1",
+              "capabilities": ["completion"], "tensors": [{"name": "w"}]}
+    assert ShowSchema().dump(answer) == answer
+
+
+def test_openapi_patterns_describe_ollama_names(client):
+    doc = client.get("/api/v1/openapi.json").get_json()
+    pull = doc["components"]["schemas"]["PullRequest"]["properties"]["model"]
+    assert pull["minLength"] == 1 and pull["maxLength"] == 512 and pull["pattern"].startswith("^")
+    (param,) = doc["paths"]["/api/v1/pins/{model}"]["parameters"]
+    assert param["schema"]["pattern"] == pull["pattern"]

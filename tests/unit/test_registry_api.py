@@ -172,3 +172,147 @@ def test_parse_size(raw: str, expected: int) -> None:
 def test_parse_size_refuses_nonsense() -> None:
     with pytest.raises(ValueError):
         parse_size("lots")
+
+
+# Issue 11 (hardening) -----------------------------------------------------------------------------
+
+def names_field(body: dict, field: str) -> bool:
+    """Whether the error body's `errors` name `field` (top level, or under json/query as flask-smorest puts it)."""
+    errors = body.get("errors") or {}
+    return field in errors or any(field in (errors.get(where) or {}) for where in ("json", "query"))
+
+
+def test_conflicting_paths_are_409_naming_both_and_commit_builds_the_whole_tree(client, tmp_path: Path) -> None:
+    draft = client.post(API, json={"name": "nine", "format": "other"}).json
+    paths = ["a.txt", "b.txt", "c.txt", "d/e.txt", "d/f.txt", "g.txt", "h.txt", "i.txt", "ok.txt"]
+    for path in paths:
+        assert client.put(f"{API}/{draft['id']}/files/{path}", data=path.encode()).status_code == 201
+    resp = client.put(f"{API}/{draft['id']}/files/ok.txt/inner", data=b"inner")
+    assert_problem(resp, 409, "path")
+    assert "'ok.txt'" in resp.json["message"] and "'ok.txt/inner'" in resp.json["message"]
+    assert_problem(client.post(f"{API}/{draft['id']}/uploads", json={"path": "d/e.txt/x"}), 409, "path")
+    model = client.post(f"{API}/{draft['id']}/commit").json
+    assert model["state"] == "ready" and len(model["files"]) == 9
+    tree = tmp_path / "store" / model["storage"]["tree"]
+    assert sorted(str(p.relative_to(tree)) for p in tree.rglob("*") if p.is_file()) == sorted(paths)
+
+
+def test_commit_of_a_draft_whose_bytes_are_gone_is_409_and_it_stays_a_draft(client, tmp_path: Path) -> None:
+    draft = client.post(API, json={"name": "gone", "format": "other"}).json
+    entry = client.put(f"{API}/{draft['id']}/files/weights.bin", data=b"w" * 100).json
+    (tmp_path / "store" / entry["location"]).unlink()
+    resp = client.post(f"{API}/{draft['id']}/commit")
+    assert_problem(resp, 409, "files")
+    assert "weights.bin" in resp.json["message"]
+    assert client.get(f"{API}/{draft['id']}").json["state"] == "draft" and client.get(API).json["total"] == 0
+    assert list((tmp_path / "store" / "trees").iterdir()) == []
+
+
+@pytest.mark.parametrize("query, field", [
+    ("offset=100000000000000000000", "offset"), ("offset=2147483648", "offset"), ("offset=-1", "offset"),
+    ("limit=100000000000000000000", "limit"),
+])
+def test_listing_bounds_are_422_not_an_overflow(client, query: str, field: str) -> None:
+    resp = client.get(f"{API}?{query}")
+    assert_problem(resp, 422)
+    assert names_field(resp.json, field)
+
+
+def test_largest_offset_is_answered(client) -> None:
+    assert client.get(f"{API}?offset=2147483647").json["models"] == []
+
+
+def test_upload_session_size_is_bounded(client) -> None:
+    draft = client.post(API, json={"name": "big"}).json
+    for size in (2**64, 2.5, "12"):
+        resp = client.post(f"{API}/{draft['id']}/uploads", json={"path": "m.gguf", "size": size})
+        assert_problem(resp, 422)
+        assert names_field(resp.json, "size")
+
+
+@pytest.mark.parametrize("method, path, kw, field", [
+    ("post", "", {"json": {"name": ""}}, "name"),
+    ("post", "", {"json": {"name": "x", "version": ""}}, "version"),
+    ("post", "/training", {"json": {"name": "", "base_model": "b", "run_id": "r"}}, "name"),
+    ("post", "/upload?name=&filename=x.gguf", {}, "name"),
+    ("post", "/upload?name=x&filename=", {}, "filename"),
+    ("post", "/imports", {"json": {"name": "", "url": "http://127.0.0.1:1/x"}}, "name"),
+])
+def test_empty_strings_fail_the_schema_naming_the_field(client, method: str, path: str, kw: dict,
+                                                         field: str) -> None:
+    resp = getattr(client, method)(f"{API}{path}", **kw)
+    assert_problem(resp, 422)
+    assert names_field(resp.json, field), resp.json
+
+
+def test_empty_upload_path_fails_the_schema(client) -> None:
+    draft = client.post(API, json={"name": "e"}).json
+    resp = client.post(f"{API}/{draft['id']}/uploads", json={"path": ""})
+    assert_problem(resp, 422)
+    assert names_field(resp.json, "path")
+
+
+@pytest.mark.parametrize("path, allowed", [
+    ("/storage", {"GET", "HEAD", "OPTIONS"}),
+    ("/training", {"POST", "OPTIONS"}),
+    ("/upload", {"POST", "OPTIONS"}),
+    ("/imports", {"POST", "OPTIONS"}),
+    ("/" + "a" * 32, {"GET", "HEAD", "DELETE", "OPTIONS"}),
+])
+def test_allow_lists_only_the_routes_own_methods(client, path: str, allowed: set[str]) -> None:
+    resp = client.options(f"{API}{path}")
+    assert {m.strip() for m in resp.headers["Allow"].split(",")} == allowed
+    refused = client.put(f"{API}{path}")
+    assert_problem(refused, 405)
+    assert {m.strip() for m in refused.headers["Allow"].split(",")} == allowed
+
+
+def test_ids_of_another_shape_are_404(client) -> None:
+    for path in ("/storage/commit", "/nope", "/NOPE" + "A" * 28, "/uploads/nope"):
+        assert_problem(client.get(f"{API}{path}"), 404)
+    assert_problem(client.delete(f"{API}/storage"), 405)
+
+
+def test_lower_case_bearer_scheme_is_accepted(tmp_path: Path) -> None:
+    app = create_registry_app(tmp_path / "s", RegistrySettings(min_free_bytes=0, token="s3cret"), background=False)
+    c = app.test_client()
+    for scheme in ("bearer", "BEARER", "Bearer"):
+        assert c.get(API, headers={"Authorization": f"{scheme} s3cret"}).status_code == 200
+    assert_problem(c.get(API, headers={"Authorization": "bearer wrong"}), 401)
+
+
+def test_lone_surrogates_in_json_are_400_not_500(client) -> None:
+    resp = client.post(API, data='{"name": "x", "description": "\\ud800"}', content_type="application/json")
+    assert_problem(resp, 400)
+    assert "surrogate" in resp.json["message"]
+    draft = client.post(API, json={"name": "x"}).json
+    resp = client.post(f"{API}/{draft['id']}/uploads", data='{"path": "a\\udc80b"}', content_type="application/json")
+    assert_problem(resp, 400)
+    ok = client.post(API, data='{"name": "y", "description": "\\ud83d\\ude00 a pair is text"}',
+                     content_type="application/json")
+    assert ok.status_code == 201 and ok.json["description"] == "\U0001F600 a pair is text"
+
+
+def test_a_json_body_over_one_mib_is_413(client) -> None:
+    resp = client.post(API, data=b'{"name": "x", "description": "' + b"d" * (1 << 20) + b'"}',
+                       content_type="application/json")
+    assert_problem(resp, 413)
+
+
+def test_upload_offset_must_be_ascii_digits(client) -> None:
+    draft = client.post(API, json={"name": "o"}).json
+    location = client.post(f"{API}/{draft['id']}/uploads", json={"path": "m.bin"}).headers["Location"]
+    for value in ("\xb2", "1e3", "-1", "9" * 30):  # "²".isdigit() is True, int("²") is not a number
+        assert_problem(client.patch(location, data=b"x", headers={"Upload-Offset": value}), 400, "Upload-Offset")
+
+
+def test_openapi_describes_ids_paths_and_names(client) -> None:
+    doc = client.get("/openapi.json").json
+    files = doc["paths"][f"{API}/{{model_id}}/files/{{file_path}}"]
+    params = {p["name"]: p["schema"] for p in files["parameters"]}
+    assert params["model_id"]["pattern"] == "^[0-9a-f]{32}$" and "pattern" in params["file_path"]
+    assert "application/octet-stream" in files["get"]["responses"]["200"]["content"]
+    draft = doc["components"]["schemas"]["DraftRequest"]
+    assert draft["properties"]["name"]["minLength"] == 1 and "pattern" in draft["properties"]["name"]
+    assert "anyOf" in draft  # source=training needs lineage.base_model and lineage.run_id
+    assert doc["components"]["schemas"]["UploadSessionRequest"]["properties"]["size"]["maximum"] == 2**62

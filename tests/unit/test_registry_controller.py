@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import fakeredis
 import pytest
@@ -161,3 +161,47 @@ def test_bad_import_requests_create_no_job(redis_client, body: dict) -> None:
     with pytest.raises(BadRequestError):
         start_import(redis_client, RegistryClient("http://unused"), body, body, deadline_seconds=60)
     assert redis_client.zcard(keys.JOBS) == 0
+
+
+# Issue 11 (hardening) -----------------------------------------------------------------------------
+
+def test_huge_offsets_are_422_at_the_controller_not_a_500_from_the_registry(controller, transport: InProcess) -> None:
+    for query in ("offset=100000000000000000000", "offset=2147483648", "limit=100000000000000000000"):
+        resp = controller.get(f"{API}?{query}")
+        assert resp.status_code == 422 and resp.json["code"] == 422, (query, resp.json)
+    assert controller.get("/api/v1/models/pull-jobs?offset=100000000000000000000").status_code == 422
+    assert transport.calls == []
+
+
+@pytest.mark.parametrize("path, allowed", [
+    ("/storage", {"GET", "HEAD", "OPTIONS"}),
+    ("/training", {"POST", "OPTIONS"}),
+    ("/upload", {"POST", "OPTIONS"}),
+    ("/" + "0" * 32 + "/commit", {"POST", "OPTIONS"}),
+])
+def test_proxy_routes_allow_only_their_own_methods(controller, path: str, allowed: set[str]) -> None:
+    resp = controller.options(f"{API}{path}")
+    assert {m.strip() for m in resp.headers["Allow"].split(",")} == allowed
+
+
+def test_file_names_with_url_characters_reach_the_registry_as_names(controller, transport: InProcess) -> None:
+    draft = controller.post(API, json={"name": "odd", "format": "other"}).json
+    for name in ("50%.bin", "a#b.bin", "what?.bin"):
+        resp = controller.put(f"{API}/{draft['id']}/files/{quote(name)}", data=b"x")
+        assert resp.status_code == 201 and resp.json["path"] == name, resp.json
+    model = controller.post(f"{API}/{draft['id']}/commit").json
+    assert sorted(f["path"] for f in model["files"]) == ["50%.bin", "a#b.bin", "what?.bin"]
+    assert controller.get(f"{API}/{model['id']}/files/{quote('a#b.bin')}").data == b"x"
+
+
+@pytest.mark.parametrize("name", ["storage", "upload", "training", "imports"])
+def test_a_registry_pin_of_a_route_name_is_404_not_500(controller, name: str) -> None:
+    resp = controller.post("/api/v1/pins", json={"model": name, "source": "registry"})
+    assert resp.status_code == 404 and f"no model '{name}' in the registry" in resp.json["message"], resp.json
+
+
+def test_a_registry_pin_resolves_names_and_ids(controller, gguf_bytes: bytes) -> None:
+    model = controller.post(f"{API}/upload?name=storage&filename=s.gguf", data=gguf_bytes).json
+    for ref in ("storage", "storage:v1", model["id"]):
+        resp = controller.post("/api/v1/pins", json={"model": ref, "source": "registry"})
+        assert resp.status_code in (200, 201) and resp.json["registry_model_id"] == model["id"], resp.json

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -235,3 +236,87 @@ def test_unknown_ids(svc: RegistryService) -> None:
 def test_fingerprint_survives_restarts(svc: RegistryService) -> None:
     assert RegistryService(svc.root, min_free_bytes=0).fingerprint == svc.fingerprint
     assert os.stat(svc.root / ".eldric-fingerprint").st_size == 33
+
+
+# A model never becomes ready with a tree it cannot serve (issue 11, item 4) -------------------------
+
+NINE_FILES = ["a.txt", "b.txt", "c.txt", "d/e.txt", "d/f.txt", "g.txt", "h.txt", "i.txt", "ok.txt"]
+
+
+def tree_files(svc: RegistryService, model_id: str) -> set[str]:
+    root = svc.trees / model_id
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("first, second", [("ok.txt", "ok.txt/inner"), ("ok.txt/inner", "ok.txt"),
+                                           ("d/e.txt", "d"), ("d", "d/e/f.txt")])
+def test_a_path_that_is_another_files_directory_is_409_naming_both(svc: RegistryService, first: str,
+                                                                    second: str) -> None:
+    draft = svc.create_draft(name="clash", fmt="other")
+    svc.put_file(draft["id"], first, io.BytesIO(b"first"))
+    with pytest.raises(ConflictError) as err:
+        svc.put_file(draft["id"], second, io.BytesIO(b"second"))
+    assert repr(first) in str(err.value) and repr(second) in str(err.value) and err.value.field == "path"
+    with pytest.raises(ConflictError, match="conflict"):  # through an upload session too
+        svc.start_upload(draft["id"], second)
+    assert [f["path"] for f in svc.get_model(draft["id"])["files"]] == [first]
+    assert svc.catalog.uploads_of(draft["id"]) == []
+
+
+def test_an_upload_session_conflicting_with_another_session_is_409(svc: RegistryService) -> None:
+    draft = svc.create_draft(name="sessions", fmt="other")
+    svc.start_upload(draft["id"], "ok.txt")
+    with pytest.raises(ConflictError, match=re.escape("'ok.txt' and 'ok.txt/inner'")):
+        svc.start_upload(draft["id"], "ok.txt/inner")
+
+
+def test_the_draft_from_the_issue_commits_with_every_file_in_its_tree(svc: RegistryService) -> None:
+    draft = svc.create_draft(name="nine", fmt="other")
+    for path in NINE_FILES:
+        svc.put_file(draft["id"], path, io.BytesIO(path.encode()))
+    with pytest.raises(ConflictError):
+        svc.put_file(draft["id"], "ok.txt/inner", io.BytesIO(b"inner"))
+    model = svc.commit(draft["id"])
+    assert model["state"] == "ready" and tree_files(svc, model["id"]) == set(NINE_FILES)
+    for path in NINE_FILES:
+        assert (svc.trees / model["id"] / path).read_bytes() == path.encode()
+
+
+def test_a_draft_holding_conflicting_paths_stays_a_draft(svc: RegistryService) -> None:
+    """A draft stored before paths were checked at upload time: commit refuses it, nothing half-built remains."""
+    draft = svc.create_draft(name="legacy", fmt="other")
+    for path in NINE_FILES:
+        svc.put_file(draft["id"], path, io.BytesIO(path.encode()))
+    inner = svc.get_model(draft["id"])["files"][0]
+    with svc.catalog.transaction() as tx:  # as an older registry let it in
+        tx.put_file(draft["id"], "ok.txt/inner", inner["sha256"], inner["size"], {}, 0)
+    with pytest.raises(ConflictError, match=re.escape("'ok.txt' and 'ok.txt/inner' conflict")):
+        svc.commit(draft["id"])
+    assert svc.get_model(draft["id"])["state"] == "draft" and svc.list_models()[1] == 0
+    assert not svc.trees.exists() or list(svc.trees.iterdir()) == []
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "directory"])
+def test_commit_checks_the_tree_holds_every_file(svc: RegistryService, damage: str) -> None:
+    draft = svc.create_draft(name="damaged", fmt="other")
+    svc.put_file(draft["id"], "keep.bin", io.BytesIO(b"kept bytes"))
+    entry = svc.put_file(draft["id"], "lost.bin", io.BytesIO(b"these bytes go missing"))
+    blob = svc.root / entry["location"]
+    if damage == "missing":
+        blob.unlink()
+    elif damage == "truncated":
+        blob.write_bytes(b"short")
+    else:
+        blob.unlink()
+        blob.mkdir()
+    with pytest.raises(ConflictError, match=r"lost\.bin.*stays a draft"):
+        svc.commit(draft["id"])
+    assert svc.get_model(draft["id"])["state"] == "draft" and svc.list_models()[1] == 0
+    assert list(svc.trees.iterdir()) == []  # neither trees/<id> nor a staging directory
+
+
+def test_startup_removes_a_staging_tree_left_by_a_crash(svc: RegistryService, gguf_bytes: bytes) -> None:
+    model = svc.upload_model(name="t", filename="t.gguf", stream=io.BytesIO(gguf_bytes))
+    (svc.trees / f".staging-{'0' * 32}-deadbeef" / "x").mkdir(parents=True)
+    svc.startup_cleanup()
+    assert [p.name for p in svc.trees.iterdir()] == [model["id"]]
