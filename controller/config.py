@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pydantic import Field
+from typing import Annotated
 
-from eldric.core.settings import EnvSettings
+from pydantic import AfterValidator, Field
+
+from eldric.core.settings import CommaList, EnvSettings
+from eldric.transfer.upstreams import checked_address_entries, checked_registry_hosts
 
 
 class ControllerSettings(EnvSettings):
@@ -24,6 +27,13 @@ class ControllerSettings(EnvSettings):
     job_history_max: int = Field(1000, ge=1, description="at most this many jobs are kept")
     worker_forget_seconds: int = Field(7 * 24 * 3600, ge=0, description="a worker offline this long leaves the worker list")
     registry_url: str = Field("http://127.0.0.1:8892", description="the data worker's model registry")
+    # The agents' upstream settings, read here too so a name no agent may pull is refused with 400 before queuing.
+    ollama_registry: str = Field("https://registry.ollama.ai", description="the agents' mirror for registry.ollama.ai names (allowed as an upstream)")
+    insecure_registries: CommaList = Field((), description="hosts in model names reached over http (allowed as upstreams)")
+    allowed_registries: Annotated[CommaList, AfterValidator(checked_registry_hosts)] = Field(
+        (), description="more registry hosts model names may name, besides registry.ollama.ai, hf.co and the mirror")
+    url_allowlist: Annotated[CommaList, AfterValidator(checked_address_entries)] = Field(
+        (), description="internal addresses url sources may name (a literal internal address is refused otherwise)")
     controller_host: str = Field("127.0.0.1", description="where `eldric controller` listens")
     controller_port: int = Field(8880, ge=0, le=65535, description="where `eldric controller` listens")
     log_level: str = Field("INFO", description="log level of the controller process")

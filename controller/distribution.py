@@ -17,6 +17,8 @@ from eldric.cluster.registry_api import ID_PATTERN
 from eldric.core.digests import is_digest
 from eldric.core.errors import InvalidNameError
 from eldric.core.names import FileModelRef
+from eldric.transfer.errors import HostNotAllowedError
+from eldric.transfer.upstreams import AddressPolicy
 from eldric.transfer.urlfetch import is_http_url, redact
 
 SOURCES = ("registry", "worker", "url", "ollama")
@@ -34,13 +36,13 @@ def start_distribute(client: redis.Redis, producer: Celery, registry: RegistryCl
         raise BadRequestError(f"source.{', source.'.join(stray)} does not apply to source type {kind!r}", field="source")
     chosen = choose_targets(client, workers, limits)  # cheap checks first: bad targets need no source lookup
     if kind == "ollama":
-        model = parse_model(model).short
+        model = parse_model(model, limits.upstreams).short
     elif kind == "worker":
         model = _from_worker(client, model, source, options)
     elif kind == "registry":
         model = resolve_registry_model(registry, model, options)
     elif kind == "url":
-        model = _from_url(model, source, options, secrets)
+        model = _from_url(model, source, options, secrets, limits.url_policy)
     else:
         raise BadRequestError(f"source.type must be one of {', '.join(SOURCES)}", field="source")
     targets = [wid for wid in chosen if wid != options.get("from_worker")]
@@ -96,10 +98,15 @@ def file_model_name(reference: str) -> str:
         raise BadRequestError(str(exc), field="model") from None
 
 
-def _from_url(model: str, source: dict, options: dict, secrets: dict) -> str:
+def _from_url(model: str, source: dict, options: dict, secrets: dict, policy: AddressPolicy | None = None) -> str:
     url = source.get("url")
     if not is_http_url(url):
         raise BadRequestError("source.url must be an http(s) URL with a valid host and port", field="source")
+    if policy is not None:
+        try:  # a literal internal address is refused here; names are judged by the agent after DNS
+            policy.check_literal(url)
+        except HostNotAllowedError as exc:
+            raise BadRequestError(f"source.url {exc}", field="source") from None
     sha256 = source.get("sha256")
     if sha256 is not None and not is_digest(sha256):
         raise BadRequestError("source.sha256 must be sha256:<64 hex digits>", field="source")

@@ -13,10 +13,12 @@ import redis
 from controller import cluster
 from controller.distribution import resolve_registry_model
 from controller.errors import BadRequestError, NotFoundError
+from controller.pulls import parse_model
 from controller.registry_client import RegistryClient
 from eldric.cluster import pins
 from eldric.core.errors import InvalidNameError
 from eldric.core.names import ModelName
+from eldric.transfer.upstreams import RegistryAllowList
 
 
 def canonical(model: str, field: str = "model") -> str:
@@ -28,7 +30,7 @@ def canonical(model: str, field: str = "model") -> str:
 
 def pin_model(client: redis.Redis, *, model: str, workers: list[str] | None, auto_update: bool,
               source: str = "ollama", registry: RegistryClient | None = None,
-              now: float | None = None) -> tuple[dict, bool]:
+              upstreams: RegistryAllowList | None = None, now: float | None = None) -> tuple[dict, bool]:
     """Create or replace the pin of `model`; return (its view, whether it is new).
 
     source "registry": `model` is a registry model id or name[:version], resolved now
@@ -43,6 +45,8 @@ def pin_model(client: redis.Redis, *, model: str, workers: list[str] | None, aut
         source_options = {}
         model = resolve_registry_model(registry, model, source_options)
     name = canonical(model)
+    if source == "ollama" and upstreams is not None:
+        parse_model(name, upstreams)  # a registry no agent may pull from: 400 now, not failures at every reconcile
     if workers is not None:
         _, refused, unknown = cluster.select_targets(cluster.list_workers(client), workers)
         if unknown:

@@ -13,6 +13,8 @@ from eldric.cluster import keys
 from eldric.cluster.queues import TASK_DELETE, TASK_PULL
 from eldric.core.errors import InvalidNameError
 from eldric.core.names import ModelName
+from eldric.transfer.errors import HostNotAllowedError
+from eldric.transfer.upstreams import AddressPolicy, RegistryAllowList
 
 
 @dataclass(frozen=True)
@@ -21,13 +23,20 @@ class JobLimits:
     retention_seconds: float
     keep_max: int
     forget_after: float | None = None
+    # What a job may reach, checked before anything is queued (the agents check again on every hop).
+    upstreams: RegistryAllowList | None = None
+    url_policy: AddressPolicy | None = None
 
 
-def parse_model(model: str) -> ModelName:
+def parse_model(model: str, upstreams: RegistryAllowList | None = None) -> ModelName:
+    """The Ollama name, refused with 400 when it is malformed or names a registry outside the allow-list."""
     try:
-        return ModelName.parse(model)
-    except InvalidNameError as exc:
+        name = ModelName.parse(model)
+        if upstreams is not None:
+            upstreams.check(name)
+    except (InvalidNameError, HostNotAllowedError) as exc:
         raise BadRequestError(str(exc), field="model") from None
+    return name
 
 
 def choose_targets(client: redis.Redis, workers: list[str] | None, limits: JobLimits) -> list[str]:
@@ -45,7 +54,7 @@ def choose_targets(client: redis.Redis, workers: list[str] | None, limits: JobLi
 
 def start_pull(client: redis.Redis, producer: Celery, *, model: str, workers: list[str] | None,
                limits: JobLimits) -> str:
-    name = parse_model(model)
+    name = parse_model(model, limits.upstreams)
     ids = choose_targets(client, workers, limits)
     return start_job(client, producer, kind="pull", task=TASK_PULL, model=name.short, targets=ids, source="ollama",
                      limits=limits)

@@ -5,6 +5,7 @@ from flask import current_app
 import redis
 
 from controller.pulls import JobLimits
+from eldric.transfer.upstreams import AddressPolicy, RegistryAllowList
 from controller.registry_client import RegistryClient
 
 
@@ -24,7 +25,15 @@ def job_limits(deadline_seconds: float | None = None) -> JobLimits:
     cfg = current_app.config
     return JobLimits(deadline_seconds=deadline_seconds or cfg["JOB_DEADLINE_SECONDS"],
                      retention_seconds=cfg["JOB_RETENTION_SECONDS"], keep_max=cfg["JOB_HISTORY_MAX"],
-                     forget_after=cfg["WORKER_FORGET_SECONDS"])
+                     forget_after=cfg["WORKER_FORGET_SECONDS"], upstreams=upstreams(),
+                     url_policy=AddressPolicy.parse(cfg["URL_ALLOWLIST"]))
+
+
+def upstreams() -> RegistryAllowList:
+    """The registries model names may name, as the agents judge them (same settings, same defaults)."""
+    cfg = current_app.config
+    return RegistryAllowList.build(cfg["ALLOWED_REGISTRIES"], mirror=cfg["OLLAMA_REGISTRY"],
+                                   insecure=cfg["INSECURE_REGISTRIES"])
 
 
 def registry_client() -> RegistryClient:

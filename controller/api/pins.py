@@ -7,7 +7,7 @@ from marshmallow import Schema, fields, validate
 
 from controller import pins
 from controller.schemas import OLLAMA_NAME_PATTERN, model_name_field, worker_ids_field
-from controller.state import registry_client, redis_client
+from controller.state import redis_client, registry_client, upstreams
 from eldric.web.blueprints import Blueprint
 
 blp = Blueprint("pins", __name__, url_prefix="/api/v1/pins",
@@ -72,7 +72,8 @@ class Pins(MethodView):
         """Pin a model to the whole cluster or to listed workers (replaces an existing pin of the model)."""
         view, created = pins.pin_model(redis_client(), model=body["model"], workers=body.get("workers"),
                                        auto_update=body["auto_update"], source=body["source"],
-                                       registry=registry_client() if body["source"] == "registry" else None)
+                                       registry=registry_client() if body["source"] == "registry" else None,
+                                       upstreams=upstreams())
         return view, 201 if created else 200
 
 

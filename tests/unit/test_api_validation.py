@@ -378,3 +378,30 @@ def test_openapi_patterns_describe_ollama_names(client):
     assert pull["minLength"] == 1 and pull["maxLength"] == 512 and pull["pattern"].startswith("^")
     (param,) = doc["paths"]["/api/v1/pins/{model}"]["parameters"]
     assert param["schema"]["pattern"] == pull["pattern"]
+
+
+@pytest.mark.parametrize("model", ["169.254.169.254/library/x", "evil.example.com/library/x:latest",
+                                   "127.0.0.1:6379/library/x"])
+def test_a_model_naming_a_registry_outside_the_allow_list_is_400_before_anything_is_queued(
+        client, store, producer, cluster, model):
+    for call in (lambda: pull(client, {"model": model}),
+                 lambda: client.post("/api/v1/models/distribute", json={"model": model, "source": {"type": "ollama"}}),
+                 lambda: client.post("/api/v1/pins", json={"model": model})):
+        body = assert_error(call(), 400)
+        assert "model" in body["errors"]["json"] and "is not allowed" in body["message"], body
+    assert producer.sent == [] and store.zcard(keys.JOBS) == 0
+
+
+def test_the_mirror_and_the_allowed_registries_pass(cluster, store):
+    app = make_app(OLLAMA_REGISTRY="http://mirror.lan:5000", ALLOWED_REGISTRIES=("hub.lan",))
+    register(app.extensions["eldric.redis"], "gpu1", "inference")
+    c = app.test_client()
+    for model in ("tiny", "hf.co/org/repo:Q4_K_M", "mirror.lan:5000/library/tiny", "hub.lan:8443/team/m"):
+        assert pull(c, {"model": model}).status_code == 202, model
+
+
+def test_a_url_source_naming_a_literal_internal_address_is_400(client, cluster):
+    resp = client.post("/api/v1/models/distribute", json={
+        "model": "acme/x:v1", "source": {"type": "url", "url": "http://169.254.169.254/latest/meta-data/x.gguf"}})
+    body = assert_error(resp, 400)
+    assert "169.254.169.254" in body["message"] and "ELDRIC_URL_ALLOWLIST" in body["message"]

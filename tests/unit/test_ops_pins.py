@@ -102,6 +102,7 @@ def test_pin_list_get_and_remove(client):
 
 
 def test_pins_of_names_with_a_host_and_namespace_are_addressable_by_path(client):
+    client.application.config["ALLOWED_REGISTRIES"] = ("reg.local:5000",)
     assert client.post("/api/v1/pins", json={"model": "reg.local:5000/team/m:v1"}).status_code == 201
     assert client.get("/api/v1/pins/reg.local:5000/team/m:v1").json["model"] == "reg.local:5000/team/m:v1"
     assert client.delete("/api/v1/pins/reg.local:5000/team/m:v1").status_code == 204
@@ -113,6 +114,7 @@ def test_pins_of_names_with_a_host_and_namespace_are_addressable_by_path(client)
     ({"model": "tiny", "auto_update": "sometimes"}, 422, "auto_update"),
     ({"model": "tiny", "color": "red"}, 422, "color"),
     ({"model": "../../etc/passwd"}, 400, "model"),
+    ({"model": "169.254.169.254/library/x"}, 400, "model"),  # a registry outside the allow-list
     ({"model": "tiny", "workers": ["data-a"]}, 400, "workers"),
     ({"model": "tiny", "workers": []}, 422, "workers"),
 ])
