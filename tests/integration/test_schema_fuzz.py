@@ -47,13 +47,19 @@ EXCLUDED_PATHS = r"/api/v1/model-registry/imports$"
 # Operations whose acceptance depends on more than the request's shape, so a schema cannot promise
 # that every schema-valid request succeeds; every other check still runs on them:
 # - the bytes of an upload are checked against the file name (a `.gguf` must be GGUF) and `digest`;
-# - commit and finishing an upload depend on the draft's state (files present, bytes all received).
+# - commit and finishing an upload depend on the draft's state (files present, bytes all received);
+# - an Ollama name that names a registry host (`host/ns/model`) is accepted only when the allow-list
+#   (ELDRIC_ALLOWED_REGISTRIES, the mirror, hf.co, registry.ollama.ai) names that host: a setting of
+#   the running cluster, not of the schema (400 naming `model` otherwise).
 CONTENT_CHECKED = [
     "POST /api/v1/model-registry/upload",
     "PUT /api/v1/model-registry/{model_id}/files/{file_path}",
     "PATCH /api/v1/model-registry/uploads/{upload_id}",
     "PUT /api/v1/model-registry/uploads/{upload_id}",
     "POST /api/v1/model-registry/{model_id}/commit",
+    "POST /api/v1/models/pull",
+    "POST /api/v1/models/distribute",
+    "POST /api/v1/pins",
 ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import logging.config
 import re
 import runpy
@@ -154,7 +155,10 @@ def test_systemd_units_parse_and_run_our_commands(unit):
 def test_systemd_analyze_verifies_the_units(unit, tmp_path):
     """As installed: /opt/eldric/venv is this interpreter's environment, /opt/eldric/deploy is deploy/."""
     text = (DEPLOY / "systemd" / unit).read_text()
-    text = text.replace("/opt/eldric/venv/bin/", f"{Path(sys.executable).parent}/")
+    # Each command where this environment has it (a venv with system site-packages keeps some outside).
+    for command in set(re.findall(r"/opt/eldric/venv/bin/([\w.-]+)", text)):
+        found = shutil.which(command, path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+        text = text.replace(f"/opt/eldric/venv/bin/{command}", found or f"{Path(sys.executable).parent}/{command}")
     text = text.replace("/opt/eldric/deploy/", f"{DEPLOY}/")
     target = tmp_path / unit.replace("@.", "@inference.")
     target.write_text(text)
