@@ -17,10 +17,9 @@ from eldric.cluster import keys
 from eldric.client.registry import ModelRegistryClient
 from tests.support.file_server import FileServer
 from tests.support.gguf_models import write_llama_gguf
-from tests.support.processes import LOOPBACK, Service, eldric, free_port, session, wait_until
+from tests.support.processes import LOOPBACK, session, start_registry_and_controller, wait_until
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
 API = "/api/v1/model-registry"
 SECRET = "registry-secret"
 
@@ -36,16 +35,8 @@ class Live:
 
 @pytest.fixture(scope="module")
 def live(workdir: Path, redis_server):
-    rport, cport = free_port(), free_port()
-    env = {"ELDRIC_REDIS_URL": redis_server.url, "ELDRIC_REGISTRY_URL": f"http://127.0.0.1:{rport}",
-           "ELDRIC_CLUSTER_SECRET": SECRET, "ELDRIC_URL_ALLOWLIST": LOOPBACK}
-    registry = Service("registry", eldric("registry", "--port", str(rport), "--storage", str(workdir / "reg"),
-                                          "--min-free", "0"), workdir, env=env, cwd=REPO).start()
-    controller = Service("controller", eldric("controller", "--port", str(cport)), workdir, env=env, cwd=REPO).start()
-    http = session()
-    for svc, port in ((registry, rport), (controller, cport)):
-        wait_until(lambda: http.get(f"http://127.0.0.1:{port}/healthz", timeout=2).ok, timeout=20,
-                   message=f"{svc.name}\n{svc.log_tail()}")
+    env = {"ELDRIC_REDIS_URL": redis_server.url, "ELDRIC_CLUSTER_SECRET": SECRET, "ELDRIC_URL_ALLOWLIST": LOOPBACK}
+    registry, controller, rport, cport = start_registry_and_controller(workdir, env)
     yield Live(f"http://127.0.0.1:{cport}", f"http://127.0.0.1:{rport}", controller.proc.pid,
                redis_lib.Redis.from_url(redis_server.url, decode_responses=True))
     controller.stop()

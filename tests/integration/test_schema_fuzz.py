@@ -30,10 +30,9 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, settings
 from schemathesis.config import SchemathesisConfig
 
-from tests.support.processes import Service, eldric, free_port, session, wait_until
+from tests.support.processes import session, start_registry_and_controller
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
 TOKEN, SECRET = "fuzz-api-token", "fuzz-cluster-secret"
 SEED = int(os.environ.get("ELDRIC_FUZZ_SEED", "20261130"))
 MAX_EXAMPLES = 30
@@ -99,17 +98,10 @@ class Live:
 
 @pytest.fixture(scope="module")
 def live(workdir: Path, redis_server):
-    rport, cport = free_port(), free_port()
-    env = {"ELDRIC_REDIS_URL": redis_server.url, "ELDRIC_REGISTRY_URL": f"http://127.0.0.1:{rport}",
-           "ELDRIC_CLUSTER_SECRET": SECRET, "ELDRIC_API_TOKEN": TOKEN}
-    registry = Service("fuzz-registry", eldric("registry", "--port", str(rport), "--storage", str(workdir / "fuzz-reg"),
-                                               "--min-free", "0"), workdir, env=env, cwd=REPO).start()
-    controller = Service("fuzz-controller", eldric("controller", "--port", str(cport)), workdir, env=env, cwd=REPO).start()
-    http = session()
+    env = {"ELDRIC_REDIS_URL": redis_server.url, "ELDRIC_CLUSTER_SECRET": SECRET, "ELDRIC_API_TOKEN": TOKEN}
+    registry, controller, rport, cport = start_registry_and_controller(workdir, env, storage="fuzz-reg",
+                                                                       prefix="fuzz-")
     try:
-        for svc, port in ((registry, rport), (controller, cport)):
-            wait_until(lambda: http.get(f"http://127.0.0.1:{port}/healthz", timeout=2).ok, timeout=30,
-                       message=f"{svc.name}\n{svc.log_tail()}")
         yield Live(f"http://127.0.0.1:{rport}", f"http://127.0.0.1:{cport}")
     finally:
         controller.stop()

@@ -119,3 +119,25 @@ class RedisServer(Service):
 def eldric(*args: str) -> list[str]:
     """argv running the `eldric` CLI with this interpreter (no reliance on PATH)."""
     return [sys.executable, "-m", "eldric.cli", *args]
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def start_registry_and_controller(workdir: Path, env: dict[str, str], *, storage: str = "reg", prefix: str = "",
+                                  timeout: float = 30.0) -> tuple[Service, Service, int, int]:
+    """A registry (storage under workdir, no free-space floor) and a controller pointed at it, both answering.
+
+    Returns (registry, controller, registry port, controller port); the caller stops them.
+    """
+    rport, cport = free_port(), free_port()
+    env = {**env, "ELDRIC_REGISTRY_URL": f"http://127.0.0.1:{rport}"}
+    registry = Service(f"{prefix}registry", eldric("registry", "--port", str(rport), "--storage", str(workdir / storage),
+                                                   "--min-free", "0"), workdir, env=env, cwd=REPO_ROOT).start()
+    controller = Service(f"{prefix}controller", eldric("controller", "--port", str(cport)), workdir, env=env,
+                         cwd=REPO_ROOT).start()
+    http = session()
+    for svc, port in ((registry, rport), (controller, cport)):
+        wait_until(lambda port=port: http.get(f"http://127.0.0.1:{port}/healthz", timeout=2).ok, timeout=timeout,
+                   message=f"{svc.name}\n{svc.log_tail()}")
+    return registry, controller, rport, cport

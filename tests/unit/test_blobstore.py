@@ -15,8 +15,8 @@ DATA = b"some model weights " * 1000
 
 
 @pytest.fixture
-def store(tmp_path) -> BlobStore:
-    return BlobStore(tmp_path / "blobs")
+def store(blob_store) -> BlobStore:
+    return blob_store
 
 
 def visible_files(store: BlobStore) -> list[str]:

@@ -184,13 +184,8 @@ class GatedServer(RangeServer):
 
 
 @pytest.fixture
-def store(tmp_path) -> BlobStore:
-    return BlobStore(tmp_path / "blobs")
-
-
-@pytest.fixture
-def partial(tmp_path) -> Path:
-    return tmp_path / "partial"
+def store(blob_store) -> BlobStore:
+    return blob_store
 
 
 def fetch(server, store, partial, digest=DIGEST, size=len(DATA), options=OPTIONS, counted=None) -> Path:

@@ -69,13 +69,8 @@ def files(directory: Path) -> set[str]:
 
 
 @pytest.fixture
-def store(tmp_path) -> BlobStore:
-    return BlobStore(tmp_path / "blobs")
-
-
-@pytest.fixture
-def partial(tmp_path) -> Path:
-    return tmp_path / "partial"
+def store(blob_store) -> BlobStore:
+    return blob_store
 
 
 def test_a_transient_failure_keeps_the_partial_for_the_retry_and_records_its_job(store, partial):
