@@ -1,9 +1,11 @@
-"""Benchmark: the registry serving a large file, under gunicorn (now) and werkzeug's dev server (before).
+"""Benchmark: the registry and an agent serving a large file, under gunicorn (now) and werkzeug's dev server (before).
 
 One registry storage holds a 1 GiB model file. The same file is fetched with `curl -o /dev/null`:
 1. from nginx serving the blob directory (a plain static server using sendfile): the reference;
 2. from `eldric registry` (gunicorn gthread, send_file + sendfile);
-3. from the same registry app on werkzeug's threaded development server (how it ran before).
+3. from the same registry app on werkzeug's threaded development server (how it ran before);
+4. from a worker agent's blob endpoint (`/blobs/<digest>`, what peers read): its gunicorn child process;
+5. from the same agent app on werkzeug's threaded server in a thread of the agent (how it ran before).
 Each as a whole file and as 64 MiB ranges (what agents ask for), 4 concurrent clients, best of 3,
 page cache warm (the file is read once first). Prints MB/s and each ratio to nginx.
 
@@ -30,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.registry_upload import write_gguf
 from eldric.client.registry import ModelRegistryClient
 from eldric.core.settings import parse_size
-from tests.support.processes import Service, eldric, free_port, session, wait_until
+from tests.support.processes import RedisServer, Service, eldric, free_port, session, wait_until
 
 CLIENTS = 4
 RANGE = 64 << 20
@@ -117,6 +119,38 @@ def main() -> int:
         services.append(Service("registry-werkzeug", [sys.executable, "-c", dev], work,
                                 cwd=Path(__file__).resolve().parents[1]).start())
         wait_until(lambda: session().get(f"http://127.0.0.1:{dev_port}/healthz", timeout=2).ok, message="werkzeug")
+        # An agent holding the same bytes in its store (a hard link), served by its gunicorn child, and the
+        # same agent app on werkzeug as it ran before.
+        redis_server = RedisServer(work).start()
+        services.append(redis_server)
+        agent_dir = work / "agent"
+        agent_blob = agent_dir / "ollama" / "models" / "blobs" / blob.name
+        agent_blob.parent.mkdir(parents=True)
+        os.link(blob, agent_blob)
+        agent_port, agent_dev_port = free_port(), free_port()
+        services.append(Service("agent", eldric("worker", "--type", "inference", "--name", "bench-agent", "--port",
+                                                str(agent_port), "--data-dir", str(agent_dir)), work,
+                                env={"ELDRIC_REDIS_URL": redis_server.url}).start())
+        agent_dev = textwrap.dedent(f"""
+            import redis
+            from werkzeug.serving import run_simple
+            from worker_agent.catalog import Catalog
+            from worker_agent.ollama_store import OllamaStore
+            from worker_agent.runtime import Agent
+            from worker_agent.server import create_agent_app
+            from worker_agent.settings import AgentSettings
+            s = AgentSettings(worker_id="bench-dev", worker_type="inference", data_dir={str(agent_dir)!r},
+                              redis_url={redis_server.url!r})
+            agent = Agent(settings=s, redis=redis.Redis.from_url(s.redis_url), store=OllamaStore(s.models_dir),
+                          catalog=Catalog(s.data_dir / "catalog"))
+            run_simple("127.0.0.1", {agent_dev_port}, create_agent_app(agent), threaded=True)
+        """)
+        services.append(Service("agent-werkzeug", [sys.executable, "-c", agent_dev], work,
+                                cwd=Path(__file__).resolve().parents[1]).start())
+        digest = blob.name.replace("-", ":", 1)
+        agent_url, agent_dev_url = (f"http://127.0.0.1:{p}/blobs/{digest}" for p in (agent_port, agent_dev_port))
+        for url in (agent_url, agent_dev_url):
+            wait_until(lambda url=url: session().head(url, timeout=2).ok, timeout=60, message=url)
         (work / "nginx-tmp").mkdir(exist_ok=True)
         proc, nginx_port = start_nginx(nginx, blob.parent, work)
         procs.append(proc)
@@ -124,7 +158,8 @@ def main() -> int:
         wait_until(lambda: session().head(nginx_url, timeout=2).ok, message="nginx")
 
         targets = {"nginx (reference)": nginx_url, "eldric registry (gunicorn)": reg + path,
-                   "registry on werkzeug (before)": f"http://127.0.0.1:{dev_port}{path}"}
+                   "registry on werkzeug (before)": f"http://127.0.0.1:{dev_port}{path}",
+                   "agent blobs (gunicorn child)": agent_url, "agent blobs on werkzeug (before)": agent_dev_url}
         curl_seconds(nginx_url, real_size, ranged=False)  # warm the page cache
         print(f"{real_size / 2**30:.2f} GiB file, {CLIENTS} concurrent clients, best of 3")
         for ranged in (False, True):
@@ -133,7 +168,7 @@ def main() -> int:
             ref = best["nginx (reference)"]
             for name, secs in best.items():
                 mbs = (real_size * (1 if ranged else CLIENTS)) / secs / 1e6
-                print(f"{kind:>14} | {name:<30} {mbs:9.1f} MB/s  {secs:6.2f} s  ratio to nginx {ref / secs:5.2f}")
+                print(f"{kind:>14} | {name:<33} {mbs:9.1f} MB/s  {secs:6.2f} s  ratio to nginx {ref / secs:5.2f}")
     finally:
         for p in procs:
             p.terminate()
