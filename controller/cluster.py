@@ -7,7 +7,9 @@ import time
 
 import redis
 
-from eldric.cluster import keys
+from controller.errors import ConflictError, NotFoundError
+from eldric.cluster import catchup, jobstate, keys
+from eldric.cluster.jobstore import write_record
 from eldric.cluster.queues import is_model_serving
 
 
@@ -34,6 +36,8 @@ def _worker_view(record: dict, alive: bool, models: int) -> dict:
         "registered_at": num("registered_at"),
         "hostname": record.get("hostname"),
         "models": models,
+        "data_dir": record.get("data_dir"),
+        "upstream_registry": record.get("upstream_registry"),
     }
 
 
@@ -93,3 +97,26 @@ def select_targets(workers: list[dict], requested: list[str] | None) -> tuple[li
     refused = [wid for wid in requested if wid in by_id and not is_model_serving(by_id[wid]["type"] or "")]
     chosen = [by_id[wid] for wid in dict.fromkeys(requested) if wid in by_id and wid not in refused]
     return chosen, refused, unknown
+
+
+def remove_worker(client: redis.Redis, worker_id: str, *, force: bool = False, now: float | None = None) -> None:
+    """Forget a decommissioned worker: its keys, catch-ups and unfinished job parts (ended `skipped`).
+
+    NotFoundError for an unknown worker; ConflictError while it heartbeats, unless `force`
+    (a still-running agent registers itself again at its next heartbeat).
+    """
+    if not client.exists(keys.worker(worker_id)) and not client.sismember(keys.WORKERS, worker_id):
+        raise NotFoundError(f"no worker {worker_id!r}")
+    if is_alive(client, worker_id) and not force:
+        raise ConflictError(f"worker {worker_id} is online; stop its agent first, or pass force=true")
+    now = time.time() if now is None else now
+    for job_id in client.smembers(keys.worker_jobs(worker_id)):
+        raw = client.hget(keys.job_workers(job_id), worker_id)
+        if raw and not jobstate.is_terminal(json.loads(raw).get("state", "")):
+            write_record(client, job_id, worker_id, jobstate.skipped(json.loads(raw), now, "skipped (worker removed)"),
+                         expect=raw)
+    pipe = client.pipeline()
+    pipe.srem(keys.WORKERS, worker_id)
+    pipe.delete(keys.worker(worker_id), keys.worker_alive(worker_id), keys.worker_models(worker_id),
+                keys.worker_jobs(worker_id), catchup.catchup_key(worker_id))
+    pipe.execute()

@@ -23,6 +23,7 @@ class ControllerSettings(EnvSettings):
     cluster_secret: str = Field("", description="shared secret of controller and agents (agent-to-agent and agent-to-controller calls)")
     job_deadline_seconds: int = Field(6 * 3600, ge=1, description="a worker that has not finished its part by then is failed")
     stale_worker_seconds: int = Field(120, ge=1, description="a worker silent this long mid-pull, and offline, is failed")
+    offline_grace_seconds: int = Field(300, ge=0, description="a worker offline at a job's start, or this long during it, ends `skipped` (caught up later)")
     job_retention_seconds: int = Field(7 * 24 * 3600, ge=0, description="finished jobs older than this are forgotten")
     job_history_max: int = Field(1000, ge=1, description="at most this many jobs are kept")
     worker_forget_seconds: int = Field(7 * 24 * 3600, ge=0, description="a worker offline this long leaves the worker list")

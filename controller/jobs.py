@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import redis
 
 from eldric.cluster import jobstate
 from eldric.cluster import keys
-from eldric.cluster.jobstore import alive_flags, create_job, delete_jobs, fail_worker  # noqa: F401 (re-exported)
+from eldric.cluster.jobstore import (  # noqa: F401 (re-exported)
+    alive_flags, cancel_job, create_job, delete_jobs, fail_worker, worker_presence,
+)
 
 
-def get_job(client: redis.Redis, job_id: str, *, stale_after: float, now: float | None = None) -> dict | None:
+def get_job(client: redis.Redis, job_id: str, *, stale_after: float, offline_grace: float = math.inf,
+            now: float | None = None) -> dict | None:
     now = time.time() if now is None else now
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(keys.job(job_id))
@@ -21,13 +25,15 @@ def get_job(client: redis.Redis, job_id: str, *, stale_after: float, now: float 
     if not meta:
         return None
     ids = sorted(raw_records)
-    alive = alive_flags(client, ids)
+    presence = worker_presence(client, ids)
     deadline = float(meta["deadline_at"])
     workers: dict[str, dict] = {}
     for wid in ids:
         # Reads never write: beat's reaper persists what derive_worker calls final (the job store's guarded path).
-        workers[wid], _final = jobstate.derive_worker(json.loads(raw_records[wid]), now=now, alive=alive[wid],
-                                                      deadline_at=deadline, stale_after=stale_after)
+        alive, last_seen = presence[wid]
+        workers[wid], _final = jobstate.derive_worker(
+            json.loads(raw_records[wid]), now=now, alive=alive, deadline_at=deadline, stale_after=stale_after,
+            offline_grace=offline_grace, last_seen=last_seen)
     return _job_view(meta, workers)
 
 
@@ -43,7 +49,7 @@ def _job_view(meta: dict, workers: dict[str, dict]) -> dict:
         "state": state,
         "created_at": float(meta["created_at"]),
         "deadline_at": float(meta["deadline_at"]),
-        "finished_at": max(finished) if finished and state in (jobstate.JOB_COMPLETED, jobstate.JOB_FAILED) else None,
+        "finished_at": max(finished) if finished and state in jobstate.JOB_FINAL else None,
         "targets": json.loads(meta.get("targets") or "[]"),
         "options": json.loads(meta.get("options") or "{}"),
         "summary": jobstate.summarize(workers),
@@ -51,8 +57,8 @@ def _job_view(meta: dict, workers: dict[str, dict]) -> dict:
     }
 
 
-def list_jobs(client: redis.Redis, *, stale_after: float, limit: int = 50, offset: int = 0,
-              state: str | None = None, kind: str | None = None) -> tuple[list[dict], int]:
+def list_jobs(client: redis.Redis, *, stale_after: float, offline_grace: float = math.inf, limit: int = 50,
+              offset: int = 0, state: str | None = None, kind: str | None = None) -> tuple[list[dict], int]:
     """Newest first; filtering by state/kind reads past `limit` until the page is full."""
     total = client.zcard(keys.JOBS)
     out: list[dict] = []
@@ -65,7 +71,7 @@ def list_jobs(client: redis.Redis, *, stale_after: float, limit: int = 50, offse
             break
         cursor += len(ids)
         for job_id in ids:
-            job = get_job(client, job_id, stale_after=stale_after)
+            job = get_job(client, job_id, stale_after=stale_after, offline_grace=offline_grace)
             if job is None or (state and job["state"] != state) or (kind and job["kind"] != kind):
                 continue
             if skipped < offset:

@@ -2,7 +2,7 @@
 
 Everything is a gauge read from the cluster's records (the controller is stateless,
 so there is no process-local counter to keep): jobs and job parts on record by
-state, bytes pulled per source, per-worker pull throughput, Celery queue depths,
+state, bytes received over the network per source kind, per-worker pull throughput, Celery queue depths,
 registered/online workers, and pin coverage. Nothing here writes to Redis.
 """
 
@@ -12,7 +12,6 @@ import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 import redis
 from flask import Flask, Response, current_app
@@ -44,15 +43,27 @@ class Snapshot:
     pin_coverage: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-def source_label(source: str | None) -> str:
-    """scheme://host[:port]/path of a source: never credentials nor a signed query string."""
-    if not source:
-        return "unknown"
-    parts = urlsplit(source)
-    if not parts.scheme or not parts.hostname:
-        return source.split("?", 1)[0].split("@")[-1][:200]
-    host = parts.hostname + (f":{parts.port}" if parts.port else "")
-    return f"{parts.scheme}://{host}{parts.path}".rstrip("/")
+# A job's source (its record's `source`) -> the metric label: a handful of values, whatever the cluster pulls.
+SOURCE_KINDS = {"ollama": "ollama", "registry": "registry", "url": "url", "worker": "peer", "peer": "peer"}
+SOURCE_KIND_LABELS = ("ollama", "registry", "url", "peer", "other")
+
+
+def source_label(job_source: str | None) -> str:
+    """The source kind of a job (`ollama`, `registry`, `url`, `peer`), `other` for anything else: bounded."""
+    return SOURCE_KINDS.get(job_source or "", "other")
+
+
+def network_bytes(record: dict) -> int:
+    """Bytes a worker's part of a job moved over the network.
+
+    A finished part says so (`transferred`: 0 for a model on a shared mount or already on
+    the node); a running one counts what it received beyond what it found on disk (`reused`).
+    """
+    if record.get("transferred") is not None:
+        return int(record.get("transferred") or 0)
+    if record.get("state") in jobstate.ACTIVE:
+        return max(0, int(record.get("completed") or 0) - int(record.get("reused") or 0))
+    return 0
 
 
 def read_snapshot(client: redis.Redis, *, stale_after: float, now: float | None = None) -> Snapshot:
@@ -83,11 +94,11 @@ def _read_jobs(client: redis.Redis, snap: Snapshot, alive: dict[str, bool], stal
     job_ids = client.zrange(keys.JOBS, 0, -1)
     pipe = client.pipeline(transaction=False)
     for job_id in job_ids:
-        pipe.hmget(keys.job(job_id), ["kind", "deadline_at"])
+        pipe.hmget(keys.job(job_id), ["kind", "deadline_at", "source"])
         pipe.hgetall(keys.job_workers(job_id))
     rows = pipe.execute()
     for i in range(len(job_ids)):
-        (kind, deadline), raw_records = rows[2 * i], rows[2 * i + 1]
+        (kind, deadline, source), raw_records = rows[2 * i], rows[2 * i + 1]
         if deadline is None:
             continue
         records = []
@@ -95,16 +106,15 @@ def _read_jobs(client: redis.Redis, snap: Snapshot, alive: dict[str, bool], stal
             record, _ = jobstate.derive_worker(json.loads(raw), now=now, alive=alive.get(wid, False),
                                                deadline_at=float(deadline), stale_after=stale_after)
             records.append(record)
-            _count_part(snap, wid, record)
+            _count_part(snap, wid, record, source_label(source))
         snap.jobs[(kind or "pull", jobstate.job_state(records))] += 1
 
 
-def _count_part(snap: Snapshot, wid: str, record: dict) -> None:
+def _count_part(snap: Snapshot, wid: str, record: dict, source_kind: str) -> None:
     state = record.get("state", jobstate.PENDING)
     snap.parts[state] += 1
-    done = int(record.get("completed") or 0)
-    if done:
-        snap.bytes_by_source[source_label(record.get("source"))] += done
+    done = network_bytes(record)  # throughput is the network's too: bytes found on disk are not a rate
+    snap.bytes_by_source[source_kind] += done
     started, updated = record.get("started_at"), record.get("updated_at") or record.get("finished_at")
     if not (started and updated and updated > started and done):
         return
@@ -136,10 +146,10 @@ def metric_families(snap: Snapshot) -> list[GaugeMetricFamily]:
     for state in (jobstate.PENDING, jobstate.PULLING, jobstate.RETRYING, jobstate.OFFLINE,
                   jobstate.COMPLETED, jobstate.FAILED):
         parts.add_metric([state], snap.parts.get(state, 0))
-    pulled = GaugeMetricFamily("eldric_pulled_bytes", "Bytes pulled by workers in jobs on record, by source",
-                               labels=["source"])
-    for source, n in sorted(snap.bytes_by_source.items()):
-        pulled.add_metric([source], n)
+    pulled = GaugeMetricFamily("eldric_pulled_bytes", "Bytes workers received over the network in jobs on record, "
+                               "by source kind (ollama, registry, url, peer, other)", labels=["source"])
+    for kind in SOURCE_KIND_LABELS:
+        pulled.add_metric([kind], snap.bytes_by_source.get(kind, 0))
     current = GaugeMetricFamily("eldric_worker_pull_bytes_per_second",
                                 "Throughput of the worker's running pulls (0 when idle)", labels=["worker"])
     last = GaugeMetricFamily("eldric_worker_last_pull_bytes_per_second",

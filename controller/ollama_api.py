@@ -18,7 +18,8 @@ from flask import Blueprint, Response, current_app, jsonify, request, stream_wit
 
 from controller import agents, inventory, jobs, pulls
 from controller.errors import ControllerError, NotFoundError
-from controller.state import job_limits, producer, redis_client, stale_after
+from eldric.cluster import jobstate
+from controller.state import job_limits, offline_grace, producer, redis_client, stale_after
 from eldric import __version__
 from eldric.core.formats import parameter_size_label
 
@@ -92,11 +93,11 @@ def _ndjson(events: Iterator[dict]) -> Iterator[str]:
 def _pull_events(job_id: str) -> Iterator[dict]:
     """Ollama's status sequence, aggregated over the job's workers (one bar, 0 to 100 %)."""
     client = redis_client()
-    stale = stale_after()
+    stale, grace = stale_after(), offline_grace()
     yield {"status": "pulling manifest"}
     digest, last = None, None
     while True:
-        job = jobs.get_job(client, job_id, stale_after=stale)
+        job = jobs.get_job(client, job_id, stale_after=stale, offline_grace=grace)
         if job is None:
             yield {"error": "the pull job vanished (retention too short?)"}
             return
@@ -112,10 +113,13 @@ def _pull_events(job_id: str) -> Iterator[dict]:
             if event != last:
                 yield event
                 last = event
-        if job["state"] in ("completed", "failed"):
+        if job["state"] in jobstate.JOB_FINAL:  # skipped (offline) workers do not hold the pull open
             break
         time.sleep(POLL_SECONDS)
     failed = [w for w in job["workers"] if w["state"] == "failed"]
+    if job["state"] == jobstate.JOB_CANCELLED:
+        yield {"error": "the pull was cancelled"}
+        return
     if failed:
         yield {"error": "pull failed on " + "; ".join(f"worker {w['worker']}: {w.get('error')}" for w in failed)}
         return
@@ -162,12 +166,12 @@ def delete():
         return _error(f"model '{name.short}' not found", 404)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        job = jobs.get_job(client, job_id, stale_after=stale_after())
+        job = jobs.get_job(client, job_id, stale_after=stale_after(), offline_grace=offline_grace())
         if job and job["state"] == "failed":
             reasons = "; ".join(f"{w['worker']}: {w.get('error')}" for w in job["workers"] if w["state"] == "failed")
             return _error(f"delete failed on {reasons}", 500)
-        if job and job["state"] == "completed":
-            return Response(status=200)
+        if job and job["state"] in (jobstate.JOB_COMPLETED, jobstate.JOB_COMPLETED_WITH_SKIPPED):
+            return Response(status=200)  # skipped (offline) workers get the delete as a catch-up
         time.sleep(POLL_SECONDS)
     return _error(f"delete of '{name.short}' still running (job {job_id})", 504)
 

@@ -2,6 +2,7 @@
 
 from marshmallow import Schema, fields, validate
 
+from eldric.cluster.jobstate import JOB_STATES
 from eldric.core.names import MAX_NAME_LENGTH
 
 MAX_OFFSET = 2**31 - 1  # list offsets: far past any job history, far below Redis's 64-bit integers
@@ -35,8 +36,12 @@ class PullRequestSchema(Schema):
 
 class WorkerProgressSchema(Schema):
     worker = fields.String()
-    state = fields.String(metadata={"description": "pending, pulling, retrying, offline, completed or failed"})
+    state = fields.String(metadata={"description": "pending, pulling, installing, deleting, retrying, offline, completed, "
+                                                   "failed, skipped (offline when the job started or past the grace) or cancelled"})
     status = fields.String(allow_none=True, metadata={"description": "what the worker is doing, Ollama's words"})
+    placement = fields.String(allow_none=True, metadata={
+        "description": "distributions: how the files reached each backend (hard-linked to the blob store: one copy; "
+                       "or copied, e.g. across filesystems)"})
     completed = fields.Integer()
     total = fields.Integer()
     percent = fields.Float()
@@ -56,7 +61,7 @@ class JobSchema(Schema):
     kind = fields.String()
     model = fields.String()
     source = fields.String()
-    state = fields.String(metadata={"description": "pending, running, completed or failed"})
+    state = fields.String(metadata={"description": "pending, running, completed, completed_with_skipped, failed or cancelled"})
     created_at = fields.Float()
     deadline_at = fields.Float()
     finished_at = fields.Float(allow_none=True)
@@ -76,8 +81,12 @@ class JobListSchema(Schema):
 class JobQuerySchema(Schema):
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
     offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_OFFSET))
-    state = fields.String(validate=validate.OneOf(["pending", "running", "completed", "failed"]))
+    state = fields.String(validate=validate.OneOf(JOB_STATES))
     kind = fields.String(validate=validate.Length(max=32))
+
+
+class RemoveWorkerQuerySchema(Schema):
+    force = fields.Boolean(load_default=False, metadata={"description": "remove the worker even while it is online"})
 
 
 class WorkerSchema(Schema):
@@ -92,6 +101,10 @@ class WorkerSchema(Schema):
     registered_at = fields.Float()
     hostname = fields.String(allow_none=True)
     models = fields.Integer(metadata={"description": "number of models in the worker's inventory"})
+    data_dir = fields.String(allow_none=True, metadata={"description": "the agent's data directory (absolute)"})
+    upstream_registry = fields.String(
+        allow_none=True, metadata={"description": "where the agent pulls registry.ollama.ai names from "
+                                                  "(its ELDRIC_OLLAMA_REGISTRY, credentials removed)"})
 
 
 class WorkerListSchema(Schema):

@@ -21,6 +21,10 @@ def stale_after() -> float:
     return float(current_app.config["STALE_WORKER_SECONDS"])
 
 
+def offline_grace() -> float:
+    return float(current_app.config["OFFLINE_GRACE_SECONDS"])
+
+
 def job_limits(deadline_seconds: float | None = None) -> JobLimits:
     cfg = current_app.config
     return JobLimits(deadline_seconds=deadline_seconds or cfg["JOB_DEADLINE_SECONDS"],

@@ -7,7 +7,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from eldric.cluster import keys
+from eldric.cluster import jobstate, keys
 from eldric.core.digests import Digest
 from eldric.core.names import ModelName
 from eldric.core.names import FileModelRef
@@ -17,7 +17,7 @@ from eldric.transfer.partials import resumable_bytes
 from eldric.transfer.upstreams import AddressPolicy
 from worker_agent.errors import SourceError
 from worker_agent.file_sources import DataRegistrySource, HttpFileSource, PeerSource, RemoteFile, redact_url
-from worker_agent.installing import install_entry
+from worker_agent.installing import install_entry, placement_summary
 from eldric.cluster.jobstore import Progress
 from worker_agent.pulling import pull_model
 from worker_agent.runtime import Agent
@@ -56,7 +56,7 @@ def _from_peer(agent: Agent, model: str, options: dict, secrets: dict, progress:
     address = agent.redis.hget(keys.worker(options["from_worker"]), "address")
     if not address:
         raise SourceError(f"source worker {options['from_worker']} is not registered")
-    peer = PeerSource(address, agent.settings.cluster_secret)
+    peer = PeerSource(address, agent.settings.cluster_secret, name=f"worker {options['from_worker']}")
     exported = peer.export(model)
     if exported.get("kind") == "ollama":
         return _pull_into_store(agent, ModelName.parse(model), peer, progress)
@@ -98,6 +98,7 @@ def _store_files(agent: Agent, entry: dict, files: list[RemoteFile], progress: P
     ensure_space(agent.store.partial_dir, missing, entry["name"], agent.settings.disk_reserve_bytes)
     progress.start(total=sum(f.size for f in files), source=origin)
     transferred, stored = 0, []
+    progress.update(reused=sum(f.size for f in files if f.digest is not None and blobs.has(f.digest, f.size)))
     for f in files:
         if f.digest is not None and blobs.has(f.digest, f.size):
             progress.add_bytes(f.size)
@@ -114,17 +115,18 @@ def _store_files(agent: Agent, entry: dict, files: list[RemoteFile], progress: P
         stored.append({"path": f.path, "sha256": str(Digest.parse(path.name)), "size": f.size})
     entry = {**entry, "files": stored, "size": sum(f["size"] for f in stored), "digest": model_digest(stored),
              "shared": False}
-    progress.update(force=True, status="installing")
+    progress.update(force=True, state=jobstate.INSTALLING, status="installing")
     entry["installed"] = install_entry(agent, entry)
     agent.catalog.put(entry)
-    progress.finish(total=entry["size"], digest=entry["digest"], transferred=transferred)
+    progress.finish(total=entry["size"], digest=entry["digest"], transferred=transferred,
+                    placement=placement_summary(entry["installed"]))
     return {"model": entry["name"], "digest": entry["digest"], "size": entry["size"], "downloaded": transferred}
 
 
 def _use_shared(agent: Agent, entry: dict, tree: Path, progress: Progress) -> dict:
     """The registry's export is mounted here: point the backends at it, move no bytes."""
     total = sum(int(f["size"]) for f in entry["files"])
-    progress.update(force=True, state="pulling", status="shared", total=total, source=str(tree))
+    progress.update(force=True, state=jobstate.INSTALLING, status="shared", total=total, source=str(tree))
     entry = {**entry, "size": total, "digest": model_digest(entry["files"]), "shared": True, "shared_path": str(tree)}
     entry["installed"] = install_entry(agent, entry)
     agent.catalog.put(entry)

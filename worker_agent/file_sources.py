@@ -19,7 +19,7 @@ from eldric.core.errors import InvalidManifestError, cap_text
 from eldric.core.manifests import Manifest
 from eldric.core.names import ModelName
 from eldric.transfer.http import error_text, read_capped, upstream_session
-from eldric.transfer.retry import TRANSIENT_ERRORS
+from eldric.transfer.retry import TRANSIENT_ERRORS, connection_cause, connection_error
 from eldric.transfer.upstreams import PUBLIC_ONLY, AddressPolicy
 from eldric.transfer.urlfetch import UrlSource
 from eldric.transfer.urlfetch import redact as redact_url
@@ -43,8 +43,10 @@ def _get(session: requests.Session, url: str, what: str, **kw) -> requests.Respo
     """A streamed GET: its body is read bounded (`_json`, error_text) or by the download engine."""
     try:
         resp = session.get(url, timeout=kw.pop("timeout", (CONNECT_TIMEOUT, 60)), stream=True, **kw)
-    except requests.RequestException as exc:
-        raise SourceUnavailableError(f"{what} unreachable: {cap_text(str(exc), 300)}") from None
+    except TRANSIENT_ERRORS as exc:  # permanent ones (a name that does not exist, TLS mismatch) are SourceError
+        raise connection_error(exc, url, what=f"{what}:") from None
+    except requests.RequestException as exc:  # a bad redirect, too many of them: no retry mends it
+        raise SourceError(f"{what}: {cap_text(str(exc), 300)}") from None
     raise_if_transient(resp, what)
     return resp
 
@@ -53,7 +55,7 @@ def _json(resp: requests.Response, what: str) -> dict:
     try:
         body, more = read_capped(resp, MAX_JSON_BYTES)
     except TRANSIENT_ERRORS as exc:
-        raise SourceUnavailableError(f"{what}: the connection broke: {cap_text(str(exc), 300)}") from None
+        raise SourceUnavailableError(f"{what}: {connection_cause(exc)}") from None
     try:
         doc = None if more else json.loads(body)
     except (ValueError, RecursionError):
@@ -115,12 +117,14 @@ class DataRegistrySource:
 class PeerSource:
     """Another agent of this cluster: its store's models and blobs, behind the cluster secret."""
 
-    def __init__(self, address: str, secret: str, session: requests.Session | None = None) -> None:
+    def __init__(self, address: str, secret: str, session: requests.Session | None = None, name: str = "") -> None:
         self.address, self.session = address.rstrip("/"), session or requests.Session()
         self.headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+        self.name = name or self.address
 
     def describe(self) -> str:
-        return self.address
+        """How job records name this source: `worker <id>`, for Ollama-layout and file models alike."""
+        return self.name
 
     def export(self, model: str) -> dict:
         resp = _get(self.session, f"{self.address}/api/models/export", f"worker {self.address}",

@@ -43,6 +43,24 @@ def install_entry(agent: Agent, entry: dict) -> dict:
     return done
 
 
+def placement_summary(installed: dict) -> str:
+    """How the files reached each backend, for the worker's progress: linked (one copy) or copied (and why)."""
+    parts = []
+    for backend, result in sorted(installed.items()):
+        if result.get("shared"):
+            parts.append(f"{backend}: shared storage")
+        elif not result.get("changed"):
+            parts.append(f"{backend}: already in place")
+        elif result.get("bytes_copied"):
+            why = " (other filesystem)" if not result.get("files_linked") else ""
+            parts.append(f"{backend}: copied {result['bytes_copied'] / 2**30:.2f} GiB{why}")
+        elif result.get("files_linked"):
+            parts.append(f"{backend}: hard-linked, no copy")
+        else:
+            parts.append(f"{backend}: installed")
+    return "installed for " + ", ".join(parts) if parts else "installed"
+
+
 def uninstall_entry(agent: Agent, entry: dict) -> None:
     """Remove `entry` from every backend it was installed into."""
     configs = installers.backend_configs(agent.settings)

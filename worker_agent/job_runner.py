@@ -28,7 +28,7 @@ from worker_agent.distributing import distribute, pull_from_ollama
 from worker_agent.installing import uninstall_entry
 from worker_agent import maintenance, membership
 from worker_agent.errors import JobExpiredError, NotEligibleError
-from eldric.cluster.jobstore import Progress, fail_worker, write_record
+from eldric.cluster.jobstore import JobEndedError, Progress, fail_worker, write_record
 from worker_agent.runtime import Agent
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def run_distribute_job(agent: Agent, job_id: str, model: str) -> dict:
 def run_delete_job(agent: Agent, job_id: str, model: str) -> dict:
     """Remove the model from this node (Ollama store or file catalog); blobs other models use stay."""
     def delete(progress: Progress) -> dict:
-        progress.update(force=True, state=jobstate.PULLING, status=f"deleting {model}")
+        progress.update(force=True, state=jobstate.DELETING, status=f"deleting {model}")
         removed = delete_local_model(agent, model)
         progress.finish(total=0, status="deleted" if removed is not None else "not present")
         return {"model": model, "deleted": removed is not None, "blobs_removed": len(removed or [])}
@@ -182,12 +182,18 @@ def _run_job(agent: Agent, job_id: str, work: Callable[[Progress], dict], lock_t
     if not lease.acquire():
         return {"skipped": "already running on this worker"}
     progress = Progress(agent.redis, job_id, agent.worker_id, min_interval=agent.settings.progress_seconds,
-                        tolerate_redis_errors=True)
+                        tolerate_redis_errors=True, stop_when_ended=True)
     lease.keep(on_lost=lambda reason: _stop_reporting(agent, job_id, progress, reason))
     try:
         result = work(progress)
         _with_redis(lambda: _report_done(agent, job_id, progress), f"report the end of job {job_id}")
         return result
+    except JobEndedError as exc:
+        # Cancelled or skipped while running: the record already says so (final); drop this job's partial data.
+        cleaned = maintenance.discard_job_partials(agent.store, job_id)
+        log.info("job %s: %s; stopped, %d partial download(s) removed", job_id, exc, len(cleaned.removed))
+        _with_redis(lambda: agent.redis.srem(keys.worker_jobs(agent.worker_id), job_id), f"leave job {job_id}")
+        return {"stopped": progress.ended_elsewhere}
     finally:
         lease.release()
 

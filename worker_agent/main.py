@@ -11,7 +11,8 @@ import time
 import redis
 
 from eldric import logging_setup
-from eldric.cluster.queues import TASK_FOR_JOB_KIND, TASK_PULL, queues_for, worker_queue
+from eldric.cluster.queues import TASK_FOR_JOB_KIND, TASK_PULL, is_model_serving, queues_for, worker_queue
+from eldric.transfer.urlfetch import redact as redact_url
 from worker_agent import celery_app, http_process, installers, job_runner, membership, runtime
 from worker_agent.catalog import Catalog
 from worker_agent.ollama_store import OllamaStore
@@ -34,12 +35,29 @@ def wait_for_redis(client: redis.Redis, url: str, timeout: float = 30.0) -> None
             time.sleep(0.5)
 
 
+def advertised_backends(settings: AgentSettings) -> list[str]:
+    """The backends the node serves: none on a type that never takes model work (data, science, ...)."""
+    return list(settings.backends) if is_model_serving(settings.worker_type) else []
+
+
 def declared_backends(settings: AgentSettings) -> dict:
-    """What the node tells the cluster about each backend it serves: its directory and API address."""
-    out = {"ollama-store": {"models_dir": str(settings.models_dir)}}
+    """What the node tells the cluster about each backend it serves: its absolute directory and API address."""
+    if not is_model_serving(settings.worker_type):
+        return {}
+    out = {"ollama-store": {"models_dir": str(Path(settings.models_dir).absolute())}}
     for name, config in installers.backend_configs(settings).items():
-        out[name] = {"models_dir": str(config.models_dir) if config.models_dir else None, "url": config.url}
+        out[name] = {"models_dir": str(Path(config.models_dir).absolute()) if config.models_dir else None,
+                     "url": config.url}
     return out
+
+
+def worker_info(settings: AgentSettings, address: str) -> dict:
+    """The worker's record in the cluster: who it is, where it keeps data, what it serves, its upstream."""
+    return {"id": settings.worker_id, "type": settings.worker_type, "address": address,
+            "backends": advertised_backends(settings), "free_disk": membership.free_disk(settings.data_dir),
+            "data_dir": str(Path(settings.data_dir).absolute()), "hostname": socket.gethostname(),
+            "upstream_registry": redact_url(settings.ollama_registry),
+            "backend_details": json.dumps(declared_backends(settings))}
 
 
 def redis_client(url: str) -> redis.Redis:
@@ -63,10 +81,7 @@ def run_agent(settings: AgentSettings, loglevel: str = "INFO") -> int:
 
     server = http_process.start(settings.model_dump_json(), settings.host, settings.http_port)
     address = settings.advertise_url or f"http://{settings.host}:{server.server_port}"
-    info = {"id": settings.worker_id, "type": settings.worker_type, "address": address,
-            "backends": settings.backends, "free_disk": membership.free_disk(settings.data_dir),
-            "data_dir": str(settings.data_dir), "hostname": socket.gethostname(),
-            "backend_details": json.dumps(declared_backends(settings))}
+    info = worker_info(settings, address)
     membership.register(client, info, ttl=settings.heartbeat_seconds * 3)
     heartbeat = membership.Heartbeat(client, settings.worker_id, settings.data_dir, settings.heartbeat_seconds,
                                      info=info, on_reregister=lambda: job_runner.refresh_inventory(agent))

@@ -3,6 +3,7 @@
 - `request_inventory_sync`: fan `inventory.sync` out to every online worker's own queue.
 - `reap_stale_jobs`: fail and persist the parts of jobs whose worker went silent or missed the deadline.
 - `reconcile_pins`: start pulls so every eligible online worker holds each pinned model.
+- `reconcile_catchups`: replay, for a worker online again, the jobs it was skipped in (eldric/cluster/catchup.py).
 - `check_pin_updates`: for auto-update pins, ask the registry where the tag points; re-pull on change.
 - `request_partial_cleanup` / `clean_partials`: fan out to every online worker, which deletes the
   partial downloads of jobs that ended and anything its downloads left untouched for a day;
@@ -27,10 +28,12 @@ import redis
 from kombu.exceptions import OperationalError
 
 from eldric.cluster import jobstate, keys
-from eldric.cluster import pins
+from eldric.cluster import catchup, pins
 from eldric.cluster.jobstore import Reaped, create_job, fail_worker
 from eldric.cluster.jobstore import reap_stale_jobs as reap_records
-from eldric.cluster.queues import TASK_CLEAN_PARTIALS, TASK_DISTRIBUTE, TASK_INVENTORY_SYNC, TASK_PULL, worker_queue
+from eldric.cluster.queues import (
+    TASK_CLEAN_PARTIALS, TASK_DELETE, TASK_DISTRIBUTE, TASK_INVENTORY_SYNC, TASK_PULL, worker_queue,
+)
 from eldric.core.errors import EldricError
 from eldric.core.names import ModelName
 from eldric.transfer.diskspace import format_size
@@ -122,11 +125,46 @@ def discard_job_partials(store: OllamaStore, job_id: str) -> Cleaned:
     return clean_partial_dir(store.partial_dir, max_age=math.inf, is_finished=lambda owner: owner == job_id)
 
 
-def reap_stale_jobs(client: redis.Redis, *, stale_after: float) -> list[Reaped]:
-    reaped = reap_records(client, stale_after=stale_after)
+def reap_stale_jobs(client: redis.Redis, *, stale_after: float, offline_grace: float = math.inf) -> list[Reaped]:
+    reaped = reap_records(client, stale_after=stale_after, offline_grace=offline_grace)
     for r in reaped:
-        log.warning("failed a stale job part: %s", r.reason, extra={"job_id": r.job_id, "worker_id": r.worker_id})
+        log.warning("ended a job part %s: %s", r.state, r.reason, extra={"job_id": r.job_id, "worker_id": r.worker_id})
     return reaped
+
+
+CATCHUP_TASKS = {"pull": TASK_PULL, "distribute": TASK_DISTRIBUTE, "delete": TASK_DELETE}
+
+
+def reconcile_catchups(client: redis.Redis, send: Send, *, deadline_seconds: float,
+                       now: float | None = None) -> list[dict]:
+    """Start one single-worker job per catch-up of every online worker; return the jobs started."""
+    now = time.time() if now is None else now
+    started = []
+    with exclusive(client, "catchups") as mine:
+        if not mine:
+            return []
+        busy = {w.id: w.busy_models for w in pins.load_worker_facts(client, [])}
+        for wid in online_workers(client):
+            for entry in catchup.pending_catchups(client, wid):
+                if entry["model"] in busy.get(wid, ()):
+                    continue  # a pin's pull (or the operator's) is on it already; try again next time
+                catchup.drop_catchup(client, wid, entry["model"])
+                task = CATCHUP_TASKS.get(entry["kind"])
+                if task is None:
+                    continue
+                options = {**entry.get("options", {}), "catch_up_of": entry["job_id"]}
+                job_id = create_job(client, kind=entry["kind"], model=entry["model"], targets=[wid],
+                                    source=entry.get("source") or "ollama", deadline_seconds=deadline_seconds,
+                                    options=options, now=now)
+                try:
+                    send(task, [job_id, entry["model"]], worker_queue(wid))
+                except OperationalError as exc:
+                    fail_worker(client, job_id, wid, f"could not enqueue the task: broker unavailable ({exc})")
+                    continue
+                log.info("catch-up of job %s on %s: %s %s", entry["job_id"], wid, entry["kind"], entry["model"],
+                         extra={"job_id": job_id, "worker_id": wid})
+                started.append({"job_id": job_id, "model": entry["model"], "worker": wid, "catch_up_of": entry["job_id"]})
+    return started
 
 
 def reconcile_pins(client: redis.Redis, send: Send, *, deadline_seconds: float, retry_after: float,

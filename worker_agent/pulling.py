@@ -43,8 +43,10 @@ def pull_model(name: ModelName, *, store: OllamaStore, source: BlobSource, progr
     present = [b for b in blobs if store.blobs.has(b.digest, b.size)]
     missing = sum(b.size - resumable_bytes(store.partial_dir, b.digest, b.size) for b in blobs if b not in present)
     ensure_space(store.partial_dir, missing, name.short, reserve)
+    reused = sum(b.size for b in present)
+    progress.update(reused=reused)  # on the node already: counted as done, not as network bytes (metrics)
     if present:
-        progress.add_bytes(sum(b.size for b in present))
+        progress.add_bytes(reused)
     downloaded = 0
     for blob in blobs:
         if blob in present:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from typing import TYPE_CHECKING, Protocol
+from urllib.parse import urlsplit
 
 import requests
 
@@ -18,9 +19,10 @@ from eldric.core.errors import InvalidManifestError, cap_text
 from eldric.core.manifests import MANIFEST_V2, MAX_MANIFEST_BYTES, OCI_MANIFEST, Manifest
 from eldric.core.names import ModelName
 from eldric.transfer.http import error_text, read_capped, upstream_session
-from eldric.transfer.retry import TRANSIENT_ERRORS, is_transient_status
+from eldric.transfer.retry import NO_HINTS, TRANSIENT_ERRORS, Hints, connection_cause, connection_error, is_plain_http_refusal, is_transient_status
 from eldric.transfer.upstreams import PUBLIC_ONLY, AddressPolicy, RegistryAllowList
 from eldric.transfer.urlfetch import is_http_url
+from eldric.transfer.urlfetch import redact as redact_url
 from worker_agent.errors import ModelNotFoundError, SourceError, SourceUnavailableError
 
 if TYPE_CHECKING:
@@ -53,6 +55,21 @@ def registry_base_url(name: ModelName, mirror: str, insecure_hosts: tuple[str, .
     return f"{scheme}://{name.host}"
 
 
+CA_HINT = "give its CA certificate in REQUESTS_CA_BUNDLE"
+
+
+def registry_hints(name: ModelName, base_url: str) -> Hints:
+    """The settings that mend a failed connection to `base_url`, the registry serving `name`."""
+    netloc = urlsplit(base_url).netloc
+    if name.is_default_host:
+        return Hints(name_not_found="set ELDRIC_OLLAMA_REGISTRY to a reachable mirror",
+                     tls_to_plain_http=f"set ELDRIC_OLLAMA_REGISTRY to http://{netloc}",
+                     plain_http_to_tls=f"set ELDRIC_OLLAMA_REGISTRY to https://{netloc}", certificate=CA_HINT)
+    return Hints(name_not_found=f"check the registry host in '{name.short}'",
+                 tls_to_plain_http="add it to ELDRIC_INSECURE_REGISTRIES",
+                 plain_http_to_tls="remove it from ELDRIC_INSECURE_REGISTRIES", certificate=CA_HINT)
+
+
 class RegistrySource:
     """Docker Registry v2 / OCI distribution, as the Ollama registry (and docker-registry) serve it.
 
@@ -61,19 +78,21 @@ class RegistrySource:
     """
 
     def __init__(self, base_url: str, session: requests.Session | None = None,
-                 policy: AddressPolicy = PUBLIC_ONLY) -> None:
+                 policy: AddressPolicy = PUBLIC_ONLY, hints: Hints = NO_HINTS) -> None:
         self.base_url = base_url.rstrip("/")
         self.session = session or upstream_session(policy.trusting(self.base_url))
+        self.hints = hints
         self._token: str | None = None
 
     @classmethod
     def from_settings(cls, name: ModelName, s: AgentSettings) -> RegistrySource:
         """The source of `name` under the agent's mirror, insecure hosts and both allow-lists."""
         base = registry_base_url(name, s.ollama_registry, s.insecure_registries, s.allowed_registries)
-        return cls(base, policy=AddressPolicy.parse(s.url_allowlist))
+        return cls(base, policy=AddressPolicy.parse(s.url_allowlist), hints=registry_hints(name, base))
 
     def describe(self) -> str:
-        return self.base_url
+        """The registry as job records show it: a mirror's credentials never appear."""
+        return redact_url(self.base_url)
 
     def fetch_manifest(self, name: ModelName) -> tuple[bytes, Manifest]:
         url = f"{self.base_url}/v2/{name.repository}/manifests/{name.tag}"
@@ -81,7 +100,7 @@ class RegistrySource:
         resp = self._get(url, headers={"Accept": f"{MANIFEST_V2}, {OCI_MANIFEST}"}, timeout=(CONNECT_TIMEOUT, 60))
         if resp.status_code == 404:
             raise ModelNotFoundError(f"model '{name.short}' not found at {self.base_url}: {error_text(resp)}")
-        _raise_for_status(resp, f"manifest of {name.short}")
+        self._raise_for_status(resp, f"manifest of {name.short}")
         raw = _read_body(resp, MAX_MANIFEST_BYTES, f"the manifest of {name.short}")
         try:
             return raw, Manifest.parse(raw)
@@ -95,7 +114,7 @@ class RegistrySource:
         if resp.status_code == 404:
             resp.close()
             raise SourceError(f"blob {digest} not found at {self.base_url}")
-        _raise_for_status(resp, f"blob {digest}")
+        self._raise_for_status(resp, f"blob {digest}")
         return resp
 
     def _get(self, url: str, *, headers: dict, **kw) -> requests.Response:
@@ -111,7 +130,7 @@ class RegistrySource:
         try:
             return self.session.get(url, headers=self._auth(headers), stream=True, **kw)
         except TRANSIENT_ERRORS as exc:
-            raise SourceUnavailableError(f"registry {self.base_url} unreachable: {_short(exc)}") from None
+            raise connection_error(exc, url, self.hints) from None
         except requests.RequestException as exc:  # too many redirects, a bad redirect URL: no retry mends it
             raise SourceError(f"registry {self.base_url}: {_short(exc)}") from None
 
@@ -132,7 +151,7 @@ class RegistrySource:
         try:
             resp = self.session.get(realm, params=params, stream=True, timeout=(CONNECT_TIMEOUT, 30))
         except TRANSIENT_ERRORS as exc:
-            raise SourceUnavailableError(f"token realm of {self.base_url} unreachable: {_short(exc)}") from None
+            raise connection_error(exc, realm, what=f"token realm of {self.base_url}:") from None
         except requests.RequestException as exc:
             raise SourceError(f"token realm of {self.base_url}: {_short(exc)}") from None
         _raise_for_status(resp, "token")
@@ -143,6 +162,16 @@ class RegistrySource:
         if not isinstance(body, dict) or not isinstance(body.get("token") or body.get("access_token") or "", str):
             raise SourceError(f"token realm of {self.base_url} answered something that is not a token")
         return body.get("token") or body.get("access_token") or ""
+
+    def _raise_for_status(self, resp: requests.Response, what: str) -> None:
+        """_raise_for_status, with the hint when a TLS server refused plain http (Go's and nginx's 400)."""
+        if resp.status_code == 400:
+            text = error_text(resp)
+            if is_plain_http_refusal(400, text):
+                raise SourceError(f"{urlsplit(self.base_url).netloc} speaks https, not plain http; "
+                                  f"{self.hints.plain_http_to_tls}".rstrip("; "))
+            raise SourceError(f"{what}: registry answered 400: {text}")
+        _raise_for_status(resp, what)
 
 
 def raise_if_transient(resp: requests.Response, what: str) -> None:
@@ -167,7 +196,7 @@ def _read_body(resp: requests.Response, limit: int, what: str) -> bytes:
     try:
         body, more = read_capped(resp, limit)
     except TRANSIENT_ERRORS as exc:
-        raise SourceUnavailableError(f"{what}: the connection broke: {_short(exc)}") from None
+        raise SourceUnavailableError(f"{what}: {connection_cause(exc)}") from None
     if more:
         raise SourceError(f"{what} is larger than {limit >> 10} KiB")
     return body

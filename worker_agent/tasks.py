@@ -30,7 +30,14 @@ def describe_failure(exc: BaseException) -> str:
 
 
 class JobTask(Task):
-    """Writes the worker's record on retry and on final failure (the failure still propagates)."""
+    """Writes the worker's record on retry and on final failure (the failure still propagates).
+
+    Our own errors are expected failures (model not found, digest mismatch, an upstream that
+    refuses): `throws` makes Celery log them at INFO without a traceback, and on_failure logs
+    one WARNING line with the job and worker. Anything else is a bug: ERROR with the traceback.
+    """
+
+    throws = (EldricError,)
 
     def on_retry(self, exc, task_id, args, kwargs, einfo) -> None:
         agent = runtime.current()
@@ -40,7 +47,9 @@ class JobTask(Task):
 
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
         agent = runtime.current()
-        if not isinstance(exc, EldricError):
+        if isinstance(exc, EldricError):
+            log.warning("%s failed: %s", self.name, exc, extra={"job_id": args[0], "worker_id": agent.worker_id})
+        else:
             log.error("task %s failed unexpectedly", task_id, exc_info=exc)
         job_runner.report_failure(agent, args[0], describe_failure(exc))
 
@@ -90,16 +99,20 @@ def inventory_sync_all() -> dict:
 
 
 @app.task(name=TASK_REAP_STALE_JOBS)
-def reap_stale_jobs(stale_after: float) -> dict:
-    reaped = maintenance.reap_stale_jobs(runtime.current().redis, stale_after=float(stale_after))
-    return {"reaped": [[r.job_id, r.worker_id] for r in reaped]}
+def reap_stale_jobs(stale_after: float, offline_grace: float = 300.0) -> dict:
+    reaped = maintenance.reap_stale_jobs(runtime.current().redis, stale_after=float(stale_after),
+                                         offline_grace=float(offline_grace))
+    return {"reaped": [[r.job_id, r.worker_id, r.state] for r in reaped]}
 
 
 @app.task(name=TASK_PINS_RECONCILE)
 def pins_reconcile(deadline_seconds: float, retry_seconds: float) -> dict:
-    jobs = maintenance.reconcile_pins(runtime.current().redis, _send, deadline_seconds=float(deadline_seconds),
+    """Pins, then the catch-ups of skipped workers now back (both desired state; one beat entry)."""
+    client = runtime.current().redis
+    jobs = maintenance.reconcile_pins(client, _send, deadline_seconds=float(deadline_seconds),
                                       retry_after=float(retry_seconds))
-    return {"jobs": jobs}
+    catchups = maintenance.reconcile_catchups(client, _send, deadline_seconds=float(deadline_seconds))
+    return {"jobs": jobs, "catchups": catchups}
 
 
 @app.task(name=TASK_PINS_CHECK_UPDATES)

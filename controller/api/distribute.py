@@ -5,7 +5,7 @@ from marshmallow import Schema, fields, validate
 
 from controller import distribution, jobs
 from controller.schemas import JobSchema, worker_ids_field
-from controller.state import job_limits, producer, redis_client, registry_client, stale_after
+from controller.state import job_limits, producer, redis_client, registry_client, offline_grace, stale_after
 from eldric.web.blueprints import Blueprint
 
 blp = Blueprint("distribute", __name__, url_prefix="/api/v1/models", description="Distribute models to workers")
@@ -57,4 +57,4 @@ class Distribute(MethodView):
         job_id = distribution.start_distribute(
             client, producer(), registry_client(), model=body["model"], source=body["source"],
             workers=body.get("workers"), limits=job_limits(body.get("deadline_seconds")))
-        return jobs.get_job(client, job_id, stale_after=stale_after())
+        return jobs.get_job(client, job_id, stale_after=stale_after(), offline_grace=offline_grace())

@@ -9,7 +9,7 @@ deadline/stale failures, reach the client too). Contract (text/event-stream):
     event: snapshot   data: the job, exactly as GET /api/v1/models/pull-jobs/<id>
     event: progress   data: {"workers": [records]}  changed workers, coalesced per `flush` interval
     : keep-alive      a comment every `heartbeat` seconds of silence
-    event: done       data: the final job (state completed or failed); the stream ends
+    event: done       data: the final job (completed, completed_with_skipped, failed, cancelled); the stream ends
     event: end        data: {"reason": "max_seconds" | "gone"}; the stream ends, reconnect to go on
 
 A record is the same per-worker record as in the job view (`worker`, `state`,
@@ -35,14 +35,14 @@ from marshmallow import Schema, fields, validate
 
 from controller import jobs
 from controller.errors import NotFoundError
-from controller.state import redis_client, stale_after
+from controller.state import offline_grace, redis_client, stale_after
 from eldric.cluster import jobstate
 from eldric.cluster import keys
 
 blp = Blueprint("pull_job_events", __name__, url_prefix="/api/v1/models",
                 description="Live progress of pull and distribute jobs (server-sent events)")
 
-FINAL_JOB_STATES = (jobstate.JOB_COMPLETED, jobstate.JOB_FAILED)
+FINAL_JOB_STATES = jobstate.JOB_FINAL
 
 
 class EventQuerySchema(Schema):
@@ -136,12 +136,12 @@ class PullJobEvents(MethodView):
                         "404": {"description": "no such job"}})
     def get(self, query: dict, job_id: str):
         """Live progress of one job as server-sent events (the dashboard's bars, `eldric pull`)."""
-        client, stale = redis_client(), stale_after()
-        if jobs.get_job(client, job_id, stale_after=stale) is None:
+        client, stale, grace = redis_client(), stale_after(), offline_grace()
+        if jobs.get_job(client, job_id, stale_after=stale, offline_grace=grace) is None:
             raise NotFoundError(f"no job {job_id!r}")
 
         def read_job() -> dict | None:
-            return jobs.get_job(client, job_id, stale_after=stale)
+            return jobs.get_job(client, job_id, stale_after=stale, offline_grace=grace)
 
         stream = job_event_stream(client, job_id, read_job, heartbeat=query["heartbeat"],
                                   max_seconds=query["max_seconds"])

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
+import math
+
 import redis
 from flask import current_app, request
 from flask.views import MethodView
@@ -18,7 +20,7 @@ from controller import jobs
 from controller.errors import BadRequestError, ConflictError
 from controller.registry_client import RegistryClient, error_message, to_flask
 from controller.schemas import JobSchema
-from controller.state import registry_client, redis_client, stale_after
+from controller.state import offline_grace, registry_client, redis_client, stale_after
 from eldric.cluster import jobstate
 from eldric.core.errors import EldricError
 from eldric.core.identifiers import validate_file_path, validate_model_name, validate_version
@@ -70,9 +72,11 @@ def upstream_path() -> str:
     return path
 
 
-def active_distributions(client: redis.Redis, model_id: str, *, stale_after: float, scan: int) -> list[str]:
+def active_distributions(client: redis.Redis, model_id: str, *, stale_after: float, scan: int,
+                         offline_grace: float = math.inf) -> list[str]:
     """Ids of pending or running distribute jobs of the registry model `model_id`."""
-    found, _total = jobs.list_jobs(client, stale_after=stale_after, limit=scan, kind="distribute")
+    found, _total = jobs.list_jobs(client, stale_after=stale_after, offline_grace=offline_grace, limit=scan,
+                                   kind="distribute")
     return [job["id"] for job in found
             if job["state"] in ACTIVE and (job.get("options") or {}).get("registry_model_id") == model_id]
 
@@ -152,7 +156,7 @@ class Imports(MethodView):
         client = redis_client()
         job_id = start_import(client, registry_client(), body, request.get_json(),
                               deadline_seconds=current_app.config["JOB_DEADLINE_SECONDS"])
-        job = jobs.get_job(client, job_id, stale_after=stale_after())
+        job = jobs.get_job(client, job_id, stale_after=stale_after(), offline_grace=offline_grace())
         return job, 202, {"Location": f"/api/v1/models/pull-jobs/{job_id}"}
 
 
@@ -174,7 +178,7 @@ class Model(MethodView):
     @blp.response(204)
     def delete(self, model_id: str):
         """Delete a model; 409 while a distribute job of it is pending or running."""
-        busy = active_distributions(redis_client(), model_id, stale_after=stale_after(),
+        busy = active_distributions(redis_client(), model_id, stale_after=stale_after(), offline_grace=offline_grace(),
                                     scan=int(current_app.config["JOB_HISTORY_MAX"]))
         if busy:
             raise ConflictError(f"model {model_id} is being distributed (job {', '.join(busy)}); "

@@ -6,7 +6,7 @@ from marshmallow import Schema, fields, post_dump
 
 from controller import agents, inventory, jobs, pulls
 from controller.schemas import JobSchema, model_name_field, worker_ids_field
-from controller.state import job_limits, producer, redis_client, stale_after
+from controller.state import job_limits, producer, redis_client, offline_grace, stale_after
 from eldric.web.blueprints import Blueprint
 
 blp = Blueprint("models", __name__, url_prefix="/api/v1/models", description="Models across the cluster")
@@ -89,4 +89,4 @@ class Delete(MethodView):
         client = redis_client()
         job_id = pulls.start_delete(client, producer(), model=body["model"], workers=body.get("workers"),
                                     limits=job_limits())
-        return jobs.get_job(client, job_id, stale_after=stale_after())
+        return jobs.get_job(client, job_id, stale_after=stale_after(), offline_grace=offline_grace())

@@ -4,9 +4,10 @@ from flask.views import MethodView
 from eldric.web.blueprints import Blueprint
 
 from controller import jobs, pulls
-from controller.errors import NotFoundError
+from controller.errors import ConflictError, NotFoundError
+from eldric.cluster import jobstate
 from controller.schemas import JobListSchema, JobQuerySchema, JobSchema, PullRequestSchema
-from controller.state import job_limits, producer, redis_client, stale_after
+from controller.state import job_limits, producer, redis_client, offline_grace, stale_after
 
 blp = Blueprint("pull_jobs", __name__, url_prefix="/api/v1/models", description="Cluster-wide model pulls")
 
@@ -20,7 +21,7 @@ class Pull(MethodView):
         client = redis_client()
         job_id = pulls.start_pull(client, producer(), model=body["model"], workers=body.get("workers"),
                                   limits=job_limits(body.get("deadline_seconds")))
-        return jobs.get_job(client, job_id, stale_after=stale_after())
+        return jobs.get_job(client, job_id, stale_after=stale_after(), offline_grace=offline_grace())
 
 
 @blp.route("/pull-jobs")
@@ -29,7 +30,7 @@ class PullJobs(MethodView):
     @blp.response(200, JobListSchema)
     def get(self, query: dict):
         """Jobs newest first, active and finished."""
-        found, total = jobs.list_jobs(redis_client(), stale_after=stale_after(), limit=query["limit"],
+        found, total = jobs.list_jobs(redis_client(), stale_after=stale_after(), offline_grace=offline_grace(), limit=query["limit"],
                                       offset=query["offset"], state=query.get("state"), kind=query.get("kind"))
         return {"jobs": found, "total": total, "limit": query["limit"], "offset": query["offset"]}
 
@@ -39,7 +40,24 @@ class PullJob(MethodView):
     @blp.response(200, JobSchema)
     def get(self, job_id: str):
         """One job with every worker's progress."""
-        job = jobs.get_job(redis_client(), job_id, stale_after=stale_after())
+        job = jobs.get_job(redis_client(), job_id, stale_after=stale_after(), offline_grace=offline_grace())
         if job is None:
             raise NotFoundError(f"no job {job_id!r}")
         return job
+
+
+@blp.route("/pull-jobs/<job_id>/cancel")
+class CancelJob(MethodView):
+    @blp.response(200, JobSchema)
+    @blp.alt_response(404, description="no such job")
+    @blp.alt_response(409, description="the job already ended")
+    def post(self, job_id: str):
+        """Stop a job: its unfinished workers end `cancelled`, stop within seconds and drop their partial data."""
+        client = redis_client()
+        job = jobs.get_job(client, job_id, stale_after=stale_after(), offline_grace=offline_grace())
+        if job is None:
+            raise NotFoundError(f"no job {job_id!r}")
+        if job["state"] in jobstate.JOB_FINAL:
+            raise ConflictError(f"job {job_id} already ended ({job['state']})")
+        jobs.cancel_job(client, job_id)
+        return jobs.get_job(client, job_id, stale_after=stale_after(), offline_grace=offline_grace())

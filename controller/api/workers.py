@@ -6,7 +6,7 @@ from eldric.web.blueprints import Blueprint
 
 from controller import cluster
 from controller.errors import NotFoundError
-from controller.schemas import WorkerListSchema, WorkerModelsSchema, WorkerSchema
+from controller.schemas import RemoveWorkerQuerySchema, WorkerListSchema, WorkerModelsSchema, WorkerSchema
 from controller.state import redis_client
 
 blp = Blueprint("workers", __name__, url_prefix="/api/v1/workers", description="Worker nodes of the cluster")
@@ -30,6 +30,14 @@ class Worker(MethodView):
         if worker is None:
             raise NotFoundError(f"no worker {worker_id!r}")
         return worker
+
+    @blp.arguments(RemoveWorkerQuerySchema, location="query")
+    @blp.response(204)
+    @blp.alt_response(404, description="no such worker")
+    @blp.alt_response(409, description="the worker is online (pass force=true)")
+    def delete(self, query: dict, worker_id: str):
+        """Forget a decommissioned worker: its record, inventory, job assignments, catch-ups."""
+        cluster.remove_worker(redis_client(), worker_id, force=query["force"])
 
 
 @blp.route("/<worker_id>/models")

@@ -26,9 +26,10 @@ from rich.table import Table
 
 from eldric.client.api import DEFAULT_CONTROLLER, REGISTRY, Api, ClientError, error_message, parse_sse  # noqa: F401
 from eldric.client.upload import ResumableUpload, default_name
-FINAL = ("completed", "failed")
+FINAL = ("completed", "completed_with_skipped", "failed", "cancelled")
 STATE_STYLE = {"completed": "green", "failed": "red", "pulling": "blue", "running": "blue", "retrying": "yellow",
-               "offline": "dim"}
+               "offline": "dim", "skipped": "yellow", "completed_with_skipped": "yellow", "cancelled": "magenta",
+               "deleting": "blue"}
 
 
 def parse_source(text: str, *, token: str | None = None, sha256: str | None = None,
@@ -199,11 +200,15 @@ def _run_job(api: Api, job: dict, args: argparse.Namespace, out: Console, err: C
             tracker = follow_job(api, job, bars.update)
     for record in tracker.failed():
         err.print(f"[red]✘ {record['worker']}: {_esc(record.get('error') or record.get('status'))}")
+    skipped = [r["worker"] for r in tracker.records.values() if r.get("state") == "skipped"]
     if not args.json:
-        verb = "completed on" if not tracker.failed() else "failed on"
-        n = len(tracker.failed()) or len(tracker.records)
+        state = tracker.job.get("state")
+        verb = "failed on" if tracker.failed() else "cancelled; completed on" if state == "cancelled" else "completed on"
+        n = len(tracker.failed()) or sum(r.get("state") == "completed" for r in tracker.records.values())
         out.print(f"{job['model']}: {verb} {n} of {len(tracker.records)} worker(s) (job {job['id']})")
-    return 1 if tracker.failed() or tracker.job.get("state") != "completed" else 0
+        if skipped:
+            out.print(f"skipped (offline): {', '.join(skipped)}; they catch up when they return")
+    return 1 if tracker.failed() or tracker.job.get("state") not in ("completed", "completed_with_skipped") else 0
 
 
 def cmd_pull(api: Api, args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -223,6 +228,12 @@ def cmd_distribute(api: Api, args: argparse.Namespace, out: Console, err: Consol
 
 
 def cmd_jobs(api: Api, args: argparse.Namespace, out: Console, err: Console) -> int:
+    if args.id == "cancel":
+        if not args.target:
+            raise ClientError("usage: eldric jobs cancel ID")
+        job = api.post(f"/api/v1/models/pull-jobs/{quote(args.target, safe='')}/cancel", {})
+        _print_json(job) if args.json else out.print(f"job {job['id']}: {_styled(job['state'])}")
+        return 0
     if args.id:
         job = api.get(f"/api/v1/models/pull-jobs/{quote(args.id, safe='')}")
         if args.follow and job["state"] not in FINAL:
@@ -311,6 +322,13 @@ def cmd_status(api: Api, args: argparse.Namespace, out: Console, err: Console) -
 
 
 def cmd_workers(api: Api, args: argparse.Namespace, out: Console, err: Console) -> int:
+    if args.id == "remove":
+        if not args.target:
+            raise ClientError("usage: eldric workers remove ID [--force]")
+        path = f"/api/v1/workers/{quote(args.target, safe='')}" + ("?force=true" if args.force else "")
+        resp = api.call("DELETE", path)
+        _print_json({"removed": args.target}) if args.json else out.print(f"worker {args.target} removed")
+        return 0 if resp.ok else 1
     if args.id:
         worker = api.get(f"/api/v1/workers/{quote(args.id, safe='')}")
         models = api.get(f"/api/v1/workers/{quote(args.id, safe='')}/models")
@@ -432,10 +450,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _common(p)
     p.set_defaults(func=_wrap(cmd_pull))
 
-    p = sub.add_parser("jobs", help="list pull/distribute jobs, or show one")
-    p.add_argument("id", nargs="?")
+    p = sub.add_parser("jobs", help="list pull/distribute jobs, show one, or `jobs cancel ID`")
+    p.add_argument("id", nargs="?", help="a job id, or `cancel`")
+    p.add_argument("target", nargs="?", help="with `cancel`: the job to cancel")
     p.add_argument("--limit", type=int, default=20)
-    p.add_argument("--state", choices=["pending", "running", "completed", "failed"])
+    p.add_argument("--state", choices=["pending", "running", *FINAL])
     p.add_argument("--kind", help="pull, distribute, delete, import, ...")
     p.add_argument("-f", "--follow", action="store_true", help="with ID: progress bars until the job ends")
     _common(p)
@@ -454,8 +473,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _common(p)
     p.set_defaults(func=_wrap(cmd_status))
 
-    p = sub.add_parser("workers", help="the cluster's workers, or one worker's local models")
-    p.add_argument("id", nargs="?")
+    p = sub.add_parser("workers", help="the cluster's workers, one worker's local models, or `workers remove ID`")
+    p.add_argument("id", nargs="?", help="a worker id, or `remove`")
+    p.add_argument("target", nargs="?", help="with `remove`: the decommissioned worker to forget")
+    p.add_argument("--force", action="store_true", help="with `remove`: remove it even while it is online")
     _common(p)
     p.set_defaults(func=_wrap(cmd_workers))
 

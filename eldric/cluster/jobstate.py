@@ -1,28 +1,44 @@
 """Per-worker progress records of a job and the job state derived from them (pure functions).
 
-A worker's record goes pending -> pulling (-> retrying -> pulling) -> completed | failed.
+A worker's record goes pending -> pulling | deleting (-> retrying -> pulling) -> completed | failed,
+or ends `skipped` (its worker was offline) or `cancelled` (the operator cancelled the job).
 Readers add one derived state, `offline`: the worker has not finished and its agent
-stopped heartbeating. An offline worker still gets its task when it returns, unless
-the job's deadline passes first (or it went silent mid-pull for longer than the stale
-timeout); then it is failed with the reason, so no job waits forever.
+stopped heartbeating. An offline worker still gets its task when it returns within the
+offline grace; a worker offline for longer than the grace (when the job starts or
+during it) ends `skipped` (beat's catch-up brings it the model later); one that went silent
+mid-pull for longer than the stale timeout, or missed the job's deadline, is failed with
+the reason. So no job waits for an unreachable worker (issue 12).
 """
 
 from __future__ import annotations
 
+import math
+
 PENDING = "pending"
 PULLING = "pulling"
 RETRYING = "retrying"
+DELETING = "deleting"
+INSTALLING = "installing"  # the bytes are in; the agent places them for its backends
 OFFLINE = "offline"
 COMPLETED = "completed"
 FAILED = "failed"
+SKIPPED = "skipped"
+CANCELLED = "cancelled"
 
-TERMINAL = frozenset({COMPLETED, FAILED})
-ACTIVE = frozenset({PULLING, RETRYING})
+TERMINAL = frozenset({COMPLETED, FAILED, SKIPPED, CANCELLED})
+ACTIVE = frozenset({PULLING, RETRYING, DELETING, INSTALLING})
+WORKER_STATES = (PENDING, PULLING, INSTALLING, DELETING, RETRYING, OFFLINE, COMPLETED, FAILED, SKIPPED, CANCELLED)
 
 JOB_PENDING = "pending"
 JOB_RUNNING = "running"
 JOB_COMPLETED = "completed"
+JOB_COMPLETED_WITH_SKIPPED = "completed_with_skipped"
 JOB_FAILED = "failed"
+JOB_CANCELLED = "cancelled"
+JOB_STATES = (JOB_PENDING, JOB_RUNNING, JOB_COMPLETED, JOB_COMPLETED_WITH_SKIPPED, JOB_FAILED, JOB_CANCELLED)
+JOB_FINAL = frozenset({JOB_COMPLETED, JOB_COMPLETED_WITH_SKIPPED, JOB_FAILED, JOB_CANCELLED})
+
+SKIPPED_OFFLINE = "skipped (offline)"
 
 
 def is_terminal(state: str) -> bool:
@@ -41,9 +57,12 @@ def new_record(now: float) -> dict:
             "started_at": None, "finished_at": None}
 
 
-def derive_worker(record: dict, *, now: float, alive: bool, deadline_at: float,
-                  stale_after: float) -> tuple[dict, bool]:
-    """Return (record as readers should see it, whether the change is final and worth persisting)."""
+def derive_worker(record: dict, *, now: float, alive: bool, deadline_at: float, stale_after: float,
+                  offline_grace: float = math.inf, last_seen: float | None = None) -> tuple[dict, bool]:
+    """Return (record as readers should see it, whether the change is final and worth persisting).
+
+    `last_seen`: the worker's last heartbeat (None when unknown: the record's last update counts).
+    """
     state = record.get("state", PENDING)
     if is_terminal(state):
         return record, False
@@ -55,8 +74,21 @@ def derive_worker(record: dict, *, now: float, alive: bool, deadline_at: float,
     silent_for = now - float(record.get("updated_at") or now)
     if state in ACTIVE and silent_for > stale_after:
         return _failed(record, now, f"worker went offline mid-pull ({int(silent_for)} s without news)"), True
+    # Offline since its last heartbeat: a worker gone for longer than the grace when the job starts is
+    # skipped at once; one that went away just before (an agent restart) or during the job gets the rest.
+    offline_since = last_seen if last_seen else float(record.get("updated_at") or now)
+    if now - offline_since > offline_grace:
+        return skipped(record, now, SKIPPED_OFFLINE), True
     derived = dict(record, state=OFFLINE, status="worker offline; it gets the task when it returns")
     return derived, False
+
+
+def skipped(record: dict, now: float, reason: str) -> dict:
+    return dict(record, state=SKIPPED, status=reason, error=None, finished_at=now, updated_at=now, layer=None)
+
+
+def cancelled(record: dict, now: float) -> dict:
+    return dict(record, state=CANCELLED, status="cancelled", error=None, finished_at=now, updated_at=now, layer=None)
 
 
 def _failed(record: dict, now: float, reason: str) -> dict:
@@ -64,14 +96,22 @@ def _failed(record: dict, now: float, reason: str) -> dict:
 
 
 def job_state(records: list[dict]) -> str:
+    """pending until a worker starts (never again after), running, then the final state.
+
+    Final: cancelled if the operator cancelled it, failed if any worker failed,
+    completed_with_skipped if some were skipped, completed otherwise.
+    """
     states = [r.get("state", PENDING) for r in records]
-    if not states or all(s in (PENDING, OFFLINE) for s in states):
+    if not states:
         return JOB_PENDING
-    if all(s == COMPLETED for s in states):
-        return JOB_COMPLETED
-    if all(is_terminal(s) for s in states):
-        return JOB_FAILED
-    return JOB_RUNNING
+    if not all(is_terminal(s) for s in states):
+        started = any(r.get("started_at") for r in records)
+        waiting = all(s in (PENDING, OFFLINE, SKIPPED) for s in states)
+        return JOB_PENDING if waiting and not started else JOB_RUNNING
+    for found, job in ((CANCELLED, JOB_CANCELLED), (FAILED, JOB_FAILED), (SKIPPED, JOB_COMPLETED_WITH_SKIPPED)):
+        if found in states:
+            return job
+    return JOB_COMPLETED
 
 
 def summarize(records: dict[str, dict]) -> dict:

@@ -3,7 +3,7 @@
 One write path, a Lua script run atomically by Redis, used by the agents' progress,
 the registry's importer, the controller (`fail_worker`) and the reaper alike:
 
-- a final record (`completed`, `failed`) is never overwritten, except by an explicit
+- a final record (`completed`, `failed`, `skipped`, `cancelled`) is never overwritten, except by an explicit
   reset (`write_record(..., reset=True)`), so a late `completed` from an agent cannot
   undo a deadline failure the event stream already reported as final;
 - the per-job state counts (`eldric:job:<id>:states`) change in the same step, so the
@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 import redis
 
-from eldric.cluster import jobstate, keys
-from eldric.core.errors import cap_text
+from eldric.cluster import catchup, jobstate, keys
+from eldric.core.errors import EldricError, cap_text
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,13 @@ REGISTRY_WORKER_ID = "registry"
 # KEYS: job workers hash, job state counts, worker's job set, events channel
 # ARGV: worker id, record JSON, job id, mode ("write" | "reset" | "expect"), expected record JSON
 _WRITE = """
+local FINAL = {completed = true, failed = true, skipped = true, cancelled = true}
 local current = redis.call('HGET', KEYS[1], ARGV[1])
 local before = nil
 if current then
   before = cjson.decode(current)['state']
   if ARGV[4] == 'expect' and current ~= ARGV[5] then return {0, before} end
-  if (before == 'completed' or before == 'failed') and ARGV[4] ~= 'reset' then return {0, before} end
+  if FINAL[before] and ARGV[4] ~= 'reset' then return {0, before} end
 elseif ARGV[4] == 'expect' then
   return {0, false}
 end
@@ -55,24 +56,35 @@ if before ~= after then
   if before then redis.call('HINCRBY', KEYS[2], before, -1) end
   redis.call('HINCRBY', KEYS[2], after, 1)
 end
-if after == 'completed' or after == 'failed' then redis.call('SREM', KEYS[3], ARGV[3]) end
+if FINAL[after] then redis.call('SREM', KEYS[3], ARGV[3]) end
 local counts = redis.call('HGETALL', KEYS[2])
-local total, pending, completed, final = 0, 0, 0, 0
+local total, final, by = 0, 0, {}
 for i = 1, #counts, 2 do
   local s, n = counts[i], tonumber(counts[i + 1])
   total = total + n
-  if s == 'pending' then pending = pending + n end
-  if s == 'completed' then completed = completed + n end
-  if s == 'completed' or s == 'failed' then final = final + n end
+  by[s] = n
+  if FINAL[s] then final = final + n end
 end
 local job_state = 'running'
-if pending == total then job_state = 'pending'
-elseif completed == total then job_state = 'completed'
-elseif final == total then job_state = 'failed' end
+if final == total then
+  if (by['cancelled'] or 0) > 0 then job_state = 'cancelled'
+  elseif (by['failed'] or 0) > 0 then job_state = 'failed'
+  elseif (by['skipped'] or 0) > 0 then job_state = 'completed_with_skipped'
+  else job_state = 'completed' end
+elseif (by['pending'] or 0) + (by['skipped'] or 0) == total then job_state = 'pending'
+end
 redis.call('PUBLISH', KEYS[4], '{"worker":' .. cjson.encode(ARGV[1]) .. ',"job_state":"' .. job_state .. '",'
            .. string.sub(ARGV[2], 2))
 return {1, job_state}
 """
+
+
+class JobEndedError(EldricError):
+    """This worker's part of the job was ended elsewhere (cancelled, skipped, failed by the reaper): stop the work."""
+
+
+# Parts ended by someone else that make a running download pointless.
+STOPS_WORK = frozenset({jobstate.CANCELLED, jobstate.SKIPPED, jobstate.FAILED})
 
 
 @dataclass(frozen=True)
@@ -151,24 +163,30 @@ class Reaped:
     job_id: str
     worker_id: str
     reason: str
+    state: str = jobstate.FAILED
 
 
-def reap_stale_jobs(client: redis.Redis, *, stale_after: float, now: float | None = None) -> list[Reaped]:
-    """Fail every unfinished worker record that `jobstate.derive_worker` says is over, and persist it.
+def reap_stale_jobs(client: redis.Redis, *, stale_after: float, offline_grace: float = math.inf,
+                    now: float | None = None) -> list[Reaped]:
+    """End every unfinished worker record that `jobstate.derive_worker` says is over, and persist it.
 
     A worker that stopped heartbeating mid-pull for `stale_after` seconds, or any
-    unfinished worker past its job's deadline, is failed with the reason, so the
-    job finishes even when nobody reads it.
+    unfinished worker past its job's deadline, is failed with the reason; a worker
+    offline for longer than `offline_grace` (when the job started or during it) is skipped and
+    gets a catch-up (eldric/cluster/catchup.py). So the job finishes even when nobody reads it.
     """
     now = time.time() if now is None else now
     job_ids = client.zrange(keys.JOBS, 0, -1)
     if not job_ids:
         return []
-    if _redis_uptime(client) < stale_after:
-        # Redis itself was away: agents could not report, so their silence says nothing yet. Give them
-        # one stale period from Redis's return (a heartbeat brings them back) before failing anyone;
-        # deadlines still apply.
+    uptime = _redis_uptime(client)
+    # Redis itself was away: agents could not report, so their silence says nothing yet. Give them
+    # one stale period (and one grace) from Redis's return (a heartbeat brings them back) before
+    # failing or skipping anyone; deadlines still apply.
+    if uptime < stale_after:
         stale_after = math.inf
+    if uptime < offline_grace:
+        offline_grace = math.inf
     pipe = client.pipeline(transaction=False)
     for job_id in job_ids:
         pipe.hget(keys.job(job_id), "deadline_at")
@@ -182,14 +200,39 @@ def reap_stale_jobs(client: redis.Redis, *, stale_after: float, now: float | Non
         for wid, raw in records.items():
             if not jobstate.is_terminal(json.loads(raw).get("state", "")):
                 open_parts.append((job_id, float(deadline), wid, raw))
-    alive = alive_flags(client, sorted({wid for _, _, wid, _ in open_parts}))
+    presence = worker_presence(client, sorted({wid for _, _, wid, _ in open_parts}))
     reaped: list[Reaped] = []
     for job_id, deadline, wid, raw in open_parts:
-        derived, final = jobstate.derive_worker(json.loads(raw), now=now, alive=alive[wid], deadline_at=deadline,
-                                                stale_after=stale_after)
-        if final and write_record(client, job_id, wid, derived, expect=raw).accepted:
-            reaped.append(Reaped(job_id, wid, derived.get("error") or "failed"))
+        alive, last_seen = presence[wid]
+        derived, final = jobstate.derive_worker(
+            json.loads(raw), now=now, alive=alive, deadline_at=deadline, stale_after=stale_after,
+            offline_grace=offline_grace, last_seen=last_seen)
+        if not final or not write_record(client, job_id, wid, derived, expect=raw).accepted:
+            continue
+        if derived["state"] == jobstate.SKIPPED:
+            catchup.record_catchup(client, wid, job_id, now=now)
+        reaped.append(Reaped(job_id, wid, derived.get("error") or derived.get("status") or "failed", derived["state"]))
     return reaped
+
+
+def cancel_job(client: redis.Redis, job_id: str, *, now: float | None = None) -> list[str]:
+    """End every unfinished part of the job `cancelled`; return the workers whose part was cancelled.
+
+    Agents notice at their next progress write (refused over a final record) and stop.
+    """
+    now = time.time() if now is None else now
+    out = []
+    for wid, stored in client.hgetall(keys.job_workers(job_id)).items():
+        raw = stored
+        for _attempt in range(5):  # an agent may write in between: read again and retry
+            record = json.loads(raw)
+            if jobstate.is_terminal(record.get("state", "")):
+                break
+            if write_record(client, job_id, wid, jobstate.cancelled(record, now), expect=raw).accepted:
+                out.append(wid)
+                break
+            raw = client.hget(keys.job_workers(job_id), wid) or raw
+    return out
 
 
 def _redis_uptime(client: redis.Redis) -> float:
@@ -197,6 +240,25 @@ def _redis_uptime(client: redis.Redis) -> float:
         return float(client.info("server").get("uptime_in_seconds", math.inf))
     except (redis.RedisError, ValueError, TypeError):
         return math.inf
+
+
+def worker_presence(client: redis.Redis, ids: list[str]) -> dict[str, tuple[bool, float | None]]:
+    """worker id -> (online, last heartbeat time or None when unknown)."""
+    if not ids:
+        return {}
+    pipe = client.pipeline(transaction=False)
+    for wid in ids:
+        pipe.exists(keys.worker_alive(wid))
+        pipe.hget(keys.worker(wid), "last_seen")
+    rows = pipe.execute()
+    return {wid: (bool(rows[2 * i]), _number(rows[2 * i + 1])) for i, wid in enumerate(ids)}
+
+
+def _number(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
 
 
 def alive_flags(client: redis.Redis, ids: list[str]) -> dict[str, bool]:
@@ -213,7 +275,8 @@ class Progress:
 
     State changes are always written. Once the store refuses a write (the part was ended
     elsewhere: deadline, reaper, cancel), `ended_elsewhere` is set and later writes are
-    skipped. `client=None` keeps the record local; `on_write` sees every write either way;
+    skipped; with `stop_when_ended`, `add_bytes` then raises JobEndedError, so a download
+    stops within one progress interval of a cancel or skip. `client=None` keeps the record local; `on_write` sees every write either way;
     with `tolerate_redis_errors` a Redis failure is logged instead of raised (the registry's
     imports and the agents' pulls must not fail because Redis blinked), and the periodic
     writes pause for `quiet_after_error` seconds: the writer's thread (a download's) then
@@ -222,8 +285,10 @@ class Progress:
 
     def __init__(self, client: redis.Redis | None, job_id: str, worker_id: str, *, min_interval: float = 0.25,
                  clock: Callable[[], float] = time.time, on_write: Callable[[dict], None] = lambda record: None,
-                 tolerate_redis_errors: bool = False, quiet_after_error: float = 10.0) -> None:
+                 tolerate_redis_errors: bool = False, quiet_after_error: float = 10.0,
+                 stop_when_ended: bool = False) -> None:
         self.client, self.job_id, self.worker_id = client, job_id, worker_id
+        self.stop_when_ended = stop_when_ended
         self.min_interval, self.clock, self.on_write = min_interval, clock, on_write
         self.tolerate_redis_errors, self.quiet_after_error = tolerate_redis_errors, quiet_after_error
         self._lock = threading.Lock()
@@ -256,9 +321,15 @@ class Progress:
                     total=total, completed=0, percent=0.0, error=None, source=source, **fields)
 
     def add_bytes(self, n: int) -> None:
+        """Count `n` more bytes; with `stop_when_ended`, raise JobEndedError once the part was ended elsewhere."""
         with self._lock:
             self.record["completed"] = int(self.record.get("completed") or 0) + n
             self._maybe_write(False)
+        self.check_ended()
+
+    def check_ended(self) -> None:
+        if self.stop_when_ended and self.ended_elsewhere in STOPS_WORK:
+            raise JobEndedError(f"this worker's part of job {self.job_id} was {self.ended_elsewhere} elsewhere")
 
     def finish(self, **fields: object) -> None:
         total = int(fields.pop("total", self.record.get("total") or 0))

@@ -37,6 +37,7 @@ class ScheduleSettings(EnvSettings):
     pin_update_seconds: float = Field(3600.0, ge=0, description="how often auto-update pins ask the registry where their tag points")
     pin_retry_seconds: float = Field(600.0, ge=0, description="after a failed pin pull on a worker, wait this long before the next")
     stale_worker_seconds: float = Field(120.0, ge=0, description="a worker offline and silent this long mid-pull is failed (as the controller)")
+    offline_grace_seconds: float = Field(300.0, ge=0, description="a worker offline when a job starts, or this long during it, is skipped (as the controller)")
     job_deadline_seconds: float = Field(6 * 3600.0, ge=0, description="deadline of the pull jobs scheduled work starts (as the controller)")
     lock_seconds: float = Field(30.0, ge=3, validation_alias="ELDRIC_BEAT_LOCK_SECONDS",
                                 description="a second beat takes over this long after the scheduling one died")
@@ -53,7 +54,7 @@ def beat_schedule(s: ScheduleSettings) -> dict[str, dict]:
     """Celery `beat_schedule`: name -> task, period, JSON-primitive args, queue."""
     entries = {
         "inventory-sync": (TASK_INVENTORY_SYNC_ALL, s.inventory_sync_seconds, []),
-        "reap-stale-jobs": (TASK_REAP_STALE_JOBS, s.reap_seconds, [s.stale_worker_seconds]),
+        "reap-stale-jobs": (TASK_REAP_STALE_JOBS, s.reap_seconds, [s.stale_worker_seconds, s.offline_grace_seconds]),
         "pins-reconcile": (TASK_PINS_RECONCILE, s.pin_reconcile_seconds, [s.job_deadline_seconds, s.pin_retry_seconds]),
         "pins-check-updates": (TASK_PINS_CHECK_UPDATES, s.pin_update_seconds,
                                [s.job_deadline_seconds, s.pin_retry_seconds]),

@@ -45,7 +45,7 @@ from eldric.core.errors import DigestMismatchError, EldricError
 from eldric.transfer.diskspace import is_disk_full, no_space_error
 from eldric.transfer.errors import SourceError, SourceUnavailableError
 from eldric.transfer.partials import LOCK_SUFFIX, STATE_SUFFIX, discard, locked, partial_name, saved_parts
-from eldric.transfer.retry import TRANSIENT_ERRORS, backoff_delay
+from eldric.transfer.retry import TRANSIENT_ERRORS, backoff_delay, connection_cause
 
 # open_range(start, end_inclusive, read_timeout) -> streaming response for those bytes;
 # end None (only for a blob of unknown size): from `start` to the end of the file.
@@ -282,7 +282,7 @@ class _Download:
 
     def _wait_before_retry(self, failures: int, exc: BaseException) -> None:
         if failures >= self.options.part_attempts:
-            raise SourceUnavailableError(f"download of {self.data_path.name} stalled or failed: {exc}") from None
+            raise SourceUnavailableError(f"download of {self.data_path.name} stalled or failed: {connection_cause(exc)}") from None
         time.sleep(backoff_delay(failures - 1, base=self.options.retry_backoff_seconds, cap=5.0))
 
     def _stream_range(self, fd: int, part: _Part, start: int) -> None:

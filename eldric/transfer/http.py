@@ -98,7 +98,7 @@ def _guarded(base: type[HTTPConnection], policy: AddressPolicy) -> type[HTTPConn
                     continue
                 sys.audit("http.client.connect", self, self.host, self.port)
                 return sock
-            raise NewConnectionError(self, f"Failed to establish a new connection: {error}")
+            raise NewConnectionError(self, f"Failed to establish a new connection: {error}") from error
     return GuardedConnection
 
 

@@ -43,7 +43,7 @@ from eldric.transfer.errors import (HostNotAllowedError, ModelNotFoundError, Sou
                                     TransferError)
 from eldric.transfer.http import guard
 from eldric.transfer.ranges import parse_content_range
-from eldric.transfer.retry import TRANSIENT_ERRORS, backoff_delay, is_transient_status
+from eldric.transfer.retry import TRANSIENT_ERRORS, backoff_delay, connection_error, is_transient_status
 from eldric.transfer.upstreams import PUBLIC_ONLY, AddressPolicy
 
 CONNECT_TIMEOUT = 10.0
@@ -136,8 +136,8 @@ class UrlSource:
         try:
             return self.session.get(self.url, headers=headers, stream=True,
                                     timeout=(self.connect_timeout, read_timeout))
-        except TRANSIENT_ERRORS as exc:
-            raise SourceUnavailableError(f"{self.name}: {_describe(exc)}") from None
+        except TRANSIENT_ERRORS as exc:  # permanent ones (no such host, TLS mismatch) become SourceError
+            raise connection_error(exc, self.url, what=f"{self.name}:") from None
         except requests.RequestException as exc:  # a bad redirect, too many of them
             raise SourceError(f"{self.name}: {_describe(exc)}") from None
         except HostNotAllowedError as exc:  # this URL or a redirect hop leads to an internal address

@@ -83,7 +83,7 @@ class Cluster:
     def wait_job(self, job_id: str, timeout: float = 60.0) -> dict:
         def finished():
             job = self.api("GET", f"/api/v1/models/pull-jobs/{job_id}").json()
-            return job if job["state"] in ("completed", "failed") else None
+            return job if job["state"] in ("completed", "completed_with_skipped", "failed", "cancelled") else None
         return wait_until(finished, timeout=timeout, interval=0.2, message=f"job {job_id} to finish\n{self.logs()}")
 
     def logs(self) -> str:

@@ -73,6 +73,12 @@ def test_registry_model_reaches_two_workers_and_their_backends(live, registered,
         installed = live.root / "nodes" / w / "backends" / "llamacpp"
         assert [p.read_bytes() for p in installed.rglob("*.gguf")] == [registered["bytes"]]
         assert (live.root / "nodes" / w / "backends" / "ollama").glob("*/Modelfile")
+        # One copy per node: llama.cpp's file is the blob store's file (same inode), and the progress says so.
+        [gguf] = installed.rglob("*.gguf")
+        blob = live.store(w) / "blobs" / registered["files"][0]["sha256"].replace(":", "-")
+        assert gguf.stat().st_ino == blob.stat().st_ino
+        record = next(r for r in final["workers"] if r["worker"] == w)
+        assert "llamacpp: hard-linked, no copy" in record["placement"], record
     # Ollama got the GGUF once (same digest for both nodes) and the model was created through its API.
     assert any(c.get("model", "").startswith("house") for c in ollama_server.creates)
     assert ref in ollama_server.models or f"{ref}" in str(ollama_server.models.keys())

@@ -117,7 +117,9 @@ def test_metrics_show_jobs_bytes_throughput_queues_and_workers(live, pulled, tin
     assert m[("eldric_jobs", (("kind", "pull"), ("state", "pending")))] >= 1
     assert m[("eldric_job_workers", (("state", "offline"),))] >= 1
     size = sum(b["size"] for b in [tiny_model["manifest"]["config"], *tiny_model["manifest"]["layers"]])
-    assert m[("eldric_pulled_bytes", (("source", live.oci.url),))] >= size
+    assert m[("eldric_pulled_bytes", (("source", "ollama"),))] >= size
+    assert {labels for name, labels in m if name == "eldric_pulled_bytes"} == {
+        (("source", kind),) for kind in ("ollama", "registry", "url", "peer", "other")}
     assert m[("eldric_worker_last_pull_bytes_per_second", (("worker", "inf-f"),))] > 0
     assert m[("eldric_worker_pull_bytes_per_second", (("worker", "inf-f"),))] == 0
     assert m[("eldric_worker_up", (("type", "inference"), ("worker", "inf-f")))] == 1

@@ -96,7 +96,8 @@ def test_unreachable_registry_is_retried_then_failed_with_the_reason(live):
 
     final = wait_until(done, timeout=30, interval=0.05, message="retries to run out")
     w = _worker(final, "lonely")
-    assert w["state"] == "failed" and "unreachable" in w["error"], w
+    assert w["state"] == "failed" and w["error"].endswith(": connection refused"), w
+    assert w["error"].startswith("cannot reach 127.0.0.1:"), w
     assert "retrying" in seen
 
 

@@ -341,3 +341,41 @@ def test_cluster_status_says_what_is_missing_when_time_is_up():
     status = client_cli.cluster_status(_StatusApi([one, one]), expect_workers=3, wait=10, sleep=lambda s: None,
                                 clock=lambda: next(ticks))
     assert status == {"ok": False, "problem": "1 of 3 workers online"}
+
+
+class _CallsApi:
+    """Records the calls of `jobs cancel` and `workers remove`."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def post(self, path: str, body: dict) -> dict:
+        self.calls.append(("POST", path))
+        return {"id": "j1", "state": "cancelled"}
+
+    def call(self, method: str, path: str, **kw) -> requests.Response:
+        self.calls.append((method, path))
+        return _response(204, b"")
+
+
+def test_jobs_cancel_and_workers_remove_call_the_api():
+    api, out = _CallsApi(), Console(file=io.StringIO())
+    parser = build_parser()
+    assert client_cli.cmd_jobs(api, parser.parse_args(["jobs", "cancel", "j1"]), out, out) == 0
+    assert client_cli.cmd_workers(api, parser.parse_args(["workers", "remove", "old 1"]), out, out) == 0
+    assert client_cli.cmd_workers(api, parser.parse_args(["workers", "remove", "w2", "--force"]), out, out) == 0
+    assert api.calls == [("POST", "/api/v1/models/pull-jobs/j1/cancel"), ("DELETE", "/api/v1/workers/old%201"),
+                         ("DELETE", "/api/v1/workers/w2?force=true")]
+    assert "cancelled" in out.file.getvalue() and "worker w2 removed" in out.file.getvalue()
+    with pytest.raises(ClientError):
+        client_cli.cmd_jobs(api, parser.parse_args(["jobs", "cancel"]), out, out)
+
+
+def test_a_job_with_skipped_workers_exits_0_and_says_who_catches_up():
+    done = _job("completed_with_skipped", _w("a", "completed"), _w("b", "skipped"))
+    out = Console(file=io.StringIO(), width=200)
+    api = FakeApi([[("done", done)]])
+    args = argparse.Namespace(no_wait=False, json=False)
+    assert client_cli._run_job(api, {**done, "state": "running", "model": "m", "kind": "pull"}, args, out, out) == 0
+    text = out.file.getvalue()
+    assert "completed on 1 of 2" in text and "skipped (offline): b" in text

@@ -401,3 +401,15 @@ def test_another_filesystem_falls_back_to_a_verified_copy(tmp_path, monkeypatch)
     monkeypatch.setattr(staging.os, "link", cross_device)
     result = install(model, config("llamacpp", tmp_path))
     assert result.files_linked == 0 and result.bytes_copied == next(iter(model.files.values())).stat().st_size
+
+
+def test_the_progress_says_how_each_backend_got_its_files():
+    from worker_agent.installing import placement_summary
+    text = placement_summary({
+        "llamacpp": {"changed": True, "files_linked": 1, "bytes_copied": 0},
+        "vllm": {"changed": True, "files_linked": 0, "bytes_copied": 3 << 30},
+        "tgi": {"changed": False},
+        "triton": {"changed": True, "shared": True},
+    })
+    assert text == ("installed for llamacpp: hard-linked, no copy, tgi: already in place, triton: shared storage, "
+                    "vllm: copied 3.00 GiB (other filesystem)")

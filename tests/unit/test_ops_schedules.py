@@ -28,9 +28,10 @@ def test_defaults_schedule_every_job_on_the_maintenance_queue():
 
 def test_environment_sets_periods_and_the_arguments_the_tasks_receive():
     env = {"ELDRIC_REAP_SECONDS": "5", "ELDRIC_STALE_WORKER_SECONDS": "45", "ELDRIC_JOB_DEADLINE_SECONDS": "900",
-           "ELDRIC_PIN_RETRY_SECONDS": "7", "ELDRIC_PIN_RECONCILE_SECONDS": "2.5"}
+           "ELDRIC_PIN_RETRY_SECONDS": "7", "ELDRIC_PIN_RECONCILE_SECONDS": "2.5",
+           "ELDRIC_OFFLINE_GRACE_SECONDS": "60"}
     schedule = beat_schedule(ScheduleSettings.from_env(env))
-    assert schedule["reap-stale-jobs"]["schedule"] == 5.0 and schedule["reap-stale-jobs"]["args"] == [45.0]
+    assert schedule["reap-stale-jobs"]["schedule"] == 5.0 and schedule["reap-stale-jobs"]["args"] == [45.0, 60.0]
     assert schedule["pins-reconcile"]["schedule"] == 2.5
     assert schedule["pins-reconcile"]["args"] == schedule["pins-check-updates"]["args"] == [900.0, 7.0]
     assert beat_schedule(ScheduleSettings.from_env({}))["clean-partials"]["args"] == [86400.0]

@@ -169,6 +169,7 @@ def test_present_blobs_are_not_requested_again(store, progress, client):
     assert source.digests_requested == {Digest.of_bytes(CONFIG_BLOB), Digest.of_bytes(TEMPLATE_BLOB)}
     assert result.downloaded == len(CONFIG_BLOB) + len(TEMPLATE_BLOB)
     assert record(client)["completed"] == MANIFEST.total_size
+    assert record(client)["reused"] == len(MODEL_BLOB) + len(LICENSE_BLOB)  # not network bytes (metrics)
     assert store.has_model(NAME)
 
 

@@ -275,4 +275,4 @@ def test_a_connection_error_keeps_the_urls_signature_out_of_the_error(tmp_path: 
                                            "by NewConnectionError('Failed to establish a new connection'))")
     with pytest.raises(ImportFailedError) as info:
         run(Refusing(), tmp_path)
-    assert "s3cr3t" not in str(info.value) and "url: /m.gguf?… (Caused by" in str(info.value)
+    assert "s3cr3t" not in str(info.value) and "cannot reach files.example: the connection failed" in str(info.value)

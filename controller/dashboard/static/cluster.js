@@ -113,6 +113,23 @@ function closeWorker() {
   if (row) row.focus({ preventScroll: true }); // back to the row that opened it
 }
 
+async function removeWorker(w) {
+  const question = w.online
+    ? `${w.id} is online. Remove it anyway? A running agent registers itself again at its next heartbeat.`
+    : `Remove ${w.id} from the cluster? Its record, inventory and catch-ups are forgotten.`;
+  if (!window.confirm(question)) return;
+  try {
+    await api("DELETE", `/api/v1/workers/${encodeURIComponent(w.id)}${w.online ? "?force=true" : ""}`);
+  } catch (err) {
+    window.alert(`Could not remove ${w.id}: ${err.message}`);
+    return;
+  }
+  workersView.selected = null;
+  $("worker-detail").hidden = true;
+  await loadCluster();
+  $("workers-filter").focus({ preventScroll: true }); // the row it was on is gone
+}
+
 function renderWorkerDetail() {
   const w = workersView.worker;
   const models = workersView.detailModels;
@@ -123,7 +140,9 @@ function renderWorkerDetail() {
   const box = $("worker-detail");
   keepFocus(box, () => box.replaceChildren(
     h("h3", {}, h("span", { class: "name" }, breakable(w.id)), " ", onlineChip(w),
-      h("button", { type: "button", class: "right", dataset: { focus: "worker-detail:close" }, onclick: closeWorker }, "close")),
+      h("button", { type: "button", class: "right", dataset: { focus: "worker-detail:close" }, onclick: closeWorker }, "close"),
+      h("button", { type: "button", class: "right danger remove", dataset: { focus: "worker-detail:remove" },
+        title: "forget this decommissioned worker", onclick: () => removeWorker(w) }, "remove")),
     h("dl", { class: "facts" },
       h("dt", {}, "type"), h("dd", {}, w.type),
       h("dt", {}, "backends"), h("dd", { dataset: { fact: "backends" } }, (w.backends || []).join(", ") || "–"),

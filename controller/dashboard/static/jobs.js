@@ -76,12 +76,24 @@ function jobItem(polled) {
     h("div", { class: "job-head" },
       h("span", { class: `chip s-${job.state}` }, job.state),
       h("strong", { class: "name" }, job.model), h("span", { class: "muted" }, ` ${kindText(job)}`),
-      h("span", { class: "right muted", title: job.id }, fmtTime(job.created_at))),
+      h("span", { class: "right muted", title: job.id }, fmtTime(job.created_at)),
+      isOver(job.state) ? null : h("button", { type: "button", class: "danger cancel", dataset: { focus: `cancel:${job.id}` },
+        title: "stop this job on every worker that has not finished", onclick: () => cancelJob(job) }, "cancel")),
     h("div", { class: "job-body" },
       h("span", { class: "dots" }, dotsOf(workers)),
       h("span", { class: "muted job-counts" }, ` ${countsText(counts)}`, figuresNodes(fig, counts))),
     failureList(job.id, workers),
     perWorker(job, workers));
+}
+
+async function cancelJob(job) {
+  if (!window.confirm(`Cancel the ${kindText(job)} of ${job.model}? Workers that have not finished stop and drop their partial data.`)) return;
+  try {
+    await api("POST", `/api/v1/models/pull-jobs/${encodeURIComponent(job.id)}/cancel`);
+  } catch (err) {
+    window.alert(`Could not cancel job ${job.id}: ${err.message}`);
+  }
+  loadJobs();
 }
 
 export function schedule() {

@@ -1,0 +1,52 @@
+"""What an agent tells the cluster about itself (issue 12): backends only where it serves models,
+absolute directories, its upstream registry without credentials; and the controller's view of it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import fakeredis
+import pytest
+
+from controller.cluster import get_worker
+from worker_agent import membership
+from worker_agent.main import declared_backends, worker_info
+from worker_agent.settings import AgentSettings
+
+
+def settings(wtype: str, **env: str) -> AgentSettings:
+    return AgentSettings.from_env({"ELDRIC_WORKER_NAME": "w1", "ELDRIC_WORKER_TYPE": wtype, **env})
+
+
+@pytest.mark.parametrize("wtype", ["data", "science", "training", "media", "comm"])
+def test_non_serving_types_advertise_no_backends(wtype: str, tmp_path: Path) -> None:
+    s = settings(wtype, ELDRIC_DATA_DIR=str(tmp_path), ELDRIC_BACKENDS="ollama,llamacpp,vllm")
+    info = worker_info(s, "http://127.0.0.1:1")
+    assert info["backends"] == [] and json.loads(info["backend_details"]) == {} == declared_backends(s)
+
+
+def test_serving_types_advertise_absolute_directories(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    s = settings("inference", ELDRIC_DATA_DIR="node", ELDRIC_BACKENDS="ollama,llamacpp,vllm")
+    info = worker_info(s, "http://127.0.0.1:1")
+    assert info["backends"] == ["ollama", "llamacpp", "vllm"]
+    assert info["data_dir"] == str(tmp_path / "node")
+    details = json.loads(info["backend_details"])
+    assert details["ollama-store"]["models_dir"] == str(tmp_path / "node" / "ollama" / "models")
+    assert all(os.path.isabs(d["models_dir"]) for d in details.values() if d.get("models_dir"))
+
+
+def test_the_upstream_registry_is_shown_without_credentials(tmp_path: Path) -> None:
+    s = settings("inference", ELDRIC_DATA_DIR=str(tmp_path),
+                 ELDRIC_OLLAMA_REGISTRY="http://mirror:s3cret@10.0.0.9:5000")
+    assert worker_info(s, "http://127.0.0.1:1")["upstream_registry"] == "http://10.0.0.9:5000"
+
+
+def test_the_controller_shows_data_dir_and_upstream_registry(tmp_path: Path) -> None:
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    s = settings("inference", ELDRIC_DATA_DIR=str(tmp_path), ELDRIC_OLLAMA_REGISTRY="http://10.0.0.9:5000")
+    membership.register(client, worker_info(s, "http://127.0.0.1:1"), ttl=15)
+    view = get_worker(client, "w1")
+    assert view["data_dir"] == str(tmp_path) and view["upstream_registry"] == "http://10.0.0.9:5000"
