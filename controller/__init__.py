@@ -12,6 +12,7 @@ from controller import config as settings
 from controller.dispatch import create_producer
 from controller.errors import BadRequestError, ControllerError
 from eldric import __version__
+from eldric.cluster.redisconn import redis_client
 from eldric.web.auth import require_bearer
 from eldric.web.problems import error_response, register_error_handlers
 
@@ -27,8 +28,8 @@ def create_app(overrides: dict | None = None) -> Flask:
         JSON_SORT_KEYS=False,
     )
     app.json.sort_keys = False
-    app.extensions["eldric.redis"] = redis.Redis.from_url(app.config["REDIS_URL"], decode_responses=True,
-                                                          socket_timeout=10, socket_connect_timeout=5)
+    app.extensions["eldric.redis"] = redis_client(app.config["REDIS_URL"], decode_responses=True,
+                                                  socket_timeout=10, socket_connect_timeout=5)
     app.extensions["eldric.celery"] = create_producer(app.config["REDIS_URL"])
 
     api = Api(app)

@@ -43,19 +43,27 @@ def _worker_view(record: dict, alive: bool, models: int) -> dict:
 
 def list_workers(client: redis.Redis, *, forget_after: float | None = None, now: float | None = None) -> list[dict]:
     """Every registered worker, sorted by id; long-gone ones are dropped from the set."""
+    return [view for view, _stamp in worker_rows(client, forget_after=forget_after, now=now)]
+
+
+def worker_rows(client: redis.Redis, *, forget_after: float | None = None,
+                now: float | None = None) -> list[tuple[dict, str | None]]:
+    """list_workers, each view with its hash's `inventory_at` (read in the same pass, for the model view)."""
     now = time.time() if now is None else now
     ids = sorted(client.smembers(keys.WORKERS))
     if not ids:
         return []
     pipe = client.pipeline(transaction=False)
+    pipe.mget([keys.worker_alive(wid) for wid in ids])  # one reply for all online marks
     for wid in ids:
         pipe.hgetall(keys.worker(wid))
-        pipe.exists(keys.worker_alive(wid))
         pipe.hlen(keys.worker_models(wid))
     results = pipe.execute()
+    marks = results[0]
     out = []
     for i, wid in enumerate(ids):
-        record, alive, models = results[3 * i: 3 * i + 3]
+        record, models = results[1 + 2 * i: 3 + 2 * i]
+        alive = marks[i] is not None
         if not record:
             client.srem(keys.WORKERS, wid)
             continue
@@ -63,7 +71,7 @@ def list_workers(client: redis.Redis, *, forget_after: float | None = None, now:
         if forget_after and not alive and now - view["last_seen"] > forget_after:
             client.srem(keys.WORKERS, wid)
             continue
-        out.append(view)
+        out.append((view, record.get("inventory_at")))
     return out
 
 

@@ -19,7 +19,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, stream_wit
 from controller import agents, inventory, jobs, pulls
 from controller.errors import ControllerError, NotFoundError
 from eldric.cluster import jobstate
-from controller.state import job_limits, offline_grace, producer, redis_client, stale_after
+from controller.state import inventory_cache, job_limits, offline_grace, producer, redis_client, stale_after
 from eldric import __version__
 from eldric.core.formats import parameter_size_label
 
@@ -129,7 +129,7 @@ def _pull_events(job_id: str) -> Iterator[dict]:
 
 @bp.get("/api/tags")
 def tags():
-    models, _eligible = inventory.cluster_models(redis_client(),
+    models, _eligible = inventory.cluster_models(redis_client(), cache=inventory_cache(),
                                                  forget_after=current_app.config["WORKER_FORGET_SECONDS"])
     return jsonify(models=[_tag(m) for m in models])
 

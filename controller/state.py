@@ -4,6 +4,7 @@ from celery import Celery
 from flask import current_app
 import redis
 
+from controller.inventory import InventoryCache
 from controller.pulls import JobLimits
 from eldric.transfer.upstreams import AddressPolicy, RegistryAllowList
 from controller.registry_client import RegistryClient
@@ -47,3 +48,12 @@ def registry_client() -> RegistryClient:
         client = RegistryClient(current_app.config["REGISTRY_URL"], token=current_app.config.get("CLUSTER_SECRET", ""))
         current_app.extensions["eldric.registry_client"] = client
     return client
+
+
+def inventory_cache() -> InventoryCache:
+    """This process's parsed worker inventories (revalidated against Redis on every read)."""
+    client = redis_client()
+    cache = current_app.extensions.get("eldric.inventory_cache")
+    if cache is None or cache.source is not client:  # a new client may be another database (tests swap it)
+        cache = current_app.extensions["eldric.inventory_cache"] = InventoryCache(source=client)
+    return cache

@@ -15,6 +15,7 @@ from pydantic import Field
 
 from eldric import __version__
 from eldric.client import cli as client_cli
+from eldric.cluster.celeryconf import celery_config
 from eldric.core.settings import EnvSettings
 
 SERVICES = {"controller": "controller.cli", "worker": "worker_agent.cli", "registry": "registry.cli"}
@@ -22,20 +23,23 @@ SERVICES = {"controller": "controller.cli", "worker": "worker_agent.cli", "regis
 
 def _beat(args: argparse.Namespace) -> int:
     from celery import Celery
+    from redbeat.schedulers import REDBEAT_REDIS_KEY
 
     from eldric import logging_setup
-    from eldric.cluster.schedules import ScheduleSettings, beat_config
+    from eldric.cluster.schedules import ScheduleSettings, beat_config, redbeat_client
 
     try:
         schedule = ScheduleSettings.from_env(redis_url=args.redis_url, log_level=args.loglevel)
         logging_setup.format_from_env()
+        conf = beat_config(schedule.redis_url, schedule)  # a bad sentinel:// URL fails here
     except ValueError as exc:
         print(f"eldric beat: {exc}", file=sys.stderr)
         return 2
     logging_setup.connect_celery_signals()
     print(f"eldric beat: effective configuration: {schedule.effective()}", file=sys.stderr)
     app = Celery("eldric-beat")
-    app.conf.update(beat_config(schedule.redis_url, schedule))
+    app.conf.update(conf)
+    setattr(app, REDBEAT_REDIS_KEY, redbeat_client(schedule.redis_url, schedule))  # RedBeat uses it, builds none
     # RedBeat keeps the schedule in Redis and takes a lock there: a second beat waits for it.
     app.Beat(loglevel=schedule.log_level, max_interval=schedule.loop_seconds).run()
     return 0
@@ -48,17 +52,25 @@ class FlowerSettings(EnvSettings):
 
 
 def _flower(args: argparse.Namespace) -> int:
-    """Replace this process with Flower watching our broker (task events are on, see eldric/cluster/celeryconf.py)."""
+    """Run Flower in this process on a Celery app configured like every other (eldric/cluster/celeryconf.py:
+    task events on; for a sentinel:// URL the Sentinel transport and its master name, which no Flower or
+    Celery command-line flag can carry). The broker URL and its password never reach argv or the environment."""
     try:
         s = FlowerSettings.from_env(redis_url=args.redis_url, flower_host=args.host, flower_port=args.port)
+        conf = celery_config(s.redis_url)
     except ValueError as exc:
         print(f"eldric flower: {exc}", file=sys.stderr)
         return 2
+    from celery import Celery
+    from celery.bin.celery import celery as celery_command
+
     extra = args.flower_args[1:] if args.flower_args[:1] == ["--"] else args.flower_args
-    argv = [sys.executable, "-m", "celery", "flower", f"--port={s.flower_port}", f"--address={s.flower_host}", *extra]
-    # Through the environment, not argv: a Redis password must not show in `ps`.
-    os.execve(sys.executable, argv, {**os.environ, "CELERY_BROKER_URL": s.redis_url})  # noqa: S606  (our own argv)
-    return 0  # not reached
+    os.environ.pop("CELERY_BROKER_URL", None)  # Celery lets it override the app's broker_url
+    app = Celery("eldric-flower")
+    app.conf.update(conf)
+    app.set_default()  # what `celery` uses when no -A is given
+    return celery_command.main(args=["flower", f"--port={s.flower_port}", f"--address={s.flower_host}", *extra],
+                               prog_name="eldric flower")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,12 +10,12 @@ import logging
 import threading
 from pathlib import Path
 
-import redis
 from flask import Flask, jsonify, request
 from flask_smorest import Api
 from pydantic import Field
 
 from eldric import __version__, logging_setup
+from eldric.cluster.redisconn import redis_client
 from eldric.core.settings import CommaList, EnvSettings, Size, UserPath
 from eldric.core.errors import DigestMismatchError, InvalidDigestError, InvalidNameError
 from eldric.transfer.upstreams import AddressPolicy
@@ -69,8 +69,8 @@ def create_registry_app(storage: str | Path, settings: RegistrySettings = Regist
     app.json.sort_keys = False
     svc = RegistryService(storage, max_file_bytes=settings.max_file_bytes, max_model_bytes=settings.max_model_bytes,
                           min_free_bytes=settings.min_free_bytes, draft_ttl=settings.draft_ttl_seconds)
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=10,
-                                  socket_connect_timeout=5) if settings.redis_url else None
+    client = redis_client(settings.redis_url, decode_responses=True, socket_timeout=10,
+                          socket_connect_timeout=5) if settings.redis_url else None
     importer = Importer(svc, redis_client=client, workers=settings.import_workers,
                         fetch_options=FetchOptions(max_bytes=settings.max_file_bytes,
                                                    url_policy=AddressPolicy.parse(settings.url_allowlist)))

@@ -9,6 +9,7 @@ want_browser=0
 
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v redis-sentinel >/dev/null || missing+=(redis-sentinel)
 command -v docker-registry >/dev/null || missing+=(docker-registry)
 command -v curl >/dev/null || missing+=(curl)
 if (( want_browser )) && ! [ -x /usr/bin/chromium ]; then missing+=(chromium); fi

@@ -19,11 +19,16 @@ and acknowledges its message on the old channel (`'NoneType' object has no attri
 while Redis is down is a connection error Celery ignores (the message stays in Redis's
 unacked set if Redis kept its data), and the late ack removes it after the reconnect.
 Upstream reports of the same family: kombu #582, #970; celery #7705, #9250.
+
+kombu's Sentinel channel (`sentinel://` brokers, issue 13) is a subclass of the same Channel and
+has the same hole plus one more: its `_sentinel_managed_pool` reads the sentinel addresses from
+`self.connection.client.alt`. `SentinelChannel` keeps those too.
 """
 
 from __future__ import annotations
 
 import warnings
+from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 from celery import Celery
@@ -35,8 +40,8 @@ from eldric.cluster.celeryconf import celery_config
 app = Celery("eldric", include=["worker_agent.tasks"])
 
 
-class RedisChannel(kombu_redis.Channel):
-    """kombu's Redis channel, able to open a client after its connection was closed."""
+class KeptConnparams:
+    """Mixin for kombu's Redis channels: the connection parameters are those it was opened with."""
 
     def _connparams(self, asynchronous: bool = False) -> dict:
         # Called first by Channel.__init__ (its PING), while the transport is still attached.
@@ -46,18 +51,46 @@ class RedisChannel(kombu_redis.Channel):
         return dict(saved[asynchronous])
 
 
+class RedisChannel(KeptConnparams, kombu_redis.Channel):
+    """kombu's Redis channel, able to open a client after its connection was closed."""
+
+
 class RedisTransport(kombu_redis.Transport):
     Channel = RedisChannel
 
 
+class SentinelChannel(KeptConnparams, kombu_redis.SentinelChannel):
+    """kombu's Sentinel channel, able to find the master again after its connection was closed."""
+
+    def _sentinel_managed_pool(self, asynchronous: bool = False):
+        attached = self.connection
+        if attached is not None and attached.client is not None:
+            if "_eldric_connection" not in self.__dict__:  # first call: Channel.__init__ (its PING)
+                self._eldric_connection = SimpleNamespace(client=SimpleNamespace(alt=list(attached.client.alt)),
+                                                          default_port=attached.default_port)
+            return super()._sentinel_managed_pool(asynchronous)
+        # Detached (transport.client or channel.connection cleared): what kombu reads, as it was.
+        self.connection = self._eldric_connection
+        try:
+            return super()._sentinel_managed_pool(asynchronous)
+        finally:
+            self.connection = attached
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel
+
+
 TRANSPORT = f"{__name__}:RedisTransport"
+SENTINEL_TRANSPORT = f"{__name__}:SentinelTransport"
 
 
 def configure(redis_url: str, visibility_timeout: int = 3600) -> Celery:
     app.conf.update(celery_config(redis_url, visibility_timeout))
-    if urlsplit(redis_url).scheme == "redis":
-        # Only plain redis:// URLs: kombu derives TLS defaults from the `rediss` scheme name.
-        app.conf.broker_transport = TRANSPORT
+    scheme = urlsplit(redis_url).scheme
+    if scheme in ("redis", "sentinel"):
+        # Not rediss://: kombu derives TLS defaults from the `rediss` scheme name.
+        app.conf.broker_transport = TRANSPORT if scheme == "redis" else SENTINEL_TRANSPORT
     # An agent waits for Redis as long as it takes (Celery's default gives up after 100 tries,
     # about 50 minutes, and the worker then exits).
     app.conf.broker_connection_max_retries = None

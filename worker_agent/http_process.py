@@ -91,9 +91,8 @@ def start(settings_json: str, host: str, port: int) -> HttpProcess:
 
 
 def main(argv: list[str]) -> int:
-    import redis
-
     from eldric import logging_setup
+    from eldric.cluster.redisconn import redis_client
     from eldric.web.gunicorn_server import serve_with_gunicorn
     from worker_agent.catalog import Catalog
     from worker_agent.ollama_store import OllamaStore
@@ -107,8 +106,8 @@ def main(argv: list[str]) -> int:
     logging_setup.set_process_fields(worker_id=settings.worker_id)
 
     def build():
-        client = redis.Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=10,
-                                      socket_connect_timeout=5)
+        client = redis_client(settings.redis_url, decode_responses=True, socket_timeout=10,
+                              socket_connect_timeout=5)
         agent = Agent(settings=settings, redis=client, store=OllamaStore(settings.models_dir),
                       catalog=Catalog(Path(settings.data_dir) / "catalog"))
         return create_agent_app(agent)

@@ -11,6 +11,7 @@ import time
 import redis
 
 from eldric import logging_setup
+from eldric.cluster import redisconn
 from eldric.cluster.queues import TASK_FOR_JOB_KIND, TASK_PULL, is_model_serving, queues_for, worker_queue
 from eldric.transfer.urlfetch import redact as redact_url
 from worker_agent import celery_app, http_process, installers, job_runner, membership, runtime
@@ -64,8 +65,8 @@ def redis_client(url: str) -> redis.Redis:
     """The agent's own Redis client (state, heartbeat, progress). The timeouts turn a Redis that
     stopped answering into an error the callers retry, instead of a heartbeat or a download
     thread blocked on a dead socket for the kernel's TCP timeout (minutes)."""
-    return redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5, socket_timeout=5,
-                                health_check_interval=30)
+    return redisconn.redis_client(url, decode_responses=True, socket_connect_timeout=5, socket_timeout=5,
+                                  health_check_interval=30)
 
 
 def run_agent(settings: AgentSettings, loglevel: str = "INFO") -> int:

@@ -1,16 +1,17 @@
 """GET /api/v1/models/pull-jobs/<id>/events: a job's progress as server-sent events.
 
-The stream is fed by the job's Redis pub/sub channel (every worker progress write
-is published there) and reads the job record only at the start, when a worker
-finishes, and every few seconds (so states the readers derive, `offline` and the
-deadline/stale failures, reach the client too). Contract (text/event-stream):
+The stream is fed by the job's Redis pub/sub channel (every worker progress write is
+published there) through the process's one pub/sub connection (controller.event_hub),
+and reads the job record only at the start, when a worker finishes, and every few
+seconds (so states the readers derive, `offline` and the deadline/stale failures,
+reach the client too). Contract (text/event-stream):
 
     retry: 3000
     event: snapshot   data: the job, exactly as GET /api/v1/models/pull-jobs/<id>
     event: progress   data: {"workers": [records]}  changed workers, coalesced per `flush` interval
     : keep-alive      a comment every `heartbeat` seconds of silence
     event: done       data: the final job (completed, completed_with_skipped, failed, cancelled); the stream ends
-    event: end        data: {"reason": "max_seconds" | "gone"}; the stream ends, reconnect to go on
+    event: end        data: {"reason": "max_seconds" | "gone" | "unavailable"}; the stream ends, reconnect to go on
 
 A record is the same per-worker record as in the job view (`worker`, `state`,
 `status`, `percent`, `completed`, `total`, `error`, `updated_at`, ...); records
@@ -18,31 +19,37 @@ older than what the client already has are not sent. Records published by a writ
 also carry `job_state`, the job's state right after that write, so clients never
 derive it; the newest is the last record of the event. Records from a re-read (the
 reader-derived `offline` and deadline failures) carry no `job_state`; the job's state
-then comes with `done`, or the next snapshot.
+then comes with `done`, or the next snapshot. A stream that cannot start (Redis
+unreachable) answers 503 in the JSON error format; once started it never fails with
+an error: Redis going away ends it with `end {"reason": "unavailable"}`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 
 import redis
-from flask import Response
+from flask import Response, current_app
 from flask.views import MethodView
 from eldric.web.blueprints import Blueprint
 from marshmallow import Schema, fields, validate
 
 from controller import jobs
 from controller.errors import NotFoundError
+from controller.event_hub import EventHub, HubUnavailableError, Subscription
 from controller.state import offline_grace, redis_client, stale_after
 from eldric.cluster import jobstate
-from eldric.cluster import keys
+from eldric.web.problems import error_response
 
 blp = Blueprint("pull_job_events", __name__, url_prefix="/api/v1/models",
                 description="Live progress of pull and distribute jobs (server-sent events)")
 
 FINAL_JOB_STATES = jobstate.JOB_FINAL
+log = logging.getLogger(__name__)
 
 
 class EventQuerySchema(Schema):
@@ -63,69 +70,93 @@ def _newer(record: dict, known: dict[str, tuple]) -> bool:
     return seen is None or mark[0] > seen[0] or (mark[0] == seen[0] and mark[1] != seen[1])
 
 
-def job_event_stream(client: redis.Redis, job_id: str, read_job: Callable[[], dict | None], *,
+def job_event_stream(sub: Subscription, read_job: Callable[[], dict | None], *,
                      heartbeat: float = 10.0, max_seconds: float = 600.0, recheck: float = 2.0,
                      flush: float = 0.25, clock: Callable[[], float] = time.monotonic) -> Iterator[str]:
-    """The SSE text of one job: snapshot, coalesced progress, keep-alives, then done or end."""
-    pubsub = client.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(keys.job_events(job_id))  # before the snapshot, so no write falls in between
+    """The SSE text of one job: snapshot, coalesced progress, keep-alives, then done or end.
+
+    `sub` is already confirmed by Redis (so no write falls between it and the snapshot); it is
+    closed when the stream ends.
+    """
     try:
-        job = read_job()
-        if job is None:
-            yield format_event("end", {"reason": "gone"})
-            return
-        yield "retry: 3000\n" + format_event("snapshot", job)
-        if job["state"] in FINAL_JOB_STATES:
-            yield format_event("done", job)
-            return
-        known = {w["worker"]: (float(w.get("updated_at") or 0), w.get("state")) for w in job["workers"]}
-        pending: dict[str, dict] = {}
-        start = last_sent = last_flush = last_check = clock()
-        check_now = False
-        while clock() - start < max_seconds:
-            message = pubsub.get_message(timeout=flush)
-            while message is not None:
-                record = _parse(message)
-                if record and _newer(record, known):
-                    pending.pop(record["worker"], None)  # keep write order: the last record's job_state is the newest
-                    pending[record["worker"]] = record
-                message = pubsub.get_message(timeout=0)
-            now = clock()
-            if pending and now - last_flush >= flush:
-                check_now |= any(jobstate.is_terminal(r.get("state", "")) for r in pending.values())
-                known.update({w: (float(r.get("updated_at") or 0), r.get("state")) for w, r in pending.items()})
-                yield format_event("progress", {"workers": list(pending.values())})
-                pending.clear()
-                last_flush = last_sent = now
-            if check_now or now - last_check >= recheck:
-                check_now, last_check = False, now
-                job = read_job()
-                if job is None:
-                    yield format_event("end", {"reason": "gone"})
-                    return
-                if job["state"] in FINAL_JOB_STATES:
-                    yield format_event("done", job)
-                    return
-                # The readers' derived states (offline, deadline or stale failures) are never published.
-                changed = [w for w in job["workers"] if known.get(w["worker"], (0, None))[1] != w.get("state")]
-                if changed:
-                    known.update({w["worker"]: (float(w.get("updated_at") or 0), w.get("state")) for w in changed})
-                    yield format_event("progress", {"workers": changed})
-                    last_sent = now
-            if now - last_sent >= heartbeat:
-                yield ": keep-alive\n\n"
-                last_sent = now
-        yield format_event("end", {"reason": "max_seconds"})
+        yield from _stream(sub, read_job, heartbeat=heartbeat, max_seconds=max_seconds, recheck=recheck,
+                           flush=flush, clock=clock)
+    except redis.RedisError as exc:
+        log.warning("job %s event stream: Redis unavailable (%s)", sub.job_id, exc)
+        yield format_event("end", {"reason": "unavailable"})
     finally:
-        pubsub.close()
+        sub.close()
 
 
-def _parse(message: dict) -> dict | None:
-    try:
-        record = json.loads(message.get("data") or "")
-    except (TypeError, ValueError):
-        return None
-    return record if isinstance(record, dict) and isinstance(record.get("worker"), str) else None
+def _stream(sub: Subscription, read_job: Callable[[], dict | None], *, heartbeat: float, max_seconds: float,
+            recheck: float, flush: float, clock: Callable[[], float]) -> Iterator[str]:
+    job = read_job()
+    if job is None:
+        yield format_event("end", {"reason": "gone"})
+        return
+    yield "retry: 3000\n" + format_event("snapshot", job)
+    if job["state"] in FINAL_JOB_STATES:
+        yield format_event("done", job)
+        return
+    known = {w["worker"]: (float(w.get("updated_at") or 0), w.get("state")) for w in job["workers"]}
+    start = last_sent = last_check = clock()
+    check_now = False
+    while clock() - start < max_seconds:
+        # The hub keeps the newest record per worker between takes: one progress event per `flush` at most.
+        pending = [r for r in sub.take(timeout=flush) if _newer(r, known)]
+        if sub.broken:
+            yield format_event("end", {"reason": "unavailable"})
+            return
+        now = clock()
+        if pending:
+            check_now |= any(jobstate.is_terminal(r.get("state", "")) for r in pending)
+            known.update({r["worker"]: (float(r.get("updated_at") or 0), r.get("state")) for r in pending})
+            yield format_event("progress", {"workers": pending})
+            last_sent = now
+        if check_now or now - last_check >= recheck:
+            check_now, last_check = False, now
+            job = read_job()
+            if job is None:
+                yield format_event("end", {"reason": "gone"})
+                return
+            if job["state"] in FINAL_JOB_STATES:
+                yield format_event("done", job)
+                return
+            # The readers' derived states (offline, deadline or stale failures) are never published.
+            changed = [w for w in job["workers"] if known.get(w["worker"], (0, None))[1] != w.get("state")]
+            if changed:
+                known.update({w["worker"]: (float(w.get("updated_at") or 0), w.get("state")) for w in changed})
+                yield format_event("progress", {"workers": changed})
+                last_sent = now
+        if now - last_sent >= heartbeat:
+            yield ": keep-alive\n\n"
+            last_sent = now
+        if pending:  # pace the stream: what arrives meanwhile is coalesced into the next event
+            time.sleep(max(0.0, flush - (clock() - now)))
+    yield format_event("end", {"reason": "max_seconds"})
+
+
+_HUB_LOCK = threading.Lock()
+# Pool connections the streams of one process may hold at the same moment (the rest serve the API).
+_STREAM_READS = threading.BoundedSemaphore(16)
+
+
+def event_hub() -> EventHub:
+    """The process's hub, created on first use (so after gunicorn forked its workers)."""
+    hub = current_app.extensions.get("eldric.event_hub")
+    if hub is None:
+        with _HUB_LOCK:
+            hub = current_app.extensions.get("eldric.event_hub")
+            if hub is None:
+                client = redis_client()
+                hub = current_app.extensions["eldric.event_hub"] = EventHub(lambda: _connect(client))
+    return hub
+
+
+def _connect(client: redis.Redis) -> redis.client.PubSub:
+    pubsub = client.pubsub()
+    pubsub.ping()  # fail here, when Redis is down, not at the first subscription
+    return pubsub
 
 
 @blp.route("/pull-jobs/<job_id>/events")
@@ -133,17 +164,31 @@ class PullJobEvents(MethodView):
     @blp.arguments(EventQuerySchema, location="query")
     @blp.doc(responses={"200": {"description": "text/event-stream: snapshot, progress, keep-alive, done | end",
                                 "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-                        "404": {"description": "no such job"}})
+                        "404": {"description": "no such job"},
+                        "503": {"description": "Redis unreachable: live progress cannot start (poll the job)"}})
     def get(self, query: dict, job_id: str):
         """Live progress of one job as server-sent events (the dashboard's bars, `eldric pull`)."""
         client, stale, grace = redis_client(), stale_after(), offline_grace()
-        if jobs.get_job(client, job_id, stale_after=stale, offline_grace=grace) is None:
-            raise NotFoundError(f"no job {job_id!r}")
 
         def read_job() -> dict | None:
-            return jobs.get_job(client, job_id, stale_after=stale, offline_grace=grace)
+            # Hundreds of streams opening at once would empty the app's Redis pool (redis-py's
+            # default of 100 connections) and fail the rest of the API: they take turns instead.
+            if not _STREAM_READS.acquire(timeout=10):
+                raise redis.ConnectionError("too many job streams reading at once")
+            try:
+                return jobs.get_job(client, job_id, stale_after=stale, offline_grace=grace)
+            finally:
+                _STREAM_READS.release()
 
-        stream = job_event_stream(client, job_id, read_job, heartbeat=query["heartbeat"],
-                                  max_seconds=query["max_seconds"])
-        return Response(stream, mimetype="text/event-stream",
-                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        if read_job() is None:
+            raise NotFoundError(f"no job {job_id!r}")
+
+        try:
+            sub = event_hub().subscribe(job_id)
+        except HubUnavailableError as exc:
+            return error_response(503, f"live progress unavailable, poll the job instead: {exc}")
+        stream = job_event_stream(sub, read_job, heartbeat=query["heartbeat"], max_seconds=query["max_seconds"])
+        response = Response(stream, mimetype="text/event-stream",
+                            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        response.call_on_close(sub.close)  # also when the stream never started
+        return response

@@ -2,14 +2,39 @@
 
 from flask import current_app
 from flask.views import MethodView
-from marshmallow import Schema, fields, post_dump
+from marshmallow import Schema, fields, post_dump, validate
 
 from controller import agents, inventory, jobs, pulls
-from controller.schemas import JobSchema, model_name_field, worker_ids_field
-from controller.state import job_limits, producer, redis_client, offline_grace, stale_after
+from controller.schemas import MAX_OFFSET, JobSchema, model_name_field, worker_ids_field
+from controller.state import inventory_cache, job_limits, producer, redis_client, offline_grace, stale_after
+from eldric.core.names import MAX_NAME_LENGTH
 from eldric.web.blueprints import Blueprint
 
 blp = Blueprint("models", __name__, url_prefix="/api/v1/models", description="Models across the cluster")
+
+
+MAX_MODEL_PAGE = 1000
+
+
+class WorkerIdList(fields.List):
+    """A list of worker ids, documented as strings but dumped as it is: the view builds it from
+    Redis's strings, and at 1,000 workers x 100 models a per-item field call costs more than the view."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(fields.String(), **kwargs)
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return None if value is None else list(value)
+
+
+class DigestHolders(fields.Dict):
+    """digest -> worker ids, dumped as it is (see WorkerIdList)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(keys=fields.String(), values=fields.List(fields.String()), **kwargs)
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return None if value is None else {str(k): list(v) for k, v in value.items()}
 
 
 class ClusterModelSchema(Schema):
@@ -19,17 +44,31 @@ class ClusterModelSchema(Schema):
     format = fields.String(allow_none=True)
     details = fields.Dict()
     modified_at = fields.Float(allow_none=True)
-    workers = fields.List(fields.String(), metadata={"description": "workers that have the model"})
-    missing = fields.List(fields.String(), metadata={"description": "inference/cloud workers that lack it"})
+    workers = WorkerIdList(metadata={"description": "workers that have the model"})
+    missing = WorkerIdList(metadata={"description": "inference/cloud workers that lack it"})
     coverage = fields.Float(metadata={"description": "percent of inference/cloud workers that have it"})
     consistent = fields.Boolean(metadata={"description": "every worker has the same digest"})
-    digests = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
+    digests = DigestHolders()
 
 
 class ClusterModelListSchema(Schema):
     models = fields.List(fields.Nested(ClusterModelSchema))
-    total = fields.Integer()
+    total = fields.Integer(metadata={"description": "models matching q and coverage_below (all, without them)"})
     eligible_workers = fields.Integer()
+
+
+class ClusterModelQuerySchema(Schema):
+    """Without parameters: every model, sorted by name. Filters apply before the page is cut."""
+
+    q = fields.String(validate=validate.Length(min=1, max=MAX_NAME_LENGTH),
+                      metadata={"description": "only models whose name contains this (any case)"})
+    coverage_below = fields.Float(validate=validate.Range(min=0, max=100),
+                                  metadata={"description": "only models with coverage under this percent "
+                                                           "(100: every model some worker lacks)"})
+    limit = fields.Integer(validate=validate.Range(min=1, max=MAX_MODEL_PAGE),
+                           metadata={"description": "at most this many models (default: all)"})
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_OFFSET),
+                            metadata={"description": "skip this many matching models"})
 
 
 class ModelRefSchema(Schema):
@@ -62,12 +101,15 @@ class DeleteRequestSchema(Schema):
 
 @blp.route("")
 class Models(MethodView):
+    @blp.arguments(ClusterModelQuerySchema, location="query")
     @blp.response(200, ClusterModelListSchema)
-    def get(self):
-        """Every model in the cluster with size, digest, format, the workers that have it and coverage."""
-        models, eligible = inventory.cluster_models(redis_client(),
-                                                    forget_after=current_app.config["WORKER_FORGET_SECONDS"])
-        return {"models": models, "total": len(models), "eligible_workers": eligible}
+    def get(self, query: dict):
+        """Every model in the cluster with size, digest, format, the workers that have it and coverage;
+        filtered by name and coverage, and paged, on request."""
+        models, matching, eligible = inventory.query_models(
+            redis_client(), inventory.ModelQuery(**query), cache=inventory_cache(),
+            forget_after=current_app.config["WORKER_FORGET_SECONDS"])
+        return {"models": models, "total": matching, "eligible_workers": eligible}
 
 
 @blp.route("/show")

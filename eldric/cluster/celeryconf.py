@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from eldric.cluster.redisconn import celery_broker
+
 
 def celery_config(redis_url: str, visibility_timeout: int = 3600) -> dict:
+    """`redis_url` is ELDRIC_REDIS_URL: a redis://, rediss:// or sentinel:// URL (eldric.cluster.redisconn)."""
+    broker_url, transport_options = celery_broker(redis_url)
     return {
-        "broker_url": redis_url,
+        "broker_url": broker_url,
         "broker_connection_retry_on_startup": True,
         # Job state lives in our own Redis records; Celery results would duplicate it.
         "task_ignore_result": True,
@@ -24,7 +28,7 @@ def celery_config(redis_url: str, visibility_timeout: int = 3600) -> dict:
         # is not raised to the longest deadline because it is also how a shared-queue task
         # (maintenance) taken by an agent that died comes back; an agent's own jobs come back
         # sooner, when it restarts (job_runner.unfinished_jobs).
-        "broker_transport_options": {"visibility_timeout": visibility_timeout},
+        "broker_transport_options": {"visibility_timeout": visibility_timeout, **transport_options},
         # Events let Flower show tasks and workers.
         "worker_send_task_events": True,
         "task_send_sent_event": True,

@@ -9,7 +9,10 @@ beats run, one schedules and the other waits to take over.
 
 from __future__ import annotations
 
+import redis
 from pydantic import Field
+from redis.backoff import ConstantBackoff
+from redis.retry import Retry
 
 from eldric.cluster.celeryconf import celery_config
 from eldric.cluster.keys import PREFIX
@@ -21,8 +24,10 @@ from eldric.cluster.queues import (
     TASK_PINS_RECONCILE,
     TASK_REAP_STALE_JOBS,
 )
+from eldric.cluster.redisconn import redbeat_settings, redis_client
 from eldric.core.settings import EnvSettings
 
+RETRY_SECONDS = 0.5  # pause between RedBeat's attempts to reach Redis again
 REDBEAT_PREFIX = f"{PREFIX}:redbeat:"  # RedBeat's keys: <prefix>:schedule, <prefix>:lock, <prefix><entry>
 
 
@@ -75,8 +80,21 @@ def beat_config(redis_url: str, s: ScheduleSettings) -> dict:
         "beat_schedule": beat_schedule(s),
         "beat_scheduler": "redbeat.RedBeatScheduler",
         "beat_max_loop_interval": s.loop_seconds,
-        "redbeat_redis_url": redis_url,
-        "redbeat_redis_options": {},
+        **redbeat_settings(redis_url),
         "redbeat_key_prefix": REDBEAT_PREFIX,
         "redbeat_lock_timeout": int(s.lock_seconds),
     }
+
+
+def redbeat_client(redis_url: str, s: ScheduleSettings) -> redis.Redis:
+    """RedBeat's Redis client, given to it in place of its own (`eldric beat` sets `app.redbeat_redis`).
+
+    RedBeat extends its lock on every tick through this client and beat exits on the first
+    error, so a Redis failover (seconds while the sentinels elect a new master) or a restart would
+    stop the schedule until a supervisor starts beat again. This client retries a lost connection
+    for about the lock time (ELDRIC_BEAT_LOCK_SECONDS): longer, and a standby beat takes over anyway.
+    redis-py retries the connect (where a failover shows as MasterNotFoundError, a ConnectionError) and the
+    command alike; a constant pause makes the budget a time, not a count.
+    """
+    retry = Retry(ConstantBackoff(RETRY_SECONDS), retries=max(3, int(s.lock_seconds / RETRY_SECONDS)))
+    return redis_client(redis_url, decode_responses=True, socket_timeout=5, socket_connect_timeout=2, retry=retry)

@@ -66,6 +66,9 @@ UserPath = Annotated[Path, AfterValidator(lambda p: p.expanduser())]
 CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_split_commas)]
 
 
+_URL_PASSWORD = re.compile(r"(://[^/@:]*:)[^/@]*@")
+
+
 def _is_secret(field: str) -> bool:
     return any(word in field for word in ("secret", "token", "password"))
 
@@ -139,6 +142,8 @@ class EnvSettings(BaseSettings):
             value = getattr(self, name)
             if _is_secret(name):
                 value = "(set)" if value else "(empty)"
+            elif isinstance(value, str):
+                value = _URL_PASSWORD.sub(r"\1***@", value)  # redis://:pw@host, sentinel://user:pw@host
             elif isinstance(value, tuple):
                 value = ",".join(value)
             shown.append(f"{type(self).env_name(name)}={value}")

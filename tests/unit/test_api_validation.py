@@ -2,37 +2,25 @@
 
 from __future__ import annotations
 
+
 import fakeredis
 import pytest
 import redis
-from kombu.exceptions import OperationalError
 
 from controller import create_app
 from eldric.cluster import jobstate
 from eldric.cluster import keys
+from tests.support.fake_celery import FakeCelery
 from worker_agent import membership
 
 CLOSED_PORT_URL = "redis://127.0.0.1:1/0"
 
 
-class FakeProducer:
-    """Stands in for the controller's Celery app: records send_task calls; some queues can be down."""
-
-    def __init__(self, unreachable: set[str] = frozenset()) -> None:
-        self.sent: list[dict] = []
-        self.unreachable = unreachable
-
-    def send_task(self, name: str, args=None, queue: str | None = None, **kw):
-        if queue in self.unreachable:
-            raise OperationalError("Error 111 connecting to broker")
-        self.sent.append({"name": name, "args": args, "queue": queue, **kw})
-
-
 def make_app(**config):
-    """create_app as a deployment calls it, then fakeredis and a FakeProducer in place of the real handles."""
+    """create_app as a deployment calls it, then fakeredis and a FakeCelery in place of the real handles."""
     app = create_app({"REDIS_URL": CLOSED_PORT_URL, "API_TOKEN": "", **config})
     app.extensions["eldric.redis"] = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
-    app.extensions["eldric.celery"] = FakeProducer()
+    app.extensions["eldric.celery"] = FakeCelery()
     return app
 
 
@@ -46,7 +34,7 @@ def app(shared_app):
     """One app per module (building it is the slow part); fresh Redis and producer per test."""
     shared_app.extensions["eldric.redis"] = fakeredis.FakeRedis(server=fakeredis.FakeServer(),
                                                                 decode_responses=True)
-    shared_app.extensions["eldric.celery"] = FakeProducer()
+    shared_app.extensions["eldric.celery"] = FakeCelery()
     return shared_app
 
 
@@ -61,7 +49,7 @@ def store(app) -> fakeredis.FakeRedis:
 
 
 @pytest.fixture
-def producer(app) -> FakeProducer:
+def producer(app) -> FakeCelery:
     return app.extensions["eldric.celery"]
 
 
@@ -186,6 +174,7 @@ def test_pull_fans_out_one_task_per_inference_and_cloud_worker(client, store, pr
         ("models.pull", "worker.gpu1", [job["id"], "tiny:latest"]),
     ]
     assert all("dn1" not in s["queue"] for s in producer.sent)
+    assert len(producer.batches) == 1  # one pipeline for all of them
     assert store.smembers(keys.worker_jobs("gpu1")) == {job["id"]}
     assert store.smembers(keys.worker_jobs("dn1")) == set()
 
@@ -205,11 +194,12 @@ def test_full_name_is_sent_in_its_short_form(client, producer, cluster):
 
 
 def test_worker_whose_queue_cannot_be_reached_is_failed_not_dropped(app, client, store, cluster):
-    app.extensions["eldric.celery"] = producer = FakeProducer(unreachable={"worker.cloud1"})
+    app.extensions["eldric.celery"] = producer = FakeCelery(unreachable={"worker.cloud1"})
     resp = pull(client, {"model": "tiny"})
     assert resp.status_code == 202
     job_id = resp.get_json()["id"]
-    assert [s["queue"] for s in producer.sent] == ["worker.gpu1"]
+    assert [s["queue"] for s in producer.sent] == ["worker.gpu1"]  # the failed batch is sent again one by one
+    assert producer.sent[0]["retry"] is True
     states = {w["worker"]: w for w in client.get(f"/api/v1/models/pull-jobs/{job_id}").get_json()["workers"]}
     assert states["cloud1"]["state"] == jobstate.FAILED
     assert "could not enqueue" in states["cloud1"]["error"]
@@ -296,7 +286,7 @@ def down_client():
     configured as in production, is the one worth testing.
     """
     app = create_app({"REDIS_URL": CLOSED_PORT_URL, "API_TOKEN": ""})
-    app.extensions["eldric.celery"] = FakeProducer()
+    app.extensions["eldric.celery"] = FakeCelery()
     assert isinstance(app.extensions["eldric.redis"], redis.Redis)
     return app.test_client()
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
+import os
 
 import pytest
 
 from eldric import cli
 from eldric.cluster.queues import MAINTENANCE_QUEUE
-from eldric.cluster.schedules import REDBEAT_PREFIX, ScheduleSettings, beat_config, beat_schedule
+from eldric.cluster.schedules import REDBEAT_PREFIX, RETRY_SECONDS, ScheduleSettings, beat_config, beat_schedule, redbeat_client
 
 
 def test_defaults_schedule_every_job_on_the_maintenance_queue():
@@ -77,14 +77,40 @@ def test_beat_refuses_an_unknown_log_format(monkeypatch, capsys):
     assert "log format" in capsys.readouterr().err
 
 
-def test_flower_runs_celery_flower_with_the_broker_in_the_environment_not_argv(monkeypatch):
+@pytest.mark.parametrize("url, broker, options", [
+    ("redis://:pw@h:6379/0", "redis://:pw@h:6379/0", {}),
+    ("sentinel://:pw@h1,h2/0?master=eldric", "sentinel://:pw@h1:26379/0;sentinel://:pw@h2:26379/0",
+     {"master_name": "eldric"}),
+])
+def test_flower_runs_in_process_on_our_celery_app_with_the_broker_out_of_argv_and_env(monkeypatch, url, broker, options):
+    from celery import _state
+    from celery.bin.celery import celery as celery_command
+
+    # The app made here becomes the current and default one: both come back after the test.
+    monkeypatch.setattr(_state, "default_app", _state.default_app)
+    monkeypatch.setattr(_state._tls, "current_app", getattr(_state._tls, "current_app", None))
     calls = []
-    monkeypatch.setattr(cli.os, "execve", lambda path, argv, env: calls.append((path, argv, env)))
-    cli.main(["flower", "--port", "5600", "--redis-url", "redis://:pw@h:6379/0", "--", "--url_prefix=flower"])
-    [(path, argv, env)] = calls
-    assert path == sys.executable
-    assert argv[1:] == ["-m", "celery", "flower", "--port=5600", "--address=127.0.0.1", "--url_prefix=flower"]
-    assert env["CELERY_BROKER_URL"] == "redis://:pw@h:6379/0" and "pw" not in " ".join(argv)
+    monkeypatch.setattr(celery_command, "main", lambda args, prog_name: calls.append(args) or 0)
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://elsewhere:1/0")
+    assert cli.main(["flower", "--port", "5600", "--redis-url", url, "--", "--url_prefix=flower"]) == 0
+    assert calls == [["flower", "--port=5600", "--address=127.0.0.1", "--url_prefix=flower"]]
+    assert "CELERY_BROKER_URL" not in os.environ
+    conf = _state.get_current_app().conf
+    assert conf.broker_url == broker
+    assert conf.broker_transport_options == {"visibility_timeout": 3600, **options}
+    assert conf.worker_send_task_events is True
+
+
+@pytest.mark.parametrize("command", ["flower", "beat"])
+def test_flower_and_beat_refuse_a_sentinel_url_without_master(capsys, command):
+    assert cli.main([command, "--redis-url", "sentinel://h1/0"]) == 2
+    assert "?master=NAME" in capsys.readouterr().err
+
+
+def test_beat_gives_redbeat_a_client_that_retries_about_the_lock_time():
+    client = redbeat_client("sentinel://h1/0?master=eldric", ScheduleSettings(lock_seconds=12))
+    assert client.connection_pool.service_name == "eldric"
+    assert client.get_retry().get_retries() * RETRY_SECONDS == 12
 
 
 def test_flower_defaults_to_port_5555_on_loopback():

@@ -1,0 +1,231 @@
+"""One Redis pub/sub connection per controller process, fanned out to any number of job streams.
+
+Every job write is published on the job's channel (`eldric:job:<id>:events`). Before this
+hub each server-sent-event stream held its own pub/sub connection, taken from the app's
+Redis pool (redis-py: at most 100), so past about 100 open streams new ones failed and
+open ones died mid-response (issue 13). Now one background thread owns one pub/sub
+connection; it SUBSCRIBEs to a job's channel while at least one stream follows the job
+(reference counts) and UNSUBSCRIBEs when the last one leaves, so the controller receives
+only the jobs someone watches.
+
+Each stream has a `Subscription`: a mailbox of the newest record per worker (a record
+replaces the worker's older one, so the mailbox is bounded by the job's worker count
+however fast workers write, and the stream reads it at its own pace: progress coalesced).
+Records keep write order (the last one carries the newest `job_state`).
+
+pub/sub is not thread-safe in redis-py, so only the hub thread touches the connection:
+streams queue (un)subscribe requests, and a subscription is `ready` once Redis confirmed it
+(a stream reads its snapshot only after that, so no write falls in between). When Redis drops
+the connection every subscription is marked `broken` (its stream ends with a clean `end`
+event and the client reconnects); the thread reconnects with backoff and resubscribes what
+is still followed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+
+import redis
+
+from eldric.cluster import keys
+
+log = logging.getLogger(__name__)
+
+
+class Subscription:
+    """One stream's view of one job: the newest unread record per worker, or `broken`."""
+
+    def __init__(self, hub: EventHub, job_id: str) -> None:
+        self.hub, self.job_id = hub, job_id
+        self.ready = threading.Event()
+        self.broken = False
+        self._records: dict[str, dict] = {}
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def put(self, record: dict) -> None:
+        with self._cond:
+            self._records.pop(record["worker"], None)  # keep write order: the newest last
+            self._records[record["worker"]] = record
+            self._cond.notify()
+
+    def mark_broken(self) -> None:
+        with self._cond:
+            self.broken = True
+            self._cond.notify()
+        self.ready.set()  # a stream waiting to start gives up at once
+
+    def take(self, timeout: float) -> list[dict]:
+        """The records received since the last call (waiting up to `timeout` for the first)."""
+        with self._cond:
+            if not self._records and not self.broken:
+                self._cond.wait(timeout)
+            records = list(self._records.values())
+            self._records.clear()
+            return records
+
+    def close(self) -> None:
+        """Stop following the job (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            self.hub.release(self)
+
+
+class HubUnavailableError(Exception):
+    """The hub could not subscribe in time (Redis unreachable)."""
+
+
+class EventHub:
+    """The process's single pub/sub reader; `subscribe(job_id)` per stream, `Subscription.close()` after."""
+
+    def __init__(self, connect: Callable[[], redis.client.PubSub], *, poll: float = 0.05,
+                 backoff: Callable[[int], float] = lambda n: min(5.0, 0.2 * 2 ** n)) -> None:
+        self._connect, self._poll, self._backoff = connect, poll, backoff
+        self._lock = threading.Lock()
+        self._subs: dict[str, set[Subscription]] = {}  # channel -> its streams
+        self._requests: list[tuple[str, str]] = []  # ("subscribe" | "unsubscribe", channel), for the thread
+        self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+        self._confirmed: set[str] = set()  # channels Redis confirmed
+        self._inflight: dict[str, int] = {}  # channel -> SUBSCRIBEs sent, not yet confirmed
+        self.connected = False
+
+    def subscribe(self, job_id: str, timeout: float = 5.0) -> Subscription:
+        """Follow a job; returns once Redis confirmed the subscription, or raises HubUnavailableError."""
+        sub = Subscription(self, job_id)
+        channel = keys.job_events(job_id)
+        with self._lock:
+            subs = self._subs.setdefault(channel, set())
+            subs.add(sub)
+            if len(subs) == 1:
+                self._requests.append(("subscribe", channel))
+            elif self.connected and self._is_confirmed(channel):
+                sub.ready.set()
+            self._ensure_thread()
+        if not sub.ready.wait(timeout) or sub.broken:
+            sub.close()
+            raise HubUnavailableError(f"could not subscribe to {channel} within {timeout} s")
+        return sub
+
+    def release(self, sub: Subscription) -> None:
+        channel = keys.job_events(sub.job_id)
+        with self._lock:
+            subs = self._subs.get(channel)
+            if subs is None:
+                return
+            subs.discard(sub)
+            if not subs:
+                del self._subs[channel]
+                self._confirmed.discard(channel)
+                self._requests.append(("unsubscribe", channel))
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    @property
+    def followed(self) -> int:
+        """How many jobs have at least one stream (for tests and metrics)."""
+        with self._lock:
+            return len(self._subs)
+
+    # --- the thread -------------------------------------------------------------------------
+
+    def _is_confirmed(self, channel: str) -> bool:
+        return channel in self._confirmed
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="eldric-event-hub", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stopped.is_set():
+            pubsub = None
+            try:
+                pubsub = self._connect()
+                with self._lock:  # (re)subscribe everything followed now; later changes come as requests
+                    self._requests = [("subscribe", ch) for ch in self._subs]
+                    self.connected = True
+                failures = 0
+                self._serve(pubsub)
+            except (redis.RedisError, OSError) as exc:
+                log.warning("event hub lost Redis (%s); ending %d job streams, reconnecting", exc, self.followed)
+                failures += 1
+            finally:
+                self._drop_all()
+                if pubsub is not None:
+                    try:
+                        pubsub.close()
+                    except (redis.RedisError, OSError):
+                        pass
+            self._stopped.wait(self._backoff(failures))
+
+    def _serve(self, pubsub: redis.client.PubSub) -> None:
+        while not self._stopped.is_set():
+            with self._lock:
+                requests, self._requests = self._requests, []
+            for action, channel in requests:
+                getattr(pubsub, action)(channel)
+                if action == "subscribe":
+                    with self._lock:
+                        self._inflight[channel] = self._inflight.get(channel, 0) + 1
+            message = pubsub.get_message(timeout=self._poll)
+            while message is not None:
+                self._dispatch(message)
+                message = pubsub.get_message(timeout=0)
+
+    def _dispatch(self, message: dict) -> None:
+        channel = message.get("channel")
+        if isinstance(channel, bytes):
+            channel = channel.decode()
+        if message.get("type") == "subscribe":
+            with self._lock:
+                # Only the confirmation of the latest SUBSCRIBE counts (an older one may precede an UNSUBSCRIBE).
+                left = self._inflight[channel] = self._inflight.get(channel, 1) - 1
+                if left > 0:
+                    return
+                del self._inflight[channel]
+                subs = list(self._subs.get(channel, ()))
+                if subs:
+                    self._confirmed.add(channel)
+            for sub in subs:
+                sub.ready.set()
+            return
+        if message.get("type") != "message":
+            return
+        record = parse_record(message.get("data"))
+        if record is None:
+            return
+        with self._lock:
+            subs = list(self._subs.get(channel, ()))
+        for sub in subs:
+            sub.put(record)
+
+    def _drop_all(self) -> None:
+        """Redis went away: every stream ends cleanly (its client reconnects) and is forgotten."""
+        with self._lock:
+            self.connected = False
+            self._confirmed = set()
+            self._inflight = {}
+            subs = [s for group in self._subs.values() for s in group]
+            self._subs.clear()
+            self._requests = []
+        for sub in subs:
+            sub._closed = True  # nothing left to release
+            sub.mark_broken()
+
+
+def parse_record(data: object) -> dict | None:
+    """A published worker record, or None for anything else."""
+    try:
+        record = json.loads(data or "")
+    except (TypeError, ValueError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("worker"), str) else None
+
