@@ -72,15 +72,18 @@ def _newer(record: dict, known: dict[str, tuple]) -> bool:
 
 def job_event_stream(sub: Subscription, read_job: Callable[[], dict | None], *,
                      heartbeat: float = 10.0, max_seconds: float = 600.0, recheck: float = 2.0,
-                     flush: float = 0.25, clock: Callable[[], float] = time.monotonic) -> Iterator[str]:
+                     flush: float = 0.25, clock: Callable[[], float] = time.monotonic,
+                     recheck_job: Callable[[], dict | None] | None = None) -> Iterator[str]:
     """The SSE text of one job: snapshot, coalesced progress, keep-alives, then done or end.
 
     `sub` is already confirmed by Redis (so no write falls between it and the snapshot); it is
-    closed when the stream ends.
+    closed when the stream ends. `recheck_job` serves the periodic re-reads (default `read_job`):
+    a view shared by every stream of the job; the snapshot and the read after a final record
+    are always fresh.
     """
     try:
-        yield from _stream(sub, read_job, heartbeat=heartbeat, max_seconds=max_seconds, recheck=recheck,
-                           flush=flush, clock=clock)
+        yield from _stream(sub, read_job, recheck_job or read_job, heartbeat=heartbeat, max_seconds=max_seconds,
+                           recheck=recheck, flush=flush, clock=clock)
     except redis.RedisError as exc:
         log.warning("job %s event stream: Redis unavailable (%s)", sub.job_id, exc)
         yield format_event("end", {"reason": "unavailable"})
@@ -88,8 +91,9 @@ def job_event_stream(sub: Subscription, read_job: Callable[[], dict | None], *,
         sub.close()
 
 
-def _stream(sub: Subscription, read_job: Callable[[], dict | None], *, heartbeat: float, max_seconds: float,
-            recheck: float, flush: float, clock: Callable[[], float]) -> Iterator[str]:
+def _stream(sub: Subscription, read_job: Callable[[], dict | None], recheck_job: Callable[[], dict | None], *,
+            heartbeat: float, max_seconds: float, recheck: float, flush: float,
+            clock: Callable[[], float]) -> Iterator[str]:
     job = read_job()
     if job is None:
         yield format_event("end", {"reason": "gone"})
@@ -114,8 +118,8 @@ def _stream(sub: Subscription, read_job: Callable[[], dict | None], *, heartbeat
             yield format_event("progress", {"workers": pending})
             last_sent = now
         if check_now or now - last_check >= recheck:
+            job = read_job() if check_now else recheck_job()
             check_now, last_check = False, now
-            job = read_job()
             if job is None:
                 yield format_event("end", {"reason": "gone"})
                 return
@@ -137,6 +141,34 @@ def _stream(sub: Subscription, read_job: Callable[[], dict | None], *, heartbeat
 
 
 _HUB_LOCK = threading.Lock()
+class SharedReads:
+    """The periodic re-read of a job, shared by every stream of this process that follows it.
+
+    500 streams of one job re-reading it every 2 s would read it 250 times a second; with a
+    view at most `max_age` old served to all of them, it is read about once a `max_age`.
+    """
+
+    def __init__(self, max_age: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_age, self.clock = max_age, clock
+        self._views: dict[str, tuple[float, dict | None]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, job_id: str, read: Callable[[], dict | None]) -> dict | None:
+        now = self.clock()
+        with self._lock:
+            hit = self._views.get(job_id)
+            if hit is not None and now - hit[0] < self.max_age:
+                return hit[1]
+        view = read()
+        with self._lock:
+            self._views[job_id] = (self.clock(), view)
+            for old in [j for j, (at, _) in self._views.items() if now - at > 10 * self.max_age]:
+                del self._views[old]  # jobs nobody follows any more
+        return view
+
+
+_SHARED_READS = SharedReads()
+
 # Pool connections the streams of one process may hold at the same moment (the rest serve the API).
 _STREAM_READS = threading.BoundedSemaphore(16)
 
@@ -187,7 +219,8 @@ class PullJobEvents(MethodView):
             sub = event_hub().subscribe(job_id)
         except HubUnavailableError as exc:
             return error_response(503, f"live progress unavailable, poll the job instead: {exc}")
-        stream = job_event_stream(sub, read_job, heartbeat=query["heartbeat"], max_seconds=query["max_seconds"])
+        stream = job_event_stream(sub, read_job, heartbeat=query["heartbeat"], max_seconds=query["max_seconds"],
+                                  recheck_job=lambda: _SHARED_READS.get(job_id, read_job))
         response = Response(stream, mimetype="text/event-stream",
                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         response.call_on_close(sub.close)  # also when the stream never started

@@ -179,3 +179,23 @@ def test_a_stream_arriving_while_the_channel_is_being_dropped_waits_for_its_own_
         publish(client, "a", "w1", percent=1)
         assert take_until(again, 1) == [{"worker": "w1", "percent": 1}]
         again.close()
+
+
+def test_streams_of_one_job_share_its_periodic_reread():
+    from controller.api.events import SharedReads
+    now = [100.0]
+    shared = SharedReads(max_age=1.0, clock=lambda: now[0])
+    reads = []
+
+    def read():
+        reads.append(now[0])
+        return {"id": "j", "read": len(reads)}
+
+    views = [shared.get("j", read) for _ in range(500)]  # 500 streams re-reading at the same moment
+    assert len(reads) == 1 and all(v == {"id": "j", "read": 1} for v in views)
+    now[0] += 1.5
+    assert shared.get("j", read)["read"] == 2 and shared.get("j", read)["read"] == 2
+    assert shared.get("other", read)["read"] == 3  # each job its own view
+    now[0] += 60
+    shared.get("j", read)
+    assert "other" not in shared._views  # views of jobs nobody follows are dropped
