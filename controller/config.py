@@ -13,12 +13,13 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field
 
+from eldric.cluster.redisconn import RedisURL
 from eldric.core.settings import CommaList, EnvSettings
 from eldric.transfer.upstreams import checked_address_entries, checked_registry_hosts
 
 
 class ControllerSettings(EnvSettings):
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis: Celery broker and all cluster state")
+    redis_url: RedisURL = Field("redis://127.0.0.1:6379/0", description="Redis: Celery broker and all cluster state")
     api_token: str = Field("", description="when set, every /api/v1 call needs `Authorization: Bearer <token>`")
     cluster_secret: str = Field("", description="shared secret of controller and agents (agent-to-agent and agent-to-controller calls)")
     job_deadline_seconds: int = Field(6 * 3600, ge=1, description="a worker that has not finished its part by then is failed")

@@ -13,6 +13,7 @@ import sys
 
 from pydantic import Field
 
+from eldric.cluster.redisconn import RedisURL
 from eldric import __version__
 from eldric.client import cli as client_cli
 from eldric.cluster.celeryconf import celery_config
@@ -46,7 +47,7 @@ def _beat(args: argparse.Namespace) -> int:
 
 
 class FlowerSettings(EnvSettings):
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="the broker Flower watches")
+    redis_url: RedisURL = Field("redis://127.0.0.1:6379/0", description="the broker Flower watches")
     flower_host: str = Field("127.0.0.1", description="where `eldric flower` listens")
     flower_port: int = Field(5555, ge=0, le=65535, description="where `eldric flower` listens")
 

@@ -14,6 +14,7 @@ from flask import Flask, jsonify, request
 from flask_smorest import Api
 from pydantic import Field
 
+from eldric.cluster.redisconn import RedisURL
 from eldric import __version__, logging_setup
 from eldric.cluster.redisconn import redis_client
 from eldric.core.settings import CommaList, EnvSettings, Size, UserPath
@@ -47,7 +48,7 @@ class RegistrySettings(EnvSettings):
                                  description="uploads that would leave less free space are refused (507)")
     draft_ttl_seconds: float = Field(24 * 3600, gt=0, validation_alias="ELDRIC_REGISTRY_DRAFT_TTL_SECONDS",
                                      description="drafts untouched this long are deleted")
-    redis_url: str | None = Field(None, description="Redis for the progress of URL imports the controller starts")
+    redis_url: RedisURL | None = Field(None, description="Redis for the progress of URL imports the controller starts")
     token: str = Field("", validation_alias="ELDRIC_CLUSTER_SECRET",
                        description="when set, every API call needs `Authorization: Bearer <token>` (the cluster secret)")
     import_workers: int = Field(2, ge=1, validation_alias="ELDRIC_REGISTRY_IMPORT_WORKERS", description="URL imports run at once")

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
+from eldric.cluster.redisconn import RedisURL
 from eldric.cluster.queues import WORKER_PORTS, is_valid_worker_id
 from eldric.core.settings import CommaList, EnvSettings, UserPath
 from eldric.transfer.retry import backoff_delay
@@ -24,7 +25,7 @@ class AgentSettings(EnvSettings):
     worker_id: str = Field(..., validation_alias="ELDRIC_WORKER_NAME", description="this node's worker id")
     worker_type: str = Field(..., description="inference, cloud, data, science, training, media or comm")
     data_dir: UserPath | None = Field(None, description="agent state; default ~/.eldric/<worker id>")
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis: broker and cluster state")
+    redis_url: RedisURL = Field("redis://127.0.0.1:6379/0", description="Redis: broker and cluster state")
     host: str = Field("127.0.0.1", validation_alias="ELDRIC_AGENT_HOST", description="address the agent's HTTP server binds")
     port: int | None = Field(None, ge=0, le=65535, validation_alias="ELDRIC_AGENT_PORT", description="agent HTTP port; default the type's port; 0 picks a free one")
     advertise_url: str = Field("", validation_alias="ELDRIC_AGENT_ADVERTISE_URL", description="URL peers use to reach this agent; default http://host:port")

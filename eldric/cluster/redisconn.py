@@ -17,11 +17,13 @@ and `redbeat_settings` translate it to what kombu and RedBeat each expect.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import redis
+from pydantic import AfterValidator
 from redis.sentinel import Sentinel
 
 SENTINEL_PORT = 26379
@@ -70,6 +72,30 @@ def _host_port(item: str, url: str) -> tuple[str, int]:
     if port and not port.isdigit():
         raise RedisURLError(f"the port of sentinel {item!r} in {url!r} must be a number")
     return host.strip("[]"), int(port or SENTINEL_PORT)
+
+
+_PASSWORD = re.compile(r"(://[^/@:]*:)[^/@]*@")
+SCHEMES = ("redis", "rediss", "unix", "sentinel")
+
+
+def checked_redis_url(url: str) -> str:
+    """`url` when it is one this module can connect with (a settings validator); else ValueError saying why.
+
+    The message never shows the URL's password.
+    """
+    try:
+        scheme = urlsplit(url).scheme
+        if scheme not in SCHEMES:
+            raise RedisURLError(f"{url!r} is not a Redis URL: use redis://, rediss://, unix:// or sentinel://")
+        if scheme == "sentinel":
+            SentinelURL.parse(url)
+    except (RedisURLError, ValueError) as exc:
+        raise ValueError(_PASSWORD.sub(r"\1***@", str(exc))) from None
+    return url
+
+
+# A settings field holding ELDRIC_REDIS_URL: checked at start, so a bad URL stops the process with one line.
+RedisURL = Annotated[str, AfterValidator(checked_redis_url)]
 
 
 def is_sentinel(url: str) -> bool:

@@ -14,6 +14,7 @@ from pydantic import Field
 from redis.backoff import ConstantBackoff
 from redis.retry import Retry
 
+from eldric.cluster.redisconn import RedisURL
 from eldric.cluster.celeryconf import celery_config
 from eldric.cluster.keys import PREFIX
 from eldric.cluster.queues import (
@@ -34,7 +35,7 @@ REDBEAT_PREFIX = f"{PREFIX}:redbeat:"  # RedBeat's keys: <prefix>:schedule, <pre
 class ScheduleSettings(EnvSettings):
     """Every beat setting; 0 disables a scheduled job."""
 
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="broker and schedule store")
+    redis_url: RedisURL = Field("redis://127.0.0.1:6379/0", description="broker and schedule store")
     log_level: str = Field("INFO", description="log level of beat")
     inventory_sync_seconds: float = Field(300.0, ge=0, description="every worker re-reports its local models this often")
     reap_seconds: float = Field(30.0, ge=0, description="how often unfinished jobs of silent workers are failed")

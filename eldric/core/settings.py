@@ -131,6 +131,8 @@ class EnvSettings(BaseSettings):
             message = str(error["msg"]).removeprefix("Value error, ")
             where = f"{name} ({cls.env_name(name)})" if name in cls.model_fields else (name or "settings")
             shown = error.get("input")
+            if isinstance(shown, str):
+                shown = "(hidden)" if _is_secret(name) else _URL_PASSWORD.sub(r"\1***@", shown)
             got = f", got {shown!r}" if isinstance(shown, (str, int, float)) and repr(shown) not in message else ""
             lines.append(f"{where}: {message}{got}")
         return "; ".join(lines)

@@ -98,3 +98,25 @@ def test_the_effective_configuration_masks_passwords_in_urls():
     assert "ELDRIC_REDIS_URL=redis://:***@redis:6379/0" in text and "s3cret" not in text
     text = ControllerSettings.from_env({"ELDRIC_REDIS_URL": "sentinel://app:pw@s1:26379,s2/0?master=m"}).effective()
     assert "pw@" not in text and "sentinel://app:***@s1:26379,s2/0?master=m" in text
+
+
+@pytest.mark.parametrize("url, fragment", [
+    ("sentinel://s1:26379,s2:26379/0", "add ?master=NAME"),
+    ("http://redis:6379/0", "is not a Redis URL"),
+    ("sentinel://:hunter2@s1/x?master=m", "must be a number"),
+])
+def test_a_bad_redis_url_stops_every_service_with_one_line_and_no_password(url, fragment):
+    from eldric.cli import FlowerSettings
+    from eldric.cluster.schedules import ScheduleSettings
+    from worker_agent.settings import AgentSettings
+    base = {"ELDRIC_WORKER_NAME": "w1", "ELDRIC_WORKER_TYPE": "inference"}
+    for settings in (ControllerSettings, AgentSettings, RegistrySettings, ScheduleSettings, FlowerSettings):
+        with pytest.raises(ValueError) as info:  # each service's SettingsError
+            settings.from_env({**base, "ELDRIC_REDIS_URL": url})
+        text = str(info.value)
+        assert "redis_url (ELDRIC_REDIS_URL)" in text and fragment in text and "hunter2" not in text, (settings, text)
+
+
+def test_redis_sentinel_and_unix_urls_are_accepted():
+    for url in ("redis://:pw@h:6379/1", "rediss://h/0", "unix:///run/redis.sock", "sentinel://a,b:26380/2?master=m"):
+        assert ControllerSettings.from_env({"ELDRIC_REDIS_URL": url}).redis_url == url
