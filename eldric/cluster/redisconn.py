@@ -17,7 +17,6 @@ and `redbeat_settings` translate it to what kombu and RedBeat each expect.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
@@ -25,6 +24,8 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 import redis
 from pydantic import AfterValidator
 from redis.sentinel import Sentinel
+
+from eldric.core.settings import mask_url_passwords
 
 SENTINEL_PORT = 26379
 
@@ -74,7 +75,6 @@ def _host_port(item: str, url: str) -> tuple[str, int]:
     return host.strip("[]"), int(port or SENTINEL_PORT)
 
 
-_PASSWORD = re.compile(r"(://[^/@:]*:)[^/@]*@")
 SCHEMES = ("redis", "rediss", "unix", "sentinel")
 
 
@@ -90,7 +90,7 @@ def checked_redis_url(url: str) -> str:
         if scheme == "sentinel":
             SentinelURL.parse(url)
     except (RedisURLError, ValueError) as exc:
-        raise ValueError(_PASSWORD.sub(r"\1***@", str(exc))) from None
+        raise ValueError(mask_url_passwords(str(exc))) from None
     return url
 
 

@@ -69,6 +69,11 @@ CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_split_commas)]
 _URL_PASSWORD = re.compile(r"(://[^/@:]*:)[^/@]*@")
 
 
+def mask_url_passwords(text: str) -> str:
+    """`text` with the password of every URL in it shown as `***` (redis://:pw@host, sentinel://user:pw@host)."""
+    return _URL_PASSWORD.sub(r"\1***@", text)
+
+
 def _is_secret(field: str) -> bool:
     return any(word in field for word in ("secret", "token", "password"))
 
@@ -132,7 +137,7 @@ class EnvSettings(BaseSettings):
             where = f"{name} ({cls.env_name(name)})" if name in cls.model_fields else (name or "settings")
             shown = error.get("input")
             if isinstance(shown, str):
-                shown = "(hidden)" if _is_secret(name) else _URL_PASSWORD.sub(r"\1***@", shown)
+                shown = "(hidden)" if _is_secret(name) else mask_url_passwords(shown)
             got = f", got {shown!r}" if isinstance(shown, (str, int, float)) and repr(shown) not in message else ""
             lines.append(f"{where}: {message}{got}")
         return "; ".join(lines)
@@ -145,7 +150,7 @@ class EnvSettings(BaseSettings):
             if _is_secret(name):
                 value = "(set)" if value else "(empty)"
             elif isinstance(value, str):
-                value = _URL_PASSWORD.sub(r"\1***@", value)  # redis://:pw@host, sentinel://user:pw@host
+                value = mask_url_passwords(value)
             elif isinstance(value, tuple):
                 value = ",".join(value)
             shown.append(f"{type(self).env_name(name)}={value}")
