@@ -1,28 +1,24 @@
 // The Models tab: six panels over the /api/v1 REST API. No framework, no build step: ES modules.
-// Every list is paged or capped (the cluster may have 200 workers and 300 models, or 1,000 workers),
-// and the coverage matrix is one <canvas> strip per visible model, drawn from the one GET /api/v1/models.
+// Sized for 1,000 workers x 100 models (issue 13): every table is paged, the coverage heat map is one
+// <canvas> drawn from the one GET /api/v1/models, and a job with many targets shows a histogram of its
+// progress with bars for only its slowest and failed workers.
 import { api, banner, saveToken, token } from "./api.js";
 import { app } from "./app.js";
 import { cluster, initClusterPanels, loadCluster, renderModels, renderWorkers } from "./cluster.js";
 import { initCoverage, renderCoverage } from "./coverage.js";
-import { $, clampPage, h, isBusy, renderPager, setBusy, sleep } from "./dom.js";
+import { $, h, isBusy, keepFocus, setBusy, sleep } from "./dom.js";
 import { jobsActive, kindText, loadJobs, schedule as scheduleJobs } from "./jobs.js";
 import { JobWatch } from "./jobwatch.js";
-import { barRow, countsText, figuresNodes, isOver, jobFigures, phaseCounts } from "./progress.js";
+import { histogramNode, isSmallJob, workerBars } from "./jobsummary.js";
+import { countsText, figuresNodes, jobFigures, phaseCounts } from "./progress.js";
 import { initRegistry, loadRegistry } from "./registry.js";
 
-const BAR_PAGE = 50;
-
-// ---- Pull to All Workers: one bar per worker ---------------------------------------------------------
-const pull = { watch: null, page: 0 };
+// ---- Pull to All Workers: a bar per worker (the slowest and the failed of a big job) ----------------
+const pull = { watch: null, failedPage: 0 };
 
 function renderPull(watch) {
   if (watch !== pull.watch) return;
-  const filter = $("pull-filter").value;
-  const keep = (r) => filter === "all" || (filter === "active" ? !isOver(r.state) : r.state === filter);
   const records = [...watch.records.values()];
-  const rows = records.filter(keep);
-  pull.page = clampPage(pull.page, rows.length, BAR_PAGE);
   const counts = phaseCounts(records);
   const job = watch.job;
   $("pull-summary").replaceChildren(
@@ -31,10 +27,10 @@ function renderPull(watch) {
     ` · ${records.length} worker${records.length === 1 ? "" : "s"}: ${countsText(counts)}`,
     ...figuresNodes(jobFigures(job.id, records), counts),
     watch.mode === "polling" ? h("span", { class: "muted" }, " (polling)") : "");
-  $("pull-filter").hidden = records.length <= 8;
-  const page = rows.slice(pull.page * BAR_PAGE, (pull.page + 1) * BAR_PAGE);
-  $("pull-bars").replaceChildren(...page.map((r) => barRow(job.id, r)));
-  renderPager($("pull-pager"), pull.page, Math.ceil(rows.length / BAR_PAGE), (p) => { pull.page = p; renderPull(watch); });
+  const bars = $("pull-bars");
+  keepFocus(bars, () => bars.replaceChildren(...(isSmallJob(records) ? [] : [histogramNode(records)]),
+    ...workerBars(job.id, records, { failedPage: pull.failedPage, pagerId: "pull-failed-pager",
+      onPage: (p) => { pull.failedPage = p; renderPull(watch); } })));
   if (watch.closed) { setBusy($("pull-button"), false); app.refreshSoon(); }
 }
 
@@ -47,7 +43,7 @@ async function startPull(event) {
   try {
     const job = await api("POST", "/api/v1/models/pull", { model });
     if (pull.watch) pull.watch.close();
-    pull.page = 0;
+    pull.failedPage = 0;
     pull.watch = new JobWatch(job, renderPull);
     loadJobs();
   } catch (err) {
@@ -83,7 +79,6 @@ function init() {
     loadCluster(); loadJobs(); loadRegistry();
   });
   $("pull-form").addEventListener("submit", startPull);
-  $("pull-filter").addEventListener("change", () => { pull.page = 0; if (pull.watch) renderPull(pull.watch); });
   initCoverage();
   initRegistry();
   initClusterPanels();

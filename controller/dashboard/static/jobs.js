@@ -1,13 +1,12 @@
 // The Jobs panel: every job kind (pull, distribute, delete, import), newest first, paged. A row shows one dot
-// per worker, the counts, bytes, rate and time left, and the failure reasons; "per worker" opens its bars.
+// per worker (a histogram of progress instead when it has many), the counts, bytes, rate and time left, and
+// the failure reasons; "per worker" opens its bars (of a big job: the slowest and the failed, jobsummary.js).
 import { api } from "./api.js";
-import { $, clampPage, h, keepFocus, renderPager } from "./dom.js";
+import { $, h, keepFocus, renderPager } from "./dom.js";
 import { fmtTime, pct } from "./format.js";
 import { JobWatch, watches } from "./jobwatch.js";
-import { barRow, countsText, failureList, figuresNodes, isOver, jobFigures, phaseCounts, phaseOf, rates } from "./progress.js";
-
-const DOT_CAP = 120;
-const BAR_PAGE = 50;
+import { histogramNode, isSmallJob, workerBars } from "./jobsummary.js";
+import { countsText, failureList, figuresNodes, isOver, jobFigures, phaseCounts, phaseOf, rates } from "./progress.js";
 
 const view = { page: 0, size: 10, open: new Set(), barPages: new Map(), active: false, data: null, frame: null };
 
@@ -26,27 +25,23 @@ export function kindText(job) {
   return `${job.kind || "pull"} from ${from}`;
 }
 
+// One dot per worker of a small job (a big one gets the histogram instead).
 function dotsOf(workers) {
-  const dots = workers.slice(0, DOT_CAP).map((w) => {
+  return workers.map((w) => {
     const phase = phaseOf(w);
     const extra = w.state === "failed" ? ` (${w.error || w.status})` : ["pulling", "retrying"].includes(phase) ? ` ${pct(w.percent)}` : "";
     return h("span", { class: `dot s-${w.state} p-${phase}`, dataset: { worker: w.worker, state: w.state, phase },
       title: `${w.worker}: ${phase}${extra}` });
   });
-  if (workers.length > DOT_CAP) dots.push(h("span", { class: "muted" }, ` +${workers.length - DOT_CAP} more`));
-  return dots;
 }
 
 function perWorker(job, workers) {
   const open = view.open.has(job.id);
   const details = h("details", { class: "per-worker", open: open || null },
-    h("summary", { dataset: { focus: `per-worker:${job.id}` } }, `per worker (${workers.length})`));
+    h("summary", { dataset: { focus: `per-worker:${job.id}` } }, `per worker (${workers.length}${isSmallJob(workers) ? "" : ": the slowest and the failed"})`));
   if (open) {
-    const page = clampPage(view.barPages.get(job.id) || 0, workers.length, BAR_PAGE);
-    const pager = h("div", { class: "pager", id: `job-${job.id}-bars-pager` });
-    renderPager(pager, page, Math.ceil(workers.length / BAR_PAGE), (p) => { view.barPages.set(job.id, p); schedule(); });
-    details.append(h("ol", { class: "bars compact" }, workers.slice(page * BAR_PAGE, (page + 1) * BAR_PAGE)
-      .map((w) => barRow(job.id, w))), pager);
+    details.append(...workerBars(job.id, workers, { compact: true, failedPage: view.barPages.get(job.id) || 0,
+      onPage: (p) => { view.barPages.set(job.id, p); schedule(); }, pagerId: `job-${job.id}-bars-pager` }));
   }
   details.addEventListener("toggle", () => {
     if (details.open === view.open.has(job.id)) return; // the toggle event of a row just rendered open
@@ -80,7 +75,7 @@ function jobItem(polled) {
       isOver(job.state) ? null : h("button", { type: "button", class: "danger cancel", dataset: { focus: `cancel:${job.id}` },
         title: "stop this job on every worker that has not finished", onclick: () => cancelJob(job) }, "cancel")),
     h("div", { class: "job-body" },
-      h("span", { class: "dots" }, dotsOf(workers)),
+      isSmallJob(workers) ? h("span", { class: "dots" }, dotsOf(workers)) : histogramNode(workers),
       h("span", { class: "muted job-counts" }, ` ${countsText(counts)}`, figuresNodes(fig, counts))),
     failureList(job.id, workers),
     perWorker(job, workers));
