@@ -54,3 +54,18 @@ def job_lock(job_id: str, worker_id: str) -> str:
 def job_secrets(job_id: str) -> str:
     """HASH of a job's secrets (source URL with signature, tokens): read by agents, never shown or logged."""
     return f"{PREFIX}:job:{job_id}:secrets"
+
+
+def swarm(digest: str, part: str) -> str:
+    """A blob's swarm (eldric.cluster.swarmboard), one key per `part`: `meta` HASH (size, range_bytes),
+    `sha` HASH range -> sha256 hex, `holders` HASH range -> space-separated worker ids,
+    `leases` HASH range -> "worker expiry_ms", `fetchers` HASH worker -> "worker expiry_ms" (upstream slots).
+    Expire SWARM_TTL after the last write."""
+    return f"{PREFIX}:swarm:{digest}:{part}"
+
+
+def upstream_rate(job_id: str) -> str:
+    """HASH tokens, stamp: the token bucket of a job's cap on the cluster's upstream rate."""
+    return f"{PREFIX}:job:{job_id}:upstream-rate"
+
+MIRROR_UPDATES = f"{PREFIX}:mirror:updates"  # HASH repository:tag -> JSON last upstream update check (mirror_updates.py)

@@ -20,19 +20,28 @@ A failure a retry can mend (a transient one) keeps the partial data for the retr
 any other (digest mismatch, a source error, a full disk) deletes it at once
 (eldric.transfer.partials). A full disk is reported as `no space left on <device>:
 needs X, has Y` (eldric.transfer.diskspace), an ordinary failure.
+
+With a `Swarm` (eldric.transfer.swarm) the parts are the swarm's ranges, and each
+connection asks the swarm whether its next range comes from a peer (hashed while it
+arrives, kept only if it matches the range's sha256 on the board) or from upstream
+under a lease; what a connection fetched from upstream is hashed per range and
+published for the peers. The resume state, the hasher and the rename are the same.
+`DownloadOptions.limiter` caps the worker's download rate (all its downloads share
+one bucket); `upstream_take` the job's cluster-wide upstream rate.
 """
 
 from __future__ import annotations
 
-import logging
 import hashlib
+import http.client
+import logging
 import json
 import os
 import threading
 import time
 from collections import deque
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from collections.abc import Callable
 from typing import BinaryIO
@@ -45,7 +54,9 @@ from eldric.core.errors import DigestMismatchError, EldricError
 from eldric.transfer.diskspace import is_disk_full, no_space_error
 from eldric.transfer.errors import SourceError, SourceUnavailableError
 from eldric.transfer.partials import LOCK_SUFFIX, STATE_SUFFIX, discard, locked, partial_name, saved_parts
+from eldric.transfer.ratelimit import NoLimit, TokenBucket
 from eldric.transfer.retry import TRANSIENT_ERRORS, backoff_delay, connection_cause
+from eldric.transfer.swarm import Swarm, Task, range_bytes_for
 
 # open_range(start, end_inclusive, read_timeout) -> streaming response for those bytes;
 # end None (only for a blob of unknown size): from `start` to the end of the file.
@@ -107,6 +118,8 @@ class DownloadOptions:
     ramp_below_bytes_per_second: int = 256 << 20
     ramp_every_seconds: float = 0.5
     start_connections: int = 1
+    # The worker's download cap (ELDRIC_MAX_DOWNLOAD_RATE): one bucket shared by all its downloads.
+    limiter: TokenBucket | NoLimit = field(default_factory=NoLimit, compare=False)
 
 
 class _Part:
@@ -125,7 +138,8 @@ def plan_parts(size: int, part_bytes: int) -> list[tuple[int, int]]:
 def download_blob(open_range: RangeOpener, digest: Digest | None, size: int | None, store: BlobStore,
                   partial_dir: Path, options: DownloadOptions = DownloadOptions(),
                   on_bytes: Callable[[int], None] = lambda n: None, key: str | None = None,
-                  owner: str | None = None) -> Path:
+                  owner: str | None = None, swarm: Swarm | None = None,
+                  upstream_take: Callable[[int], None] | None = None) -> Path:
     """Fetch one blob into `store` unless present; raise DigestMismatchError on bad bytes.
 
     With `digest` None (a plain URL whose hash nobody published) the bytes are
@@ -134,15 +148,23 @@ def download_blob(open_range: RangeOpener, digest: Digest | None, size: int | No
     `on_bytes(n)` is called with each batch of new bytes, from the download threads.
     `owner` (a job id) is recorded in the resume state, so the partial data can be
     dropped once that job has ended. InsufficientSpaceError when the disk fills.
+    `swarm`: share the blob's ranges with peers (only for a known digest and size, one MiB
+    or more); `upstream_take(n)` waits until `n` more upstream bytes fit the job's cap.
     """
     partial_dir.mkdir(parents=True, exist_ok=True)
+    if swarm is not None and (digest is None or size is None or size < swarm.options.min_size):
+        swarm = None
+    if swarm is not None:
+        proposed = swarm.options.range_bytes or range_bytes_for(size)
+        options = replace(options, part_bytes=swarm.board.join(size, proposed))
     name = partial_name(digest, key)
     with locked(partial_dir / f"{name}{LOCK_SUFFIX}"):
         # Another thread or process may have finished it while we waited for the lock.
         if digest is not None and store.has(digest, size):
             return store.path(digest)
         try:
-            return _Download(open_range, digest, size, store, partial_dir, options, on_bytes, name, owner).run()
+            return _Download(open_range, digest, size, store, partial_dir, options, on_bytes, name, owner,
+                             swarm, upstream_take).run()
         except _TRANSIENT:
             raise  # the partial data stays for the retry
         except OSError as exc:
@@ -158,9 +180,13 @@ def download_blob(open_range: RangeOpener, digest: Digest | None, size: int | No
 class _Download:
     def __init__(self, open_range: RangeOpener, digest: Digest | None, size: int | None, store: BlobStore,
                  partial_dir: Path, options: DownloadOptions, on_bytes: Callable[[int], None], name: str,
-                 owner: str | None = None) -> None:
+                 owner: str | None = None, swarm: Swarm | None = None,
+                 upstream_take: Callable[[int], None] | None = None) -> None:
         self.open_range, self.digest, self.size, self.store = open_range, digest, size, store
         self.options, self.on_bytes, self.owner = options, on_bytes, owner
+        self.swarm, self.upstream_take = swarm, upstream_take
+        self.busy: set[int] = set()  # parts one of my connections works on (swarm mode)
+        self._state_lock = threading.Lock()
         self.partial_dir, self.name = partial_dir, name
         self.data_path = partial_dir / name
         self.state_path = partial_dir / f"{name}{STATE_SUFFIX}"
@@ -184,6 +210,8 @@ class _Download:
         try:
             if os.fstat(fd).st_size != self.size:
                 os.ftruncate(fd, self.size)
+            if self.swarm is not None:
+                self._join_swarm(fd)
             resumed = sum(p.completed for p in self.parts)
             if resumed:
                 self.on_bytes(resumed)
@@ -197,6 +225,8 @@ class _Download:
         if self.digest is not None and actual != self.digest:
             self.data_path.unlink(missing_ok=True)
             self.state_path.unlink(missing_ok=True)
+            if self.swarm is not None:  # its ranges' hashes were taken from bad bytes: the next try starts clean
+                self.swarm.board.reset()
             raise DigestMismatchError(f"digest mismatch: expected {self.digest}, got {actual}")
         final = self.store.commit(self.data_path, actual)
         self.state_path.unlink(missing_ok=True)
@@ -217,12 +247,16 @@ class _Download:
         except BaseException:
             self.failed.set()
             self.wrote.set()
+            if self.swarm is not None:
+                self.swarm.release_all()
             try:
                 self._save_state()
             except OSError:  # a full disk: the data is dropped anyway
                 pass
             raise
         hash_thread.join()
+        if self.swarm is not None:
+            self.swarm.release_all()  # my upstream slot goes to whoever still needs one
         log.info("%s: %d bytes fetched in %.2f s, verified %.2f s later", self.data_path.name, self.size,
                  fetched - started, time.monotonic() - fetched)
         if "error" in hasher:
@@ -241,11 +275,13 @@ class _Download:
                 if f.exception() is not None:
                     raise f.exception()  # type: ignore[misc]
             now = time.monotonic()
+            if self.swarm is not None:
+                self.swarm.keep_leases()
             if now - last_save >= self.options.save_every_seconds:
                 self._save_state()
                 last_save = now
             rate = (self._done_bytes() - last_bytes) / max(1e-6, now - last_time)
-            if pending and active < most and self.todo and rate < self.options.ramp_below_bytes_per_second:
+            if pending and active < most and self._more_to_do() and rate < self.options.ramp_below_bytes_per_second:
                 pending.add(pool.submit(self._connection, fd))
                 active += 1
                 log.debug("%s: %.0f MB/s, opening connection %d", self.data_path.name, rate / 1e6, active)
@@ -255,8 +291,16 @@ class _Download:
     def _done_bytes(self) -> int:
         return sum(p.completed for p in self.parts)
 
+    def _more_to_do(self) -> bool:
+        if self.swarm is None:
+            return bool(self.todo)
+        return any(p.completed < p.length for p in self.parts)
+
     def _connection(self, fd: int) -> None:
         """One connection's loop: take the next range in order until none is left."""
+        if self.swarm is not None:
+            self._swarm_connection(fd, self.swarm)
+            return
         while not self.failed.is_set():
             with self.todo_lock:
                 if not self.todo:
@@ -302,11 +346,10 @@ class _Download:
                 n = readinto(buf[:want])
                 if not n:
                     return
-                view = buf[:n]
-                pos = part.offset + part.completed
-                while view:
-                    written = os.pwrite(fd, view, pos)
-                    view, pos = view[written:], pos + written
+                self.options.limiter.take(n)
+                if self.upstream_take is not None:
+                    self.upstream_take(n)
+                _pwrite_all(fd, buf[:n], part.offset + part.completed)
                 part.completed += n
                 self.on_bytes(n)
                 self.wrote.set()
@@ -376,14 +419,166 @@ class _Download:
 
     def _load_or_plan(self) -> list[_Part]:
         saved = saved_parts(self.partial_dir, self.name, self.digest, self.size)
+        if saved is not None and self.swarm is not None:
+            plan = plan_parts(self.size, self.options.part_bytes)
+            if [(o, n) for o, n, _ in saved] != plan:  # resumed outside a swarm, or with another range size
+                return relayout(saved, plan)
         if saved is not None:
             return [_Part(o, n, c) for o, n, c in saved]
         self.data_path.unlink(missing_ok=True)
         return [_Part(o, n) for o, n in plan_parts(self.size, self.options.part_bytes)]
 
     def _save_state(self) -> None:
-        state = {"digest": str(self.digest), "size": self.size, "owner": self.owner,
-                 "parts": [[p.offset, p.length, p.completed] for p in self.parts]}
-        tmp = self.state_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, self.state_path)
+        with self._state_lock:  # connections save too (swarm mode): one writer of the temp file at a time
+            state = {"digest": str(self.digest), "size": self.size, "owner": self.owner,
+                     "parts": [[p.offset, p.length, p.completed] for p in self.parts]}
+            tmp = self.state_path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(state))
+            os.replace(tmp, self.state_path)
+
+    # --- swarm mode -------------------------------------------------------------------------------
+
+    def _join_swarm(self, fd: int) -> None:
+        """Bring resumed parts into the swarm: publish whole ones, drop what the board contradicts.
+
+        A whole part nobody published is my own earlier upstream fetch (the agent died before
+        publishing): trusted as any upstream byte, hashed and published. A part that does not
+        match the board's hash, or a half part someone else has whole, starts over.
+        """
+        view = self.swarm.view(fresh=True)
+        for i, p in enumerate(self.parts):
+            if not p.completed:
+                continue
+            if p.completed < p.length:
+                if i in view.sha:
+                    p.completed = 0
+                continue
+            sha = self._range_sha(fd, p)
+            known = view.sha.get(i)
+            if known is not None and known != sha:
+                p.completed = 0
+            else:
+                self.swarm.board.publish(i, None if known else sha)
+        self._save_state()
+
+    def _range_sha(self, fd: int, part: _Part) -> str:
+        h = hashlib.sha256()
+        view = memoryview(bytearray(min(self.options.hash_step, part.length) or 1))
+        pos, end = part.offset, part.offset + part.length
+        while pos < end:
+            n = os.preadv(fd, [view[: min(len(view), end - pos)]], pos)
+            if n <= 0:
+                raise OSError(f"short read of {self.data_path} at {pos}")
+            h.update(view[:n])
+            pos += n
+        return h.hexdigest()
+
+    def _swarm_connection(self, fd: int, swarm: Swarm) -> None:
+        """One connection's loop in a swarm: a range from a peer, or from upstream under a lease, or wait."""
+        while not self.failed.is_set():
+            with self.todo_lock:
+                open_ranges = [i for i, p in enumerate(self.parts) if p.completed < p.length and i not in self.busy]
+            if not open_ranges:
+                return  # the rest is on my other connections (one of them takes back a range that fails)
+            task = swarm.next_task(open_ranges)
+            if task is None:
+                swarm.wait()
+                continue
+            with self.todo_lock:
+                part = self.parts[task.index]
+                if task.index in self.busy or part.completed >= part.length:
+                    if task.peer is None:
+                        swarm.give_up(task.index)
+                    continue
+                self.busy.add(task.index)
+            try:
+                if task.peer is None:
+                    self._upstream_range(fd, swarm, task.index)
+                else:
+                    self._peer_range(fd, swarm, task)
+            finally:
+                with self.todo_lock:
+                    self.busy.discard(task.index)
+
+    def _upstream_range(self, fd: int, swarm: Swarm, index: int) -> None:
+        part = self.parts[index]
+        before = part.completed
+        try:
+            self._fetch_part_now(fd, part)
+        except BaseException:
+            swarm.give_up(index)
+            raise
+        if part.completed < part.length:  # the download failed elsewhere meanwhile
+            swarm.give_up(index)
+            return
+        sha = self._range_sha(fd, part)
+        self._save_state()  # my blob server serves what the state file says is whole: save before telling peers
+        swarm.fetched(index, sha, nbytes=part.length - before)
+
+    def _peer_range(self, fd: int, swarm: Swarm, task: Task) -> None:
+        """Range `task.index` from a peer, hashed as it arrives; counted only if it matches the board."""
+        part = self.parts[task.index]
+        h = hashlib.sha256()
+        got = 0
+        why = ""
+        try:
+            with swarm.open_range_from(task.peer, part.offset, part.offset + part.length - 1) as resp:
+                if resp.status_code != 206:
+                    why = f"answered {resp.status_code}"
+                else:
+                    readinto = _direct_reader(resp)
+                    buf = memoryview(bytearray(self.options.chunk_bytes))
+                    while got < part.length and not self.failed.is_set():
+                        n = readinto(buf[: min(len(buf), part.length - got)])
+                        if not n:
+                            break
+                        self.options.limiter.take(n)
+                        h.update(buf[:n])
+                        try:
+                            _pwrite_all(fd, buf[:n], part.offset + got)
+                        except OSError as exc:
+                            raise _LocalWriteError(str(exc)) from exc
+                        got += n
+                        self.on_bytes(n)
+                    if got == part.length:
+                        _reuse_connection(resp)
+        except _LocalWriteError as exc:
+            self.on_bytes(-got)
+            raise exc.__cause__ from None  # our disk, not the peer: the download's own failure
+        except (OSError, requests.RequestException, http.client.HTTPException) as exc:
+            why = connection_cause(exc) if isinstance(exc, requests.RequestException) else type(exc).__name__
+        if got == part.length and not why:
+            if h.hexdigest() == task.sha:
+                part.completed = part.length
+                self.wrote.set()
+                self._save_state()
+                swarm.fetched(task.index, None, peer=task.peer, nbytes=got)
+                return
+            swarm.peer_failed(task.peer, task.index, "failed its sha256 check", bad_bytes=True)
+        elif not self.failed.is_set():
+            swarm.peer_failed(task.peer, task.index, why or f"ended after {got} of {part.length} bytes",
+                              bad_bytes=False)
+        self.on_bytes(-got)
+
+
+def relayout(saved: list[tuple[int, int, int]], plan: list[tuple[int, int]]) -> list[_Part]:
+    """Parts of a new layout, each as far complete as the saved parts' written bytes reach from its start."""
+    written = sorted((o, o + c) for o, _, c in saved if c > 0)
+    parts = []
+    for offset, length in plan:
+        reach = offset
+        for start, stop in written:
+            if start <= reach < stop:
+                reach = stop
+        parts.append(_Part(offset, length, min(length, reach - offset)))
+    return parts
+
+
+class _LocalWriteError(Exception):
+    """A write to our own partial file failed (full disk, I/O error): not the peer's fault."""
+
+
+def _pwrite_all(fd: int, view: memoryview, pos: int) -> None:
+    while view:
+        written = os.pwrite(fd, view, pos)
+        view, pos = view[written:], pos + written

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from eldric.core.blobstore import BlobStore
 from eldric.core.digests import Digest
 
 STATE_SUFFIX = ".json"
@@ -156,3 +157,42 @@ def _disk_bytes(path: Path) -> int:
         return path.stat().st_blocks * 512
     except FileNotFoundError:
         return 0
+
+
+def covered(partial_dir: Path, digest: Digest, start: int, end: int) -> Path | None:
+    """The partial data of `digest` if bytes `start`..`end` (inclusive) lie in whole parts of it.
+
+    What a download in progress may serve to peers: a part counts once its state says it is
+    whole, and the engine saves that only after the part is verified (a peer's bytes against the
+    swarm's range hash) or fetched whole from upstream. The state is re-read on every call.
+    """
+    name = partial_name(digest, None)
+    state = read_state(partial_dir, name)
+    if not state or state.get("digest") != str(digest):
+        return None
+    try:
+        whole = sorted((int(o), int(n)) for o, n, c in state["parts"] if int(c) >= int(n) > 0)
+    except (KeyError, TypeError, ValueError):
+        return None
+    pos = start
+    for offset, length in whole:
+        if offset <= pos < offset + length:
+            pos = offset + length
+            if pos > end:
+                data = partial_dir / name
+                return data if data.exists() else None
+    return None
+
+
+def servable(store: BlobStore, partial_dir: Path, digest: Digest, start: int, end: int) -> Path | None:
+    """Where bytes `start`..`end` of `digest` can be read for a peer: the stored blob, or a download's whole parts.
+
+    The store is asked again after the partial data: a download that just finished was renamed
+    into the store between the two looks.
+    """
+    if store.has(digest):
+        return store.path(digest)
+    found = covered(partial_dir, digest, start, end)
+    if found is None and store.has(digest):
+        return store.path(digest)
+    return found

@@ -1,0 +1,209 @@
+"""The swarm board in Redis: what every worker downloading one blob knows about its ranges.
+
+See eldric/transfer/swarm.py for what the board is for. Each write is one Lua script, so
+two workers never both lease a range, and the job's cap on upstream workers is checked in the
+same step as the lease. Keys (eldric.cluster.keys.swarm) expire SWARM_TTL after the last
+write, so a finished swarm serves late joiners for a while and then cleans itself up.
+The job's upstream rate cap is a token bucket in Redis shared by all of its workers; each
+take covers at least `grant` bytes, so a worker writes at most rate/grant times a second.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Collection
+
+import redis
+
+from eldric.cluster import keys
+from eldric.transfer.swarm import BoardView
+
+SWARM_TTL = 3600
+_PARTS = ("meta", "sha", "holders", "leases", "fetchers")
+
+# Redis's clock, not the workers': leases and buckets mean the same on every node.
+_NOW = "local t = redis.call('TIME'); local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+
+# KEYS: meta sha holders leases; ARGV: ttl
+_TOUCH = "for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[1]) end"
+
+_JOIN = """
+redis.call('HSETNX', KEYS[1], 'size', ARGV[1])
+redis.call('HSETNX', KEYS[1], 'range_bytes', ARGV[2])
+""" + _TOUCH.replace("ARGV[1]", "ARGV[3]") + """
+return redis.call('HGET', KEYS[1], 'range_bytes')
+"""
+
+# ARGV: me, (unused), lease_ms, max_workers, ttl, candidates...
+# A worker keeps its upstream slot (`fetchers`) from its first lease until it retires or its
+# slot lapses, so the cap counts workers, not the instants between two of a worker's ranges.
+_CLAIM = _NOW + """
+local me, lease, most = ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4])
+local function live_entries(key)
+  local all, live = redis.call('HGETALL', key), {}
+  for i = 1, #all, 2 do
+    local who, exp = string.match(all[i + 1], '^(%S+) (%d+)$')
+    if exp == nil or tonumber(exp) <= now then redis.call('HDEL', key, all[i]) else live[all[i]] = who end
+  end
+  return live
+end
+local live = live_entries(KEYS[4])
+local slots = live_entries(KEYS[5])
+if most > 0 and slots[me] == nil then
+  local n = 0
+  for _ in pairs(slots) do n = n + 1 end
+  if n >= most then return -1 end
+end
+for i = 6, #ARGV do
+  -- '!' marks a range fetched before whose holders all failed the caller: fetch it again.
+  local r, again = string.gsub(ARGV[i], '^!', '')
+  local holder = live[r]
+  if (holder == nil or holder == me) and (again > 0 or redis.call('HEXISTS', KEYS[2], r) == 0) then
+    redis.call('HSET', KEYS[4], r, me .. ' ' .. tostring(now + lease))
+    redis.call('HSET', KEYS[5], me, me .. ' ' .. tostring(now + lease))
+""" + _TOUCH.replace("ARGV[1]", "ARGV[5]") + """
+    return tonumber(r)
+  end
+end
+return -1
+"""
+
+# KEYS: leases fetchers; ARGV: me, (unused), lease_ms, ranges...
+_RENEW = _NOW + """
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[1] .. ' ' .. tostring(now + tonumber(ARGV[3])))
+for i = 4, #ARGV do
+  local cur = redis.call('HGET', KEYS[1], ARGV[i])
+  if cur and string.match(cur, '^(%S+) ') == ARGV[1] then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[1] .. ' ' .. tostring(now + tonumber(ARGV[3])))
+  end
+end
+"""
+
+# ARGV: me, range
+_RELEASE = """
+local cur = redis.call('HGET', KEYS[1], ARGV[2])
+if cur and string.match(cur, '^(%S+) ') == ARGV[1] then redis.call('HDEL', KEYS[1], ARGV[2]) end
+"""
+
+# KEYS: leases fetchers; ARGV: me. Gives back every lease and the upstream slot.
+_RETIRE = """
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  if string.match(all[i + 1], '^(%S+) ') == ARGV[1] then redis.call('HDEL', KEYS[1], all[i]) end
+end
+redis.call('HDEL', KEYS[2], ARGV[1])
+"""
+
+# KEYS: meta sha holders leases fetchers; ARGV: me, range, sha ('' when taken from a peer), ttl
+_PUBLISH = """
+local me, r = ARGV[1], ARGV[2]
+if ARGV[3] ~= '' then redis.call('HSETNX', KEYS[2], r, ARGV[3]) end
+local cur = redis.call('HGET', KEYS[3], r)
+if not cur then
+  redis.call('HSET', KEYS[3], r, me)
+elseif not string.find(' ' .. cur .. ' ', ' ' .. me .. ' ', 1, true) then
+  redis.call('HSET', KEYS[3], r, cur .. ' ' .. me)
+end
+local lease = redis.call('HGET', KEYS[4], r)
+if lease and string.match(lease, '^(%S+) ') == me then redis.call('HDEL', KEYS[4], r) end
+""" + _TOUCH.replace("ARGV[1]", "ARGV[4]")
+
+# A token bucket: KEYS[1]; ARGV: rate, capacity, (unused), n. Returns ms to wait (the take is booked).
+_BUCKET = _NOW + """
+local rate, cap, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
+local tokens = tonumber(redis.call('HGET', KEYS[1], 'tokens') or cap)
+local stamp = tonumber(redis.call('HGET', KEYS[1], 'stamp') or now)
+tokens = math.min(cap, tokens + (now - stamp) * rate / 1000) - n
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'stamp', tostring(math.max(now, stamp)))
+redis.call('PEXPIRE', KEYS[1], 600000)
+if tokens >= 0 then return 0 end
+return math.ceil(-tokens * 1000 / rate)
+"""
+
+
+class RedisSwarmBoard:
+    """One worker's handle on one blob's board (eldric.transfer.swarm.SwarmBoard)."""
+
+    def __init__(self, client: redis.Redis, digest: str, me: str, lease_seconds: float = 30.0) -> None:
+        self.client, self.digest, self.me = client, digest, me
+        self.keys = [keys.swarm(digest, part) for part in _PARTS]
+        self.lease_ms = int(lease_seconds * 1000)
+        self._join = client.register_script(_JOIN)
+        self._claim = client.register_script(_CLAIM)
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+        self._publish = client.register_script(_PUBLISH)
+        self._retire = client.register_script(_RETIRE)
+        self._addresses: dict[str, str] = {}
+
+    def join(self, size: int, range_bytes: int) -> int:
+        return int(self._join(keys=self.keys, args=[size, range_bytes, SWARM_TTL]))
+
+    def view(self) -> BoardView:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(self.keys[1])
+        pipe.hgetall(self.keys[2])
+        sha, holders = pipe.execute()
+        return BoardView(sha={int(k): _text(v) for k, v in sha.items()},
+                         holders={int(k): _text(v).split() for k, v in holders.items()})
+
+    def claim_upstream(self, candidates: list[int], max_workers: int, again: Collection[int] = ()) -> int | None:
+        marked = [f"!{i}" if i in again else str(i) for i in candidates]
+        got = self._claim(keys=self.keys, args=[self.me, 0, self.lease_ms, max_workers, SWARM_TTL, *marked])
+        return None if int(got) < 0 else int(got)
+
+    def renew(self, ranges) -> None:
+        self._renew(keys=[self.keys[3], self.keys[4]], args=[self.me, 0, self.lease_ms, *sorted(ranges)])
+
+    def release(self, index: int) -> None:
+        self._release(keys=[self.keys[3]], args=[self.me, index])
+
+    def retire(self) -> None:
+        self._retire(keys=[self.keys[3], self.keys[4]], args=[self.me])
+
+    def publish(self, index: int, sha: str | None) -> None:
+        self._publish(keys=self.keys, args=[self.me, index, sha or "", SWARM_TTL])
+
+    def address(self, worker: str) -> str | None:
+        if worker not in self._addresses:
+            value = self.client.hget(keys.worker(worker), "address")
+            if not value:
+                return None
+            self._addresses[worker] = _text(value)
+        return self._addresses[worker]
+
+    def reset(self) -> None:
+        self.client.delete(*self.keys)
+
+
+class UpstreamRateCap:
+    """`take(n)`: wait until `n` more upstream bytes fit the job's cluster-wide rate (bytes/s).
+
+    Takes are booked in grants of at least `grant` bytes (a tenth of a second of the rate), so
+    the Redis writes per worker stay at about ten a second whatever the chunk size.
+    """
+
+    def __init__(self, client: redis.Redis, job_id: str, rate: float, burst_seconds: float = 0.25) -> None:
+        self.client, self.key, self.rate = client, keys.upstream_rate(job_id), float(rate)
+        self.capacity = max(1.0, self.rate * burst_seconds)
+        self.grant = max(64 << 10, int(self.rate / 10))
+        self._bucket = client.register_script(_BUCKET)
+        self._lock = threading.Lock()
+        self._credit = 0
+
+    def take(self, n: int) -> None:
+        with self._lock:
+            self._credit -= n
+            if self._credit >= 0:
+                return
+            want = max(self.grant, -self._credit)
+            self._credit += want
+            wait_ms = int(self._bucket(keys=[self.key], args=[self.rate, self.capacity, 0, want]))
+            # Sleeping under the lock holds this worker's other connections back too: the cap is the cluster's.
+            if wait_ms > 0:
+                time.sleep(wait_ms / 1000)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

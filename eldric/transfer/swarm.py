@@ -1,0 +1,247 @@
+"""Peer-assisted download of one blob: each range from upstream once per cluster, the rest from peers.
+
+Every worker downloading the same blob joins its *swarm*: a board (eldric/cluster/swarmboard.py,
+in Redis) that all of them read and write. The blob is cut into ranges of one size the first
+joiner fixes. For each range the board keeps
+
+- its sha256, written by the worker that fetched it from upstream;
+- its holders: workers that have it verified (finished blobs and downloads in progress);
+- at most one upstream lease (worker, expiry): only the holder of a live lease fetches that
+  range from upstream. A lease is renewed while its worker lives and lapses when it dies, so
+  another worker takes the range over: a lost worker costs at most the ranges it was fetching.
+
+A connection of the download engine asks `next_task` what to do next, in this order: a range
+a usable peer holds (lowest index first, so the written prefix stays contiguous and the
+whole-blob hash keeps pace); else an upstream lease on a range nobody has fetched (or whose
+holders all failed us), if the job's cap on upstream workers allows; else it waits for the
+board to change. Bytes taken from a peer are hashed as they arrive and the range counts only
+when its sha256 matches the board's; a peer that serves a bad range is dropped for this blob,
+a peer that fails to answer is skipped for `PEER_COOLDOWN` seconds. A range no usable peer
+holds any more is fetched from upstream again (costing that range, never more). The whole blob's sha256
+is still checked before the rename (eldric/transfer/download.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import requests
+
+log = logging.getLogger(__name__)
+
+MIN_RANGE = 4 << 20
+MAX_RANGE = 64 << 20
+SWARM_MIN_SIZE = 1 << 20  # smaller blobs (configs, templates) are not worth a board
+PEER_COOLDOWN = 10.0
+VIEW_MAX_AGE = 0.2  # seconds a board view is reused by the connections of one download
+
+
+def range_bytes_for(size: int) -> int:
+    """About 128 ranges per blob, a power of two between 4 and 64 MiB.
+
+    Small ranges pipeline well (a peer can pass a range on as soon as it has it); large ones
+    keep the board's writes few on big blobs (a 40 GB blob: 625 ranges).
+    """
+    want = max(1, size // 128)
+    step = MIN_RANGE
+    while step < want and step < MAX_RANGE:
+        step <<= 1
+    return step
+
+
+@dataclass
+class BoardView:
+    sha: dict[int, str] = field(default_factory=dict)  # range -> sha256 hex, from its upstream fetcher
+    holders: dict[int, list[str]] = field(default_factory=dict)  # range -> workers holding it verified
+
+
+class SwarmBoard(Protocol):
+    """The shared state of one blob's swarm (Redis in production, a dict in unit tests)."""
+
+    me: str
+
+    def join(self, size: int, range_bytes: int) -> int:
+        """Agree on the range size (the first joiner's); returns it."""
+
+    def view(self) -> BoardView: ...
+
+    def claim_upstream(self, candidates: list[int], max_workers: int, again: Collection[int] = ()) -> int | None:
+        """Lease the first candidate nobody else holds a live lease on and nobody fetched yet (those in
+        `again` even if fetched: their holders failed us); None if none, or if `max_workers` other
+        workers already fetch from upstream (0: no such cap)."""
+
+    def renew(self, ranges: Collection[int]) -> None: ...
+
+    def release(self, index: int) -> None: ...
+
+    def retire(self) -> None:
+        """Give back all my leases and my upstream slot (my download ended)."""
+
+    def publish(self, index: int, sha: str | None) -> None:
+        """I hold range `index`, verified; `sha` when I fetched it from upstream. Drops my lease."""
+
+    def address(self, worker: str) -> str | None: ...
+
+    def reset(self) -> None:
+        """Forget the swarm (its ranges did not add up to the blob's digest)."""
+
+
+PeerOpener = Callable[[str, int, int, float], requests.Response]  # (address, start, end, read timeout)
+
+
+@dataclass(frozen=True)
+class Task:
+    index: int
+    peer: str | None = None  # a worker id; None: from upstream (under my lease)
+    sha: str | None = None  # what the peer's bytes must hash to
+
+
+@dataclass
+class SwarmOptions:
+    max_upstream_workers: int = 0  # 0: no cap
+    upstream_connections: int = 4  # most upstream ranges one worker fetches at once
+    lease_seconds: float = 30.0
+    peer_read_timeout: float = 10.0
+    poll_seconds: float = 0.1
+    range_bytes: int | None = None  # None: range_bytes_for(size)
+    min_size: int = SWARM_MIN_SIZE  # smaller blobs are fetched without a board
+
+
+class Swarm:
+    """One worker's side of one blob's swarm: what each connection does next, and who sent what."""
+
+    def __init__(self, board: SwarmBoard, open_peer: PeerOpener, options: SwarmOptions | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.board, self.open_peer, self.clock = board, open_peer, clock
+        self.options = options or SwarmOptions()
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._view: BoardView | None = None
+        self._view_at = -1.0
+        self.bad_peers: dict[str, str] = {}  # dropped for this blob: worker -> why
+        self._cooldown: dict[str, float] = {}
+        self._upstream: set[int] = set()  # ranges I lease
+        self._last_renew = clock()
+        self.upstream_bytes = 0
+        self.peer_bytes: dict[str, int] = {}
+        self.notes: list[str] = []
+
+    @property
+    def me(self) -> str:
+        return self.board.me
+
+    def view(self, fresh: bool = False) -> BoardView:
+        now = self.clock()
+        if fresh or self._view is None or now - self._view_at > VIEW_MAX_AGE:
+            self._view, self._view_at = self.board.view(), now
+        return self._view
+
+    def next_task(self, open_ranges: Iterable[int]) -> Task | None:
+        """What one connection does next with one of `open_ranges` (missing here, nobody local on it).
+
+        None: wait (`wait()`) and ask again.
+        """
+        open_list = sorted(open_ranges)
+        if not open_list:
+            return None
+        with self._lock:
+            view = self.view()
+            now = self.clock()
+            orphaned = []
+            for i in open_list:
+                sha = view.sha.get(i)
+                if sha is None:
+                    continue
+                holders = [w for w in view.holders.get(i, ()) if w != self.me and w not in self.bad_peers]
+                usable = [w for w in holders if self._cooldown.get(w, 0) <= now]
+                if usable:
+                    return Task(i, peer=random.choice(usable), sha=sha)  # noqa: S311 - load spreading, not security
+                orphaned.append(i)  # fetched once, but no holder can give it to us now: upstream again
+            if len(self._upstream) >= self.options.upstream_connections:
+                return None
+            candidates = [i for i in open_list if i not in view.sha and i not in self._upstream] + orphaned
+            if not candidates:
+                return None
+            got = self.board.claim_upstream(candidates[:64], self.options.max_upstream_workers, again=orphaned)
+            if got is None:
+                return None
+            self._upstream.add(got)
+            return Task(got)
+
+    def wait(self) -> None:
+        with self._changed:
+            self._changed.wait(self.options.poll_seconds)
+        with self._lock:
+            self._view_at = -1.0  # the next ask reads the board again
+
+    def keep_leases(self) -> None:
+        """Renew my upstream leases and slot (called often by the download's supervisor; writes every third of a lease)."""
+        now = self.clock()
+        if now - self._last_renew < self.options.lease_seconds / 3:
+            return
+        self._last_renew = now
+        with self._lock:
+            ranges = set(self._upstream)
+            fetcher = ranges or self.upstream_bytes
+        if fetcher:
+            self.board.renew(ranges)
+
+    def fetched(self, index: int, sha: str | None, *, peer: str | None = None, nbytes: int = 0) -> None:
+        """Range `index` is verified here: tell the board (with its sha when it came from upstream)."""
+        self.board.publish(index, sha)
+        with self._changed:
+            if peer is None:
+                self._upstream.discard(index)
+                self.upstream_bytes += nbytes
+            else:
+                self.peer_bytes[peer] = self.peer_bytes.get(peer, 0) + nbytes
+            self._view_at = -1.0
+            self._changed.notify_all()
+
+    def give_up(self, index: int) -> None:
+        """My upstream fetch of `index` failed: let others take the range at once."""
+        with self._lock:
+            held = index in self._upstream
+            self._upstream.discard(index)
+        if held:
+            try:
+                self.board.release(index)
+            except Exception as exc:  # noqa: BLE001 - the lease lapses by itself
+                log.info("could not release the lease on range %d: %s", index, exc)
+
+    def release_all(self) -> None:
+        """My download ended (done or failed): give back my leases and my upstream slot at once."""
+        with self._lock:
+            self._upstream = set()
+        try:
+            self.board.retire()
+        except Exception as exc:  # noqa: BLE001 - leases and slot lapse by themselves
+            log.info("could not give back my upstream leases: %s", exc)
+
+    def peer_failed(self, peer: str, index: int, why: str, *, bad_bytes: bool) -> None:
+        """A peer did not deliver range `index`: drop it for this blob (bad bytes) or skip it a while."""
+        with self._lock:
+            if bad_bytes:
+                self.bad_peers[peer] = why
+                self.notes.append(f"dropped peer {peer}: range {index} {why}")
+                log.warning("dropped peer %s for this blob: range %d %s", peer, index, why)
+            else:
+                self._cooldown[peer] = self.clock() + PEER_COOLDOWN
+                log.info("peer %s did not deliver range %d (%s); trying elsewhere", peer, index, why)
+
+    def open_range_from(self, peer: str, start: int, end: int) -> requests.Response:
+        address = self.board.address(peer)
+        if not address:
+            raise requests.ConnectionError(f"peer {peer} has no address")
+        return self.open_peer(address, start, end, self.options.peer_read_timeout)
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {"upstream_bytes": self.upstream_bytes, "peer_bytes": sum(self.peer_bytes.values()),
+                    "peers": dict(self.peer_bytes), "bad_peers": dict(self.bad_peers)}

@@ -1,0 +1,255 @@
+"""Peer-assisted downloads: the engine's swarm mode over the Redis board (fakeredis with Lua).
+
+A few workers, each with its own blob store and partial directory, download one blob at
+the same time. Upstream is an in-memory source that counts the bytes it sends; a peer is
+served the way the agent's blob server serves it (the finished blob, or the whole parts of a
+download in progress: eldric.transfer.partials.servable).
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import fakeredis
+import pytest
+import requests
+
+from eldric.cluster import keys
+from eldric.cluster.swarmboard import RedisSwarmBoard, UpstreamRateCap
+from eldric.core.blobstore import BlobStore
+from eldric.core.digests import Digest
+from eldric.transfer.download import DownloadOptions, download_blob, relayout
+from eldric.transfer.partials import servable
+from eldric.transfer.swarm import Swarm, SwarmOptions, range_bytes_for
+
+RANGE = 64 << 10
+DATA = bytes((i * 131 + (i >> 9)) % 251 for i in range(16 * RANGE + 1234))  # 17 ranges, the last short
+DIGEST = Digest.of_bytes(DATA)
+OPTIONS = DownloadOptions(parts=4, start_connections=2, chunk_bytes=16 << 10, save_every_seconds=0.05,
+                          part_attempts=2, retry_backoff_seconds=0.01)
+
+
+class Body:
+    def __init__(self, data: bytes, delay: float) -> None:
+        self.stream, self.delay = io.BytesIO(data), delay
+
+    def read(self, amt=None, decode_content=None) -> bytes:
+        if self.delay:
+            time.sleep(self.delay)
+        return self.stream.read(amt)
+
+
+class Resp:
+    def __init__(self, data: bytes, status: int = 206, delay: float = 0.0) -> None:
+        self.status_code, self.raw, self.headers = status, Body(data, delay), {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class World:
+    """One fake Redis, one counting upstream, and `names` workers that serve each other."""
+
+    def __init__(self, tmp: Path, names: list[str], *, upstream_delay: float = 0.002) -> None:
+        self.server = fakeredis.FakeServer()
+        self.tmp, self.names, self.upstream_delay = tmp, names, upstream_delay
+        self.upstream_bytes = 0
+        self.upstream_ranges: list[tuple[int, int]] = []
+        self.lock = threading.Lock()
+        self.flip: set[str] = set()  # peers that serve one wrong byte
+        self.peer_requests: list[tuple[str, int]] = []
+        client = self.client()
+        for name in names:
+            client.hset(keys.worker(name), "address", name)
+
+    def client(self):
+        return fakeredis.FakeRedis(server=self.server)
+
+    def store(self, name: str) -> BlobStore:
+        return BlobStore(self.tmp / name / "blobs")
+
+    def partial_dir(self, name: str) -> Path:
+        return self.tmp / name / "partial"
+
+    def upstream(self, start: int, end: int, timeout: float) -> Resp:
+        with self.lock:
+            self.upstream_bytes += end + 1 - start
+            self.upstream_ranges.append((start, end))
+        return Resp(DATA[start:end + 1], delay=self.upstream_delay)
+
+    def open_peer(self, address: str, start: int, end: int, timeout: float) -> Resp:
+        with self.lock:
+            self.peer_requests.append((address, start))
+        path = servable(self.store(address), self.partial_dir(address), DIGEST, start, end)
+        if path is None:
+            return Resp(b'{"error": "not here"}', status=416)
+        with open(path, "rb") as f:
+            f.seek(start)
+            body = bytearray(f.read(end + 1 - start))
+        if address in self.flip:
+            body[len(body) // 2] ^= 0xFF
+        return Resp(bytes(body))
+
+    def swarm(self, name: str, **opts) -> Swarm:
+        board = RedisSwarmBoard(self.client(), str(DIGEST), name, lease_seconds=opts.pop("lease_seconds", 30.0))
+        return Swarm(board, self.open_peer, SwarmOptions(range_bytes=RANGE, min_size=1, poll_seconds=0.01, **opts))
+
+    def download(self, name: str, swarm: Swarm | None = None, **kw) -> Path:
+        return download_blob(self.upstream, DIGEST, len(DATA), self.store(name), self.partial_dir(name), OPTIONS,
+                             swarm=swarm or self.swarm(name), **kw)
+
+
+def run_all(world: World, swarms: dict[str, Swarm]) -> dict[str, object]:
+    results: dict[str, object] = {}
+
+    def one(name: str) -> None:
+        try:
+            results[name] = world.download(name, swarms[name])
+        except Exception as exc:  # reported by the test
+            results[name] = exc
+    threads = [threading.Thread(target=one, args=(n,)) for n in swarms]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return results
+
+
+def test_range_sizes_are_powers_of_two_between_4_and_64_mib() -> None:
+    assert range_bytes_for(200 << 20) == 4 << 20
+    assert range_bytes_for(40 << 30) == 64 << 20
+    assert range_bytes_for(1 << 30) == 8 << 20
+
+
+def test_four_workers_fetch_every_range_from_upstream_once(tmp_path: Path) -> None:
+    names = ["w1", "w2", "w3", "w4"]
+    world = World(tmp_path, names)
+    swarms = {n: world.swarm(n) for n in names}
+    results = run_all(world, swarms)
+    for name in names:
+        assert isinstance(results[name], Path), results[name]
+        assert results[name].read_bytes() == DATA
+    assert world.upstream_bytes == len(DATA)  # one copy, whatever N
+    starts = sorted(s for s, _ in world.upstream_ranges)
+    assert starts == list(range(0, len(DATA), RANGE))
+    stats = [swarms[n].stats() for n in names]
+    assert sum(s["upstream_bytes"] for s in stats) == len(DATA)
+    assert sum(s["peer_bytes"] for s in stats) == 3 * len(DATA)
+    board = world.client()
+    assert len(board.hgetall(keys.swarm(str(DIGEST), "sha"))) == 17
+    assert not board.hgetall(keys.swarm(str(DIGEST), "leases"))  # every lease given back
+
+
+def test_a_peer_serving_a_flipped_byte_is_dropped_and_the_range_fetched_elsewhere(tmp_path: Path) -> None:
+    world = World(tmp_path, ["good", "liar", "late"])
+    assert world.download("good").read_bytes() == DATA
+    # The liar holds everything too (it had the blob), but serves one wrong byte per range.
+    assert world.download("liar").read_bytes() == DATA
+    world.flip.add("liar")
+    upstream_before = world.upstream_bytes
+    swarm = world.swarm("late")
+    path = world.download("late", swarm)
+    assert path.read_bytes() == DATA  # nothing corrupt stored
+    assert world.upstream_bytes == upstream_before  # the good peer had it all
+    assert "liar" in swarm.stats()["bad_peers"]
+    assert any("dropped peer liar" in note and "sha256" in note for note in swarm.notes)
+    assert [a for a, _ in world.peer_requests[-16:]].count("liar") == 0  # dropped for the rest of the blob
+
+
+def test_a_range_whose_holders_are_all_gone_comes_from_upstream_again(tmp_path: Path) -> None:
+    world = World(tmp_path, ["first", "second"])
+    assert world.download("first").read_bytes() == DATA
+    world.store("first").path(DIGEST).unlink()  # the only holder lost its copy (answers 416 now)
+    swarm = world.swarm("second")
+    assert world.download("second", swarm).read_bytes() == DATA
+    assert world.upstream_bytes == 2 * len(DATA)
+
+
+def test_a_lapsed_lease_of_a_dead_worker_is_taken_over(tmp_path: Path) -> None:
+    world = World(tmp_path, ["dead", "alive"])
+    dead = RedisSwarmBoard(world.client(), str(DIGEST), "dead", lease_seconds=0.3)
+    dead.join(len(DATA), RANGE)
+    assert dead.claim_upstream([0, 1, 2], 1) == 0  # ... and then the worker dies without renewing
+    assert RedisSwarmBoard(world.client(), str(DIGEST), "other").claim_upstream([1], 1) is None  # its slot holds
+    alive = world.swarm("alive", lease_seconds=0.3)
+    started = time.monotonic()
+    assert world.download("alive", alive).read_bytes() == DATA
+    assert (0, RANGE - 1) in world.upstream_ranges
+    assert time.monotonic() - started >= 0.25  # range 0 waited for the lease to lapse
+
+
+def test_the_cap_on_upstream_workers_keeps_the_others_on_peers(tmp_path: Path) -> None:
+    names = ["a", "b", "c", "d"]
+    world = World(tmp_path, names)
+    swarms = {n: world.swarm(n, max_upstream_workers=1) for n in names}
+    results = run_all(world, swarms)
+    assert all(isinstance(r, Path) for r in results.values()), results
+    fetchers = [n for n in names if swarms[n].stats()["upstream_bytes"]]
+    assert len(fetchers) == 1
+    assert world.upstream_bytes == len(DATA)
+
+
+def test_resume_publishes_what_an_earlier_run_fetched_and_relayouts_foreign_parts(tmp_path: Path) -> None:
+    # A saved state of 100 KiB parts (a download outside any swarm), 250 KiB written from 0.
+    saved = [(0, 100 << 10, 100 << 10), (100 << 10, 100 << 10, 100 << 10), (200 << 10, 100 << 10, 50 << 10)]
+    plan = [(o, RANGE) for o in range(0, 5 * RANGE, RANGE)]
+    assert [p.completed for p in relayout(saved, plan)] == [RANGE, RANGE, RANGE, 250 * 1024 - 3 * RANGE, 0]
+
+
+def test_a_peer_that_dies_mid_range_costs_a_retry_elsewhere(tmp_path: Path) -> None:
+    world = World(tmp_path, ["holder", "flaky", "taker"])
+    world.download("holder")
+    world.download("flaky")
+    original = world.open_peer
+
+    def open_peer(address, start, end, timeout):
+        if address == "flaky":
+            raise requests.ConnectionError("connection reset by peer")
+        return original(address, start, end, timeout)
+    world.open_peer = open_peer
+    swarm = world.swarm("taker")
+    assert world.download("taker", swarm).read_bytes() == DATA
+    assert world.upstream_bytes == len(DATA)
+    assert "flaky" not in swarm.stats()["bad_peers"]  # skipped a while, not accused
+
+
+def test_the_job_upstream_cap_is_a_bucket_shared_by_workers(tmp_path: Path) -> None:
+    client = fakeredis.FakeRedis()
+    caps = [UpstreamRateCap(client, "job1", rate=4 << 20), UpstreamRateCap(client, "job1", rate=4 << 20)]
+    started = time.monotonic()
+    done = []
+
+    def pour(cap):
+        for _ in range(16):
+            cap.take(128 << 10)
+        done.append(1)
+    threads = [threading.Thread(target=pour, args=(c,)) for c in caps]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - started
+    # 4 MiB together at 4 MiB/s, less the initial burst (a quarter second of rate) and the last grant.
+    assert 0.6 <= elapsed <= 1.4, elapsed
+
+
+@pytest.mark.parametrize("rate", [2 << 20])
+def test_the_worker_download_cap_is_honoured(tmp_path: Path, rate: int) -> None:
+    from eldric.transfer.ratelimit import TokenBucket
+    world = World(tmp_path, ["solo"], upstream_delay=0)
+    started = time.monotonic()
+    download_blob(world.upstream, DIGEST, len(DATA), world.store("solo"), world.partial_dir("solo"),
+                  replace(OPTIONS, limiter=TokenBucket(rate)))
+    elapsed = time.monotonic() - started
+    burst = rate * 0.25  # the bucket starts full: a quarter second of rate
+    assert (len(DATA) - burst) / rate * 0.95 <= elapsed <= len(DATA) / rate * 1.3, elapsed
