@@ -3,7 +3,7 @@
 Everything is a gauge read from the cluster's records (the controller is stateless,
 so there is no process-local counter to keep): jobs and job parts on record by
 state, bytes received over the network per source kind, per-worker pull throughput, Celery queue depths,
-registered/online workers, and pin coverage. Nothing here writes to Redis.
+registered/online workers, pin coverage, and mirrored tags with an upstream update. Nothing here writes to Redis.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from prometheus_client.core import GaugeMetricFamily
 from eldric.cluster import jobstate
 from eldric.cluster import keys
 from eldric.cluster import pins
+from eldric.cluster.mirror_updates import read_updates
 from eldric.cluster.queues import MAINTENANCE_QUEUE, WORKER_TYPES, is_valid_worker_id, type_queue, worker_queue
 
 # The classic text format every Prometheus parses (newer clients default to version 1.0.0).
@@ -41,6 +42,7 @@ class Snapshot:
     queues: dict[str, int] = field(default_factory=dict)
     workers: list[tuple[str, str, bool]] = field(default_factory=list)  # (id, type, online)
     pin_coverage: dict[str, dict[str, int]] = field(default_factory=dict)
+    mirror_updates: int = 0  # mirrored tags whose upstream moved (eldric:mirror:updates)
 
 
 # A job's source (its record's `source`) -> the metric label: a handful of values, whatever the cluster pulls.
@@ -87,6 +89,7 @@ def read_snapshot(client: redis.Redis, *, stale_after: float, now: float | None 
     found = pins.list_pins(client)
     facts = pins.load_worker_facts(client, [p.model for p in found])
     snap.pin_coverage = {p.model: {k: len(v) for k, v in pins.coverage(p, facts).items()} for p in found}
+    snap.mirror_updates = sum(1 for r in read_updates(client).values() if r.get("update_available"))
     return snap
 
 
@@ -114,7 +117,9 @@ def _count_part(snap: Snapshot, wid: str, record: dict, source_kind: str) -> Non
     state = record.get("state", jobstate.PENDING)
     snap.parts[state] += 1
     done = network_bytes(record)  # throughput is the network's too: bytes found on disk are not a rate
-    snap.bytes_by_source[source_kind] += done
+    from_peers = min(done, int(record.get("peer_bytes") or 0))  # fan-out: what other workers sent
+    snap.bytes_by_source["peer"] += from_peers
+    snap.bytes_by_source[source_kind] += done - from_peers
     started, updated = record.get("started_at"), record.get("updated_at") or record.get("finished_at")
     if not (started and updated and updated > started and done):
         return
@@ -173,7 +178,10 @@ def metric_families(snap: Snapshot) -> list[GaugeMetricFamily]:
     for model, counts in sorted(snap.pin_coverage.items()):
         for status, n in counts.items():
             pinned.add_metric([model, status], n)
-    return [jobs, parts, pulled, current, last, up, registered, online, queues, pinned]
+    updates = GaugeMetricFamily("eldric_mirror_updates_available",
+                                "Tags cached by the data node's mirror whose upstream tag now points at another manifest")
+    updates.add_metric([], snap.mirror_updates)
+    return [jobs, parts, pulled, current, last, up, registered, online, queues, pinned, updates]
 
 
 class _SnapshotCollector:

@@ -16,7 +16,8 @@ from eldric.cluster.registry_api import (API_PREFIX, FILE_DOWNLOAD_RESPONSES, FI
                                          UPLOAD_ID_PARAMETER, DigestQuerySchema, DraftRequestSchema, FileSchema,
                                          ImportRequestSchema, ImportSchema, ModelListSchema, ModelQuerySchema,
                                          ModelSchema, StorageSchema, TrainingRequestSchema, UploadQuerySchema,
-                                         UploadSessionRequestSchema, UploadSessionSchema, install_converters)
+                                         UploadSessionRequestSchema, UploadSessionSchema, install_converters,
+                                         MirrorCheckSchema, MirrorSchema)
 from eldric.core.model_errors import BadRequestError, NotFoundError
 from eldric.transfer.ranges import parse_content_range
 from eldric.web.blueprints import Blueprint
@@ -65,6 +66,22 @@ class Models(MethodView):
                                        source=body["source"], description=body.get("description"),
                                        lineage=body.get("lineage"))
         return model, 201, {"Location": model["links"]["self"]}
+
+
+@blp.route("/mirror")
+class MirrorListing(MethodView):
+    @blp.response(200, MirrorSchema)
+    def get(self):
+        """The /v2/ pull-through cache: mirrored models and blobs with sizes, last use and update checks."""
+        return current_app.extensions["eldric.mirror"].listing()
+
+
+@blp.route("/mirror/check")
+class MirrorCheck(MethodView):
+    @blp.response(200, MirrorCheckSchema)
+    def post(self):
+        """Ask upstream where each mirrored tag points now (HEAD) and record it; never pulls (beat calls this)."""
+        return {"checked": current_app.extensions["eldric.mirror"].check_updates()}
 
 
 @blp.route("/training")

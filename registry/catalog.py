@@ -39,6 +39,20 @@ CREATE TABLE IF NOT EXISTS imports (
     id TEXT PRIMARY KEY, spec TEXT NOT NULL, state TEXT NOT NULL, draft_id TEXT, model_id TEXT, error TEXT,
     completed INTEGER NOT NULL DEFAULT 0, total INTEGER NOT NULL DEFAULT 0, status TEXT,
     created_at REAL NOT NULL, updated_at REAL NOT NULL);
+-- The /v2/ API (registry/oci/store.py): blobs it holds (pushed, mirrored, derived), manifests, tags.
+-- A blob in blobs/ stays while a `files` row or an `oci_blobs` row names it.
+CREATE TABLE IF NOT EXISTS oci_blobs (
+    digest TEXT PRIMARY KEY, size INTEGER NOT NULL, origin TEXT NOT NULL, created_at REAL NOT NULL,
+    last_used REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS oci_manifests (
+    repo TEXT NOT NULL, digest TEXT NOT NULL, media_type TEXT NOT NULL, body BLOB NOT NULL, origin TEXT NOT NULL,
+    created_at REAL NOT NULL, last_used REAL NOT NULL, PRIMARY KEY (repo, digest));
+CREATE TABLE IF NOT EXISTS oci_manifest_blobs (
+    repo TEXT NOT NULL, manifest TEXT NOT NULL, blob TEXT NOT NULL, PRIMARY KEY (repo, manifest, blob));
+CREATE INDEX IF NOT EXISTS oci_manifest_blobs_blob ON oci_manifest_blobs(blob);
+CREATE TABLE IF NOT EXISTS oci_tags (
+    repo TEXT NOT NULL, tag TEXT NOT NULL, digest TEXT NOT NULL, origin TEXT NOT NULL, resolved_at REAL NOT NULL,
+    upstream_digest TEXT, checked_at REAL, check_error TEXT, PRIMARY KEY (repo, tag));
 """
 _JSON_COLUMNS = ("lineage", "origin", "details", "spec", "info")
 _AUTO_VERSION = re.compile(r"^v(\d{1,9})$")
@@ -85,7 +99,9 @@ class Tx:
         return old["digest"] if old else None
 
     def is_referenced(self, digest: str) -> bool:
-        return self.conn.execute("SELECT 1 FROM files WHERE digest = ? LIMIT 1", (digest,)).fetchone() is not None
+        """Whether a model file or the /v2/ store (registry/oci) still holds the blob."""
+        return self.conn.execute("SELECT 1 FROM files WHERE digest = ? UNION ALL SELECT 1 FROM oci_blobs "
+                                 "WHERE digest = ? LIMIT 1", (digest, digest)).fetchone() is not None
 
     def delete_model(self, model_id: str) -> list[str]:
         """Remove the model and its file links; return the digests it linked."""
@@ -205,7 +221,12 @@ class Catalog:
         return [r["id"] for r in rows]
 
     def referenced_digests(self) -> set[str]:
-        return {r["digest"] for r in self._conn().execute("SELECT DISTINCT digest FROM files")}
+        """Digests of model files and of blobs the /v2/ store holds: startup cleanup keeps these."""
+        return {r["digest"] for r in self._conn().execute("SELECT digest FROM files UNION SELECT digest FROM oci_blobs")}
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection, for reads outside a transaction (registry/oci reads its tables here)."""
+        return self._conn()
 
     def import_record(self, import_id: str) -> dict | None:
         return _row(self._conn().execute("SELECT * FROM imports WHERE id = ?", (import_id,)).fetchone())

@@ -18,6 +18,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-model-size", default=None, help="largest model accepted, all files (default 4T)")
     p.add_argument("--min-free", default=None, help="refuse uploads that would leave less free space (default 1G)")
     p.add_argument("--import-workers", type=int, default=None, help="URL imports run at once (default 2)")
+    p.add_argument("--upstream", default=None,
+                   help="registry /v2/ pulls missing models through from; none turns the pull-through cache off "
+                        "(default $ELDRIC_MIRROR_UPSTREAM or https://registry.ollama.ai)")
+    p.add_argument("--tag-ttl", default=None,
+                   help="a mirrored tag is asked upstream again after this long, e.g. 30m (default $ELDRIC_MIRROR_TAG_TTL or 1h)")
+    p.add_argument("--mirror-max-size", default=None,
+                   help="evict least recently used mirrored blobs past this size, e.g. 500G (default $ELDRIC_MIRROR_MAX_SIZE or no limit)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
         settings = RegistrySettings.from_env(
             host=args.host, port=args.port, storage=args.storage, redis_url=args.redis_url,
             max_file_bytes=args.max_file_size, max_model_bytes=args.max_model_size, min_free_bytes=args.min_free,
-            import_workers=args.import_workers)
+            import_workers=args.import_workers, mirror_upstream=args.upstream, mirror_tag_ttl=args.tag_ttl,
+            mirror_max_bytes=args.mirror_max_size)
     except ValueError as exc:
         print(f"eldric registry: {exc}", file=sys.stderr)
         return 2

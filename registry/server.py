@@ -17,7 +17,7 @@ from pydantic import Field
 from eldric.cluster.redisconn import RedisURL
 from eldric import __version__, logging_setup
 from eldric.cluster.redisconn import redis_client
-from eldric.core.settings import CommaList, EnvSettings, Size, UserPath
+from eldric.core.settings import CommaList, Duration, EnvSettings, Size, UserPath
 from eldric.core.errors import DigestMismatchError, InvalidDigestError, InvalidNameError
 from eldric.transfer.upstreams import AddressPolicy
 from eldric.transfer.urlfetch import FetchOptions
@@ -27,6 +27,9 @@ from eldric.core.model_errors import ModelRegistryError, RangeNotSatisfiableErro
 from eldric.web.auth import require_bearer
 from eldric.web.gunicorn_server import serve_with_gunicorn
 from eldric.web.problems import error_response, register_error_handlers
+from registry.oci.api import is_oci_path
+from registry.oci.pushes import Pushes
+from registry.oci.setup import install_oci
 from registry.service import RegistryService
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,15 @@ class RegistrySettings(EnvSettings):
     url_allowlist: CommaList = Field(
         (), validation_alias="ELDRIC_URL_ALLOWLIST",
         description="comma list of addresses, networks (CIDR) or host names URL imports may reach although loopback, private or link-local")
+    # Issue 15: the /v2/ API (registry/oci/) and its pull-through cache.
+    api_token: str = Field("", validation_alias="ELDRIC_API_TOKEN",
+                           description="when set, /v2/ also accepts this token (besides the cluster secret)")
+    mirror_upstream: str = Field("https://registry.ollama.ai", validation_alias="ELDRIC_MIRROR_UPSTREAM",
+                                 description="registry the /v2/ pull-through cache fetches missing models from; none turns it off")
+    mirror_tag_ttl: Duration = Field(3600.0, validation_alias="ELDRIC_MIRROR_TAG_TTL",
+                                     description="a mirrored tag is asked upstream again after this long (e.g. 90s, 30m, 1h)")
+    mirror_max_bytes: Size = Field(0, validation_alias="ELDRIC_MIRROR_MAX_SIZE",
+                                   description="mirrored blobs past this size are evicted, least recently used first (0: no limit)")
 
 
 def create_registry_app(storage: str | Path, settings: RegistrySettings = RegistrySettings(), *,
@@ -83,6 +95,9 @@ def create_registry_app(storage: str | Path, settings: RegistrySettings = Regist
     register_error_handlers(app)
     _register_domain_errors(app)
     _register_auth(app, settings.token)
+    install_oci(app, svc, upstream_url=settings.mirror_upstream, tag_ttl=settings.mirror_tag_ttl,
+                max_mirror_bytes=settings.mirror_max_bytes, policy=AddressPolicy.parse(settings.url_allowlist),
+                secrets=(settings.token, settings.api_token))
 
     @app.get("/healthz")
     def healthz():
@@ -104,7 +119,7 @@ def create_registry_app(storage: str | Path, settings: RegistrySettings = Regist
         importer.start().resume_unfinished()
         if client is not None:
             Heartbeat(client).start()
-        _start_janitor(svc)
+        _start_janitor(svc, app.extensions["eldric.oci.pushes"])
     return app
 
 
@@ -128,15 +143,18 @@ def _register_domain_errors(app: Flask) -> None:
 
 
 def _register_auth(app: Flask, token: str) -> None:
-    require_bearer(app, lambda: token, is_open=lambda path: path == "/healthz", refuse=lambda path: error_response(
+    # /v2/ has its own check (registry/oci/auth.py: OCI error format, Basic credentials too).
+    require_bearer(app, lambda: token, is_open=lambda path: path == "/healthz" or is_oci_path(path),
+                   refuse=lambda path: error_response(
         401, "missing or wrong bearer token (Authorization: Bearer <cluster secret>)"))
 
 
-def _start_janitor(svc: RegistryService, every: float = 600.0) -> None:
+def _start_janitor(svc: RegistryService, pushes: Pushes, every: float = 600.0) -> None:
     def run() -> None:
         while not stop.wait(every):
             try:
                 svc.expire_drafts()
+                pushes.expire(svc.draft_ttl)  # /v2/ push sessions untouched as long as a draft
             except Exception:
                 log.exception("draft expiry failed")
     stop = threading.Event()

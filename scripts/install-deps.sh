@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what Eldric needs on a Debian machine, only where missing: apt packages
-# (redis-server, docker-registry; chromium with --browser) and the Python package.
+# (redis-server, docker-registry, skopeo; chromium with --browser) and the Python package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +11,7 @@ missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v redis-sentinel >/dev/null || missing+=(redis-sentinel)
 command -v docker-registry >/dev/null || missing+=(docker-registry)
+command -v skopeo >/dev/null || missing+=(skopeo)  # an independent OCI client for the registry mirror's tests
 command -v curl >/dev/null || missing+=(curl)
 if (( want_browser )) && ! [ -x /usr/bin/chromium ]; then missing+=(chromium); fi
 if (( ${#missing[@]} )); then

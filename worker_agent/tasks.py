@@ -10,8 +10,10 @@ from celery.signals import celeryd_after_setup
 from eldric import logging_setup
 from eldric.cluster.queues import (
     MAINTENANCE_QUEUE, TASK_CLEAN_PARTIALS, TASK_CLEAN_PARTIALS_ALL, TASK_DELETE, TASK_DISTRIBUTE, TASK_INVENTORY_SYNC,
-    TASK_INVENTORY_SYNC_ALL, TASK_PINS_CHECK_UPDATES, TASK_PINS_RECONCILE, TASK_PULL, TASK_REAP_STALE_JOBS,
+    TASK_INVENTORY_SYNC_ALL, TASK_MIRROR_CHECK_UPDATES, TASK_PINS_CHECK_UPDATES, TASK_PINS_RECONCILE, TASK_PULL,
+    TASK_REAP_STALE_JOBS,
 )
+from eldric.cluster.mirror_updates import check_mirror_updates
 from eldric.core.errors import EldricError
 from worker_agent import job_runner, maintenance, runtime
 from worker_agent.celery_app import app
@@ -144,3 +146,11 @@ def clean_partials(max_age_seconds: float) -> dict:
     agent = runtime.current()
     cleaned = maintenance.clean_partials(agent.redis, agent.worker_id, agent.store, max_age=float(max_age_seconds))
     return {"removed": cleaned.removed, "freed": cleaned.freed}
+
+
+# --- The data node's mirror (README "Scheduled work"): beat -> any one agent -> the registry's check.
+
+@app.task(name=TASK_MIRROR_CHECK_UPDATES)
+def mirror_check_updates(registry_url: str) -> dict:
+    agent = runtime.current()
+    return check_mirror_updates(agent.redis, registry_url, agent.settings.cluster_secret)

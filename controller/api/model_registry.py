@@ -30,6 +30,7 @@ from eldric.cluster.registry_api import (API_PREFIX, FILE_DOWNLOAD_RESPONSES, FI
                                          UPLOAD_ID_PARAMETER, DigestQuerySchema, DraftRequestSchema, FileSchema,
                                          ImportRequestSchema, ImportSchema, ModelListSchema, ModelQuerySchema,
                                          ModelSchema, StorageSchema, TrainingRequestSchema, UploadQuerySchema,
+                                         MirrorCheckSchema, MirrorSchema,
                                          UploadSessionRequestSchema, UploadSessionSchema, install_converters,
                                          parse_import_request)
 from eldric.transfer.urlfetch import redact
@@ -144,6 +145,22 @@ class Storage(MethodView):
     @blp.response(200, StorageSchema)
     def get(self):
         """The registry storage's fingerprint (compare with <NFS mount>/.eldric-fingerprint) and space."""
+        return proxy()
+
+
+@blp.route("/mirror")
+class MirrorListing(MethodView):
+    @blp.response(200, MirrorSchema)
+    def get(self):
+        """The data node's /v2/ pull-through cache: mirrored models and blobs, sizes, last use, update checks."""
+        return proxy()
+
+
+@blp.route("/mirror/check")
+class MirrorCheck(MethodView):
+    @blp.response(200, MirrorCheckSchema)
+    def post(self):
+        """Ask upstream where each mirrored tag points now and record it; never pulls."""
         return proxy()
 
 

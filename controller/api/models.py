@@ -7,6 +7,7 @@ from marshmallow import Schema, fields, post_dump, validate
 from controller import agents, inventory, jobs, pulls
 from controller.schemas import MAX_OFFSET, JobSchema, model_name_field, worker_ids_field
 from controller.state import inventory_cache, job_limits, producer, redis_client, offline_grace, stale_after
+from eldric.cluster.mirror_updates import mirror_updates_by_model
 from eldric.core.names import MAX_NAME_LENGTH
 from eldric.web.blueprints import Blueprint
 
@@ -49,6 +50,9 @@ class ClusterModelSchema(Schema):
     coverage = fields.Float(metadata={"description": "percent of inference/cloud workers that have it"})
     consistent = fields.Boolean(metadata={"description": "every worker has the same digest"})
     digests = DigestHolders()
+    mirror_update = fields.Dict(metadata={
+        "description": "only when the data node's mirror caches this model and upstream's tag has moved: "
+                       "{digest (cached), upstream_digest, checked_at} (from eldric:mirror:updates)"})
 
 
 class ClusterModelListSchema(Schema):
@@ -106,9 +110,14 @@ class Models(MethodView):
     def get(self, query: dict):
         """Every model in the cluster with size, digest, format, the workers that have it and coverage;
         filtered by name and coverage, and paged, on request."""
+        client = redis_client()
         models, matching, eligible = inventory.query_models(
-            redis_client(), inventory.ModelQuery(**query), cache=inventory_cache(),
+            client, inventory.ModelQuery(**query), cache=inventory_cache(),
             forget_after=current_app.config["WORKER_FORGET_SECONDS"])
+        updates = mirror_updates_by_model(client) if models else {}
+        for entry in models:
+            if entry["name"] in updates:
+                entry["mirror_update"] = updates[entry["name"]]
         return {"models": models, "total": matching, "eligible_workers": eligible}
 
 

@@ -1,10 +1,13 @@
-"""Operator commands of `eldric`: pull, jobs, models, workers, show, distribute, registry list|upload|delete.
+"""Operator commands of `eldric`: pull, jobs, models, workers, show, distribute, registry list|upload|delete,
+export and import.
 
 They talk only to the controller's REST API: `--controller URL` (default $ELDRIC_CONTROLLER, then
 http://127.0.0.1:8880) and `--token` (default $ELDRIC_API_TOKEN). Tables for people, `--json` for
 scripts. `pull` and `distribute` draw one progress bar per worker from the job's event stream
 (GET /api/v1/models/pull-jobs/<id>/events), polling the job when the stream is unavailable, and
-exit 1 when any worker failed.
+exit 1 when any worker failed. `export` and `import` talk to the data node's OCI API (`/v2/`) instead:
+`--registry URL` (default $ELDRIC_REGISTRY_URL, then http://127.0.0.1:8892) and `--token` (default
+$ELDRIC_API_TOKEN, then $ELDRIC_CLUSTER_SECRET).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TaskID, TaskProg
 from rich.table import Table
 
 from eldric.client.api import DEFAULT_CONTROLLER, REGISTRY, Api, ClientError, error_message, parse_sse  # noqa: F401
+from eldric.client.bundles import BundleError, export_bundle, import_bundle
+from eldric.client.oci_distribution import DistributionClient, DistributionError
 from eldric.client.upload import ResumableUpload, default_name
 FINAL = ("completed", "completed_with_skipped", "failed", "cancelled")
 STATE_STYLE = {"completed": "green", "failed": "red", "pulling": "blue", "running": "blue", "retrying": "yellow",
@@ -429,6 +434,94 @@ def _upload(api: Api, args: argparse.Namespace, out: Console, err: Console) -> i
     return 0
 
 
+DEFAULT_REGISTRY = "http://127.0.0.1:8892"
+
+
+def _transfer_bars(args: argparse.Namespace, out: Console, err: Console) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), DownloadColumn(),
+                    TransferSpeedColumn(), console=err if args.json or not out.is_terminal else out)
+
+
+def cmd_export(client: DistributionClient, args: argparse.Namespace, out: Console, err: Console) -> int:
+    path = Path(args.output)
+    with _transfer_bars(args, out, err) as bars:
+        task = bars.add_task(f"export {path.name}", total=None)
+        result = export_bundle(client, args.models, path, progress=lambda n: bars.advance(task, n),
+                               on_plan=lambda total: bars.update(task, total=total))
+    if args.json:
+        _print_json(result)
+        return 0
+    for m in result["models"]:
+        out.print(f"exported {m['name']} ({m['digest']}, {human_bytes(m['size'])})")
+    out.print(f"wrote {path}: {len(result['models'])} model(s), {result['blobs']} blob(s), "
+              f"{human_bytes(result['size'])}")
+    return 0
+
+
+def cmd_import(client: DistributionClient, args: argparse.Namespace, out: Console, err: Console) -> int:
+    path = Path(args.bundle)
+    if not path.is_file():
+        raise ClientError(f"{path}: no such file")
+    state_dir = Path(args.state_dir or os.environ.get("ELDRIC_STATE_DIR") or Path.home() / ".eldric" / "cli")
+    with _transfer_bars(args, out, err) as bars:
+        task = bars.add_task(f"import {path.name}", total=None)
+        try:
+            result = import_bundle(client, path, state_dir, name=args.name, chunk_bytes=args.chunk_size,
+                                   progress=lambda n: bars.advance(task, n),
+                                   on_plan=lambda total: bars.update(task, total=total))
+        except BundleError as exc:
+            raise ClientError(f"refused {path}: {exc}; no model was imported") from None
+        except KeyboardInterrupt:
+            bars.stop()
+            err.print("interrupted; run the same command again to resume (finished blobs are not sent again)")
+            return 130
+    if args.json:
+        _print_json(result)
+        return 0
+    for m in result["models"]:
+        out.print(f"imported {m['name']} ({m['digest']}, {human_bytes(m['size'])})")
+    resumed = f", resumed {human_bytes(result['resumed_bytes'])} already sent" if result["resumed_bytes"] else ""
+    out.print(f"{path}: {len(result['models'])} model(s) into {client.base}: sent {result['sent_blobs']} blob(s) "
+              f"({human_bytes(result['sent_bytes'])}), {result['skipped_blobs']} already there{resumed}")
+    return 0
+
+
+def _wrap_registry(command: Callable[[DistributionClient, argparse.Namespace, Console, Console], int]
+                   ) -> Callable[[argparse.Namespace], int]:
+    """A command against the data node's /v2/: the client from options or environment, errors as one line."""
+    def run(args: argparse.Namespace) -> int:
+        token = args.token if args.token is not None else (
+            os.environ.get("ELDRIC_API_TOKEN") or os.environ.get("ELDRIC_CLUSTER_SECRET") or "")
+        client = DistributionClient(args.registry or os.environ.get("ELDRIC_REGISTRY_URL") or DEFAULT_REGISTRY, token)
+        out = Console(soft_wrap=True, highlight=False, width=None if sys.stdout.isatty() else 160)
+        err = Console(stderr=True, soft_wrap=True, highlight=False, width=None if sys.stderr.isatty() else 160)
+        try:
+            return command(client, args, out, err)
+        except (ClientError, BundleError, DistributionError, OSError) as exc:
+            hint = ("; give the cluster secret or the API token with --token (or $ELDRIC_API_TOKEN, "
+                    "$ELDRIC_CLUSTER_SECRET)") if getattr(exc, "status", None) == 401 else ""
+            err.print(f"[red]eldric {args.command}: {_esc(exc)}{hint}", highlight=False)
+            return 1
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            return 130
+    return run
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _registry_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--registry", default=None, help="the data node's registry (default $ELDRIC_REGISTRY_URL or "
+                                                    f"{DEFAULT_REGISTRY})")
+    p.add_argument("--token", default=None, help="bearer token (default $ELDRIC_API_TOKEN, then $ELDRIC_CLUSTER_SECRET)")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts instead of lines")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--controller", default=None, help="controller URL (default $ELDRIC_CONTROLLER or "
                                                       f"{DEFAULT_CONTROLLER})")
@@ -496,6 +589,21 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _job_options(p)
     _common(p)
     p.set_defaults(func=_wrap(cmd_distribute))
+
+    p = sub.add_parser("export", help="write models of the data node into a portable bundle (an OCI image layout tar)")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="Ollama names (qwen2.5:0.5b) or registry models (acme/house:v1)")
+    p.add_argument("-o", "--output", required=True, help="the bundle to write (e.g. site.tar)")
+    _registry_options(p)
+    p.set_defaults(func=_wrap_registry(cmd_export))
+
+    p = sub.add_parser("import", help="load a bundle (ours or any OCI image layout tar of Ollama models) into the data node")
+    p.add_argument("bundle", help="the bundle (e.g. site.tar)")
+    p.add_argument("--name", help="the model's name, for a one-model bundle that carries none (or to rename it)")
+    p.add_argument("--chunk-size", type=_positive_int, default=64 << 20,
+                   help="bytes per upload chunk (where a rerun resumes; default 64 MiB)")
+    p.add_argument("--state-dir", default=None, help="where resume state is kept (default $ELDRIC_STATE_DIR or ~/.eldric/cli)")
+    _registry_options(p)
+    p.set_defaults(func=_wrap_registry(cmd_import))
 
     _extend_registry(sub.choices["registry"])
 

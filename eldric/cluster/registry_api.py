@@ -299,6 +299,50 @@ class StorageSchema(Schema):
     max_file_bytes = fields.Integer()
     max_model_bytes = fields.Integer()
 
+class MirrorModelSchema(Schema):
+    name = fields.String(metadata={"description": "repository:tag as pulled through /v2/, e.g. library/qwen2.5:0.5b"})
+    repository = fields.String()
+    tag = fields.String()
+    digest = fields.String(metadata={"description": "the cached manifest's digest"})
+    size = fields.Integer(metadata={"description": "bytes of all its blobs"})
+    cached_bytes = fields.Integer(metadata={"description": "bytes of its blobs held here (blobs arrive when first pulled)"})
+    complete = fields.Boolean()
+    resolved_at = fields.String(allow_none=True, metadata={"description": "when the tag was last asked upstream"})
+    last_used = fields.String(allow_none=True)
+    upstream_digest = fields.String(allow_none=True, metadata={"description": "what the tag pointed at upstream at the last update check"})
+    checked_at = fields.String(allow_none=True)
+    check_error = fields.String(allow_none=True)
+    update_available = fields.Boolean(metadata={"description": "upstream's tag points at another manifest than the cached one"})
+
+
+class MirrorBlobSchema(Schema):
+    digest = fields.String()
+    size = fields.Integer()
+    last_used = fields.String(allow_none=True)
+
+
+class MirrorSchema(Schema):
+    upstream = fields.String(allow_none=True, metadata={"description": "the pull-through cache's upstream; null when off"})
+    tag_ttl_seconds = fields.Float()
+    max_bytes = fields.Integer(allow_none=True, metadata={"description": "size limit of the mirrored blobs; null: none"})
+    total_bytes = fields.Integer()
+    updates_available = fields.Integer()
+    models = fields.List(fields.Nested(MirrorModelSchema))
+    blobs = fields.List(fields.Nested(MirrorBlobSchema))
+
+
+class MirrorCheckResultSchema(Schema):
+    name = fields.String()
+    digest = fields.String()
+    upstream_digest = fields.String(allow_none=True)
+    update_available = fields.Boolean()
+    error = fields.String(allow_none=True)
+
+
+class MirrorCheckSchema(Schema):
+    checked = fields.List(fields.Nested(MirrorCheckResultSchema))
+
+
 def parse_import_request(body: dict) -> tuple[dict, str | None]:
     """(spec kept on disk, token kept in memory) of an import request; raise BadRequestError."""
     files = body.get("files") or ([{"url": body["url"], "path": body.get("path"), "digest": body.get("digest")}]

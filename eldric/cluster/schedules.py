@@ -21,6 +21,7 @@ from eldric.cluster.queues import (
     MAINTENANCE_QUEUE,
     TASK_CLEAN_PARTIALS_ALL,
     TASK_INVENTORY_SYNC_ALL,
+    TASK_MIRROR_CHECK_UPDATES,
     TASK_PINS_CHECK_UPDATES,
     TASK_PINS_RECONCILE,
     TASK_REAP_STALE_JOBS,
@@ -49,6 +50,8 @@ class ScheduleSettings(EnvSettings):
                                 description="a second beat takes over this long after the scheduling one died")
     partial_clean_seconds: float = Field(3600.0, ge=0, description="how often every worker deletes partial downloads of ended jobs and stale ones")
     partial_max_age_seconds: float = Field(86400.0, gt=0, description="partial downloads, lock and temp files untouched this long are deleted")
+    mirror_update_seconds: float = Field(3600.0, ge=0, description="how often the data node's mirror asks upstream whether its cached tags moved")
+    registry_url: str = Field("http://127.0.0.1:8892", description="the data node's registry, whose mirror the update check asks (as the controller)")
 
     @property
     def loop_seconds(self) -> float:
@@ -65,6 +68,7 @@ def beat_schedule(s: ScheduleSettings) -> dict[str, dict]:
         "pins-check-updates": (TASK_PINS_CHECK_UPDATES, s.pin_update_seconds,
                                [s.job_deadline_seconds, s.pin_retry_seconds]),
         "clean-partials": (TASK_CLEAN_PARTIALS_ALL, s.partial_clean_seconds, [s.partial_max_age_seconds]),
+        "mirror-check-updates": (TASK_MIRROR_CHECK_UPDATES, s.mirror_update_seconds, [s.registry_url]),
     }
     return {
         name: {"task": task, "schedule": float(period), "args": args,

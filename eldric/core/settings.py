@@ -59,6 +59,22 @@ def parse_size(raw: str | int) -> int:
 # A byte count written as a number or with a binary unit (`512M`, `20G`, `1T`).
 Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
+
+
+def parse_duration(raw: str | int | float) -> float:
+    """Seconds from `3600`, `90s`, `30m`, `1h`, `2d`."""
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        return float(raw)
+    match = _DURATION.match(str(raw))
+    if not match:
+        raise ValueError(f"not a duration: {raw!r} (examples: 3600, 90s, 30m, 1h, 2d)")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2).lower()]
+
+
+# A time span in seconds, written as a number or with a unit (`90s`, `30m`, `1h`, `2d`).
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+
 # A path; `~` is the user's home.
 UserPath = Annotated[Path, AfterValidator(lambda p: p.expanduser())]
 

@@ -20,6 +20,7 @@ def test_defaults_schedule_every_job_on_the_maintenance_queue():
         "pins-reconcile": ("pins.reconcile", 60.0),
         "pins-check-updates": ("pins.check_updates", 3600.0),
         "clean-partials": ("maintenance.clean_partials_all", 3600.0),
+        "mirror-check-updates": ("mirror.check_updates", 3600.0),
     }
     for entry in schedule.values():
         assert entry["options"] == {"queue": MAINTENANCE_QUEUE, "expires": entry["schedule"]}
@@ -124,3 +125,12 @@ def test_flower_flags_win_over_the_environment():
     env = {"ELDRIC_FLOWER_PORT": "7000", "ELDRIC_FLOWER_HOST": "0.0.0.0"}
     s = cli.FlowerSettings.from_env(env, flower_host=args.host, flower_port=args.port)
     assert (s.flower_port, s.flower_host) == (6000, "0.0.0.0")
+
+
+def test_mirror_check_asks_the_registry_beat_is_told_of():
+    default = beat_schedule(ScheduleSettings.from_env({}))["mirror-check-updates"]
+    assert default["args"] == ["http://127.0.0.1:8892"]
+    entry = beat_schedule(ScheduleSettings.from_env({"ELDRIC_MIRROR_UPDATE_SECONDS": "120",
+                                                     "ELDRIC_REGISTRY_URL": "http://data-1:8892"}))["mirror-check-updates"]
+    assert entry["schedule"] == 120.0 and entry["args"] == ["http://data-1:8892"]
+    assert "mirror-check-updates" not in beat_schedule(ScheduleSettings.from_env({"ELDRIC_MIRROR_UPDATE_SECONDS": "0"}))
