@@ -26,9 +26,9 @@ _FIELDS_OF = {"worker": ("worker",), "url": ("url", "token", "sha256", "filename
 
 
 def start_distribute(client: redis.Redis, producer: Celery, registry: RegistryClient, *, model: str,
-                     source: dict, workers: list[str] | None, limits: JobLimits) -> str:
+                     source: dict, workers: list[str] | None, limits: JobLimits, caps: dict | None = None) -> str:
     kind = source.get("type")
-    options: dict = {"source": kind}
+    options: dict = {"source": kind, **(caps or {})}
     secrets: dict = {}
     stray = sorted(k for k in ("worker", "url", "token", "sha256", "filename")
                    if source.get(k) is not None and k not in _FIELDS_OF.get(kind, ()))

@@ -53,11 +53,12 @@ def choose_targets(client: redis.Redis, workers: list[str] | None, limits: JobLi
 
 
 def start_pull(client: redis.Redis, producer: Celery, *, model: str, workers: list[str] | None,
-               limits: JobLimits) -> str:
+               limits: JobLimits, caps: dict | None = None) -> str:
+    """`caps`: the job's transfer caps (max_upstream_rate, max_upstream_workers), kept in its options."""
     name = parse_model(model, limits.upstreams)
     ids = choose_targets(client, workers, limits)
     return start_job(client, producer, kind="pull", task=TASK_PULL, model=name.short, targets=ids, source="ollama",
-                     limits=limits)
+                     limits=limits, options=dict(caps or {}))
 
 
 def start_delete(client: redis.Redis, producer: Celery, *, model: str, workers: list[str] | None,

@@ -1,9 +1,10 @@
 """marshmallow request/response schemas of the /api/v1 API."""
 
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate
 
 from eldric.cluster.jobstate import JOB_STATES
 from eldric.core.names import MAX_NAME_LENGTH
+from eldric.core.settings import parse_size
 
 MAX_OFFSET = 2**31 - 1  # list offsets: far past any job history, far below Redis's 64-bit integers
 
@@ -27,7 +28,35 @@ def worker_ids_field(description: str, **kw) -> fields.List:
                        metadata={"description": description}, **kw)
 
 
-class PullRequestSchema(Schema):
+class ByteRate(fields.Field):
+    """Bytes per second as a number or with a binary unit ("20M" = 20 MiB/s), like the agents' rate settings."""
+
+    def _deserialize(self, value, attr, data, **kwargs) -> int:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ValidationError("a rate in bytes/s: a whole number or a string such as '20M'")
+        try:
+            rate = parse_size(value)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
+        if rate < 1 << 10 or rate > 1 << 50:
+            raise ValidationError("a rate between 1K and 1P bytes/s")
+        return rate
+
+
+class TransferCapsSchema(Schema):
+    """The job's caps on its upstream traffic (README "Peer-assisted fan-out"); shown in the job's `options`."""
+
+    max_upstream_rate = ByteRate(metadata={
+        "type": "string", "description": "cap on the cluster's upstream rate for this job, bytes/s, e.g. 20M"})
+    max_upstream_workers = fields.Integer(strict=True, validate=validate.Range(min=1, max=10000), metadata={
+        "description": "most workers fetching from upstream at once; the others take ranges from them"})
+
+
+def transfer_caps(body: dict) -> dict:
+    return {k: body[k] for k in ("max_upstream_rate", "max_upstream_workers") if body.get(k) is not None}
+
+
+class PullRequestSchema(TransferCapsSchema):
     model = model_name_field(required=True)
     workers = worker_ids_field("worker ids; default every inference and cloud worker")
     deadline_seconds = fields.Integer(strict=True, validate=validate.Range(min=10, max=30 * 24 * 3600),
@@ -50,6 +79,13 @@ class WorkerProgressSchema(Schema):
     source = fields.String(allow_none=True)
     digest = fields.String(allow_none=True)
     transferred = fields.Integer(allow_none=True, metadata={"description": "bytes that crossed the network (0 when shared)"})
+    upstream_bytes = fields.Integer(allow_none=True, metadata={"description": "bytes received from the source (registry, URL)"})
+    peer_bytes = fields.Integer(allow_none=True, metadata={"description": "bytes received from other workers"})
+    peers = fields.Dict(keys=fields.String(), values=fields.Integer(), allow_none=True,
+                        metadata={"description": "worker id -> bytes received from it"})
+    bad_peers = fields.Dict(keys=fields.String(), values=fields.String(), allow_none=True,
+                            metadata={"description": "peers dropped for serving bad bytes: worker id -> what was wrong"})
+    rate = fields.Float(allow_none=True, metadata={"description": "bytes/s over the last progress interval"})
     shared = fields.Boolean(allow_none=True, metadata={"description": "served in place from the registry's shared storage"})
     started_at = fields.Float(allow_none=True)
     finished_at = fields.Float(allow_none=True)

@@ -16,6 +16,7 @@ from eldric.transfer.download import download_blob
 from eldric.transfer.partials import resumable_bytes
 from eldric.transfer.upstreams import AddressPolicy
 from worker_agent.errors import SourceError
+from worker_agent.fanout import Fanout
 from worker_agent.file_sources import DataRegistrySource, HttpFileSource, PeerSource, RemoteFile, redact_url
 from worker_agent.installing import install_entry, placement_summary
 from eldric.cluster.jobstore import Progress
@@ -29,7 +30,7 @@ FINGERPRINT_FILE = ".eldric-fingerprint"
 def distribute(agent: Agent, model: str, options: dict, secrets: dict, progress: Progress) -> dict:
     source = options.get("source")
     if source == "ollama":
-        return pull_from_ollama(agent, model, progress)
+        return pull_from_ollama(agent, model, progress, options)
     if source == "worker":
         return _from_peer(agent, model, options, secrets, progress)
     if source == "registry":
@@ -39,16 +40,20 @@ def distribute(agent: Agent, model: str, options: dict, secrets: dict, progress:
     raise SourceError(f"unknown source {source!r}")
 
 
-def pull_from_ollama(agent: Agent, model: str, progress: Progress) -> dict:
+def pull_from_ollama(agent: Agent, model: str, progress: Progress, options: dict | None = None) -> dict:
     """A pull: the model from the Ollama registry (or the configured mirror) into Ollama's store."""
     name = ModelName.parse(model)
-    return _pull_into_store(agent, name, RegistrySource.from_settings(name, agent.settings), progress)
+    return _pull_into_store(agent, name, RegistrySource.from_settings(name, agent.settings), progress,
+                            Fanout(agent, progress, options))
 
 
-def _pull_into_store(agent: Agent, name: ModelName, source: BlobSource, progress: Progress) -> dict:
-    result = pull_model(name, store=agent.store, source=source, progress=progress, options=agent.download_options,
-                        reserve=agent.settings.disk_reserve_bytes)
-    progress.finish(total=result.size, digest=result.digest, transferred=result.downloaded)
+def _pull_into_store(agent: Agent, name: ModelName, source: BlobSource, progress: Progress, fanout: Fanout) -> dict:
+    try:
+        result = pull_model(name, store=agent.store, source=source, progress=progress,
+                            options=agent.download_options, reserve=agent.settings.disk_reserve_bytes, fanout=fanout)
+    finally:
+        fanout.close()
+    progress.finish(total=result.size, digest=result.digest, transferred=result.downloaded, **fanout.fields())
     return result.to_json()
 
 
@@ -58,14 +63,16 @@ def _from_peer(agent: Agent, model: str, options: dict, secrets: dict, progress:
         raise SourceError(f"source worker {options['from_worker']} is not registered")
     peer = PeerSource(address, agent.settings.cluster_secret, name=f"worker {options['from_worker']}")
     exported = peer.export(model)
+    fanout = Fanout(agent, progress, options, from_peer=options["from_worker"])
     if exported.get("kind") == "ollama":
-        return _pull_into_store(agent, ModelName.parse(model), peer, progress)
+        return _pull_into_store(agent, ModelName.parse(model), peer, progress, fanout)
     entry = exported["entry"]
     entry = {k: entry[k] for k in ("name", "format", "details", "files", "source", "lineage") if k in entry}
-    return _store_files(agent, entry, peer.files(entry), progress, f"worker {options['from_worker']}")
+    return _store_files(agent, entry, peer.files(entry), progress, f"worker {options['from_worker']}", fanout)
 
 
 def _from_registry(agent: Agent, options: dict, progress: Progress) -> dict:
+    """From the data node's registry (its NIC is an uplink too: the job's workers share what they fetched)."""
     src = DataRegistrySource(options["registry_url"], agent.settings.cluster_secret)
     model = src.model(options["registry_model_id"])
     entry = {"name": f"{model['name']}:{model['version']}", "format": model.get("format"),
@@ -74,7 +81,7 @@ def _from_registry(agent: Agent, options: dict, progress: Progress) -> dict:
     shared = shared_tree(agent.settings.shared_mounts, model.get("storage") or {}, model["files"])
     if shared is not None:
         return _use_shared(agent, entry, shared, progress)
-    return _store_files(agent, entry, src.files(model), progress, "registry")
+    return _store_files(agent, entry, src.files(model), progress, "registry", Fanout(agent, progress, options))
 
 
 def _from_url(agent: Agent, model: str, options: dict, secrets: dict, progress: Progress) -> dict:
@@ -85,12 +92,25 @@ def _from_url(agent: Agent, model: str, options: dict, secrets: dict, progress: 
     remote, ranged = src.remote_file(filename, expected)
     fmt = "gguf" if filename.lower().endswith(".gguf") else options.get("format") or "other"
     entry = {"name": model, "format": fmt, "details": {}, "source": "url", "origin": redact_url(url), "files": []}
-    return _store_files(agent, entry, [remote], progress, redact_url(url), single_range=not ranged)
+    return _store_files(agent, entry, [remote], progress, redact_url(url), Fanout(agent, progress, options),
+                        single_range=not ranged)
 
 
 def _store_files(agent: Agent, entry: dict, files: list[RemoteFile], progress: Progress, origin: str,
-                 single_range: bool = False) -> dict:
-    """Fetch every missing file into the blob store, install for the backends, then list the model."""
+                 fanout: Fanout, single_range: bool = False) -> dict:
+    """Fetch every missing file into the blob store, install for the backends, then list the model.
+
+    A file of known digest is shared with the job's other workers (`fanout`); one from a server
+    that ignores Range is fetched alone, in one stream.
+    """
+    try:
+        return _fetch_and_install(agent, entry, files, progress, origin, fanout, single_range)
+    finally:
+        fanout.close()
+
+
+def _fetch_and_install(agent: Agent, entry: dict, files: list[RemoteFile], progress: Progress, origin: str,
+                       fanout: Fanout, single_range: bool) -> dict:
     FileModelRef.parse(entry["name"])  # refuse a name the catalog cannot hold before any byte moves
     blobs = agent.store.blobs
     missing = sum(f.size - resumable_bytes(agent.store.partial_dir, f.digest, f.size, f.key)
@@ -110,7 +130,8 @@ def _store_files(agent: Agent, entry: dict, files: list[RemoteFile], progress: P
         progress.update(status=f"downloading {f.path}", layer=f.path)
         before = int(progress.record.get("completed") or 0)
         path = download_blob(f.open_range, f.digest, f.size, blobs, agent.store.partial_dir, options,
-                             on_bytes=progress.add_bytes, key=f.key, owner=progress.job_id)
+                             on_bytes=fanout.on_bytes, key=f.key, owner=progress.job_id,
+                             swarm=None if single_range else fanout.swarm(f.digest), upstream_take=fanout.upstream_take)
         transferred += int(progress.record.get("completed") or 0) - before
         stored.append({"path": f.path, "sha256": str(Digest.parse(path.name)), "size": f.size})
     entry = {**entry, "files": stored, "size": sum(f["size"] for f in stored), "digest": model_digest(stored),
@@ -119,7 +140,7 @@ def _store_files(agent: Agent, entry: dict, files: list[RemoteFile], progress: P
     entry["installed"] = install_entry(agent, entry)
     agent.catalog.put(entry)
     progress.finish(total=entry["size"], digest=entry["digest"], transferred=transferred,
-                    placement=placement_summary(entry["installed"]))
+                    placement=placement_summary(entry["installed"]), **fanout.fields())
     return {"model": entry["name"], "digest": entry["digest"], "size": entry["size"], "downloaded": transferred}
 
 

@@ -126,7 +126,10 @@ def own_record(agent: Agent, job_id: str) -> dict | None:
 
 def run_pull_job(agent: Agent, job_id: str, model: str) -> dict:
     """Do this worker's part of pull job `job_id`; duplicates and finished work are skipped."""
-    return _run_job(agent, job_id, lambda progress: pull_from_ollama(agent, model, progress))
+    def work(progress: Progress) -> dict:
+        options = json.loads(agent.redis.hget(keys.job(job_id), "options") or "{}")
+        return pull_from_ollama(agent, model, progress, options)
+    return _run_job(agent, job_id, work)
 
 
 def run_distribute_job(agent: Agent, job_id: str, model: str) -> dict:

@@ -9,6 +9,7 @@ from eldric.core.names import ModelName
 from eldric.transfer.diskspace import ensure_space, is_disk_full, no_space_error
 from eldric.transfer.download import DownloadOptions, download_blob
 from eldric.transfer.partials import resumable_bytes
+from worker_agent.fanout import Fanout
 from worker_agent.ollama_store import OllamaStore
 from eldric.cluster.jobstore import Progress
 from worker_agent.sources import BlobSource
@@ -26,7 +27,8 @@ class PullResult:
 
 
 def pull_model(name: ModelName, *, store: OllamaStore, source: BlobSource, progress: Progress,
-               options: DownloadOptions = DownloadOptions(), reserve: int = 1 << 30) -> PullResult:
+               options: DownloadOptions = DownloadOptions(), reserve: int = 1 << 30,
+               fanout: Fanout | None = None) -> PullResult:
     """Manifest, then every missing blob (verified), then the manifest file last.
 
     The manifest is what makes a model visible to Ollama, so it is written only
@@ -34,6 +36,7 @@ def pull_model(name: ModelName, *, store: OllamaStore, source: BlobSource, progr
     The space check counts only the bytes still missing (a partial download of an
     earlier try is on the disk already); a disk that fills anyway is an
     InsufficientSpaceError, and the partial data of the blob that did not fit is deleted.
+    With `fanout`, each blob is shared with the job's other workers (worker_agent/fanout.py).
     """
     store.ensure()
     progress.update(force=True, status="pulling manifest", source=source.describe())
@@ -55,8 +58,10 @@ def pull_model(name: ModelName, *, store: OllamaStore, source: BlobSource, progr
         before = progress.record.get("completed", 0)
         download_blob(
             lambda start, end, timeout, d=blob.digest: source.open_range(name, d, start, end, timeout),
-            blob.digest, blob.size, store.blobs, store.partial_dir, options, on_bytes=progress.add_bytes,
-            owner=progress.job_id,
+            blob.digest, blob.size, store.blobs, store.partial_dir, options,
+            on_bytes=fanout.on_bytes if fanout else progress.add_bytes, owner=progress.job_id,
+            swarm=fanout.swarm(blob.digest) if fanout else None,
+            upstream_take=fanout.upstream_take if fanout else None,
         )
         downloaded += int(progress.record.get("completed", 0)) - int(before)
     progress.update(force=True, status="verifying sha256 digest", layer=None)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 
 from worker_agent.catalog import Catalog
@@ -12,6 +12,7 @@ from worker_agent.catalog import Catalog
 if TYPE_CHECKING:
     import redis
 from eldric.transfer.download import DownloadOptions
+from eldric.transfer.ratelimit import NoLimit, TokenBucket, bucket
 from worker_agent.ollama_store import OllamaStore
 from worker_agent.settings import AgentSettings
 
@@ -27,11 +28,16 @@ class Agent:
     def worker_id(self) -> str:
         return self.settings.worker_id
 
+    @cached_property
+    def download_limiter(self) -> TokenBucket | NoLimit:
+        """ELDRIC_MAX_DOWNLOAD_RATE: one bucket for every download of this process."""
+        return bucket(self.settings.max_download_rate)
+
     @property
     def download_options(self) -> DownloadOptions:
         s = self.settings
         return DownloadOptions(parts=s.download_parts, part_bytes=s.part_bytes,
-                               stall_seconds=s.stall_seconds)
+                               stall_seconds=s.stall_seconds, limiter=self.download_limiter)
 
 
 _current: Agent | None = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import redis
 from flask import Flask, jsonify, request
 
@@ -10,7 +12,9 @@ from eldric.core.errors import InvalidDigestError, InvalidNameError
 from eldric.web.file_responses import file_response
 from eldric.web.auth import require_bearer
 from eldric.web.problems import error_response, register_error_handlers
-from eldric.transfer.ranges import RangeNotSatisfiableError
+from eldric.transfer.partials import servable
+from eldric.transfer.ranges import RangeNotSatisfiableError, parse_range
+from eldric.transfer.ratelimit import bucket
 from eldric.core.names import ModelName
 from worker_agent.catalog import entry_files
 from worker_agent.model_info import show_file_model, show_model
@@ -73,12 +77,28 @@ def create_agent_app(agent: Agent) -> Flask:
             return error_response(404, f"model '{model}' not found")
         return jsonify(kind="ollama", model=name.short, manifest=found[0].decode())
 
+    @functools.cache
+    def upload_cap():  # ELDRIC_MAX_PEER_UPLOAD_RATE: one bucket for all the server's threads
+        return bucket(agent.settings.max_peer_upload_rate)
+
     @app.get("/blobs/<digest>")
     def blob(digest: str):
-        """A verified blob of this node's store, with Range support (peers resume from it)."""
+        """A blob for peers, with Range: a verified blob of the store, or the whole parts of one downloading.
+
+        A download in progress serves only ranges inside parts its resume state calls whole
+        (eldric.transfer.partials.servable); anything else is 416, and the peer asks elsewhere.
+        """
         try:
             d = Digest.parse(digest)
-            return file_response(request, agent.store.blobs.path(d), etag=str(d))
+            wanted = parse_range(request.headers.get("Range"), 1 << 62) if request.headers.get("Range") else None
+            if wanted is None:
+                path = agent.store.blobs.path(d)
+            else:
+                path = servable(agent.store.blobs, agent.store.partial_dir, d, wanted.start, wanted.end)
+                if path is None:
+                    return error_response(416, f"bytes {wanted.start}-{wanted.end} of {digest} "
+                                               "are not on this node (yet)")
+            return file_response(request, path, etag=str(d), limiter=upload_cap())
         except InvalidDigestError as exc:
             return error_response(400, str(exc))
         except FileNotFoundError:

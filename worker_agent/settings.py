@@ -9,7 +9,7 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from eldric.cluster.redisconn import RedisURL
 from eldric.cluster.queues import WORKER_PORTS, is_valid_worker_id
-from eldric.core.settings import CommaList, EnvSettings, UserPath
+from eldric.core.settings import CommaList, EnvSettings, Size, UserPath
 from eldric.transfer.retry import backoff_delay
 from eldric.transfer.upstreams import checked_address_entries, checked_registry_hosts
 from worker_agent.errors import SettingsError
@@ -36,6 +36,9 @@ class AgentSettings(EnvSettings):
     backends: CommaList = Field(("ollama",), description="comma list of backends this node serves")
     heartbeat_seconds: Seconds = Field(5.0, description="heartbeat period; offline after 3 missed")
     concurrency: int = Field(4, ge=1, validation_alias="ELDRIC_AGENT_CONCURRENCY", description="tasks run at once (threads)")
+    max_download_rate: Size = Field(0, description="cap on this worker's download rate in bytes/s, all downloads together (K/M/G suffixes); 0 = no cap")
+    max_peer_upload_rate: Size = Field(0, description="cap on the rate this worker serves blobs to peers in bytes/s (K/M/G suffixes); 0 = no cap")
+    peer_fanout: bool = Field(True, description="share blobs with the other workers of a pull (each range from upstream once per cluster); false: every worker downloads alone")
     download_parts: int = Field(8, ge=1, description="most parallel HTTP range connections per blob (opened one by one while the link is slow)")
     part_bytes: int = Field(64 << 20, ge=1, description="size of each HTTP range request")
     stall_seconds: Seconds = Field(30.0, description="a part that receives nothing this long is retried")

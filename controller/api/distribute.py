@@ -4,7 +4,7 @@ from flask.views import MethodView
 from marshmallow import Schema, fields, validate
 
 from controller import distribution, jobs
-from controller.schemas import JobSchema, worker_ids_field
+from controller.schemas import JobSchema, TransferCapsSchema, transfer_caps, worker_ids_field
 from controller.state import job_limits, producer, redis_client, registry_client, offline_grace, stale_after
 from eldric.web.blueprints import Blueprint
 
@@ -39,7 +39,7 @@ _SOURCE_VARIANTS = [
 ]
 
 
-class DistributeRequestSchema(Schema):
+class DistributeRequestSchema(TransferCapsSchema):
     model = fields.String(required=True, validate=validate.Length(min=1, max=512), metadata={
         "description": "ollama/worker: model name; registry: model id or name[:version]; url: name to give it"})
     source = fields.Nested(SourceSchema, required=True, metadata={"oneOf": _SOURCE_VARIANTS})
@@ -56,5 +56,5 @@ class Distribute(MethodView):
         client = redis_client()
         job_id = distribution.start_distribute(
             client, producer(), registry_client(), model=body["model"], source=body["source"],
-            workers=body.get("workers"), limits=job_limits(body.get("deadline_seconds")))
+            workers=body.get("workers"), limits=job_limits(body.get("deadline_seconds")), caps=transfer_caps(body))
         return jobs.get_job(client, job_id, stale_after=stale_after(), offline_grace=offline_grace())

@@ -6,7 +6,7 @@ from eldric.web.blueprints import Blueprint
 from controller import jobs, pulls
 from controller.errors import ConflictError, NotFoundError
 from eldric.cluster import jobstate
-from controller.schemas import JobListSchema, JobQuerySchema, JobSchema, PullRequestSchema
+from controller.schemas import JobListSchema, JobQuerySchema, JobSchema, PullRequestSchema, transfer_caps
 from controller.state import job_limits, producer, redis_client, offline_grace, stale_after
 
 blp = Blueprint("pull_jobs", __name__, url_prefix="/api/v1/models", description="Cluster-wide model pulls")
@@ -20,7 +20,7 @@ class Pull(MethodView):
         """Pull a model from the Ollama registry to every inference and cloud worker (or the listed ones)."""
         client = redis_client()
         job_id = pulls.start_pull(client, producer(), model=body["model"], workers=body.get("workers"),
-                                  limits=job_limits(body.get("deadline_seconds")))
+                                  limits=job_limits(body.get("deadline_seconds")), caps=transfer_caps(body))
         return jobs.get_job(client, job_id, stale_after=stale_after(), offline_grace=offline_grace())
 
 

@@ -115,11 +115,14 @@ def job_state(records: list[dict]) -> str:
 
 
 def summarize(records: dict[str, dict]) -> dict:
-    """Counts per state and the cluster-wide byte progress."""
+    """Counts per state, the cluster-wide byte progress, and how many bytes came from upstream and from peers."""
     counts: dict[str, int] = {}
-    completed = total = 0
+    completed = total = upstream = peer = 0
     for record in records.values():
         counts[record.get("state", PENDING)] = counts.get(record.get("state", PENDING), 0) + 1
         completed += int(record.get("completed") or 0)
         total += int(record.get("total") or 0)
-    return {"counts": counts, "completed": completed, "total": total, "percent": percent(completed, total)}
+        upstream += int(record.get("upstream_bytes") or 0)
+        peer += int(record.get("peer_bytes") or 0)
+    return {"counts": counts, "completed": completed, "total": total, "percent": percent(completed, total),
+            "upstream_bytes": upstream, "peer_bytes": peer}

@@ -293,6 +293,7 @@ class Progress:
         self.tolerate_redis_errors, self.quiet_after_error = tolerate_redis_errors, quiet_after_error
         self._lock = threading.Lock()
         self._last_write = 0.0
+        self._last_done = 0
         self._quiet_until = 0.0
         self.ended_elsewhere: str | None = None
         self.record: dict = self._load() or jobstate.new_record(clock())
@@ -358,9 +359,14 @@ class Progress:
         if self.ended_elsewhere or (not force and (now - self._last_write < self.min_interval
                                                    or now < self._quiet_until)):
             return
-        self._last_write = now
         rec = self.record
-        rec["percent"] = jobstate.percent(int(rec.get("completed") or 0), int(rec.get("total") or 0))
+        done = int(rec.get("completed") or 0)
+        if rec.get("state") in jobstate.ACTIVE and self._last_write:
+            rec["rate"] = round(max(0, done - self._last_done) / max(1e-3, now - self._last_write), 1)
+        else:
+            rec.pop("rate", None)
+        self._last_write, self._last_done = now, done
+        rec["percent"] = jobstate.percent(done, int(rec.get("total") or 0))
         rec["updated_at"] = now
         self.on_write(rec)
         if self.client is None:

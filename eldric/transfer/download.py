@@ -539,10 +539,12 @@ class _Download:
                         except OSError as exc:
                             raise _LocalWriteError(str(exc)) from exc
                         got += n
+                        swarm.received(task.peer, n)
                         self.on_bytes(n)
                     if got == part.length:
                         _reuse_connection(resp)
         except _LocalWriteError as exc:
+            swarm.received(task.peer, -got)
             self.on_bytes(-got)
             raise exc.__cause__ from None  # our disk, not the peer: the download's own failure
         except (OSError, requests.RequestException, http.client.HTTPException) as exc:
@@ -552,12 +554,13 @@ class _Download:
                 part.completed = part.length
                 self.wrote.set()
                 self._save_state()
-                swarm.fetched(task.index, None, peer=task.peer, nbytes=got)
+                swarm.fetched(task.index, None, peer=task.peer)
                 return
             swarm.peer_failed(task.peer, task.index, "failed its sha256 check", bad_bytes=True)
         elif not self.failed.is_set():
             swarm.peer_failed(task.peer, task.index, why or f"ended after {got} of {part.length} bytes",
                               bad_bytes=False)
+        swarm.received(task.peer, -got)
         self.on_bytes(-got)
 
 

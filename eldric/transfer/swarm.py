@@ -199,10 +199,13 @@ class Swarm:
             if peer is None:
                 self._upstream.discard(index)
                 self.upstream_bytes += nbytes
-            else:
-                self.peer_bytes[peer] = self.peer_bytes.get(peer, 0) + nbytes
             self._view_at = -1.0
             self._changed.notify_all()
+
+    def received(self, peer: str, n: int) -> None:
+        """`n` bytes arrived from `peer` (negative: a range that failed its check is taken back)."""
+        with self._lock:
+            self.peer_bytes[peer] = self.peer_bytes.get(peer, 0) + n
 
     def give_up(self, index: int) -> None:
         """My upstream fetch of `index` failed: let others take the range at once."""

@@ -9,6 +9,10 @@ Servers without a file wrapper (werkzeug's, the test client) get 1 MiB reads.
 
 Our own range parser runs first, so ranges we refuse (several ranges, other units,
 a start past the end) answer 416 before the file is even opened.
+
+With a `limiter` (a capped eldric.transfer.ratelimit bucket: the agent's
+ELDRIC_MAX_PEER_UPLOAD_RATE) the body is read in 1 MiB chunks, each taken from the
+bucket before it goes out: no sendfile, but the cap holds across all threads.
 """
 
 from __future__ import annotations
@@ -20,11 +24,13 @@ from typing import BinaryIO
 from flask import Request, Response, send_file
 
 from eldric.transfer.ranges import parse_range
+from eldric.transfer.ratelimit import NoLimit, TokenBucket
 
 CHUNK = 1 << 20
 
 
-def file_response(request: Request, path: Path, *, etag: str, filename: str | None = None) -> Response:
+def file_response(request: Request, path: Path, *, etag: str, filename: str | None = None,
+                  limiter: TokenBucket | NoLimit | None = None) -> Response:
     """200 or 206 with Content-Range; 304 on a matching If-None-Match; `If-Range` honoured.
 
     Raises FileNotFoundError if the file is gone and RangeNotSatisfiableError on a bad Range.
@@ -36,13 +42,25 @@ def file_response(request: Request, path: Path, *, etag: str, filename: str | No
     resp = send_file(path, mimetype="application/octet-stream", as_attachment=bool(filename), download_name=filename,
                      conditional=True, etag=etag, max_age=None)
     resp.headers["Accept-Ranges"] = "bytes"
-    if resp.status_code == 206 and wanted is not None:
+    capped = limiter is not None and not isinstance(limiter, NoLimit)
+    if resp.status_code in (200, 206) and (capped or (resp.status_code == 206 and wanted is not None)):
+        start, length = (wanted.start, wanted.length) if resp.status_code == 206 and wanted else (0, size)
         resp.response.close()  # werkzeug's 8 KiB range reader over its own handle
         f = open(path, "rb")  # noqa: SIM115  (closed by the response, or by the server's file wrapper)
-        resp.response = _span(request.environ, f, wanted.start, wanted.length)
+        if capped:
+            f.seek(start)
+            resp.response = _paced(read_span(f, length), limiter)
+        else:
+            resp.response = _span(request.environ, f, start, length)
         resp.direct_passthrough = True
         resp.call_on_close(f.close)
     return resp
+
+
+def _paced(chunks: Iterable[bytes], limiter: TokenBucket) -> Iterator[bytes]:
+    for chunk in chunks:
+        limiter.take(len(chunk))
+        yield chunk
 
 
 def _span(environ: dict, f: BinaryIO, start: int, length: int) -> Iterable[bytes]:

@@ -151,8 +151,8 @@ def test_job_state_from_worker_states(records, expected):
 
 def test_summarize_counts_states_and_adds_bytes():
     records = {
-        "a": {"state": COMPLETED, "completed": 100, "total": 100},
-        "b": {"state": PULLING, "completed": 50, "total": 100},
+        "a": {"state": COMPLETED, "completed": 100, "total": 100, "upstream_bytes": 100},
+        "b": {"state": PULLING, "completed": 50, "total": 100, "upstream_bytes": 10, "peer_bytes": 40},
         "c": {"state": PULLING, "completed": 0, "total": 100},
         "d": {"state": PENDING, "completed": None, "total": None},
         "e": {},
@@ -162,11 +162,14 @@ def test_summarize_counts_states_and_adds_bytes():
         "completed": 150,
         "total": 300,
         "percent": 50.0,
+        "upstream_bytes": 110,
+        "peer_bytes": 40,
     }
 
 
 def test_summarize_of_no_workers():
-    assert summarize({}) == {"counts": {}, "completed": 0, "total": 0, "percent": 0.0}
+    assert summarize({}) == {"counts": {}, "completed": 0, "total": 0, "percent": 0.0, "upstream_bytes": 0,
+                             "peer_bytes": 0}
 
 
 @pytest.mark.parametrize(

@@ -163,7 +163,8 @@ def test_a_peer_serving_a_flipped_byte_is_dropped_and_the_range_fetched_elsewher
     assert world.upstream_bytes == upstream_before  # the good peer had it all
     assert "liar" in swarm.stats()["bad_peers"]
     assert any("dropped peer liar" in note and "sha256" in note for note in swarm.notes)
-    assert [a for a, _ in world.peer_requests[-16:]].count("liar") == 0  # dropped for the rest of the blob
+    # Dropped for the rest of the blob: asked at most once per connection that was already on its way.
+    assert [a for a, _ in world.peer_requests].count("liar") <= OPTIONS.parts
 
 
 def test_a_range_whose_holders_are_all_gone_comes_from_upstream_again(tmp_path: Path) -> None:

@@ -1,0 +1,91 @@
+"""One job's downloads on this worker, shared with its peers: a swarm per blob, the job's caps, the tally.
+
+The README's "Peer-assisted fan-out" says what the swarm promises. Here it is wired to
+a job: every blob of a pull or distribution (sources `ollama`, `registry`, `url` with a
+known sha256) joins the blob's swarm (eldric.cluster.swarmboard), the job's request fields
+`max_upstream_workers` and `max_upstream_rate` become the swarm's slot cap and a bucket
+all its workers share, and the progress record says how many bytes came from upstream and
+how many from which peer (`upstream_bytes`, `peer_bytes`, `peers`, `bad_peers`).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import requests
+
+from eldric.cluster.jobstore import Progress
+from eldric.cluster.swarmboard import RedisSwarmBoard, UpstreamRateCap
+from eldric.core.digests import Digest
+from eldric.transfer.swarm import Swarm, SwarmOptions
+from worker_agent.runtime import Agent
+from worker_agent.sources import CONNECT_TIMEOUT
+
+
+class Fanout:
+    def __init__(self, agent: Agent, progress: Progress, job_options: dict | None = None, *,
+                 from_peer: str | None = None) -> None:
+        """`from_peer`: the job's source is that worker (distribute from a peer): every byte is a peer byte."""
+        opts = job_options or {}
+        self.agent, self.progress, self.from_peer = agent, progress, from_peer
+        self.enabled = agent.settings.peer_fanout and from_peer is None
+        self.options = SwarmOptions(max_upstream_workers=int(opts.get("max_upstream_workers") or 0),
+                                    upstream_connections=max(1, agent.settings.download_parts // 2),
+                                    lease_seconds=max(agent.settings.stall_seconds, 10.0))
+        rate = int(opts.get("max_upstream_rate") or 0)
+        self.upstream_take = UpstreamRateCap(agent.redis, progress.job_id, rate).take if rate and not from_peer else None
+        self._session: requests.Session | None = None
+        self._swarms: list[Swarm] = []
+        self._lock = threading.Lock()
+        self._network = 0  # bytes received over the network for this job (a failed peer range is taken back)
+        secret = agent.settings.cluster_secret
+        self._headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+
+    def swarm(self, digest: Digest | None) -> Swarm | None:
+        """The swarm of blob `digest` (None when sharing is off or the digest unknown)."""
+        if not self.enabled or digest is None:
+            return None
+        board = RedisSwarmBoard(self.agent.redis, str(digest), self.agent.worker_id,
+                                lease_seconds=self.options.lease_seconds)
+        swarm = Swarm(board, self._open_peer(str(digest)), self.options)
+        with self._lock:
+            self._swarms.append(swarm)
+        return swarm
+
+    def _open_peer(self, digest: str):
+        def open_peer(address: str, start: int, end: int, read_timeout: float) -> requests.Response:
+            if self._session is None:
+                self._session = requests.Session()
+            return self._session.get(f"{address.rstrip('/')}/blobs/{digest}", stream=True,
+                                     headers={**self._headers, "Range": f"bytes={start}-{end}"},
+                                     timeout=(CONNECT_TIMEOUT, read_timeout))
+        return open_peer
+
+    def on_bytes(self, n: int) -> None:
+        """The download engine's byte callback: progress, with the upstream/peer split."""
+        with self._lock:
+            self._network += n
+        self.progress.add_bytes(n)
+        self.progress.update(**self.fields())
+
+    def fields(self) -> dict:
+        with self._lock:
+            swarms, network = list(self._swarms), self._network
+        peers: dict[str, int] = {}
+        bad: dict[str, str] = {}
+        for s in swarms:
+            stats = s.stats()
+            for peer, n in stats["peers"].items():
+                peers[peer] = peers.get(peer, 0) + n
+            bad.update(stats["bad_peers"])
+        if self.from_peer is not None:
+            peers = {self.from_peer: network}
+        peer_bytes = sum(peers.values())
+        out = {"upstream_bytes": max(0, network - peer_bytes), "peer_bytes": peer_bytes, "peers": peers}
+        if bad:
+            out["bad_peers"] = bad
+        return out
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
