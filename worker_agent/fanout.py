@@ -30,7 +30,8 @@ class Fanout:
         self.agent, self.progress, self.from_peer = agent, progress, from_peer
         self.enabled = agent.settings.peer_fanout and from_peer is None
         self.options = SwarmOptions(max_upstream_workers=int(opts.get("max_upstream_workers") or 0),
-                                    upstream_connections=max(1, agent.settings.download_parts // 2),
+                                    upstream_connections=agent.settings.download_parts,
+                                    upstream_ranges=agent.settings.download_parts,
                                     lease_seconds=max(agent.settings.stall_seconds, 10.0))
         rate = int(opts.get("max_upstream_rate") or 0)
         self.upstream_take = UpstreamRateCap(agent.redis, progress.job_id, rate).take if rate and not from_peer else None

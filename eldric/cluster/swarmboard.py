@@ -35,7 +35,10 @@ redis.call('HSETNX', KEYS[1], 'range_bytes', ARGV[2])
 return redis.call('HGET', KEYS[1], 'range_bytes')
 """
 
-# ARGV: me, (unused), lease_ms, max_workers, ttl, candidates...
+# ARGV: me, max_ranges, lease_ms, max_workers, ttl, candidates...
+# max_ranges caps the ranges in flight from upstream cluster-wide, so they complete one after
+# another at the uplink's rate and peers pass each on while the next arrives (a pipeline),
+# instead of all finishing together at the end.
 # A worker keeps its upstream slot (`fetchers`) from its first lease until it retires or its
 # slot lapses, so the cap counts workers, not the instants between two of a worker's ranges.
 _CLAIM = _NOW + """
@@ -50,6 +53,9 @@ local function live_entries(key)
 end
 local live = live_entries(KEYS[4])
 local slots = live_entries(KEYS[5])
+local in_flight = 0
+for _ in pairs(live) do in_flight = in_flight + 1 end
+if tonumber(ARGV[2]) > 0 and in_flight >= tonumber(ARGV[2]) then return -1 end
 if most > 0 and slots[me] == nil then
   local n = 0
   for _ in pairs(slots) do n = n + 1 end
@@ -148,9 +154,10 @@ class RedisSwarmBoard:
         return BoardView(sha={int(k): _text(v) for k, v in sha.items()},
                          holders={int(k): _text(v).split() for k, v in holders.items()})
 
-    def claim_upstream(self, candidates: list[int], max_workers: int, again: Collection[int] = ()) -> int | None:
+    def claim_upstream(self, candidates: list[int], max_workers: int, again: Collection[int] = (),
+                       max_ranges: int = 0) -> int | None:
         marked = [f"!{i}" if i in again else str(i) for i in candidates]
-        got = self._claim(keys=self.keys, args=[self.me, 0, self.lease_ms, max_workers, SWARM_TTL, *marked])
+        got = self._claim(keys=self.keys, args=[self.me, max_ranges, self.lease_ms, max_workers, SWARM_TTL, *marked])
         return None if int(got) < 0 else int(got)
 
     def renew(self, ranges) -> None:

@@ -71,10 +71,11 @@ class SwarmBoard(Protocol):
 
     def view(self) -> BoardView: ...
 
-    def claim_upstream(self, candidates: list[int], max_workers: int, again: Collection[int] = ()) -> int | None:
+    def claim_upstream(self, candidates: list[int], max_workers: int, again: Collection[int] = (),
+                       max_ranges: int = 0) -> int | None:
         """Lease the first candidate nobody else holds a live lease on and nobody fetched yet (those in
-        `again` even if fetched: their holders failed us); None if none, or if `max_workers` other
-        workers already fetch from upstream (0: no such cap)."""
+        `again` even if fetched: their holders failed us); None if none, if `max_workers` other
+        workers already fetch from upstream, or if `max_ranges` ranges are in flight (0: no such cap)."""
 
     def renew(self, ranges: Collection[int]) -> None: ...
 
@@ -106,6 +107,7 @@ class Task:
 class SwarmOptions:
     max_upstream_workers: int = 0  # 0: no cap
     upstream_connections: int = 4  # most upstream ranges one worker fetches at once
+    upstream_ranges: int = 8  # most ranges in flight from upstream, cluster-wide (0: no cap)
     lease_seconds: float = 30.0
     peer_read_timeout: float = 10.0
     poll_seconds: float = 0.1
@@ -168,7 +170,8 @@ class Swarm:
             candidates = [i for i in open_list if i not in view.sha and i not in self._upstream] + orphaned
             if not candidates:
                 return None
-            got = self.board.claim_upstream(candidates[:64], self.options.max_upstream_workers, again=orphaned)
+            got = self.board.claim_upstream(candidates[:64], self.options.max_upstream_workers, again=orphaned,
+                                            max_ranges=self.options.upstream_ranges)
             if got is None:
                 return None
             self._upstream.add(got)
