@@ -5,12 +5,13 @@ The API is scripted (test_dashboard_views.py's ScriptedApi); only the page comes
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.test_dashboard_views import ScriptedApi, job, model, progress, record, worker
+from tests.browser.test_dashboard_views import MB, ScriptedApi, job, model, progress, record, worker
 
 pytestmark = pytest.mark.browser
 
@@ -231,3 +232,28 @@ def test_pull_panel_summarises_1000_targets(dashboard_url, page):
     expect(bad).to_have_count(30)
     assert sorted(bad.evaluate_all("rs => rs.map(r => r.dataset.worker)")) == failed
     expect(bars.locator(".bar-row")).to_have_count(50)  # the slowest and the failed, nothing else
+
+
+def test_bars_show_the_upstream_and_peer_split_and_the_agents_rate(dashboard_url, page):
+    """Issue 14: each worker's bar shows how much came from peers (the striped end) and from upstream."""
+    t = time.time()
+    workers = [
+        progress("inf-1", t, 8 * MB, 16 * MB, upstream_bytes=8 * MB, peer_bytes=0, peers={}, rate=2_500_000.0),
+        progress("inf-2", t, 8 * MB, 16 * MB, upstream_bytes=2 * MB, peer_bytes=6 * MB,
+                 peers={"inf-1": 4 * MB, "inf-3": 2 * MB}, bad_peers={"inf-4": "range 3 failed its sha256 check"},
+                 rate=5_000_000.0),
+        record("inf-3", "completed", t, completed=16 * MB, total=16 * MB, percent=100.0, upstream_bytes=0,
+               peer_bytes=16 * MB, peers={"inf-1": 16 * MB}),
+    ]
+    pull = job("f" * 32, "pull", "big", "running", workers)
+    ScriptedApi([worker(w) for w in ("inf-1", "inf-2", "inf-3")], [], jobs=[pull]).install(page)
+    page.goto(dashboard_url)
+    row = page.locator(f'#jobs-list li.job[data-job="{"f" * 32}"]')
+    row.locator("details.per-worker summary").click()
+    second = row.locator('.bar-row[data-worker="inf-2"]')
+    expect(second.locator(".split")).to_have_text(" · 2.00 MB upstream, 6.00 MB from 2 peers (dropped inf-4: bad bytes)")
+    assert second.locator(".peer-part").evaluate("e => e.style.width") == "75%"
+    expect(second.locator(".rate")).to_have_text(re.compile(r"^5\.00 MB/s"))  # the agent's own figure
+    expect(row.locator('.bar-row[data-worker="inf-1"] .split')).to_have_text(" · 8.00 MB upstream, 0 B from 0 peers")
+    assert row.locator('.bar-row[data-worker="inf-1"] .peer-part').evaluate("e => e.style.width") == "0%"
+    expect(row.locator('.bar-row[data-worker="inf-3"] .split')).to_contain_text("16.0 MB from 1 peer")

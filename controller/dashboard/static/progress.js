@@ -1,6 +1,7 @@
 // What a job's per-worker records mean on screen: phases, rates and time left, bars, failure reasons.
 // Everything here is computed in the browser from the records the API and the event stream give
-// (`state`, `status`, `completed`, `total`, `updated_at`, `error`); nothing needs a field of its own.
+// (`state`, `status`, `completed`, `total`, `updated_at`, `error`; `upstream_bytes`, `peer_bytes`, `peers`
+// and the agent's `rate` under fan-out).
 import { breakable, h } from "./dom.js";
 import { fmtBytes, fmtDuration, fmtRate, pct } from "./format.js";
 
@@ -129,17 +130,35 @@ export function barRow(jobId, r) {
   const status = r.state === "failed" ? `failed: ${reason || "unknown reason"}`
     : done ? "completed" : isOver(r.state) ? `${r.state}${reason ? `: ${reason}` : ""}` : (r.status || r.state);
   const est = rates.of(jobId, r);
+  const split = sourceSplit(r);
+  const rate = est ? (est.stalled ? "stalled" : fmtRate(est.rate))
+    : TRANSFER.has(phase) && Number(r.rate) > 0 ? fmtRate(Number(r.rate)) : "";
   return h("li", { class: `bar-row s-${r.state} p-${phase}`, dataset: { worker: r.worker, state: r.state, phase } },
     h("span", { class: "who", title: r.worker }, breakable(r.worker)),
     h("div", { class: "bar", role: "progressbar", "aria-valuemin": 0, "aria-valuemax": 100, "aria-valuenow": percent,
       "aria-valuetext": busy ? `${phase}, ${pct(percent)} transferred` : null, "aria-label": `${r.worker} progress` },
-    h("div", { class: "fill", style: `width:${busy ? 100 : percent}%` })),
+    h("div", { class: "fill", style: `width:${busy ? 100 : percent}%` },
+      split ? h("div", { class: "peer-part", style: `width:${split.peerShare}%` }) : "")),
     h("span", { class: "pct" }, label),
-    h("span", { class: "bytes" }, bytes),
+    h("span", { class: "bytes", title: split ? split.text : null }, bytes,
+      split ? h("span", { class: "split" }, ` · ${split.text}`) : ""),
     h("span", { class: "speed" },
-      h("span", { class: "rate" }, est ? (est.stalled ? "stalled" : fmtRate(est.rate)) : ""),
+      h("span", { class: "rate" }, rate),
       h("span", { class: "left" }, est && est.left !== null ? `${fmtDuration(est.left)} left` : "")),
     h("span", { class: "status", title: status }, status));
+}
+
+// Where a worker's bytes came from under fan-out (worker_agent/fanout.py): the bar's peer share is drawn in
+// another colour, and the text names the upstream and peer bytes (and peers dropped for bad bytes).
+export function sourceSplit(r) {
+  const up = Number(r.upstream_bytes) || 0;
+  const peer = Number(r.peer_bytes) || 0;
+  if (!up && !peer) return null;
+  const peers = Object.keys(r.peers || {}).length;
+  const bad = Object.keys(r.bad_peers || {});
+  const text = `${fmtBytes(up)} upstream, ${fmtBytes(peer)} from ${peers} peer${peers === 1 ? "" : "s"}`
+    + (bad.length ? ` (dropped ${bad.join(", ")}: bad bytes)` : "");
+  return { peerShare: (100 * peer) / (up + peer), text };
 }
 
 // The few bars worth a glance first: under way, then failed, then the rest.
