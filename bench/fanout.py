@@ -7,7 +7,9 @@ inference agents (new data dirs: nothing cached; page caches dropped first when 
 POST /api/v1/models/pull to those N workers and poll the job until it ends. Prints, per N and
 round: T (from the POST to the last worker's finished_at), T / (S / B_up), upstream bytes / S,
 the agents' start-up time (all started at once: until all are online, and until they are also idle),
-their CPU seconds during the pull, and the upstream/peer split when the job view has it.
+their CPU seconds during the pull, the upstream/peer split when the job view has it, and the peak
+resident memory of an agent process and of an agent with its blob server (issue 14: under 256 MB
+while serving peers and downloading a 4 GiB blob: `--sizes 2 --model-mib 4096 --uplink-mib 400`).
 
 The goal (issue 14): at N = 8, T <= 1.3 * S / B_up and upstream bytes <= 1.05 * S (the median
 over --rounds); at N = 1 no slower than today (about 1.1 * S / B_up, reported only). Exits 1 when
@@ -29,6 +31,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +65,7 @@ class Row:
     agent_cpu: float
     split: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    rss: dict[str, tuple[int, int]] = field(default_factory=dict)  # agent -> (largest process, group) bytes
 
 
 def rate_bytes(text: str) -> int:
@@ -84,6 +88,38 @@ def group_cpu(pgid: int) -> float:
         if int(fields[2]) == pgid:  # fields[2] is the 5th stat field, pgrp
             total += sum(int(f) for f in fields[11:15]) / tick  # utime stime cutime cstime
     return total
+
+
+def group_rss(pgid: int) -> tuple[int, int]:
+    """(largest process, sum) of the resident set sizes in bytes of a process group's live processes."""
+    page, sizes = os.sysconf("SC_PAGE_SIZE"), []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            sizes.append(int(fields[21]) * page)  # the 24th stat field, rss in pages
+    return max(sizes, default=0), sum(sizes)
+
+
+class RssSampler(threading.Thread):
+    """Samples every agent's process group every 0.2 s; keeps the largest (process, group) seen per agent."""
+
+    def __init__(self, agents: list) -> None:
+        super().__init__(daemon=True)
+        self.agents, self.peak = agents, {a.name: (0, 0) for a in agents}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.2):
+            for a in self.agents:
+                if a.running:
+                    one, group = group_rss(a.proc.pid)
+                    old = self.peak[a.name]
+                    self.peak[a.name] = (max(old[0], one), max(old[1], group))
 
 
 def drop_page_caches() -> None:
@@ -208,7 +244,13 @@ def run_round(root: Path, proxy: UplinkProxy, n: int, rnd: int, size: int, optio
         registered, ready = cluster.start(n)
         proxy.reset()
         cpu0 = cluster.agent_cpu()
-        posted, job = cluster.pull(options, timeout=120 + 3 * n * size / proxy.rate)
+        sampler = RssSampler(cluster.agents)
+        sampler.start()
+        try:
+            posted, job = cluster.pull(options, timeout=120 + 3 * n * size / proxy.rate)
+        finally:
+            sampler.stop.set()
+            sampler.join()
         cpu = cluster.agent_cpu() - cpu0
         upstream = proxy.total_bytes
     finally:
@@ -216,7 +258,7 @@ def run_round(root: Path, proxy: UplinkProxy, n: int, rnd: int, size: int, optio
     finished = [w["finished_at"] for w in job["workers"] if w.get("finished_at")]
     errors = [f"{w['worker']}: {w['state']}: {w.get('error')}" for w in job["workers"] if w["state"] != "completed"]
     return Row(n, rnd, job["state"], max(finished, default=time.time()) - posted, upstream, registered, ready, cpu,
-               job_split(job), errors)
+               job_split(job), errors, sampler.peak)
 
 
 def print_table(rows: list[Row], size: int, rate: float) -> None:
@@ -228,6 +270,9 @@ def print_table(rows: list[Row], size: int, rate: float) -> None:
         split = ", ".join(f"{k} {v / size:.2f} S" for k, v in r.split.items()) or "-"
         print(f"{r.n:>3} {r.round:>5} {r.state:>10} {r.seconds:>8.2f} {r.seconds / ideal:>8.2f} "
               f"{r.upstream / size:>6.2f} {r.registered:>8.2f} {r.ready:>6.2f} {r.agent_cpu:>11.2f}  {split}")
+        one, group = max(v[0] for v in r.rss.values()), max(v[1] for v in r.rss.values())
+        print(f"      peak RSS of an agent process {one / MIB:.0f} MiB, of an agent with its blob server "
+              f"{group / MIB:.0f} MiB")
         for err in r.errors:
             print(f"      {err}")
 
