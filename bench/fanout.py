@@ -8,7 +8,7 @@ POST /api/v1/models/pull to those N workers and poll the job until it ends. Prin
 round: T (from the POST to the last worker's finished_at), T / (S / B_up), upstream bytes / S,
 the agents' start-up time (all started at once: until all are online, and until they are also idle),
 their CPU seconds during the pull, the upstream/peer split when the job view has it, and the peak
-resident memory of an agent process and of an agent with its blob server (issue 14: under 256 MB
+resident memory of an agent process (RSS) and of an agent with its blob server (PSS) (issue 14: under 256 MB
 while serving peers and downloading a 4 GiB blob: `--sizes 2 --model-mib 4096 --uplink-mib 400`).
 
 The goal (issue 14): at N = 8, T <= 1.3 * S / B_up and upstream bytes <= 1.05 * S (the median
@@ -91,18 +91,25 @@ def group_cpu(pgid: int) -> float:
 
 
 def group_rss(pgid: int) -> tuple[int, int]:
-    """(largest process, sum) of the resident set sizes in bytes of a process group's live processes."""
-    page, sizes = os.sysconf("SC_PAGE_SIZE"), []
+    """(largest RSS of one process, PSS of the whole group) in bytes, over a process group's live processes.
+
+    The group's figure is the proportional set size: the blob server's gunicorn processes are forks
+    that share most pages, which a sum of RSS would count once per process.
+    """
+    page, rss, pss = os.sysconf("SC_PAGE_SIZE"), [], 0
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) != pgid:
+                continue
+            rss.append(int(fields[21]) * page)  # the 24th stat field, rss in pages
+            rollup = Path(entry.path, "smaps_rollup").read_text()
         except OSError:
             continue
-        if int(fields[2]) == pgid:
-            sizes.append(int(fields[21]) * page)  # the 24th stat field, rss in pages
-    return max(sizes, default=0), sum(sizes)
+        pss += next((int(line.split()[1]) << 10 for line in rollup.splitlines() if line.startswith("Pss:")), 0)
+    return max(rss, default=0), pss
 
 
 class RssSampler(threading.Thread):
@@ -271,7 +278,7 @@ def print_table(rows: list[Row], size: int, rate: float) -> None:
         print(f"{r.n:>3} {r.round:>5} {r.state:>10} {r.seconds:>8.2f} {r.seconds / ideal:>8.2f} "
               f"{r.upstream / size:>6.2f} {r.registered:>8.2f} {r.ready:>6.2f} {r.agent_cpu:>11.2f}  {split}")
         one, group = max(v[0] for v in r.rss.values()), max(v[1] for v in r.rss.values())
-        print(f"      peak RSS of an agent process {one / MIB:.0f} MiB, of an agent with its blob server "
+        print(f"      peak RSS of an agent process {one / MIB:.0f} MiB; peak PSS of an agent with its blob server "
               f"{group / MIB:.0f} MiB")
         for err in r.errors:
             print(f"      {err}")

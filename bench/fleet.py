@@ -10,13 +10,14 @@ inference workers (they pull), every tenth a data worker. Then, at each size:
 
 1. `--rounds` pulls of one model to every inference worker, one after the other, each to completion.
    For each: POST /api/v1/models/pull until its 202; while the pull runs, GET /api/v1/models,
-   GET /api/v1/workers and GET of the job (all targets) in a loop paced by `--sample-interval` (a
-   sample counts when it started before the job ended); the time from the POST to the job's final record (seen on the job's event
-   channel); over that same window, the controller process's CPU seconds (/proc/<pid>/stat, with its
-   reaped children), Redis commands per second per pulling worker (INFO stats
-   `total_commands_processed`) and Redis writes per second per pulling worker (INFO commandstats, the
-   commands whose COMMAND INFO flags say `write`; commands run by the job store's Lua script count
-   one by one). Medians over the rounds.
+   GET /api/v1/workers and GET of the job (all targets) in a loop paced by `--sample-interval`
+   (a sample counts when it started before the job ended); the time from the POST to the job's
+   final record (seen on the job's event channel); over that same window, the controller
+   process's CPU seconds (/proc/<pid>/stat, with its reaped children), Redis commands per second
+   per pulling worker (INFO stats `total_commands_processed`: every client's, so the controller's
+   reads for the samples count too) and Redis writes per second per pulling worker (INFO
+   commandstats, the commands whose COMMAND INFO flags say `write`; commands run by the job
+   store's Lua script count one by one). Medians over the rounds.
 2. One long pull (`--stream-seconds` of simulated download) with `--streams` clients following the
    job's event stream (GET /api/v1/models/pull-jobs/<id>/events), all started right after the 202,
    each in a thread reading the raw stream: how many opened (status 200 and their snapshot arrived)
@@ -77,7 +78,7 @@ class PullRun:
     seconds: float
     controller_cpu: float
     redis_cpu: float
-    commands: float  # per second per pulling worker
+    commands: float  # per second per pulling worker: every client's (agents, controller reads, the bench's INFO)
     writes: float  # per second per pulling worker
     writes_per_pull: float  # per pulling worker
     writes_by_command: dict[str, float]
@@ -91,6 +92,8 @@ def timed(call) -> tuple[float, object]:
 
 
 class Bench:
+    """The controller under test, its Redis, and the watch on job ends."""
+
     def __init__(self, url: str, client: redis.Redis, controller_pid: int, timeout: float, pace: float,
                  redis_log: Path) -> None:
         self.url, self.client, self.pid, self.timeout, self.pace = url, client, controller_pid, timeout, pace
@@ -155,6 +158,7 @@ class StreamRun:
     pull: PullRun
     output_buffer_cuts: int  # Redis closed a client (the controller's pub/sub) for its output buffer
 
+
 def run_streams(bench: Bench, port: int, model: str, count: int, timeout: float) -> StreamRun:
     """A pull followed by `count` event streams: opened, failed, and GET /api/v1/workers while some are open."""
     cuts_before = output_buffer_cuts(bench.redis_log)
@@ -179,6 +183,7 @@ def run_streams(bench: Bench, port: int, model: str, count: int, timeout: float)
                      failures=failures, workers_ms=[ms for ms, _ in latencies], open_during=[n for _, n in latencies],
                      pull=bench.measure(job, post_ms, before, final, {}),
                      output_buffer_cuts=output_buffer_cuts(bench.redis_log) - cuts_before)
+
 
 # --- one size ---------------------------------------------------------------------------------------
 
