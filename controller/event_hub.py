@@ -8,10 +8,9 @@ connection; it SUBSCRIBEs to a job's channel while at least one stream follows t
 (reference counts) and UNSUBSCRIBEs when the last one leaves, so the controller receives
 only the jobs someone watches.
 
-Each stream has a `Subscription`: a mailbox of the newest record per worker (a record
-replaces the worker's older one, so the mailbox is bounded by the job's worker count
-however fast workers write, and the stream reads it at its own pace: progress coalesced).
-Records keep write order (the last one carries the newest `job_state`).
+Each followed job has one `JobFeed` (controller/job_feed.py) shared by its streams: the hub
+puts every record into it and seals its batches (each `progress` event built once, at a rate
+bounded per job); each stream holds a `Subscription` on the feed.
 
 pub/sub is not thread-safe in redis-py, so only the hub thread touches the connection:
 streams queue (un)subscribe requests, and a subscription is `ready` once Redis confirmed it
@@ -26,46 +25,34 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 import redis
 
+from controller.job_feed import JobFeed
 from eldric.cluster import keys
 
 log = logging.getLogger(__name__)
 
 
 class Subscription:
-    """One stream's view of one job: the newest unread record per worker, or `broken`."""
+    """One stream's hold on a job's feed: `ready` once Redis confirmed the channel; `close()` lets go."""
 
-    def __init__(self, hub: EventHub, job_id: str) -> None:
-        self.hub, self.job_id = hub, job_id
+    def __init__(self, hub: EventHub, job_id: str, feed: JobFeed) -> None:
+        self.hub, self.job_id, self.feed = hub, job_id, feed
         self.ready = threading.Event()
-        self.broken = False
-        self._records: dict[str, dict] = {}
-        self._cond = threading.Condition()
+        self.subscribed_at = 0.0  # monotonic time it became ready: a snapshot must be read after it
+        self.first_seq = 0  # the feed's last batch then: later ones may hold records the snapshot lacks
         self._closed = False
 
-    def put(self, record: dict) -> None:
-        with self._cond:
-            self._records.pop(record["worker"], None)  # keep write order: the newest last
-            self._records[record["worker"]] = record
-            self._cond.notify()
+    @property
+    def broken(self) -> bool:
+        return self.feed.broken
 
     def mark_broken(self) -> None:
-        with self._cond:
-            self.broken = True
-            self._cond.notify()
+        self.feed.mark_broken()
         self.ready.set()  # a stream waiting to start gives up at once
-
-    def take(self, timeout: float) -> list[dict]:
-        """The records received since the last call (waiting up to `timeout` for the first)."""
-        with self._cond:
-            if not self._records and not self.broken:
-                self._cond.wait(timeout)
-            records = list(self._records.values())
-            self._records.clear()
-            return records
 
     def close(self) -> None:
         """Stop following the job (idempotent)."""
@@ -86,6 +73,7 @@ class EventHub:
         self._connect, self._poll, self._backoff = connect, poll, backoff
         self._lock = threading.Lock()
         self._subs: dict[str, set[Subscription]] = {}  # channel -> its streams
+        self._feeds: dict[str, JobFeed] = {}  # channel -> the feed its streams share
         self._requests: list[tuple[str, str]] = []  # ("subscribe" | "unsubscribe", channel), for the thread
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
@@ -95,9 +83,12 @@ class EventHub:
 
     def subscribe(self, job_id: str, timeout: float = 5.0) -> Subscription:
         """Follow a job; returns once Redis confirmed the subscription, or raises HubUnavailableError."""
-        sub = Subscription(self, job_id)
         channel = keys.job_events(job_id)
         with self._lock:
+            feed = self._feeds.get(channel)
+            if feed is None or feed.broken:
+                feed = self._feeds[channel] = JobFeed(job_id)
+            sub = Subscription(self, job_id, feed)
             subs = self._subs.setdefault(channel, set())
             subs.add(sub)
             if len(subs) == 1:
@@ -108,6 +99,7 @@ class EventHub:
         if not sub.ready.wait(timeout) or sub.broken:
             sub.close()
             raise HubUnavailableError(f"could not subscribe to {channel} within {timeout} s")
+        sub.subscribed_at, sub.first_seq = time.monotonic(), sub.feed.seq
         return sub
 
     def release(self, sub: Subscription) -> None:
@@ -119,6 +111,7 @@ class EventHub:
             subs.discard(sub)
             if not subs:
                 del self._subs[channel]
+                self._feeds.pop(channel, None)
                 self._confirmed.discard(channel)
                 self._requests.append(("unsubscribe", channel))
 
@@ -179,6 +172,10 @@ class EventHub:
             while message is not None:
                 self._dispatch(message)
                 message = pubsub.get_message(timeout=0)
+            with self._lock:
+                feeds = list(self._feeds.values())
+            for feed in feeds:
+                feed.seal_due()
 
     def _dispatch(self, message: dict) -> None:
         channel = message.get("channel")
@@ -203,9 +200,9 @@ class EventHub:
         if record is None:
             return
         with self._lock:
-            subs = list(self._subs.get(channel, ()))
-        for sub in subs:
-            sub.put(record)
+            feed = self._feeds.get(channel)
+        if feed is not None:
+            feed.put(record)
 
     def _drop_all(self) -> None:
         """Redis went away: every stream ends cleanly (its client reconnects) and is forgotten."""
@@ -215,6 +212,7 @@ class EventHub:
             self._inflight = {}
             subs = [s for group in self._subs.values() for s in group]
             self._subs.clear()
+            self._feeds.clear()
             self._requests = []
         for sub in subs:
             sub._closed = True  # nothing left to release

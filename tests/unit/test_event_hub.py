@@ -1,8 +1,9 @@
-"""The controller's event hub: one pub/sub connection fanned out to job streams, coalesced per worker."""
+"""The controller's event hub and job feeds: one pub/sub connection, one feed per job shared by its streams."""
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import fakeredis
@@ -31,10 +32,15 @@ def publish(client, job_id: str, worker: str, **fields) -> None:
 
 
 def take_until(sub, count: int, timeout: float = 2.0) -> list[dict]:
+    """The records of the batches the subscription's feed seals, until `count` arrived."""
     got: list[dict] = []
     deadline = time.monotonic() + timeout
+    cursor = getattr(sub, "cursor", 0)
     while len(got) < count and time.monotonic() < deadline:
-        got += sub.take(timeout=0.05)
+        for batch in sub.feed.wait(cursor, timeout=0.05) or []:
+            got += batch.records
+            cursor = batch.seq
+    sub.cursor = cursor
     return got
 
 
@@ -43,9 +49,10 @@ def test_one_connection_fans_out_to_every_stream_of_a_job_and_only_to_them(clien
     sub_b = hub.subscribe("b")
     assert client.pubsub_numsub(keys.job_events("a"))[0][1] == 1  # one subscription for three streams
     publish(client, "a", "w1", percent=10)
+    assert len({id(sub.feed) for sub in subs_a}) == 1  # one feed for the job's streams
     for sub in subs_a:
         assert take_until(sub, 1) == [{"worker": "w1", "percent": 10}]
-    assert sub_b.take(timeout=0.1) == []
+    assert sub_b.feed.wait(0, timeout=0.1) == []
 
 
 def test_records_coalesce_to_the_newest_per_worker_in_write_order(client, hub):
@@ -53,10 +60,13 @@ def test_records_coalesce_to_the_newest_per_worker_in_write_order(client, hub):
     for pct in range(50):
         publish(client, "a", "w1", percent=pct)
         publish(client, "a", "w2", percent=pct)
-    publish(client, "a", "w1", percent=99, job_state="running")
-    time.sleep(0.3)
-    records = sub.take(timeout=0.1)
-    assert records == [{"worker": "w2", "percent": 49}, {"worker": "w1", "percent": 99, "job_state": "running"}]
+    publish(client, "a", "w1", percent=99, job_state="running", updated_at=2.0)
+    time.sleep(0.4)
+    batches = sub.feed.wait(0, timeout=0.1)
+    assert len(batches) == 1  # everything within one flush interval: one event, built once
+    assert list(batches[0].records) == [{"worker": "w2", "percent": 0},
+                                        {"worker": "w1", "percent": 99, "job_state": "running", "updated_at": 2.0}]
+    assert batches[0].text.startswith("event: progress\ndata: ")
 
 
 def test_the_last_stream_leaving_unsubscribes_and_a_new_one_subscribes_again(client, hub):
@@ -121,7 +131,7 @@ def test_a_dropped_connection_breaks_every_stream_and_the_hub_reconnects(client)
         sub = hub.subscribe("a")
         deadline = time.monotonic() + 2
         while not sub.broken and time.monotonic() < deadline:
-            sub.take(timeout=0.05)
+            sub.feed.wait(0, timeout=0.05)
         assert sub.broken and hub.followed == 0
         later = hub.subscribe("a")  # served by the next connection
         assert len(connections) >= 2 and not later.broken
@@ -149,11 +159,13 @@ def test_stream_sends_snapshot_coalesced_progress_then_done(client, hub):
     sub = hub.subscribe("a")
     reads = iter([JOB, {**JOB, "state": "completed"}])
     for pct in (10, 20, 30, 100):
-        publish(client, "a", "w1", state="completed" if pct == 100 else "pulling", percent=pct, updated_at=1.0 + pct)
+        publish(client, "a", "w1", state="completed" if pct == 100 else "pulling", percent=pct, updated_at=1.0 + pct,
+                **({"job_state": "completed"} if pct == 100 else {}))
     time.sleep(0.2)
-    seen = events(job_event_stream(sub, lambda: next(reads), flush=0.01, recheck=60))
-    assert [e for e, _ in seen] == ["snapshot", "progress", "done"]  # four writes, one event; a finish re-reads the job
-    assert seen[1][1]["workers"] == [{"worker": "w1", "state": "completed", "percent": 100, "updated_at": 101.0}]
+    seen = events(job_event_stream(sub, lambda: next(reads), recheck=60))
+    assert [e for e, _ in seen] == ["snapshot", "progress", "done"]  # four writes, one event; the end re-reads the job
+    assert seen[1][1]["workers"] == [{"worker": "w1", "state": "completed", "percent": 100, "updated_at": 101.0,
+                                      "job_state": "completed"}]
     assert seen[2][1]["state"] == "completed" and hub.followed == 0
 
 
@@ -166,7 +178,7 @@ def test_stream_ends_cleanly_when_redis_fails_mid_stream(hub):
             return next(reads)
         except StopIteration:
             raise redis.ConnectionError("Too many connections") from None
-    seen = events(job_event_stream(sub, read_job, flush=0.01, recheck=0.02))
+    seen = events(job_event_stream(sub, read_job, recheck=0.02))
     assert seen[0][0] == "snapshot" and seen[-1] == ("end", {"reason": "unavailable"})
     assert hub.followed == 0  # the stream let go of its subscription
 
@@ -181,21 +193,63 @@ def test_a_stream_arriving_while_the_channel_is_being_dropped_waits_for_its_own_
         again.close()
 
 
-def test_streams_of_one_job_share_its_periodic_reread():
-    from controller.api.events import SharedReads
-    now = [100.0]
-    shared = SharedReads(max_age=1.0, clock=lambda: now[0])
-    reads = []
+def test_500_streams_of_one_job_share_its_reads_and_its_events(client, hub):
+    """Issue 13: per-stream work must not grow with the job: one snapshot read, one final read, events built once."""
+    reads: list[str] = []
+    lock = threading.Lock()
+    running = {"id": "a", "state": "running", "workers": [{"worker": f"w{i}", "state": "pulling", "updated_at": 1.0}
+                                                          for i in range(900)]}
 
-    def read():
-        reads.append(now[0])
-        return {"id": "j", "read": len(reads)}
+    def read_job():
+        with lock:
+            reads.append("read")
+        time.sleep(0.05)  # a read of 900 records takes a while: streams arriving meanwhile wait for it
+        return {**running, "state": "completed"} if len(reads) > 1 else running
 
-    views = [shared.get("j", read) for _ in range(500)]  # 500 streams re-reading at the same moment
-    assert len(reads) == 1 and all(v == {"id": "j", "read": 1} for v in views)
-    now[0] += 1.5
-    assert shared.get("j", read)["read"] == 2 and shared.get("j", read)["read"] == 2
-    assert shared.get("other", read)["read"] == 3  # each job its own view
-    now[0] += 60
-    shared.get("j", read)
-    assert "other" not in shared._views  # views of jobs nobody follows are dropped
+    subs = [hub.subscribe("a") for _ in range(500)]
+    outputs: list[list] = [[] for _ in subs]
+
+    def follow(i):
+        outputs[i] = events(job_event_stream(subs[i], read_job, recheck=60, max_seconds=20))
+    threads = [threading.Thread(target=follow, args=(i,)) for i in range(500)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    for i in range(900):
+        publish(client, "a", f"w{i}", state="pulling", percent=50, updated_at=2.0)
+    publish(client, "a", "w0", state="completed", percent=100, updated_at=3.0, job_state="completed")
+    for t in threads:
+        t.join(30)
+    assert all(out[0][0] == "snapshot" and out[-1][0] == "done" for out in outputs)
+    assert len(reads) <= 4  # the snapshot (maybe twice, if streams became ready during the first) and the final
+    progress = [[w["worker"] for e, d in out if e == "progress" for w in d["workers"]] for out in outputs]
+    assert all(len(p) >= 900 and set(p) == {f"w{i}" for i in range(900)} for p in progress)
+    assert hub.followed == 0
+
+
+def test_a_big_job_gets_fewer_bigger_events():
+    from controller.job_feed import JobFeed
+    now = [0.0]
+    feed = JobFeed("a", flush=0.25, budget=250, clock=lambda: now[0])
+    for i in range(900):
+        feed.put({"worker": f"w{i}", "updated_at": 1.0})
+    now[0] = 1.0
+    feed.seal_due()
+    assert feed.seq == 0  # 900 records at 250 a second: 3.6 s per event
+    now[0] = 3.6
+    feed.seal_due()
+    assert feed.seq == 1 and len(feed.wait(0, timeout=0)[0].records) == 900
+    feed.put({"worker": "w1", "updated_at": 2.0})
+    now[0] = 3.9
+    feed.seal_due()
+    assert feed.seq == 2  # a few records: the usual quarter second
+
+
+def test_a_stream_that_falls_behind_is_told_to_reconnect():
+    from controller.job_feed import JobFeed
+    feed = JobFeed("a", flush=0, budget=10**9, keep=4)
+    for i in range(10):
+        feed.put({"worker": "w", "updated_at": float(i)})
+        feed.seal_due()
+    assert feed.wait(0, timeout=0) is None  # batches 1..6 are gone
+    assert [b.seq for b in feed.wait(7, timeout=0)] == [8, 9, 10]
