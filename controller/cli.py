@@ -15,8 +15,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from werkzeug.serving import run_simple
-
     from controller import create_app
     from controller.config import ControllerSettings
     from eldric import logging_setup
@@ -28,5 +26,21 @@ def run(args: argparse.Namespace) -> int:
         return 2
     logging_setup.configure_logging(settings.log_level, logging_setup.format_from_env())
     logging.getLogger("controller").info("effective configuration: %s", settings.effective())
-    run_simple(settings.controller_host, settings.controller_port, create_app(), threaded=True, use_reloader=False)
+    server = _server_class()(settings.controller_host, settings.controller_port, create_app())
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
     return 0
+
+
+def _server_class():
+    from werkzeug.serving import ThreadedWSGIServer
+
+    class Server(ThreadedWSGIServer):
+        # werkzeug listens with a backlog of 128: hundreds of dashboards and CLIs opening their job
+        # streams at once would be refused (connection reset) before a thread could accept them.
+        request_queue_size = 1024
+    return Server

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import weakref
 
 import redis
 
@@ -46,6 +47,37 @@ def list_workers(client: redis.Redis, *, forget_after: float | None = None, now:
     return [view for view, _stamp in worker_rows(client, forget_after=forget_after, now=now)]
 
 
+# Every worker's record, model count and online mark in one command: at 1,000 workers a pipeline of
+# 2,001 commands cost the controller more to build and parse than Redis spends answering (issue 13).
+# KEYS come in threes per worker: its hash, its models hash, its online mark.
+_ROWS = """
+local out = {}
+for i = 1, #KEYS, 3 do
+  out[#out + 1] = redis.call('HGETALL', KEYS[i])
+  out[#out + 1] = redis.call('HLEN', KEYS[i + 1])
+  out[#out + 1] = redis.call('EXISTS', KEYS[i + 2])
+end
+return out
+"""
+_scripts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _rows_script(client: redis.Redis):
+    """One Script per client: run by EVALSHA (loaded again after a Redis restart)."""
+    script = _scripts.get(client)
+    if script is None:
+        script = _scripts[client] = client.register_script(_ROWS)
+    return script
+
+
+def _read_rows(client: redis.Redis, ids: list[str]) -> list[tuple[dict, int, bool]]:
+    """(record, model count, online) per worker id, as one script call."""
+    reply = _rows_script(client)(keys=[key for wid in ids for key in
+                                       (keys.worker(wid), keys.worker_models(wid), keys.worker_alive(wid))])
+    return [(dict(zip(flat[::2], flat[1::2], strict=True)), int(models), bool(alive))
+            for flat, models, alive in zip(reply[::3], reply[1::3], reply[2::3], strict=True)]
+
+
 def worker_rows(client: redis.Redis, *, forget_after: float | None = None,
                 now: float | None = None) -> list[tuple[dict, str | None]]:
     """list_workers, each view with its hash's `inventory_at` (read in the same pass, for the model view)."""
@@ -53,21 +85,12 @@ def worker_rows(client: redis.Redis, *, forget_after: float | None = None,
     ids = sorted(client.smembers(keys.WORKERS))
     if not ids:
         return []
-    pipe = client.pipeline(transaction=False)
-    pipe.mget([keys.worker_alive(wid) for wid in ids])  # one reply for all online marks
-    for wid in ids:
-        pipe.hgetall(keys.worker(wid))
-        pipe.hlen(keys.worker_models(wid))
-    results = pipe.execute()
-    marks = results[0]
     out = []
-    for i, wid in enumerate(ids):
-        record, models = results[1 + 2 * i: 3 + 2 * i]
-        alive = marks[i] is not None
+    for wid, (record, models, alive) in zip(ids, _read_rows(client, ids), strict=True):
         if not record:
             client.srem(keys.WORKERS, wid)
             continue
-        view = _worker_view(record, bool(alive), int(models))
+        view = _worker_view(record, alive, models)
         if forget_after and not alive and now - view["last_seen"] > forget_after:
             client.srem(keys.WORKERS, wid)
             continue
