@@ -101,6 +101,12 @@ def nothing_happened(store, producer) -> bool:
         ({"model": "tiny", "workers": [7]}, "workers"),
         ({"model": "tiny", "deadline_seconds": "soon"}, "deadline_seconds"),
         ({"model": "tiny", "deadline_seconds": 1}, "deadline_seconds"),
+        ({"model": "tiny", "max_upstream_rate": "fast"}, "max_upstream_rate"),
+        ({"model": "tiny", "max_upstream_rate": 10}, "max_upstream_rate"),  # under 1K/s: surely a mistake
+        ({"model": "tiny", "max_upstream_rate": True}, "max_upstream_rate"),
+        ({"model": "tiny", "max_upstream_rate": 1.5}, "max_upstream_rate"),
+        ({"model": "tiny", "max_upstream_workers": 0}, "max_upstream_workers"),
+        ({"model": "tiny", "max_upstream_workers": "2"}, "max_upstream_workers"),
     ],
 )
 def test_malformed_request_is_422_naming_the_field(client, store, producer, cluster, body, field):
@@ -186,6 +192,14 @@ def test_pull_to_named_workers_only(client, store, producer, cluster):
     assert job["targets"] == ["gpu1"]
     assert job["deadline_at"] == pytest.approx(job["created_at"] + 60)
     assert [(s["queue"], s["args"]) for s in producer.sent] == [("worker.gpu1", [job["id"], "qwen2.5:0.5b"])]
+
+
+def test_transfer_caps_are_kept_in_the_job_options(client, store, producer, cluster):
+    resp = pull(client, {"model": "tiny", "workers": ["gpu1"], "max_upstream_rate": "20M", "max_upstream_workers": 2})
+    assert resp.status_code == 202
+    assert resp.get_json()["options"] == {"max_upstream_rate": 20 << 20, "max_upstream_workers": 2}
+    resp = pull(client, {"model": "tiny", "workers": ["gpu1"], "max_upstream_rate": 5_000_000})
+    assert resp.get_json()["options"] == {"max_upstream_rate": 5_000_000}
 
 
 def test_full_name_is_sent_in_its_short_form(client, producer, cluster):

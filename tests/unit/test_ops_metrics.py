@@ -115,6 +115,21 @@ def test_only_bytes_that_crossed_the_network_count_by_source_kind():
     assert pulled == {"ollama": 0, "registry": 0, "url": 300, "peer": 600, "other": 0}
 
 
+def test_fan_out_bytes_count_under_peer_and_the_rest_under_the_job_source():
+    r = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    now = time.time()
+    add_worker(r, "a")
+    add_worker(r, "b")
+    job = create_job(r, kind="pull", model="m:1", targets=["a", "b"], source="ollama", deadline_seconds=600, now=now)
+    set_record(r, job, "a", state="completed", completed=1000, total=1000, transferred=1000, upstream_bytes=1000,
+               peer_bytes=0, finished_at=now)
+    set_record(r, job, "b", state="pulling", completed=600, total=1000, upstream_bytes=100, peer_bytes=500,
+               peers={"a": 500}, started_at=now - 2, updated_at=now)
+    m = samples(render(read_snapshot(r, stale_after=120)).decode())
+    pulled = {labels[0][1]: v for (name, labels), v in m.items() if name == "eldric_pulled_bytes"}
+    assert pulled == {"ollama": 1100, "registry": 0, "url": 0, "peer": 500, "other": 0}
+
+
 def test_metrics_endpoint_answers_without_the_api_token(cluster):
     app = create_app({"REDIS_URL": "redis://127.0.0.1:1/0", "API_TOKEN": "s3cret"})
     app.extensions["eldric.redis"] = cluster
