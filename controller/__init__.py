@@ -28,8 +28,11 @@ def create_app(overrides: dict | None = None) -> Flask:
         JSON_SORT_KEYS=False,
     )
     app.json.sort_keys = False
+    # Every request thread may hold a pool connection for a moment; redis-py's default cap of 100
+    # answered "Too many connections" (503) once hundreds of job streams and API calls ran at once.
     app.extensions["eldric.redis"] = redis_client(app.config["REDIS_URL"], decode_responses=True,
-                                                  socket_timeout=10, socket_connect_timeout=5)
+                                                  socket_timeout=10, socket_connect_timeout=5,
+                                                  max_connections=REDIS_POOL_SIZE)
     app.extensions["eldric.celery"] = create_producer(app.config["REDIS_URL"])
 
     api = Api(app)
@@ -64,6 +67,7 @@ def _register_domain_errors(app: Flask) -> None:
 
 
 MAX_JSON_BYTES = 1 << 20
+REDIS_POOL_SIZE = 2048  # connections the controller process may open to Redis (its maxclients is 10000)
 
 
 def _register_limits(app: Flask) -> None:
