@@ -80,6 +80,7 @@ class JobFeed:
         self.final_seen = False  # a record said the job ended: the next read is the final one
         self._snapshot: _Read | None = None
         self._final: _Read | None = None
+        self._read_locks = {"_snapshot": threading.Lock(), "_final": threading.Lock()}
         self._last_check = clock()
         self._checking = False
 
@@ -147,27 +148,43 @@ class JobFeed:
         return self._shared("_final", lambda r: True, read, "done")
 
     def _shared(self, slot: str, usable: Callable[[_Read], bool], read: Callable[[], dict | None], event: str) -> _Read:
-        while True:
-            with self._cond:
-                current: _Read | None = getattr(self, slot)
-                if current is None or not usable(current) or (current.done.is_set() and current.error is not None):
-                    mine = _Read(self.clock(), threading.Event())
-                    setattr(self, slot, mine)
-                    break
-            current.done.wait()
-            if current.error is None:
+        """One read at a time per slot: a stream that finds no usable read waits for the one in flight,
+        then reads itself only if that one is still not usable; streams that subscribed meanwhile
+        share that next read, so reads never pile up however many streams arrive."""
+        def done_and_usable() -> _Read | None:
+            current: _Read | None = getattr(self, slot)
+            if current is not None and current.done.is_set() and current.error is None and usable(current):
                 return current
-        try:
-            mine.view = read()
-            mine.text = format_event(event, mine.view) if mine.view is not None else ""
-        except BaseException as exc:
-            mine.error = exc
-            raise
-        finally:
-            mine.done.set()
+            return None
+        with self._cond:
+            found = done_and_usable()
+        if found is not None:
+            return found
+        with self._read_locks[slot]:
             with self._cond:
-                self._cond.notify_all()
-        return mine
+                found = done_and_usable()
+            if found is not None:
+                return found
+            mine = _Read(self.clock(), threading.Event())
+            try:
+                mine.view = read()
+                mine.text = format_event(event, mine.view) if mine.view is not None else ""
+            except BaseException as exc:
+                mine.error = exc
+                raise
+            finally:
+                mine.done.set()
+                with self._cond:
+                    setattr(self, slot, mine)
+                    self._cond.notify_all()
+            return mine
+
+    def not_final_yet(self, read: _Read) -> None:
+        """The final read showed a job still running (a record's job_state ran ahead of the derived view)."""
+        with self._cond:
+            if self._final is read:
+                self._final = None
+            self.final_seen = False
 
     def recheck_due(self, every: float) -> bool:
         """True for one caller once `every` seconds passed since the last re-read; it must call `rechecked`."""

@@ -120,7 +120,7 @@ def _stream(sub: Subscription, read_job: Callable[[], dict | None], *, heartbeat
             if final.view["state"] in FINAL_JOB_STATES:
                 yield final.text
                 return
-            feed.final_seen = False  # a record's job_state ran ahead of the derived view: keep following
+            feed.not_final_yet(final)  # a record's job_state ran ahead of the derived view: keep following
         if feed.recheck_due(recheck):
             view = None
             try:
