@@ -43,8 +43,9 @@ def distribute(agent: Agent, model: str, options: dict, secrets: dict, progress:
 def pull_from_ollama(agent: Agent, model: str, progress: Progress, options: dict | None = None) -> dict:
     """A pull: the model from the Ollama registry (or the configured mirror) into Ollama's store."""
     name = ModelName.parse(model)
-    return _pull_into_store(agent, name, RegistrySource.from_settings(name, agent.settings), progress,
-                            Fanout(agent, progress, options))
+    source, fanout = RegistrySource.from_settings(name, agent.settings), Fanout(agent, progress, options)
+    fanout.pace(source.session)
+    return _pull_into_store(agent, name, source, progress, fanout)
 
 
 def _pull_into_store(agent: Agent, name: ModelName, source: BlobSource, progress: Progress, fanout: Fanout) -> dict:
@@ -81,7 +82,9 @@ def _from_registry(agent: Agent, options: dict, progress: Progress) -> dict:
     shared = shared_tree(agent.settings.shared_mounts, model.get("storage") or {}, model["files"])
     if shared is not None:
         return _use_shared(agent, entry, shared, progress)
-    return _store_files(agent, entry, src.files(model), progress, "registry", Fanout(agent, progress, options))
+    fanout = Fanout(agent, progress, options)
+    fanout.pace(src.session)
+    return _store_files(agent, entry, src.files(model), progress, "registry", fanout)
 
 
 def _from_url(agent: Agent, model: str, options: dict, secrets: dict, progress: Progress) -> dict:
@@ -92,8 +95,9 @@ def _from_url(agent: Agent, model: str, options: dict, secrets: dict, progress: 
     remote, ranged = src.remote_file(filename, expected)
     fmt = "gguf" if filename.lower().endswith(".gguf") else options.get("format") or "other"
     entry = {"name": model, "format": fmt, "details": {}, "source": "url", "origin": redact_url(url), "files": []}
-    return _store_files(agent, entry, [remote], progress, redact_url(url), Fanout(agent, progress, options),
-                        single_range=not ranged)
+    fanout = Fanout(agent, progress, options)
+    fanout.pace(src.source.session)
+    return _store_files(agent, entry, [remote], progress, redact_url(url), fanout, single_range=not ranged)
 
 
 def _store_files(agent: Agent, entry: dict, files: list[RemoteFile], progress: Progress, origin: str,

@@ -17,6 +17,7 @@ import requests
 from eldric.cluster.jobstore import Progress
 from eldric.cluster.swarmboard import RedisSwarmBoard, UpstreamRateCap
 from eldric.core.digests import Digest
+from eldric.transfer.http import pace_receive
 from eldric.transfer.swarm import Swarm, SwarmOptions
 from worker_agent.runtime import Agent
 from worker_agent.sources import CONNECT_TIMEOUT
@@ -33,14 +34,20 @@ class Fanout:
                                     upstream_connections=agent.settings.download_parts,
                                     upstream_ranges=agent.settings.download_parts,
                                     lease_seconds=max(agent.settings.stall_seconds, 10.0))
-        rate = int(opts.get("max_upstream_rate") or 0)
-        self.upstream_take = UpstreamRateCap(agent.redis, progress.job_id, rate).take if rate and not from_peer else None
+        self.upstream_rate = 0 if from_peer else int(opts.get("max_upstream_rate") or 0)
+        self.upstream_take = (UpstreamRateCap(agent.redis, progress.job_id, self.upstream_rate).take
+                              if self.upstream_rate else None)
         self._session: requests.Session | None = None
         self._swarms: list[Swarm] = []
         self._lock = threading.Lock()
         self._network = 0  # bytes received over the network for this job (a failed peer range is taken back)
         secret = agent.settings.cluster_secret
         self._headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+
+    def pace(self, session: requests.Session) -> requests.Session:
+        """Small receive buffers on `session` when a cap applies (the source's, here): see pace_receive."""
+        caps = [c for c in (self.agent.settings.max_download_rate, self.upstream_rate) if c]
+        return pace_receive(session, min(caps)) if caps else session
 
     def swarm(self, digest: Digest | None) -> Swarm | None:
         """The swarm of blob `digest` (None when sharing is off or the digest unknown)."""
@@ -57,6 +64,8 @@ class Fanout:
         def open_peer(address: str, start: int, end: int, read_timeout: float) -> requests.Response:
             if self._session is None:
                 self._session = requests.Session()
+                if self.agent.settings.max_download_rate:
+                    pace_receive(self._session, self.agent.settings.max_download_rate)
             return self._session.get(f"{address.rstrip('/')}/blobs/{digest}", stream=True,
                                      headers={**self._headers, "Range": f"bytes={start}-{end}"},
                                      timeout=(CONNECT_TIMEOUT, read_timeout))

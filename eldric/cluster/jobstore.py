@@ -243,15 +243,23 @@ def _redis_uptime(client: redis.Redis) -> float:
 
 
 def worker_presence(client: redis.Redis, ids: list[str]) -> dict[str, tuple[bool, float | None]]:
-    """worker id -> (online, last heartbeat time or None when unknown)."""
+    """worker id -> (online, last heartbeat time or None when unknown).
+
+    The heartbeat time is read only for offline workers (online ones get None): it only tells how
+    long a worker has been away. All online marks come in one MGET, so a 900-worker job costs two
+    commands plus one per offline worker instead of two per worker (issue 13).
+    """
     if not ids:
         return {}
-    pipe = client.pipeline(transaction=False)
-    for wid in ids:
-        pipe.exists(keys.worker_alive(wid))
-        pipe.hget(keys.worker(wid), "last_seen")
-    rows = pipe.execute()
-    return {wid: (bool(rows[2 * i]), _number(rows[2 * i + 1])) for i, wid in enumerate(ids)}
+    marks = client.mget([keys.worker_alive(wid) for wid in ids])
+    offline = [wid for wid, mark in zip(ids, marks, strict=True) if mark is None]
+    seen: dict[str, float | None] = {}
+    if offline:
+        pipe = client.pipeline(transaction=False)
+        for wid in offline:
+            pipe.hget(keys.worker(wid), "last_seen")
+        seen = {wid: _number(value) for wid, value in zip(offline, pipe.execute(), strict=True)}
+    return {wid: (mark is not None, seen.get(wid)) for wid, mark in zip(ids, marks, strict=True)}
 
 
 def _number(value: str | None) -> float | None:
@@ -264,10 +272,8 @@ def _number(value: str | None) -> float | None:
 def alive_flags(client: redis.Redis, ids: list[str]) -> dict[str, bool]:
     if not ids:
         return {}
-    pipe = client.pipeline(transaction=False)
-    for wid in ids:
-        pipe.exists(keys.worker_alive(wid))
-    return dict(zip(ids, (bool(x) for x in pipe.execute()), strict=True))
+    marks = client.mget([keys.worker_alive(wid) for wid in ids])
+    return {wid: mark is not None for wid, mark in zip(ids, marks, strict=True)}
 
 
 class Progress:

@@ -191,7 +191,7 @@ class UpstreamRateCap:
     the Redis writes per worker stay at about ten a second whatever the chunk size.
     """
 
-    def __init__(self, client: redis.Redis, job_id: str, rate: float, burst_seconds: float = 0.25) -> None:
+    def __init__(self, client: redis.Redis, job_id: str, rate: float, burst_seconds: float = 0.1) -> None:
         self.client, self.key, self.rate = client, keys.upstream_rate(job_id), float(rate)
         self.capacity = max(1.0, self.rate * burst_seconds)
         self.grant = max(64 << 10, int(self.rate / 10))

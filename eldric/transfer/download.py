@@ -61,6 +61,7 @@ from eldric.transfer.swarm import Swarm, Task, range_bytes_for
 # open_range(start, end_inclusive, read_timeout) -> streaming response for those bytes;
 # end None (only for a blob of unknown size): from `start` to the end of the file.
 RangeOpener = Callable[[int, int | None, float], requests.Response]
+PACED_READ = 256 << 10  # bytes read at a time under a rate cap
 log = logging.getLogger(__name__)
 _TRANSIENT = (*TRANSIENT_ERRORS, SourceUnavailableError)
 
@@ -186,6 +187,8 @@ class _Download:
         self.options, self.on_bytes, self.owner = options, on_bytes, owner
         self.swarm, self.upstream_take = swarm, upstream_take
         self.busy: set[int] = set()  # parts one of my connections works on (swarm mode)
+        capped = upstream_take is not None or not isinstance(options.limiter, NoLimit)
+        self._paced_read = PACED_READ if capped else options.chunk_bytes  # small reads keep a capped link smooth
         self._state_lock = threading.Lock()
         self.partial_dir, self.name = partial_dir, name
         self.data_path = partial_dir / name
@@ -342,13 +345,14 @@ class _Download:
             while part.completed < part.length:
                 if self.failed.is_set():
                     return
-                want = min(len(buf), part.length - part.completed)
+                want = min(len(buf), part.length - part.completed, self._paced_read)
+                # Caps are paid before the read: a read of a whole chunk ahead of its tokens is a burst on the link.
+                self.options.limiter.take(want)
+                if self.upstream_take is not None:
+                    self.upstream_take(want)
                 n = readinto(buf[:want])
                 if not n:
                     return
-                self.options.limiter.take(n)
-                if self.upstream_take is not None:
-                    self.upstream_take(n)
                 _pwrite_all(fd, buf[:n], part.offset + part.completed)
                 part.completed += n
                 self.on_bytes(n)
@@ -529,10 +533,11 @@ class _Download:
                     readinto = _direct_reader(resp)
                     buf = memoryview(bytearray(self.options.chunk_bytes))
                     while got < part.length and not self.failed.is_set():
-                        n = readinto(buf[: min(len(buf), part.length - got)])
+                        want = min(len(buf), part.length - got, self._paced_read)
+                        self.options.limiter.take(want)
+                        n = readinto(buf[:want])
                         if not n:
                             break
-                        self.options.limiter.take(n)
                         h.update(buf[:n])
                         try:
                             _pwrite_all(fd, buf[:n], part.offset + got)

@@ -57,6 +57,20 @@ def upstream_session(policy: AddressPolicy, *, trust_env: bool = True) -> reques
     return guard(requests.Session(), policy, trust_env=trust_env)
 
 
+def pace_receive(session: requests.Session, rate: float) -> requests.Session:
+    """Keep a rate-capped download's bursts small: each new connection's receive buffer holds ~20 ms of `rate`.
+
+    A cap (eldric.transfer.ratelimit) is applied as the body is read; without this, TCP fills a
+    receive buffer that Linux grows up to net.ipv4.tcp_rmem's maximum (32 MiB seen here) at the
+    link's full speed, and the link carries that burst over the cap.
+    """
+    size = max(16 << 10, int(rate * 0.02))
+    options = [*HTTPConnection.default_socket_options, (socket.SOL_SOCKET, socket.SO_RCVBUF, size)]
+    for adapter in {id(a): a for a in session.adapters.values()}.values():
+        adapter.poolmanager.connection_pool_kw["socket_options"] = options
+    return session
+
+
 def guard(session: requests.Session, policy: AddressPolicy, *, trust_env: bool | None = None) -> requests.Session:
     """Make `session` an upstream one: connections checked against `policy`, redirects bounded and not read."""
     if trust_env is not None:

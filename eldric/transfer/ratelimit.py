@@ -2,9 +2,11 @@
 
 A download (ELDRIC_MAX_DOWNLOAD_RATE) and the peer blob server
 (ELDRIC_MAX_PEER_UPLOAD_RATE) call `take(n)` for every chunk they move; the call
-sleeps until the bytes fit the rate. The bucket holds at most `burst_seconds` of
-rate, so the rate over any window of a few seconds stays within a few percent of
-the cap (the issue's promise is 5 % over 10 s), however many threads take from it.
+sleeps until the bytes fit the rate. The bucket holds at most `burst_seconds` (0.1 s)
+of rate, so the rate over any window of a few seconds stays within a few percent of
+the cap (the promise is 5 % over 10 s), however many threads take from it. The
+sockets of a capped download get small receive buffers (eldric.transfer.http.pace_receive),
+so the link does not carry a burst the reader has not taken yet.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Callable
 
 
 class TokenBucket:
-    def __init__(self, rate: float, burst_seconds: float = 0.25,
+    def __init__(self, rate: float, burst_seconds: float = 0.1,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
         if rate <= 0:
             raise ValueError("a rate cap must be positive")
