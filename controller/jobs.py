@@ -24,15 +24,17 @@ def get_job(client: redis.Redis, job_id: str, *, stale_after: float, offline_gra
     meta, raw_records = pipe.execute()
     if not meta:
         return None
-    ids = sorted(raw_records)
-    presence = worker_presence(client, ids)
+    records = {wid: json.loads(raw_records[wid]) for wid in sorted(raw_records)}
+    # Only unfinished parts depend on their worker's presence (derive_worker keeps a final record as it is).
+    presence = worker_presence(client, [wid for wid, r in records.items()
+                                        if not jobstate.is_terminal(r.get("state", jobstate.PENDING))])
     deadline = float(meta["deadline_at"])
     workers: dict[str, dict] = {}
-    for wid in ids:
+    for wid, record in records.items():
         # Reads never write: beat's reaper persists what derive_worker calls final (the job store's guarded path).
-        alive, last_seen = presence[wid]
+        alive, last_seen = presence.get(wid, (False, None))
         workers[wid], _final = jobstate.derive_worker(
-            json.loads(raw_records[wid]), now=now, alive=alive, deadline_at=deadline, stale_after=stale_after,
+            record, now=now, alive=alive, deadline_at=deadline, stale_after=stale_after,
             offline_grace=offline_grace, last_seen=last_seen)
     return _job_view(meta, workers)
 

@@ -86,7 +86,8 @@ class Fanout:
         for s in swarms:
             stats = s.stats()
             for peer, n in stats["peers"].items():
-                peers[peer] = peers.get(peer, 0) + n
+                if n:  # a peer whose every byte was taken back (a range that failed) sent nothing
+                    peers[peer] = peers.get(peer, 0) + n
             bad.update(stats["bad_peers"])
         if self.from_peer is not None:
             peers = {self.from_peer: network}

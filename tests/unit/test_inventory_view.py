@@ -206,3 +206,90 @@ def test_the_shared_values_are_pruned_when_inventories_churn(redis_db):
         assert models == reference_cluster_models(redis_db)[0]
     assert "old1:latest" not in cache.shared
     assert len(cache.shared) < 5 * 800
+
+
+def expected_page(client, query: ModelQuery) -> tuple[list[dict], int, int]:
+    """The reference answer (full rebuild, quadratic) filtered and paged by hand."""
+    everything, eligible = reference_cluster_models(client)
+    wanted = [m for m in everything if (not query.q or query.q.lower() in m["name"].lower())
+              and (query.coverage_below is None or m["coverage"] < query.coverage_below)]
+    end = None if query.limit is None else query.offset + query.limit
+    return wanted[query.offset:end], len(wanted), eligible
+
+
+def held(client, wid: str) -> list[dict]:
+    return [json.loads(v) for v in client.hgetall(keys.worker_models(wid)).values()]
+
+
+def change_one_worker(client, rng: random.Random, step: int) -> None:
+    """One of the changes a fleet makes: pulls end, models go, digests and facts move, workers come and go."""
+    ids = sorted(client.smembers(keys.WORKERS))
+    wid = rng.choice(ids)
+    models = held(client, wid)
+    kind = rng.choice(["add", "add", "drop", "digest", "newer", "facts", "rewrite_same", "vanish", "join",
+                       "retype", "unstamped"])
+    if kind == "add":
+        models.append(record(f"m{rng.randrange(14):02d}:latest", modified_at=float(step)))
+    elif kind == "drop" and models:
+        models.pop(rng.randrange(len(models)))
+    elif kind == "digest" and models:
+        models[0] = {**models[0], "digest": f"sha256:{rng.choice('abc') * 64}"}
+    elif kind == "newer" and models:
+        models[-1] = {**models[-1], "modified_at": 1000.0 + step}
+    elif kind == "facts" and models:
+        models[0] = {**models[0], "details": {"family": rng.choice(["llama", "qwen"])}, "size": rng.randrange(5)}
+    elif kind == "vanish":
+        client.delete(keys.worker(wid))
+        return
+    elif kind == "join":
+        add_worker(client, f"n{step:03d}", rng.choice(["inference", "cloud", "data"]),
+                   [record(f"m{m:02d}:latest") for m in range(14) if rng.random() < 0.5])
+        return
+    elif kind == "retype":
+        client.hset(keys.worker(wid), "type", rng.choice(["inference", "data"]))
+        return
+    elif kind == "unstamped":  # written behind publish_inventory's back: same count, no new stamp
+        client.hdel(keys.worker(wid), "inventory_at")
+        if models:
+            client.hdel(keys.worker_models(wid), models[0]["name"])
+            client.hset(keys.worker_models(wid), "hand:latest", json.dumps(record("hand:latest")))
+        return
+    membership.publish_inventory(client, wid, models)  # "rewrite_same" rewrites it unchanged
+
+
+def test_the_incremental_aggregate_answers_as_a_full_rebuild_after_every_change(redis_db):
+    """The cache keeps the per-model aggregate and updates only the models of workers whose inventory
+    changed: after each of many random changes its answer is the quadratic reference's, on every page."""
+    seed_cluster(redis_db, workers=24, models=10)
+    rng = random.Random(13)
+    cache = InventoryCache()
+    queries = [ModelQuery(), ModelQuery(coverage_below=100, limit=3, offset=1), ModelQuery(q="m0", limit=4)]
+    for step in range(120):
+        change_one_worker(redis_db, rng, step)
+        for query in queries:
+            assert inventory.query_models(redis_db, query, cache=cache) == expected_page(redis_db, query), step
+
+
+def test_answers_are_fresh_dicts_the_view_may_extend(redis_db):
+    """The view adds mirror_update to its entries: that must not leak into the cache's next answer."""
+    seed_cluster(redis_db, workers=5, models=3)
+    cache = InventoryCache()
+    first, _ = inventory.cluster_models(redis_db, cache=cache)
+    first[0]["mirror_update"] = {"digest": "x"}
+    first[0]["coverage"] = -1
+    again, _ = inventory.cluster_models(redis_db, cache=cache)
+    assert again == reference_cluster_models(redis_db)[0]
+    assert "mirror_update" not in again[0]
+
+
+def test_missing_lists_follow_the_serving_workers(redis_db):
+    """A kept missing list is recomputed when a worker joins, leaves or stops serving models."""
+    add_worker(redis_db, "a", models=[record("x:latest")])
+    add_worker(redis_db, "b", models=[])
+    cache = InventoryCache()
+    assert inventory.cluster_models(redis_db, cache=cache)[0][0]["missing"] == ["b"]
+    add_worker(redis_db, "c", models=[])
+    assert inventory.cluster_models(redis_db, cache=cache)[0][0]["missing"] == ["b", "c"]
+    redis_db.hset(keys.worker("b"), "type", "data")
+    models, eligible = inventory.cluster_models(redis_db, cache=cache)
+    assert (models[0]["missing"], models[0]["coverage"], eligible) == (["c"], 50.0, 2)
