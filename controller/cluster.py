@@ -20,13 +20,25 @@ def _number(value: str | None) -> float:
         return 0.0
 
 
-def _worker_view(record: dict, alive: bool, models: int) -> dict:
-    get = record.get
+def _parse_backends(raw: tuple[str | None, str | None]) -> tuple[list, dict]:
     try:
-        backends = json.loads(get("backends") or "[]")
-        backend_details = json.loads(get("backend_details") or "{}")
+        return json.loads(raw[0] or "[]"), json.loads(raw[1] or "{}")
     except ValueError:
-        backends, backend_details = [], {}
+        return [], {}
+
+
+def _worker_view(record: dict, alive: bool, models: int, parsed: dict | None = None) -> dict:
+    """The worker as the API shows it. `parsed`: the (backends, backend_details) already parsed from
+    the same JSON in this answer (workers of one configuration write the same; the views only read them)."""
+    get = record.get
+    raw = (get("backends"), get("backend_details"))
+    if parsed is None:
+        backends, backend_details = _parse_backends(raw)
+    else:
+        found = parsed.get(raw)
+        if found is None:
+            found = parsed[raw] = _parse_backends(raw)
+        backends, backend_details = found
     return {
         "id": get("id"),
         "type": get("type"),
@@ -46,59 +58,52 @@ def _worker_view(record: dict, alive: bool, models: int) -> dict:
 
 def list_workers(client: redis.Redis, *, forget_after: float | None = None, now: float | None = None) -> list[dict]:
     """Every registered worker, sorted by id; long-gone ones are dropped from the set."""
-    return [view for view, _stamp in worker_rows(client, forget_after=forget_after, now=now)]
+    parsed: dict = {}
+    return [_worker_view(record, alive, models, parsed)
+            for record, models, alive in _registered_rows(client, forget_after=forget_after, now=now)]
 
 
-# What _worker_view and the model view (`inventory_at`, publish_inventory's stamp) read of
-# `eldric:worker:<id>`, by HMGET (no field names to send back and parse, issue 13).
-RECORD_FIELDS = ("id", "type", "address", "backends", "backend_details", "free_disk", "last_seen", "registered_at",
-                 "hostname", "data_dir", "upstream_registry", "inventory_at")
+def serving_stamps(client: redis.Redis, *, forget_after: float | None = None,
+                   now: float | None = None) -> dict[str, tuple[str | None, int]]:
+    """Every registered model-serving worker by id (in list_workers' order), each with its hash's
+    `inventory_at` and its model count: what the model view needs, without building worker views."""
+    return {record.get("id"): (record.get("inventory_at"), models)
+            for record, models, _alive in _registered_rows(client, forget_after=forget_after, now=now)
+            if is_model_serving(record.get("type") or "")}
 
 
-def _read_rows(client: redis.Redis, ids: list[str]) -> list[tuple[dict | None, int, bool]]:
-    """(record, model count, online) per worker id, in one pipeline: every online mark in one MGET,
-    then HMGET of the record and HLEN of the models per worker. The record holds RECORD_FIELDS (None
-    for those the hash lacks); it is None when the worker has no hash at all.
+def _read_rows(client: redis.Redis, ids: list[str]) -> list[tuple[dict, int, bool]]:
+    """(record, model count, online) per worker id in one pipeline: every online mark in one MGET,
+    then each record and its model count. A record is empty when the worker has no hash.
 
-    (A Lua script doing the same in one command saved the controller about 3 ms but kept Redis busy,
-    answering nobody else, for 6 ms per 1,000 workers, against under 2 ms for the pipeline.)
+    (HMGET of the fields the views show cost the same here as HGETALL; a Lua script doing it all
+    in one command saved the controller about 4 ms per 1,000 workers but kept Redis busy,
+    answering nobody else, for 6 ms, against under 2 ms for this pipeline.)
     """
     pipe = client.pipeline(transaction=False)
     pipe.mget([keys.worker_alive(wid) for wid in ids])
     for wid in ids:
-        pipe.hmget(keys.worker(wid), RECORD_FIELDS)
+        pipe.hgetall(keys.worker(wid))
         pipe.hlen(keys.worker_models(wid))
     replies = pipe.execute()
-    marks, values, counts = replies[0], replies[1::2], replies[2::2]
-    # Every field missing: no hash, or a hash holding none of them (HGETALL showed that one).
-    blank = [i for i, row in enumerate(values) if all(v is None for v in row)]
-    gone: set[int] = set()
-    if blank:
-        check = client.pipeline(transaction=False)
-        for i in blank:
-            check.exists(keys.worker(ids[i]))
-        gone = {i for i, found in zip(blank, check.execute(), strict=True) if not found}
-    return [(None if i in gone else dict(zip(RECORD_FIELDS, row, strict=True)), int(counts[i]), marks[i] is not None)
-            for i, row in enumerate(values)]
+    return [(record, int(models), mark is not None)
+            for record, models, mark in zip(replies[1::2], replies[2::2], replies[0], strict=True)]
 
 
-def worker_rows(client: redis.Redis, *, forget_after: float | None = None,
-                now: float | None = None) -> list[tuple[dict, str | None]]:
-    """list_workers, each view with its hash's `inventory_at` (read in the same pass, for the model view)."""
+def _registered_rows(client: redis.Redis, *, forget_after: float | None = None,
+                     now: float | None = None) -> list[tuple[dict, int, bool]]:
+    """(record, model count, online) of every registered worker, sorted by id. A worker whose record
+    vanished, or offline for longer than `forget_after` since its last heartbeat, leaves the set."""
     now = time.time() if now is None else now
     ids = sorted(client.smembers(keys.WORKERS))
     if not ids:
         return []
     out = []
     for wid, (record, models, alive) in zip(ids, _read_rows(client, ids), strict=True):
-        if record is None:
+        if not record or (forget_after and not alive and now - _number(record.get("last_seen")) > forget_after):
             client.srem(keys.WORKERS, wid)
             continue
-        view = _worker_view(record, alive, models)
-        if forget_after and not alive and now - view["last_seen"] > forget_after:
-            client.srem(keys.WORKERS, wid)
-            continue
-        out.append((view, record.get("inventory_at")))
+        out.append((record, models, alive))
     return out
 
 

@@ -148,7 +148,8 @@ class EventHub:
                 failures = 0
                 self._serve(pubsub)
             except (redis.RedisError, OSError) as exc:
-                log.warning("event hub lost Redis (%s); ending %d job streams, reconnecting", exc, self.followed)
+                log.warning("event hub lost Redis (%s); ending the streams of %d jobs, reconnecting", exc, self.followed,
+                            exc_info=log.isEnabledFor(logging.DEBUG))
                 failures += 1
             finally:
                 self._drop_all()
@@ -168,10 +169,15 @@ class EventHub:
                 if action == "subscribe":
                     with self._lock:
                         self._inflight[channel] = self._inflight.get(channel, 0) + 1
-            message = pubsub.get_message(timeout=self._poll)
+            # Drain for one poll at most, so requests and the feeds' sealing get their turn however fast
+            # messages come.
+            until = time.monotonic() + self._poll
+            message = next_message(pubsub, self._poll)
             while message is not None:
                 self._dispatch(message)
-                message = pubsub.get_message(timeout=0)
+                if time.monotonic() >= until:
+                    break
+                message = next_message(pubsub, 0.0)
             with self._lock:
                 feeds = list(self._feeds.values())
             for feed in feeds:
@@ -217,6 +223,23 @@ class EventHub:
         for sub in subs:
             sub._closed = True  # nothing left to release
             sub.mark_broken()
+
+
+def next_message(pubsub: redis.client.PubSub, wait: float) -> dict | None:
+    """The next message, waiting up to `wait` seconds for one to start.
+
+    redis-py's get_message(timeout) also gives the rest of a message that is only partly in just
+    `timeout` seconds, then raises TimeoutError and drops the connection. At thousands of messages a
+    second on a busy Redis that happened within seconds (issue 13's fleet bench), ending every
+    stream. Here a message that started is read to its end under the connection's socket timeout.
+    """
+    conn = pubsub.connection
+    if conn is None or not pubsub.subscribed:
+        return pubsub.get_message(timeout=wait)
+    if not conn.can_read(timeout=wait):
+        return None
+    response = conn.read_response(disconnect_on_error=False, push_request=True)
+    return pubsub.handle_message(response) if response else None
 
 
 def parse_record(data: object) -> dict | None:

@@ -13,8 +13,11 @@ modified_at) lives in the cache too and is maintained incrementally: a worker wh
 changed has its old compact inventory compared with the new one, and only the models that differ
 are rebuilt. Rebuilding every model from 900 inventories on each request cost 90 of 160 ms, and
 during a pull each completion rewrites one inventory, so a cache of inventories alone does not
-help. Missing workers come from a set, only for the models on the requested page, and are kept
-until the model's holders or the list of model-serving workers change.
+help. A changed inventory is read whole (publish_inventory rewrites it whole) but only its records
+whose JSON changed are parsed again (`_compact`): at 1,000 workers a pull ends on about 150 workers
+a second, each rewriting 100 records for one new model. Missing workers come from a set, only for
+the models on the requested page, and are kept until the model's holders or the list of
+model-serving workers change. The cache holds about 23 MB at 1,000 x 100.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ import redis
 
 from controller import cluster
 from eldric.cluster import keys
-from eldric.cluster.queues import is_model_serving
 
 
 # One model on one worker, as the view needs it: (digest, modified_at, (size, format, details)).
@@ -195,9 +197,9 @@ def _compact(raw: dict[str, str], shared: dict, previous: Compact = NOTHING) -> 
     before, before_prints = previous
     out: dict[str, Held] = {}
     prints: dict[str, bytes] = {}
-    for name, value in raw.items():
+    for raw_name, value in raw.items():
         fingerprint = _fingerprint(value)
-        name = shared.setdefault(name, name)
+        name = shared.setdefault(raw_name, raw_name)
         prints[name] = fingerprint
         if before_prints.get(name) == fingerprint:
             out[name] = before[name]
@@ -263,8 +265,7 @@ def query_models(client: redis.Redis, query: ModelQuery, *, forget_after: float 
                  cache: InventoryCache | None = None) -> tuple[list[dict], int, int]:
     """(the page of models matching `query`, how many match, eligible workers); see cluster_models."""
     cache = InventoryCache() if cache is None else cache
-    rows = cluster.worker_rows(client, forget_after=forget_after)
-    stamps = {view["id"]: (stamp, view["models"]) for view, stamp in rows if is_model_serving(view["type"] or "")}
+    stamps = cluster.serving_stamps(client, forget_after=forget_after)
     serving = list(stamps)
     page, matching = cache.snapshot(_inventories(client, stamps, cache), serving, query)
     return page, matching, len(serving)

@@ -43,14 +43,14 @@ def test_master_replica_and_sentinel_from_the_deploy_files(tmp_path: Path) -> No
         for svc in services:
             svc.start()
         master = redis_lib.Redis(port=master_port, decode_responses=True)
-        wait_until(lambda: master.ping(), message=services[0].log_tail())
+        wait_until(master.ping, message=services[0].log_tail())
         assert master.config_get("appendonly") == {"appendonly": "yes"}
         assert master.config_get("appendfsync") == {"appendfsync": "everysec"}
         wait_until(lambda: master.info("replication")["connected_slaves"] == 1, timeout=20,
                    message=services[1].log_tail())
         # What every Eldric process does with ELDRIC_REDIS_URL=sentinel://…?master=eldric:
         client = redis_client(f"sentinel://127.0.0.1:{sentinel_port}/0?master=eldric")
-        wait_until(lambda: client.ping(), timeout=20, message=services[2].log_tail())
+        wait_until(client.ping, timeout=20, message=services[2].log_tail())
         client.set("eldric:deploy-check", "1")
         assert master.get("eldric:deploy-check") == "1"
         replica = redis_lib.Redis(port=replica_port, decode_responses=True)

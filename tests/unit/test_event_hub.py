@@ -114,10 +114,26 @@ class DroppingPubSub:
         return getattr(self.inner, name)
 
     def get_message(self, timeout: float = 0.0):
+        self._count()
+        return self.inner.get_message(timeout=timeout)
+
+    def _count(self) -> None:
         self.reads += 1
         if self.reads > 20:
             raise redis.ConnectionError("Connection closed by server.")
-        return self.inner.get_message(timeout=timeout)
+
+    @property
+    def connection(self):
+        conn, outer = self.inner.connection, self
+
+        class Polled:
+            def __getattr__(self, name):
+                return getattr(conn, name)
+
+            def can_read(self, timeout: float = 0.0) -> bool:
+                outer._count()
+                return conn.can_read(timeout=timeout)
+        return Polled() if conn is not None else None
 
 
 def test_a_dropped_connection_breaks_every_stream_and_the_hub_reconnects(client):
