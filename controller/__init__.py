@@ -7,7 +7,7 @@ import redis
 from flask import Flask, jsonify, request
 from flask_smorest import Api
 
-from controller import api_docs
+from controller import api_docs, view_cache
 from controller import config as settings
 from controller.dispatch import create_producer
 from controller.errors import BadRequestError, ControllerError
@@ -34,6 +34,7 @@ def create_app(overrides: dict | None = None) -> Flask:
                                                   socket_timeout=10, socket_connect_timeout=5,
                                                   max_connections=REDIS_POOL_SIZE)
     app.extensions["eldric.celery"] = create_producer(app.config["REDIS_URL"])
+    view_cache.install(app)
 
     api = Api(app)
     api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})

@@ -36,6 +36,7 @@ class ControllerSettings(EnvSettings):
         (), description="more registry hosts model names may name, besides registry.ollama.ai, hf.co and the mirror")
     url_allowlist: Annotated[CommaList, AfterValidator(checked_address_entries)] = Field(
         (), description="internal addresses url sources may name (a literal internal address is refused otherwise)")
+    view_cache_seconds: float = Field(1.0, ge=0, le=60, description="GET /api/v1/workers and /api/v1/models answers are reused this long per process (0: off)")
     controller_host: str = Field("127.0.0.1", description="where `eldric controller` listens")
     controller_port: int = Field(8880, ge=0, le=65535, description="where `eldric controller` listens")
     log_level: str = Field("INFO", description="log level of the controller process")

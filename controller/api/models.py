@@ -6,6 +6,7 @@ from marshmallow import Schema, fields, post_dump, validate
 
 from controller import agents, inventory, jobs, pulls
 from controller.schemas import MAX_OFFSET, JobSchema, model_name_field, worker_ids_field
+from controller.view_cache import cached_json
 from controller.state import inventory_cache, job_limits, producer, redis_client, offline_grace, stale_after
 from eldric.cluster.mirror_updates import mirror_updates_by_model
 from eldric.core.names import MAX_NAME_LENGTH
@@ -109,16 +110,18 @@ class Models(MethodView):
     @blp.response(200, ClusterModelListSchema)
     def get(self, query: dict):
         """Every model in the cluster with size, digest, format, the workers that have it and coverage;
-        filtered by name and coverage, and paged, on request."""
-        client = redis_client()
-        models, matching, eligible = inventory.query_models(
-            client, inventory.ModelQuery(**query), cache=inventory_cache(),
-            forget_after=current_app.config["WORKER_FORGET_SECONDS"])
-        updates = mirror_updates_by_model(client) if models else {}
-        for entry in models:
-            if entry["name"] in updates:
-                entry["mirror_update"] = updates[entry["name"]]
-        return {"models": models, "total": matching, "eligible_workers": eligible}
+        filtered by name and coverage, and paged, on request (an answer at most ELDRIC_VIEW_CACHE_SECONDS old)."""
+        def build() -> dict:
+            client = redis_client()
+            models, matching, eligible = inventory.query_models(
+                client, inventory.ModelQuery(**query), cache=inventory_cache(),
+                forget_after=current_app.config["WORKER_FORGET_SECONDS"])
+            updates = mirror_updates_by_model(client) if models else {}
+            for entry in models:
+                if entry["name"] in updates:
+                    entry["mirror_update"] = updates[entry["name"]]
+            return ClusterModelListSchema().dump({"models": models, "total": matching, "eligible_workers": eligible})
+        return cached_json(("models", tuple(sorted(query.items()))), build)
 
 
 @blp.route("/show")

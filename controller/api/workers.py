@@ -8,6 +8,7 @@ from controller import cluster
 from controller.errors import NotFoundError
 from controller.schemas import RemoveWorkerQuerySchema, WorkerListSchema, WorkerModelsSchema, WorkerSchema
 from controller.state import redis_client
+from controller.view_cache import cached_json
 
 blp = Blueprint("workers", __name__, url_prefix="/api/v1/workers", description="Worker nodes of the cluster")
 
@@ -16,9 +17,13 @@ blp = Blueprint("workers", __name__, url_prefix="/api/v1/workers", description="
 class Workers(MethodView):
     @blp.response(200, WorkerListSchema)
     def get(self):
-        """Every registered worker: id, type, address, backends, free disk, online, last seen."""
-        workers = cluster.list_workers(redis_client(), forget_after=current_app.config["WORKER_FORGET_SECONDS"])
-        return {"workers": workers, "total": len(workers), "online": sum(w["online"] for w in workers)}
+        """Every registered worker: id, type, address, backends, free disk, online, last seen
+        (an answer at most ELDRIC_VIEW_CACHE_SECONDS old)."""
+        def build() -> dict:
+            workers = cluster.list_workers(redis_client(), forget_after=current_app.config["WORKER_FORGET_SECONDS"])
+            return WorkerListSchema().dump({"workers": workers, "total": len(workers),
+                                            "online": sum(w["online"] for w in workers)})
+        return cached_json(("workers",), build)
 
 
 @blp.route("/<worker_id>")
