@@ -10,6 +10,7 @@ take covers at least `grant` bytes, so a worker writes at most rate/grant times 
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Collection
@@ -17,7 +18,8 @@ from collections.abc import Collection
 import redis
 
 from eldric.cluster import keys
-from eldric.transfer.swarm import BoardView
+from eldric.transfer.ratelimit import TokenBucket
+from eldric.transfer.swarm import BoardUnavailableError, BoardView
 
 SWARM_TTL = 3600
 _PARTS = ("meta", "sha", "holders", "leases", "fetchers")
@@ -128,6 +130,17 @@ return math.ceil(-tokens * 1000 / rate)
 """
 
 
+def _board_call(method):
+    """A board method whose Redis errors become BoardUnavailableError: the download then goes on alone."""
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except redis.RedisError as exc:
+            raise BoardUnavailableError(str(exc) or type(exc).__name__) from None
+    return call
+
+
 class RedisSwarmBoard:
     """One worker's handle on one blob's board (eldric.transfer.swarm.SwarmBoard)."""
 
@@ -143,9 +156,11 @@ class RedisSwarmBoard:
         self._retire = client.register_script(_RETIRE)
         self._addresses: dict[str, str] = {}
 
+    @_board_call
     def join(self, size: int, range_bytes: int) -> int:
         return int(self._join(keys=self.keys, args=[size, range_bytes, SWARM_TTL]))
 
+    @_board_call
     def view(self) -> BoardView:
         pipe = self.client.pipeline(transaction=False)
         pipe.hgetall(self.keys[1])
@@ -154,24 +169,30 @@ class RedisSwarmBoard:
         return BoardView(sha={int(k): _text(v) for k, v in sha.items()},
                          holders={int(k): _text(v).split() for k, v in holders.items()})
 
+    @_board_call
     def claim_upstream(self, candidates: list[int], max_workers: int, again: Collection[int] = (),
                        max_ranges: int = 0) -> int | None:
         marked = [f"!{i}" if i in again else str(i) for i in candidates]
         got = self._claim(keys=self.keys, args=[self.me, max_ranges, self.lease_ms, max_workers, SWARM_TTL, *marked])
         return None if int(got) < 0 else int(got)
 
+    @_board_call
     def renew(self, ranges) -> None:
         self._renew(keys=[self.keys[3], self.keys[4]], args=[self.me, 0, self.lease_ms, *sorted(ranges)])
 
+    @_board_call
     def release(self, index: int) -> None:
         self._release(keys=[self.keys[3]], args=[self.me, index])
 
+    @_board_call
     def retire(self) -> None:
         self._retire(keys=[self.keys[3], self.keys[4]], args=[self.me])
 
+    @_board_call
     def publish(self, index: int, sha: str | None) -> None:
         self._publish(keys=self.keys, args=[self.me, index, sha or "", SWARM_TTL])
 
+    @_board_call
     def address(self, worker: str) -> str | None:
         if worker not in self._addresses:
             value = self.client.hget(keys.worker(worker), "address")
@@ -180,6 +201,7 @@ class RedisSwarmBoard:
             self._addresses[worker] = _text(value)
         return self._addresses[worker]
 
+    @_board_call
     def reset(self) -> None:
         self.client.delete(*self.keys)
 
@@ -198,6 +220,7 @@ class UpstreamRateCap:
         self._bucket = client.register_script(_BUCKET)
         self._lock = threading.Lock()
         self._credit = 0
+        self._local = TokenBucket(self.rate)
 
     def take(self, n: int) -> None:
         with self._lock:
@@ -206,7 +229,12 @@ class UpstreamRateCap:
                 return
             want = max(self.grant, -self._credit)
             self._credit += want
-            wait_ms = int(self._bucket(keys=[self.key], args=[self.rate, self.capacity, 0, want]))
+            try:
+                wait_ms = int(self._bucket(keys=[self.key], args=[self.rate, self.capacity, 0, want]))
+            except redis.RedisError:
+                # Redis away: this worker alone keeps to the job's cap (the cluster may briefly exceed it).
+                self._local.take(want)
+                return
             # Sleeping under the lock holds this worker's other connections back too: the cap is the cluster's.
             if wait_ms > 0:
                 time.sleep(wait_ms / 1000)

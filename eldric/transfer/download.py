@@ -156,8 +156,11 @@ def download_blob(open_range: RangeOpener, digest: Digest | None, size: int | No
     if swarm is not None and (digest is None or size is None or size < swarm.options.min_size):
         swarm = None
     if swarm is not None:
-        proposed = swarm.options.range_bytes or range_bytes_for(size)
-        options = replace(options, part_bytes=swarm.board.join(size, proposed))
+        agreed = swarm.join(size, swarm.options.range_bytes or range_bytes_for(size))
+        if agreed is None:
+            swarm = None  # the board is away (Redis down): alone, as without fan-out
+        else:
+            options = replace(options, part_bytes=agreed)
     name = partial_name(digest, key)
     with locked(partial_dir / f"{name}{LOCK_SUFFIX}"):
         # Another thread or process may have finished it while we waited for the lock.
@@ -228,8 +231,11 @@ class _Download:
         if self.digest is not None and actual != self.digest:
             self.data_path.unlink(missing_ok=True)
             self.state_path.unlink(missing_ok=True)
-            if self.swarm is not None:  # its ranges' hashes were taken from bad bytes: the next try starts clean
-                self.swarm.board.reset()
+            if self.swarm is not None and not self.swarm.alone:  # its ranges' hashes came from bad bytes: start clean
+                try:
+                    self.swarm.board.reset()
+                except Exception as exc:  # noqa: BLE001 - the board expires by itself
+                    log.info("could not clear the swarm board: %s", exc)
             raise DigestMismatchError(f"digest mismatch: expected {self.digest}, got {actual}")
         final = self.store.commit(self.data_path, actual)
         self.state_path.unlink(missing_ok=True)
@@ -450,6 +456,8 @@ class _Download:
         match the board's hash, or a half part someone else has whole, starts over.
         """
         view = self.swarm.view(fresh=True)
+        if self.swarm.alone:
+            return
         for i, p in enumerate(self.parts):
             if not p.completed:
                 continue
@@ -462,7 +470,7 @@ class _Download:
             if known is not None and known != sha:
                 p.completed = 0
             else:
-                self.swarm.board.publish(i, None if known else sha)
+                self.swarm.fetched(i, None if known else sha)
         self._save_state()
 
     def _range_sha(self, fd: int, part: _Part) -> str:

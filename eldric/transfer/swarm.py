@@ -61,8 +61,13 @@ class BoardView:
     holders: dict[int, list[str]] = field(default_factory=dict)  # range -> workers holding it verified
 
 
+class BoardUnavailableError(Exception):
+    """The board cannot be read or written (Redis away): the download goes on alone."""
+
+
 class SwarmBoard(Protocol):
-    """The shared state of one blob's swarm (Redis in production, a dict in unit tests)."""
+    """The shared state of one blob's swarm (Redis in production). Calls raise BoardUnavailableError
+    when the board cannot be reached."""
 
     me: str
 
@@ -133,6 +138,7 @@ class Swarm:
         self.upstream_bytes = 0
         self.peer_bytes: dict[str, int] = {}
         self.notes: list[str] = []
+        self.alone = False  # the board could not be reached: no peers, no leases, every range from upstream
 
     @property
     def me(self) -> str:
@@ -140,9 +146,22 @@ class Swarm:
 
     def view(self, fresh: bool = False) -> BoardView:
         now = self.clock()
+        if self.alone:
+            return BoardView()
         if fresh or self._view is None or now - self._view_at > VIEW_MAX_AGE:
-            self._view, self._view_at = self.board.view(), now
+            try:
+                self._view, self._view_at = self.board.view(), now
+            except BoardUnavailableError as exc:
+                self._go_alone(exc)
+                return BoardView()
         return self._view
+
+    def _go_alone(self, exc: BaseException) -> None:
+        """The board is unreachable: fetch every missing range from upstream, as without a swarm."""
+        if not self.alone:
+            self.alone = True
+            self.notes.append(f"swarm board unavailable ({exc}); downloading alone")
+            log.warning("swarm board unavailable (%s); this blob is downloaded alone", exc)
 
     def next_task(self, open_ranges: Iterable[int]) -> Task | None:
         """What one connection does next with one of `open_ranges` (missing here, nobody local on it).
@@ -170,8 +189,15 @@ class Swarm:
             candidates = [i for i in open_list if i not in view.sha and i not in self._upstream] + orphaned
             if not candidates:
                 return None
-            got = self.board.claim_upstream(candidates[:64], self.options.max_upstream_workers, again=orphaned,
-                                            max_ranges=self.options.upstream_ranges)
+            if self.alone:
+                got = candidates[0]
+            else:
+                try:
+                    got = self.board.claim_upstream(candidates[:64], self.options.max_upstream_workers,
+                                                    again=orphaned, max_ranges=self.options.upstream_ranges)
+                except BoardUnavailableError as exc:
+                    self._go_alone(exc)
+                    got = candidates[0]
             if got is None:
                 return None
             self._upstream.add(got)
@@ -192,12 +218,19 @@ class Swarm:
         with self._lock:
             ranges = set(self._upstream)
             fetcher = ranges or self.upstream_bytes
-        if fetcher:
-            self.board.renew(ranges)
+        if fetcher and not self.alone:
+            try:
+                self.board.renew(ranges)
+            except BoardUnavailableError as exc:
+                self._go_alone(exc)
 
     def fetched(self, index: int, sha: str | None, *, peer: str | None = None, nbytes: int = 0) -> None:
         """Range `index` is verified here: tell the board (with its sha when it came from upstream)."""
-        self.board.publish(index, sha)
+        if not self.alone:
+            try:
+                self.board.publish(index, sha)
+            except BoardUnavailableError as exc:
+                self._go_alone(exc)
         with self._changed:
             if peer is None:
                 self._upstream.discard(index)
@@ -215,7 +248,7 @@ class Swarm:
         with self._lock:
             held = index in self._upstream
             self._upstream.discard(index)
-        if held:
+        if held and not self.alone:
             try:
                 self.board.release(index)
             except Exception as exc:  # noqa: BLE001 - the lease lapses by itself
@@ -225,6 +258,8 @@ class Swarm:
         """My download ended (done or failed): give back my leases and my upstream slot at once."""
         with self._lock:
             self._upstream = set()
+        if self.alone:
+            return
         try:
             self.board.retire()
         except Exception as exc:  # noqa: BLE001 - leases and slot lapse by themselves
@@ -241,8 +276,19 @@ class Swarm:
                 self._cooldown[peer] = self.clock() + PEER_COOLDOWN
                 log.info("peer %s did not deliver range %d (%s); trying elsewhere", peer, index, why)
 
+    def join(self, size: int, range_bytes: int) -> int | None:
+        """The swarm's range size for a blob of `size` bytes; None when the board cannot be reached."""
+        try:
+            return self.board.join(size, range_bytes)
+        except BoardUnavailableError as exc:
+            log.warning("swarm board unavailable (%s); this blob is downloaded alone", exc)
+            return None
+
     def open_range_from(self, peer: str, start: int, end: int) -> requests.Response:
-        address = self.board.address(peer)
+        try:
+            address = self.board.address(peer)
+        except BoardUnavailableError:
+            address = None
         if not address:
             raise requests.ConnectionError(f"peer {peer} has no address")
         return self.open_peer(address, start, end, self.options.peer_read_timeout)

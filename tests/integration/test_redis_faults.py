@@ -64,8 +64,11 @@ def _record(live, job_id: str, worker: str) -> dict:
 
 def _start_slow_pull(live, slow_registry, worker: str) -> tuple[Service, str]:
     slow_registry.rate = SLOW
+    # Alone (no fan-out): every test pulls the same blob, which the earlier tests' workers would serve at
+    # loopback speed; these tests need a slow upstream download under the fault. (A swarm whose board goes
+    # away mid-download goes on alone: tests/unit/test_swarm_download.py.)
     agent = live.start_worker(worker, "inference", ELDRIC_OLLAMA_REGISTRY=slow_registry.url,
-                              ELDRIC_DOWNLOAD_PARTS="2", ELDRIC_PART_BYTES=str(2 << 20))
+                              ELDRIC_DOWNLOAD_PARTS="2", ELDRIC_PART_BYTES=str(2 << 20), ELDRIC_PEER_FANOUT="false")
     job = live.api("POST", "/api/v1/models/pull", json={"model": "slow", "workers": [worker]}).json()
     wait_until(lambda: _record(live, job["id"], worker).get("completed", 0) > 1 << 20, timeout=30,
                message=f"{worker}'s pull to be under way\n{live.logs()}")

@@ -24,7 +24,7 @@ from eldric.core.blobstore import BlobStore
 from eldric.core.digests import Digest
 from eldric.transfer.download import DownloadOptions, download_blob, relayout
 from eldric.transfer.partials import servable
-from eldric.transfer.swarm import Swarm, SwarmOptions, range_bytes_for
+from eldric.transfer.swarm import BoardUnavailableError, Swarm, SwarmOptions, range_bytes_for
 
 RANGE = 64 << 10
 DATA = bytes((i * 131 + (i >> 9)) % 251 for i in range(16 * RANGE + 1234))  # 17 ranges, the last short
@@ -254,3 +254,32 @@ def test_the_worker_download_cap_is_honoured(tmp_path: Path, rate: int) -> None:
     elapsed = time.monotonic() - started
     burst = rate * 0.25  # the bucket starts full: a quarter second of rate
     assert (len(DATA) - burst) / rate * 0.95 <= elapsed <= len(DATA) / rate * 1.3, elapsed
+
+
+class AwayBoard:
+    """A board whose Redis went away after `calls` calls."""
+
+    def __init__(self, inner: RedisSwarmBoard, calls: int) -> None:
+        self.inner, self.left, self.me = inner, calls, inner.me
+
+    def __getattr__(self, name):
+        method = getattr(self.inner, name)
+
+        def call(*args, **kwargs):
+            self.left -= 1
+            if self.left < 0:
+                raise BoardUnavailableError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+            return method(*args, **kwargs)
+        return call
+
+
+@pytest.mark.parametrize("calls", [0, 1, 5])
+def test_a_board_that_goes_away_leaves_the_download_to_go_on_alone(tmp_path: Path, calls: int) -> None:
+    """Redis away at the join (0), at the first view (1) or mid-download (5): the blob still arrives, verified."""
+    world = World(tmp_path, ["solo"])
+    board = AwayBoard(RedisSwarmBoard(world.client(), str(DIGEST), "solo"), calls)
+    swarm = Swarm(board, world.open_peer, SwarmOptions(range_bytes=RANGE, min_size=1, poll_seconds=0.01))
+    assert world.download("solo", swarm).read_bytes() == DATA
+    assert world.upstream_bytes == len(DATA)
+    if calls:
+        assert swarm.alone and any("downloading alone" in note for note in swarm.notes)
