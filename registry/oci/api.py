@@ -7,10 +7,13 @@ status (OCIError), never a 500 page.
 
 from __future__ import annotations
 
+import hashlib
+
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from eldric.core.manifests import MAX_MANIFEST_BYTES
+from eldric.core.manifests import MANIFEST_V2, MAX_MANIFEST_BYTES, OCI_MANIFEST
+from eldric.core.oci_layout import to_oci_manifest
 from eldric.core.model_errors import RangeNotSatisfiableError
 from eldric.transfer.ranges import parse_range
 from eldric.web.file_responses import file_response
@@ -58,10 +61,29 @@ def tags(name: str):
 @blp.route("/<path:name>/manifests/<reference>", methods=["GET", "HEAD"])
 def get_manifest(name: str, reference: str):
     found = door().manifest(check_repo(name), check_reference(reference))
-    headers = {"Docker-Content-Digest": found.digest, "ETag": f'"{found.digest}"', **API_VERSION}
-    resp = Response(b"" if request.method == "HEAD" else found.body, content_type=found.media_type, headers=headers)
-    resp.content_length = len(found.body)
+    body, media_type, digest = found.body, found.media_type, found.digest
+    if media_type == MANIFEST_V2 and prefers_oci(request.headers.get("Accept", "")):
+        body, media_type = to_oci_manifest(body), OCI_MANIFEST
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    headers = {"Docker-Content-Digest": digest, "ETag": f'"{digest}"', **API_VERSION}
+    resp = Response(b"" if request.method == "HEAD" else body, content_type=media_type, headers=headers)
+    resp.content_length = len(body)
     return resp
+
+
+def prefers_oci(accept: str) -> bool:
+    """Whether a client lists the OCI manifest type before Docker's schema 2 (or accepts only OCI).
+
+    Ollama's client asks for schema 2 only and the agents list it first: they get the manifest
+    byte for byte as upstream serves it. skopeo and other containers/image clients list OCI first,
+    and they refuse Ollama's layer types inside a schema-2 manifest; the OCI form of the same
+    manifest (only the manifest's and the config's media types differ, every blob is the same) is
+    what they can copy. Its digest is that of the bytes sent.
+    """
+    kinds = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    if OCI_MANIFEST not in kinds:
+        return False
+    return MANIFEST_V2 not in kinds or kinds.index(OCI_MANIFEST) < kinds.index(MANIFEST_V2)
 
 
 @blp.put("/<path:name>/manifests/<reference>")

@@ -60,12 +60,13 @@ def target(tmp_path):
 class DataNode:
     """`eldric registry` (the data node) on a free port, its /v2/ closed by the cluster secret, no upstream."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, upstream: str = "none") -> None:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.service = Service(f"data-node-{port}", eldric("registry", "--port", str(port), "--storage",
                                                            str(root / f"storage-{port}"), "--min-free", "0"),
-                               root, env={"ELDRIC_CLUSTER_SECRET": SECRET, "ELDRIC_MIRROR_UPSTREAM": "none"},
+                               root, env={"ELDRIC_CLUSTER_SECRET": SECRET, "ELDRIC_MIRROR_UPSTREAM": upstream,
+                                          "ELDRIC_URL_ALLOWLIST": "127.0.0.1"},
                                cwd=REPO).start()
         self.http = session()
         self.http.headers["Authorization"] = f"Bearer {SECRET}"
@@ -166,6 +167,25 @@ def test_skopeo_refuses_ollama_docker_manifests_which_is_why_bundles_hold_oci_on
                     f"oci-archive:{tmp_path / 'b.tar'}")
     assert copied.returncode != 0
     assert 'unsupported docker v2s2 media type: \\"application/vnd.ollama.image.model\\"' in copied.stderr
+
+
+@needs_skopeo
+def test_skopeo_copies_an_ollama_model_through_the_data_node_into_a_bundle_that_imports(source, target, tmp_path):
+    """The data node gives skopeo (which asks for OCI first) the OCI form of Ollama's manifest; importing
+    skopeo's bundle gives back Ollama's manifest byte for byte: the same digest as upstream's."""
+    node = DataNode(tmp_path, upstream=source.url)  # the mirror of the source registry
+    try:
+        bundle = tmp_path / "skopeo.tar"
+        copied = skopeo("copy", "--src-tls-verify=false", "--src-creds", f"eldric:{SECRET}",
+                        f"docker://{node.url.removeprefix('http://')}/library/tiny:latest",
+                        f"oci-archive:{bundle}:library/tiny:latest")
+        assert copied.returncode == 0, copied.stderr
+    finally:
+        node.service.stop()
+    done = run("import", str(bundle), "--registry", target.url, home=tmp_path)
+    assert done.returncode == 0, done.stderr
+    upstream = manifest_of(source, "library/tiny", "latest")
+    assert manifest_of(target, "library/tiny", "latest") == upstream
 
 
 def push_as_oci(reg: OCIRegistry, from_repo: str, tag: str, repo: str) -> bytes:

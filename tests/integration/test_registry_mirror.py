@@ -24,6 +24,7 @@ pytestmark = [pytest.mark.integration,
 SECRET = "mirror-secret"
 V2 = "application/vnd.docker.distribution.manifest.v2+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 
 
 def sha(data: bytes) -> str:
@@ -123,10 +124,29 @@ def test_skopeo_inspects_and_copies_through_the_data_node(data_node, upstream_mo
     out = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", *creds, f"{base}/library/tiny:latest"],
                          capture_output=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert sha(out.stdout) == upstream_models["tiny"]["manifest_digest"]  # the exact bytes upstream serves
-    # skopeo 1.9 copies OCI-typed manifests of Ollama layers; it refuses Ollama layer types inside a Docker
-    # schema-2 manifest ("unsupported docker v2s2 media type"), from docker-registry just the same.
+    # skopeo lists the OCI type first and gets the OCI form of Ollama's manifest: the same config and layers.
+    # (skopeo 1.9 refuses Ollama layer types inside a Docker schema-2 manifest, from docker-registry just the same.)
+    oci_form = json.loads(out.stdout)
+    assert oci_form["mediaType"] == OCI_MANIFEST
+    docker_form = session().get(f"{data_node['url']}/v2/library/tiny/manifests/latest",
+                                headers={**authed(), "Accept": MANIFEST_V2})
+    assert sha(docker_form.content) == upstream_models["tiny"]["manifest_digest"]  # Ollama's client: upstream's bytes
+    upstream_doc = docker_form.json()
+    assert oci_form["config"]["digest"] == upstream_doc["config"]["digest"]
+    assert [layer["digest"] for layer in oci_form["layers"]] == [layer["digest"] for layer in upstream_doc["layers"]]
+    # skopeo copy of an Ollama model as the data node serves it (from the upstream mirror), every digest checked
     layout = tmp_path / "layout"
+    out = subprocess.run(["skopeo", "copy", "--src-tls-verify=false", "--src-creds", f"eldric:{SECRET}",
+                          f"{base}/library/tiny:latest", f"oci:{layout}:x"], capture_output=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    index = json.loads((layout / "index.json").read_text())
+    assert index["manifests"][0]["digest"] == "sha256:" + hashlib.sha256(out_bytes := (
+        layout / "blobs" / "sha256" / index["manifests"][0]["digest"].split(":")[1]).read_bytes()).hexdigest()
+    assert json.loads(out_bytes)["layers"] == oci_form["layers"]
+    for digest in [upstream_doc["config"]["digest"], *(layer["digest"] for layer in upstream_doc["layers"])]:
+        assert file_digest(layout / "blobs" / "sha256" / digest.split(":")[1]) == digest
+    # an OCI-typed model pushed upstream copies as it is
+    layout = tmp_path / "layout-oci"
     out = subprocess.run(["skopeo", "copy", "--src-tls-verify=false", "--src-creds", f"eldric:{SECRET}",
                           f"{base}/library/ocitiny:latest", f"oci:{layout}:x"], capture_output=True, timeout=120)
     assert out.returncode == 0, out.stderr
