@@ -22,25 +22,36 @@ class ViewCache:
     def __init__(self, max_age: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_age, self.clock = max_age, clock
         self._answers: dict[tuple, tuple[float, int, bytes]] = {}  # key -> (built at, generation, body)
-        self._locks: dict[tuple, threading.Lock] = {}
+        self._building: dict[tuple, threading.Event] = {}  # keys being built now: later requests wait for them
         self._lock = threading.Lock()
         self._generation = 0
 
     def get(self, key: tuple, build: Callable[[], bytes]) -> bytes:
         if self.max_age <= 0:
             return build()
-        with self._lock:
-            lock = self._locks.setdefault(key, threading.Lock())
-        with lock:  # one build per key at a time; the others wait for it and take its answer
+        while True:
             with self._lock:
                 hit, generation = self._answers.get(key), self._generation
-            if hit is not None and hit[1] == generation and self.clock() - hit[0] < self.max_age:
-                return hit[2]
+                if hit is not None and hit[1] == generation and self.clock() - hit[0] < self.max_age:
+                    return hit[2]
+                waiting = self._building.get(key)
+                if waiting is None:
+                    done = self._building[key] = threading.Event()
+                    break
+            waiting.wait()  # one build per key at a time; then take its answer (or build, if it is stale)
+        try:
             body = build()
             with self._lock:
+                now = self.clock()
+                # Only fresh answers are kept: a client asking for ever new queries (?q=) grows nothing.
+                self._answers = {k: v for k, v in self._answers.items() if now - v[0] < self.max_age}
                 if generation == self._generation:
-                    self._answers[key] = (self.clock(), generation, body)
+                    self._answers[key] = (now, generation, body)
             return body
+        finally:
+            with self._lock:
+                del self._building[key]
+            done.set()
 
     def forget(self) -> None:
         with self._lock:

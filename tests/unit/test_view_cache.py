@@ -66,3 +66,12 @@ def test_a_write_through_the_controller_shows_at_once_an_agent_change_within_the
     membership.go_offline(db, "gpu2")
     assert client.delete("/api/v1/workers/gpu2").status_code == 204
     assert [w["id"] for w in client.get("/api/v1/workers").get_json()["workers"]] == ["gpu1"]  # its own write: at once
+
+
+def test_answers_of_queries_nobody_asks_again_do_not_pile_up():
+    now = [0.0]
+    cache = ViewCache(1.0, clock=lambda: now[0])
+    for i in range(1000):
+        now[0] += 0.01
+        cache.get(("models", (("q", f"x{i}"),)), lambda: b"{}")
+    assert len(cache._answers) <= 101 and not cache._building
