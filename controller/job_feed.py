@@ -55,15 +55,44 @@ class Batch:
     text: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Read:
-    """A shared read of the job: when it started, and its view once done (`text`: its event, built once)."""
+    """A read of the job: when it started, its view, and that view's event text (built once)."""
 
     started: float
-    done: threading.Event
-    view: dict | None = None
-    error: BaseException | None = None
-    text: str = ""
+    view: dict | None
+    text: str
+
+
+class SharedRead:
+    """One read of a job at a time, kept for the streams that can use it.
+
+    A stream that finds no usable read waits for the one in flight, then reads itself only if
+    that one is still not usable; streams that arrived meanwhile share that next read, so reads
+    never pile up however many streams arrive. A failed read is not kept (its caller sees the error).
+    """
+
+    def __init__(self, event: str, clock: Callable[[], float]) -> None:
+        self.event, self.clock = event, clock
+        self.last: _Read | None = None
+        self._reading = threading.Lock()
+
+    def get(self, usable: Callable[[_Read], bool], read: Callable[[], dict | None]) -> _Read:
+        last = self.last
+        if last is not None and usable(last):
+            return last
+        with self._reading:
+            last = self.last
+            if last is not None and usable(last):
+                return last
+            started = self.clock()
+            view = read()
+            self.last = _Read(started, view, format_event(self.event, view) if view is not None else "")
+            return self.last
+
+    def forget(self, read: _Read) -> None:
+        if self.last is read:
+            self.last = None
 
 
 class JobFeed:
@@ -78,9 +107,8 @@ class JobFeed:
         self._known: dict[str, tuple] = {}
         self.broken = False
         self.final_seen = False  # a record said the job ended: the next read is the final one
-        self._snapshot: _Read | None = None
-        self._final: _Read | None = None
-        self._read_locks = {"_snapshot": threading.Lock(), "_final": threading.Lock()}
+        self._snapshot = SharedRead("snapshot", clock)
+        self._final = SharedRead("done", clock)
         self._last_check = clock()
         self._checking = False
 
@@ -137,53 +165,23 @@ class JobFeed:
             return [b for b in self._batches if b.seq > cursor]
 
     def _final_ready(self) -> bool:
-        return self._final is not None and self._final.done.is_set()
+        return self._final.last is not None
 
     def snapshot(self, after: float, read: Callable[[], dict | None]) -> _Read:
         """A read of the job that started at or after `after` (monotonic): shared by streams opening together."""
-        return self._shared("_snapshot", lambda r: r.started >= after, read, "snapshot")
+        return self._snapshot.get(lambda r: r.started >= after, read)
 
     def final(self, read: Callable[[], dict | None]) -> _Read:
         """The read after a record said the job ended: one for every stream of this process."""
-        return self._shared("_final", lambda r: True, read, "done")
-
-    def _shared(self, slot: str, usable: Callable[[_Read], bool], read: Callable[[], dict | None], event: str) -> _Read:
-        """One read at a time per slot: a stream that finds no usable read waits for the one in flight,
-        then reads itself only if that one is still not usable; streams that subscribed meanwhile
-        share that next read, so reads never pile up however many streams arrive."""
-        def done_and_usable() -> _Read | None:
-            current: _Read | None = getattr(self, slot)
-            if current is not None and current.done.is_set() and current.error is None and usable(current):
-                return current
-            return None
+        read_once = self._final.get(lambda r: True, read)
         with self._cond:
-            found = done_and_usable()
-        if found is not None:
-            return found
-        with self._read_locks[slot]:
-            with self._cond:
-                found = done_and_usable()
-            if found is not None:
-                return found
-            mine = _Read(self.clock(), threading.Event())
-            try:
-                mine.view = read()
-                mine.text = format_event(event, mine.view) if mine.view is not None else ""
-            except BaseException as exc:
-                mine.error = exc
-                raise
-            finally:
-                mine.done.set()
-                with self._cond:
-                    setattr(self, slot, mine)
-                    self._cond.notify_all()
-            return mine
+            self._cond.notify_all()  # streams waiting for batches send `done` now
+        return read_once
 
     def not_final_yet(self, read: _Read) -> None:
         """The final read showed a job still running (a record's job_state ran ahead of the derived view)."""
         with self._cond:
-            if self._final is read:
-                self._final = None
+            self._final.forget(read)
             self.final_seen = False
 
     def recheck_due(self, every: float) -> bool:
