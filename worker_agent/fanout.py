@@ -11,6 +11,7 @@ how many from which peer (`upstream_bytes`, `peer_bytes`, `peers`, `bad_peers`).
 from __future__ import annotations
 
 import threading
+import time
 
 import requests
 
@@ -40,6 +41,7 @@ class Fanout:
         self._session: requests.Session | None = None
         self._swarms: list[Swarm] = []
         self._lock = threading.Lock()
+        self._fields_at = -float("inf")
         self._network = 0  # bytes received over the network for this job (a failed peer range is taken back)
         secret = agent.settings.cluster_secret
         self._headers = {"Authorization": f"Bearer {secret}"} if secret else {}
@@ -62,10 +64,11 @@ class Fanout:
 
     def _open_peer(self, digest: str):
         def open_peer(address: str, start: int, end: int, read_timeout: float) -> requests.Response:
-            if self._session is None:
-                self._session = requests.Session()
-                if self.agent.settings.max_download_rate:
-                    pace_receive(self._session, self.agent.settings.max_download_rate)
+            with self._lock:  # the download's connections open peers at once: one session for them all
+                if self._session is None:
+                    self._session = requests.Session()
+                    if self.agent.settings.max_download_rate:
+                        pace_receive(self._session, self.agent.settings.max_download_rate)
             return self._session.get(f"{address.rstrip('/')}/blobs/{digest}", stream=True,
                                      headers={**self._headers, "Range": f"bytes={start}-{end}"},
                                      timeout=(CONNECT_TIMEOUT, read_timeout))
@@ -75,8 +78,13 @@ class Fanout:
         """The download engine's byte callback: progress, with the upstream/peer split."""
         with self._lock:
             self._network += n
+            now = time.monotonic()
+            due = now - self._fields_at >= self.progress.min_interval
+            if due:
+                self._fields_at = now
+        if due:  # the record is written at most every min_interval: refresh the split only as often
+            self.progress.update(**self.fields())
         self.progress.add_bytes(n)
-        self.progress.update(**self.fields())
 
     def fields(self) -> dict:
         with self._lock:
