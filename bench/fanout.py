@@ -33,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,9 +76,8 @@ def rate_bytes(text: str) -> int:
     return int(float(text[:-1] if text[-1:] in _SUFFIX else text) * factor)
 
 
-def group_cpu(pgid: int) -> float:
-    """CPU seconds of every live process in a process group (an agent and its children)."""
-    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+def group_processes(pgid: int) -> Iterator[tuple[str, list[str]]]:
+    """(/proc path, stat fields after the command name) of every live process in a process group."""
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -86,8 +86,13 @@ def group_cpu(pgid: int) -> float:
         except OSError:
             continue
         if int(fields[2]) == pgid:  # fields[2] is the 5th stat field, pgrp
-            total += sum(int(f) for f in fields[11:15]) / tick  # utime stime cutime cstime
-    return total
+            yield entry.path, fields
+
+
+def group_cpu(pgid: int) -> float:
+    """CPU seconds of every live process in a process group (an agent and its children)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    return sum(sum(int(f) for f in fields[11:15]) / tick for _, fields in group_processes(pgid))  # u/s/cu/cs time
 
 
 def group_rss(pgid: int) -> tuple[int, int]:
@@ -97,17 +102,12 @@ def group_rss(pgid: int) -> tuple[int, int]:
     that share most pages, which a sum of RSS would count once per process.
     """
     page, rss, pss = os.sysconf("SC_PAGE_SIZE"), [], 0
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
+    for path, fields in group_processes(pgid):
         try:
-            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) != pgid:
-                continue
-            rss.append(int(fields[21]) * page)  # the 24th stat field, rss in pages
-            rollup = Path(entry.path, "smaps_rollup").read_text()
+            rollup = Path(path, "smaps_rollup").read_text()
         except OSError:
             continue
+        rss.append(int(fields[21]) * page)  # the 24th stat field, rss in pages
         pss += next((int(line.split()[1]) << 10 for line in rollup.splitlines() if line.startswith("Pss:")), 0)
     return max(rss, default=0), pss
 
