@@ -13,8 +13,10 @@ from __future__ import annotations
 import threading
 import time
 
+import redis
 import requests
 
+from eldric.cluster import keys
 from eldric.cluster.jobstore import Progress
 from eldric.cluster.swarmboard import RedisSwarmBoard, UpstreamRateCap
 from eldric.core.digests import Digest
@@ -36,8 +38,10 @@ class Fanout:
                                     upstream_ranges=agent.settings.download_parts,
                                     lease_seconds=max(agent.settings.stall_seconds, 10.0))
         self.upstream_rate = 0 if from_peer else int(opts.get("max_upstream_rate") or 0)
-        self.upstream_take = (UpstreamRateCap(agent.redis, progress.job_id, self.upstream_rate).take
-                              if self.upstream_rate else None)
+        self.upstream_take = None
+        if self.upstream_rate:
+            fetchers = _fetchers(agent, progress.job_id, self.options.max_upstream_workers)
+            self.upstream_take = UpstreamRateCap(agent.redis, progress.job_id, self.upstream_rate, fetchers).take
         self._session: requests.Session | None = None
         self._swarms: list[Swarm] = []
         self._lock = threading.Lock()
@@ -47,7 +51,13 @@ class Fanout:
         self._headers = {"Authorization": f"Bearer {secret}"} if secret else {}
 
     def pace(self, session: requests.Session) -> requests.Session:
-        """Small receive buffers on `session` when a cap applies (the source's, here): see pace_receive."""
+        """Small receive buffers on `session` when a cap applies (the source's, here): see pace_receive.
+
+        Sized by the job's whole rate, not a worker's share: one connection may carry all of it
+        (at most ELDRIC_DOWNLOAD_PARTS ranges are in flight from upstream cluster-wide, so their
+        buffers' first fill stays ~0.1 s of the rate), and a smaller window would cap a connection
+        below the rate over a WAN's round trip.
+        """
         caps = [c for c in (self.agent.settings.max_download_rate, self.upstream_rate) if c]
         return pace_receive(session, min(caps)) if caps else session
 
@@ -108,3 +118,13 @@ class Fanout:
     def close(self) -> None:
         if self._session is not None:
             self._session.close()
+
+
+def _fetchers(agent: Agent, job_id: str, max_upstream_workers: int) -> int:
+    """How many workers may fetch the job's blobs from upstream at once: its targets, or fewer by its cap."""
+    try:
+        targets = int(agent.redis.hlen(keys.job_workers(job_id)))
+    except redis.RedisError:
+        targets = 1  # sized for one fetcher: the cap still holds, bursts are only larger
+    targets = max(1, targets)
+    return min(targets, max_upstream_workers) if max_upstream_workers else targets

@@ -5,7 +5,9 @@ two workers never both lease a range, and the job's cap on upstream workers is c
 same step as the lease. Keys (eldric.cluster.keys.swarm) expire SWARM_TTL after the last
 write, so a finished swarm serves late joiners for a while and then cleans itself up.
 The job's upstream rate cap is a token bucket in Redis shared by all of its workers; each
-take covers at least `grant` bytes, so a worker writes at most rate/grant times a second.
+take covers at least `grant` bytes (a tenth of a second of a fetcher's share of the rate), so a
+worker writes about ten times a second and the bytes booked ahead, cluster-wide, stay a tenth of
+a second of the rate however many workers fetch.
 """
 
 from __future__ import annotations
@@ -209,14 +211,17 @@ class RedisSwarmBoard:
 class UpstreamRateCap:
     """`take(n)`: wait until `n` more upstream bytes fit the job's cluster-wide rate (bytes/s).
 
-    Takes are booked in grants of at least `grant` bytes (a tenth of a second of the rate), so
-    the Redis writes per worker stay at about ten a second whatever the chunk size.
+    Takes are booked in grants of `grant` bytes, a tenth of a second of one fetcher's share
+    (rate / `fetchers`), so the Redis writes per worker stay at about ten a second whatever the
+    chunk size. What the link may carry over the rate in any window is the bucket's burst plus
+    the grants booked and not yet read, one per fetcher: 0.02 s + 0.1 s of the rate together.
     """
 
-    def __init__(self, client: redis.Redis, job_id: str, rate: float, burst_seconds: float = 0.1) -> None:
+    def __init__(self, client: redis.Redis, job_id: str, rate: float, fetchers: int = 1,
+                 burst_seconds: float = 0.02) -> None:
         self.client, self.key, self.rate = client, keys.upstream_rate(job_id), float(rate)
         self.capacity = max(1.0, self.rate * burst_seconds)
-        self.grant = max(64 << 10, int(self.rate / 10))
+        self.grant = max(16 << 10, int(self.rate / 10 / max(1, fetchers)))
         self._bucket = client.register_script(_BUCKET)
         self._lock = threading.Lock()
         self._credit = 0

@@ -22,7 +22,7 @@ from tests.integration.conftest import REPO_ROOT, Cluster
 from tests.support.gguf_models import write_gguf_of_size
 from tests.support.oci_registry import blob_data_path, push_ollama_model
 from tests.support.processes import Service, eldric, wait_until
-from tests.support.uplink import SharedBucket, UplinkProxy
+from tests.support.uplink import CHUNK, SharedBucket, UplinkProxy
 
 pytestmark = pytest.mark.integration
 
@@ -316,8 +316,11 @@ def test_a_jobs_upstream_rate_cap_holds_at_the_uplink(fan, make_model):
     try:
         fan.uplink.set_rate(256 * MIB)
         fan.uplink.reset()
+        # Counted per 64 KiB write: with 1 MiB writes a window's edge misjudges up to 1 MiB per connection.
+        fan.uplink.chunk = 64 << 10
         job = fan.wait_job(fan.pull(model, names, max_upstream_rate="6M"), timeout=90)
     finally:
+        fan.uplink.chunk = CHUNK
         fan.stop_workers(names)
 
     assert job["state"] == "completed", json.dumps(job, indent=1)

@@ -61,6 +61,7 @@ class UplinkProxy:
     def __init__(self, upstream: str, bytes_per_second: float, *, burst: int = CHUNK) -> None:
         self.upstream = upstream.rstrip("/")
         self.bucket = SharedBucket(bytes_per_second, burst)
+        self.chunk = CHUNK  # body bytes per write (and per count): smaller for finer rate measurements
         self.requests: list[tuple[str, str, str | None]] = []
         self._total = 0
         self._by_path: Counter[str] = Counter()
@@ -157,7 +158,7 @@ class UplinkProxy:
             up.close()
 
     def _send_body(self, handler: BaseHTTPRequestHandler, up: requests.Response, path: str) -> None:
-        for chunk in up.iter_content(CHUNK):
+        for chunk in up.iter_content(self.chunk):
             self.bucket.acquire(len(chunk))
             handler.wfile.write(chunk)
             self._count(path, len(chunk))

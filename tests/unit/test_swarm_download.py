@@ -244,6 +244,27 @@ def test_the_job_upstream_cap_is_a_bucket_shared_by_workers(tmp_path: Path) -> N
     assert 0.6 <= elapsed <= 1.4, elapsed
 
 
+def test_the_job_upstream_caps_grants_shrink_with_its_fetchers() -> None:
+    """Eight fetchers may book ahead only a tenth of a second of the job's rate between them, not 0.8 s."""
+    client = fakeredis.FakeRedis()
+    rate = 16 << 20
+    caps = [UpstreamRateCap(client, "job8", rate=rate, fetchers=8) for _ in range(8)]
+    assert caps[0].grant == rate // 80
+    started = time.monotonic()
+
+    def pour(cap):
+        for _ in range(64):
+            cap.take(32 << 10)
+    threads = [threading.Thread(target=pour, args=(c,)) for c in caps]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - started
+    # 16 MiB at 16 MiB/s is 1 s, less what may pass ahead of the rate: 0.02 s of burst and 0.1 s of grants.
+    assert 0.85 <= elapsed <= 1.6, elapsed
+
+
 @pytest.mark.parametrize("rate", [2 << 20])
 def test_the_worker_download_cap_is_honoured(tmp_path: Path, rate: int) -> None:
     from eldric.transfer.ratelimit import TokenBucket
