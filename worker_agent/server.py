@@ -98,7 +98,13 @@ def create_agent_app(agent: Agent) -> Flask:
                 if path is None:
                     return error_response(416, f"bytes {wanted.start}-{wanted.end} of {digest} "
                                                "are not on this node (yet)")
-            return file_response(request, path, etag=str(d), limiter=upload_cap())
+            try:
+                return file_response(request, path, etag=str(d), limiter=upload_cap())
+            except FileNotFoundError:
+                # A download's data, renamed into the store since servable looked: the same bytes are there.
+                if path == agent.store.blobs.path(d):
+                    raise
+                return file_response(request, agent.store.blobs.path(d), etag=str(d), limiter=upload_cap())
         except InvalidDigestError as exc:
             return error_response(400, str(exc))
         except FileNotFoundError:
