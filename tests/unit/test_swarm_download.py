@@ -94,9 +94,9 @@ class World:
         if path is None:
             return Resp(b'{"error": "not here"}', status=416)
         try:
-            f = open(path, "rb")  # noqa: SIM115
+            f = open(path, "rb")
         except FileNotFoundError:  # renamed into the store since servable looked, as the agent's server handles it
-            f = open(self.store(address).path(DIGEST), "rb")  # noqa: SIM115
+            f = open(self.store(address).path(DIGEST), "rb")
         with f:
             f.seek(start)
             body = bytearray(f.read(end + 1 - start))
