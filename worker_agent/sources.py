@@ -7,8 +7,6 @@ without touching the engine.
 
 from __future__ import annotations
 
-import json
-import re
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
@@ -19,9 +17,9 @@ from eldric.core.errors import InvalidManifestError, cap_text
 from eldric.core.manifests import MANIFEST_V2, MAX_MANIFEST_BYTES, OCI_MANIFEST, Manifest
 from eldric.core.names import ModelName
 from eldric.transfer.http import error_text, read_capped, upstream_session
+from eldric.transfer.registry_token import anonymous_token, bearer_challenge
 from eldric.transfer.retry import NO_HINTS, TRANSIENT_ERRORS, Hints, connection_cause, connection_error, is_plain_http_refusal, is_transient_status
 from eldric.transfer.upstreams import PUBLIC_ONLY, AddressPolicy, RegistryAllowList
-from eldric.transfer.urlfetch import is_http_url
 from eldric.transfer.urlfetch import redact as redact_url
 from worker_agent.errors import ModelNotFoundError, SourceError, SourceUnavailableError
 
@@ -29,7 +27,6 @@ if TYPE_CHECKING:
     from worker_agent.settings import AgentSettings
 
 CONNECT_TIMEOUT = 10.0
-MAX_TOKEN_BYTES = 64 << 10
 
 
 class BlobSource(Protocol):
@@ -120,9 +117,10 @@ class RegistrySource:
     def _get(self, url: str, *, headers: dict, **kw) -> requests.Response:
         """A streamed GET (bodies are read by the caller, bounded), with the anonymous token flow on 401."""
         resp = self._send(url, headers, **kw)
-        if resp.status_code == 401 and "Bearer" in resp.headers.get("WWW-Authenticate", ""):
+        challenge = bearer_challenge(resp)
+        if challenge:
             resp.close()
-            self._token = self._anonymous_token(resp.headers["WWW-Authenticate"])
+            self._token = anonymous_token(self.session, challenge, self.base_url, self.hints)
             resp = self._send(url, headers, **kw)
         return resp
 
@@ -136,32 +134,6 @@ class RegistrySource:
 
     def _auth(self, headers: dict) -> dict:
         return {**headers, "Authorization": f"Bearer {self._token}"} if self._token else headers
-
-    def _anonymous_token(self, challenge: str) -> str:
-        """The Docker token flow for public repositories (realm, service, scope from the challenge).
-
-        No credential is sent to the realm; a realm on another host must be a public address.
-        """
-        params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
-        realm = params.pop("realm", None)
-        if not realm:
-            raise SourceError(f"registry {self.base_url} asks for credentials")
-        if not is_http_url(realm):
-            raise SourceError(f"registry {self.base_url} named an unusable token realm: {cap_text(realm, 200)!r}")
-        try:
-            resp = self.session.get(realm, params=params, stream=True, timeout=(CONNECT_TIMEOUT, 30))
-        except TRANSIENT_ERRORS as exc:
-            raise connection_error(exc, realm, what=f"token realm of {self.base_url}:") from None
-        except requests.RequestException as exc:
-            raise SourceError(f"token realm of {self.base_url}: {_short(exc)}") from None
-        _raise_for_status(resp, "token")
-        try:
-            body = json.loads(_read_body(resp, MAX_TOKEN_BYTES, "the token answer"))
-        except (ValueError, RecursionError):
-            body = None
-        if not isinstance(body, dict) or not isinstance(body.get("token") or body.get("access_token") or "", str):
-            raise SourceError(f"token realm of {self.base_url} answered something that is not a token")
-        return body.get("token") or body.get("access_token") or ""
 
     def _raise_for_status(self, resp: requests.Response, what: str) -> None:
         """_raise_for_status, with the hint when a TLS server refused plain http (Go's and nginx's 400)."""

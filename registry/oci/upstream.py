@@ -5,14 +5,12 @@ the upstream itself is trusted, anything it redirects to (a CDN) or names as a t
 realm must be a public address unless ELDRIC_URL_ALLOWLIST lists it; at most 10
 redirects; every body bounded. Public repositories of the Ollama registry and of
 docker-registry need at most Docker's anonymous token flow (as the agents do it,
-worker_agent/sources.py): on a 401 with a Bearer challenge, ask the realm for a token.
+eldric/transfer/registry_token.py): on a 401 with a Bearer challenge, ask the realm for a token.
 Failures become UpstreamError with one short sentence (eldric/transfer/retry.py).
 """
 
 from __future__ import annotations
 
-import json
-import re
 import threading
 
 import requests
@@ -20,14 +18,14 @@ import requests
 from eldric.core.digests import Digest
 from eldric.core.errors import EldricError
 from eldric.core.manifests import MANIFEST_V2, MAX_MANIFEST_BYTES, OCI_MANIFEST
+from eldric.transfer.errors import TransferError
 from eldric.transfer.http import error_text, read_capped, upstream_session
+from eldric.transfer.registry_token import anonymous_token, bearer_challenge
 from eldric.transfer.retry import TRANSIENT_ERRORS, connection_error
 from eldric.transfer.upstreams import AddressPolicy
 
 ACCEPT = f"{MANIFEST_V2}, {OCI_MANIFEST}"
 CONNECT_TIMEOUT = 10
-MAX_TOKEN_BYTES = 64 << 10
-_CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 
 
 class UpstreamError(EldricError):
@@ -94,10 +92,13 @@ class Upstream:
 
     def _request(self, method: str, repo: str, path: str, headers: dict, *, timeout: float) -> requests.Response:
         resp = self._send(method, repo, path, headers, timeout)
-        challenge = resp.headers.get("WWW-Authenticate", "")
-        if resp.status_code == 401 and challenge.lower().startswith("bearer"):
+        challenge = bearer_challenge(resp)
+        if challenge:
             resp.close()
-            token = self._anonymous_token(challenge)
+            try:
+                token = anonymous_token(self.session, challenge, self.base_url)
+            except TransferError as exc:
+                raise UpstreamError(str(exc)) from None
             with self._lock:
                 self._tokens[repo] = token
             resp = self._send(method, repo, path, headers, timeout)
@@ -116,26 +117,6 @@ class Upstream:
             raise UpstreamError(str(connection_error(exc, url))) from None
         except requests.RequestException as exc:
             raise UpstreamError(f"upstream {self.base_url}: {exc}") from None
-
-    def _anonymous_token(self, challenge: str) -> str:
-        params = dict(_CHALLENGE_PARAM.findall(challenge))
-        realm = params.pop("realm", "")
-        if not realm.startswith(("http://", "https://")):
-            raise UpstreamError(f"upstream {self.base_url} named an unusable token realm")
-        try:
-            resp = self.session.get(realm, params=params, stream=True, timeout=(CONNECT_TIMEOUT, 30))
-        except (requests.RequestException, *TRANSIENT_ERRORS) as exc:
-            raise UpstreamError(f"token realm of {self.base_url}: {exc}") from None
-        self._check(resp, "token")
-        body, _ = read_capped(resp, MAX_TOKEN_BYTES)
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            doc = None
-        token = doc.get("token") or doc.get("access_token") if isinstance(doc, dict) else None
-        if not isinstance(token, str):
-            raise UpstreamError(f"token realm of {self.base_url} answered something that is not a token")
-        return token
 
     def _check(self, resp: requests.Response, what: str) -> None:
         if resp.status_code >= 400 or resp.status_code in (204, 304):
