@@ -137,6 +137,8 @@ class WorkerProgressSchema(Schema):
                         metadata={"description": "worker id -> bytes received from it"})
     bad_peers = fields.Dict(keys=fields.String(), values=fields.String(), allow_none=True,
                             metadata={"description": "peers dropped for serving bad bytes: worker id -> what was wrong"})
+    alone = fields.String(allow_none=True, metadata={
+        "description": "why a blob was fetched without the peers (the swarm board, in Redis, could not be reached)"})
     rate = fields.Float(allow_none=True, metadata={"description": "bytes/s over the last progress interval"})
     shared = fields.Boolean(allow_none=True, metadata={"description": "served in place from the registry's shared storage"})
     started_at = fields.Float(allow_none=True)

@@ -5,7 +5,8 @@ a job: every blob of a pull or distribution (sources `ollama`, `registry`, `url`
 known sha256) joins the blob's swarm (eldric.cluster.swarmboard), the job's request fields
 `max_upstream_workers` and `max_upstream_rate` become the swarm's slot cap and a bucket
 all its workers share, and the progress record says how many bytes came from upstream and
-how many from which peer (`upstream_bytes`, `peer_bytes`, `peers`, `bad_peers`).
+how many from which peer (`upstream_bytes`, `peer_bytes`, `peers`, `bad_peers`), and `alone`
+when a blob was fetched without its peers because the board could not be reached.
 """
 
 from __future__ import annotations
@@ -101,8 +102,10 @@ class Fanout:
             swarms, network = list(self._swarms), self._network
         peers: dict[str, int] = {}
         bad: dict[str, str] = {}
+        alone = None
         for s in swarms:
             stats = s.stats()
+            alone = alone or stats["alone"]
             for peer, n in stats["peers"].items():
                 if n:  # a peer whose every byte was taken back (a range that failed) sent nothing
                     peers[peer] = peers.get(peer, 0) + n
@@ -113,6 +116,8 @@ class Fanout:
         out = {"upstream_bytes": max(0, network - peer_bytes), "peer_bytes": peer_bytes, "peers": peers}
         if bad:
             out["bad_peers"] = bad
+        if alone:
+            out["alone"] = alone
         return out
 
     def close(self) -> None:

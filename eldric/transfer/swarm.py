@@ -139,6 +139,7 @@ class Swarm:
         self.peer_bytes: dict[str, int] = {}
         self.notes: list[str] = []
         self.alone = False  # the board could not be reached: no peers, no leases, every range from upstream
+        self.alone_why: str | None = None  # why, for the progress record
 
     @property
     def me(self) -> str:
@@ -159,7 +160,7 @@ class Swarm:
     def _go_alone(self, exc: BaseException) -> None:
         """The board is unreachable: fetch every missing range from upstream, as without a swarm."""
         if not self.alone:
-            self.alone = True
+            self.alone, self.alone_why = True, f"swarm board unavailable: {exc}"
             self.notes.append(f"swarm board unavailable ({exc}); downloading alone")
             log.warning("swarm board unavailable (%s); this blob is downloaded alone", exc)
 
@@ -281,7 +282,7 @@ class Swarm:
         try:
             return self.board.join(size, range_bytes)
         except BoardUnavailableError as exc:
-            log.warning("swarm board unavailable (%s); this blob is downloaded alone", exc)
+            self._go_alone(exc)
             return None
 
     def open_range_from(self, peer: str, start: int, end: int) -> requests.Response:
@@ -296,4 +297,4 @@ class Swarm:
     def stats(self) -> dict:
         with self._lock:
             return {"upstream_bytes": self.upstream_bytes, "peer_bytes": sum(self.peer_bytes.values()),
-                    "peers": dict(self.peer_bytes), "bad_peers": dict(self.bad_peers)}
+                    "peers": dict(self.peer_bytes), "bad_peers": dict(self.bad_peers), "alone": self.alone_why}

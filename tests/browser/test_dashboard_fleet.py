@@ -238,7 +238,8 @@ def test_bars_show_the_upstream_and_peer_split_and_the_agents_rate(dashboard_url
     """Issue 14: each worker's bar shows how much came from peers (the striped end) and from upstream."""
     t = time.time()
     workers = [
-        progress("inf-1", t, 8 * MB, 16 * MB, upstream_bytes=8 * MB, peer_bytes=0, peers={}, rate=2_500_000.0),
+        progress("inf-1", t, 8 * MB, 16 * MB, upstream_bytes=8 * MB, peer_bytes=0, peers={}, rate=2_500_000.0,
+                 alone="swarm board unavailable: Error 111 connecting to 10.0.0.5:6379. Connection refused."),
         progress("inf-2", t, 8 * MB, 16 * MB, upstream_bytes=2 * MB, peer_bytes=6 * MB,
                  peers={"inf-1": 4 * MB, "inf-3": 2 * MB}, bad_peers={"inf-4": "range 3 failed its sha256 check"},
                  rate=5_000_000.0),
@@ -254,6 +255,7 @@ def test_bars_show_the_upstream_and_peer_split_and_the_agents_rate(dashboard_url
     expect(second.locator(".split")).to_have_text("2.00 MB upstream, 6.00 MB from 2 peers (dropped inf-4: bad bytes)")
     assert second.locator(".peer-part").evaluate("e => e.style.width") == "75%"
     expect(second.locator(".rate")).to_have_text(re.compile(r"^5\.00 MB/s"))  # the agent's own figure
-    expect(row.locator('.bar-row[data-worker="inf-1"] .split')).to_have_text("8.00 MB upstream, 0 B from 0 peers")
+    expect(row.locator('.bar-row[data-worker="inf-1"] .split')).to_have_text(
+        "8.00 MB upstream, 0 B from 0 peers (without peers: swarm board unreachable)")
     assert row.locator('.bar-row[data-worker="inf-1"] .peer-part').evaluate("e => e.style.width") == "0%"
     expect(row.locator('.bar-row[data-worker="inf-3"] .split')).to_contain_text("16.0 MB from 1 peer")

@@ -306,5 +306,6 @@ def test_a_board_that_goes_away_leaves_the_download_to_go_on_alone(tmp_path: Pat
     swarm = Swarm(board, world.open_peer, SwarmOptions(range_bytes=RANGE, min_size=1, poll_seconds=0.01))
     assert world.download("solo", swarm).read_bytes() == DATA
     assert world.upstream_bytes == len(DATA)
-    if calls:
-        assert swarm.alone and any("downloading alone" in note for note in swarm.notes)
+    assert swarm.alone and any("downloading alone" in note for note in swarm.notes)
+    # ... and the progress record can say so (worker_agent/fanout.py puts it in the record's `alone`).
+    assert swarm.stats()["alone"] == "swarm board unavailable: Error 111 connecting to 127.0.0.1:6379. Connection refused."

@@ -157,7 +157,8 @@ export function sourceSplit(r) {
   const peers = Object.keys(r.peers || {}).length;
   const bad = Object.keys(r.bad_peers || {});
   const text = `${fmtBytes(up)} upstream, ${fmtBytes(peer)} from ${peers} peer${peers === 1 ? "" : "s"}`
-    + (bad.length ? ` (dropped ${bad.join(", ")}: bad bytes)` : "");
+    + (bad.length ? ` (dropped ${bad.join(", ")}: bad bytes)` : "")
+    + (r.alone ? " (without peers: swarm board unreachable)" : "");
   return { peerShare: (100 * peer) / (up + peer), text };
 }
 
