@@ -18,14 +18,14 @@ from eldric.core.digests import Digest
 from eldric.core.errors import InvalidManifestError, cap_text
 from eldric.core.manifests import Manifest
 from eldric.core.names import ModelName
-from eldric.transfer.http import error_text, read_capped, upstream_session
+from eldric.transfer.http import error_text, raise_if_transient, read_capped, upstream_session
 from eldric.transfer.retry import TRANSIENT_ERRORS, connection_cause, connection_error
 from eldric.transfer.upstreams import PUBLIC_ONLY, AddressPolicy
 from eldric.transfer.urlfetch import UrlSource
 from eldric.transfer.urlfetch import redact as redact_url
 from eldric.transfer.download import RangeOpener
 from worker_agent.errors import ModelNotFoundError, SourceError, SourceUnavailableError
-from worker_agent.sources import CONNECT_TIMEOUT, raise_if_transient
+from worker_agent.sources import CONNECT_TIMEOUT
 
 MAX_JSON_BYTES = 32 << 20  # a registry model's or a peer's export description
 

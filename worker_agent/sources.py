@@ -16,12 +16,12 @@ from eldric.core.digests import Digest
 from eldric.core.errors import InvalidManifestError, cap_text
 from eldric.core.manifests import MANIFEST_V2, MAX_MANIFEST_BYTES, OCI_MANIFEST, Manifest
 from eldric.core.names import ModelName
-from eldric.transfer.http import error_text, read_capped, upstream_session
+from eldric.transfer.http import error_text, raise_for_registry_status, read_small_body, upstream_session
 from eldric.transfer.registry_token import anonymous_token, bearer_challenge
-from eldric.transfer.retry import NO_HINTS, TRANSIENT_ERRORS, Hints, connection_cause, connection_error, is_plain_http_refusal, is_transient_status
+from eldric.transfer.retry import NO_HINTS, TRANSIENT_ERRORS, Hints, connection_error, is_plain_http_refusal
 from eldric.transfer.upstreams import PUBLIC_ONLY, AddressPolicy, RegistryAllowList
 from eldric.transfer.urlfetch import redact as redact_url
-from worker_agent.errors import ModelNotFoundError, SourceError, SourceUnavailableError
+from worker_agent.errors import ModelNotFoundError, SourceError
 
 if TYPE_CHECKING:
     from worker_agent.settings import AgentSettings
@@ -98,7 +98,7 @@ class RegistrySource:
         if resp.status_code == 404:
             raise ModelNotFoundError(f"model '{name.short}' not found at {self.base_url}: {error_text(resp)}")
         self._raise_for_status(resp, f"manifest of {name.short}")
-        raw = _read_body(resp, MAX_MANIFEST_BYTES, f"the manifest of {name.short}")
+        raw = read_small_body(resp, MAX_MANIFEST_BYTES, f"the manifest of {name.short}")
         try:
             return raw, Manifest.parse(raw)
         except InvalidManifestError as exc:
@@ -136,42 +136,14 @@ class RegistrySource:
         return {**headers, "Authorization": f"Bearer {self._token}"} if self._token else headers
 
     def _raise_for_status(self, resp: requests.Response, what: str) -> None:
-        """_raise_for_status, with the hint when a TLS server refused plain http (Go's and nginx's 400)."""
+        """raise_for_registry_status, with the hint when a TLS server refused plain http (Go's and nginx's 400)."""
         if resp.status_code == 400:
             text = error_text(resp)
             if is_plain_http_refusal(400, text):
                 raise SourceError(f"{urlsplit(self.base_url).netloc} speaks https, not plain http; "
                                   f"{self.hints.plain_http_to_tls}".rstrip("; "))
             raise SourceError(f"{what}: registry answered 400: {text}")
-        _raise_for_status(resp, what)
-
-
-def raise_if_transient(resp: requests.Response, what: str) -> None:
-    """Transient answers (eldric.transfer.retry) are worth retrying later: SourceUnavailableError."""
-    if is_transient_status(resp.status_code):
-        resp.close()
-        raise SourceUnavailableError(f"{what} answered {resp.status_code}")
-
-
-def _raise_for_status(resp: requests.Response, what: str) -> None:
-    raise_if_transient(resp, f"{what}: registry")
-    if resp.status_code >= 400:
-        raise SourceError(f"{what}: registry answered {resp.status_code}: {error_text(resp)}")
-
-
-def _read_body(resp: requests.Response, limit: int, what: str) -> bytes:
-    """The whole body if it is at most `limit` bytes, read as it streams; SourceError for a bigger one."""
-    length = resp.headers.get("Content-Length", "")
-    if length.isdigit() and int(length) > limit:
-        resp.close()
-        raise SourceError(f"{what} is larger than {limit >> 10} KiB ({int(length)} bytes announced)")
-    try:
-        body, more = read_capped(resp, limit)
-    except TRANSIENT_ERRORS as exc:
-        raise SourceUnavailableError(f"{what}: {connection_cause(exc)}") from None
-    if more:
-        raise SourceError(f"{what} is larger than {limit >> 10} KiB")
-    return body
+        raise_for_registry_status(resp, what)
 
 
 def _short(exc: Exception) -> str:

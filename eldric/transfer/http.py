@@ -1,8 +1,9 @@
 """The HTTP sessions every service and client of ours starts from, and bounded reads of what upstreams send.
 
 Every byte from outside the cluster is bounded (issue 11): a body is read with
-`read_capped` (streamed, at most N bytes, the connection closed on the rest), an error
-answer becomes at most a few hundred characters (`error_text`), an upstream session
+`read_capped` (streamed, at most N bytes, the connection closed on the rest; `read_small_body`
+refuses a larger one), an error answer becomes at most a few hundred characters (`error_text`,
+`raise_for_registry_status`), an upstream session
 follows at most MAX_REDIRECTS redirects without reading their bodies, and each of its
 connections is checked against an AddressPolicy after DNS resolution (every redirect
 hop too). Header lines are bounded by http.client itself (64 KiB each, 100 of them).
@@ -24,7 +25,8 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 from urllib3.util.connection import allowed_gai_family, create_connection
 
-from eldric.transfer.retry import TRANSIENT_ERRORS
+from eldric.transfer.errors import SourceError, SourceUnavailableError
+from eldric.transfer.retry import TRANSIENT_ERRORS, connection_cause, is_transient_status
 from eldric.transfer.upstreams import AddressPolicy
 
 BLOCK = 1 << 20
@@ -154,6 +156,35 @@ def read_capped(resp: requests.Response, limit: int) -> tuple[bytes, bool]:
     finally:
         resp.close()
     return bytes(body[:limit]), len(body) > limit
+
+
+def raise_if_transient(resp: requests.Response, what: str) -> None:
+    """Transient answers (eldric.transfer.retry) are worth retrying later: SourceUnavailableError."""
+    if is_transient_status(resp.status_code):
+        resp.close()
+        raise SourceUnavailableError(f"{what} answered {resp.status_code}")
+
+
+def raise_for_registry_status(resp: requests.Response, what: str) -> None:
+    """A registry's error answer as one sentence: SourceUnavailableError when transient, else SourceError."""
+    raise_if_transient(resp, f"{what}: registry")
+    if resp.status_code >= 400:
+        raise SourceError(f"{what}: registry answered {resp.status_code}: {error_text(resp)}")
+
+
+def read_small_body(resp: requests.Response, limit: int, what: str) -> bytes:
+    """The whole body if it is at most `limit` bytes, read as it streams; SourceError for a bigger one."""
+    length = resp.headers.get("Content-Length", "")
+    if length.isdigit() and int(length) > limit:
+        resp.close()
+        raise SourceError(f"{what} is larger than {limit >> 10} KiB ({int(length)} bytes announced)")
+    try:
+        body, more = read_capped(resp, limit)
+    except TRANSIENT_ERRORS as exc:
+        raise SourceUnavailableError(f"{what}: {connection_cause(exc)}") from None
+    if more:
+        raise SourceError(f"{what} is larger than {limit >> 10} KiB")
+    return body
 
 
 def error_text(resp: requests.Response, limit: int = ERROR_MESSAGE_CHARS) -> str:

@@ -16,9 +16,9 @@ import re
 import requests
 
 from eldric.core.errors import cap_text
-from eldric.transfer.errors import SourceError, SourceUnavailableError
-from eldric.transfer.http import error_text, read_capped
-from eldric.transfer.retry import NO_HINTS, TRANSIENT_ERRORS, Hints, connection_cause, connection_error, is_transient_status
+from eldric.transfer.errors import SourceError
+from eldric.transfer.http import raise_for_registry_status, read_small_body
+from eldric.transfer.retry import NO_HINTS, TRANSIENT_ERRORS, Hints, connection_error
 from eldric.transfer.urlfetch import is_http_url
 
 CONNECT_TIMEOUT = 10.0
@@ -48,21 +48,8 @@ def anonymous_token(session: requests.Session, challenge: str, registry: str, hi
         raise connection_error(exc, realm, hints, what=f"{what}:") from None
     except requests.RequestException as exc:  # too many redirects, a refused address: no retry mends it
         raise SourceError(f"{what}: {cap_text(str(exc), 200)}") from None
-    with resp:
-        if is_transient_status(resp.status_code):
-            raise SourceUnavailableError(f"token: registry answered {resp.status_code}")
-        if resp.status_code >= 400:
-            raise SourceError(f"token: registry answered {resp.status_code}: {error_text(resp)}")
-        length = resp.headers.get("Content-Length", "")
-        if length.isdigit() and int(length) > MAX_TOKEN_BYTES:
-            raise SourceError(f"the token answer is larger than {MAX_TOKEN_BYTES >> 10} KiB "
-                              f"({int(length)} bytes announced)")
-        try:
-            body, more = read_capped(resp, MAX_TOKEN_BYTES)
-        except TRANSIENT_ERRORS as exc:
-            raise SourceUnavailableError(f"the token answer: {connection_cause(exc)}") from None
-    if more:
-        raise SourceError(f"the token answer is larger than {MAX_TOKEN_BYTES >> 10} KiB")
+    raise_for_registry_status(resp, "token")
+    body = read_small_body(resp, MAX_TOKEN_BYTES, "the token answer")
     try:
         doc = json.loads(body)
     except (ValueError, RecursionError):
