@@ -138,8 +138,12 @@ class Swarm:
         self.upstream_bytes = 0
         self.peer_bytes: dict[str, int] = {}
         self.notes: list[str] = []
-        self.alone = False  # the board could not be reached: no peers, no leases, every range from upstream
-        self.alone_why: str | None = None  # why, for the progress record
+        self.alone_why: str | None = None  # set when the board could not be reached: why, for the progress record
+
+    @property
+    def alone(self) -> bool:
+        """The board could not be reached: no peers, no leases, every range from upstream."""
+        return self.alone_why is not None
 
     @property
     def me(self) -> str:
@@ -160,7 +164,7 @@ class Swarm:
     def _go_alone(self, exc: BaseException) -> None:
         """The board is unreachable: fetch every missing range from upstream, as without a swarm."""
         if not self.alone:
-            self.alone, self.alone_why = True, f"swarm board unavailable: {exc}"
+            self.alone_why = f"swarm board unavailable: {exc}"
             self.notes.append(f"swarm board unavailable ({exc}); downloading alone")
             log.warning("swarm board unavailable (%s); this blob is downloaded alone", exc)
 
