@@ -228,22 +228,24 @@ def test_a_peer_that_dies_mid_range_costs_a_retry_elsewhere(tmp_path: Path) -> N
     assert "flaky" not in swarm.stats()["bad_peers"]  # skipped a while, not accused
 
 
-def test_the_job_upstream_cap_is_a_bucket_shared_by_workers(tmp_path: Path) -> None:
-    client = fakeredis.FakeRedis()
-    caps = [UpstreamRateCap(client, "job1", rate=4 << 20), UpstreamRateCap(client, "job1", rate=4 << 20)]
-    started = time.monotonic()
-    done = []
-
+def pour_together(caps: list[UpstreamRateCap], takes: int, size: int) -> float:
+    """Seconds for every cap's worker (a thread each) to take `takes` times `size` bytes at once."""
     def pour(cap):
-        for _ in range(16):
-            cap.take(128 << 10)
-        done.append(1)
+        for _ in range(takes):
+            cap.take(size)
     threads = [threading.Thread(target=pour, args=(c,)) for c in caps]
+    started = time.monotonic()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    elapsed = time.monotonic() - started
+    return time.monotonic() - started
+
+
+def test_the_job_upstream_cap_is_a_bucket_shared_by_workers(tmp_path: Path) -> None:
+    client = fakeredis.FakeRedis()
+    caps = [UpstreamRateCap(client, "job1", rate=4 << 20), UpstreamRateCap(client, "job1", rate=4 << 20)]
+    elapsed = pour_together(caps, takes=16, size=128 << 10)
     # 4 MiB together at 4 MiB/s, less the initial burst (a quarter second of rate) and the last grant.
     assert 0.6 <= elapsed <= 1.4, elapsed
 
@@ -254,17 +256,7 @@ def test_the_job_upstream_caps_grants_shrink_with_its_fetchers() -> None:
     rate = 16 << 20
     caps = [UpstreamRateCap(client, "job8", rate=rate, fetchers=8) for _ in range(8)]
     assert caps[0].grant == rate // 80
-    started = time.monotonic()
-
-    def pour(cap):
-        for _ in range(64):
-            cap.take(32 << 10)
-    threads = [threading.Thread(target=pour, args=(c,)) for c in caps]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.monotonic() - started
+    elapsed = pour_together(caps, takes=64, size=32 << 10)
     # 16 MiB at 16 MiB/s is 1 s, less what may pass ahead of the rate: 0.02 s of burst and 0.1 s of grants.
     assert 0.85 <= elapsed <= 1.6, elapsed
 
