@@ -239,6 +239,15 @@ def flip_byte(bundle: Path, digest: str) -> None:
         f.write(bytes([b[0] ^ 0xFF]))
 
 
+def import_target(kind: str, request):
+    """(url, http session, manifest(repo, tag)) of where a bundle is imported: the data node or a plain registry."""
+    if kind == "data node":
+        node = request.getfixturevalue("data_node")
+        return node.url, node.http, node.manifest
+    reg = request.getfixturevalue("target")
+    return reg.url, session(), lambda repo, tag: get_manifest(reg.url, repo, tag)
+
+
 @pytest.mark.parametrize("kind", ["docker-registry", "data node"])
 def test_a_tampered_bundle_is_refused_whole(kind, source, tmp_path, request):
     bundle = tmp_path / "site.tar"
@@ -246,12 +255,7 @@ def test_a_tampered_bundle_is_refused_whole(kind, source, tmp_path, request):
                home=tmp_path).returncode == 0
     bad = json.loads(manifest_of(source, "acme/house", "v1"))["layers"][0]["digest"]
     flip_byte(bundle, bad)
-    if kind == "data node":
-        node = request.getfixturevalue("data_node")
-        url, http, manifest = node.url, node.http, node.manifest
-    else:
-        reg = request.getfixturevalue("target")
-        url, http, manifest = reg.url, session(), lambda repo, tag: get_manifest(reg.url, repo, tag)
+    url, http, manifest = import_target(kind, request)
     done = run("import", str(bundle), "--registry", url, "--token", SECRET, home=tmp_path)
     assert done.returncode == 1
     assert f"refused {bundle}: blob {bad} (layer application/vnd.ollama.image.model of acme/house:v1)" in done.stderr
@@ -381,12 +385,7 @@ def test_an_import_killed_mid_way_resumes_without_resending_finished_blobs(kind,
     pushed = push_ollama_model(source.url, "library/big", "latest", gguf_path=big)
     bundle = tmp_path / "big.tar"
     assert run("export", "big", "-o", str(bundle), "--registry", source.url, home=tmp_path).returncode == 0
-    if kind == "data node":
-        node = request.getfixturevalue("data_node")
-        url, http, manifest = node.url, node.http, node.manifest
-    else:
-        reg = request.getfixturevalue("target")
-        url, http, manifest = reg.url, session(), lambda repo, tag: get_manifest(reg.url, repo, tag)
+    url, http, manifest = import_target(kind, request)
     proxy = StallingProxy(url)
     try:
         proxy.stall_after = 3 << 20  # the config (first in the file) and 2 MiB of the model layer get through
