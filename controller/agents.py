@@ -5,19 +5,20 @@ from __future__ import annotations
 import redis
 import requests
 
-from controller import cluster, inventory
+from controller.models import workers_with
+from controller.workers import get_worker
 from controller.errors import NotFoundError, UnavailableError
 from eldric.core.names import ModelName
 
 
 def show_model(client: redis.Redis, name: ModelName, secret: str, timeout: float = 10.0) -> dict:
     """Ask an online worker that has the model for Ollama's `show` answer."""
-    holders = inventory.workers_with(client, name.short)
+    holders = workers_with(client, name.short)
     if not holders:
         raise NotFoundError(f"model '{name.short}' not found on any worker")
     errors = []
     for wid in holders:
-        worker = cluster.get_worker(client, wid)
+        worker = get_worker(client, wid)
         if not worker or not worker["online"] or not worker["address"]:
             continue
         try:

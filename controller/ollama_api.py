@@ -16,7 +16,8 @@ from collections.abc import Iterator
 import redis
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
-from controller import agents, inventory, jobs, pulls
+from controller import agents, jobs, pull_jobs
+from controller.models import cluster_models
 from controller.errors import ControllerError, NotFoundError
 from eldric.cluster import jobstate
 from controller.state import inventory_cache, job_limits, offline_grace, producer, redis_client, stale_after
@@ -46,14 +47,14 @@ def _redis_down(exc: redis.RedisError):
 def _model_field(body: dict) -> str:
     model = body.get("model") or body.get("name")
     if not isinstance(model, str) or not model:
-        raise pulls.BadRequestError("model is required")
+        raise pull_jobs.BadRequestError("model is required")
     return model
 
 
 def _body() -> dict:
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
-        raise pulls.BadRequestError("request body must be a JSON object")
+        raise pull_jobs.BadRequestError("request body must be a JSON object")
     return body
 
 
@@ -72,9 +73,9 @@ def version():
 def pull():
     body = _body()
     if not isinstance(body.get("stream", True), bool):
-        raise pulls.BadRequestError("stream must be true or false")
+        raise pull_jobs.BadRequestError("stream must be true or false")
     client = redis_client()
-    job_id = pulls.start_pull(client, producer(), model=_model_field(body), workers=None, limits=job_limits())
+    job_id = pull_jobs.start_pull(client, producer(), model=_model_field(body), workers=None, limits=job_limits())
     events = _pull_events(job_id)
     if body.get("stream", True) is False:
         last = {}
@@ -129,7 +130,7 @@ def _pull_events(job_id: str) -> Iterator[dict]:
 
 @bp.get("/api/tags")
 def tags():
-    models, _eligible = inventory.cluster_models(redis_client(), cache=inventory_cache(),
+    models, _eligible = cluster_models(redis_client(), cache=inventory_cache(),
                                                  forget_after=current_app.config["WORKER_FORGET_SECONDS"])
     return jsonify(models=[_tag(m) for m in models])
 
@@ -150,7 +151,7 @@ def _tag(model: dict) -> dict:
 
 @bp.post("/api/show")
 def show():
-    name = pulls.parse_model(_model_field(_body()))
+    name = pull_jobs.parse_model(_model_field(_body()))
     answer = agents.show_model(redis_client(), name, current_app.config["CLUSTER_SECRET"])
     answer.pop("worker", None)
     return jsonify(answer)
@@ -158,10 +159,10 @@ def show():
 
 @bp.delete("/api/delete")
 def delete():
-    name = pulls.parse_model(_model_field(_body()))
+    name = pull_jobs.parse_model(_model_field(_body()))
     client = redis_client()
     try:
-        job_id = pulls.start_delete(client, producer(), model=name.short, workers=None, limits=job_limits())
+        job_id = pull_jobs.start_delete(client, producer(), model=name.short, workers=None, limits=job_limits())
     except NotFoundError:
         return _error(f"model '{name.short}' not found", 404)
     deadline = time.monotonic() + 120

@@ -10,10 +10,10 @@ import time
 
 import redis
 
-from controller import cluster
-from controller.distribution import resolve_registry_model
+from controller.workers import list_workers, select_targets
+from controller.distribute import resolve_registry_model
 from controller.errors import BadRequestError, NotFoundError
-from controller.pulls import parse_model
+from controller.pull_jobs import parse_model
 from controller.registry_client import RegistryClient
 from eldric.cluster import pins
 from eldric.core.errors import InvalidNameError
@@ -48,7 +48,7 @@ def pin_model(client: redis.Redis, *, model: str, workers: list[str] | None, aut
     if source == "ollama" and upstreams is not None:
         parse_model(name, upstreams)  # a registry no agent may pull from: 400 now, not failures at every reconcile
     if workers is not None:
-        _, refused, unknown = cluster.select_targets(cluster.list_workers(client), workers)
+        _, refused, unknown = select_targets(list_workers(client), workers)
         if unknown:
             raise NotFoundError(f"unknown worker(s): {', '.join(unknown)}")
         if refused:

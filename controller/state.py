@@ -4,8 +4,8 @@ from celery import Celery
 from flask import current_app
 import redis
 
-from controller.inventory import InventoryCache
-from controller.pulls import JobLimits
+from controller.models import InventoryCache
+from controller.pull_jobs import JobLimits
 from eldric.transfer.upstreams import AddressPolicy, RegistryAllowList
 from controller.registry_client import RegistryClient
 

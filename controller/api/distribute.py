@@ -3,7 +3,7 @@
 from flask.views import MethodView
 from marshmallow import Schema, fields, validate
 
-from controller import distribution, jobs
+from controller import distribute, jobs
 from controller.schemas import JobSchema, TransferCapsSchema, transfer_caps, worker_ids_field
 from controller.state import job_limits, producer, redis_client, registry_client, offline_grace, stale_after
 from eldric.web.blueprints import Blueprint
@@ -12,7 +12,7 @@ blp = Blueprint("distribute", __name__, url_prefix="/api/v1/models", description
 
 
 class SourceSchema(Schema):
-    type = fields.String(required=True, validate=validate.OneOf(distribution.SOURCES))
+    type = fields.String(required=True, validate=validate.OneOf(distribute.SOURCES))
     worker = fields.String(validate=validate.Length(min=1, max=63),
                            metadata={"description": "type=worker: the worker to copy from"})
     url = fields.String(validate=validate.Length(min=1, max=8192), metadata={
@@ -31,7 +31,7 @@ def _without(*names: str) -> dict:
     return {"not": {"anyOf": [{"required": [name]} for name in names]}}
 
 
-# Which fields each source type takes (distribution.start_distribute answers 400 for the others).
+# Which fields each source type takes (distribute.start_distribute answers 400 for the others).
 _SOURCE_VARIANTS = [
     {"properties": {"type": {"enum": ["registry", "ollama"]}}, **_without("worker", "url", "token", "sha256", "filename")},
     {"properties": {"type": {"enum": ["worker"]}}, "required": ["worker"], **_without("url", "token", "sha256", "filename")},
@@ -54,7 +54,7 @@ class Distribute(MethodView):
     def post(self, body: dict):
         """Start a distribute job; progress per worker as for pulls (GET /api/v1/models/pull-jobs/{id})."""
         client = redis_client()
-        job_id = distribution.start_distribute(
+        job_id = distribute.start_distribute(
             client, producer(), registry_client(), model=body["model"], source=body["source"],
             workers=body.get("workers"), limits=job_limits(body.get("deadline_seconds")), caps=transfer_caps(body))
         return jobs.get_job(client, job_id, stale_after=stale_after(), offline_grace=offline_grace())

@@ -4,7 +4,8 @@ from flask import current_app
 from flask.views import MethodView
 from marshmallow import Schema, fields, post_dump, validate
 
-from controller import agents, inventory, jobs, pulls
+from controller import agents, jobs, pull_jobs
+from controller.models import ModelQuery, query_models
 from controller.schemas import MAX_OFFSET, JobSchema, model_name_field, worker_ids_field
 from controller.view_cache import cached_json
 from controller.state import inventory_cache, job_limits, producer, redis_client, offline_grace, stale_after
@@ -113,8 +114,8 @@ class Models(MethodView):
         filtered by name and coverage, and paged, on request (an answer at most ELDRIC_VIEW_CACHE_SECONDS old)."""
         def build() -> dict:
             client = redis_client()
-            models, matching, eligible = inventory.query_models(
-                client, inventory.ModelQuery(**query), cache=inventory_cache(),
+            models, matching, eligible = query_models(
+                client, ModelQuery(**query), cache=inventory_cache(),
                 forget_after=current_app.config["WORKER_FORGET_SECONDS"])
             updates = mirror_updates_by_model(client) if models else {}
             for entry in models:
@@ -130,7 +131,7 @@ class Show(MethodView):
     @blp.response(200, ShowSchema)
     def post(self, body: dict):
         """Template, system prompt, parameters, license and details, shaped like Ollama's /api/show."""
-        name = pulls.parse_model(body["model"])
+        name = pull_jobs.parse_model(body["model"])
         return agents.show_model(redis_client(), name, current_app.config["CLUSTER_SECRET"])
 
 
@@ -141,6 +142,6 @@ class Delete(MethodView):
     def post(self, body: dict):
         """Remove a model from the listed workers (default: every worker that has it), as a job."""
         client = redis_client()
-        job_id = pulls.start_delete(client, producer(), model=body["model"], workers=body.get("workers"),
+        job_id = pull_jobs.start_delete(client, producer(), model=body["model"], workers=body.get("workers"),
                                     limits=job_limits())
         return jobs.get_job(client, job_id, stale_after=stale_after(), offline_grace=offline_grace())

@@ -3,7 +3,7 @@
 from flask.views import MethodView
 from eldric.web.blueprints import Blueprint
 
-from controller import jobs, pulls
+from controller import jobs, pull_jobs
 from controller.errors import ConflictError, NotFoundError
 from eldric.cluster import jobstate
 from controller.schemas import JobListSchema, JobQuerySchema, JobSchema, PullRequestSchema, transfer_caps
@@ -19,7 +19,7 @@ class Pull(MethodView):
     def post(self, body: dict):
         """Pull a model from the Ollama registry to every inference and cloud worker (or the listed ones)."""
         client = redis_client()
-        job_id = pulls.start_pull(client, producer(), model=body["model"], workers=body.get("workers"),
+        job_id = pull_jobs.start_pull(client, producer(), model=body["model"], workers=body.get("workers"),
                                   limits=job_limits(body.get("deadline_seconds")), caps=transfer_caps(body))
         return jobs.get_job(client, job_id, stale_after=stale_after(), offline_grace=offline_grace())
 

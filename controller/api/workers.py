@@ -4,7 +4,7 @@ from flask import current_app
 from flask.views import MethodView
 from eldric.web.blueprints import Blueprint
 
-from controller import cluster
+from controller import workers as cluster_workers
 from controller.errors import NotFoundError
 from controller.schemas import RemoveWorkerQuerySchema, WorkerListSchema, WorkerModelsSchema, WorkerSchema
 from controller.state import redis_client
@@ -20,7 +20,7 @@ class Workers(MethodView):
         """Every registered worker: id, type, address, backends, free disk, online, last seen
         (an answer at most ELDRIC_VIEW_CACHE_SECONDS old)."""
         def build() -> dict:
-            workers = cluster.list_workers(redis_client(), forget_after=current_app.config["WORKER_FORGET_SECONDS"])
+            workers = cluster_workers.list_workers(redis_client(), forget_after=current_app.config["WORKER_FORGET_SECONDS"])
             return WorkerListSchema().dump({"workers": workers, "total": len(workers),
                                             "online": sum(w["online"] for w in workers)})
         return cached_json(("workers",), build)
@@ -31,7 +31,7 @@ class Worker(MethodView):
     @blp.response(200, WorkerSchema)
     def get(self, worker_id: str):
         """One worker."""
-        worker = cluster.get_worker(redis_client(), worker_id)
+        worker = cluster_workers.get_worker(redis_client(), worker_id)
         if worker is None:
             raise NotFoundError(f"no worker {worker_id!r}")
         return worker
@@ -42,7 +42,7 @@ class Worker(MethodView):
     @blp.alt_response(409, description="the worker is online (pass force=true)")
     def delete(self, query: dict, worker_id: str):
         """Forget a decommissioned worker: its record, inventory, job assignments, catch-ups."""
-        cluster.remove_worker(redis_client(), worker_id, force=query["force"])
+        cluster_workers.remove_worker(redis_client(), worker_id, force=query["force"])
 
 
 @blp.route("/<worker_id>/models")
@@ -51,6 +51,6 @@ class WorkerModels(MethodView):
     def get(self, worker_id: str):
         """The worker's local models as its agent last reported them."""
         client = redis_client()
-        if cluster.get_worker(client, worker_id) is None:
+        if cluster_workers.get_worker(client, worker_id) is None:
             raise NotFoundError(f"no worker {worker_id!r}")
-        return {"worker": worker_id, "models": cluster.worker_models(client, worker_id)}
+        return {"worker": worker_id, "models": cluster_workers.worker_models(client, worker_id)}

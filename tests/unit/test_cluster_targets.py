@@ -1,4 +1,4 @@
-"""controller.cluster: the worker list the controller reads from Redis, and pull target selection."""
+"""controller.workers: the worker list the controller reads from Redis, and pull target selection."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 import fakeredis
 import pytest
 
-from controller.cluster import get_worker, is_alive, list_workers, select_targets, worker_models
+from controller.workers import get_worker, is_alive, list_workers, select_targets, worker_models
 from eldric.cluster import keys
 from worker_agent import membership
 

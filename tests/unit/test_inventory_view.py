@@ -8,8 +8,8 @@ import random
 import fakeredis
 import pytest
 
-from controller import create_app, inventory
-from controller.inventory import InventoryCache, ModelQuery
+from controller import create_app, models as inventory
+from controller.models import InventoryCache, ModelQuery
 from eldric.cluster import keys
 from eldric.cluster.queues import is_model_serving
 from worker_agent import membership
@@ -19,7 +19,7 @@ CLOSED_PORT_URL = "redis://127.0.0.1:1/0"
 
 def reference_cluster_models(client, forget_after=None):
     """The view as it was before issue 13 (quadratic, no cache): the answer the new one must keep."""
-    from controller import cluster
+    from controller import workers as cluster
     workers = cluster.list_workers(client, forget_after=forget_after)
     serving = [w for w in workers if is_model_serving(w["type"] or "")]
     inventories = {}

@@ -8,7 +8,7 @@ import time
 import fakeredis
 import pytest
 
-from controller import cluster
+from controller import workers as cluster
 from controller.errors import ConflictError, NotFoundError
 from controller.jobs import cancel_job, create_job, get_job
 from eldric.cluster import catchup, jobstate, keys

@@ -43,6 +43,6 @@ def test_an_inventory_report_that_came_first_does_not_hide_the_lost_registration
 
 
 def test_a_worker_the_controller_forgot_registers_again_when_it_beats(client, tmp_path):
-    client.srem(keys.WORKERS, WORKER)  # controller.cluster.list_workers drops long-offline workers
+    client.srem(keys.WORKERS, WORKER)  # controller.workers.list_workers drops long-offline workers
     assert membership.beat(client, WORKER, tmp_path, ttl=15, info=INFO) is True
     assert is_listed(client)

@@ -10,7 +10,7 @@ from pathlib import Path
 import fakeredis
 import pytest
 
-from controller.cluster import get_worker, list_workers
+from controller.workers import get_worker, list_workers
 from worker_agent import membership
 from worker_agent.main import declared_backends, worker_info
 from worker_agent.settings import AgentSettings

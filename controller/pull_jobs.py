@@ -7,7 +7,9 @@ from dataclasses import dataclass
 import redis
 from celery import Celery
 
-from controller import cluster, dispatch, inventory, jobs
+from controller import dispatch, jobs
+from controller.models import workers_with
+from controller.workers import list_workers, select_targets
 from controller.errors import BadRequestError, ConflictError, NotFoundError
 from eldric.cluster import keys
 from eldric.cluster.queues import TASK_DELETE, TASK_PULL
@@ -40,8 +42,8 @@ def parse_model(model: str, upstreams: RegistryAllowList | None = None) -> Model
 
 
 def choose_targets(client: redis.Redis, workers: list[str] | None, limits: JobLimits) -> list[str]:
-    targets, refused, unknown = cluster.select_targets(
-        cluster.list_workers(client, forget_after=limits.forget_after), workers)
+    targets, refused, unknown = select_targets(
+        list_workers(client, forget_after=limits.forget_after), workers)
     if unknown:
         raise NotFoundError(f"unknown worker(s): {', '.join(unknown)}")
     if refused:
@@ -66,7 +68,7 @@ def start_delete(client: redis.Redis, producer: Celery, *, model: str, workers: 
     """Delete from the listed workers, or from every worker whose inventory has the model."""
     name = parse_model(model)
     if workers is None:
-        ids = inventory.workers_with(client, name.short)
+        ids = workers_with(client, name.short)
         if not ids:
             raise NotFoundError(f"no worker has model '{name.short}'")
     else:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import redis
 
-from controller import cluster
+from controller.workers import serving_stamps
 from eldric.cluster import keys
 
 
@@ -265,7 +265,7 @@ def query_models(client: redis.Redis, query: ModelQuery, *, forget_after: float 
                  cache: InventoryCache | None = None) -> tuple[list[dict], int, int]:
     """(the page of models matching `query`, how many match, eligible workers); see cluster_models."""
     cache = InventoryCache() if cache is None else cache
-    stamps = cluster.serving_stamps(client, forget_after=forget_after)
+    stamps = serving_stamps(client, forget_after=forget_after)
     serving = list(stamps)
     page, matching = cache.snapshot(_inventories(client, stamps, cache), serving, query)
     return page, matching, len(serving)

@@ -8,9 +8,10 @@ from urllib.parse import quote, urlsplit
 import redis
 from celery import Celery
 
-from controller import cluster, inventory
+from controller.models import models_of
+from controller.workers import get_worker
 from controller.errors import BadRequestError, NotFoundError
-from controller.pulls import JobLimits, choose_targets, parse_model, start_job
+from controller.pull_jobs import JobLimits, choose_targets, parse_model, start_job
 from controller.registry_client import RegistryClient, error_message
 from eldric.cluster.queues import TASK_DISTRIBUTE
 from eldric.cluster.registry_api import ID_PATTERN
@@ -56,10 +57,10 @@ def _from_worker(client: redis.Redis, model: str, source: dict, options: dict) -
     from_worker = source.get("worker")
     if not isinstance(from_worker, str) or not from_worker:
         raise BadRequestError("source.worker names the worker to copy from", field="source")
-    worker = cluster.get_worker(client, from_worker)
+    worker = get_worker(client, from_worker)
     if worker is None:
         raise NotFoundError(f"unknown source worker {from_worker!r}")
-    held = inventory.models_of(client, from_worker)
+    held = models_of(client, from_worker)
     if model not in held:
         model = parse_model(model).short  # inventories list Ollama models by their short name
         if model not in held:
