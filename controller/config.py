@@ -9,17 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from typing import Annotated
+from pydantic import Field
 
-from pydantic import AfterValidator, Field
-
-from eldric.cluster.redisconn import RedisURL
-from eldric.core.settings import CommaList, EnvSettings
-from eldric.transfer.upstreams import checked_address_entries, checked_registry_hosts
+from eldric.cluster.shared_settings import AddressPolicySettings, RedisSettings, UpstreamSettings
 
 
-class ControllerSettings(EnvSettings):
-    redis_url: RedisURL = Field("redis://127.0.0.1:6379/0", description="Redis: Celery broker and all cluster state")
+class ControllerSettings(AddressPolicySettings, UpstreamSettings, RedisSettings):
+    """The agents' upstream settings and allow-list are read here too: a name or a literal address no
+    agent may reach is refused with 400 before queuing."""
+
     api_token: str = Field("", description="when set, every /api/v1 call needs `Authorization: Bearer <token>`")
     cluster_secret: str = Field("", description="shared secret of controller and agents (agent-to-agent and agent-to-controller calls)")
     job_deadline_seconds: int = Field(6 * 3600, ge=1, description="a worker that has not finished its part by then is failed")
@@ -29,13 +27,6 @@ class ControllerSettings(EnvSettings):
     job_history_max: int = Field(1000, ge=1, description="at most this many jobs are kept")
     worker_forget_seconds: int = Field(7 * 24 * 3600, ge=0, description="a worker offline this long leaves the worker list")
     registry_url: str = Field("http://127.0.0.1:8892", description="the data worker's model registry")
-    # The agents' upstream settings, read here too so a name no agent may pull is refused with 400 before queuing.
-    ollama_registry: str = Field("https://registry.ollama.ai", description="the agents' mirror for registry.ollama.ai names (allowed as an upstream)")
-    insecure_registries: CommaList = Field((), description="hosts in model names reached over http (allowed as upstreams)")
-    allowed_registries: Annotated[CommaList, AfterValidator(checked_registry_hosts)] = Field(
-        (), description="more registry hosts model names may name, besides registry.ollama.ai, hf.co and the mirror")
-    url_allowlist: Annotated[CommaList, AfterValidator(checked_address_entries)] = Field(
-        (), description="internal addresses url sources may name (a literal internal address is refused otherwise)")
     view_cache_seconds: float = Field(1.0, ge=0, le=60, description="GET /api/v1/workers and /api/v1/models answers are reused this long per process (0: off)")
     controller_host: str = Field("127.0.0.1", description="where `eldric controller` listens")
     controller_port: int = Field(8880, ge=0, le=65535, description="where `eldric controller` listens")

@@ -13,11 +13,10 @@ import sys
 
 from pydantic import Field
 
-from eldric.cluster.redisconn import RedisURL
 from eldric import __version__
 from eldric.client import cli as client_cli
 from eldric.cluster.celeryconf import celery_config
-from eldric.core.settings import EnvSettings
+from eldric.cluster.shared_settings import RedisSettings
 
 SERVICES = {"controller": "controller.cli", "worker": "worker_agent.cli", "registry": "registry.cli"}
 
@@ -46,8 +45,7 @@ def _beat(args: argparse.Namespace) -> int:
     return 0
 
 
-class FlowerSettings(EnvSettings):
-    redis_url: RedisURL = Field("redis://127.0.0.1:6379/0", description="the broker Flower watches")
+class FlowerSettings(RedisSettings):
     flower_host: str = Field("127.0.0.1", description="where `eldric flower` listens")
     flower_port: int = Field(5555, ge=0, le=65535, description="where `eldric flower` listens")
 

@@ -14,10 +14,10 @@ from flask import Flask, jsonify, request
 from flask_smorest import Api
 from pydantic import Field
 
-from eldric.cluster.redisconn import RedisURL
 from eldric import __version__, logging_setup
 from eldric.cluster.redisconn import redis_client
-from eldric.core.settings import CommaList, Duration, EnvSettings, Size, UserPath
+from eldric.cluster.shared_settings import DEFAULT_OLLAMA_REGISTRY, AddressPolicySettings, OptionalRedisSettings
+from eldric.core.settings import Duration, Size, UserPath
 from eldric.core.errors import DigestMismatchError, InvalidDigestError, InvalidNameError
 from eldric.transfer.upstreams import AddressPolicy
 from eldric.transfer.urlfetch import FetchOptions
@@ -36,8 +36,12 @@ log = logging.getLogger(__name__)
 DRAIN_LIMIT = 64 << 20  # past this, a refused body is cut off: cheaper than reading it (nginx does the same)
 
 
-class RegistrySettings(EnvSettings):
-    """The registry's settings: `from_env` reads ELDRIC_REGISTRY_* (the CLI); tests construct them directly."""
+class RegistrySettings(AddressPolicySettings, OptionalRedisSettings):
+    """The registry's settings: `from_env` reads ELDRIC_REGISTRY_* (the CLI); tests construct them directly.
+
+    Shared blocks: Redis (optional, for URL-import progress) and the allow-list every hop of a URL import
+    is checked against (issue 11).
+    """
 
     host: str = Field("127.0.0.1", validation_alias="ELDRIC_REGISTRY_HOST", description="listen address")
     port: int = Field(8892, ge=0, le=65535, validation_alias="ELDRIC_REGISTRY_PORT", description="listen port")
@@ -51,21 +55,14 @@ class RegistrySettings(EnvSettings):
                                  description="uploads that would leave less free space are refused (507)")
     draft_ttl_seconds: float = Field(24 * 3600, gt=0, validation_alias="ELDRIC_REGISTRY_DRAFT_TTL_SECONDS",
                                      description="drafts untouched this long are deleted")
-    redis_url: RedisURL | None = Field(None, description="Redis for the progress of URL imports the controller starts")
     token: str = Field("", validation_alias="ELDRIC_CLUSTER_SECRET",
                        description="when set, every API call needs `Authorization: Bearer <token>` (the cluster secret)")
     import_workers: int = Field(2, ge=1, validation_alias="ELDRIC_REGISTRY_IMPORT_WORKERS", description="URL imports run at once")
     log_level: str = Field("INFO", description="log level of the registry process")
-    # Issue 11: URL imports refuse loopback, private and link-local addresses on every hop unless
-    # listed here; create_registry_app passes AddressPolicy.parse(url_allowlist) to the Importer's
-    # FetchOptions(url_policy=...), which also rejects a bad entry at start.
-    url_allowlist: CommaList = Field(
-        (), validation_alias="ELDRIC_URL_ALLOWLIST",
-        description="comma list of addresses, networks (CIDR) or host names URL imports may reach although loopback, private or link-local")
     # Issue 15: the /v2/ API (registry/oci/) and its pull-through cache.
     api_token: str = Field("", validation_alias="ELDRIC_API_TOKEN",
                            description="when set, /v2/ also accepts this token (besides the cluster secret)")
-    mirror_upstream: str = Field("https://registry.ollama.ai", validation_alias="ELDRIC_MIRROR_UPSTREAM",
+    mirror_upstream: str = Field(DEFAULT_OLLAMA_REGISTRY, validation_alias="ELDRIC_MIRROR_UPSTREAM",
                                  description="registry the /v2/ pull-through cache fetches missing models from; none turns it off")
     mirror_tag_ttl: Duration = Field(3600.0, validation_alias="ELDRIC_MIRROR_TAG_TTL",
                                      description="a mirrored tag is asked upstream again after this long (e.g. 90s, 30m, 1h)")

@@ -5,33 +5,29 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from eldric.cluster.redisconn import RedisURL
 from eldric.cluster.queues import WORKER_PORTS, is_valid_worker_id
-from eldric.core.settings import CommaList, EnvSettings, Size, UserPath
+from eldric.cluster.shared_settings import AddressPolicySettings, RedisSettings, UpstreamSettings
+from eldric.core.settings import CommaList, Size, UserPath
 from eldric.transfer.retry import backoff_delay
-from eldric.transfer.upstreams import checked_address_entries, checked_registry_hosts
 from worker_agent.errors import SettingsError
-
-DEFAULT_OLLAMA_REGISTRY = "https://registry.ollama.ai"
 
 Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
-class AgentSettings(EnvSettings):
+class AgentSettings(AddressPolicySettings, UpstreamSettings, RedisSettings):
+    """Redis, the upstream registries and the allow-list are the blocks every service shares."""
+
     error_type = SettingsError
 
     worker_id: str = Field(..., validation_alias="ELDRIC_WORKER_NAME", description="this node's worker id")
     worker_type: str = Field(..., description="inference, cloud, data, science, training, media or comm")
     data_dir: UserPath | None = Field(None, description="agent state; default ~/.eldric/<worker id>")
-    redis_url: RedisURL = Field("redis://127.0.0.1:6379/0", description="Redis: broker and cluster state")
     host: str = Field("127.0.0.1", validation_alias="ELDRIC_AGENT_HOST", description="address the agent's HTTP server binds")
     port: int | None = Field(None, ge=0, le=65535, validation_alias="ELDRIC_AGENT_PORT", description="agent HTTP port; default the type's port; 0 picks a free one")
     advertise_url: str = Field("", validation_alias="ELDRIC_AGENT_ADVERTISE_URL", description="URL peers use to reach this agent; default http://host:port")
     ollama_models_dir: UserPath | None = Field(None, validation_alias="ELDRIC_OLLAMA_MODELS", description="Ollama's model store (OLLAMA_MODELS); default <data dir>/ollama/models")
-    ollama_registry: str = Field(DEFAULT_OLLAMA_REGISTRY, description="base URL serving registry.ollama.ai names (a mirror's http:// URL works)")
-    insecure_registries: CommaList = Field((), description="comma list of hosts in model names reached over http")
     cluster_secret: str = Field("", description="shared secret for agent-to-agent and agent-to-controller calls")
     backends: CommaList = Field(("ollama",), description="comma list of backends this node serves")
     heartbeat_seconds: Seconds = Field(5.0, description="heartbeat period; offline after 3 missed")
@@ -56,9 +52,6 @@ class AgentSettings(EnvSettings):
     triton_url: str = Field("http://127.0.0.1:8000", description="Triton's HTTP API (repository load, model readiness)")
     log_level: str = Field("INFO", description="log level of the agent process")
     backend_timeout_seconds: Seconds = Field(600.0, description="longest wait for one backend API call (blob upload, create, model load)")
-    allowed_registries: Annotated[CommaList, AfterValidator(checked_registry_hosts)] = Field((), description="comma list of registry hosts (host or host:port) model names may name, besides registry.ollama.ai, hf.co, the mirror and the insecure registries")
-    url_allowlist: Annotated[CommaList, AfterValidator(checked_address_entries)] = Field((), description="comma list of addresses, networks (CIDR) or host names the url source and registry redirects may reach although loopback, private or link-local")
-
 
     @field_validator("worker_id")
     @classmethod
@@ -72,13 +65,6 @@ class AgentSettings(EnvSettings):
     def _worker_type(cls, value: str) -> str:
         if value not in WORKER_PORTS:
             raise ValueError(f"invalid worker type {value!r}: one of {', '.join(WORKER_PORTS)}")
-        return value
-
-    @field_validator("ollama_registry")
-    @classmethod
-    def _registry_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"must be an http(s) URL, got {value!r}")
         return value
 
     @model_validator(mode="after")

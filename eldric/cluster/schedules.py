@@ -14,7 +14,6 @@ from pydantic import Field
 from redis.backoff import ConstantBackoff
 from redis.retry import Retry
 
-from eldric.cluster.redisconn import RedisURL
 from eldric.cluster.celeryconf import celery_config
 from eldric.cluster.keys import PREFIX
 from eldric.cluster.queues import (
@@ -27,16 +26,15 @@ from eldric.cluster.queues import (
     TASK_REAP_STALE_JOBS,
 )
 from eldric.cluster.redisconn import redbeat_settings, redis_client
-from eldric.core.settings import EnvSettings
+from eldric.cluster.shared_settings import RedisSettings
 
 RETRY_SECONDS = 0.5  # pause between RedBeat's attempts to reach Redis again
 REDBEAT_PREFIX = f"{PREFIX}:redbeat:"  # RedBeat's keys: <prefix>:schedule, <prefix>:lock, <prefix><entry>
 
 
-class ScheduleSettings(EnvSettings):
+class ScheduleSettings(RedisSettings):
     """Every beat setting; 0 disables a scheduled job."""
 
-    redis_url: RedisURL = Field("redis://127.0.0.1:6379/0", description="broker and schedule store")
     log_level: str = Field("INFO", description="log level of beat")
     inventory_sync_seconds: float = Field(300.0, ge=0, description="every worker re-reports its local models this often")
     reap_seconds: float = Field(30.0, ge=0, description="how often unfinished jobs of silent workers are failed")
