@@ -120,3 +120,14 @@ def test_a_bad_redis_url_stops_every_service_with_one_line_and_no_password(url, 
 def test_redis_sentinel_and_unix_urls_are_accepted():
     for url in ("redis://:pw@h:6379/1", "rediss://h/0", "unix:///run/redis.sock", "sentinel://a,b:26380/2?master=m"):
         assert ControllerSettings.from_env({"ELDRIC_REDIS_URL": url}).redis_url == url
+
+
+@pytest.mark.parametrize("settings, env, message", [
+    (ControllerSettings, {"ELDRIC_OLLAMA_REGISTRY": "registry.ollama.ai"},
+     r"ollama_registry \(ELDRIC_OLLAMA_REGISTRY\): must be an http\(s\) URL"),
+    (RegistrySettings, {"ELDRIC_URL_ALLOWLIST": "10.0.0.0/33"},
+     r"url_allowlist \(ELDRIC_URL_ALLOWLIST\): not an address, network or host name: '10.0.0.0/33'"),
+])
+def test_a_shared_setting_is_checked_in_every_service_that_reads_it(settings, env, message):
+    with pytest.raises(SettingsError, match=message):
+        settings.from_env(env)
