@@ -21,7 +21,7 @@ import redis
 
 from controller.dispatch import RETRY_POLICY, create_producer, send_to_workers
 from eldric.cluster.queues import TASK_PULL, worker_queue
-from tests.support.processes import RedisServer
+from testbed.processes import RedisServer
 
 
 def send_one_by_one(producer, task: str, job_id: str, args: list, worker_ids: list[str]) -> list[str]:

@@ -2,7 +2,7 @@
 
 Starts docker-registry with a pushed Ollama-format model of S bytes (a valid GGUF grown to
 --model-mib), an uplink proxy in front of it capped at B_up bytes/s for all connections together
-(tests/support/uplink.py), and for each N in --sizes a fresh redis-server, controller and N
+(testbed/uplink.py), and for each N in --sizes a fresh redis-server, controller and N
 inference agents (new data dirs: nothing cached; page caches dropped first when root). Then
 POST /api/v1/models/pull to those N workers and poll the job until it ends. Prints, per N and
 round: T (from the POST to the last worker's finished_at), T / (S / B_up), upstream bytes / S,
@@ -39,10 +39,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.gguf_models import write_gguf_of_size
-from tests.support.oci_registry import OCIRegistry, push_ollama_model
-from tests.support.processes import LOOPBACK, RedisServer, Service, eldric, free_port, session, wait_until
-from tests.support.uplink import UplinkProxy
+from testbed.gguf_models import write_gguf_of_size
+from testbed.oci_registry import OCIRegistry, push_ollama_model
+from testbed.processes import LOOPBACK, RedisServer, Service, eldric, free_port, session, wait_until
+from testbed.uplink import UplinkProxy
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MIB = 1 << 20

@@ -61,7 +61,7 @@ from bench.fleet_agents import worker_type
 from bench.fleet_counters import Counters, JobWatch, output_buffer_cuts, process_cpu, read_counters, write_commands
 from bench.fleet_streams import Streams
 from eldric.cluster import jobstate
-from tests.support.processes import RedisServer, Service, eldric, free_port, session, wait_until
+from testbed.processes import RedisServer, Service, eldric, free_port, session, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GOAL_SIZE = 1000

@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.gguf_models import write_gguf_of_size
-from tests.support.oci_registry import OCIRegistry, push_ollama_model
-from tests.support.processes import RedisServer, Service, eldric, free_port, session, wait_until
+from testbed.gguf_models import write_gguf_of_size
+from testbed.oci_registry import OCIRegistry, push_ollama_model
+from testbed.processes import RedisServer, Service, eldric, free_port, session, wait_until
 
 
 def process_cpu(pid: int) -> float:

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.registry_upload import write_gguf
 from eldric.client.registry import ModelRegistryClient
 from eldric.core.settings import parse_size
-from tests.support.processes import RedisServer, Service, eldric, free_port, session, wait_until
+from testbed.processes import RedisServer, Service, eldric, free_port, session, wait_until
 
 CLIENTS = 4
 RANGE = 64 << 20

@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.registry_download import CLIENTS, RANGE, curl_seconds, ensure_nginx, start_nginx
 from eldric.core.settings import parse_size
-from tests.support.oci_registry import push_blob
-from tests.support.processes import Service, eldric, free_port, session, wait_until
+from testbed.oci_registry import push_blob
+from testbed.processes import Service, eldric, free_port, session, wait_until
 
 TARGET = 0.8
 

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.fleet_agents import initial_models, model_record, worker_id, worker_type
 from eldric.cluster import jobstate, keys
 from eldric.cluster.jobstore import create_job
-from tests.support.processes import RedisServer
+from testbed.processes import RedisServer
 from worker_agent import membership
 
 PULLED = "pulled-model:latest"

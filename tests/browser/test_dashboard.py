@@ -14,9 +14,9 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeoutError, expect
 
 from tests.integration.conftest import REPO_ROOT
 from tests.support.fake_backends import FakeOllama
-from tests.support.gguf_models import write_gguf_of_size, write_llama_gguf
-from tests.support.oci_registry import push_ollama_model
-from tests.support.processes import Service, eldric, free_port, wait_until
+from testbed.gguf_models import write_gguf_of_size, write_llama_gguf
+from testbed.oci_registry import push_ollama_model
+from testbed.processes import Service, eldric, free_port, wait_until
 from tests.support.throttle import ThrottlingProxy
 
 pytestmark = pytest.mark.browser

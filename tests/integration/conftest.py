@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 
-from tests.support.gguf_models import write_llama_gguf
-from tests.support.oci_registry import OCIRegistry, push_ollama_model
-from tests.support.processes import LOOPBACK, RedisServer, Service, eldric, free_port, session, wait_until
+from testbed.gguf_models import write_llama_gguf
+from testbed.oci_registry import OCIRegistry, push_ollama_model
+from testbed.processes import LOOPBACK, RedisServer, Service, eldric, free_port, session, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.processes import wait_until
+from testbed.processes import wait_until
 
 pytestmark = pytest.mark.integration
 

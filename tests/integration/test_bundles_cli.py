@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support.gguf_models import write_gguf_of_size, write_llama_gguf
-from tests.support.oci_registry import (CONFIG_V1, MANIFEST_V2, OCIRegistry, get_manifest, push_blob,
+from testbed.gguf_models import write_gguf_of_size, write_llama_gguf
+from testbed.oci_registry import (CONFIG_V1, MANIFEST_V2, OCIRegistry, get_manifest, push_blob,
                                        push_ollama_model)
-from tests.support.processes import Service, eldric, free_port, session, wait_until
+from testbed.processes import Service, eldric, free_port, session, wait_until
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

@@ -12,8 +12,8 @@ import pytest
 
 from eldric.client.cli import Api, ResumableUpload
 from tests.support.fake_backends import FakeOllama
-from tests.support.gguf_models import write_llama_gguf
-from tests.support.processes import Service, eldric, free_port, wait_until
+from testbed.gguf_models import write_llama_gguf
+from testbed.processes import Service, eldric, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

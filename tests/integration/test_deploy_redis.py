@@ -13,7 +13,7 @@ import pytest
 import redis as redis_lib
 
 from eldric.cluster.redisconn import redis_client
-from tests.support.processes import Service, free_port, wait_until
+from testbed.processes import Service, free_port, wait_until
 
 pytestmark = [
     pytest.mark.integration,

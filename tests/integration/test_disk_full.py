@@ -21,9 +21,9 @@ from eldric.cluster.celeryconf import celery_config
 from eldric.cluster.queues import MAINTENANCE_QUEUE, TASK_CLEAN_PARTIALS_ALL
 from eldric.core.digests import Digest
 from eldric.transfer.partials import resumable_bytes
-from tests.support.gguf_models import write_gguf_of_size
-from tests.support.oci_registry import push_ollama_model
-from tests.support.processes import wait_until
+from testbed.gguf_models import write_gguf_of_size
+from testbed.oci_registry import push_ollama_model
+from testbed.processes import wait_until
 from tests.support.throttle import ThrottlingProxy
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.support.processes import wait_until
+from testbed.processes import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -1,5 +1,5 @@
 """Peer-assisted fan-out (issue 14) over real processes: Redis, docker-registry behind a shared, byte-counting
-uplink (tests/support/uplink.py), a controller and inference agents.
+uplink (testbed/uplink.py), a controller and inference agents.
 
 Each test pulls its own model (a digest of its own, so no swarm board of an earlier test is in play)
 and stops or kills the agents it started. Models are 24-32 MiB: several 4 MiB ranges
@@ -19,10 +19,10 @@ import pytest
 from eldric.cluster import keys
 from eldric.transfer.swarm import range_bytes_for
 from tests.integration.conftest import REPO_ROOT, Cluster
-from tests.support.gguf_models import write_gguf_of_size
-from tests.support.oci_registry import blob_data_path, push_ollama_model
-from tests.support.processes import Service, eldric, wait_until
-from tests.support.uplink import CHUNK, SharedBucket, UplinkProxy
+from testbed.gguf_models import write_gguf_of_size
+from testbed.oci_registry import blob_data_path, push_ollama_model
+from testbed.processes import Service, eldric, wait_until
+from testbed.uplink import CHUNK, SharedBucket, UplinkProxy
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from eldric.cluster import keys
 from eldric.cluster import jobstate
 from eldric.cluster.jobstore import create_job, write_record
 from eldric.cluster.queues import TASK_PULL, worker_queue
-from tests.support.processes import session, wait_until
+from testbed.processes import session, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -29,7 +29,7 @@ from eldric.transfer.upstreams import PUBLIC_ONLY, AddressPolicy
 from eldric.transfer.urlfetch import FetchOptions
 from registry.imports import Importer
 from registry.service import RegistryService
-from tests.support.processes import wait_until
+from testbed.processes import wait_until
 
 pytestmark = pytest.mark.integration
 

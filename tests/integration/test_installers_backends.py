@@ -14,8 +14,8 @@ import requests
 from safetensors.numpy import save_file
 
 from tests.support.fake_backends import FakeOllama, FakeTriton
-from tests.support.gguf_models import write_llama_gguf
-from tests.support.processes import free_port
+from testbed.gguf_models import write_llama_gguf
+from testbed.processes import free_port
 from worker_agent.installers import (BackendConfig, BackendError, BackendUnavailableError, LocalModel,
                                      MissingFilesError, backend_configs, install, uninstall)
 from worker_agent.installers.chat_templates import CHATML

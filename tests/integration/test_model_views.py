@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.gguf_models import write_llama_gguf
-from tests.support.oci_registry import push_ollama_model
-from tests.support.processes import wait_until
+from testbed.gguf_models import write_llama_gguf
+from testbed.oci_registry import push_ollama_model
+from testbed.processes import wait_until
 
 pytestmark = pytest.mark.integration
 

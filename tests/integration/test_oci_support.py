@@ -10,8 +10,8 @@ import gguf
 import pytest
 import requests
 
-from tests.support.gguf_models import DEFAULT_CHAT_TEMPLATE, write_llama_gguf
-from tests.support.oci_registry import (
+from testbed.gguf_models import DEFAULT_CHAT_TEMPLATE, write_llama_gguf
+from testbed.oci_registry import (
     MANIFEST_V2,
     MT_MODEL,
     MT_PARAMS,

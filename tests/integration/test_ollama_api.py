@@ -6,7 +6,7 @@ import ollama
 import pytest
 import requests
 
-from tests.support.processes import wait_until
+from testbed.processes import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -12,9 +12,9 @@ import shutil
 
 import pytest
 
-from tests.support.gguf_models import write_gguf_of_size, write_llama_gguf
-from tests.support.oci_registry import push_ollama_model
-from tests.support.processes import Service, eldric, wait_until
+from testbed.gguf_models import write_gguf_of_size, write_llama_gguf
+from testbed.oci_registry import push_ollama_model
+from testbed.processes import Service, eldric, wait_until
 from tests.support.throttle import ThrottlingProxy
 
 pytestmark = pytest.mark.integration

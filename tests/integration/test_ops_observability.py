@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import REPO_ROOT
-from tests.support.processes import Service, eldric, free_port, wait_until
+from testbed.processes import Service, eldric, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 

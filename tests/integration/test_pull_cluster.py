@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from tests.support.oci_registry import blob_data_path, push_ollama_model
-from tests.support.gguf_models import write_llama_gguf
+from testbed.oci_registry import blob_data_path, push_ollama_model
+from testbed.gguf_models import write_llama_gguf
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +42,7 @@ def test_pull_reaches_every_inference_and_cloud_worker_and_no_other(live, tiny_m
         seen_states.update(w["state"] for w in j["workers"])
         return j if j["state"] in ("completed", "failed") else None
 
-    from tests.support.processes import wait_until
+    from testbed.processes import wait_until
     final = wait_until(poll, timeout=60, interval=0.05, message="pull to finish")
     assert final["state"] == "completed", json.dumps(final, indent=1)
     assert {w["worker"]: w["state"] for w in final["workers"]} == {w: "completed" for w in ("cloud-a", "inf-a", "inf-b")}
@@ -82,7 +82,7 @@ def test_unknown_model_fails_each_worker_with_the_registry_message(live):
 def test_corrupted_blob_fails_with_digest_mismatch_and_leaves_nothing_visible(live, oci, workdir):
     gguf = write_llama_gguf(workdir / "bad.gguf", name="bad", width=96)
     pushed = push_ollama_model(oci.url, "library/broken", "v1", gguf_path=gguf)
-    from tests.support.oci_registry import corrupt_blob
+    from testbed.oci_registry import corrupt_blob
     corrupt_blob(oci.root, pushed["layers"]["application/vnd.ollama.image.model"])
     job = live.api("POST", "/api/v1/models/pull", json={"model": "broken:v1", "workers": ["inf-a"]}).json()
     final = live.wait_job(job["id"])

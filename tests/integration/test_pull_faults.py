@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from tests.support.gguf_models import write_gguf_of_size
-from tests.support.oci_registry import push_ollama_model
-from tests.support.processes import free_port, wait_until
+from testbed.gguf_models import write_gguf_of_size
+from testbed.oci_registry import push_ollama_model
+from testbed.processes import free_port, wait_until
 from tests.support.throttle import ThrottlingProxy
 
 pytestmark = pytest.mark.integration

@@ -19,9 +19,9 @@ import redis as redis_lib
 from eldric.cluster.redisconn import redis_client
 from eldric.cluster.schedules import REDBEAT_PREFIX
 from tests.integration.conftest import Cluster
-from tests.support.gguf_models import write_gguf_of_size
-from tests.support.oci_registry import push_ollama_model
-from tests.support.processes import Service, eldric, free_port, wait_until
+from testbed.gguf_models import write_gguf_of_size
+from testbed.oci_registry import push_ollama_model
+from testbed.processes import Service, eldric, free_port, wait_until
 from tests.support.throttle import ThrottlingProxy
 
 pytestmark = [

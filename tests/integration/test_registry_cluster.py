@@ -16,8 +16,8 @@ from eldric.cluster import jobstate
 from eldric.cluster import keys
 from eldric.client.registry import ModelRegistryClient
 from tests.support.file_server import FileServer
-from tests.support.gguf_models import write_llama_gguf
-from tests.support.processes import LOOPBACK, session, start_registry_and_controller, wait_until
+from testbed.gguf_models import write_llama_gguf
+from testbed.processes import LOOPBACK, session, start_registry_and_controller, wait_until
 
 pytestmark = pytest.mark.integration
 API = "/api/v1/model-registry"

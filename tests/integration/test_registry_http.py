@@ -16,8 +16,8 @@ import requests
 from safetensors.numpy import save_file
 
 from eldric.client.registry import ModelRegistryClient
-from tests.support.gguf_models import write_llama_gguf
-from tests.support.processes import Service, eldric, free_port, session, wait_until
+from testbed.gguf_models import write_llama_gguf
+from testbed.processes import Service, eldric, free_port, session, wait_until
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

@@ -23,8 +23,8 @@ from eldric.transfer.upstreams import AddressPolicy
 from eldric.transfer.urlfetch import FetchOptions, fetch
 from registry.imports import Importer
 from registry.service import RegistryService
-from tests.support.gguf_models import write_llama_gguf
-from tests.support.processes import LOOPBACK, Service, eldric, free_port, session, wait_until
+from testbed.gguf_models import write_llama_gguf
+from testbed.processes import LOOPBACK, Service, eldric, free_port, session, wait_until
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.gguf_models import write_llama_gguf
-from tests.support.oci_registry import push_blob, push_ollama_model
-from tests.support.processes import REPO_ROOT, Service, eldric, free_port, session, wait_until
+from testbed.gguf_models import write_llama_gguf
+from testbed.oci_registry import push_blob, push_ollama_model
+from testbed.processes import REPO_ROOT, Service, eldric, free_port, session, wait_until
 from tests.support.throttle import ThrottlingProxy
 
 pytestmark = [pytest.mark.integration,
@@ -228,7 +228,7 @@ def test_the_push_api_takes_what_docker_registry_takes(data_node, workdir, monke
     """The helper the tests push to docker-registry with, then a chunked final PUT (no Content-Length)."""
     http = session()
     http.headers.update(authed())
-    import tests.support.oci_registry as oci_support
+    import testbed.oci_registry as oci_support
     monkeypatch.setattr(oci_support, "_session", lambda: http)  # the same helper, with the data node's secret
     pushed = push_ollama_model(data_node["url"], "acme/pushed", "v1",
                                gguf_path=write_llama_gguf(workdir / "pushed.gguf", name="pushed", n_layers=2))

@@ -30,7 +30,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, settings
 from schemathesis.config import SchemathesisConfig
 
-from tests.support.processes import session, start_registry_and_controller
+from testbed.processes import session, start_registry_and_controller
 
 pytestmark = pytest.mark.integration
 TOKEN, SECRET = "fuzz-api-token", "fuzz-cluster-secret"

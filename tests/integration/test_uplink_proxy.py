@@ -1,4 +1,4 @@
-"""The shared uplink (tests/support/uplink.py): its token bucket on a fake clock, then the proxy in front of a
+"""The shared uplink (testbed/uplink.py): its token bucket on a fake clock, then the proxy in front of a
 real docker-registry: one rate for all connections, exact byte counts."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from tests.support.gguf_models import write_llama_gguf
-from tests.support.oci_registry import MANIFEST_V2, OCIRegistry, push_blob, push_ollama_model
-from tests.support.processes import session
-from tests.support.uplink import CHUNK, SharedBucket, UplinkProxy
+from testbed.gguf_models import write_llama_gguf
+from testbed.oci_registry import MANIFEST_V2, OCIRegistry, push_blob, push_ollama_model
+from testbed.processes import session
+from testbed.uplink import CHUNK, SharedBucket, UplinkProxy
 
 pytestmark = pytest.mark.integration
 

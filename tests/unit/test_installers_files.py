@@ -11,7 +11,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from eldric.core.errors import DigestMismatchError
-from tests.support.gguf_models import write_llama_gguf
+from testbed.gguf_models import write_llama_gguf
 from worker_agent.installers import (BackendConfig, InvalidModelError, LocalModel, MissingFilesError,
                                      UnsupportedModelError, install, model_slug, uninstall)
 from worker_agent.installers import staging

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.support.fake_backends import _check_go_template
-from tests.support.gguf_models import DEFAULT_CHAT_TEMPLATE, write_llama_gguf
+from testbed.gguf_models import DEFAULT_CHAT_TEMPLATE, write_llama_gguf
 from worker_agent.installers import LocalModel, UnsupportedModelError
 from worker_agent.installers.chat_templates import CHATML, FAMILIES, LLAMA3, choose_template
 from worker_agent.installers.ollama import create_request, render_modelfile, served_name

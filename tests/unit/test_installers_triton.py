@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.support.fake_backends import MODEL_CONFIG_FIELDS, parse_pbtxt
-from tests.support.gguf_models import write_llama_gguf
+from testbed.gguf_models import write_llama_gguf
 from worker_agent.installers import BackendConfig, LocalModel, UnsupportedModelError, install
 from worker_agent.installers.triton import Installer, render_config
 

@@ -9,7 +9,7 @@ import pytest
 
 from eldric.core.settings import parse_size
 from registry.server import RegistrySettings, create_registry_app
-from tests.support.gguf_models import write_llama_gguf
+from testbed.gguf_models import write_llama_gguf
 
 API = "/api/v1/model-registry"
 

@@ -24,7 +24,7 @@ from eldric.cluster import jobstate
 from eldric.cluster import keys
 from eldric.transfer.http import http_session
 from registry.server import RegistrySettings, create_registry_app
-from tests.support.gguf_models import write_llama_gguf
+from testbed.gguf_models import write_llama_gguf
 
 API = "/api/v1/model-registry"
 

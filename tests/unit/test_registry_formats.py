@@ -13,8 +13,8 @@ from safetensors.numpy import save_file
 
 from eldric.core.formats import check_head, detect_format, inspect_file, model_details
 from eldric.core.ggufheader import read_header
-from eldric.core.model_errors import InvalidFormatError
-from tests.support.gguf_models import DEFAULT_CHAT_TEMPLATE, write_llama_gguf
+from eldric.core.request_errors import InvalidFormatError
+from testbed.gguf_models import DEFAULT_CHAT_TEMPLATE, write_llama_gguf
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from eldric.core.identifiers import validate_file_path, validate_model_name, validate_version
-from eldric.core.model_errors import BadRequestError, InvalidPathError
+from eldric.core.request_errors import BadRequestError, InvalidPathError
 
 
 @pytest.mark.parametrize("path", ["model.gguf", "tokenizer/tokenizer.json", ".gitattributes", "a b.txt",

@@ -12,7 +12,7 @@ import pytest
 
 from eldric.core.chat_templates import CHATML
 from registry.server import RegistrySettings, create_registry_app
-from tests.support.gguf_models import write_llama_gguf
+from testbed.gguf_models import write_llama_gguf
 
 API = "/api/v1/model-registry"
 V2 = "application/vnd.docker.distribution.manifest.v2+json"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from eldric.core.model_errors import RangeNotSatisfiableError
+from eldric.core.request_errors import RangeNotSatisfiableError
 from eldric.transfer.ranges import ByteRange, parse_content_range, parse_range
 
 

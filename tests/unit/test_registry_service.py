@@ -15,10 +15,10 @@ import pytest
 from safetensors.numpy import save_file
 
 from eldric.core.errors import DigestMismatchError
-from eldric.core.model_errors import (BadRequestError, ConflictError, InvalidFormatError, InvalidPathError,
+from eldric.core.request_errors import (BadRequestError, ConflictError, InvalidFormatError, InvalidPathError,
                                    NotFoundError, RangeNotSatisfiableError, TooLargeError)
 from registry.service import RegistryService
-from tests.support.gguf_models import write_llama_gguf
+from testbed.gguf_models import write_llama_gguf
 
 
 class Clock:

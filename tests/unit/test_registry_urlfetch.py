@@ -15,7 +15,7 @@ import urllib3
 
 from eldric.core.blobstore import BlobStore
 from eldric.core.digests import Digest
-from eldric.core.model_errors import ImportFailedError, TooLargeError
+from eldric.core.request_errors import ImportFailedError, TooLargeError
 from eldric.transfer.download import DownloadOptions
 from eldric.transfer.urlfetch import FetchOptions, UrlSource, fetch, redact, source_kind
 

@@ -1,4 +1,4 @@
-"""Real processes for integration tests: redis-server, eldric services; ports, waits, logs."""
+"""Real processes for integration tests and benches: redis-server, eldric services; ports, waits, logs."""
 
 from __future__ import annotations
 
@@ -121,7 +121,7 @@ def eldric(*args: str) -> list[str]:
     return [sys.executable, "-m", "eldric.cli", *args]
 
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def start_registry_and_controller(workdir: Path, env: dict[str, str], *, storage: str = "reg", prefix: str = "",
