@@ -3,5 +3,5 @@
 Views map each kind to its HTTP status through the one error format (eldric.web.problems).
 """
 
-from eldric.core.model_errors import BadRequestError, ConflictError, NotFoundError, UnavailableError  # noqa: F401
-from eldric.core.model_errors import ModelRegistryError as ControllerError  # noqa: F401
+from eldric.core.request_errors import BadRequestError, ConflictError, NotFoundError, UnavailableError  # noqa: F401
+from eldric.core.request_errors import RequestError as ControllerError  # noqa: F401

@@ -18,7 +18,7 @@ from eldric.cluster.registry_api import (API_PREFIX, FILE_DOWNLOAD_RESPONSES, FI
                                          ModelSchema, StorageSchema, TrainingRequestSchema, UploadQuerySchema,
                                          UploadSessionRequestSchema, UploadSessionSchema, install_converters,
                                          MirrorCheckSchema, MirrorSchema)
-from eldric.core.model_errors import BadRequestError, NotFoundError
+from eldric.core.request_errors import BadRequestError, NotFoundError
 from eldric.transfer.ranges import parse_content_range
 from eldric.web.blueprints import Blueprint
 from eldric.web.file_responses import file_response

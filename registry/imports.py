@@ -30,7 +30,7 @@ from eldric.cluster import jobstate
 from eldric.cluster.jobstore import REGISTRY_WORKER_ID, Progress
 from eldric.core.blobstore import BlobStore
 from eldric.core.digests import Digest
-from eldric.core.model_errors import (BadRequestError, ConflictError, ModelRegistryError, NotFoundError,
+from eldric.core.request_errors import (BadRequestError, ConflictError, RequestError, NotFoundError,
                                    UnavailableError)
 from registry.service import RegistryService
 from eldric.cluster.registry_api import parse_import_request
@@ -142,8 +142,8 @@ class Importer:
             self._set(job_id, state=jobstate.JOB_COMPLETED, model_id=model["id"], error=None)
             progress.finish(status=f"imported as {model['reference']} ({model['id']})")
         except Exception as exc:
-            reason = str(exc) if isinstance(exc, ModelRegistryError) else f"internal error: {exc}"
-            if not isinstance(exc, ModelRegistryError):
+            reason = str(exc) if isinstance(exc, RequestError) else f"internal error: {exc}"
+            if not isinstance(exc, RequestError):
                 log.exception("import %s failed", job_id)
             self._abandon(job_id)
             self._set(job_id, state=jobstate.JOB_FAILED, error=reason)

@@ -23,7 +23,7 @@ from eldric.transfer.upstreams import AddressPolicy
 from eldric.transfer.urlfetch import FetchOptions
 from registry.imports import Importer
 from registry.heartbeat import Heartbeat
-from eldric.core.model_errors import ModelRegistryError, RangeNotSatisfiableError
+from eldric.core.request_errors import RequestError, RangeNotSatisfiableError
 from eldric.web.auth import require_bearer
 from eldric.web.gunicorn_server import serve_with_gunicorn
 from eldric.web.problems import error_response, register_error_handlers
@@ -121,8 +121,8 @@ def create_registry_app(storage: str | Path, settings: RegistrySettings = Regist
 
 
 def _register_domain_errors(app: Flask) -> None:
-    @app.errorhandler(ModelRegistryError)
-    def registry_error(exc: ModelRegistryError):
+    @app.errorhandler(RequestError)
+    def registry_error(exc: RequestError):
         body, code = error_response(exc.status, str(exc), {exc.field: [str(exc)]} if exc.field else None)
         if isinstance(exc, RangeNotSatisfiableError) and exc.size is not None:
             if request.method in ("PATCH", "PUT"):  # an upload chunk at the wrong offset

@@ -39,7 +39,7 @@ from eldric.core.digests import Digest
 from eldric.core.errors import DigestMismatchError
 from eldric.core.formats import FORMATS, check_head, detect_format, inspect_file, model_details
 from eldric.core.identifiers import validate_file_path, validate_model_name, validate_version
-from eldric.core.model_errors import (BadRequestError, ConflictError, InsufficientStorageError, InvalidFormatError,
+from eldric.core.request_errors import (BadRequestError, ConflictError, InsufficientStorageError, InvalidFormatError,
                                    NotFoundError, TooLargeError)
 from registry.uploads import UploadSessions, copy_stream
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from eldric.cluster.registry_api import find_path_conflict, path_conflict
 from eldric.core.blobstore import BlobStore
 from eldric.core.digests import Digest
-from eldric.core.model_errors import ConflictError, InsufficientStorageError
+from eldric.core.request_errors import ConflictError, InsufficientStorageError
 
 STAGING_PREFIX = ".staging-"
 

@@ -25,7 +25,7 @@ from werkzeug.exceptions import ClientDisconnected
 
 from eldric.core.digests import Digest, sha256_of_file
 from eldric.core.formats import HEAD_BYTES
-from eldric.core.model_errors import (BadRequestError, ConflictError, NotFoundError, RangeNotSatisfiableError,
+from eldric.core.request_errors import (BadRequestError, ConflictError, NotFoundError, RangeNotSatisfiableError,
                                    TooLargeError)
 
 CHUNK = 1 << 20

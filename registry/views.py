@@ -6,7 +6,7 @@ import json
 from datetime import datetime, UTC
 
 from eldric.core.digests import Digest
-from eldric.core.model_errors import BadRequestError
+from eldric.core.request_errors import BadRequestError
 from eldric.cluster.registry_api import API_PREFIX
 
 MAX_LINEAGE_BYTES = 16 << 10

@@ -25,7 +25,7 @@ from eldric.cluster import jobstate
 from eldric.core.errors import EldricError
 from eldric.core.identifiers import validate_file_path, validate_model_name, validate_version
 from eldric.cluster.jobstore import REGISTRY_WORKER_ID as WORKER_ID
-from eldric.core.model_errors import ModelRegistryError
+from eldric.core.request_errors import RequestError
 from eldric.cluster.registry_api import (API_PREFIX, FILE_DOWNLOAD_RESPONSES, FILE_PATH_PARAMETER, JOB_ID_PARAMETER, MODEL_ID_PARAMETER,
                                          UPLOAD_ID_PARAMETER, DigestQuerySchema, DraftRequestSchema, FileSchema,
                                          ImportRequestSchema, ImportSchema, ModelListSchema, ModelQuerySchema,
@@ -90,7 +90,7 @@ def start_import(client: redis.Redis, registry: RegistryClient, body: dict, raw:
         validate_model_name(body["name"])
         if body.get("version"):
             validate_version(body["version"])
-    except (ModelRegistryError, EldricError) as exc:
+    except (RequestError, EldricError) as exc:
         raise BadRequestError(str(exc), getattr(exc, "field", None)) from None
     options = {"name": spec["name"], "version": spec["version"], "format": spec["format"],
                "files": [{"url": redact(f["url"]), "path": f["path"]} for f in spec["files"]]}

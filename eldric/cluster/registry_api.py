@@ -17,7 +17,7 @@ from werkzeug.routing import BaseConverter
 from eldric.core.digests import Digest
 from eldric.core.formats import FORMATS
 from eldric.core.identifiers import MAX_PATH_LENGTH, validate_file_path
-from eldric.core.model_errors import BadRequestError
+from eldric.core.request_errors import BadRequestError
 from eldric.transfer.urlfetch import is_http_url, redact, source_kind
 
 API_PREFIX = "/api/v1/model-registry"

@@ -22,7 +22,7 @@ from pathlib import Path
 from gguf import LlamaFileType
 
 from eldric.core.ggufheader import GGUFHeaderError, read_header
-from eldric.core.model_errors import InvalidFormatError
+from eldric.core.request_errors import InvalidFormatError
 
 FORMATS = ("gguf", "safetensors", "lora", "other")
 HEAD_BYTES = 16  # enough to reject a wrong file on its first bytes, before storing 20 GiB of it

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 
 from eldric.core.errors import InvalidNameError
-from eldric.core.model_errors import BadRequestError, InvalidPathError
+from eldric.core.request_errors import BadRequestError, InvalidPathError
 from eldric.core.names import FileModelRef
 
 MAX_PATH_LENGTH = 512

@@ -37,7 +37,7 @@ import requests
 from eldric.core.blobstore import BlobStore
 from eldric.core.digests import Digest
 from eldric.core.errors import DigestMismatchError, cap_text
-from eldric.core.model_errors import ImportFailedError, TooLargeError
+from eldric.core.request_errors import ImportFailedError, TooLargeError
 from eldric.transfer.download import DownloadOptions, download_blob
 from eldric.transfer.errors import (HostNotAllowedError, ModelNotFoundError, SourceError, SourceUnavailableError,
                                     TransferError)

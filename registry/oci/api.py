@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException
 
 from eldric.core.manifests import MANIFEST_V2, MAX_MANIFEST_BYTES, OCI_MANIFEST
 from eldric.core.oci_layout import to_oci_manifest
-from eldric.core.model_errors import RangeNotSatisfiableError
+from eldric.core.request_errors import RangeNotSatisfiableError
 from eldric.transfer.ranges import parse_range
 from eldric.web.file_responses import file_response
 from registry.oci.auth import CHALLENGE

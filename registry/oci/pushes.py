@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from eldric.core.digests import Digest
-from eldric.core.model_errors import (BadRequestError, ConflictError, NotFoundError, RangeNotSatisfiableError,
+from eldric.core.request_errors import (BadRequestError, ConflictError, NotFoundError, RangeNotSatisfiableError,
                                       TooLargeError)
 from registry.oci.errors import OCIError
 from registry.oci.store import PUSH, OCIStore, parse_digest

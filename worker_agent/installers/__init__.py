@@ -32,7 +32,7 @@ from eldric.core.digests import Digest
 from eldric.core.errors import InvalidNameError
 from eldric.core.formats import detect_format, gguf_info
 from eldric.core.identifiers import validate_file_path
-from eldric.core.model_errors import ModelRegistryError
+from eldric.core.request_errors import RequestError
 from eldric.core.names import DEFAULT_HOST, DEFAULT_NAMESPACE, DEFAULT_TAG, ModelName
 from worker_agent.errors import AgentError
 from worker_agent.installers.staging import FileSpec, Placement, sha256_file
@@ -89,11 +89,11 @@ class LocalModel:
         for rel, path in files.items():
             try:
                 paths[validate_file_path(rel, "files")] = Path(path)
-            except ModelRegistryError as exc:
+            except RequestError as exc:
                 raise InvalidModelError(str(exc)) from None
         try:
             fmt = detect_format(list(paths), format)
-        except ModelRegistryError as exc:
+        except RequestError as exc:
             raise InvalidModelError(str(exc)) from None
         if fmt not in FORMATS:
             raise UnsupportedModelError(f"cannot install a model of format {fmt!r} (one of {', '.join(FORMATS)})")
@@ -142,7 +142,7 @@ class LocalModel:
         rel, path = self.gguf_file
         try:
             return gguf_info(rel, path)
-        except ModelRegistryError as exc:
+        except RequestError as exc:
             raise InvalidModelError(str(exc)) from None
 
     def digest(self, rel: str) -> str:
@@ -289,7 +289,7 @@ def install(model: LocalModel, config: BackendConfig, *, shared_path: str | os.P
     for rel in model.files:  # paths inside the model become paths under the backend's directory
         try:
             validate_file_path(rel, "files")
-        except ModelRegistryError as exc:
+        except RequestError as exc:
             raise InvalidModelError(str(exc)) from None
     if shared_path is not None:
         model = model.at(shared_path)

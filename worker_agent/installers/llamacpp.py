@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from eldric.core.formats import gguf_info
-from eldric.core.model_errors import ModelRegistryError
+from eldric.core.request_errors import RequestError
 from worker_agent.installers import (BackendConfig, InstallError, InstallResult, InvalidModelError, LocalModel,
                                      UnsupportedModelError, file_specs, model_slug, placed)
 from worker_agent.installers.staging import place_dir, place_file, remove_entry
@@ -25,7 +25,7 @@ def check_gguf(rel: str, path: Path) -> dict:
     """The file's GGUF facts; InvalidModelError if it is not a complete GGUF v2/v3 file."""
     try:
         return gguf_info(rel, path)
-    except ModelRegistryError as exc:
+    except RequestError as exc:
         raise InvalidModelError(f"llama.cpp cannot load it: {exc}") from None
 
 

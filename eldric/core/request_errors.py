@@ -1,7 +1,9 @@
-"""Errors of the model registry service, each carrying the HTTP status a view answers with.
+"""Errors a request is refused with, each carrying the HTTP status a view answers it with.
 
-They subclass the package's one base error (eldric.core.errors.EldricError), so
-library callers can catch everything the registry raises in one place.
+One set for every service (controller, registry, agent): code below the views raises them,
+and each service's error handler turns one into the one error format (eldric.web.problems).
+They subclass the package's one base error (eldric.core.errors.EldricError), so library
+callers can catch everything Eldric raises in one place.
 """
 
 from __future__ import annotations
@@ -9,8 +11,8 @@ from __future__ import annotations
 from eldric.core.errors import EldricError
 
 
-class ModelRegistryError(EldricError):
-    """Base of the service's errors; `field` names the request field at fault, if any."""
+class RequestError(EldricError):
+    """Base of the status-carrying errors; `field` names the request field at fault, if any."""
 
     status = 500
 
@@ -19,7 +21,7 @@ class ModelRegistryError(EldricError):
         self.field = field
 
 
-class BadRequestError(ModelRegistryError):
+class BadRequestError(RequestError):
     status = 400
 
 
@@ -27,19 +29,19 @@ class InvalidPathError(BadRequestError):
     """A file path with `..`, an absolute path, NUL, a backslash or another unsafe piece."""
 
 
-class NotFoundError(ModelRegistryError):
+class NotFoundError(RequestError):
     status = 404
 
 
-class ConflictError(ModelRegistryError):
+class ConflictError(RequestError):
     status = 409
 
 
-class TooLargeError(ModelRegistryError):
+class TooLargeError(RequestError):
     status = 413
 
 
-class RangeNotSatisfiableError(ModelRegistryError):
+class RangeNotSatisfiableError(RequestError):
     """A Range the file cannot serve, or an upload chunk that does not start at the upload's offset."""
 
     status = 416
@@ -49,21 +51,21 @@ class RangeNotSatisfiableError(ModelRegistryError):
         self.size = size
 
 
-class InvalidFormatError(ModelRegistryError):
+class InvalidFormatError(RequestError):
     """A file that is not what its name or the declared format says (bad GGUF magic, broken header)."""
 
     status = 422
 
 
-class ImportFailedError(ModelRegistryError):
+class ImportFailedError(RequestError):
     """A URL import that cannot go on (HTTP 4xx from the source, too many retries)."""
 
     status = 502
 
 
-class UnavailableError(ModelRegistryError):
+class UnavailableError(RequestError):
     status = 503
 
 
-class InsufficientStorageError(ModelRegistryError):
+class InsufficientStorageError(RequestError):
     status = 507
