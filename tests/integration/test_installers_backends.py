@@ -18,7 +18,7 @@ from testbed.gguf_models import write_llama_gguf
 from testbed.processes import free_port
 from worker_agent.installers import (BackendConfig, BackendError, BackendUnavailableError, LocalModel,
                                      MissingFilesError, backend_configs, install, uninstall)
-from worker_agent.installers.chat_templates import CHATML
+from eldric.core.chat_templates import CHATML
 from worker_agent.settings import AgentSettings
 
 pytestmark = pytest.mark.integration

@@ -7,7 +7,7 @@ import pytest
 from tests.support.fake_backends import _check_go_template
 from testbed.gguf_models import DEFAULT_CHAT_TEMPLATE, write_llama_gguf
 from worker_agent.installers import LocalModel, UnsupportedModelError
-from worker_agent.installers.chat_templates import CHATML, FAMILIES, LLAMA3, choose_template
+from eldric.core.chat_templates import CHATML, FAMILIES, LLAMA3, choose_template
 from worker_agent.installers.ollama import create_request, render_modelfile, served_name
 
 LLAMA3_JINJA = ("{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"

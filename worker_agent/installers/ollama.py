@@ -25,9 +25,9 @@ import requests
 
 from eldric.core.names import ModelName
 from eldric.core.atomicfile import write_atomically
+from eldric.core.chat_templates import TemplateChoice, choose_template
 from worker_agent.installers import (BackendConfig, BackendError, BackendUnavailableError, InstallResult,
                                      LocalModel, UnsupportedModelError, model_slug)
-from worker_agent.installers.chat_templates import TemplateChoice, choose_template
 
 BACKEND = "ollama"
 MODELFILE = "Modelfile"
