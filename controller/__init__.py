@@ -10,9 +10,9 @@ from flask_smorest import Api
 from controller import api_docs, view_cache
 from controller import config as settings
 from controller.dispatch import create_producer
-from controller.errors import BadRequestError, ControllerError
 from eldric import __version__
 from eldric.cluster.redisconn import redis_client
+from eldric.core.request_errors import BadRequestError, RequestError
 from eldric.web.auth import require_bearer
 from eldric.web.problems import error_response, register_error_handlers
 
@@ -57,8 +57,8 @@ def create_app(overrides: dict | None = None) -> Flask:
 
 
 def _register_domain_errors(app: Flask) -> None:
-    @app.errorhandler(ControllerError)
-    def controller_error(exc: ControllerError):
+    @app.errorhandler(RequestError)
+    def request_error(exc: RequestError):
         errors = {"json": {exc.field: [str(exc)]}} if isinstance(exc, BadRequestError) and exc.field else None
         return error_response(exc.status, str(exc), errors)
 

@@ -7,7 +7,7 @@ import requests
 
 from controller.models import workers_with
 from controller.workers import get_worker
-from controller.errors import NotFoundError, UnavailableError
+from eldric.core.request_errors import NotFoundError, UnavailableError
 from eldric.core.names import ModelName
 
 

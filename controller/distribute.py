@@ -10,7 +10,7 @@ from celery import Celery
 
 from controller.models import models_of
 from controller.workers import get_worker
-from controller.errors import BadRequestError, NotFoundError
+from eldric.core.request_errors import BadRequestError, NotFoundError
 from controller.pull_jobs import JobLimits, choose_targets, parse_model, start_job
 from controller.registry_client import RegistryClient, error_message
 from eldric.cluster.queues import TASK_DISTRIBUTE

@@ -18,7 +18,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, stream_wit
 
 from controller import agents, jobs, pull_jobs
 from controller.models import cluster_models
-from controller.errors import ControllerError, NotFoundError
+from eldric.core.request_errors import BadRequestError, NotFoundError, RequestError
 from eldric.cluster import jobstate
 from controller.state import inventory_cache, job_limits, offline_grace, producer, redis_client, stale_after
 from eldric import __version__
@@ -33,8 +33,8 @@ def _error(message: str, status: int):
     return jsonify(error=message), status
 
 
-@bp.errorhandler(ControllerError)
-def _controller_error(exc: ControllerError):
+@bp.errorhandler(RequestError)
+def _request_error(exc: RequestError):
     # Ollama clients read `{"error": "..."}` and raise it as ResponseError.
     return _error(str(exc), exc.status)
 
@@ -47,14 +47,14 @@ def _redis_down(exc: redis.RedisError):
 def _model_field(body: dict) -> str:
     model = body.get("model") or body.get("name")
     if not isinstance(model, str) or not model:
-        raise pull_jobs.BadRequestError("model is required")
+        raise BadRequestError("model is required")
     return model
 
 
 def _body() -> dict:
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
-        raise pull_jobs.BadRequestError("request body must be a JSON object")
+        raise BadRequestError("request body must be a JSON object")
     return body
 
 
@@ -73,7 +73,7 @@ def version():
 def pull():
     body = _body()
     if not isinstance(body.get("stream", True), bool):
-        raise pull_jobs.BadRequestError("stream must be true or false")
+        raise BadRequestError("stream must be true or false")
     client = redis_client()
     job_id = pull_jobs.start_pull(client, producer(), model=_model_field(body), workers=None, limits=job_limits())
     events = _pull_events(job_id)

@@ -12,7 +12,7 @@ import redis
 
 from controller.workers import list_workers, select_targets
 from controller.distribute import resolve_registry_model
-from controller.errors import BadRequestError, NotFoundError
+from eldric.core.request_errors import BadRequestError, NotFoundError
 from controller.pull_jobs import parse_model
 from controller.registry_client import RegistryClient
 from eldric.cluster import pins

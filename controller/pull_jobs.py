@@ -10,7 +10,7 @@ from celery import Celery
 from controller import dispatch, jobs
 from controller.models import workers_with
 from controller.workers import list_workers, select_targets
-from controller.errors import BadRequestError, ConflictError, NotFoundError
+from eldric.core.request_errors import BadRequestError, ConflictError, NotFoundError
 from eldric.cluster import keys
 from eldric.cluster.queues import TASK_DELETE, TASK_PULL
 from eldric.core.errors import InvalidNameError

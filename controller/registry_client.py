@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import requests
 from flask import Response
 
-from controller.errors import UnavailableError
+from eldric.core.request_errors import UnavailableError
 from eldric.transfer.http import http_session
 
 BLOCK = 1 << 20

@@ -7,7 +7,7 @@ import time
 
 import redis
 
-from controller.errors import ConflictError, NotFoundError
+from eldric.core.request_errors import ConflictError, NotFoundError
 from eldric.cluster import catchup, jobstate, keys
 from eldric.cluster.jobstore import write_record
 from eldric.cluster.queues import is_model_serving

@@ -41,7 +41,7 @@ from eldric.web.blueprints import Blueprint
 from marshmallow import Schema, fields, validate
 
 from controller import jobs
-from controller.errors import NotFoundError
+from eldric.core.request_errors import NotFoundError
 from controller.event_hub import EventHub, HubUnavailableError, Subscription
 from controller.job_feed import format_event, newer
 from controller.state import offline_grace, redis_client, stale_after

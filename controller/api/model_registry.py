@@ -17,7 +17,6 @@ from flask import current_app, request
 from flask.views import MethodView
 
 from controller import jobs
-from controller.errors import BadRequestError, ConflictError
 from controller.registry_client import RegistryClient, error_message, to_flask
 from controller.schemas import JobSchema
 from controller.state import offline_grace, registry_client, redis_client, stale_after
@@ -25,7 +24,7 @@ from eldric.cluster import jobstate
 from eldric.core.errors import EldricError
 from eldric.core.identifiers import validate_file_path, validate_model_name, validate_version
 from eldric.cluster.jobstore import REGISTRY_WORKER_ID as WORKER_ID
-from eldric.core.request_errors import RequestError
+from eldric.core.request_errors import BadRequestError, ConflictError
 from eldric.cluster.registry_api import (API_PREFIX, FILE_DOWNLOAD_RESPONSES, FILE_PATH_PARAMETER, JOB_ID_PARAMETER, MODEL_ID_PARAMETER,
                                          UPLOAD_ID_PARAMETER, DigestQuerySchema, DraftRequestSchema, FileSchema,
                                          ImportRequestSchema, ImportSchema, ModelListSchema, ModelQuerySchema,
@@ -90,7 +89,7 @@ def start_import(client: redis.Redis, registry: RegistryClient, body: dict, raw:
         validate_model_name(body["name"])
         if body.get("version"):
             validate_version(body["version"])
-    except (RequestError, EldricError) as exc:
+    except EldricError as exc:  # a RequestError too
         raise BadRequestError(str(exc), getattr(exc, "field", None)) from None
     options = {"name": spec["name"], "version": spec["version"], "format": spec["format"],
                "files": [{"url": redact(f["url"]), "path": f["path"]} for f in spec["files"]]}

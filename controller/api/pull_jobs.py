@@ -4,7 +4,7 @@ from flask.views import MethodView
 from eldric.web.blueprints import Blueprint
 
 from controller import jobs, pull_jobs
-from controller.errors import ConflictError, NotFoundError
+from eldric.core.request_errors import ConflictError, NotFoundError
 from eldric.cluster import jobstate
 from controller.schemas import JobListSchema, JobQuerySchema, JobSchema, PullRequestSchema, transfer_caps
 from controller.state import job_limits, producer, redis_client, offline_grace, stale_after

@@ -5,7 +5,7 @@ from flask.views import MethodView
 from eldric.web.blueprints import Blueprint
 
 from controller import workers as cluster_workers
-from controller.errors import NotFoundError
+from eldric.core.request_errors import NotFoundError
 from controller.schemas import RemoveWorkerQuerySchema, WorkerListSchema, WorkerModelsSchema, WorkerSchema
 from controller.state import redis_client
 from controller.view_cache import cached_json

@@ -9,7 +9,7 @@ import fakeredis
 import pytest
 
 from controller import workers as cluster
-from controller.errors import ConflictError, NotFoundError
+from eldric.core.request_errors import ConflictError, NotFoundError
 from controller.jobs import cancel_job, create_job, get_job
 from eldric.cluster import catchup, jobstate, keys
 from eldric.cluster.jobstore import JobEndedError, Progress, reap_stale_jobs, write_record

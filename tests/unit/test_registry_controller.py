@@ -18,7 +18,7 @@ from requests.adapters import HTTPAdapter
 
 from controller import create_app, jobs
 from controller.api.model_registry import active_distributions, start_import
-from controller.errors import BadRequestError
+from eldric.core.request_errors import BadRequestError
 from controller.registry_client import RegistryClient
 from eldric.cluster import jobstate
 from eldric.cluster import keys
