@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from worker_agent.errors import SettingsError
+    from eldric.core.settings import SettingsError
     from worker_agent.main import run_agent
     from worker_agent.settings import AgentSettings
 

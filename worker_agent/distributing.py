@@ -15,7 +15,7 @@ from eldric.transfer.diskspace import ensure_space
 from eldric.transfer.download import download_blob
 from eldric.transfer.partials import resumable_bytes
 from eldric.transfer.upstreams import AddressPolicy
-from worker_agent.errors import SourceError
+from eldric.transfer.errors import SourceError
 from worker_agent.fanout import Fanout
 from worker_agent.file_sources import DataRegistrySource, HttpFileSource, PeerSource, RemoteFile, redact_url
 from worker_agent.installing import install_entry, placement_summary

@@ -24,7 +24,7 @@ from eldric.transfer.upstreams import PUBLIC_ONLY, AddressPolicy
 from eldric.transfer.urlfetch import UrlSource
 from eldric.transfer.urlfetch import redact as redact_url
 from eldric.transfer.download import RangeOpener
-from worker_agent.errors import ModelNotFoundError, SourceError, SourceUnavailableError
+from eldric.transfer.errors import ModelNotFoundError, SourceError, SourceUnavailableError
 from worker_agent.sources import CONNECT_TIMEOUT
 
 MAX_JSON_BYTES = 32 << 20  # a registry model's or a peer's export description

@@ -22,12 +22,12 @@ from eldric.cluster import jobstate
 from eldric.cluster import keys
 from eldric.cluster.queues import is_model_serving
 from eldric.core.digests import Digest
+from eldric.core.errors import EldricError
 from eldric.core.names import ModelName
 from eldric.transfer.retry import backoff_delay
 from worker_agent.distributing import distribute, pull_from_ollama
 from worker_agent.installing import uninstall_entry
 from worker_agent import maintenance, membership
-from worker_agent.errors import JobExpiredError, NotEligibleError
 from eldric.cluster.jobstore import JobEndedError, Progress, fail_worker, write_record
 from worker_agent.runtime import Agent
 
@@ -43,6 +43,14 @@ REPORT_PATIENCE = 600.0
 
 JOB_GONE = "the job is gone from Redis (restarted without its data?)"
 TAKEN_OVER = "another runner holds this job's lock"
+
+
+class NotEligibleError(EldricError):
+    """This worker's type never takes model work."""
+
+
+class JobExpiredError(EldricError):
+    """The job's deadline passed before this worker could run it."""
 
 
 class JobLease:

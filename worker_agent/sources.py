@@ -21,7 +21,7 @@ from eldric.transfer.registry_token import anonymous_token, bearer_challenge
 from eldric.transfer.retry import NO_HINTS, TRANSIENT_ERRORS, Hints, connection_error, is_plain_http_refusal
 from eldric.transfer.upstreams import PUBLIC_ONLY, AddressPolicy, RegistryAllowList
 from eldric.transfer.urlfetch import redact as redact_url
-from worker_agent.errors import ModelNotFoundError, SourceError
+from eldric.transfer.errors import ModelNotFoundError, SourceError
 
 if TYPE_CHECKING:
     from worker_agent.settings import AgentSettings

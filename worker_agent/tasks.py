@@ -17,7 +17,7 @@ from eldric.cluster.mirror_updates import check_mirror_updates
 from eldric.core.errors import EldricError
 from worker_agent import job_runner, maintenance, runtime
 from worker_agent.celery_app import app
-from worker_agent.errors import SourceUnavailableError
+from eldric.transfer.errors import SourceUnavailableError
 from worker_agent.installers import BackendUnavailableError
 from worker_agent.sources import RegistrySource
 

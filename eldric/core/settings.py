@@ -17,7 +17,7 @@ import contextvars
 import os
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any
 
 from pathlib import Path
 
@@ -113,8 +113,6 @@ class EnvSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=PREFIX, env_ignore_empty=True,
                                       frozen=True, extra="ignore", populate_by_name=True)
 
-    error_type: ClassVar[type[SettingsError]] = SettingsError
-
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
                                    file_secret_settings):
@@ -127,7 +125,7 @@ class EnvSettings(BaseSettings):
         try:
             return cls(**{k: v for k, v in explicit.items() if v is not None})
         except ValidationError as exc:
-            raise cls.error_type(cls.describe_errors(exc)) from None
+            raise SettingsError(cls.describe_errors(exc)) from None
         finally:
             _ENVIRON.reset(token)
 

@@ -22,7 +22,7 @@ from eldric.core.blobstore import BlobStore
 from eldric.core.digests import Digest
 from eldric.core.errors import DigestMismatchError
 from eldric.transfer.download import DownloadOptions, download_blob, plan_parts
-from worker_agent.errors import SourceError, SourceUnavailableError
+from eldric.transfer.errors import SourceError, SourceUnavailableError
 import itertools
 
 DATA = bytes((i * 31 + 7) % 251 for i in range(10_000))
@@ -488,7 +488,7 @@ def test_real_connection_failures_are_transient(store, partial, error):
 
 def test_ensure_space_refuses_what_does_not_fit(tmp_path):
     from eldric.transfer.diskspace import ensure_space
-    from worker_agent.errors import InsufficientSpaceError
+    from eldric.transfer.errors import InsufficientSpaceError
     ensure_space(tmp_path, 1, "tiny", reserve=0)
     with pytest.raises(InsufficientSpaceError, match=r"no space left on .* for huge: needs 1024.00 TiB, has "):
         ensure_space(tmp_path, 1 << 50, "huge", reserve=0)

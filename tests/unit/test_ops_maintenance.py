@@ -16,7 +16,7 @@ from eldric.cluster import pins
 from eldric.cluster.jobstore import create_job
 from eldric.core.names import ModelName
 from worker_agent import maintenance, membership
-from worker_agent.errors import SourceUnavailableError
+from eldric.transfer.errors import SourceUnavailableError
 
 
 class Recorder:

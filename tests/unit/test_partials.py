@@ -22,7 +22,7 @@ from eldric.core.digests import Digest
 from eldric.transfer.download import DownloadOptions, download_blob
 from eldric.transfer.partials import clean_partials, locked, resumable_bytes
 from worker_agent import maintenance, membership
-from worker_agent.errors import SourceError, SourceUnavailableError
+from eldric.transfer.errors import SourceError, SourceUnavailableError
 from worker_agent.ollama_store import OllamaStore
 
 DATA = bytes(range(256)) * 40

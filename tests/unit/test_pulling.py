@@ -16,7 +16,7 @@ from eldric.core.errors import DigestMismatchError
 from eldric.core.manifests import CONFIG, MANIFEST_V2, OLLAMA_LICENSE, OLLAMA_MODEL, OLLAMA_TEMPLATE, Manifest
 from eldric.core.names import ModelName
 from eldric.transfer.download import DownloadOptions
-from worker_agent.errors import SourceError
+from eldric.transfer.errors import SourceError
 from worker_agent.ollama_store import OllamaStore
 from eldric.cluster.jobstore import Progress
 from worker_agent.pulling import pull_model

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from eldric.cluster.shared_settings import DEFAULT_OLLAMA_REGISTRY
-from worker_agent.errors import SettingsError
+from eldric.core.settings import SettingsError
 from worker_agent.settings import AgentSettings
 
 BASE = {"ELDRIC_WORKER_NAME": "gpu01", "ELDRIC_WORKER_TYPE": "inference"}

@@ -17,7 +17,7 @@ from eldric.core.digests import Digest
 from eldric.core.errors import MAX_ERROR_CHARS, cap_text
 from eldric.core.names import ModelName
 from eldric.transfer.http import ERROR_BODY_BYTES, error_text, read_capped
-from worker_agent.errors import ModelNotFoundError, SourceError
+from eldric.transfer.errors import ModelNotFoundError, SourceError
 from worker_agent.sources import RegistrySource
 
 MB = 1 << 20

@@ -11,7 +11,7 @@ import pytest
 from eldric.core.names import ModelName
 from eldric.transfer.errors import HostNotAllowedError
 from eldric.transfer.upstreams import PUBLIC_ONLY, AddressPolicy, RegistryAllowList
-from worker_agent.errors import SettingsError
+from eldric.core.settings import SettingsError
 from worker_agent.settings import AgentSettings
 from worker_agent.sources import RegistrySource, registry_base_url
 

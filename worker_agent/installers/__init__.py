@@ -29,19 +29,18 @@ from typing import Protocol
 from collections.abc import Callable, Mapping
 
 from eldric.core.digests import Digest
-from eldric.core.errors import InvalidNameError
+from eldric.core.errors import EldricError, InvalidNameError
 from eldric.core.formats import detect_format, gguf_info
 from eldric.core.identifiers import validate_file_path
 from eldric.core.request_errors import RequestError
 from eldric.core.names import DEFAULT_HOST, DEFAULT_NAMESPACE, DEFAULT_TAG, ModelName
-from worker_agent.errors import AgentError
 from worker_agent.installers.staging import FileSpec, Placement, sha256_file
 
 FORMATS = ("gguf", "safetensors", "lora")
 _BLOB_NAME = re.compile(r"^sha256-[0-9a-f]{64}$")
 
 
-class InstallError(AgentError):
+class InstallError(EldricError):
     """An install that cannot be done; the message says why, for the job's error field."""
 
 
