@@ -19,8 +19,8 @@ from eldric.core.digests import is_digest
 from eldric.core.errors import InvalidNameError
 from eldric.core.names import FileModelRef
 from eldric.transfer.errors import HostNotAllowedError
-from eldric.transfer.upstreams import AddressPolicy
-from eldric.transfer.urlfetch import is_http_url, redact
+from eldric.transfer.upstreams import AddressPolicy, is_http_url
+from eldric.transfer.urlfetch import redact
 
 SOURCES = ("registry", "worker", "url", "ollama")
 _FIELDS_OF = {"worker": ("worker",), "url": ("url", "token", "sha256", "filename")}

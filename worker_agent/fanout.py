@@ -21,10 +21,9 @@ from eldric.cluster import keys
 from eldric.cluster.jobstore import Progress
 from eldric.cluster.swarmboard import RedisSwarmBoard, UpstreamRateCap
 from eldric.core.digests import Digest
-from eldric.transfer.http import pace_receive
+from eldric.transfer.http import CONNECT_TIMEOUT, bearer, http_session, pace_receive
 from eldric.transfer.swarm import Swarm, SwarmOptions
 from worker_agent.runtime import Agent
-from worker_agent.sources import CONNECT_TIMEOUT
 
 
 class Fanout:
@@ -48,8 +47,7 @@ class Fanout:
         self._lock = threading.Lock()
         self._fields_at = -float("inf")
         self._network = 0  # bytes received over the network for this job (a failed peer range is taken back)
-        secret = agent.settings.cluster_secret
-        self._headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+        self._headers = bearer(agent.settings.cluster_secret)
 
     def pace(self, session: requests.Session) -> requests.Session:
         """Small receive buffers on `session` when a cap applies (the source's, here): see pace_receive.
@@ -77,7 +75,7 @@ class Fanout:
         def open_peer(address: str, start: int, end: int, read_timeout: float) -> requests.Response:
             with self._lock:  # the download's connections open peers at once: one session for them all
                 if self._session is None:
-                    self._session = requests.Session()
+                    self._session = http_session()  # peers are inside the cluster: no egress proxy
                     if self.agent.settings.max_download_rate:
                         pace_receive(self._session, self.agent.settings.max_download_rate)
             return self._session.get(f"{address.rstrip('/')}/blobs/{digest}", stream=True,

@@ -25,7 +25,7 @@ from eldric.transfer.urlfetch import UrlSource
 from eldric.transfer.urlfetch import redact as redact_url
 from eldric.transfer.download import RangeOpener
 from eldric.transfer.errors import ModelNotFoundError, SourceError, SourceUnavailableError
-from worker_agent.sources import CONNECT_TIMEOUT
+from eldric.transfer.http import CONNECT_TIMEOUT
 
 MAX_JSON_BYTES = 32 << 20  # a registry model's or a peer's export description
 

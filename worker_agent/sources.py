@@ -7,26 +7,26 @@ without touching the engine.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
 import requests
 
 from eldric.core.digests import Digest
-from eldric.core.errors import InvalidManifestError, cap_text
-from eldric.core.manifests import MANIFEST_V2, MAX_MANIFEST_BYTES, OCI_MANIFEST, Manifest
+from eldric.core.errors import InvalidManifestError
+from eldric.core.manifests import Manifest
 from eldric.core.names import ModelName
-from eldric.transfer.http import error_text, raise_for_registry_status, read_small_body, upstream_session
-from eldric.transfer.registry_token import anonymous_token, bearer_challenge
-from eldric.transfer.retry import NO_HINTS, TRANSIENT_ERRORS, Hints, connection_error, is_plain_http_refusal
+from eldric.transfer.errors import ModelNotFoundError, SourceError, SourceUnavailableError
+from eldric.transfer.http import error_text, raise_for_registry_status
+from eldric.transfer.oci_client import OciClient, OciClientError
+from eldric.transfer.retry import NO_HINTS, Hints, is_plain_http_refusal
 from eldric.transfer.upstreams import PUBLIC_ONLY, AddressPolicy, RegistryAllowList
 from eldric.transfer.urlfetch import redact as redact_url
-from eldric.transfer.errors import ModelNotFoundError, SourceError
 
 if TYPE_CHECKING:
     from worker_agent.settings import AgentSettings
-
-CONNECT_TIMEOUT = 10.0
 
 
 class BlobSource(Protocol):
@@ -68,7 +68,8 @@ def registry_hints(name: ModelName, base_url: str) -> Hints:
 
 
 class RegistrySource:
-    """Docker Registry v2 / OCI distribution, as the Ollama registry (and docker-registry) serve it.
+    """Docker Registry v2 / OCI distribution, as the Ollama registry (and docker-registry) serve it:
+    the download engine's BlobSource over the one OCI client (eldric/transfer/oci_client.py).
 
     Its connections may reach the registry itself and public addresses (a CDN the registry
     redirects to, a token realm); anything else only when `policy` allows it.
@@ -76,10 +77,8 @@ class RegistrySource:
 
     def __init__(self, base_url: str, session: requests.Session | None = None,
                  policy: AddressPolicy = PUBLIC_ONLY, hints: Hints = NO_HINTS) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.session = session or upstream_session(policy.trusting(self.base_url))
-        self.hints = hints
-        self._token: str | None = None
+        self.client = OciClient.upstream(base_url, policy, session, hints=hints)
+        self.base_url, self.hints = self.client.base, hints
 
     @classmethod
     def from_settings(cls, name: ModelName, s: AgentSettings) -> RegistrySource:
@@ -92,13 +91,12 @@ class RegistrySource:
         return redact_url(self.base_url)
 
     def fetch_manifest(self, name: ModelName) -> tuple[bytes, Manifest]:
-        url = f"{self.base_url}/v2/{name.repository}/manifests/{name.tag}"
-        # docker-registry answers MANIFEST_INVALID unless the schema-2 type is accepted.
-        resp = self._get(url, headers={"Accept": f"{MANIFEST_V2}, {OCI_MANIFEST}"}, timeout=(CONNECT_TIMEOUT, 60))
-        if resp.status_code == 404:
-            raise ModelNotFoundError(f"model '{name.short}' not found at {self.base_url}: {error_text(resp)}")
-        self._raise_for_status(resp, f"manifest of {name.short}")
-        raw = read_small_body(resp, MAX_MANIFEST_BYTES, f"the manifest of {name.short}")
+        with _as_source_errors():
+            resp = self.client.manifest(name.repository, name.tag, timeout=60)
+            if resp.status_code == 404:
+                raise ModelNotFoundError(f"model '{name.short}' not found at {self.base_url}: {error_text(resp)}")
+            self._raise_for_status(resp, f"manifest of {name.short}")
+            raw, _ = self.client.read_manifest(resp, f"the manifest of {name.short}")
         try:
             return raw, Manifest.parse(raw)
         except InvalidManifestError as exc:
@@ -106,34 +104,13 @@ class RegistrySource:
 
     def open_range(self, name: ModelName, digest: Digest, start: int, end: int,
                    read_timeout: float) -> requests.Response:
-        url = f"{self.base_url}/v2/{name.repository}/blobs/{digest}"
-        resp = self._get(url, headers={"Range": f"bytes={start}-{end}"}, timeout=(CONNECT_TIMEOUT, read_timeout))
+        with _as_source_errors():
+            resp = self.client.blob(name.repository, digest, start=start, end=end, timeout=read_timeout)
         if resp.status_code == 404:
             resp.close()
             raise SourceError(f"blob {digest} not found at {self.base_url}")
         self._raise_for_status(resp, f"blob {digest}")
         return resp
-
-    def _get(self, url: str, *, headers: dict, **kw) -> requests.Response:
-        """A streamed GET (bodies are read by the caller, bounded), with the anonymous token flow on 401."""
-        resp = self._send(url, headers, **kw)
-        challenge = bearer_challenge(resp)
-        if challenge:
-            resp.close()
-            self._token = anonymous_token(self.session, challenge, self.base_url, self.hints)
-            resp = self._send(url, headers, **kw)
-        return resp
-
-    def _send(self, url: str, headers: dict, **kw) -> requests.Response:
-        try:
-            return self.session.get(url, headers=self._auth(headers), stream=True, **kw)
-        except TRANSIENT_ERRORS as exc:
-            raise connection_error(exc, url, self.hints) from None
-        except requests.RequestException as exc:  # too many redirects, a bad redirect URL: no retry mends it
-            raise SourceError(f"registry {self.base_url}: {_short(exc)}") from None
-
-    def _auth(self, headers: dict) -> dict:
-        return {**headers, "Authorization": f"Bearer {self._token}"} if self._token else headers
 
     def _raise_for_status(self, resp: requests.Response, what: str) -> None:
         """raise_for_registry_status, with the hint when a TLS server refused plain http (Go's and nginx's 400)."""
@@ -146,5 +123,10 @@ class RegistrySource:
         raise_for_registry_status(resp, what)
 
 
-def _short(exc: Exception) -> str:
-    return cap_text(str(exc), 200)
+@contextmanager
+def _as_source_errors() -> Iterator[None]:
+    """The OCI client's failures in the download engine's words: SourceUnavailableError is retried."""
+    try:
+        yield
+    except OciClientError as exc:
+        raise (SourceUnavailableError if exc.transient else SourceError)(str(exc)) from None

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from eldric.client.oci_distribution import DistributionClient, DistributionError, upload_blob
 from eldric.core.atomicfile import write_atomically
 from eldric.core.digests import Digest
 from eldric.core.manifests import MANIFEST_V2, OCI_MANIFEST, Layer, Manifest
@@ -36,6 +35,7 @@ from eldric.core.names import DEFAULT_HOST, ModelName
 from eldric.core.oci_layout import (IMAGE_NAME, REF_NAME, BlobMismatchError, BundleError, BundleImage, Descriptor,
                                     LayoutReader, LayoutWriter, VerifyingReader, hash_prefix, to_docker_manifest,
                                     to_oci_manifest)
+from eldric.transfer.oci_client import OciClient, OciClientError, upload_blob
 from eldric.transfer.retry import TRANSIENT_ERRORS, backoff_delay
 
 OLLAMA_LAYER_PREFIX = "application/vnd.ollama.image."
@@ -74,7 +74,7 @@ class ExportItem:
                           {REF_NAME: f"{self.repo}:{self.name.tag}", IMAGE_NAME: str(self.name)})
 
 
-def plan_export(client: DistributionClient, models: list[str]) -> list[ExportItem]:
+def plan_export(client: OciClient, models: list[str]) -> list[ExportItem]:
     """Each model's manifest from the data node, as it will go into the bundle."""
     items: dict[str, ExportItem] = {}
     for raw_name in models:
@@ -83,7 +83,7 @@ def plan_export(client: DistributionClient, models: list[str]) -> list[ExportIte
             continue
         try:
             raw, _ = client.get_manifest(repo, tag)
-        except DistributionError as exc:
+        except OciClientError as exc:
             if exc.status == 404:
                 raise BundleError(f"{name.short}: not on the data node ({exc})") from None
             raise
@@ -103,7 +103,7 @@ def export_size(items: list[ExportItem]) -> int:
     return sum(blobs.values())
 
 
-def write_bundle(client: DistributionClient, items: list[ExportItem], out: BinaryIO, progress: Progress,
+def write_bundle(client: OciClient, items: list[ExportItem], out: BinaryIO, progress: Progress,
                  sleep: Callable[[float], None] = time.sleep) -> int:
     """The layout of `items` into `out`, blobs streamed from the data node; returns the number of blobs."""
     writer = LayoutWriter(out)
@@ -126,7 +126,7 @@ def write_bundle(client: DistributionClient, items: list[ExportItem], out: Binar
     return len(writer.written)
 
 
-def export_bundle(client: DistributionClient, models: list[str], path: Path, progress: Progress = lambda n: None,
+def export_bundle(client: OciClient, models: list[str], path: Path, progress: Progress = lambda n: None,
                   on_plan: Callable[[int], None] = lambda total: None, sleep: Callable[[float], None] = time.sleep
                   ) -> dict:
     """Write the bundle to `path` (via `<path>.partial`, renamed when complete); returns what it holds."""
@@ -147,7 +147,7 @@ def export_bundle(client: DistributionClient, models: list[str], path: Path, pro
 class _ResumingBlob:
     """A blob's bytes from the registry; a connection that breaks is opened again where it stopped (Range)."""
 
-    def __init__(self, client: DistributionClient, repo: str, digest: Digest, attempts: int = SEND_ATTEMPTS,
+    def __init__(self, client: OciClient, repo: str, digest: Digest, attempts: int = SEND_ATTEMPTS,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.client, self.repo, self.digest, self.attempts, self.sleep = client, repo, digest, attempts, sleep
         self.pos, self.failures, self.resp = 0, 0, None
@@ -164,7 +164,7 @@ class _ResumingBlob:
                 self.close()
                 self.failures += 1
                 if self.failures >= self.attempts:
-                    raise DistributionError(f"blob {self.digest}: the connection broke {self.failures} times, "
+                    raise OciClientError(f"blob {self.digest}: the connection broke {self.failures} times, "
                                             f"last at byte {self.pos} ({type(exc).__name__})") from None
                 self.sleep(backoff_delay(self.failures - 1, base=0.2, cap=5.0))
 
@@ -289,7 +289,7 @@ class ImportPlan:
 class Importer:
     """Pushes a checked bundle into one registry; counts what it sent and what it skipped."""
 
-    client: DistributionClient
+    client: OciClient
     reader: LayoutReader
     state: ImportState
     progress: Progress = lambda n: None
@@ -333,7 +333,7 @@ class Importer:
             try:
                 location = self._send_from(layer, what, location, offset, key)
                 break
-            except DistributionError as exc:
+            except OciClientError as exc:
                 saved = self.state.uploads[key]  # the last Location the registry gave, and its offset
                 location = saved["location"]
                 retryable = exc.status is None or exc.status >= 500 or exc.status == 416
@@ -377,7 +377,7 @@ class Importer:
         self.progress(n)
 
 
-def import_bundle(client: DistributionClient, path: Path, state_dir: Path, *, name: str | None = None,
+def import_bundle(client: OciClient, path: Path, state_dir: Path, *, name: str | None = None,
                   progress: Progress = lambda n: None, on_plan: Callable[[int], None] = lambda total: None,
                   chunk_bytes: int = CHUNK_BYTES) -> dict:
     """Load the bundle at `path` into the registry; BundleError (nothing imported) when it is refused."""

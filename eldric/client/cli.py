@@ -29,8 +29,8 @@ from rich.table import Table
 
 from eldric.client.api import DEFAULT_CONTROLLER, REGISTRY, Api, ClientError, error_message, parse_sse  # noqa: F401
 from eldric.client.bundles import BundleError, export_bundle, import_bundle
-from eldric.client.oci_distribution import DistributionClient, DistributionError
 from eldric.client.upload import ResumableUpload, default_name
+from eldric.transfer.oci_client import OciClient, OciClientError
 FINAL = ("completed", "completed_with_skipped", "failed", "cancelled")
 STATE_STYLE = {"completed": "green", "failed": "red", "pulling": "blue", "running": "blue", "retrying": "yellow",
                "offline": "dim", "skipped": "yellow", "completed_with_skipped": "yellow", "cancelled": "magenta",
@@ -442,7 +442,7 @@ def _transfer_bars(args: argparse.Namespace, out: Console, err: Console) -> Prog
                     TransferSpeedColumn(), console=err if args.json or not out.is_terminal else out)
 
 
-def cmd_export(client: DistributionClient, args: argparse.Namespace, out: Console, err: Console) -> int:
+def cmd_export(client: OciClient, args: argparse.Namespace, out: Console, err: Console) -> int:
     path = Path(args.output)
     with _transfer_bars(args, out, err) as bars:
         task = bars.add_task(f"export {path.name}", total=None)
@@ -458,7 +458,7 @@ def cmd_export(client: DistributionClient, args: argparse.Namespace, out: Consol
     return 0
 
 
-def cmd_import(client: DistributionClient, args: argparse.Namespace, out: Console, err: Console) -> int:
+def cmd_import(client: OciClient, args: argparse.Namespace, out: Console, err: Console) -> int:
     path = Path(args.bundle)
     if not path.is_file():
         raise ClientError(f"{path}: no such file")
@@ -486,18 +486,18 @@ def cmd_import(client: DistributionClient, args: argparse.Namespace, out: Consol
     return 0
 
 
-def _wrap_registry(command: Callable[[DistributionClient, argparse.Namespace, Console, Console], int]
+def _wrap_registry(command: Callable[[OciClient, argparse.Namespace, Console, Console], int]
                    ) -> Callable[[argparse.Namespace], int]:
     """A command against the data node's /v2/: the client from options or environment, errors as one line."""
     def run(args: argparse.Namespace) -> int:
         token = args.token if args.token is not None else (
             os.environ.get("ELDRIC_API_TOKEN") or os.environ.get("ELDRIC_CLUSTER_SECRET") or "")
-        client = DistributionClient(args.registry or os.environ.get("ELDRIC_REGISTRY_URL") or DEFAULT_REGISTRY, token)
+        client = OciClient(args.registry or os.environ.get("ELDRIC_REGISTRY_URL") or DEFAULT_REGISTRY, token=token)
         out = Console(soft_wrap=True, highlight=False, width=None if sys.stdout.isatty() else 160)
         err = Console(stderr=True, soft_wrap=True, highlight=False, width=None if sys.stderr.isatty() else 160)
         try:
             return command(client, args, out, err)
-        except (ClientError, BundleError, DistributionError, OSError) as exc:
+        except (ClientError, BundleError, OciClientError, OSError) as exc:
             hint = ("; give the cluster secret or the API token with --token (or $ELDRIC_API_TOKEN, "
                     "$ELDRIC_CLUSTER_SECRET)") if getattr(exc, "status", None) == 401 else ""
             err.print(f"[red]eldric {args.command}: {_esc(exc)}{hint}", highlight=False)

@@ -18,7 +18,8 @@ from eldric.core.digests import Digest
 from eldric.core.formats import FORMATS
 from eldric.core.identifiers import MAX_PATH_LENGTH, validate_file_path
 from eldric.core.request_errors import BadRequestError
-from eldric.transfer.urlfetch import is_http_url, redact, source_kind
+from eldric.transfer.upstreams import is_http_url
+from eldric.transfer.urlfetch import redact, source_kind
 
 API_PREFIX = "/api/v1/model-registry"
 SOURCES = ("upload", "training", "import")

@@ -30,6 +30,7 @@ from eldric.transfer.retry import TRANSIENT_ERRORS, connection_cause, is_transie
 from eldric.transfer.upstreams import AddressPolicy
 
 BLOCK = 1 << 20
+CONNECT_TIMEOUT = 10.0  # seconds to open a connection, for every client of ours
 MAX_REDIRECTS = 10
 ERROR_BODY_BYTES = 64 << 10  # of an error answer, only this much is ever read
 ERROR_MESSAGE_CHARS = 300  # of an upstream's own words, only this much goes into one of our errors
@@ -45,10 +46,20 @@ class _BigBlocks(HTTPAdapter):
         super().init_poolmanager(*args, **kwargs)
 
 
-def http_session(trust_env: bool = False) -> requests.Session:
-    """A session with big send blocks; `trust_env=False`: cluster-internal traffic takes no egress proxy."""
+def bearer(token: str | None) -> dict[str, str]:
+    """The `Authorization: Bearer` header of `token` (the project's one scheme), none for no token."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def http_session(trust_env: bool = False, *, token: str = "") -> requests.Session:
+    """The one way a session is made: big send blocks, `token` sent as a bearer on every request.
+
+    `trust_env=False`: cluster-internal traffic takes no egress proxy (nor .netrc credentials).
+    requests drops the Authorization header on a redirect to another host.
+    """
     session = requests.Session()
     session.trust_env = trust_env
+    session.headers.update(bearer(token))
     for prefix in ("http://", "https://"):
         session.mount(prefix, _BigBlocks())
     return session
@@ -56,7 +67,7 @@ def http_session(trust_env: bool = False) -> requests.Session:
 
 def upstream_session(policy: AddressPolicy, *, trust_env: bool = True) -> requests.Session:
     """A session for hosts outside the cluster (registries, URLs); `trust_env`: an egress proxy may apply."""
-    return guard(requests.Session(), policy, trust_env=trust_env)
+    return guard(http_session(trust_env), policy)
 
 
 def pace_receive(session: requests.Session, rate: float) -> requests.Session:

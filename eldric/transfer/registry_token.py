@@ -17,11 +17,10 @@ import requests
 
 from eldric.core.errors import cap_text
 from eldric.transfer.errors import SourceError
-from eldric.transfer.http import raise_for_registry_status, read_small_body
+from eldric.transfer.http import CONNECT_TIMEOUT, raise_for_registry_status, read_small_body
 from eldric.transfer.retry import NO_HINTS, TRANSIENT_ERRORS, Hints, connection_error
-from eldric.transfer.urlfetch import is_http_url
+from eldric.transfer.upstreams import is_http_url
 
-CONNECT_TIMEOUT = 10.0
 MAX_TOKEN_BYTES = 64 << 10
 _PARAM = re.compile(r'(\w+)="([^"]*)"')
 

@@ -53,6 +53,18 @@ def _matches(entries: Iterable[HostPort], host: str, port: int | None) -> bool:
     return any(h == host and (p is None or p == port) for h, p in entries)
 
 
+def is_http_url(url: object) -> bool:
+    """An absolute http(s) URL with a host and a valid port (urlsplit raises on `[::1` or port 99999)."""
+    if not isinstance(url, str):
+        return False
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError when out of range
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 def _url_host_port(url: str) -> HostPort:
     parts = urlsplit(url)
     return (parts.hostname or "").lower(), parts.port or (443 if parts.scheme == "https" else 80)

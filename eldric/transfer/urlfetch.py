@@ -49,18 +49,6 @@ from eldric.transfer.upstreams import PUBLIC_ONLY, AddressPolicy
 CONNECT_TIMEOUT = 10.0
 
 
-def is_http_url(url: object) -> bool:
-    """An absolute http(s) URL with a host and a valid port (urlsplit raises on `[::1` or port 99999)."""
-    if not isinstance(url, str):
-        return False
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError when out of range
-    except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
-
-
 def redact(url: str) -> str:
     """The URL without credentials or query string (S3 signatures), for logs and job records."""
     try:

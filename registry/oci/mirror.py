@@ -21,8 +21,9 @@ import logging
 from collections.abc import Callable
 
 from eldric.core.digests import Digest
+from eldric.transfer.oci_client import OciClientError
 from registry.oci.store import MIRROR, OCIStore
-from registry.oci.upstream import Upstream, UpstreamError
+from registry.oci.upstream import Upstream
 from registry.views import iso_time
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ class Mirror:
                     upstream_digest = self.upstream.head_manifest(tag["repo"], tag["tag"])
                     if upstream_digest is None:
                         error = "upstream no longer has this tag"
-                except UpstreamError as exc:
+                except OciClientError as exc:
                     error = str(exc)[:500]
             self.store.record_check(tag["repo"], tag["tag"], upstream_digest, error)
             checked = {**tag, "upstream_digest": upstream_digest, "check_error": error}

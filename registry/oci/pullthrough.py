@@ -26,10 +26,11 @@ from pathlib import Path
 
 from eldric.core.digests import Digest
 from eldric.core.manifests import MANIFEST_V2
+from eldric.transfer.oci_client import OciClientError
 from eldric.transfer.retry import TRANSIENT_ERRORS
 from registry.oci.errors import OCIError
 from registry.oci.store import MIRROR, OCIStore, StoredManifest, is_digest_reference, parse_manifest
-from registry.oci.upstream import Upstream, UpstreamError
+from registry.oci.upstream import Upstream
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
@@ -79,7 +80,7 @@ class PullThrough:
             return cached
         try:
             fetched = self.upstream.fetch_manifest(repo, reference)
-        except UpstreamError as exc:
+        except OciClientError as exc:
             if cached is not None:
                 log.warning("serving cached %s:%s; upstream failed: %s", repo, reference, exc)
                 return cached
@@ -117,7 +118,7 @@ class PullThrough:
             return running.size
         try:
             return self.upstream.head_blob(repo, str(digest))
-        except UpstreamError as exc:
+        except OciClientError as exc:
             raise OCIError("UPSTREAM_UNAVAILABLE", str(exc), {"digest": str(digest)}) from None
 
     def stream_blob(self, repo: str, digest: Digest) -> tuple[int, Callable[[int, int], Iterator[bytes]]]:
@@ -145,7 +146,7 @@ class PullThrough:
         failure: BaseException | None = None
         try:
             self._download(repo, d)
-        except (UpstreamError, OSError, *TRANSIENT_ERRORS) as exc:
+        except (OciClientError, OSError, *TRANSIENT_ERRORS) as exc:
             log.warning("mirroring blob %s failed: %s", d.digest, exc)
             failure = exc
         except Exception as exc:  # a bug: readers must still end
@@ -168,11 +169,11 @@ class PullThrough:
         """To the temp file, hashed while written, verified, then into the store."""
         resp = self.upstream.open_blob(repo, str(d.digest))
         if resp is None:
-            raise UpstreamError(f"upstream has no blob {d.digest} in {repo}", 404)
+            raise OciClientError(f"upstream has no blob {d.digest} in {repo}", 404)
         size = _length(resp)
         if size is None or size > self.max_blob_bytes:
             resp.close()
-            raise UpstreamError(f"blob {d.digest} upstream has no usable length ({size})")
+            raise OciClientError(f"blob {d.digest} upstream has no usable length ({size})")
         with d.cond:
             d.size = size
             d.cond.notify_all()
@@ -180,7 +181,7 @@ class PullThrough:
         with resp, open(d.tmp, "wb") as f:
             for chunk in resp.iter_content(CHUNK):
                 if d.written + len(chunk) > size:
-                    raise UpstreamError(f"upstream sent more than the {size} bytes of {d.digest}")
+                    raise OciClientError(f"upstream sent more than the {size} bytes of {d.digest}")
                 f.write(chunk)
                 f.flush()
                 hasher.update(chunk)
@@ -188,9 +189,9 @@ class PullThrough:
                     d.written += len(chunk)
                     d.cond.notify_all()
         if d.written != size:
-            raise UpstreamError(f"upstream sent {d.written} of the {size} bytes of {d.digest}")
+            raise OciClientError(f"upstream sent {d.written} of the {size} bytes of {d.digest}")
         if hasher.hexdigest() != d.digest.hex:
-            raise UpstreamError(f"digest mismatch: upstream's bytes for {d.digest} hash to sha256:{hasher.hexdigest()}")
+            raise OciClientError(f"digest mismatch: upstream's bytes for {d.digest} hash to sha256:{hasher.hexdigest()}")
         self.store.add_blob(d.tmp, d.digest, size, MIRROR)
         log.info("mirrored blob %s (%d bytes)", d.digest, size)
 

@@ -14,7 +14,7 @@ import pytest
 
 from eldric.cli import build_parser
 from eldric.client.bundles import ImportState, export_bundle, import_bundle, model_reference, name_of
-from eldric.client.oci_distribution import DistributionError
+from eldric.transfer.oci_client import OciClientError as DistributionError
 from eldric.core.digests import Digest
 from eldric.core.errors import InvalidNameError
 from eldric.core.manifests import CONFIG, MANIFEST_V2, OCI_MANIFEST, OLLAMA_MODEL, OLLAMA_TEMPLATE

@@ -14,7 +14,7 @@ import pytest
 from eldric.core.digests import Digest
 from registry.oci.mirror import Mirror
 from registry.oci.pullthrough import PullThrough
-from registry.oci.upstream import UpstreamError
+from eldric.transfer.oci_client import OciClientError as UpstreamError
 from registry.server import RegistrySettings, create_registry_app
 
 V2 = "application/vnd.docker.distribution.manifest.v2+json"

@@ -12,7 +12,8 @@ import requests
 from eldric.transfer.errors import SourceError, SourceUnavailableError
 from eldric.transfer.registry_token import anonymous_token, bearer_challenge
 from eldric.transfer.upstreams import PUBLIC_ONLY
-from registry.oci.upstream import Upstream, UpstreamError
+from eldric.transfer.oci_client import OciClientError as UpstreamError
+from registry.oci.upstream import Upstream
 from tests.unit.test_transfer_http import GeneratedBody, response
 
 CHALLENGE = 'Bearer realm="https://auth.test/token",service="registry.test",scope="repository:library/m:pull"'

@@ -258,7 +258,7 @@ def test_redact_drops_credentials_and_signatures() -> None:
     (None, False),
 ])
 def test_is_http_url(url, ok):
-    from eldric.transfer.urlfetch import is_http_url
+    from eldric.transfer.upstreams import is_http_url
     assert is_http_url(url) is ok
 
 
