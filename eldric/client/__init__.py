@@ -1,1 +1,2 @@
-"""Clients of the REST APIs (the operator CLI and SDKs); they import no service."""
+"""The operator's side: the `eldric` commands, SDKs of the controller and registry APIs, bundles; clients of the
+services' HTTP APIs only, importing no service."""
