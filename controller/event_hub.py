@@ -32,6 +32,7 @@ import redis
 
 from controller.job_feed import JobFeed
 from eldric.cluster import keys
+from eldric.core.errors import EldricError
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class Subscription:
             self.hub.release(self)
 
 
-class HubUnavailableError(Exception):
+class HubUnavailableError(EldricError):
     """The hub could not subscribe in time (Redis unreachable)."""
 
 

@@ -8,11 +8,13 @@ from urllib.parse import quote
 
 import requests
 
+from eldric.core.errors import EldricError
+
 DEFAULT_CONTROLLER = "http://127.0.0.1:8880"
 REGISTRY = "/api/v1/model-registry"
 
 
-class ClientError(Exception):
+class ClientError(EldricError):
     """A failure to report in one line (exit status 1); `status` is the HTTP status, if there was an answer."""
 
     def __init__(self, message: str, status: int | None = None) -> None:

@@ -18,13 +18,14 @@ import requests
 
 from eldric.cluster import keys
 from eldric.cluster.registry_api import API_PREFIX
+from eldric.core.errors import EldricError
 from eldric.transfer.http import error_text, http_session
 
 CHECK_PATH = f"{API_PREFIX}/mirror/check"
 TIMEOUT = (10, 600)  # a check HEADs every mirrored tag upstream
 
 
-class MirrorCheckError(RuntimeError):
+class MirrorCheckError(EldricError):
     """The registry could not be asked or refused; the previous answer stays in Redis."""
 
 

@@ -25,12 +25,13 @@ import redis
 from pydantic import AfterValidator
 from redis.sentinel import Sentinel
 
+from eldric.core.errors import EldricError
 from eldric.core.settings import mask_url_passwords
 
 SENTINEL_PORT = 26379
 
 
-class RedisURLError(ValueError):
+class RedisURLError(EldricError, ValueError):
     """The Redis URL cannot be understood; the message says which part."""
 
 

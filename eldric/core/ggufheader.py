@@ -25,6 +25,8 @@ from typing import BinaryIO
 
 from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGUFValueType
 
+from eldric.core.errors import EldricError
+
 SUPPORTED_VERSIONS = (2, 3)
 MAX_KEY = 1 << 16
 MAX_KEPT_STRING = 1 << 20  # longer scalar strings are skipped, not kept
@@ -37,7 +39,7 @@ _SCALARS = {GGUFValueType.UINT8: "B", GGUFValueType.INT8: "b", GGUFValueType.UIN
             GGUFValueType.INT64: "q", GGUFValueType.FLOAT64: "d"}
 
 
-class GGUFHeaderError(ValueError):
+class GGUFHeaderError(EldricError, ValueError):
     """The bytes are not a well-formed GGUF header."""
 
 

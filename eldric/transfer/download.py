@@ -590,7 +590,7 @@ def relayout(saved: list[tuple[int, int, int]], plan: list[tuple[int, int]]) -> 
     return parts
 
 
-class _LocalWriteError(Exception):
+class _LocalWriteError(EldricError):
     """A write to our own partial file failed (full disk, I/O error): not the peer's fault."""
 
 

@@ -33,6 +33,8 @@ from typing import Protocol
 
 import requests
 
+from eldric.core.errors import EldricError
+
 log = logging.getLogger(__name__)
 
 MIN_RANGE = 4 << 20
@@ -61,7 +63,7 @@ class BoardView:
     holders: dict[int, list[str]] = field(default_factory=dict)  # range -> workers holding it verified
 
 
-class BoardUnavailableError(Exception):
+class BoardUnavailableError(EldricError):
     """The board cannot be read or written (Redis away): the download goes on alone."""
 
 
