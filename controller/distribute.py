@@ -19,6 +19,7 @@ from eldric.core.digests import is_digest
 from eldric.core.errors import InvalidNameError
 from eldric.core.names import FileModelRef
 from eldric.transfer.errors import HostNotAllowedError
+from eldric.transfer.model_registry import API_PREFIX, model_path
 from eldric.transfer.upstreams import AddressPolicy, is_http_url
 from eldric.transfer.urlfetch import redact
 
@@ -73,11 +74,11 @@ def resolve_registry_model(registry: RegistryClient, model: str, options: dict) 
     """`model` is a registry model id, or `name[:version]` (the newest ready version)."""
     # Only an id is looked up by path: a name such as "storage" or "upload" is another registry route.
     is_id = re.fullmatch(ID_PATTERN, model) is not None
-    resp = registry.send("GET", f"/api/v1/model-registry/{quote(model, safe='')}") if is_id else None
+    resp = registry.send("GET", model_path(model)) if is_id else None
     if resp is None or resp.status_code == 404 or resp.status_code == 400:
         name, _, version = model.partition(":")
         query = f"name={quote(name)}&limit=100"
-        listing = registry.send("GET", "/api/v1/model-registry", query=query)
+        listing = registry.send("GET", API_PREFIX, query=query)
         found = [m for m in (listing.json().get("models", []) if listing.ok else [])
                  if m.get("state", "ready") == "ready" and (not version or m.get("version") == version)]
         if not found:

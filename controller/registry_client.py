@@ -1,4 +1,5 @@
-"""How the controller reaches the data worker's model registry (config REGISTRY_URL).
+"""How the controller reaches the data worker's model registry (config REGISTRY_URL), over the one API
+client (eldric/transfer/model_registry.py).
 
 The controller mirrors the registry API path for path and streams bodies both
 ways: an upload is read from the client's socket and written to the registry's in
@@ -16,7 +17,7 @@ import requests
 from flask import Response
 
 from eldric.core.request_errors import UnavailableError
-from eldric.transfer.http import http_session
+from eldric.transfer.model_registry import ModelRegistryApi
 
 BLOCK = 1 << 20
 REQUEST_HEADERS = ("Content-Type", "Content-Range", "Upload-Offset", "Range", "If-Range", "If-None-Match", "Accept")
@@ -49,26 +50,22 @@ def _chunks(stream: BinaryIO) -> Iterator[bytes]:
 class RegistryClient:
     def __init__(self, base_url: str, token: str = "", session: requests.Session | None = None,
                  timeout: tuple[float, float] = (5, 600)) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.token, self.timeout = token, timeout
-        self.session = session or http_session()
+        # The cluster secret as the bearer; a client's own Authorization is the controller's business, never sent on.
+        self.api = ModelRegistryApi(base_url, token, session, timeout)
+        self.base_url = self.api.base_url
 
     def send(self, method: str, path: str, *, query: bytes | str = b"", headers: dict[str, str] | None = None,
              body: bytes | BinaryIO | None = None, length: int | None = None,
              json: dict | None = None) -> requests.Response:
         """One call to the registry, its answer streamed; 503 when the registry cannot be reached."""
-        url = self.base_url + path
         if query:
-            url += "?" + (query.decode() if isinstance(query, bytes) else query)
+            path += "?" + (query.decode() if isinstance(query, bytes) else query)
         sent = {k: v for k, v in (headers or {}).items() if k in REQUEST_HEADERS}
-        if self.token:  # the cluster secret; the client's own Authorization is the controller's business
-            sent["Authorization"] = f"Bearer {self.token}"
         data: object = body
         if body is not None and not isinstance(body, bytes):
             data = _StreamBody(body, length) if length is not None else _chunks(body)
         try:
-            return self.session.request(method, url, headers=sent, data=data, json=json, stream=True,
-                                        timeout=self.timeout, allow_redirects=False)
+            return self.api.request(method, path, headers=sent, data=data, json=json, stream=True, allow_redirects=False)
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise UnavailableError(f"model registry unreachable at {self.base_url}: {exc}") from None
 

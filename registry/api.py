@@ -12,13 +12,14 @@ import re
 from flask import Response, current_app, request
 from flask.views import MethodView
 
-from eldric.cluster.registry_api import (API_PREFIX, FILE_DOWNLOAD_RESPONSES, FILE_PATH_PARAMETER, JOB_ID_PARAMETER, MODEL_ID_PARAMETER,
+from eldric.cluster.registry_api import (FILE_DOWNLOAD_RESPONSES, FILE_PATH_PARAMETER, JOB_ID_PARAMETER, MODEL_ID_PARAMETER,
                                          UPLOAD_ID_PARAMETER, DigestQuerySchema, DraftRequestSchema, FileSchema,
                                          ImportRequestSchema, ImportSchema, ModelListSchema, ModelQuerySchema,
                                          ModelSchema, StorageSchema, TrainingRequestSchema, UploadQuerySchema,
                                          UploadSessionRequestSchema, UploadSessionSchema, install_converters,
                                          MirrorCheckSchema, MirrorSchema)
 from eldric.core.request_errors import BadRequestError, NotFoundError
+from eldric.transfer.model_registry import API_PREFIX, IMPORTS_PATH
 from eldric.transfer.ranges import parse_content_range
 from eldric.web.blueprints import Blueprint
 from eldric.web.file_responses import file_response
@@ -202,7 +203,7 @@ class Imports(MethodView):
     def post(self, body: dict):
         """Import from URLs (HuggingFace resolve URLs with a token, S3 presigned, plain HTTP) as a job."""
         status = importer().submit(body)
-        return status, 202, {"Location": f"{API_PREFIX}/imports/{status['id']}"}
+        return status, 202, {"Location": f"{IMPORTS_PATH}/{status['id']}"}
 
 
 @blp.route("/imports/<job_id>", parameters=[JOB_ID_PARAMETER])

@@ -7,7 +7,7 @@ from datetime import datetime, UTC
 
 from eldric.core.digests import Digest
 from eldric.core.request_errors import BadRequestError
-from eldric.cluster.registry_api import API_PREFIX
+from eldric.transfer.model_registry import model_path, upload_path
 
 MAX_LINEAGE_BYTES = 16 << 10
 
@@ -38,13 +38,13 @@ def model_view(model: dict, fingerprint: str) -> dict:
         "description": model["description"], "lineage": model["lineage"], "origin": model["origin"],
         "details": model["details"] or {}, "files": files,
         "storage": {"fingerprint": fingerprint, "tree": f"trees/{model['id']}" if ready else None},
-        "links": {"self": f"{API_PREFIX}/{model['id']}", "files": f"{API_PREFIX}/{model['id']}/files/"},
+        "links": {"self": model_path(model["id"]), "files": model_path(model["id"], "files", "")},
     }
 
 
 def upload_view(record: dict, offset: int) -> dict:
     return {"id": record["id"], "model_id": record["model_id"], "path": record["path"], "offset": offset,
-            "size": record["size"], "digest": record["digest"], "location": f"{API_PREFIX}/uploads/{record['id']}"}
+            "size": record["size"], "digest": record["digest"], "location": upload_path(record["id"])}
 
 
 def clean_lineage(lineage: object, *, required: bool) -> dict | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from urllib.parse import quote
 
 import requests
 
@@ -18,14 +17,15 @@ from eldric.core.digests import Digest
 from eldric.core.errors import InvalidManifestError, cap_text
 from eldric.core.manifests import Manifest
 from eldric.core.names import ModelName
-from eldric.transfer.http import error_text, raise_if_transient, read_capped, upstream_session
+from eldric.transfer.http import (CONNECT_TIMEOUT, bearer, error_text, http_session, raise_if_transient, read_capped,
+                                  upstream_session)
+from eldric.transfer.model_registry import ModelRegistryApi, file_path, model_path
 from eldric.transfer.retry import TRANSIENT_ERRORS, connection_cause, connection_error
 from eldric.transfer.upstreams import PUBLIC_ONLY, AddressPolicy
 from eldric.transfer.urlfetch import UrlSource
 from eldric.transfer.urlfetch import redact as redact_url
 from eldric.transfer.download import RangeOpener
 from eldric.transfer.errors import ModelNotFoundError, SourceError, SourceUnavailableError
-from eldric.transfer.http import CONNECT_TIMEOUT
 
 MAX_JSON_BYTES = 32 << 20  # a registry model's or a peer's export description
 
@@ -71,8 +71,8 @@ class HttpFileSource:
     def __init__(self, url: str, token: str | None = None, session: requests.Session | None = None,
                  policy: AddressPolicy = PUBLIC_ONLY) -> None:
         self.url = url
-        headers = {"Authorization": f"Bearer {token}"} if token else {}  # requests drops it on a redirect to another host
-        self.source = UrlSource(session or upstream_session(policy), url, headers, connect_timeout=CONNECT_TIMEOUT)
+        # requests drops the Authorization header on a redirect to another host
+        self.source = UrlSource(session or upstream_session(policy), url, bearer(token), connect_timeout=CONNECT_TIMEOUT)
 
     def probe(self) -> tuple[int, bool]:
         """(size, honours Range); the agent plans its disk space by the size, so it must be known."""
@@ -88,15 +88,15 @@ class HttpFileSource:
 
 
 class DataRegistrySource:
-    """Models in the data worker's registry: `/api/v1/model-registry/{id}` and its files (Range)."""
+    """Models in the data worker's registry, over the one API client: a model's record and its files (Range)."""
 
     def __init__(self, base_url: str, secret: str = "", session: requests.Session | None = None) -> None:
-        self.base_url, self.session = base_url.rstrip("/"), session or requests.Session()
-        self.headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+        self.api = ModelRegistryApi(base_url, secret, session)
+        self.base_url = self.api.base_url
 
     def model(self, model_id: str) -> dict:
-        url = f"{self.base_url}/api/v1/model-registry/{quote(model_id, safe='')}"
-        resp = _get(self.session, url, f"registry {self.base_url}", headers=self.headers)
+        url = self.api.url(model_path(model_id))
+        resp = _get(self.api.session, url, f"registry {self.base_url}", headers=self.api.headers)
         if resp.status_code == 404:
             resp.close()
             raise ModelNotFoundError(f"model {model_id} not found in the registry at {self.base_url}")
@@ -107,8 +107,8 @@ class DataRegistrySource:
     def files(self, model: dict) -> list[RemoteFile]:
         out = []
         for f in model.get("files", []):
-            url = f"{self.base_url}/api/v1/model-registry/{quote(model['id'], safe='')}/files/{quote(f['path'])}"
-            opener = _ranged_opener(self.session, url, self.headers)
+            url = self.api.url(file_path(model["id"], f["path"]))
+            opener = _ranged_opener(self.api.session, url, self.api.headers)
             out.append(RemoteFile(path=f["path"], size=int(f["size"]), digest=Digest.parse(f["sha256"]),
                                   open_range=opener, key=Digest.parse(f["sha256"]).hex))
         return out
@@ -118,8 +118,8 @@ class PeerSource:
     """Another agent of this cluster: its store's models and blobs, behind the cluster secret."""
 
     def __init__(self, address: str, secret: str, session: requests.Session | None = None, name: str = "") -> None:
-        self.address, self.session = address.rstrip("/"), session or requests.Session()
-        self.headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+        self.address, self.session = address.rstrip("/"), session or http_session()  # inside the cluster: no proxy
+        self.headers = bearer(secret)
         self.name = name or self.address
 
     def describe(self) -> str:

@@ -25,13 +25,14 @@ from eldric.core.errors import EldricError
 from eldric.core.identifiers import validate_file_path, validate_model_name, validate_version
 from eldric.cluster.jobstore import REGISTRY_WORKER_ID as WORKER_ID
 from eldric.core.request_errors import BadRequestError, ConflictError
-from eldric.cluster.registry_api import (API_PREFIX, FILE_DOWNLOAD_RESPONSES, FILE_PATH_PARAMETER, JOB_ID_PARAMETER, MODEL_ID_PARAMETER,
+from eldric.cluster.registry_api import (FILE_DOWNLOAD_RESPONSES, FILE_PATH_PARAMETER, JOB_ID_PARAMETER, MODEL_ID_PARAMETER,
                                          UPLOAD_ID_PARAMETER, DigestQuerySchema, DraftRequestSchema, FileSchema,
                                          ImportRequestSchema, ImportSchema, ModelListSchema, ModelQuerySchema,
                                          ModelSchema, StorageSchema, TrainingRequestSchema, UploadQuerySchema,
                                          MirrorCheckSchema, MirrorSchema,
                                          UploadSessionRequestSchema, UploadSessionSchema, install_converters,
                                          parse_import_request)
+from eldric.transfer.model_registry import API_PREFIX, IMPORTS_PATH
 from eldric.transfer.urlfetch import redact
 from eldric.web.blueprints import Blueprint
 
@@ -96,7 +97,7 @@ def start_import(client: redis.Redis, registry: RegistryClient, body: dict, raw:
     job_id = jobs.create_job(client, kind="import", model=spec["name"], targets=[WORKER_ID], source=spec["source"],
                              deadline_seconds=deadline_seconds, options=options)
     try:
-        resp = registry.send("POST", f"{API_PREFIX}/imports", json={**raw, "job_id": job_id})
+        resp = registry.send("POST", IMPORTS_PATH, json={**raw, "job_id": job_id})
     except Exception as exc:
         jobs.fail_worker(client, job_id, WORKER_ID, f"could not hand the import to the registry: {exc}")
         raise

@@ -11,7 +11,6 @@ import requests
 from eldric.core.errors import EldricError
 
 DEFAULT_CONTROLLER = "http://127.0.0.1:8880"
-REGISTRY = "/api/v1/model-registry"
 
 
 class ClientError(EldricError):

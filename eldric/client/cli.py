@@ -27,9 +27,10 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TaskID, TaskProg
                            TransferSpeedColumn)
 from rich.table import Table
 
-from eldric.client.api import DEFAULT_CONTROLLER, REGISTRY, Api, ClientError, error_message, parse_sse  # noqa: F401
+from eldric.client.api import DEFAULT_CONTROLLER, Api, ClientError, error_message, parse_sse  # noqa: F401
 from eldric.client.bundles import BundleError, export_bundle, import_bundle
 from eldric.client.upload import ResumableUpload, default_name
+from eldric.transfer.model_registry import API_PREFIX, model_path
 from eldric.transfer.oci_client import OciClient, OciClientError
 FINAL = ("completed", "completed_with_skipped", "failed", "cancelled")
 STATE_STYLE = {"completed": "green", "failed": "red", "pulling": "blue", "running": "blue", "retrying": "yellow",
@@ -385,9 +386,8 @@ def cmd_show(api: Api, args: argparse.Namespace, out: Console, err: Console) -> 
 
 
 def cmd_registry(api: Api, args: argparse.Namespace, out: Console, err: Console) -> int:
-    prefix = "/api/v1/model-registry"
     if args.registry_action == "list":
-        data = api.get(prefix, format=args.format, source=args.source, name=args.name, limit=args.limit)
+        data = api.get(API_PREFIX, format=args.format, source=args.source, name=args.name, limit=args.limit)
         if args.json:
             _print_json(data)
             return 0
@@ -402,7 +402,7 @@ def cmd_registry(api: Api, args: argparse.Namespace, out: Console, err: Console)
         what = "FILE" if args.registry_action == "upload" else "ID"
         raise ClientError(f"eldric registry {args.registry_action} needs {what}")
     if args.registry_action == "delete":
-        api.call("DELETE", f"{prefix}/{quote(args.target, safe='')}")
+        api.call("DELETE", model_path(args.target))
         _print_json({"deleted": args.target}) if args.json else out.print(f"deleted {args.target}")
         return 0
     return _upload(api, args, out, err)

@@ -11,16 +11,15 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from urllib.parse import quote
 
 import requests
 
 from eldric.core.errors import EldricError
-from eldric.cluster.registry_api import API_PREFIX
-from eldric.transfer.http import BLOCK, http_session
+from eldric.transfer.http import BLOCK
+from eldric.transfer.model_registry import (API_PREFIX, UPLOAD_FILE_PATH, ModelRegistryApi, file_path, model_path,
+                                            upload_path)
 from eldric.transfer.retry import TRANSIENT_ERRORS
 from eldric.transfer.upload import FileSpan, send_chunks
-
 
 
 class RegistryClientError(EldricError):
@@ -33,18 +32,17 @@ class RegistryClientError(EldricError):
 
 
 class ModelRegistryClient:
+    """The SDK over the one API client (eldric/transfer/model_registry.py): JSON answers, RegistryClientError."""
+
     def __init__(self, base_url: str, token: str = "", session: requests.Session | None = None, *,
                  chunk_bytes: int = 256 << 20, resumable_above: int = 256 << 20, attempts: int = 8,
                  timeout: tuple[float, float] = (5, 600)) -> None:
-        self.base = base_url.rstrip("/") + API_PREFIX
-        self.session = session or http_session()
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.api = ModelRegistryApi(base_url, token, session, timeout)
         self.chunk_bytes, self.resumable_above, self.attempts = chunk_bytes, resumable_above, attempts
-        self.timeout = timeout
 
     def call(self, method: str, path: str, **kwargs) -> requests.Response:
-        headers = {**self.headers, **kwargs.pop("headers", {})}
-        resp = self.session.request(method, self.base + path, headers=headers, timeout=self.timeout, **kwargs)
+        """One call to a path of the API (eldric.transfer.model_registry); RegistryClientError for an error answer."""
+        resp = self.api.request(method, path, **kwargs)
         if resp.status_code >= 400:
             try:
                 body = resp.json()
@@ -54,13 +52,13 @@ class ModelRegistryClient:
         return resp
 
     def list_models(self, **query: object) -> dict:
-        return self.call("GET", "", params=query).json()
+        return self.call("GET", API_PREFIX, params=query).json()
 
     def get_model(self, model_id: str) -> dict:
-        return self.call("GET", f"/{model_id}").json()
+        return self.call("GET", model_path(model_id)).json()
 
     def delete_model(self, model_id: str) -> None:
-        self.call("DELETE", f"/{model_id}")
+        self.call("DELETE", model_path(model_id))
 
     def upload_file(self, file: str | os.PathLike, *, name: str, filename: str | None = None,
                     digest: str | None = None, **query: object) -> dict:
@@ -71,7 +69,7 @@ class ModelRegistryClient:
             params["digest"] = digest
         with open(file, "rb") as f:
             body = FileSpan(f, 0, file.stat().st_size)
-            return self.call("POST", "/upload", params=params, data=body,
+            return self.call("POST", UPLOAD_FILE_PATH, params=params, data=body,
                              headers={"Content-Type": "application/octet-stream"}).json()
 
     def upload_model(self, files: str | os.PathLike | dict[str, Path], *, name: str, **draft: object) -> dict:
@@ -80,11 +78,11 @@ class ModelRegistryClient:
         `files` is a directory (every file under it, by relative path) or {path in model: local file}.
         """
         mapping = _files_of(files)
-        model = self.call("POST", "", json={"name": name, **{k: v for k, v in draft.items() if v is not None}}).json()
+        model = self.call("POST", API_PREFIX, json={"name": name, **{k: v for k, v in draft.items() if v is not None}}).json()
         try:
             for path, local in sorted(mapping.items()):
                 self.put_file(model["id"], path, local)
-            return self.call("POST", f"/{model['id']}/commit").json()
+            return self.call("POST", model_path(model["id"], "commit")).json()
         except BaseException:
             try:
                 self.delete_model(model["id"])
@@ -105,23 +103,23 @@ class ModelRegistryClient:
         with open(local, "rb") as f:
             digest = "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
             body = FileSpan(f, 0, size)
-            return self.call("PUT", f"/{model_id}/files/{quote(path)}", params={"digest": digest}, data=body).json()
+            return self.call("PUT", file_path(model_id, path), params={"digest": digest}, data=body).json()
 
     def upload_resumable(self, model_id: str, path: str, local: Path) -> dict:
         """Upload in chunks through a session; after a failure, ask the offset and go on from there."""
         size = local.stat().st_size
-        session = self.call("POST", f"/{model_id}/uploads", json={"path": path, "size": size}).json()
+        session = self.call("POST", model_path(model_id, "uploads"), json={"path": path, "size": size}).json()
         with open(local, "rb") as f:
-            hasher = send_chunks(self.call, f"/uploads/{session['id']}", f, size, chunk_bytes=self.chunk_bytes,
+            hasher = send_chunks(self.call, upload_path(session["id"]), f, size, chunk_bytes=self.chunk_bytes,
                                  attempts=self.attempts)
-        return self.call("PUT", f"/uploads/{session['id']}", params={"digest": "sha256:" + hasher.hexdigest()}).json()
+        return self.call("PUT", upload_path(session["id"]), params={"digest": "sha256:" + hasher.hexdigest()}).json()
 
     def download(self, model_id: str, path: str, dest: str | os.PathLike) -> Path:
         """Fetch a file to `dest`, continuing a partial one with Range; verified against its sha256."""
         dest = Path(dest)
         have = dest.stat().st_size if dest.exists() else 0
         headers = {"Range": f"bytes={have}-"} if have else {}
-        with self.call("GET", f"/{model_id}/files/{quote(path)}", headers=headers, stream=True) as resp:
+        with self.call("GET", file_path(model_id, path), headers=headers, stream=True) as resp:
             mode = "ab" if resp.status_code == 206 else "wb"
             with open(dest, mode) as out:
                 for chunk in resp.iter_content(BLOCK):

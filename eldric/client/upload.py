@@ -11,7 +11,8 @@ from collections.abc import Callable
 
 import requests
 
-from eldric.client.api import REGISTRY, ClientError
+from eldric.client.api import ClientError
+from eldric.transfer.model_registry import API_PREFIX, model_path, upload_path
 from eldric.transfer.upload import is_retryable, send_chunks
 
 
@@ -40,13 +41,13 @@ class ResumableUpload:
         with open(self.path, "rb") as f:
             hasher = self._send(f, uid, size, on_progress)
         try:
-            self.call("PUT", f"{REGISTRY}/uploads/{uid}", params={"digest": "sha256:" + hasher.hexdigest()})
-            model = self.call("POST", f"{REGISTRY}/{model_id}/commit").json()
+            self.call("PUT", upload_path(uid), params={"digest": "sha256:" + hasher.hexdigest()})
+            model = self.call("POST", model_path(model_id, "commit")).json()
         except ClientError as exc:
             if exc.status in (400, 404, 413, 422):  # refused for good: the draft is of no further use
                 self._forget()
                 try:
-                    self.call("DELETE", f"{REGISTRY}/{model_id}")
+                    self.call("DELETE", model_path(model_id))
                 except ClientError:
                     pass
             raise
@@ -60,7 +61,7 @@ class ResumableUpload:
             self.resumed_at = self.resumed_at or offset
 
         try:
-            return send_chunks(self.call, f"{REGISTRY}/uploads/{uid}", f, size, chunk_bytes=self.chunk_bytes,
+            return send_chunks(self.call, upload_path(uid), f, size, chunk_bytes=self.chunk_bytes,
                                attempts=self.attempts, sleep=self.sleep, on_progress=on_progress, on_offset=confirmed)
         except (ClientError, requests.RequestException) as exc:
             if not is_retryable(exc):
@@ -74,7 +75,7 @@ class ResumableUpload:
         except (OSError, ValueError):
             return None
         try:
-            self.call("GET", f"{REGISTRY}/uploads/{session['upload_id']}")
+            self.call("GET", upload_path(session["upload_id"]))
         except ClientError as exc:
             if exc.status in (404, 410):  # expired or finished: start over
                 self._forget()
@@ -84,8 +85,8 @@ class ResumableUpload:
 
     def _open(self, size: int) -> dict:
         draft = {"name": self.name, "version": self.version, "format": self.fmt, "source": "upload"}
-        model = self.call("POST", REGISTRY, json={k: v for k, v in draft.items() if v}).json()
-        upload = self.call("POST", f"{REGISTRY}/{model['id']}/uploads", json={"path": self.path.name, "size": size})
+        model = self.call("POST", API_PREFIX, json={k: v for k, v in draft.items() if v}).json()
+        upload = self.call("POST", model_path(model["id"], "uploads"), json={"path": self.path.name, "size": size})
         session = {"model_id": model["id"], "upload_id": upload.json()["id"], "file": str(self.path.resolve())}
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         self.state_file.write_text(json.dumps(session))

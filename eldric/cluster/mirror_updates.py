@@ -17,11 +17,10 @@ import redis
 import requests
 
 from eldric.cluster import keys
-from eldric.cluster.registry_api import API_PREFIX
 from eldric.core.errors import EldricError
-from eldric.transfer.http import error_text, http_session
+from eldric.transfer.http import error_text
+from eldric.transfer.model_registry import MIRROR_CHECK_PATH, ModelRegistryApi
 
-CHECK_PATH = f"{API_PREFIX}/mirror/check"
 TIMEOUT = (10, 600)  # a check HEADs every mirrored tag upstream
 
 
@@ -32,10 +31,9 @@ class MirrorCheckError(EldricError):
 def check_mirror_updates(client: redis.Redis, registry_url: str, secret: str = "",
                          session: requests.Session | None = None, now: float | None = None) -> dict:
     """Run one check on the registry and record it; returns {checked, updates_available}."""
-    session = session or http_session()
-    headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+    api = ModelRegistryApi(registry_url, secret, session, timeout=TIMEOUT)
     try:
-        resp = session.post(registry_url.rstrip("/") + CHECK_PATH, headers=headers, timeout=TIMEOUT)
+        resp = api.request("POST", MIRROR_CHECK_PATH)
     except requests.RequestException as exc:
         raise MirrorCheckError(f"cannot reach the registry at {registry_url}: {exc}") from None
     if resp.status_code != 200:

@@ -1,7 +1,8 @@
-"""The model registry API's contract: its path, marshmallow schemas and import-request rules.
+"""The model registry API's contract: its marshmallow schemas and import-request rules.
 
 The registry serves them; the controller documents and validates its mirror of the API with the
-same ones, so the two cannot drift. Neither service imports the other.
+same ones, so the two cannot drift. Neither service imports the other. Where the API lives and
+its routes' paths: eldric/transfer/model_registry.py.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from eldric.core.request_errors import BadRequestError
 from eldric.transfer.upstreams import is_http_url
 from eldric.transfer.urlfetch import redact, source_kind
 
-API_PREFIX = "/api/v1/model-registry"
 SOURCES = ("upload", "training", "import")
 MAX_IMPORT_FILES = 1000
 MAX_OFFSET = 2**31 - 1  # list offsets: far past any catalog, far below SQLite's 64-bit integers

@@ -13,9 +13,10 @@ import requests
 from rich.console import Console
 
 from eldric.client import cli as client_cli
-from eldric.client.cli import (REGISTRY, ClientError, JobTracker, ResumableUpload, WorkerBars, default_name,
+from eldric.client.cli import (ClientError, JobTracker, ResumableUpload, WorkerBars, default_name,
                                error_message, follow_job, parse_source, parse_sse, split_list)
 from eldric.cli import build_parser
+from eldric.transfer.model_registry import API_PREFIX as REGISTRY
 
 
 @pytest.mark.parametrize("text, source", [
