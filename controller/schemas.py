@@ -3,17 +3,10 @@
 from marshmallow import Schema, ValidationError, fields, validate
 
 from eldric.cluster.jobstate import JOB_STATES
-from eldric.core.names import MAX_NAME_LENGTH
+from eldric.core.names import MAX_NAME_LENGTH, OLLAMA_NAME_PATTERN
 from eldric.core.settings import parse_size
 
 MAX_OFFSET = 2**31 - 1  # list offsets: far past any job history, far below Redis's 64-bit integers
-
-# eldric.core.names.ModelName's grammar as an OpenAPI pattern (ECMA-262, read the same way by Python's re):
-# [host "/"] [namespace "/"] model [":" tag]. The views still parse with ModelName (400 naming `model`);
-# tests keep the two in step.
-_HOST, _NAMESPACE = r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,349}", r"[A-Za-z0-9_][A-Za-z0-9_-]{0,79}"
-_PART = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}"
-OLLAMA_NAME_PATTERN = rf"^(?:(?:{_HOST}/)?{_NAMESPACE}/)?{_PART}(?::{_PART})?$"
 
 
 class Records(fields.List):

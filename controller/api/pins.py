@@ -6,8 +6,9 @@ from flask.views import MethodView
 from marshmallow import Schema, fields, validate
 
 from controller import pins
-from controller.schemas import OLLAMA_NAME_PATTERN, model_name_field, worker_ids_field
+from controller.schemas import model_name_field, worker_ids_field
 from controller.state import redis_client, registry_client, upstreams
+from eldric.core.names import OLLAMA_NAME_PATTERN
 from eldric.web.blueprints import Blueprint
 
 blp = Blueprint("pins", __name__, url_prefix="/api/v1/pins",

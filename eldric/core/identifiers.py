@@ -19,13 +19,24 @@ import re
 
 from eldric.core.errors import InvalidNameError
 from eldric.core.request_errors import BadRequestError, InvalidPathError
-from eldric.core.names import FileModelRef
+from eldric.core.names import FileModelRef, part_pattern
 
 MAX_PATH_LENGTH = 512
 MAX_PATH_DEPTH = 16
 MAX_SEGMENT_LENGTH = 255
 
-_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\\:]")
+_FORBIDDEN_CHARS = r"\\:\x00-\x1f\x7f"  # what a segment may not hold besides "/" (a character class)
+_FORBIDDEN = re.compile(f"[{_FORBIDDEN_CHARS}]")
+
+# The grammar above as OpenAPI patterns (ECMA-262, which Python's re reads the same way), built from the
+# pieces the validators below check with, so a client or a fuzzer knows what is accepted. The services
+# still check with the validators (400 naming the field); tests/unit/test_api_patterns.py proves the two agree.
+NAME_PATTERN = rf"^(?!.*\.\.)(?:{part_pattern('namespace')}/)?{part_pattern('model')}$"
+VERSION_PATTERN = rf"^(?!.*\.\.){part_pattern('tag')}$"
+# Segments as counted repetitions, not a `(?!.*[^/]{256})` lookahead: generating strings for that
+# lookahead took the fuzzer minutes per operation.
+_SEGMENT = rf"[^/{_FORBIDDEN_CHARS}]{{1,{MAX_SEGMENT_LENGTH}}}"
+FILE_PATH_PATTERN = rf"^(?!(?:.*/)?\.\.?(?:/|$)){_SEGMENT}(?:/{_SEGMENT}){{0,{MAX_PATH_DEPTH - 1}}}$"
 
 
 def validate_file_path(raw: object, field: str = "path") -> str:

@@ -12,7 +12,9 @@ Grammar (after Ollama's `types/model/name.go::ParseName`)::
 Missing pieces default to `registry.ollama.ai`, `library` and `latest`. Because a
 part can never start with "." nor hold "/", "\\" or NUL, a valid name is also a
 safe relative path: `..`, absolute paths and backslashes are rejected here,
-before anything touches disk.
+before anything touches disk. The parts are written once (`_PARTS`): the parser
+checks with them and the OpenAPI pattern of a name (`OLLAMA_NAME_PATTERN`) is built
+from them.
 """
 
 from __future__ import annotations
@@ -27,12 +29,27 @@ DEFAULT_NAMESPACE = "library"
 DEFAULT_TAG = "latest"
 MAX_NAME_LENGTH = 512
 
-_PART = {
-    "host": (re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$"), 350),
-    "namespace": (re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$"), 80),
-    "model": (re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"), 80),
-    "tag": (re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"), 80),
+_FIRST = "A-Za-z0-9_"  # a part's first character: never "." nor "-"
+_PARTS = {  # kind: (the characters after the first, most characters)
+    "host": ("A-Za-z0-9_.:-", 350),
+    "namespace": ("A-Za-z0-9_-", 80),
+    "model": ("A-Za-z0-9_.-", 80),
+    "tag": ("A-Za-z0-9_.-", 80),
 }
+# Unbounded here: check_part tells a part that is too long from one with a character not allowed.
+_PART = {kind: (re.compile(f"[{_FIRST}][{rest}]*"), limit) for kind, (rest, limit) in _PARTS.items()}
+
+
+def part_pattern(kind: str) -> str:
+    """One `kind` part as a regex, its length limit a counted repetition (ECMA-262 and Python's re read it alike)."""
+    rest, limit = _PARTS[kind]
+    return f"[{_FIRST}][{rest}]{{0,{limit - 1}}}"
+
+
+# The whole name as an OpenAPI pattern, so a client or a fuzzer knows what is accepted. The views still
+# parse with ModelName (400 naming the field); tests/unit/test_api_patterns.py proves the two agree.
+OLLAMA_NAME_PATTERN = (rf"^(?:(?:{part_pattern('host')}/)?{part_pattern('namespace')}/)?"
+                       rf"{part_pattern('model')}(?::{part_pattern('tag')})?$")
 
 
 def check_part(kind: str, value: str, raw: str) -> None:

@@ -9,12 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.schemas import OLLAMA_NAME_PATTERN
-from eldric.cluster.registry_api import (FILE_PATH_PATTERN, NAME_PATTERN, VERSION_PATTERN, find_path_conflict,
-                                         path_conflict)
+from eldric.cluster.registry_api import find_path_conflict, path_conflict
 from eldric.core.errors import EldricError
-from eldric.core.identifiers import validate_file_path, validate_model_name, validate_version
-from eldric.core.names import ModelName
+from eldric.core.identifiers import (FILE_PATH_PATTERN, NAME_PATTERN, VERSION_PATTERN, validate_file_path,
+                                     validate_model_name, validate_version)
+from eldric.core.names import OLLAMA_NAME_PATTERN, ModelName
 
 CASES = [
     (NAME_PATTERN, validate_model_name, "aZ09_.-/:\\ \x00\né"),
