@@ -1,4 +1,4 @@
-"""Time to enqueue one task per worker (controller.dispatch.send_to_workers) against a real redis-server.
+"""Time to enqueue one task per worker (eldric.cluster.dispatch.send_to_workers) against a real redis-server.
 
     python -m bench.enqueue [--workers 1000] [--rounds 3]
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import redis
 
-from controller.dispatch import RETRY_POLICY, create_producer, send_to_workers
+from eldric.cluster.dispatch import RETRY_POLICY, create_producer, send_to_workers
 from eldric.cluster.queues import TASK_PULL, worker_queue
 from testbed.processes import RedisServer
 

@@ -60,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.fleet_agents import worker_type
 from bench.fleet_counters import Counters, JobWatch, output_buffer_cuts, process_cpu, read_counters, write_commands
 from bench.fleet_streams import Streams
-from eldric.cluster import jobstate
+from eldric.cluster.jobs import state as jobstate
 from testbed.processes import RedisServer, Service, eldric, free_port, session, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

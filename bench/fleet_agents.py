@@ -51,7 +51,7 @@ from kombu import Connection, Consumer, Exchange, Queue
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eldric.cluster.jobstore import Progress
+from eldric.cluster.jobs.progress import Progress
 from eldric.cluster.queues import TASK_PULL, worker_queue
 from eldric.cluster.redisconn import celery_broker
 from eldric.core.errors import EldricError

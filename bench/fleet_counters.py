@@ -11,7 +11,8 @@ from pathlib import Path
 
 import redis
 
-from eldric.cluster import jobstate, keys
+from eldric.cluster import keys
+from eldric.cluster.jobs import state as jobstate
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,9 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.fleet_agents import initial_models, model_record, worker_id, worker_type
-from eldric.cluster import jobstate, keys
-from eldric.cluster.jobstore import create_job
+from eldric.cluster import keys
+from eldric.cluster.jobs import state as jobstate
+from eldric.cluster.jobs.store import create_job
 from testbed.processes import RedisServer
 from worker_agent import membership
 

@@ -9,7 +9,7 @@ from flask_smorest import Api
 
 from controller import api_docs, view_cache
 from controller import config as settings
-from controller.dispatch import create_producer
+from eldric.cluster.dispatch import create_producer
 from eldric import __version__
 from eldric.cluster.redisconn import redis_client
 from eldric.core.request_errors import BadRequestError, RequestError

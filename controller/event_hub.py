@@ -31,6 +31,7 @@ from collections.abc import Callable
 import redis
 
 from controller.job_feed import JobFeed
+from eldric.cluster.jobs.store import published
 from eldric.cluster import keys
 from eldric.core.errors import EldricError
 
@@ -244,10 +245,12 @@ def next_message(pubsub: redis.client.PubSub, wait: float) -> dict | None:
 
 
 def parse_record(data: object) -> dict | None:
-    """A published worker record, or None for anything else."""
+    """A published worker record with its job's state and finality (the job store's `published`), or None for anything else."""
     try:
         record = json.loads(data or "")
     except (TypeError, ValueError):
         return None
-    return record if isinstance(record, dict) and isinstance(record.get("worker"), str) else None
+    if not (isinstance(record, dict) and isinstance(record.get("worker"), str)):
+        return None
+    return published(record)
 

@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from eldric.cluster import jobstate
+from eldric.cluster.jobs import state as jobstate
 
 FLUSH_SECONDS = 0.25
 RECORD_BUDGET = 250  # records a second per job, at most, in progress events

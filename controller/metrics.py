@@ -18,8 +18,9 @@ from flask import Flask, Response, current_app
 from prometheus_client import CollectorRegistry, exposition, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from eldric.cluster import jobstate
-from eldric.cluster import keys
+from eldric.cluster.jobs import state as jobstate
+from eldric.cluster import workers
+from eldric.cluster.jobs.reads import all_jobs
 from eldric.cluster import pins
 from eldric.cluster.mirror_updates import read_updates
 from eldric.cluster.queues import MAINTENANCE_QUEUE, WORKER_TYPES, is_valid_worker_id, type_queue, worker_queue
@@ -71,18 +72,9 @@ def network_bytes(record: dict) -> int:
 def read_snapshot(client: redis.Redis, *, stale_after: float, now: float | None = None) -> Snapshot:
     now = time.time() if now is None else now
     snap = Snapshot()
-    ids = sorted(client.smembers(keys.WORKERS))
-    pipe = client.pipeline(transaction=False)
-    for wid in ids:
-        pipe.hget(keys.worker(wid), "type")
-        pipe.exists(keys.worker_alive(wid))
-    flags = pipe.execute()
-    alive = {}
-    for i, wid in enumerate(ids):
-        wtype, online = flags[2 * i], bool(flags[2 * i + 1])
-        alive[wid] = online
-        if wtype is not None:
-            snap.workers.append((wid, wtype, online))
+    ids = workers.registered_ids(client)
+    kinds, alive = workers.types(client, ids), workers.online_flags(client, ids)
+    snap.workers.extend((wid, kinds[wid], alive[wid]) for wid in ids if kinds[wid] is not None)
     _read_jobs(client, snap, alive, stale_after, now)
     snap.queues = _queue_depths(client, [type_queue(t) for t in WORKER_TYPES] + [MAINTENANCE_QUEUE]
                                 + [worker_queue(w) for w in ids if is_valid_worker_id(w)])
@@ -94,14 +86,7 @@ def read_snapshot(client: redis.Redis, *, stale_after: float, now: float | None 
 
 
 def _read_jobs(client: redis.Redis, snap: Snapshot, alive: dict[str, bool], stale_after: float, now: float) -> None:
-    job_ids = client.zrange(keys.JOBS, 0, -1)
-    pipe = client.pipeline(transaction=False)
-    for job_id in job_ids:
-        pipe.hmget(keys.job(job_id), ["kind", "deadline_at", "source"])
-        pipe.hgetall(keys.job_workers(job_id))
-    rows = pipe.execute()
-    for i in range(len(job_ids)):
-        (kind, deadline, source), raw_records = rows[2 * i], rows[2 * i + 1]
+    for (kind, deadline, source), raw_records in all_jobs(client, ["kind", "deadline_at", "source"]):
         if deadline is None:
             continue
         records = []

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import redis
 
 from controller.workers import serving_stamps
-from eldric.cluster import keys
+from eldric.cluster import workers
 
 
 # One model on one worker, as the view needs it: (digest, modified_at, (size, format, details)).
@@ -248,10 +248,7 @@ def _inventories(client: redis.Redis, stamps: dict[str, tuple[str | None, int]],
         else:
             out[wid] = (stamp, hit)
     if stale:
-        pipe = client.pipeline(transaction=False)
-        for wid in stale:
-            pipe.hgetall(keys.worker_models(wid))
-        replies = pipe.execute()
+        replies = workers.raw_inventories(client, stale)
         with cache.lock:  # the shared-values table is pruned under this lock
             compacted = [(wid, raw, _compact(raw, cache.shared, cache.previous(wid)))
                          for wid, raw in zip(stale, replies, strict=True)]
@@ -283,12 +280,8 @@ def cluster_models(client: redis.Redis, *, forget_after: float | None = None,
 
 
 def workers_with(client: redis.Redis, model: str) -> list[str]:
-    ids = sorted(client.smembers(keys.WORKERS))
-    pipe = client.pipeline(transaction=False)
-    for wid in ids:
-        pipe.hexists(keys.worker_models(wid), model)
-    return [wid for wid, has in zip(ids, pipe.execute(), strict=False) if has]
+    return workers.holders(client, model)
 
 
 def models_of(client: redis.Redis, worker_id: str) -> set[str]:
-    return set(client.hkeys(keys.worker_models(worker_id)))
+    return workers.inventory_names(client, worker_id)

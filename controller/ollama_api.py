@@ -16,10 +16,11 @@ from collections.abc import Iterator
 import redis
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
-from controller import agents, jobs, pull_jobs
+from controller import agents, pull_jobs
+from eldric.cluster.jobs import reads as jobs
 from controller.models import cluster_models
 from eldric.core.request_errors import BadRequestError, NotFoundError, RequestError
-from eldric.cluster import jobstate
+from eldric.cluster.jobs import state as jobstate
 from controller.state import inventory_cache, job_limits, offline_grace, producer, redis_client, stale_after
 from eldric import __version__
 from eldric.core.formats import parameter_size_label

@@ -7,11 +7,12 @@ from dataclasses import dataclass
 import redis
 from celery import Celery
 
-from controller import dispatch, jobs
+from eldric.cluster.jobs import start
+from eldric.cluster.dispatch import job_sender
+from eldric.cluster.jobs.reads import prune_jobs
 from controller.models import workers_with
 from controller.workers import list_workers, select_targets
 from eldric.core.request_errors import BadRequestError, ConflictError, NotFoundError
-from eldric.cluster import keys
 from eldric.cluster.queues import TASK_DELETE, TASK_PULL
 from eldric.core.errors import InvalidNameError
 from eldric.core.names import ModelName
@@ -79,13 +80,8 @@ def start_delete(client: redis.Redis, producer: Celery, *, model: str, workers: 
 
 def start_job(client: redis.Redis, producer: Celery, *, kind: str, task: str, model: str, targets: list[str],
               source: str, limits: JobLimits, options: dict | None = None, secrets: dict | None = None) -> str:
-    """Record the job, keep its secrets apart from it, send `task(job_id, model)` to every target."""
-    job_id = jobs.create_job(client, kind=kind, model=model, targets=targets, source=source,
-                             deadline_seconds=limits.deadline_seconds, options=options)
-    if secrets:  # read by agents only: never in job views, task arguments or logs
-        client.hset(keys.job_secrets(job_id), mapping=secrets)
-        client.expire(keys.job_secrets(job_id), int(limits.deadline_seconds) + 3600)
-    for wid in dispatch.send_to_workers(producer, task, job_id, [model], targets):
-        jobs.fail_worker(client, job_id, wid, "could not enqueue the task: broker unavailable")
-    jobs.prune_jobs(client, retention_seconds=limits.retention_seconds, keep_max=limits.keep_max)
+    """The job store's start_job over Celery, then the history bound applied."""
+    job_id = start.start_job(client, job_sender(producer), kind=kind, task=task, model=model, targets=targets,
+                             source=source, deadline_seconds=limits.deadline_seconds, options=options, secrets=secrets)
+    prune_jobs(client, retention_seconds=limits.retention_seconds, keep_max=limits.keep_max)
     return job_id

@@ -2,7 +2,7 @@
 
 from marshmallow import Schema, ValidationError, fields, validate
 
-from eldric.cluster.jobstate import JOB_STATES
+from eldric.cluster.jobs.state import JOB_STATES
 from eldric.core.names import MAX_NAME_LENGTH, OLLAMA_NAME_PATTERN
 from eldric.core.settings import parse_size
 
@@ -112,6 +112,7 @@ class WorkerProgressSchema(Schema):
     worker = fields.String()
     state = fields.String(metadata={"description": "pending, pulling, installing, deleting, retrying, offline, completed, "
                                                    "failed, skipped (offline when the job started or past the grace) or cancelled"})
+    final = fields.Boolean(metadata={"description": "this worker's part has ended (completed, failed, skipped or cancelled)"})
     status = fields.String(allow_none=True, metadata={"description": "what the worker is doing, Ollama's words"})
     placement = fields.String(allow_none=True, metadata={
         "description": "distributions: how the files reached each backend (hard-linked to the blob store: one copy; "
@@ -145,6 +146,7 @@ class JobSchema(Schema):
     model = fields.String()
     source = fields.String()
     state = fields.String(metadata={"description": "pending, running, completed, completed_with_skipped, failed or cancelled"})
+    final = fields.Boolean(metadata={"description": "the job has ended (its state is one of the final ones): clients derive nothing"})
     created_at = fields.Float()
     deadline_at = fields.Float()
     finished_at = fields.Float(allow_none=True)

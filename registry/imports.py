@@ -26,14 +26,16 @@ from collections.abc import Callable
 import redis
 import requests
 
-from eldric.cluster import jobstate
-from eldric.cluster.jobstore import REGISTRY_WORKER_ID, Progress
+from eldric.cluster.jobs import state as jobstate
+from eldric.cluster.jobs.progress import Progress
+from eldric.cluster.jobs.store import REGISTRY_WORKER_ID
 from eldric.core.blobstore import BlobStore
 from eldric.core.digests import Digest
 from eldric.core.request_errors import (BadRequestError, ConflictError, RequestError, NotFoundError,
                                    UnavailableError)
 from registry.service import RegistryService
 from eldric.cluster.registry_api import parse_import_request
+from eldric.transfer.http import bearer, http_session
 from eldric.transfer.urlfetch import FetchOptions, fetch, redact
 from registry.views import iso_time
 
@@ -57,7 +59,7 @@ def import_view(record: dict) -> dict:
 class Importer:
     def __init__(self, service: RegistryService, *, redis_client: redis.Redis | None = None, workers: int = 2,
                  fetch_options: FetchOptions | None = None,
-                 session_factory: Callable[[], requests.Session] = requests.Session) -> None:
+                 session_factory: Callable[[], requests.Session] = http_session) -> None:
         self.service, self.redis = service, redis_client
         self.options = fetch_options or FetchOptions(max_bytes=service.max_file_bytes)
         self.session_factory = session_factory
@@ -162,9 +164,7 @@ class Importer:
                       progress: Progress) -> None:
         done_bytes = 0
         have = {f["path"]: f for f in self.service.get_model(draft_id)["files"]}
-        headers = {"User-Agent": "eldric-registry"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
+        headers = {"User-Agent": "eldric-registry", **bearer(token)}
         session = self.session_factory()
         session.trust_env = False
         for index, entry in enumerate(spec["files"]):

@@ -7,7 +7,8 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from eldric.cluster import jobstate, keys
+from eldric.cluster import keys
+from eldric.cluster.jobs import state as jobstate
 from eldric.core.digests import Digest
 from eldric.core.names import ModelName
 from eldric.core.names import FileModelRef
@@ -19,7 +20,7 @@ from eldric.transfer.errors import SourceError
 from worker_agent.fanout import Fanout
 from worker_agent.file_sources import DataRegistrySource, HttpFileSource, PeerSource, RemoteFile, redact_url
 from worker_agent.installing import install_entry, placement_summary
-from eldric.cluster.jobstore import Progress
+from eldric.cluster.jobs.progress import Progress
 from worker_agent.pulling import pull_model
 from worker_agent.runtime import Agent
 from worker_agent.sources import BlobSource, RegistrySource

@@ -18,7 +18,7 @@ import redis
 import requests
 
 from eldric.cluster import keys
-from eldric.cluster.jobstore import Progress
+from eldric.cluster.jobs.progress import Progress
 from eldric.cluster.swarmboard import RedisSwarmBoard, UpstreamRateCap
 from eldric.core.digests import Digest
 from eldric.transfer.http import CONNECT_TIMEOUT, bearer, http_session, pace_receive

@@ -18,7 +18,8 @@ from collections.abc import Callable
 import redis
 from redis.exceptions import LockError
 
-from eldric.cluster import jobstate
+from eldric.cluster import workers
+from eldric.cluster.jobs import state as jobstate
 from eldric.cluster import keys
 from eldric.cluster.queues import is_model_serving
 from eldric.core.digests import Digest
@@ -27,8 +28,9 @@ from eldric.core.names import ModelName
 from eldric.transfer.retry import backoff_delay
 from worker_agent.distributing import distribute, pull_from_ollama
 from worker_agent.installing import uninstall_entry
-from worker_agent import maintenance, membership
-from eldric.cluster.jobstore import JobEndedError, Progress, fail_worker, write_record
+from worker_agent import partial_cleanup
+from eldric.cluster.jobs.progress import Progress
+from eldric.cluster.jobs.store import JobEndedError, fail_worker, write_record
 from worker_agent.runtime import Agent
 
 log = logging.getLogger(__name__)
@@ -201,7 +203,7 @@ def _run_job(agent: Agent, job_id: str, work: Callable[[Progress], dict], lock_t
         return result
     except JobEndedError as exc:
         # Cancelled or skipped while running: the record already says so (final); drop this job's partial data.
-        cleaned = maintenance.discard_job_partials(agent.store, job_id)
+        cleaned = partial_cleanup.discard_job_partials(agent.store, job_id)
         log.info("job %s: %s; stopped, %d partial download(s) removed", job_id, exc, len(cleaned.removed))
         _with_redis(lambda: agent.redis.srem(keys.worker_jobs(agent.worker_id), job_id), f"leave job {job_id}")
         return {"stopped": progress.ended_elsewhere}
@@ -243,7 +245,7 @@ def report_failure(agent: Agent, job_id: str, reason: str) -> None:
             fail_worker(agent.redis, job_id, agent.worker_id, reason)
         agent.redis.srem(keys.worker_jobs(agent.worker_id), job_id)
     # The part ended for good (retries used up, or not retryable): its partial data is of no further use.
-    cleaned = maintenance.discard_job_partials(agent.store, job_id)
+    cleaned = partial_cleanup.discard_job_partials(agent.store, job_id)
     if cleaned.removed:
         log.info("job %s: removed %d partial download(s), %d bytes", job_id, len(cleaned.removed), cleaned.freed)
     _with_redis(store, f"report the failure of job {job_id}")
@@ -281,7 +283,7 @@ def _with_redis(action: Callable[[], None], what: str, patience: float | None = 
 
 def refresh_inventory(agent: Agent) -> list[dict]:
     models = agent.store.list_models() + agent.catalog.inventory()
-    membership.publish_inventory(agent.redis, agent.worker_id, models)
+    workers.publish_inventory(agent.redis, agent.worker_id, models)
     return models
 
 

@@ -10,6 +10,7 @@ import time
 
 import redis
 
+from eldric.cluster import workers
 from eldric import logging_setup
 from eldric.cluster import redisconn
 from eldric.cluster.queues import TASK_FOR_JOB_KIND, TASK_PULL, is_model_serving, queues_for, worker_queue
@@ -83,7 +84,7 @@ def run_agent(settings: AgentSettings, loglevel: str = "INFO") -> int:
     server = http_process.start(settings.model_dump_json(), settings.host, settings.http_port)
     address = settings.advertise_url or f"http://{settings.host}:{server.server_port}"
     info = worker_info(settings, address)
-    membership.register(client, info, ttl=settings.heartbeat_seconds * 3)
+    workers.register(client, info, ttl=settings.heartbeat_seconds * 3)
     heartbeat = membership.Heartbeat(client, settings.worker_id, settings.data_dir, settings.heartbeat_seconds,
                                      info=info, on_reregister=lambda: job_runner.refresh_inventory(agent))
     heartbeat.start()
@@ -115,7 +116,7 @@ def run_agent(settings: AgentSettings, loglevel: str = "INFO") -> int:
     finally:
         heartbeat.stop()
         try:
-            membership.go_offline(client, settings.worker_id)
+            workers.go_offline(client, settings.worker_id)
         except redis.RedisError:
             pass
         server.shutdown()

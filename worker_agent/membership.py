@@ -1,47 +1,24 @@
-"""The agent's place in the cluster: registration, heartbeat, inventory in Redis."""
+"""The agent's heartbeat: keeps its online mark fresh and registers again when Redis lost its record."""
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import threading
-import time
 from pathlib import Path
 
 import redis
 
-from eldric.cluster import keys
+from eldric.cluster import workers
 
 log = logging.getLogger(__name__)
-
-
-def register(client: redis.Redis, info: dict, ttl: float) -> None:
-    """Write the worker's record and mark it online (a TTL key the heartbeat refreshes)."""
-    now = time.time()
-    record = {**info, "backends": json.dumps(list(info.get("backends", []))),
-              "registered_at": now, "last_seen": now}
-    pipe = client.pipeline()
-    pipe.sadd(keys.WORKERS, info["id"])
-    pipe.hset(keys.worker(info["id"]), mapping={k: str(v) for k, v in record.items()})
-    pipe.set(keys.worker_alive(info["id"]), now, ex=max(1, int(ttl)))
-    pipe.execute()
 
 
 def beat(client: redis.Redis, worker_id: str, data_dir: Path, ttl: float, info: dict | None = None) -> bool:
     """Refresh the online mark; re-register from `info` when Redis lost the record (a restart
     without persistence). Returns True when it had to re-register."""
-    now = time.time()
-    pipe = client.pipeline()
-    # Registered means in the set with the fields register() writes: after Redis restarted empty,
-    # an inventory report (publish_inventory's `inventory_at`) may recreate a bare hash first.
-    pipe.sismember(keys.WORKERS, worker_id)
-    pipe.hexists(keys.worker(worker_id), "registered_at")
-    pipe.hset(keys.worker(worker_id), mapping={"last_seen": now, "free_disk": free_disk(data_dir)})
-    pipe.set(keys.worker_alive(worker_id), now, ex=max(1, int(ttl)))
-    in_set, has_record = pipe.execute()[:2]
-    if not (in_set and has_record) and info is not None:
-        register(client, info, ttl)
+    if not workers.heartbeat(client, worker_id, ttl, {"free_disk": free_disk(data_dir)}) and info is not None:
+        workers.register(client, info, ttl)
         return True
     return False
 
@@ -51,20 +28,6 @@ def free_disk(path: Path) -> int:
         return shutil.disk_usage(path).free
     except OSError:
         return 0
-
-
-def go_offline(client: redis.Redis, worker_id: str) -> None:
-    client.delete(keys.worker_alive(worker_id))
-
-
-def publish_inventory(client: redis.Redis, worker_id: str, models: list[dict]) -> None:
-    """Replace the worker's inventory with `models` in one transaction."""
-    pipe = client.pipeline()
-    pipe.delete(keys.worker_models(worker_id))
-    if models:
-        pipe.hset(keys.worker_models(worker_id), mapping={m["name"]: json.dumps(m) for m in models})
-    pipe.hset(keys.worker(worker_id), "inventory_at", time.time())
-    pipe.execute()
 
 
 class Heartbeat(threading.Thread):

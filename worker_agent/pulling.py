@@ -11,7 +11,7 @@ from eldric.transfer.download import DownloadOptions, download_blob
 from eldric.transfer.partials import resumable_bytes
 from worker_agent.fanout import Fanout
 from worker_agent.ollama_store import OllamaStore
-from eldric.cluster.jobstore import Progress
+from eldric.cluster.jobs.progress import Progress
 from worker_agent.sources import BlobSource
 
 
@@ -24,6 +24,17 @@ class PullResult:
 
     def to_json(self) -> dict:
         return {"model": self.model, "digest": self.digest, "size": self.size, "downloaded": self.downloaded}
+
+
+def manifest_digest(raw: bytes) -> str:
+    """A model's digest as inventories record it: the sha256 of its manifest's bytes."""
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def upstream_digest(source: BlobSource, name: ModelName) -> str:
+    """The digest of the manifest the tag points at now (pins' update check)."""
+    raw, _manifest = source.fetch_manifest(name)
+    return manifest_digest(raw)
 
 
 def pull_model(name: ModelName, *, store: OllamaStore, source: BlobSource, progress: Progress,
@@ -72,5 +83,5 @@ def pull_model(name: ModelName, *, store: OllamaStore, source: BlobSource, progr
         if not is_disk_full(exc):
             raise
         raise no_space_error(store.manifests_dir, len(raw), f"the manifest of {name.short}") from None
-    return PullResult(model=name.short, digest="sha256:" + hashlib.sha256(raw).hexdigest(),
+    return PullResult(model=name.short, digest=manifest_digest(raw),
                       size=manifest.total_size, downloaded=downloaded)

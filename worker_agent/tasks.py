@@ -13,12 +13,15 @@ from eldric.cluster.queues import (
     TASK_INVENTORY_SYNC_ALL, TASK_MIRROR_CHECK_UPDATES, TASK_PINS_CHECK_UPDATES, TASK_PINS_RECONCILE, TASK_PULL,
     TASK_REAP_STALE_JOBS,
 )
+from eldric.cluster import maintenance
+from eldric.cluster.dispatch import job_sender
 from eldric.cluster.mirror_updates import check_mirror_updates
 from eldric.core.errors import EldricError
-from worker_agent import job_runner, maintenance, runtime
+from worker_agent import job_runner, partial_cleanup, runtime
 from worker_agent.celery_app import app
 from eldric.transfer.errors import SourceUnavailableError
 from worker_agent.installers import BackendUnavailableError
+from worker_agent.pulling import upstream_digest
 from worker_agent.sources import RegistrySource
 
 log = logging.getLogger(__name__)
@@ -88,11 +91,9 @@ def inventory_sync() -> dict:
 
 
 # --- Scheduled work: beat enqueues these on the shared maintenance queue (eldric/cluster/schedules.py);
-# every agent consumes it, so one live agent runs each message. Bodies: worker_agent/maintenance.py.
+# every agent consumes it, so one live agent runs each message. Bodies: eldric/cluster/maintenance.py.
 
-
-def _send(name: str, args: list, queue: str) -> None:
-    app.send_task(name, args=args, queue=queue)
+_send = job_sender(app)  # jobs and fan-outs of scheduled work go out as the controller's do
 
 
 @app.task(name=TASK_INVENTORY_SYNC_ALL)
@@ -122,7 +123,7 @@ def pins_check_updates(deadline_seconds: float, retry_seconds: float) -> dict:
     agent = runtime.current()
     s = agent.settings
     return maintenance.check_pin_updates(
-        agent.redis, _send, lambda name: RegistrySource.from_settings(name, s),
+        agent.redis, _send, lambda name: upstream_digest(RegistrySource.from_settings(name, s), name),
         deadline_seconds=float(deadline_seconds), retry_after=float(retry_seconds))
 
 
@@ -144,7 +145,7 @@ def clean_partials_all(max_age_seconds: float) -> dict:
 @app.task(name=TASK_CLEAN_PARTIALS)
 def clean_partials(max_age_seconds: float) -> dict:
     agent = runtime.current()
-    cleaned = maintenance.clean_partials(agent.redis, agent.worker_id, agent.store, max_age=float(max_age_seconds))
+    cleaned = partial_cleanup.clean_partials(agent.redis, agent.worker_id, agent.store, max_age=float(max_age_seconds))
     return {"removed": cleaned.removed, "freed": cleaned.freed}
 
 

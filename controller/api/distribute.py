@@ -3,7 +3,8 @@
 from flask.views import MethodView
 from marshmallow import Schema, fields, validate
 
-from controller import distribute, jobs
+from controller import distribute
+from eldric.cluster.jobs import reads as jobs
 from controller.schemas import JobSchema, TransferCapsSchema, transfer_caps, worker_ids_field
 from controller.state import job_limits, producer, redis_client, registry_client, offline_grace, stale_after
 from eldric.web.blueprints import Blueprint

@@ -40,12 +40,13 @@ from flask.views import MethodView
 from eldric.web.blueprints import Blueprint
 from marshmallow import Schema, fields, validate
 
-from controller import jobs
+from eldric.cluster.jobs import reads as jobs
 from eldric.core.request_errors import NotFoundError
 from controller.event_hub import EventHub, HubUnavailableError, Subscription
 from controller.job_feed import format_event, newer
 from controller.state import offline_grace, redis_client, stale_after
-from eldric.cluster import jobstate, keys
+from eldric.cluster import keys
+from eldric.cluster.jobs import state as jobstate
 from eldric.web.problems import error_response
 
 blp = Blueprint("pull_job_events", __name__, url_prefix="/api/v1/models",

@@ -16,14 +16,15 @@ import redis
 from flask import current_app, request
 from flask.views import MethodView
 
-from controller import jobs
+from eldric.cluster.jobs import reads as jobs
+from eldric.cluster.jobs.start import start_job
 from controller.registry_client import RegistryClient, error_message, to_flask
 from controller.schemas import JobSchema
 from controller.state import offline_grace, registry_client, redis_client, stale_after
-from eldric.cluster import jobstate
+from eldric.cluster.jobs import state as jobstate
 from eldric.core.errors import EldricError
 from eldric.core.identifiers import validate_file_path, validate_model_name, validate_version
-from eldric.cluster.jobstore import REGISTRY_WORKER_ID as WORKER_ID
+from eldric.cluster.jobs.store import REGISTRY_WORKER_ID as WORKER_ID
 from eldric.core.request_errors import BadRequestError, ConflictError
 from eldric.cluster.registry_api import (FILE_DOWNLOAD_RESPONSES, FILE_PATH_PARAMETER, JOB_ID_PARAMETER, MODEL_ID_PARAMETER,
                                          UPLOAD_ID_PARAMETER, DigestQuerySchema, DraftRequestSchema, FileSchema,
@@ -94,16 +95,24 @@ def start_import(client: redis.Redis, registry: RegistryClient, body: dict, raw:
         raise BadRequestError(str(exc), getattr(exc, "field", None)) from None
     options = {"name": spec["name"], "version": spec["version"], "format": spec["format"],
                "files": [{"url": redact(f["url"]), "path": f["path"]} for f in spec["files"]]}
-    job_id = jobs.create_job(client, kind="import", model=spec["name"], targets=[WORKER_ID], source=spec["source"],
-                             deadline_seconds=deadline_seconds, options=options)
-    try:
-        resp = registry.send("POST", IMPORTS_PATH, json={**raw, "job_id": job_id})
-    except Exception as exc:
-        jobs.fail_worker(client, job_id, WORKER_ID, f"could not hand the import to the registry: {exc}")
-        raise
-    with resp:
-        if resp.status_code >= 400:
-            jobs.fail_worker(client, job_id, WORKER_ID, f"the registry refused the import: {error_message(resp)}")
+    refused: list[Exception] = []
+
+    def hand_over(_task: str, args: list, _targets: list[str]) -> dict[str, str]:
+        """The import's "dispatch": the registry runs it (its progress comes back through the job store)."""
+        try:
+            resp = registry.send("POST", IMPORTS_PATH, json={**raw, "job_id": args[0]})
+        except Exception as exc:  # noqa: BLE001 (any failure: the API answers it, 503 ..., once the part is failed)
+            refused.append(exc)
+            return {WORKER_ID: f"could not hand the import to the registry: {exc}"}
+        with resp:
+            if resp.status_code >= 400:
+                return {WORKER_ID: f"the registry refused the import: {error_message(resp)}"}
+        return {}
+
+    job_id = start_job(client, hand_over, kind="import", task="import", model=spec["name"], targets=[WORKER_ID],
+                       source=spec["source"], deadline_seconds=deadline_seconds, options=options)
+    if refused:
+        raise refused[0]
     return job_id
 
 

@@ -4,7 +4,8 @@ from flask import current_app
 from flask.views import MethodView
 from marshmallow import Schema, fields, post_dump, validate
 
-from controller import agents, jobs, pull_jobs
+from controller import agents, pull_jobs
+from eldric.cluster.jobs import reads as jobs
 from controller.models import ModelQuery, query_models
 from controller.schemas import MAX_OFFSET, JobSchema, model_name_field, worker_ids_field
 from controller.view_cache import cached_json

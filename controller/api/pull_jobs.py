@@ -3,9 +3,11 @@
 from flask.views import MethodView
 from eldric.web.blueprints import Blueprint
 
-from controller import jobs, pull_jobs
+from controller import pull_jobs
+from eldric.cluster.jobs import reads as jobs
+from eldric.cluster.jobs.store import cancel_job
 from eldric.core.request_errors import ConflictError, NotFoundError
-from eldric.cluster import jobstate
+from eldric.cluster.jobs import state as jobstate
 from controller.schemas import JobListSchema, JobQuerySchema, JobSchema, PullRequestSchema, transfer_caps
 from controller.state import job_limits, producer, redis_client, offline_grace, stale_after
 
@@ -59,5 +61,5 @@ class CancelJob(MethodView):
             raise NotFoundError(f"no job {job_id!r}")
         if job["state"] in jobstate.JOB_FINAL:
             raise ConflictError(f"job {job_id} already ended ({job['state']})")
-        jobs.cancel_job(client, job_id)
+        cancel_job(client, job_id)
         return jobs.get_job(client, job_id, stale_after=stale_after(), offline_grace=offline_grace())

@@ -32,7 +32,6 @@ from eldric.client.bundles import BundleError, export_bundle, import_bundle
 from eldric.client.upload import ResumableUpload, default_name
 from eldric.transfer.model_registry import API_PREFIX, model_path
 from eldric.transfer.oci_client import OciClient, OciClientError
-FINAL = ("completed", "completed_with_skipped", "failed", "cancelled")
 STATE_STYLE = {"completed": "green", "failed": "red", "pulling": "blue", "running": "blue", "retrying": "yellow",
                "offline": "dim", "skipped": "yellow", "completed_with_skipped": "yellow", "cancelled": "magenta",
                "deleting": "blue"}
@@ -67,7 +66,8 @@ class JobTracker:
         self.records = {w["worker"]: w for w in job.get("workers", [])}
 
     def merge(self, records: list[dict]) -> None:
-        """Keep each worker's newest record; a published one carries the job's state after it (`job_state`).
+        """Keep each worker's newest record; a published one carries the job's state after it (`job_state`,
+        and `job_final` when that state is a final one).
 
         The records the controller re-reads for states only readers derive (offline) carry no
         `job_state` and leave the job's state as it was.
@@ -77,12 +77,12 @@ class JobTracker:
             if old is None or float(record.get("updated_at") or 0) >= float(old.get("updated_at") or 0):
                 self.records[record["worker"]] = record
                 if record.get("job_state"):
-                    self.job = {**self.job, "state": record["job_state"]}
+                    self.job = {**self.job, "state": record["job_state"], "final": bool(record.get("job_final"))}
 
     @property
     def finished(self) -> bool:
-        """Whether the controller (the snapshot, or the last event's `job_state`) says the job ended."""
-        return self.job.get("state") in FINAL
+        """Whether the controller (the snapshot's `final`, or the last event's `job_final`) says the job ended."""
+        return bool(self.job.get("final"))
 
     def failed(self) -> list[dict]:
         return [r for r in self.records.values() if r.get("state") == "failed"]
@@ -242,7 +242,7 @@ def cmd_jobs(api: Api, args: argparse.Namespace, out: Console, err: Console) -> 
         return 0
     if args.id:
         job = api.get(f"/api/v1/models/pull-jobs/{quote(args.id, safe='')}")
-        if args.follow and job["state"] not in FINAL:
+        if args.follow and not job.get("final"):
             return _run_job(api, job, argparse.Namespace(no_wait=False, json=args.json), out, err)
         if args.json:
             _print_json(job)
@@ -547,7 +547,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("id", nargs="?", help="a job id, or `cancel`")
     p.add_argument("target", nargs="?", help="with `cancel`: the job to cancel")
     p.add_argument("--limit", type=int, default=20)
-    p.add_argument("--state", choices=["pending", "running", *FINAL])
+    p.add_argument("--state", help="pending, running, completed, completed_with_skipped, failed or cancelled "
+                                   "(the controller checks it)")
     p.add_argument("--kind", help="pull, distribute, delete, import, ...")
     p.add_argument("-f", "--follow", action="store_true", help="with ID: progress bars until the job ends")
     _common(p)

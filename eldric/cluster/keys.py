@@ -1,4 +1,4 @@
-"""Every Redis key the cluster uses, in one place (documented in the README)."""
+"""Every Redis key the cluster uses, built here and nowhere else (documented in the README)."""
 
 PREFIX = "eldric"
 
@@ -24,6 +24,11 @@ def worker_models(worker_id: str) -> str:
 def worker_jobs(worker_id: str) -> str:
     """SET of job ids assigned to the worker (lets a restarted agent resume its work)."""
     return f"{PREFIX}:worker:{worker_id}:jobs"
+
+
+def worker_catchups(worker_id: str) -> str:
+    """HASH model -> JSON catch-up {job_id, kind, model, source, options, at}: work the worker missed while skipped."""
+    return f"{PREFIX}:worker:{worker_id}:catchup"
 
 
 def job(job_id: str) -> str:
@@ -69,3 +74,19 @@ def upstream_rate(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:upstream-rate"
 
 MIRROR_UPDATES = f"{PREFIX}:mirror:updates"  # HASH repository:tag -> JSON last upstream update check (mirror_updates.py)
+
+
+PINS = f"{PREFIX}:pins"  # HASH model name (short form) -> JSON pin record (eldric/cluster/pins.py)
+
+
+def pin_attempts(model: str) -> str:
+    """HASH worker id -> JSON {job_id, at}: the last pull started for this pin on that worker."""
+    return f"{PREFIX}:pin:{model}:attempts"
+
+
+def maintenance_lock(name: str) -> str:
+    """STRING with TTL: held while one agent runs scheduled job `name` (no concurrent runs)."""
+    return f"{PREFIX}:maintenance:{name}:lock"
+
+
+REDBEAT_PREFIX = f"{PREFIX}:redbeat:"  # RedBeat's keys: <prefix>:schedule, <prefix>:lock, <prefix><entry>

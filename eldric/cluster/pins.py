@@ -1,11 +1,11 @@
 """Desired state: models pinned to the whole cluster or to listed workers.
 
-The controller writes pins (`controller/pins.py`); the agents' scheduled work
-(`worker_agent/maintenance.py`) reads them and starts pulls for eligible workers
-that lack a pinned model, or, with auto-update on, hold an older digest than the
-one the upstream tag now points at.
+The controller writes pins (`controller/pins.py`); the scheduled work the agents host
+(`reconcile_pins`, `check_pin_updates`, run by beat's `pins.*` entries) reads them and starts pulls
+for eligible workers that lack a pinned model, or, with auto-update on, hold an older digest than
+the one the upstream tag now points at.
 
-Redis keys (to be listed with the others in `eldric/cluster/keys.py`):
+Redis keys (built in `eldric/cluster/keys.py`):
 
 | key | type | holds |
 | --- | --- | --- |
@@ -16,26 +16,27 @@ Redis keys (to be listed with the others in `eldric/cluster/keys.py`):
 from __future__ import annotations
 
 import json
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import redis
 
-from eldric.cluster import jobstate
-from eldric.cluster import keys
-from eldric.cluster.queues import is_model_serving
+from eldric.cluster import keys, workers
+from eldric.cluster.jobs import state as jobstate
+from eldric.cluster.jobs.start import Send, start_job
+from eldric.cluster.queues import TASK_DISTRIBUTE, TASK_PULL, is_model_serving
+from eldric.core.errors import EldricError
+from eldric.core.names import ModelName
 
-PINS = f"{keys.PREFIX}:pins"
+log = logging.getLogger(__name__)
+PINS = keys.PINS
 
 PRESENT = "present"
 MISSING = "missing"
 OUTDATED = "outdated"
 PULLING = "pulling"
-
-
-def pin_attempts(model: str) -> str:
-    """HASH worker id -> JSON {job_id, at}: the last pull started for this pin on that worker."""
-    return f"{keys.PREFIX}:pin:{model}:attempts"
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ def list_pins(client: redis.Redis) -> list[Pin]:
 def delete_pin(client: redis.Redis, model: str) -> bool:
     pipe = client.pipeline()
     pipe.hdel(PINS, model)
-    pipe.delete(pin_attempts(model))
+    pipe.delete(keys.pin_attempts(model))
     removed, _ = pipe.execute()
     return bool(removed)
 
@@ -174,35 +175,26 @@ def record_attempt(client: redis.Redis, model: str, job_id: str, worker_ids: lis
                    now: float | None = None) -> None:
     now = time.time() if now is None else now
     if worker_ids:
-        client.hset(pin_attempts(model),
+        client.hset(keys.pin_attempts(model),
                     mapping={wid: json.dumps({"job_id": job_id, "at": now}) for wid in worker_ids})
 
 
 def load_worker_facts(client: redis.Redis, pinned: list[str]) -> list[WorkerFacts]:
     """Every registered worker with its inventory of the pinned models and its busy models."""
-    ids = sorted(client.smembers(keys.WORKERS))
+    ids = workers.registered_ids(client)
     if not ids:
         return []
-    pipe = client.pipeline(transaction=False)
-    for wid in ids:
-        pipe.hget(keys.worker(wid), "type")
-        pipe.exists(keys.worker_alive(wid))
-        pipe.smembers(keys.worker_jobs(wid))
-        if pinned:
-            pipe.hmget(keys.worker_models(wid), pinned)
-    rows = pipe.execute()
-    width = 4 if pinned else 3
-    per_worker = [([*rows[width * i:width * i + width], []])[:4] for i in range(len(ids))]
-    job_models = _unfinished_job_models(client, [(wid, j) for wid, row in zip(ids, per_worker, strict=False) for j in row[2]])
+    kinds, online, jobs = workers.types(client, ids), workers.online_flags(client, ids), workers.job_ids(client, ids)
+    held = workers.held(client, ids, pinned)
+    job_models = _unfinished_job_models(client, [(wid, j) for wid in ids for j in jobs[wid]])
     attempts = _failed_attempts(client, pinned)
     out = []
-    for wid, (wtype, alive, jobs, held) in zip(ids, per_worker, strict=False):
-        if wtype is None:
+    for wid in ids:
+        if kinds[wid] is None:
             continue
-        models = {m: json.loads(raw) for m, raw in zip(pinned, held or [], strict=False) if raw}
-        busy = frozenset(m for j in jobs if (m := job_models.get((wid, j))))
+        busy = frozenset(m for j in jobs[wid] if (m := job_models.get((wid, j))))
         failed = {m: at for m, per in attempts.items() if (at := per.get(wid)) is not None}
-        out.append(WorkerFacts(id=wid, type=wtype, online=bool(alive), models=models,
+        out.append(WorkerFacts(id=wid, type=kinds[wid], online=online[wid], models=held[wid],
                                busy_models=busy, failed_at=failed))
     return out
 
@@ -230,7 +222,7 @@ def _failed_attempts(client: redis.Redis, pinned: list[str]) -> dict[str, dict[s
         return {}
     pipe = client.pipeline(transaction=False)
     for model in pinned:
-        pipe.hgetall(pin_attempts(model))
+        pipe.hgetall(keys.pin_attempts(model))
     last = [(model, wid, json.loads(raw)) for model, per in zip(pinned, pipe.execute(), strict=False) for wid, raw in per.items()]
     if not last:
         return {}
@@ -243,3 +235,56 @@ def _failed_attempts(client: redis.Redis, pinned: list[str]) -> dict[str, dict[s
         if record and record.get("state") == jobstate.FAILED:
             out.setdefault(model, {})[wid] = float(record.get("finished_at") or attempt["at"])
     return out
+
+
+# --- reconciliation (scheduled work, hosted by the agents) ------------------------------------
+
+def reconcile_pins(client: redis.Redis, send: Send, *, deadline_seconds: float, retry_after: float,
+                   models: list[str] | None = None, now: float | None = None) -> list[dict]:
+    """Start one pull job per pin for the eligible online workers lacking it; return the jobs started."""
+    now = time.time() if now is None else now
+    selected = [p for p in list_pins(client) if models is None or p.model in models]
+    if not selected:
+        return []
+    facts = load_worker_facts(client, [p.model for p in selected])
+    return [job for pin in selected if (job := _pull_for_pin(client, send, pin, facts, now, deadline_seconds, retry_after))]
+
+
+def _pull_for_pin(client: redis.Redis, send: Send, pin: Pin, facts: list[WorkerFacts], now: float,
+                  deadline_seconds: float, retry_after: float) -> dict | None:
+    targets = workers_to_pull(pin, facts, now=now, retry_after=retry_after)
+    if not targets:
+        return None
+    by_id = {w.id: w for w in facts}
+    outdated = [wid for wid in targets if model_status(pin, by_id[wid]) == OUTDATED]
+    options = {"pin": pin.model, "reason": "update" if outdated else "pinned", "outdated": outdated}
+    kind, task = ("pull", TASK_PULL)
+    if pin.source == "registry":  # a registry model reaches workers through a distribute job
+        kind, task = ("distribute", TASK_DISTRIBUTE)
+        options.update(pin.source_options or {}, source="registry")
+    job_id = start_job(client, send, kind=kind, task=task, model=pin.model, targets=targets, source=pin.source,
+                       deadline_seconds=deadline_seconds, options=options, now=now)
+    record_attempt(client, pin.model, job_id, targets, now=now)
+    log.info("pin %s: pulling to %s (%s)", pin.model, ", ".join(targets), options["reason"], extra={"job_id": job_id})
+    return {"job_id": job_id, "model": pin.model, "workers": targets, "reason": options["reason"]}
+
+
+def refresh_digests(client: redis.Redis, digest_of: Callable[[ModelName], str]) -> dict[str, str | None]:
+    """Record where each auto-update pin's tag points now (`digest_of`, as the inventory records digests);
+    return model -> digest (None when the check failed)."""
+    checked: dict[str, str | None] = {}
+    for pin in list_pins(client):
+        if not pin.auto_update or pin.source != "ollama":
+            continue
+        try:
+            digest = digest_of(ModelName.parse(pin.model))
+        except EldricError as exc:
+            log.warning("pin %s: update check failed: %s", pin.model, exc)
+            record_check(client, pin.model, digest=None, error=str(exc))
+            checked[pin.model] = None
+            continue
+        if digest != pin.upstream_digest:
+            log.info("pin %s: upstream now at %s (was %s)", pin.model, digest, pin.upstream_digest)
+        record_check(client, pin.model, digest=digest, error=None)
+        checked[pin.model] = digest
+    return checked

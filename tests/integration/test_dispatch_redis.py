@@ -1,4 +1,4 @@
-"""controller.dispatch over a real Redis broker: no queue is declared on the way, and every task still
+"""eldric.cluster.dispatch over a real Redis broker: no queue is declared on the way, and every task still
 reaches its worker's queue, also one no agent ever declared (issue 13)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import redis
 from celery import Celery
 from kombu import Consumer
 
-from controller import dispatch
+from eldric.cluster import dispatch
 from eldric.cluster.celeryconf import celery_config
 from eldric.cluster.queues import TASK_PULL, worker_queue
 

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from controller.dispatch import create_producer, send_to_workers
+from eldric.cluster.dispatch import create_producer, send_to_workers
 from eldric.cluster import keys
-from eldric.cluster import jobstate
-from eldric.cluster.jobstore import create_job, write_record
+from eldric.cluster.jobs import state as jobstate
+from eldric.cluster.jobs.store import create_job, write_record
 from eldric.cluster.queues import TASK_PULL, worker_queue
 from testbed.processes import session, wait_until
 

@@ -21,7 +21,7 @@ import pytest
 from celery import Celery
 
 from eldric.cluster.celeryconf import celery_config
-from eldric.cluster.jobstore import create_job
+from eldric.cluster.jobs.store import create_job
 from eldric.cluster.queues import TASK_PULL, worker_queue
 from eldric.transfer.errors import HostNotAllowedError
 from eldric.transfer.http import upstream_session

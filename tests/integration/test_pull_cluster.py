@@ -123,8 +123,8 @@ def test_unknown_worker_and_job_are_404_and_malformed_json_is_400(live):
 
 def test_a_pull_task_sent_straight_to_a_data_worker_is_refused(live):
     """Defence in depth: even a task that bypasses the controller's routing is refused by the agent."""
-    from controller.dispatch import create_producer
-    from eldric.cluster.jobstore import create_job
+    from eldric.cluster.dispatch import create_producer
+    from eldric.cluster.jobs.store import create_job
     from eldric.cluster.queues import TASK_PULL, worker_queue
 
     job_id = create_job(live.redis, kind="pull", model="tiny:latest", targets=["data-a"], source="ollama",

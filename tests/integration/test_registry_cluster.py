@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 
-from controller import jobs
-from eldric.cluster import jobstate
+from eldric.cluster.jobs import store as jobs
+from eldric.cluster.jobs import state as jobstate
 from eldric.cluster import keys
 from eldric.client.registry import ModelRegistryClient
 from tests.support.file_server import FileServer

@@ -7,11 +7,11 @@ import fakeredis
 import pytest
 import redis
 
+from eldric.cluster import workers as cluster_workers
 from controller import create_app
-from eldric.cluster import jobstate
+from eldric.cluster.jobs import state as jobstate
 from eldric.cluster import keys
 from tests.support.fake_celery import FakeCelery
-from worker_agent import membership
 
 CLOSED_PORT_URL = "redis://127.0.0.1:1/0"
 
@@ -54,7 +54,7 @@ def producer(app) -> FakeCelery:
 
 
 def register(store, worker_id: str, worker_type: str) -> None:
-    membership.register(store, {"id": worker_id, "type": worker_type, "address": f"http://{worker_id}:1"}, ttl=30)
+    cluster_workers.register(store, {"id": worker_id, "type": worker_type, "address": f"http://{worker_id}:1"}, ttl=30)
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ def cluster(store):
     register(store, "gpu1", "inference")
     register(store, "cloud1", "cloud")
     register(store, "dn1", "data")
-    membership.go_offline(store, "cloud1")
+    cluster_workers.go_offline(store, "cloud1")
 
 
 def pull(client, body, **kw):

@@ -66,7 +66,9 @@ def test_error_message(body, message):
 
 
 def _job(state: str, *workers: dict) -> dict:
-    return {"id": "j1", "kind": "pull", "model": "m:latest", "state": state, "workers": list(workers)}
+    """A job as the controller sends it: it says whether the state is final (the CLI derives nothing)."""
+    return {"id": "j1", "kind": "pull", "model": "m:latest", "state": state, "workers": list(workers),
+            "final": state in ("completed", "completed_with_skipped", "failed", "cancelled")}
 
 
 def _w(worker: str, state: str, at: float = 1.0, **kw) -> dict:
@@ -89,7 +91,7 @@ def test_tracker_takes_the_job_state_from_the_events_not_from_the_records():
     tracker.merge([_w("b", "offline", 2)])  # a state only readers derive: published by no write, no job_state
     assert tracker.job["state"] == "running" and tracker.records["a"]["updated_at"] == 2
     # b's own failure was never seen here, yet the write of a's completed record said the job failed.
-    tracker.merge([_w("a", "completed", 3, job_state="failed")])
+    tracker.merge([_w("a", "completed", 3, job_state="failed", job_final=True)])
     assert tracker.job["state"] == "failed" and tracker.finished and tracker.records["b"]["state"] == "offline"
 
 
@@ -126,7 +128,7 @@ def test_follow_job_ends_when_an_event_says_the_job_failed_without_reconnecting_
     start = _job("running", _w("a", "pulling"), _w("b", "pulling"))
     # The stream is cut after the event (no `done`); the tracker's records alone still show b pulling.
     api = FakeApi([[("snapshot", start), ("progress", {"workers": [_w("a", "failed", 2, error="boom",
-                                                                        job_state="failed")]})]])
+                                                                        job_state="failed", job_final=True)]})]])
     tracker = follow_job(api, start, lambda t: None, sleep=lambda s: pytest.fail("polled"))
     assert tracker.job["state"] == "failed" and tracker.records["b"]["state"] == "pulling"
     assert api.streams == [] and api.gets == 0  # one stream, no reconnect, no job read
@@ -377,6 +379,6 @@ def test_a_job_with_skipped_workers_exits_0_and_says_who_catches_up():
     out = Console(file=io.StringIO(), width=200)
     api = FakeApi([[("done", done)]])
     args = argparse.Namespace(no_wait=False, json=False)
-    assert client_cli._run_job(api, {**done, "state": "running", "model": "m", "kind": "pull"}, args, out, out) == 0
+    assert client_cli._run_job(api, {**done, "state": "running", "final": False, "model": "m", "kind": "pull"}, args, out, out) == 0
     text = out.file.getvalue()
     assert "completed on 1 of 2" in text and "skipped (offline): b" in text

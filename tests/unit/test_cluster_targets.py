@@ -8,9 +8,10 @@ import time
 import fakeredis
 import pytest
 
-from controller.workers import get_worker, is_alive, list_workers, select_targets, worker_models
+from eldric.cluster import workers as cluster_workers
+from controller.workers import get_worker, list_workers, select_targets, worker_models
+from eldric.cluster.workers import is_online as is_alive
 from eldric.cluster import keys
-from worker_agent import membership
 
 
 @pytest.fixture
@@ -21,7 +22,7 @@ def client() -> fakeredis.FakeRedis:
 def register(client, worker_id: str, worker_type: str, **extra) -> None:
     info = {"id": worker_id, "type": worker_type, "address": f"http://{worker_id}:8890",
             "backends": ["ollama"], "hostname": f"host-{worker_id}", "free_disk": 123456, **extra}
-    membership.register(client, info, ttl=15)
+    cluster_workers.register(client, info, ttl=15)
 
 
 def w(worker_id: str, worker_type: str | None) -> dict:
@@ -78,7 +79,7 @@ def test_no_serving_workers_means_no_targets():
 def test_list_workers_reads_what_agents_register(client):
     register(client, "gpu1", "inference")
     register(client, "data1", "data", address="http://data1:8892")
-    membership.publish_inventory(client, "gpu1", [{"name": "tiny:latest"}, {"name": "qwen2.5:0.5b"}])
+    cluster_workers.publish_inventory(client, "gpu1", [{"name": "tiny:latest"}, {"name": "qwen2.5:0.5b"}])
 
     workers = list_workers(client)
 
@@ -101,7 +102,7 @@ def test_list_workers_of_an_empty_cluster(client):
 
 def test_worker_without_heartbeat_is_listed_offline(client):
     register(client, "gpu1", "inference")
-    membership.go_offline(client, "gpu1")
+    cluster_workers.go_offline(client, "gpu1")
     assert [x["online"] for x in list_workers(client)] == [False]
     assert is_alive(client, "gpu1") is False
 
@@ -109,7 +110,7 @@ def test_worker_without_heartbeat_is_listed_offline(client):
 def test_long_gone_offline_worker_is_forgotten(client):
     register(client, "gone", "inference")
     register(client, "alive", "inference")
-    membership.go_offline(client, "gone")
+    cluster_workers.go_offline(client, "gone")
     later = time.time() + 3600
 
     assert ids(list_workers(client, forget_after=7200, now=later)) == ["alive", "gone"]
@@ -147,7 +148,7 @@ def test_get_worker(client):
 
 def test_worker_models_sorted_by_name(client):
     register(client, "gpu1", "inference")
-    membership.publish_inventory(client, "gpu1", [{"name": "b:latest", "size": 2}, {"name": "a:latest", "size": 1}])
+    cluster_workers.publish_inventory(client, "gpu1", [{"name": "b:latest", "size": 2}, {"name": "a:latest", "size": 1}])
     assert [m["name"] for m in worker_models(client, "gpu1")] == ["a:latest", "b:latest"]
     assert json.loads(client.hget(keys.worker_models("gpu1"), "a:latest"))["size"] == 1
 
@@ -156,6 +157,6 @@ def test_listed_workers_feed_target_selection(client):
     register(client, "gpu1", "inference")
     register(client, "cloud1", "cloud")
     register(client, "data1", "data")
-    membership.go_offline(client, "cloud1")
+    cluster_workers.go_offline(client, "cloud1")
     chosen, _, _ = select_targets(list_workers(client), None)
     assert ids(chosen) == ["cloud1", "gpu1"]

@@ -8,9 +8,11 @@ import time
 import fakeredis
 import pytest
 
-from controller.jobs import create_job, fail_worker, get_job, list_jobs, prune_jobs
-from eldric.cluster.jobstore import Progress, reap_stale_jobs
-from eldric.cluster import jobstate
+from eldric.cluster.jobs.reads import get_job, list_jobs, prune_jobs
+from eldric.cluster.jobs.store import create_job, fail_worker, published
+from eldric.cluster.jobs.progress import Progress
+from eldric.cluster.jobs.reaper import reap_stale_jobs
+from eldric.cluster.jobs import state as jobstate
 from eldric.cluster import keys
 
 NOW = 1_700_000_000.0
@@ -176,7 +178,7 @@ def test_a_final_failure_is_never_flipped_back_to_completed_by_a_late_agent(clie
     assert agent.ended_elsewhere == jobstate.FAILED
     seen = []
     while (message := events.get_message(timeout=0.05)) is not None:
-        seen.append(json.loads(message["data"]))
+        seen.append(published(json.loads(message["data"])))
     assert [(e["state"], e["job_state"]) for e in seen] == [(jobstate.PULLING, jobstate.JOB_RUNNING),
                                                            (jobstate.FAILED, jobstate.JOB_FAILED)]
     assert get_job(client, job_id, stale_after=STALE, now=NOW + 63)["state"] == jobstate.JOB_FAILED
@@ -192,7 +194,7 @@ def test_fail_worker_publishes_and_keeps_a_finished_part(client):
     assert fail_worker(client, job_id, "gpu2", "could not enqueue").accepted
     seen = []
     while (message := events.get_message(timeout=0.05)) is not None:
-        seen.append(json.loads(message["data"]))
+        seen.append(published(json.loads(message["data"])))
     assert [(e["worker"], e["state"], e["job_state"]) for e in seen] == [
         ("gpu1", jobstate.COMPLETED, jobstate.JOB_RUNNING), ("gpu2", jobstate.FAILED, jobstate.JOB_FAILED)]
     assert stored(client, job_id, "gpu1")["state"] == jobstate.COMPLETED

@@ -1,10 +1,10 @@
-"""controller.dispatch: pipelined chunks, a failed chunk sent again one by one, failures reported."""
+"""eldric.cluster.dispatch: pipelined chunks, a failed chunk sent again one by one, failures reported."""
 
 from __future__ import annotations
 
 import pytest
 
-from controller import dispatch
+from eldric.cluster import dispatch
 from tests.support.fake_celery import FakeCelery as Broker
 
 

@@ -176,12 +176,12 @@ def test_stream_sends_snapshot_coalesced_progress_then_done(client, hub):
     reads = iter([JOB, {**JOB, "state": "completed"}])
     for pct in (10, 20, 30, 100):
         publish(client, "a", "w1", state="completed" if pct == 100 else "pulling", percent=pct, updated_at=1.0 + pct,
-                **({"job_state": "completed"} if pct == 100 else {}))
+                **({"job_counts": {"completed": 1, "+started": 1}} if pct == 100 else {}))
     time.sleep(0.2)
     seen = events(job_event_stream(sub, lambda: next(reads), recheck=60))
     assert [e for e, _ in seen] == ["snapshot", "progress", "done"]  # four writes, one event; the end re-reads the job
     assert seen[1][1]["workers"] == [{"worker": "w1", "state": "completed", "percent": 100, "updated_at": 101.0,
-                                      "job_state": "completed"}]
+                                      "final": True, "job_state": "completed", "job_final": True}]
     assert seen[2][1]["state"] == "completed" and hub.followed == 0
 
 

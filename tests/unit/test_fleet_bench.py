@@ -12,9 +12,11 @@ import pytest
 from kombu import Connection, Consumer, Exchange, Queue
 
 from bench.fleet_agents import NoCatalog, SimulatedStore, VirtualFleet, decode_task, simulate_pull
-from controller.dispatch import create_producer, send_to_workers
-from eldric.cluster import jobstate, keys
-from eldric.cluster.jobstore import Progress, create_job
+from eldric.cluster.dispatch import create_producer, send_to_workers
+from eldric.cluster import keys
+from eldric.cluster.jobs import state as jobstate
+from eldric.cluster.jobs.progress import Progress
+from eldric.cluster.jobs.store import create_job
 from eldric.cluster.queues import TASK_PULL, worker_queue
 from worker_agent.runtime import Agent
 from worker_agent.settings import AgentSettings
@@ -34,7 +36,7 @@ class FakeClock:
 
 
 def test_the_controllers_messages_decode_to_the_pull_task_and_its_arguments():
-    """What controller.dispatch enqueues (kombu's in-memory transport instead of Redis) is read back as sent."""
+    """What eldric.cluster.dispatch enqueues (kombu's in-memory transport instead of Redis) is read back as sent."""
     producer = create_producer("redis://127.0.0.1:1/0")
     producer.conf.broker_url = "memory://"
     send_to_workers(producer, TASK_PULL, "job-1", ["qwen2.5:0.5b"], ["w00001", "w00002"])
@@ -86,7 +88,8 @@ def test_a_pull_ends_completed_through_the_agents_job_runner_and_lists_the_model
     assert time.monotonic() - started < 5
     record = json.loads(client.hget(keys.job_workers(job_id), "w00001"))
     assert (record["state"], record["completed"], record["status"]) == (jobstate.COMPLETED, 2_000_000, "success")
-    assert client.hgetall(keys.job_states(job_id)) == {"pending": "0", "pulling": "0", "completed": "1"}
+    assert client.hgetall(keys.job_states(job_id)) == {"pending": "0", "pulling": "0", "completed": "1",
+                                                     "+started": "1"}
     assert json.loads(client.hget(keys.worker_models("w00001"), "m:latest"))["size"] == 2_000_000
     assert not client.sismember(keys.worker_jobs("w00001"), job_id)
     assert not client.exists(keys.job_lock(job_id, "w00001"))  # the lease was released

@@ -8,11 +8,11 @@ import random
 import fakeredis
 import pytest
 
+from eldric.cluster import workers as cluster_workers
 from controller import create_app, models as inventory
 from controller.models import InventoryCache, ModelQuery
 from eldric.cluster import keys
 from eldric.cluster.queues import is_model_serving
-from worker_agent import membership
 
 CLOSED_PORT_URL = "redis://127.0.0.1:1/0"
 
@@ -55,10 +55,10 @@ def record(name: str, digest: str = "a", modified_at: float = 1.0) -> dict:
 
 
 def add_worker(client, wid: str, wtype: str = "inference", models: list[dict] | None = None) -> None:
-    membership.register(client, {"id": wid, "type": wtype, "address": f"http://{wid}:8890",
+    cluster_workers.register(client, {"id": wid, "type": wtype, "address": f"http://{wid}:8890",
                                  "backends": ["ollama"]}, ttl=60)
     if models is not None:
-        membership.publish_inventory(client, wid, models)
+        cluster_workers.publish_inventory(client, wid, models)
 
 
 def seed_cluster(client, workers: int = 30, models: int = 12, seed: int = 7) -> None:
@@ -70,7 +70,7 @@ def seed_cluster(client, workers: int = 30, models: int = 12, seed: int = 7) -> 
                 for m in range(models) if rng.random() < 0.8]
         add_worker(client, f"w{i:03d}", wtype, have if is_model_serving(wtype) else None)
     add_worker(client, "zz-empty", "inference", [])
-    membership.go_offline(client, "w005")  # offline workers still count, as before
+    cluster_workers.go_offline(client, "w005")  # offline workers still count, as before
 
 
 @pytest.fixture
@@ -92,7 +92,7 @@ def test_the_cache_follows_inventory_changes_and_removed_workers(redis_db):
     seed_cluster(redis_db)
     cache = InventoryCache()
     inventory.cluster_models(redis_db, cache=cache)
-    membership.publish_inventory(redis_db, "w001", [record("new:latest")])
+    cluster_workers.publish_inventory(redis_db, "w001", [record("new:latest")])
     redis_db.delete(keys.worker("w002"))  # a worker whose record vanished leaves the view
     models, _ = inventory.cluster_models(redis_db, cache=cache)
     assert models == reference_cluster_models(redis_db)[0]
@@ -201,7 +201,7 @@ def test_the_shared_values_are_pruned_when_inventories_churn(redis_db):
     cache = InventoryCache()
     inventory.cluster_models(redis_db, cache=cache)
     for round_ in range(3):
-        membership.publish_inventory(redis_db, "gpu1", [record(f"new{round_}-{i}:latest") for i in range(800)])
+        cluster_workers.publish_inventory(redis_db, "gpu1", [record(f"new{round_}-{i}:latest") for i in range(800)])
         models, _ = inventory.cluster_models(redis_db, cache=cache)
         assert models == reference_cluster_models(redis_db)[0]
     assert "old1:latest" not in cache.shared
@@ -254,7 +254,7 @@ def change_one_worker(client, rng: random.Random, step: int) -> None:
             client.hdel(keys.worker_models(wid), models[0]["name"])
             client.hset(keys.worker_models(wid), "hand:latest", json.dumps(record("hand:latest")))
         return
-    membership.publish_inventory(client, wid, models)  # "rewrite_same" rewrites it unchanged
+    cluster_workers.publish_inventory(client, wid, models)  # "rewrite_same" rewrites it unchanged
 
 
 def test_the_incremental_aggregate_answers_as_a_full_rebuild_after_every_change(redis_db):

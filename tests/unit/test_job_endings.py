@@ -10,11 +10,16 @@ import pytest
 
 from controller import workers as cluster
 from eldric.core.request_errors import ConflictError, NotFoundError
-from controller.jobs import cancel_job, create_job, get_job
-from eldric.cluster import catchup, jobstate, keys
-from eldric.cluster.jobstore import JobEndedError, Progress, reap_stale_jobs, write_record
+from eldric.cluster.jobs.reads import get_job
+from eldric.cluster.jobs.store import cancel_job, create_job
+from eldric.cluster import keys
+from eldric.cluster.jobs import catchups as catchup
+from eldric.cluster.jobs import state as jobstate
+from eldric.cluster.jobs.progress import Progress
+from eldric.cluster.jobs.reaper import reap_stale_jobs
+from eldric.cluster.jobs.store import JobEndedError, write_record
 from eldric.cluster.queues import TASK_PULL, worker_queue
-from worker_agent import maintenance
+from eldric.cluster import maintenance
 
 NOW = 1_700_000_000.0
 STALE = 120.0
@@ -121,7 +126,10 @@ def test_catch_ups_become_single_worker_jobs_once_the_worker_is_back(client):
     job_id = new_job(client, ["gpu2"])
     reap_stale_jobs(client, stale_after=STALE, offline_grace=GRACE, now=NOW + 5)
     sent = []
-    send = lambda task, args, queue: sent.append((task, args, queue))  # noqa: E731
+
+    def send(task, args, worker_ids):
+        sent.extend((task, args, worker_queue(w)) for w in worker_ids)
+        return {}
 
     assert maintenance.reconcile_catchups(client, send, deadline_seconds=600) == []  # still offline
     client.set(keys.worker_alive("gpu2"), 1)
@@ -189,7 +197,7 @@ def test_remove_worker_refuses_online_unless_forced_and_forgets_everything(clien
     register(client, "gpu1", last_seen=NOW, alive=True)
     client.hset(keys.worker_models("gpu1"), "tiny:latest", "{}")
     job_id = new_job(client, ["gpu1"])
-    client.hset(catchup.catchup_key("gpu1"), "x", json.dumps({"at": 0}))
+    client.hset(keys.worker_catchups("gpu1"), "x", json.dumps({"at": 0}))
 
     with pytest.raises(NotFoundError):
         cluster.remove_worker(client, "nope")
@@ -199,7 +207,7 @@ def test_remove_worker_refuses_online_unless_forced_and_forgets_everything(clien
 
     assert not client.sismember(keys.WORKERS, "gpu1")
     for key in (keys.worker("gpu1"), keys.worker_alive("gpu1"), keys.worker_models("gpu1"),
-                keys.worker_jobs("gpu1"), catchup.catchup_key("gpu1")):
+                keys.worker_jobs("gpu1"), keys.worker_catchups("gpu1")):
         assert not client.exists(key), key
     assert stored(client, job_id, "gpu1")["status"] == "skipped (worker removed)"
     assert get_job(client, job_id, stale_after=STALE, offline_grace=GRACE)["state"] == "completed_with_skipped"
@@ -213,5 +221,5 @@ def test_a_catch_up_waits_while_another_job_of_the_model_runs_on_the_worker(clie
     new_job(client, ["gpu2"])  # e.g. a pin's pull, started first
     sent = []
 
-    assert maintenance.reconcile_catchups(client, lambda *a: sent.append(a), deadline_seconds=600) == []
+    assert maintenance.reconcile_catchups(client, lambda *a: sent.append(a) or {}, deadline_seconds=600) == []
     assert sent == [] and catchup.pending_catchups(client, "gpu2")[0]["job_id"] == first

@@ -13,8 +13,10 @@ import time
 import fakeredis
 import pytest
 
-from eldric.cluster import jobstate, keys
-from eldric.cluster.jobstore import Progress, create_job
+from eldric.cluster import keys
+from eldric.cluster.jobs import state as jobstate
+from eldric.cluster.jobs.progress import Progress
+from eldric.cluster.jobs.store import create_job
 from worker_agent import job_runner
 from worker_agent.catalog import Catalog
 from worker_agent.job_runner import JOB_GONE, TAKEN_OVER, JobLease

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from eldric.cluster import jobstate
-from eldric.cluster.jobstate import (
+from eldric.cluster.jobs import state as jobstate
+from eldric.cluster.jobs.state import (
     COMPLETED,
     FAILED,
     JOB_COMPLETED,

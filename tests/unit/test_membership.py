@@ -5,6 +5,7 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
+from eldric.cluster import workers as cluster_workers
 from eldric.cluster import keys
 from worker_agent import membership
 
@@ -15,7 +16,7 @@ INFO = {"id": WORKER, "type": "inference", "address": "http://10.0.0.5:8891", "b
 @pytest.fixture
 def client(tmp_path) -> fakeredis.FakeRedis:
     c = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
-    membership.register(c, INFO, ttl=15)
+    cluster_workers.register(c, INFO, ttl=15)
     return c
 
 
@@ -37,7 +38,7 @@ def test_redis_restarted_empty_registers_again(client, tmp_path):
 def test_an_inventory_report_that_came_first_does_not_hide_the_lost_registration(client, tmp_path):
     """After an empty restart a finishing pull may report the inventory before the next heartbeat."""
     client.flushall()
-    membership.publish_inventory(client, WORKER, [{"name": "tiny:latest"}])  # recreates a bare worker hash
+    cluster_workers.publish_inventory(client, WORKER, [{"name": "tiny:latest"}])  # recreates a bare worker hash
     assert membership.beat(client, WORKER, tmp_path, ttl=15, info=INFO) is True
     assert is_listed(client)
 

@@ -8,28 +8,36 @@ import time
 
 import fakeredis
 import pytest
-from kombu.exceptions import OperationalError
 
-from eldric.cluster import jobstate
+from eldric.cluster import workers as cluster_workers
+from eldric.cluster.jobs import state as jobstate
 from eldric.cluster import keys
 from eldric.cluster import pins
-from eldric.cluster.jobstore import create_job
+from eldric.cluster.jobs.store import create_job
 from eldric.core.names import ModelName
-from worker_agent import maintenance, membership
+from eldric.cluster import maintenance
+from eldric.cluster.jobs.start import BROKER_UNAVAILABLE
+from eldric.cluster.queues import worker_queue
+from worker_agent.pulling import upstream_digest
 from eldric.transfer.errors import SourceUnavailableError
 
 
 class Recorder:
-    """Stands in for Celery's send_task: records (task, args, queue); some queues can be down."""
+    """Stands in for the Celery sender (eldric/cluster/dispatch.job_sender): records (task, args, queue)
+    per worker; some queues can be down."""
 
     def __init__(self, down: set[str] = frozenset()) -> None:
         self.sent: list[tuple[str, list, str]] = []
         self.down = down
 
-    def __call__(self, name: str, args: list, queue: str) -> None:
-        if queue in self.down:
-            raise OperationalError("Error 111 connecting to broker")
-        self.sent.append((name, args, queue))
+    def __call__(self, name: str, args: list, worker_ids: list[str]) -> dict[str, str]:
+        failed = {}
+        for wid in worker_ids:
+            if worker_queue(wid) in self.down:
+                failed[wid] = BROKER_UNAVAILABLE
+            else:
+                self.sent.append((name, args, worker_queue(wid)))
+        return failed
 
 
 class FakeSource:
@@ -58,10 +66,10 @@ def r() -> fakeredis.FakeRedis:
 
 
 def add_worker(r, wid: str, wtype: str = "inference", online: bool = True, models: dict | None = None) -> None:
-    membership.register(r, {"id": wid, "type": wtype, "address": f"http://{wid}", "backends": ["ollama"]}, ttl=15)
+    cluster_workers.register(r, {"id": wid, "type": wtype, "address": f"http://{wid}", "backends": ["ollama"]}, ttl=15)
     if not online:
-        membership.go_offline(r, wid)
-    membership.publish_inventory(r, wid, [{"name": n, "digest": d} for n, d in (models or {}).items()])
+        cluster_workers.go_offline(r, wid)
+    cluster_workers.publish_inventory(r, wid, [{"name": n, "digest": d} for n, d in (models or {}).items()])
 
 
 def job_record(r, job_id: str, wid: str) -> dict:
@@ -179,7 +187,7 @@ def test_reconcile_runs_once_at_a_time(r):
         assert mine
         assert reconcile(r, Recorder()) == []
     assert len(reconcile(r, Recorder())) == 1
-    assert not r.exists(maintenance.lock_key("pins"))
+    assert not r.exists(keys.maintenance_lock("pins"))
 
 
 def test_reconcile_marks_workers_it_could_not_enqueue_for_as_failed(r):
@@ -195,7 +203,7 @@ def test_reconcile_marks_workers_it_could_not_enqueue_for_as_failed(r):
 # --- pins: upstream updates -------------------------------------------------------------------
 
 def check(r, send, source):
-    return maintenance.check_pin_updates(r, send, lambda name: source, deadline_seconds=600, retry_after=60)
+    return maintenance.check_pin_updates(r, send, lambda name: upstream_digest(source, name), deadline_seconds=600, retry_after=60)
 
 
 def test_update_check_repulls_where_the_tag_moved_and_leaves_current_workers_alone(r):
@@ -225,4 +233,4 @@ def test_update_check_failure_is_recorded_and_pulls_nothing(r):
 
 def test_upstream_digest_is_the_sha256_of_the_manifest_bytes_as_the_inventory_records_it():
     raw = b'{"schemaVersion": 2}'
-    assert maintenance.upstream_digest(FakeSource(raw), ModelName.parse("tiny")) == digest_of(raw)
+    assert upstream_digest(FakeSource(raw), ModelName.parse("tiny")) == digest_of(raw)

@@ -9,13 +9,13 @@ import fakeredis
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from eldric.cluster import workers as cluster_workers
 from controller import create_app
 from controller.metrics import read_snapshot, render, source_label
-from eldric.cluster import jobstate
+from eldric.cluster.jobs import state as jobstate
 from eldric.cluster import keys
 from eldric.cluster import pins
-from eldric.cluster.jobstore import create_job
-from worker_agent import membership
+from eldric.cluster.jobs.store import create_job
 
 
 def samples(text: str) -> dict[tuple[str, tuple], float]:
@@ -24,9 +24,9 @@ def samples(text: str) -> dict[tuple[str, tuple], float]:
 
 
 def add_worker(r, wid: str, wtype: str = "inference", online: bool = True) -> None:
-    membership.register(r, {"id": wid, "type": wtype, "address": "http://x", "backends": ["ollama"]}, ttl=15)
+    cluster_workers.register(r, {"id": wid, "type": wtype, "address": "http://x", "backends": ["ollama"]}, ttl=15)
     if not online:
-        membership.go_offline(r, wid)
+        cluster_workers.go_offline(r, wid)
 
 
 def set_record(r, job_id: str, wid: str, **fields) -> None:
@@ -55,7 +55,7 @@ def cluster() -> fakeredis.FakeRedis:
     r.rpush("worker.off\x06\x163", "prioritised")
     r.rpush("maintenance", "m")
     pins.save_pin(r, pins.Pin("m:1"))
-    membership.publish_inventory(r, "a", [{"name": "m:1", "digest": "sha256:a"}])
+    cluster_workers.publish_inventory(r, "a", [{"name": "m:1", "digest": "sha256:a"}])
     return r
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
+from eldric.cluster import workers as cluster_workers
 from controller import create_app
 from eldric.cluster import pins
 from eldric.cluster.pins import Pin, WorkerFacts
-from worker_agent import membership
 
 NOW = 1_000_000.0
 
@@ -74,8 +74,8 @@ def store(shared_app) -> fakeredis.FakeRedis:
     r = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
     shared_app.extensions["eldric.redis"] = r
     for wid, wtype in (("inf-a", "inference"), ("inf-b", "inference"), ("data-a", "data")):
-        membership.register(r, {"id": wid, "type": wtype, "address": "http://x", "backends": ["ollama"]}, ttl=15)
-    membership.publish_inventory(r, "inf-a", [{"name": "tiny:latest", "digest": "sha256:a"}])
+        cluster_workers.register(r, {"id": wid, "type": wtype, "address": "http://x", "backends": ["ollama"]}, ttl=15)
+    cluster_workers.publish_inventory(r, "inf-a", [{"name": "tiny:latest", "digest": "sha256:a"}])
     return r
 
 

@@ -15,13 +15,17 @@ from pathlib import Path
 import fakeredis
 import pytest
 
-from eldric.cluster import jobstate, keys
-from eldric.cluster.jobstore import create_job, fail_worker
+from eldric.cluster import workers as cluster_workers
+from eldric.cluster import keys
+from eldric.cluster.jobs import state as jobstate
+from eldric.cluster.jobs.store import create_job, fail_worker
 from eldric.core.blobstore import BlobStore
 from eldric.core.digests import Digest
 from eldric.transfer.download import DownloadOptions, download_blob
 from eldric.transfer.partials import clean_partials, locked, resumable_bytes
-from worker_agent import maintenance, membership
+from eldric.cluster import maintenance
+from eldric.cluster.queues import worker_queue
+from worker_agent import partial_cleanup
 from eldric.transfer.errors import SourceError, SourceUnavailableError
 from worker_agent.ollama_store import OllamaStore
 
@@ -167,11 +171,15 @@ def r() -> fakeredis.FakeRedis:
 
 def test_cleanup_is_sent_to_every_online_worker(r):
     for wid, online in (("a", True), ("b", True), ("off", False)):
-        membership.register(r, {"id": wid, "type": "inference", "address": f"http://{wid}", "backends": []}, ttl=15)
+        cluster_workers.register(r, {"id": wid, "type": "inference", "address": f"http://{wid}", "backends": []}, ttl=15)
         if not online:
-            membership.go_offline(r, wid)
+            cluster_workers.go_offline(r, wid)
     sent: list[tuple] = []
-    assert maintenance.request_partial_cleanup(r, lambda *a: sent.append(a), DAY) == ["a", "b"]
+    def send(task, args, worker_ids):
+        sent.extend((task, args, worker_queue(w)) for w in worker_ids)
+        return {}
+
+    assert maintenance.request_partial_cleanup(r, send, DAY) == ["a", "b"]
     assert sent == [("maintenance.clean_partials", [DAY], "worker.a"),
                     ("maintenance.clean_partials", [DAY], "worker.b")]
 
@@ -186,7 +194,7 @@ def test_a_worker_drops_the_partials_of_its_failed_jobs_and_keeps_those_a_retry_
     make_partial(store.partial_dir, "sha256-" + "2" * 64, age=60, owner=retrying)
     make_partial(store.partial_dir, "sha256-" + "3" * 64, age=60, owner="forgotten-job")
 
-    cleaned = maintenance.clean_partials(r, "w", store, max_age=DAY)
+    cleaned = partial_cleanup.clean_partials(r, "w", store, max_age=DAY)
 
     assert sorted(cleaned.removed) == ["sha256-" + "1" * 64, "sha256-" + "3" * 64]
     assert (store.partial_dir / ("sha256-" + "2" * 64)).exists()
@@ -198,5 +206,5 @@ def test_a_job_that_failed_for_good_can_drop_its_partials_at_once(store, partial
         download_blob(cut_after(6000), DIGEST, len(DATA), store, models.partial_dir, OPTIONS, owner="job-1")
     make_partial(models.partial_dir, "sha256-" + "f" * 64, age=60, owner="job-2")
 
-    assert maintenance.discard_job_partials(models, "job-1").removed == [DIGEST.filename]
+    assert partial_cleanup.discard_job_partials(models, "job-1").removed == [DIGEST.filename]
     assert files(models.partial_dir) == {"sha256-" + "f" * 64, "sha256-" + "f" * 64 + ".json"}

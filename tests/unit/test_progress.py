@@ -8,9 +8,10 @@ import fakeredis
 import redis
 import pytest
 
-from eldric.cluster import jobstate
+from eldric.cluster.jobs import state as jobstate
 from eldric.cluster import keys
-from eldric.cluster.jobstore import Progress, fail_worker
+from eldric.cluster.jobs.progress import Progress
+from eldric.cluster.jobs.store import fail_worker, published
 
 JOB, WORKER = "job1", "gpu1"
 INTERVAL = 0.25
@@ -137,7 +138,9 @@ def test_events_name_the_worker_and_match_the_record(client, clock, events):
     p = progress(client, clock)
     p.start(total=10)
     (event,) = events()
-    assert event == {"worker": WORKER, "job_state": jobstate.JOB_RUNNING, **stored(client)}
+    assert event == {"worker": WORKER, "job_counts": {"pulling": 1, "+started": 1}, **stored(client)}
+    assert published(event) == {"worker": WORKER, "job_state": jobstate.JOB_RUNNING, "job_final": False,
+                                **stored(client), "final": False}
 
 
 def test_finish_shape(client, clock, events):

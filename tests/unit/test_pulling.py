@@ -9,7 +9,7 @@ import threading
 import fakeredis
 import pytest
 
-from eldric.cluster import jobstate
+from eldric.cluster.jobs import state as jobstate
 from eldric.cluster import keys
 from eldric.core.digests import Digest
 from eldric.core.errors import DigestMismatchError
@@ -18,7 +18,7 @@ from eldric.core.names import ModelName
 from eldric.transfer.download import DownloadOptions
 from eldric.transfer.errors import SourceError
 from worker_agent.ollama_store import OllamaStore
-from eldric.cluster.jobstore import Progress
+from eldric.cluster.jobs.progress import Progress
 from worker_agent.pulling import pull_model
 
 NAME = ModelName.parse("tiny")

@@ -16,11 +16,12 @@ import pytest
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from controller import create_app, jobs
+from controller import create_app
+from eldric.cluster.jobs import store as jobs
 from controller.api.model_registry import active_distributions, start_import
 from eldric.core.request_errors import BadRequestError
 from controller.registry_client import RegistryClient
-from eldric.cluster import jobstate
+from eldric.cluster.jobs import state as jobstate
 from eldric.cluster import keys
 from eldric.transfer.http import http_session
 from registry.server import RegistrySettings, create_registry_app

@@ -7,9 +7,9 @@ import time
 
 import fakeredis
 
+from eldric.cluster import workers as cluster_workers
 from controller import create_app
 from controller.view_cache import ViewCache
-from worker_agent import membership
 
 
 def test_an_answer_is_reused_within_its_age_and_built_again_after():
@@ -57,13 +57,13 @@ def test_a_write_through_the_controller_shows_at_once_an_agent_change_within_the
     app = create_app({"REDIS_URL": "redis://127.0.0.1:1/0", "VIEW_CACHE_SECONDS": 0.5})
     app.extensions["eldric.redis"] = db
     client = app.test_client()
-    membership.register(db, {"id": "gpu1", "type": "inference", "address": "http://x", "backends": ["ollama"]}, ttl=15)
+    cluster_workers.register(db, {"id": "gpu1", "type": "inference", "address": "http://x", "backends": ["ollama"]}, ttl=15)
     assert client.get("/api/v1/workers").get_json()["total"] == 1
-    membership.register(db, {"id": "gpu2", "type": "inference", "address": "http://y", "backends": ["ollama"]}, ttl=15)
+    cluster_workers.register(db, {"id": "gpu2", "type": "inference", "address": "http://y", "backends": ["ollama"]}, ttl=15)
     assert client.get("/api/v1/workers").get_json()["total"] == 1  # an agent's change: within the age
     time.sleep(0.55)
     assert client.get("/api/v1/workers").get_json()["total"] == 2
-    membership.go_offline(db, "gpu2")
+    cluster_workers.go_offline(db, "gpu2")
     assert client.delete("/api/v1/workers/gpu2").status_code == 204
     assert [w["id"] for w in client.get("/api/v1/workers").get_json()["workers"]] == ["gpu1"]  # its own write: at once
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import fakeredis
 import pytest
 
+from eldric.cluster import workers as cluster_workers
 from controller.workers import get_worker, list_workers
-from worker_agent import membership
 from worker_agent.main import declared_backends, worker_info
 from worker_agent.settings import AgentSettings
 
@@ -47,7 +47,7 @@ def test_the_upstream_registry_is_shown_without_credentials(tmp_path: Path) -> N
 def test_the_controller_shows_data_dir_and_upstream_registry(tmp_path: Path) -> None:
     client = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
     s = settings("inference", ELDRIC_DATA_DIR=str(tmp_path), ELDRIC_OLLAMA_REGISTRY="http://10.0.0.9:5000")
-    membership.register(client, worker_info(s, "http://127.0.0.1:1"), ttl=15)
+    cluster_workers.register(client, worker_info(s, "http://127.0.0.1:1"), ttl=15)
     view = get_worker(client, "w1")
     assert view["data_dir"] == str(tmp_path) and view["upstream_registry"] == "http://10.0.0.9:5000"
 
@@ -59,9 +59,9 @@ def test_the_worker_list_shows_each_worker_as_the_single_worker_view(tmp_path: P
     for name, wtype in (("w1", "inference"), ("w2", "data")):
         s = AgentSettings.from_env({"ELDRIC_WORKER_NAME": name, "ELDRIC_WORKER_TYPE": wtype,
                                     "ELDRIC_DATA_DIR": str(tmp_path / name)})
-        membership.register(client, worker_info(s, f"http://{name}:1"), ttl=15)
-    membership.publish_inventory(client, "w1", [{"name": "m:latest", "digest": "sha256:" + "a" * 64}])
-    membership.go_offline(client, "w2")
+        cluster_workers.register(client, worker_info(s, f"http://{name}:1"), ttl=15)
+    cluster_workers.publish_inventory(client, "w1", [{"name": "m:latest", "digest": "sha256:" + "a" * 64}])
+    cluster_workers.go_offline(client, "w2")
     client.sadd("eldric:workers", "gone")
     assert list_workers(client) == [get_worker(client, "w1"), get_worker(client, "w2")]
     assert list_workers(client)[0]["models"] == 1 and [w["online"] for w in list_workers(client)] == [True, False]

@@ -144,7 +144,7 @@ async function distributeMissing(model) {
       { model: model.name, source: distributeSource(model), workers: model.missing });
     slot.watch = new JobWatch(job, (watch) => {
       slot.state = watch.job.state;
-      slot.over = watch.closed && isOver(slot.state);
+      slot.over = watch.closed && isOver(watch.job);
       if (slot.over) { app.refreshSoon(); app.loadJobs(); }
       renderTable();
     });

@@ -48,7 +48,7 @@ function perWorker(job, workers) {
     if (details.open) {
       view.open.add(job.id);
       const watch = watches.get(job.id);
-      if (!isOver(job.state) && (!watch || watch.closed)) { // live bars while it is open
+      if (!isOver(job) && (!watch || watch.closed)) { // live bars while it is open
         const opened = new JobWatch(job, () => {});
         opened.fromJobsPanel = true;
       }
@@ -67,12 +67,12 @@ function jobItem(polled) {
   const workers = job.workers || [];
   const counts = phaseCounts(workers);
   const fig = jobFigures(job.id, workers);
-  return h("li", { class: `job${isOver(job.state) ? "" : " active"}`, dataset: { job: job.id, state: job.state, kind: job.kind } },
+  return h("li", { class: `job${isOver(job) ? "" : " active"}`, dataset: { job: job.id, state: job.state, kind: job.kind } },
     h("div", { class: "job-head" },
       h("span", { class: `chip s-${job.state}` }, job.state),
       h("strong", { class: "name" }, job.model), h("span", { class: "muted" }, ` ${kindText(job)}`),
       h("span", { class: "right muted", title: job.id }, fmtTime(job.created_at)),
-      isOver(job.state) ? null : h("button", { type: "button", class: "danger cancel", dataset: { focus: `cancel:${job.id}` },
+      isOver(job) ? null : h("button", { type: "button", class: "danger cancel", dataset: { focus: `cancel:${job.id}` },
         title: "stop this job on every worker that has not finished", onclick: () => cancelJob(job) }, "cancel")),
     h("div", { class: "job-body" },
       isSmallJob(workers) ? h("span", { class: "dots" }, dotsOf(workers)) : histogramNode(workers),
@@ -110,10 +110,10 @@ export async function loadJobs() {
   try {
     const data = await api("GET", `/api/v1/models/pull-jobs?limit=${view.size}&offset=${view.page * view.size}`);
     for (const job of data.jobs) {
-      if (isOver(job.state)) rates.forget(job.id);
+      if (isOver(job)) rates.forget(job.id);
       else for (const w of job.workers) rates.observe(job.id, w);
     }
-    view.active = data.jobs.some((j) => !isOver(j.state));
+    view.active = data.jobs.some((j) => !isOver(j));
     view.data = data;
     render();
   } catch (err) {

@@ -19,7 +19,7 @@ const percentOf = (r) => (r.state === "completed" ? 100 : Math.max(0, Math.min(1
 export function histogram(records) {
   const counts = new Array(BUCKETS).fill(0);
   for (const r of records) {
-    if (isOver(r.state) && r.state !== "completed") continue;
+    if (isOver(r) && r.state !== "completed") continue;
     counts[Math.min(BUCKETS - 1, Math.floor(percentOf(r) / (100 / BUCKETS)))] += 1;
   }
   return counts;
@@ -28,7 +28,7 @@ export function histogram(records) {
 // The unfinished workers furthest from done: least transferred first, then by name (a stable order
 // between re-renders, so the list does not shuffle while they move).
 export function slowest(records, n = SLOWEST) {
-  return records.filter((r) => !isOver(r.state))
+  return records.filter((r) => !isOver(r))
     .sort((a, b) => percentOf(a) - percentOf(b) || a.worker.localeCompare(b.worker))
     .slice(0, n);
 }
@@ -54,7 +54,7 @@ export function workerBars(jobId, records, { failedPage = 0, onPage = () => {}, 
     rows.map((r) => barRow(jobId, r)));
   if (isSmallJob(records)) return [list(records, "all")];
   const out = [];
-  const open = records.filter((r) => !isOver(r.state)).length;
+  const open = records.filter((r) => !isOver(r)).length;
   const slow = slowest(records);
   if (slow.length) {
     out.push(h("h3", { class: "bars-head" }, `slowest ${slow.length} of ${plural(open, "worker")} under way`),

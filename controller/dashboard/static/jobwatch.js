@@ -26,18 +26,19 @@ export class JobWatch {
     this.changed();
   }
 
-  // A published record carries the job's state after its write (`job_state`, eldric/cluster/jobstore.py);
-  // the records the controller re-reads for states only readers derive carry none and leave it as it was.
+  // A published record carries the job's state after its write (`job_state` and `job_final`,
+  // eldric/cluster/jobs/store.py); the records the controller re-reads for states only readers derive carry
+  // none and leave it as it was.
   merge(records) {
-    let state = this.job.state;
+    let { state, final } = this.job;
     for (const r of records) {
       const old = this.records.get(r.worker);
-      if (old && (r.updated_at || 0) < (old.updated_at || 0) && !isOver(r.state)) continue; // an older echo
+      if (old && (r.updated_at || 0) < (old.updated_at || 0) && !isOver(r)) continue; // an older echo
       rates.observe(this.id, r);
       this.records.set(r.worker, r);
-      if (r.job_state) state = r.job_state;
+      if (r.job_state) { state = r.job_state; final = Boolean(r.job_final); }
     }
-    this.job = { ...this.job, state };
+    this.job = { ...this.job, state, final };
     this.changed();
   }
 
@@ -63,7 +64,7 @@ export class JobWatch {
       }
       if (this.closed || ended === "final") return;
       // The events already said the job ended (the stream was cut before its `done`): nothing left to wait for.
-      if (isOver(this.job.state)) { this.close(); return; }
+      if (isOver(this.job)) { this.close(); return; }
       if (ended === "lifetime") continue; // the server ended a healthy stream (`end`): reconnect at once
       attempt = ended === "progressed" ? 1 : attempt + 1; // a cut after progress is a fresh start
       await sleep(1000); // never reconnect in a tight loop to a stream that keeps breaking
@@ -122,7 +123,7 @@ export class JobWatch {
       try {
         const job = await api("GET", `/api/v1/models/pull-jobs/${encodeURIComponent(this.id)}`);
         this.apply(job);
-        if (isOver(job.state)) { this.close(); return; }
+        if (isOver(job)) { this.close(); return; }
       } catch (err) {
         if (err.status === 404) { this.close(); return; } // the job is gone
         // otherwise keep polling: the controller may be restarting

@@ -5,10 +5,9 @@
 import { breakable, h } from "./dom.js";
 import { fmtBytes, fmtDuration, fmtRate, pct } from "./format.js";
 
-// A job or a worker's part is under way while pending, offline or in an "-ing" state; any other state the
-// API names (completed, failed, and whatever ending it adds later) is final.
-const OPEN = new Set(["pending", "offline"]);
-export const isOver = (state) => Boolean(state) && !OPEN.has(state) && state !== "running" && !state.endsWith("ing");
+// Whether a job or a worker's part has ended: the API says so (`final`, on jobs, records and events), the
+// dashboard never derives it from a state's name.
+export const isOver = (jobOrRecord) => Boolean(jobOrRecord && jobOrRecord.final);
 
 // What a worker is doing. The agent keeps the state `pulling` for a whole distribution and says in `status`
 // when the bytes are in and it installs them for its backends ("installing"; "shared" when the registry's
@@ -128,7 +127,7 @@ export function barRow(jobId, r) {
   const bytes = total ? `${fmtBytes(done ? total : r.completed)} / ${fmtBytes(total)}` : "";
   const reason = r.error || r.status;
   const status = r.state === "failed" ? `failed: ${reason || "unknown reason"}`
-    : done ? "completed" : isOver(r.state) ? `${r.state}${reason ? `: ${reason}` : ""}` : (r.status || r.state);
+    : done ? "completed" : isOver(r) ? `${r.state}${reason ? `: ${reason}` : ""}` : (r.status || r.state);
   const est = rates.of(jobId, r);
   const split = sourceSplit(r);
   const rate = est ? (est.stalled ? "stalled" : fmtRate(est.rate))
@@ -164,7 +163,7 @@ export function sourceSplit(r) {
 
 // The few bars worth a glance first: under way, then failed, then the rest.
 export function interestingFirst(records) {
-  const rank = (r) => (!isOver(r.state) ? 0 : r.state === "failed" ? 1 : 2);
+  const rank = (r) => (!isOver(r) ? 0 : r.state === "failed" ? 1 : 2);
   return [...records].sort((a, b) => rank(a) - rank(b) || a.worker.localeCompare(b.worker));
 }
 
@@ -222,7 +221,7 @@ export function inlineBars(watch, onHide) {
   return h("div", { class: "inline-bars", dataset: { job: watch.id, jobState: state } },
     h("div", { class: "summary" }, h("span", { class: `chip s-${state}` }, state), ` ${countsText(counts)}`,
       figuresNodes(jobFigures(watch.id, records), counts),
-      onHide && isOver(state) ? h("button", { type: "button", class: "link", onclick: onHide }, "hide") : ""),
+      onHide && isOver(watch.job) ? h("button", { type: "button", class: "link", onclick: onHide }, "hide") : ""),
     h("ol", { class: "bars compact" }, shown.map((r) => barRow(watch.id, r))),
     records.length > shown.length
       ? h("p", { class: "muted" }, `and ${records.length - shown.length} more workers (Jobs panel, per worker)`) : "");

@@ -83,7 +83,7 @@ async function distributeRegistry(m, ref) {
       const state = watch.job.state;
       slot.text = `${state}: ${state === "failed" ? failureGroups(records).map((g) => `${g.reason} (${g.workers.join(", ")})`).join("; ")
         : countsText(phaseCounts(records))}`;
-      slot.over = watch.closed && isOver(state);
+      slot.over = watch.closed && isOver(watch.job);
       showJob(m.id);
       if (slot.over) app.refreshSoon();
     });

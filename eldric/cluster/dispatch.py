@@ -1,4 +1,7 @@
-"""The only place that sends Celery tasks: one task per target worker, to its direct queue.
+"""The only place that sends Celery tasks to workers: one task per target worker, to its direct queue.
+
+The controller sends jobs through it, and the agents hosting the scheduled work send their
+jobs (pins, catch-ups) and fan-outs (inventory sync, partial cleanup) through it too.
 
 A pull to a thousand workers is a thousand messages (one per direct queue: Redis fan-out
 delivers at most once, so no broadcast). They go over one broker connection, through
@@ -27,6 +30,7 @@ from celery import Celery
 from kombu.exceptions import KombuError, OperationalError
 
 from eldric.cluster.celeryconf import celery_config
+from eldric.cluster.jobs.start import BROKER_UNAVAILABLE, Send
 from eldric.cluster.queues import worker_queue
 
 log = logging.getLogger(__name__)
@@ -42,8 +46,20 @@ def create_producer(redis_url: str) -> Celery:
     return app
 
 
+def job_sender(producer: Celery) -> Send:
+    """The jobs' Send (eldric/cluster/jobs/start.py) over Celery."""
+    def send(task_name: str, task_args: list, worker_ids: list[str]) -> dict[str, str]:
+        return {wid: BROKER_UNAVAILABLE for wid in send_each(producer, task_name, task_args, worker_ids)}
+    return send
+
+
 def send_to_workers(producer: Celery, task_name: str, job_id: str, args: list, worker_ids: list[str]) -> list[str]:
     """Enqueue `task_name(job_id, *args)` for every worker; return the ids that could not be reached."""
+    return send_each(producer, task_name, [job_id, *args], worker_ids)
+
+
+def send_each(producer: Celery, task_name: str, task_args: list, worker_ids: list[str]) -> list[str]:
+    """Enqueue `task_name(*task_args)` for every worker; return the ids that could not be reached."""
     failed: list[str] = []
     handled = 0  # workers sent to, or already reported
     try:
@@ -51,11 +67,11 @@ def send_to_workers(producer: Celery, task_name: str, job_id: str, args: list, w
             for start in range(0, len(worker_ids), CHUNK):
                 chunk = worker_ids[start:start + CHUNK]
                 try:
-                    _send_batch(producer, kproducer, task_name, [job_id, *args], chunk)
+                    _send_batch(producer, kproducer, task_name, task_args, chunk)
                 except (KombuError, redis.RedisError, OSError) as exc:  # BatchPublishError, OperationalError, a dropped socket
                     log.warning("batch enqueue of %s to %d workers failed (%s); sending one at a time",
                                 task_name, len(chunk), exc)
-                    failed += _send_each(producer, kproducer, task_name, [job_id, *args], chunk)
+                    failed += _send_one_by_one(producer, kproducer, task_name, task_args, chunk)
                 handled = start + len(chunk)
     except (KombuError, redis.RedisError, OSError) as exc:  # no broker connection at all
         log.error("could not enqueue %s for %d workers: %s", task_name, len(worker_ids) - handled, exc)
@@ -70,7 +86,7 @@ def _send_batch(producer: Celery, kproducer, task_name: str, task_args: list, wo
             producer.send_task(task_name, args=task_args, queue=worker_queue(wid), producer=kproducer, declare=[])
 
 
-def _send_each(producer: Celery, kproducer, task_name: str, task_args: list, worker_ids: list[str]) -> list[str]:
+def _send_one_by_one(producer: Celery, kproducer, task_name: str, task_args: list, worker_ids: list[str]) -> list[str]:
     failed: list[str] = []
     for wid in worker_ids:
         try:

@@ -13,6 +13,7 @@ the reason. So no job waits for an unreachable worker (issue 12).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 PENDING = "pending"
 PULLING = "pulling"
@@ -95,23 +96,41 @@ def _failed(record: dict, now: float, reason: str) -> dict:
     return dict(record, state=FAILED, error=reason, status=reason, finished_at=now, updated_at=now)
 
 
-def job_state(records: list[dict]) -> str:
-    """pending until a worker starts (never again after), running, then the final state.
+# The job-state rule, written once (README "Job states"). The job store's Lua script only keeps the
+# per-state counts and whether a part ever started; readers and the event feed apply this rule to them.
+FINAL_PRECEDENCE = ((CANCELLED, JOB_CANCELLED), (FAILED, JOB_FAILED), (SKIPPED, JOB_COMPLETED_WITH_SKIPPED))
+WAITING = frozenset({PENDING, OFFLINE, SKIPPED})  # parts that have not begun (or never will)
 
-    Final: cancelled if the operator cancelled it, failed if any worker failed,
+
+def job_state_of(counts: Mapping[str, int], started: bool) -> str:
+    """The job's state from how many of its parts are in each state, and whether any part ever started.
+
+    pending until a worker starts (never again after), running, then the final state:
+    cancelled if the operator cancelled it, failed if any worker failed,
     completed_with_skipped if some were skipped, completed otherwise.
     """
-    states = [r.get("state", PENDING) for r in records]
-    if not states:
+    present = {s for s, n in counts.items() if n > 0}
+    if not present:
         return JOB_PENDING
-    if not all(is_terminal(s) for s in states):
-        started = any(r.get("started_at") for r in records)
-        waiting = all(s in (PENDING, OFFLINE, SKIPPED) for s in states)
-        return JOB_PENDING if waiting and not started else JOB_RUNNING
-    for found, job in ((CANCELLED, JOB_CANCELLED), (FAILED, JOB_FAILED), (SKIPPED, JOB_COMPLETED_WITH_SKIPPED)):
-        if found in states:
+    if not all(is_terminal(s) for s in present):
+        return JOB_PENDING if present <= WAITING and not started else JOB_RUNNING
+    for found, job in FINAL_PRECEDENCE:
+        if found in present:
             return job
     return JOB_COMPLETED
+
+
+def job_state(records: list[dict], started: bool = False) -> str:
+    """job_state_of the records' states; the job has started if `started` (the write path's mark) or a
+    record has `started_at`."""
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r.get("state", PENDING)] = counts.get(r.get("state", PENDING), 0) + 1
+    return job_state_of(counts, started or any(r.get("started_at") for r in records))
+
+
+def is_final_job(state: str) -> bool:
+    return state in JOB_FINAL
 
 
 def summarize(records: dict[str, dict]) -> dict:

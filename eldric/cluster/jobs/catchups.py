@@ -1,0 +1,74 @@
+"""Catch-ups: the work a skipped worker missed, replayed by beat when it is online again (issue 12).
+
+A job part that ends `skipped (offline)` (beat's reaper, jobs/reaper.py) records one catch-up on
+that worker: the job's kind, model, source and options. `reconcile_catchups` (run by beat's
+`pins.reconcile` entry) starts one single-worker job per catch-up once the worker heartbeats
+again, and drops the entry. Bounded: one entry per (worker, model), the newest job wins
+(a delete after a pull replaces it); jobs with secrets (signed URLs, tokens) are not
+replayed, since their secrets expire with the job.
+
+| key | type | holds |
+| --- | --- | --- |
+| `eldric:worker:<id>:catchup` | hash | model -> JSON {job_id, kind, model, source, options, at} |
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import redis
+
+from eldric.cluster import keys, workers
+from eldric.cluster.jobs.start import Send, start_job
+from eldric.cluster.queues import TASK_DELETE, TASK_DISTRIBUTE, TASK_PULL
+
+log = logging.getLogger(__name__)
+
+TASKS = {"pull": TASK_PULL, "distribute": TASK_DISTRIBUTE, "delete": TASK_DELETE}  # the kinds replayed
+
+
+def record_catchup(client: redis.Redis, worker_id: str, job_id: str, *, now: float | None = None) -> bool:
+    """Remember job `job_id`'s work for `worker_id`; False when the job is not one to replay."""
+    meta = client.hgetall(keys.job(job_id))
+    if not meta or meta.get("kind") not in TASKS or client.exists(keys.job_secrets(job_id)):
+        return False
+    entry = {"job_id": job_id, "kind": meta["kind"], "model": meta["model"], "source": meta.get("source"),
+             "options": json.loads(meta.get("options") or "{}"), "at": time.time() if now is None else now}
+    client.hset(keys.worker_catchups(worker_id), meta["model"], json.dumps(entry))
+    return True
+
+
+def pending_catchups(client: redis.Redis, worker_id: str) -> list[dict]:
+    return sorted((json.loads(raw) for raw in client.hvals(keys.worker_catchups(worker_id))), key=lambda e: e["at"])
+
+
+def drop_catchup(client: redis.Redis, worker_id: str, model: str) -> None:
+    client.hdel(keys.worker_catchups(worker_id), model)
+
+
+def reconcile_catchups(client: redis.Redis, send: Send, *, deadline_seconds: float, busy: dict[str, frozenset[str]],
+                       now: float | None = None) -> list[dict]:
+    """Start one single-worker job per catch-up of every online worker; return the jobs started.
+
+    `busy`: worker id -> the models its unfinished jobs are on; such a catch-up waits for the next run
+    (a pin's pull, or the operator's, is on it already).
+    """
+    now = time.time() if now is None else now
+    started = []
+    for wid in workers.online_ids(client):
+        for entry in pending_catchups(client, wid):
+            if entry["model"] in busy.get(wid, ()):
+                continue
+            drop_catchup(client, wid, entry["model"])
+            task = TASKS.get(entry["kind"])
+            if task is None:
+                continue
+            job_id = start_job(client, send, kind=entry["kind"], task=task, model=entry["model"], targets=[wid],
+                               source=entry.get("source") or "ollama", deadline_seconds=deadline_seconds,
+                               options={**entry.get("options", {}), "catch_up_of": entry["job_id"]}, now=now)
+            log.info("catch-up of job %s on %s: %s %s", entry["job_id"], wid, entry["kind"], entry["model"],
+                     extra={"job_id": job_id, "worker_id": wid})
+            started.append({"job_id": job_id, "model": entry["model"], "worker": wid, "catch_up_of": entry["job_id"]})
+    return started
