@@ -9,6 +9,7 @@ from urllib.parse import quote
 import requests
 
 from eldric.core.errors import EldricError
+from eldric.transfer.http import bearer, http_session
 
 DEFAULT_CONTROLLER = "http://127.0.0.1:8880"
 
@@ -27,9 +28,8 @@ class Api:
     def __init__(self, base_url: str, token: str = "", session: requests.Session | None = None,
                  timeout: float = 30.0) -> None:
         self.base = base_url.rstrip("/")
-        self.session = session or requests.Session()
-        if token:
-            self.session.headers["Authorization"] = f"Bearer {token}"
+        self.session = session or http_session()
+        self.session.headers.update(bearer(token))
         self.timeout = timeout
 
     def call(self, method: str, path: str, **kw) -> requests.Response:

@@ -26,6 +26,7 @@ import requests
 from eldric.core.names import ModelName
 from eldric.core.atomicfile import write_atomically
 from eldric.core.chat_templates import TemplateChoice, choose_template
+from eldric.transfer.http import http_session
 from worker_agent.installers import (BackendConfig, BackendError, BackendUnavailableError, InstallResult,
                                      LocalModel, UnsupportedModelError, model_slug)
 
@@ -100,6 +101,7 @@ class Installer:
         self.config = config
         self.url = config.url.rstrip("/")
         self.client = ollama.Client(host=self.url, timeout=config.timeout)
+        self.http = http_session()  # for what the ollama client lacks (HEAD of a blob); Ollama runs beside the agent
 
     def modelfile_dir(self, model: LocalModel) -> Path:
         return Path(self.config.models_dir) / model.slug
@@ -152,7 +154,7 @@ class Installer:
 
     def _has_blob(self, digest: str) -> bool:
         try:
-            r = requests.head(f"{self.url}/api/blobs/{digest}", timeout=self.config.timeout)
+            r = self.http.head(f"{self.url}/api/blobs/{digest}", timeout=self.config.timeout)
         except requests.RequestException as exc:
             raise BackendUnavailableError(f"Ollama at {self.url} unreachable: {exc}") from None
         if r.status_code not in (200, 404):

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import requests
 
+from eldric.transfer.http import http_session
 from worker_agent.installers import (BackendConfig, BackendError, BackendUnavailableError, InstallError,
                                      InstallResult, LocalModel, UnsupportedModelError, file_specs, model_slug,
                                      placed)
@@ -68,7 +69,7 @@ class Installer:
         self.timeout = config.timeout
         self.version = int(config.options.get("version", DEFAULT_VERSION))
         self.triton_backend = str(config.options.get("triton_backend", DEFAULT_TRITON_BACKEND))
-        self.http = requests.Session()
+        self.http = http_session()  # Triton runs beside the agent: no egress proxy
 
     def layout(self, model: LocalModel, *, shared: bool) -> dict[str, FileSpec]:
         name, version = model.slug, str(self.version)
