@@ -127,7 +127,7 @@ def simulate_pull(progress: Progress, model: str, size: int, rate: float, *, tic
             received = arrived
     progress.update(force=True, status="verifying sha256 digest", layer=None)
     progress.update(force=True, status="writing manifest")
-    progress.finish(total=size, digest=digest, transferred=size)  # as distributing._pull_into_store
+    progress.finish(total=size, digest=digest, transferred=size)  # as pulling.pull_into_store
     return {"model": model, "digest": digest, "size": size, "downloaded": size}
 
 

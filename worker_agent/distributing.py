@@ -1,4 +1,5 @@
-"""Distribution of one model to this node from any source: registry, peer worker, URL, Ollama registry."""
+"""Distribution of one model to this node from any source: registry, peer worker, URL (an Ollama-registry
+source is a pull: worker_agent/pulling.py)."""
 
 from __future__ import annotations
 
@@ -21,9 +22,8 @@ from worker_agent.fanout import Fanout
 from worker_agent.file_sources import DataRegistrySource, HttpFileSource, PeerSource, RemoteFile, redact_url
 from worker_agent.installing import install_entry, placement_summary
 from eldric.cluster.jobs.progress import Progress
-from worker_agent.pulling import pull_model
+from worker_agent.pulling import pull_from_ollama, pull_into_store
 from worker_agent.runtime import Agent
-from worker_agent.sources import BlobSource, RegistrySource
 
 FINGERPRINT_FILE = ".eldric-fingerprint"
 
@@ -31,7 +31,7 @@ FINGERPRINT_FILE = ".eldric-fingerprint"
 def distribute(agent: Agent, model: str, options: dict, secrets: dict, progress: Progress) -> dict:
     source = options.get("source")
     if source == "ollama":
-        return pull_from_ollama(agent, model, progress, options)
+        return pull_from_ollama(agent, model, progress, options)  # a pull by another name
     if source == "worker":
         return _from_peer(agent, model, options, secrets, progress)
     if source == "registry":
@@ -39,24 +39,6 @@ def distribute(agent: Agent, model: str, options: dict, secrets: dict, progress:
     if source == "url":
         return _from_url(agent, model, options, secrets, progress)
     raise SourceError(f"unknown source {source!r}")
-
-
-def pull_from_ollama(agent: Agent, model: str, progress: Progress, options: dict | None = None) -> dict:
-    """A pull: the model from the Ollama registry (or the configured mirror) into Ollama's store."""
-    name = ModelName.parse(model)
-    source, fanout = RegistrySource.from_settings(name, agent.settings), Fanout(agent, progress, options)
-    fanout.pace(source.session)
-    return _pull_into_store(agent, name, source, progress, fanout)
-
-
-def _pull_into_store(agent: Agent, name: ModelName, source: BlobSource, progress: Progress, fanout: Fanout) -> dict:
-    try:
-        result = pull_model(name, store=agent.store, source=source, progress=progress,
-                            options=agent.download_options, reserve=agent.settings.disk_reserve_bytes, fanout=fanout)
-    finally:
-        fanout.close()
-    progress.finish(total=result.size, digest=result.digest, transferred=result.downloaded, **fanout.fields())
-    return result.to_json()
 
 
 def _from_peer(agent: Agent, model: str, options: dict, secrets: dict, progress: Progress) -> dict:
@@ -67,7 +49,7 @@ def _from_peer(agent: Agent, model: str, options: dict, secrets: dict, progress:
     exported = peer.export(model)
     fanout = Fanout(agent, progress, options, from_peer=options["from_worker"])
     if exported.get("kind") == "ollama":
-        return _pull_into_store(agent, ModelName.parse(model), peer, progress, fanout)
+        return pull_into_store(agent, ModelName.parse(model), peer, progress, fanout)
     entry = exported["entry"]
     entry = {k: entry[k] for k in ("name", "format", "details", "files", "source", "lineage") if k in entry}
     return _store_files(agent, entry, peer.files(entry), progress, f"worker {options['from_worker']}", fanout)

@@ -26,7 +26,8 @@ from eldric.core.digests import Digest
 from eldric.core.errors import EldricError
 from eldric.core.names import ModelName
 from eldric.transfer.retry import backoff_delay
-from worker_agent.distributing import distribute, pull_from_ollama
+from worker_agent.distributing import distribute
+from worker_agent.pulling import pull_from_ollama
 from worker_agent.installing import uninstall_entry
 from worker_agent import partial_cleanup
 from eldric.cluster.jobs.progress import Progress

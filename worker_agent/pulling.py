@@ -1,4 +1,4 @@
-"""Pull one model from a registry into the node's Ollama store."""
+"""A pull: one model from the Ollama registry (or its mirror, or a peer) into the node's Ollama store."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from eldric.transfer.diskspace import ensure_space, is_disk_full, no_space_error
 from eldric.transfer.download import DownloadOptions, download_blob
 from eldric.transfer.partials import resumable_bytes
 from worker_agent.fanout import Fanout
+from worker_agent.runtime import Agent
 from worker_agent.ollama_store import OllamaStore
 from eldric.cluster.jobs.progress import Progress
-from worker_agent.sources import BlobSource
+from worker_agent.sources import BlobSource, RegistrySource
+from worker_agent.verifying import verify_blobs_present
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ def pull_model(name: ModelName, *, store: OllamaStore, source: BlobSource, progr
         )
         downloaded += int(progress.record.get("completed", 0)) - int(before)
     progress.update(force=True, status="verifying sha256 digest", layer=None)
+    verify_blobs_present(store, manifest, name.short)
     progress.update(force=True, status="writing manifest")
     try:
         store.write_manifest(name, raw)
@@ -85,3 +88,21 @@ def pull_model(name: ModelName, *, store: OllamaStore, source: BlobSource, progr
         raise no_space_error(store.manifests_dir, len(raw), f"the manifest of {name.short}") from None
     return PullResult(model=name.short, digest=manifest_digest(raw),
                       size=manifest.total_size, downloaded=downloaded)
+
+
+def pull_from_ollama(agent: Agent, model: str, progress: Progress, options: dict | None = None) -> dict:
+    """A pull: the model from the Ollama registry (or the configured mirror) into Ollama's store."""
+    name = ModelName.parse(model)
+    source, fanout = RegistrySource.from_settings(name, agent.settings), Fanout(agent, progress, options)
+    fanout.pace(source.session)
+    return pull_into_store(agent, name, source, progress, fanout)
+
+
+def pull_into_store(agent: Agent, name: ModelName, source: BlobSource, progress: Progress, fanout: Fanout) -> dict:
+    try:
+        result = pull_model(name, store=agent.store, source=source, progress=progress,
+                            options=agent.download_options, reserve=agent.settings.disk_reserve_bytes, fanout=fanout)
+    finally:
+        fanout.close()
+    progress.finish(total=result.size, digest=result.digest, transferred=result.downloaded, **fanout.fields())
+    return result.to_json()

@@ -1,6 +1,6 @@
 """The /v2/ blueprint: the OCI distribution API (read, push, catalog), errors in the OCI JSON format.
 
-Views parse the request, call one Distribution/Pushes/OCIStore method and shape the
+Views parse the request, call one Resolver/Pushes/OCIStore method and shape the
 answer; every error is `{"errors": [{"code", "message", "detail"}]}` with the spec's
 status (OCIError), never a 500 page.
 """
@@ -18,7 +18,7 @@ from eldric.core.request_errors import RangeNotSatisfiableError
 from eldric.transfer.ranges import parse_range
 from eldric.web.file_responses import file_response
 from registry.oci.auth import CHALLENGE
-from registry.oci.distribution import Distribution, LocalBlob
+from registry.oci.resolver import Resolver, LocalBlob
 from registry.oci.errors import OCIError
 from registry.oci.pushes import Pushes, parse_chunk_start
 from registry.oci.store import OCIStore, check_reference, check_repo, parse_digest
@@ -29,7 +29,7 @@ MAX_LIST = 10000
 blp = Blueprint("oci", __name__, url_prefix="/v2")
 
 
-def door() -> Distribution:
+def door() -> Resolver:
     return current_app.extensions["eldric.oci"]
 
 

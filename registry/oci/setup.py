@@ -9,7 +9,7 @@ from flask import Flask, request
 from eldric.transfer.upstreams import AddressPolicy
 from registry.oci import api
 from registry.oci.auth import is_authorized, unauthorized
-from registry.oci.distribution import Distribution
+from registry.oci.resolver import Resolver
 from registry.oci.mirror import Mirror
 from registry.oci.pullthrough import PullThrough
 from registry.oci.pushes import Pushes
@@ -22,7 +22,7 @@ NO_UPSTREAM = ("", "none", "off")  # values of --upstream that turn the pull-thr
 
 
 def install_oci(app: Flask, svc: RegistryService, *, upstream_url: str, tag_ttl: float, max_mirror_bytes: int,
-                policy: AddressPolicy, secrets: Iterable[str]) -> Distribution:
+                policy: AddressPolicy, secrets: Iterable[str]) -> Resolver:
     """Mount /v2/ on `app` over the registry's storage; call after the app's own error handlers."""
     store = OCIStore(svc.catalog, svc.blobs, clock=svc.clock)
     upstream = None if upstream_url.strip().lower() in NO_UPSTREAM else Upstream(upstream_url, policy)
@@ -30,7 +30,7 @@ def install_oci(app: Flask, svc: RegistryService, *, upstream_url: str, tag_ttl:
                     tag_ttl=tag_ttl)
     pull = PullThrough(store, upstream, tag_ttl=tag_ttl, max_blob_bytes=svc.max_file_bytes,
                        on_stored=mirror.evict) if upstream else None
-    door = Distribution(store, RegistryModels(svc.catalog, store), pull)
+    door = Resolver(store, RegistryModels(svc.catalog, store), pull)
     app.extensions["eldric.oci"] = door
     app.extensions["eldric.oci.pushes"] = Pushes(svc.root / "oci-uploads", store, svc.max_file_bytes)
     app.extensions["eldric.mirror"] = mirror

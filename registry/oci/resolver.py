@@ -33,7 +33,7 @@ class MirroredBlob:
     read: Callable[[int, int], Iterator[bytes]] | None  # (start, length) -> bytes as they arrive; None for HEAD
 
 
-class Distribution:
+class Resolver:
     def __init__(self, store: OCIStore, models: RegistryModels, mirror: PullThrough | None) -> None:
         self.store, self.models, self.mirror = store, models, mirror
 
