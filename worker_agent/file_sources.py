@@ -92,7 +92,7 @@ class DataRegistrySource:
 
     def __init__(self, base_url: str, secret: str = "", session: requests.Session | None = None) -> None:
         self.api = ModelRegistryApi(base_url, secret, session)
-        self.base_url = self.api.base_url
+        self.base_url, self.session = self.api.base_url, self.api.session  # a rate cap paces the session
 
     def model(self, model_id: str) -> dict:
         url = self.api.url(model_path(model_id))

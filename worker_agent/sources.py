@@ -79,6 +79,7 @@ class RegistrySource:
                  policy: AddressPolicy = PUBLIC_ONLY, hints: Hints = NO_HINTS) -> None:
         self.client = OciClient.upstream(base_url, policy, session, hints=hints)
         self.base_url, self.hints = self.client.base, hints
+        self.session = self.client.session  # the one its bytes come through (a rate cap paces it)
 
     @classmethod
     def from_settings(cls, name: ModelName, s: AgentSettings) -> RegistrySource:
