@@ -12,6 +12,8 @@ import time
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError, expect
 
+from tests.browser.served import served
+
 from tests.integration.conftest import REPO_ROOT
 from tests.support.fake_backends import FakeOllama
 from testbed.gguf_models import write_gguf_of_size, write_llama_gguf
@@ -149,7 +151,7 @@ def test_failing_pull_shows_the_reason_on_every_bar(dash, page):
 
 
 def _sse(event: str, data: dict) -> str:
-    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+    return f"event: {event}\ndata: {json.dumps(served(data))}\n\n"
 
 
 def test_the_watch_takes_the_job_state_from_the_events(dash, page):
@@ -172,7 +174,7 @@ def test_the_watch_takes_the_job_state_from_the_events(dash, page):
         rec("inf-1", "failed", now + 2, error="boom", job_state="failed")]})
     streams, reads = [], []
     page.route(lambda url: url.endswith("/api/v1/models/pull"),
-               lambda route: route.fulfill(status=202, json=job))
+               lambda route: route.fulfill(status=202, json=served(job)))
     page.route(lambda url: url.endswith(f"/pull-jobs/{job_id}/events"),
                lambda route: (streams.append(1), route.fulfill(status=200, body=body, headers={
                    "Content-Type": "text/event-stream", "Cache-Control": "no-cache"})))

@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import expect
 
+from tests.browser.served import served
+
 from tests.browser.test_dashboard_views import ScriptedApi, job, progress, record, worker
 
 pytestmark = pytest.mark.browser
@@ -34,7 +36,7 @@ class CancellingApi(ScriptedApi):
             found = self.job(m[1])
             found.update(state="cancelled", workers=[{**w, "state": "cancelled"} if w["state"] != "completed" else w
                                                      for w in found["workers"]])
-            route.fulfill(json=found)
+            route.fulfill(json=served(found))
         elif method == "DELETE" and (m := re.fullmatch(r"/api/v1/workers/([^/]+)", url.path)):
             self.calls.append(f"DELETE {url.path}{'?' + url.query if url.query else ''}")
             self.workers = [w for w in self.workers if w["id"] != m[1]]

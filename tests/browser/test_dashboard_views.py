@@ -15,6 +15,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from playwright.sync_api import expect
 
+from tests.browser.served import served
+
 pytestmark = pytest.mark.browser
 
 MB = 1_000_000
@@ -25,7 +27,7 @@ LONG_REASON = ("cannot resolve registry.ollama.ai: no DNS or no internet; set EL
 
 
 def sse(event: str, data: dict) -> str:
-    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+    return f"event: {event}\ndata: {json.dumps(served(data))}\n\n"
 
 
 def record(worker: str, state: str = "pending", at: float = 0.0, **kw) -> dict:
@@ -85,8 +87,8 @@ class ScriptedApi:
             route.fulfill(json={"models": self.models, "total": len(self.models), "eligible_workers": eligible})
         elif path == "/api/v1/models/pull-jobs":
             limit, offset = int(query.get("limit", ["10"])[0]), int(query.get("offset", ["0"])[0])
-            route.fulfill(json={"jobs": self.jobs[offset:offset + limit], "total": len(self.jobs), "limit": limit,
-                                "offset": offset})
+            route.fulfill(json=served({"jobs": self.jobs[offset:offset + limit], "total": len(self.jobs),
+                                       "limit": limit, "offset": offset}))
         elif m := re.fullmatch(r"/api/v1/models/pull-jobs/(\w+)/events", path):
             found = self.job(m[1])
             if found is None:
@@ -97,9 +99,9 @@ class ScriptedApi:
             route.fulfill(status=200, body=body, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         elif m := re.fullmatch(r"/api/v1/models/pull-jobs/(\w+)", path):
             found = self.job(m[1])
-            route.fulfill(status=200 if found else 404, json=found or {"code": 404, "message": "no such job"})
+            route.fulfill(status=200 if found else 404, json=served(found) if found else {"code": 404, "message": "no such job"})
         elif path in ("/api/v1/models/pull", "/api/v1/models/distribute") and route.request.method == "POST":
-            route.fulfill(status=202, json=self.started[path.rsplit("/", 1)[1]])
+            route.fulfill(status=202, json=served(self.started[path.rsplit("/", 1)[1]]))
         elif path == "/api/v1/model-registry":
             route.fulfill(json={"models": self.registry, "total": len(self.registry), "limit": 25, "offset": 0})
         elif m := re.fullmatch(r"/api/v1/workers/([^/]+)(/models)?", path):
