@@ -41,12 +41,10 @@ from eldric.core.request_errors import ImportFailedError, TooLargeError
 from eldric.transfer.download import DownloadOptions, download_blob
 from eldric.transfer.errors import (HostNotAllowedError, ModelNotFoundError, SourceError, SourceUnavailableError,
                                     TransferError)
-from eldric.transfer.http import guard
+from eldric.transfer.http import CONNECT_TIMEOUT, guard
 from eldric.transfer.ranges import parse_content_range
 from eldric.transfer.retry import TRANSIENT_ERRORS, backoff_delay, connection_error, is_transient_status
 from eldric.transfer.upstreams import PUBLIC_ONLY, AddressPolicy
-
-CONNECT_TIMEOUT = 10.0
 
 
 def redact(url: str) -> str:
