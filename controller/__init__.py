@@ -1,4 +1,5 @@
-"""The controller: a stateless Flask app; every job and cluster fact lives in Redis."""
+"""The controller: a stateless Flask app (the REST API in api/ over one domain module per resource, the dashboard,
+the Ollama-compatible API, metrics); every job and cluster fact lives in Redis."""
 
 from __future__ import annotations
 
