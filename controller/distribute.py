@@ -11,7 +11,7 @@ from celery import Celery
 from controller.models import models_of
 from controller.workers import get_worker
 from eldric.core.request_errors import BadRequestError, NotFoundError
-from controller.pull_jobs import JobLimits, choose_targets, parse_model, start_job
+from controller.pull_jobs import JobLimits, choose_targets, enqueue_job, parse_model
 from controller.registry_client import RegistryClient, error_message
 from eldric.cluster.queues import TASK_DISTRIBUTE
 from eldric.cluster.registry_api import ID_PATTERN
@@ -50,7 +50,7 @@ def start_distribute(client: redis.Redis, producer: Celery, registry: RegistryCl
     targets = [wid for wid in chosen if wid != options.get("from_worker")]
     if not targets:
         raise BadRequestError("no target worker left once the source worker is excluded", field="workers")
-    return start_job(client, producer, kind="distribute", task=TASK_DISTRIBUTE, model=model, targets=targets,
+    return enqueue_job(client, producer, kind="distribute", task=TASK_DISTRIBUTE, model=model, targets=targets,
                      source=kind, limits=limits, options=options, secrets=secrets)
 
 

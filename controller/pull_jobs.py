@@ -60,7 +60,7 @@ def start_pull(client: redis.Redis, producer: Celery, *, model: str, workers: li
     """`caps`: the job's transfer caps (max_upstream_rate, max_upstream_workers), kept in its options."""
     name = parse_model(model, limits.upstreams)
     ids = choose_targets(client, workers, limits)
-    return start_job(client, producer, kind="pull", task=TASK_PULL, model=name.short, targets=ids, source="ollama",
+    return enqueue_job(client, producer, kind="pull", task=TASK_PULL, model=name.short, targets=ids, source="ollama",
                      limits=limits, options=dict(caps or {}))
 
 
@@ -74,13 +74,13 @@ def start_delete(client: redis.Redis, producer: Celery, *, model: str, workers: 
             raise NotFoundError(f"no worker has model '{name.short}'")
     else:
         ids = choose_targets(client, workers, limits)
-    return start_job(client, producer, kind="delete", task=TASK_DELETE, model=name.short, targets=ids,
+    return enqueue_job(client, producer, kind="delete", task=TASK_DELETE, model=name.short, targets=ids,
                      source="local", limits=limits)
 
 
-def start_job(client: redis.Redis, producer: Celery, *, kind: str, task: str, model: str, targets: list[str],
+def enqueue_job(client: redis.Redis, producer: Celery, *, kind: str, task: str, model: str, targets: list[str],
               source: str, limits: JobLimits, options: dict | None = None, secrets: dict | None = None) -> str:
-    """The job store's start_job over Celery, then the history bound applied."""
+    """start_job (eldric/cluster/jobs/start.py) with Celery as its sender, then the history bound applied."""
     job_id = start.start_job(client, job_sender(producer), kind=kind, task=task, model=model, targets=targets,
                              source=source, deadline_seconds=limits.deadline_seconds, options=options, secrets=secrets)
     prune_jobs(client, retention_seconds=limits.retention_seconds, keep_max=limits.keep_max)

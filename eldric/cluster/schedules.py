@@ -15,7 +15,7 @@ from redis.backoff import ConstantBackoff
 from redis.retry import Retry
 
 from eldric.cluster.celeryconf import celery_config
-from eldric.cluster.keys import PREFIX
+from eldric.cluster.keys import REDBEAT_PREFIX
 from eldric.cluster.queues import (
     MAINTENANCE_QUEUE,
     TASK_CLEAN_PARTIALS_ALL,
@@ -29,7 +29,6 @@ from eldric.cluster.redisconn import redbeat_settings, redis_client
 from eldric.cluster.shared_settings import RedisSettings
 
 RETRY_SECONDS = 0.5  # pause between RedBeat's attempts to reach Redis again
-REDBEAT_PREFIX = f"{PREFIX}:redbeat:"  # RedBeat's keys: <prefix>:schedule, <prefix>:lock, <prefix><entry>
 
 
 class ScheduleSettings(RedisSettings):
