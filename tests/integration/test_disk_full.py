@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from eldric.cluster.celeryconf import celery_config
 from eldric.cluster.queues import MAINTENANCE_QUEUE, TASK_CLEAN_PARTIALS_ALL
 from eldric.core.digests import Digest
 from eldric.transfer.partials import resumable_bytes
+from testbed.disks import MountError, small_tmpfs
 from testbed.gguf_models import write_gguf_of_size
 from testbed.oci_registry import push_ollama_model
 from testbed.processes import wait_until
@@ -34,16 +34,11 @@ MB = 1 << 20
 @pytest.fixture
 def small_disk(tmp_path: Path):
     """A 64 MiB tmpfs (we run as root in CI); skipped where mounting is not permitted."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
     try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)], check=True,
-                       capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError) as exc:
-        detail = getattr(exc, "stderr", "") or exc
-        pytest.skip(f"cannot mount a 64 MiB tmpfs as a worker's disk (needs root or CAP_SYS_ADMIN): {detail}")
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)], check=False, capture_output=True, timeout=10)
+        with small_tmpfs(tmp_path / "disk", "64m") as disk:
+            yield disk
+    except MountError as exc:
+        pytest.skip(f"a worker's disk: {exc}")
 
 
 @pytest.fixture(scope="module")
