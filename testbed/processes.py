@@ -124,6 +124,21 @@ def eldric(*args: str) -> list[str]:
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def start_registry(root: Path, name: str, *args: str, port: int | None = None,
+                   env: dict[str, str] | None = None) -> tuple[Service, str]:
+    """`eldric registry` with storage `root/name` and no free-space floor (`args` may set another), answering.
+
+    Returns (service, base URL); the caller stops it.
+    """
+    port = port or free_port()
+    svc = Service(name, eldric("registry", "--port", str(port), "--storage", str(root / name), "--min-free", "0",
+                               *args), root, env=env, cwd=REPO_ROOT).start()
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: session().get(f"{url}/healthz", timeout=2).ok, timeout=20,
+               message=f"registry {name}\n{svc.log_tail()}")
+    return svc, url
+
+
 def start_registry_and_controller(workdir: Path, env: dict[str, str], *, storage: str = "reg", prefix: str = "",
                                   timeout: float = 30.0) -> tuple[Service, Service, int, int]:
     """A registry (storage under workdir, no free-space floor) and a controller pointed at it, both answering.

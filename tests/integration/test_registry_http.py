@@ -17,21 +17,10 @@ from safetensors.numpy import save_file
 
 from eldric.client.registry import ModelRegistryClient
 from testbed.gguf_models import write_llama_gguf
-from testbed.processes import Service, eldric, free_port, session, wait_until
+from testbed.processes import session, start_registry, wait_until
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
 API = "/api/v1/model-registry"
-
-
-def start_registry(root: Path, name: str, *args: str, port: int | None = None) -> tuple[Service, str]:
-    port = port or free_port()
-    svc = Service(name, eldric("registry", "--port", str(port), "--storage", str(root / name), "--min-free", "0",
-                               *args), root, cwd=REPO).start()
-    url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: session().get(f"{url}/healthz", timeout=2).ok, timeout=20,
-               message=f"registry {name}\n{svc.log_tail()}")
-    return svc, url
 
 
 @pytest.fixture(scope="module")
