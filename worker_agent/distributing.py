@@ -18,12 +18,14 @@ from eldric.transfer.download import download_blob
 from eldric.transfer.partials import resumable_bytes
 from eldric.transfer.upstreams import AddressPolicy
 from eldric.transfer.errors import SourceError
+from worker_agent.blob_leases import BlobLease
 from worker_agent.fanout import Fanout
 from worker_agent.file_sources import DataRegistrySource, HttpFileSource, PeerSource, RemoteFile, redact_url
 from worker_agent.installing import install_entry, placement_summary
 from eldric.cluster.jobs.progress import Progress
 from worker_agent.pulling import pull_from_ollama, pull_into_store
 from worker_agent.runtime import Agent
+from worker_agent.verifying import verify_blobs_present
 
 FINGERPRINT_FILE = ".eldric-fingerprint"
 
@@ -90,14 +92,15 @@ def _store_files(agent: Agent, entry: dict, files: list[RemoteFile], progress: P
     A file of known digest is shared with the job's other workers (`fanout`); one from a server
     that ignores Range is fetched alone, in one stream.
     """
-    try:
-        return _fetch_and_install(agent, entry, files, progress, origin, fanout, single_range)
+    try:  # leased before the store is looked at, until the catalog lists them (worker_agent/blob_leases.py)
+        with agent.store.leases.hold(progress.job_id, [f.digest for f in files if f.digest is not None]) as lease:
+            return _fetch_and_install(agent, entry, files, progress, origin, fanout, single_range, lease)
     finally:
         fanout.close()
 
 
 def _fetch_and_install(agent: Agent, entry: dict, files: list[RemoteFile], progress: Progress, origin: str,
-                       fanout: Fanout, single_range: bool) -> dict:
+                       fanout: Fanout, single_range: bool, lease: BlobLease) -> dict:
     FileModelRef.parse(entry["name"])  # refuse a name the catalog cannot hold before any byte moves
     blobs = agent.store.blobs
     missing = sum(f.size - resumable_bytes(agent.store.partial_dir, f.digest, f.size, f.key)
@@ -120,7 +123,10 @@ def _fetch_and_install(agent: Agent, entry: dict, files: list[RemoteFile], progr
                              on_bytes=fanout.on_bytes, key=f.key, owner=progress.job_id,
                              swarm=None if single_range else fanout.swarm(f.digest), upstream_take=fanout.upstream_take)
         transferred += int(progress.record.get("completed") or 0) - before
+        if f.digest is None:
+            lease.add([Digest.parse(path.name)])
         stored.append({"path": f.path, "sha256": str(Digest.parse(path.name)), "size": f.size})
+    verify_blobs_present(agent.store, [(Digest.parse(f["sha256"]), f["size"]) for f in stored], entry["name"])
     entry = {**entry, "files": stored, "size": sum(f["size"] for f in stored), "digest": model_digest(stored),
              "shared": False}
     progress.update(force=True, state=jobstate.INSTALLING, status="installing")

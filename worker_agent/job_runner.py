@@ -168,17 +168,12 @@ def delete_local_model(agent: Agent, model: str) -> list[str] | None:
     entry = agent.catalog.delete(model) if agent.catalog.get(model) else None
     if entry is not None:
         uninstall_entry(agent, entry)
-        used = agent.store.referenced_digests() | agent.catalog.referenced_digests()
-        removed = []
-        for f in [] if entry.get("shared") else entry.get("files", []):
-            digest = Digest.parse(f["sha256"])
-            if digest.hex not in used and agent.store.blobs.delete(digest):
-                removed.append(str(digest))
-        return removed
+        files = [] if entry.get("shared") else entry.get("files", [])
+        return agent.store.delete_blobs([Digest.parse(f["sha256"]) for f in files], keep=agent.catalog.referenced_digests)
     name = ModelName.parse(model)
     if agent.store.read_manifest(name) is None:
         return None
-    return agent.store.delete_model(name, keep=agent.catalog.referenced_digests())
+    return agent.store.delete_model(name, keep=agent.catalog.referenced_digests)
 
 
 def _run_job(agent: Agent, job_id: str, work: Callable[[Progress], dict], lock_ttl: float = LOCK_TTL) -> dict:

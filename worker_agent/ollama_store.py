@@ -10,12 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
 from eldric.core.atomicfile import write_atomically
 from eldric.core.blobstore import BlobStore
+from eldric.core.digests import Digest
 from eldric.core.manifests import Manifest
 from eldric.core.names import ModelName
+from worker_agent.blob_leases import BlobLeases
 
 
 class OllamaStore:
@@ -24,6 +27,7 @@ class OllamaStore:
         self.blobs = BlobStore(self.root / "blobs")
         self.manifests_dir = self.root / "manifests"
         self.partial_dir = self.root / ".eldric-partial"
+        self.leases = BlobLeases(self.root / ".eldric-leases")  # blobs running jobs count on
 
     def ensure(self) -> None:
         for d in (self.blobs.root, self.manifests_dir, self.partial_dir):
@@ -103,25 +107,35 @@ class OllamaStore:
         with open(self.blobs.path(layer.digest), "rb") as f:
             return f.read(limit).decode("utf-8", errors="replace")
 
-    def delete_model(self, name: ModelName, keep: set[str] = frozenset()) -> list[str]:
-        """Remove the manifest, then every blob no remaining manifest (nor `keep`) references."""
+    def delete_model(self, name: ModelName, keep: Callable[[], Collection[str]] = frozenset) -> list[str]:
+        """Remove the manifest, then every blob of it that nothing else uses (see `delete_blobs`)."""
         path = self.manifest_path(name)
-        try:
-            manifest = Manifest.parse(path.read_bytes())
-        except FileNotFoundError:
-            return []
-        path.unlink()
-        for parent in list(path.parents)[:3]:  # tidy empty model/namespace/host directories
+        with self.leases.exclusive():
             try:
-                parent.rmdir()
-            except OSError:
-                break
-        still_used = self.referenced_digests() | set(keep)
-        removed = []
-        for blob in manifest.blobs():
-            if blob.digest.hex not in still_used and self.blobs.delete(blob.digest):
-                removed.append(str(blob.digest))
-        return removed
+                manifest = Manifest.parse(path.read_bytes())
+            except FileNotFoundError:
+                return []
+            path.unlink()
+            for parent in list(path.parents)[:3]:  # tidy empty model/namespace/host directories
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
+            return self._delete_unused([b.digest for b in manifest.blobs()], keep)
+
+    def delete_blobs(self, digests: Iterable[Digest], keep: Callable[[], Collection[str]] = frozenset) -> list[str]:
+        """Delete those blobs no manifest, no running job's lease and no `keep()` hex digest references.
+
+        `keep` is called under the store's lease lock, so a job that lists a blob (a catalog entry)
+        and then gives its lease back is seen either way.
+        """
+        with self.leases.exclusive():
+            return self._delete_unused(list(digests), keep)
+
+    def _delete_unused(self, digests: list[Digest], keep: Callable[[], Collection[str]]) -> list[str]:
+        # Leases first: a job writes its manifest before it gives its lease back.
+        still_used = self.leases.leased() | self.referenced_digests() | set(keep())
+        return [str(d) for d in digests if d.hex not in still_used and self.blobs.delete(d)]
 
     def referenced_digests(self) -> set[str]:
         used: set[str] = set()

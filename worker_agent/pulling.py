@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from eldric.core.manifests import Manifest
 from eldric.core.names import ModelName
 from eldric.transfer.diskspace import ensure_space, is_disk_full, no_space_error
 from eldric.transfer.download import DownloadOptions, download_blob
@@ -46,6 +47,9 @@ def pull_model(name: ModelName, *, store: OllamaStore, source: BlobSource, progr
 
     The manifest is what makes a model visible to Ollama, so it is written only
     after every blob it names is in place: a half-pulled model is never listed.
+    Every blob the manifest names is leased before the pull looks at what is present
+    and until the manifest is written (worker_agent/blob_leases.py), so a delete of
+    another model sharing a blob cannot remove it meanwhile.
     The space check counts only the bytes still missing (a partial download of an
     earlier try is on the disk already); a disk that fills anyway is an
     InsufficientSpaceError, and the partial data of the blob that did not fit is deleted.
@@ -54,8 +58,26 @@ def pull_model(name: ModelName, *, store: OllamaStore, source: BlobSource, progr
     store.ensure()
     progress.update(force=True, status="pulling manifest", source=source.describe())
     raw, manifest = source.fetch_manifest(name)
-    blobs = manifest.blobs()
     progress.start(total=manifest.total_size, source=source.describe())
+    with store.leases.hold(progress.job_id, [b.digest for b in manifest.blobs()]):
+        downloaded = _fetch_missing(name, manifest, store, source, progress, options, reserve, fanout)
+        progress.update(force=True, status="verifying sha256 digest", layer=None)
+        verify_blobs_present(store, [(b.digest, b.size) for b in manifest.blobs()], name.short)
+        progress.update(force=True, status="writing manifest")
+        try:
+            store.write_manifest(name, raw)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            raise no_space_error(store.manifests_dir, len(raw), f"the manifest of {name.short}") from None
+    return PullResult(model=name.short, digest=manifest_digest(raw),
+                      size=manifest.total_size, downloaded=downloaded)
+
+
+def _fetch_missing(name: ModelName, manifest: Manifest, store: OllamaStore, source: BlobSource, progress: Progress,
+                   options: DownloadOptions, reserve: int, fanout: Fanout | None) -> int:
+    """Download every blob of `manifest` the store lacks; the bytes that crossed the network."""
+    blobs = manifest.blobs()
     present = [b for b in blobs if store.blobs.has(b.digest, b.size)]
     missing = sum(b.size - resumable_bytes(store.partial_dir, b.digest, b.size) for b in blobs if b not in present)
     ensure_space(store.partial_dir, missing, name.short, reserve)
@@ -77,17 +99,7 @@ def pull_model(name: ModelName, *, store: OllamaStore, source: BlobSource, progr
             upstream_take=fanout.upstream_take if fanout else None,
         )
         downloaded += int(progress.record.get("completed", 0)) - int(before)
-    progress.update(force=True, status="verifying sha256 digest", layer=None)
-    verify_blobs_present(store, manifest, name.short)
-    progress.update(force=True, status="writing manifest")
-    try:
-        store.write_manifest(name, raw)
-    except OSError as exc:
-        if not is_disk_full(exc):
-            raise
-        raise no_space_error(store.manifests_dir, len(raw), f"the manifest of {name.short}") from None
-    return PullResult(model=name.short, digest=manifest_digest(raw),
-                      size=manifest.total_size, downloaded=downloaded)
+    return downloaded
 
 
 def pull_from_ollama(agent: Agent, model: str, progress: Progress, options: dict | None = None) -> dict:
