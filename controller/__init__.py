@@ -5,7 +5,7 @@ from __future__ import annotations
 
 
 import redis
-from flask import Flask, jsonify, request
+from flask import Flask, jsonify
 from flask_smorest import Api
 
 from controller import api_docs, view_cache
@@ -49,7 +49,6 @@ def create_app(overrides: dict | None = None) -> Flask:
     app.register_blueprint(api_docs.bp)
     register_error_handlers(app)
     _register_domain_errors(app)
-    _register_limits(app)
     _register_auth(app)
     _register_health(app)
     from controller.metrics import register_metrics
@@ -68,17 +67,7 @@ def _register_domain_errors(app: Flask) -> None:
         return error_response(503, f"cluster state store (Redis) unavailable: {exc}")
 
 
-MAX_JSON_BYTES = 1 << 20
 REDIS_POOL_SIZE = 2048  # connections the controller process may open to Redis (its maxclients is 10000)
-
-
-def _register_limits(app: Flask) -> None:
-    @app.before_request
-    def limit_json_bodies():
-        """JSON requests are small; a large one is refused before it is read (uploads stream as octets)."""
-        if request.is_json and (request.content_length or 0) > MAX_JSON_BYTES:
-            return error_response(413, f"JSON body larger than {MAX_JSON_BYTES} bytes")
-        return None
 
 
 def _register_auth(app: Flask) -> None:

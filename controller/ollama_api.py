@@ -24,6 +24,7 @@ from eldric.cluster.jobs import state as jobstate
 from controller.state import inventory_cache, job_limits, offline_grace, producer, redis_client, stale_after
 from eldric import __version__
 from eldric.core.formats import parameter_size_label
+from eldric.web.json_bodies import read_json_body
 
 bp = Blueprint("ollama", __name__)
 POLL_SECONDS = 0.25
@@ -53,9 +54,10 @@ def _model_field(body: dict) -> str:
 
 
 def _body() -> dict:
-    body = request.get_json(silent=True)
+    # JSON only (Content-Type: application/json): a browser cannot send that cross-site without CORS asking first.
+    body = read_json_body(request) if request.is_json else None
     if not isinstance(body, dict):
-        raise BadRequestError("request body must be a JSON object")
+        raise BadRequestError("request body must be a JSON object (Content-Type: application/json)")
     return body
 
 

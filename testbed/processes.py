@@ -49,6 +49,17 @@ def session() -> requests.Session:
     return s
 
 
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident memory (VmHWM) in MiB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Start VmHWM again from the current RSS, so a measurement sees only what comes after."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
 class Service:
     """A subprocess with its output in a log file; stopped with SIGTERM, then SIGKILL."""
 

@@ -17,7 +17,7 @@ from eldric.cluster import keys
 from eldric.client.registry import ModelRegistryClient
 from tests.support.file_server import FileServer
 from testbed.gguf_models import write_llama_gguf
-from testbed.processes import LOOPBACK, session, start_registry_and_controller, wait_until
+from testbed.processes import LOOPBACK, peak_rss_mib, session, start_registry_and_controller, wait_until
 
 pytestmark = pytest.mark.integration
 API = "/api/v1/model-registry"
@@ -43,11 +43,6 @@ def live(workdir: Path, redis_server):
     registry.stop()
 
 
-def peak_rss_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
-
-
 def test_registry_needs_the_cluster_secret_the_controller_sends(live: Live) -> None:
     assert live.http.get(f"{live.registry}{API}", timeout=5).status_code == 401
     assert live.api("GET", API).status_code == 200
@@ -59,7 +54,7 @@ def test_large_upload_and_download_stream_through_the_controller(live: Live, wor
         for _i in range(96):
             f.write(os.urandom(1 << 16) * 16)  # 96 MiB
     digest = "sha256:" + hashlib.sha256(big.read_bytes()).hexdigest()
-    before = peak_rss_mb(live.controller_pid)
+    before = peak_rss_mib(live.controller_pid)
     client = ModelRegistryClient(live.controller)
     model = client.upload_file(big, name="weights", format="other", digest=digest)
     assert model["files"][0]["sha256"] == digest and model["format"] == "other"
@@ -67,7 +62,7 @@ def test_large_upload_and_download_stream_through_the_controller(live: Live, wor
     assert out.stat().st_size == 96 << 20
     ranged = live.api("GET", f"{API}/{model['id']}/files/weights.bin", headers={"Range": "bytes=-4096"})
     assert ranged.status_code == 206 and ranged.content == big.read_bytes()[-4096:]
-    grown = peak_rss_mb(live.controller_pid) - before
+    grown = peak_rss_mib(live.controller_pid) - before
     assert grown < 40, f"the controller's peak RSS grew by {grown:.0f} MB moving 96 MiB each way"
 
 
