@@ -21,7 +21,7 @@ from eldric.core.names import FileModelRef
 from eldric.transfer.errors import HostNotAllowedError
 from eldric.transfer.model_registry import API_PREFIX, model_path
 from eldric.transfer.upstreams import AddressPolicy, is_http_url
-from eldric.transfer.urlfetch import redact
+from eldric.core.redaction import redact_url
 
 SOURCES = ("registry", "worker", "url", "ollama")
 _FIELDS_OF = {"worker": ("worker",), "url": ("url", "token", "sha256", "filename")}
@@ -116,7 +116,7 @@ def _from_url(model: str, source: dict, options: dict, secrets: dict, policy: Ad
     if not filename or "/" in filename or "\\" in filename or filename.startswith(".") or "\x00" in filename:
         raise BadRequestError("source.filename is not a plain file name", field="source")
     name = file_model_name(model)
-    options.update(origin=redact(url), filename=filename, sha256=sha256)
+    options.update(origin=redact_url(url), filename=filename, sha256=sha256)
     secrets["url"] = url  # query strings carry S3 signatures: kept out of job views, task args and logs
     if source.get("token"):
         secrets["token"] = str(source["token"])

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import requests
 from flask import Response
 
+from eldric.core.redaction import redact_url, redact_urls
 from eldric.core.request_errors import UnavailableError
 from eldric.transfer.model_registry import ModelRegistryApi
 
@@ -67,7 +68,7 @@ class RegistryClient:
         try:
             return self.api.request(method, path, headers=sent, data=data, json=json, stream=True, allow_redirects=False)
         except (requests.ConnectionError, requests.Timeout) as exc:
-            raise UnavailableError(f"model registry unreachable at {self.base_url}: {exc}") from None
+            raise UnavailableError(f"model registry unreachable at {redact_url(self.base_url)}: {redact_urls(str(exc))}") from None
 
 
 def to_flask(resp: requests.Response) -> Response:

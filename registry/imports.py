@@ -36,7 +36,8 @@ from eldric.core.request_errors import (BadRequestError, ConflictError, RequestE
 from registry.service import RegistryService
 from eldric.cluster.registry_api import parse_import_request
 from eldric.transfer.http import bearer, http_session
-from eldric.transfer.urlfetch import FetchOptions, fetch, redact
+from eldric.core.redaction import redact_url
+from eldric.transfer.urlfetch import FetchOptions, fetch
 from registry.views import iso_time
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def import_view(record: dict) -> dict:
             "percent": jobstate.percent(record["completed"], record["total"]),
             "model_id": record["model_id"], "draft_id": record["draft_id"], "name": spec["name"],
             "version": spec["version"], "source": spec["source"],
-            "files": [{"url": redact(f["url"]), "path": f["path"]} for f in spec["files"]],
+            "files": [{"url": redact_url(f["url"]), "path": f["path"]} for f in spec["files"]],
             "created_at": iso_time(record["created_at"]), "updated_at": iso_time(record["updated_at"])}
 
 
@@ -155,7 +156,7 @@ class Importer:
             shutil.rmtree(self.dir / job_id, ignore_errors=True)
 
     def _new_draft(self, job_id: str, spec: dict) -> str:
-        origin = {"job_id": job_id, "source": spec["source"], "urls": [redact(f["url"]) for f in spec["files"]]}
+        origin = {"job_id": job_id, "source": spec["source"], "urls": [redact_url(f["url"]) for f in spec["files"]]}
         draft = self.service.create_draft(name=spec["name"], version=spec["version"], fmt=spec["format"],
                                           source="import", description=spec["description"], origin=origin)
         return draft["id"]

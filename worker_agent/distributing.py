@@ -13,6 +13,7 @@ from eldric.cluster.jobs import state as jobstate
 from eldric.core.digests import Digest
 from eldric.core.names import ModelName
 from eldric.core.names import FileModelRef
+from eldric.core.redaction import redact_url
 from eldric.transfer.diskspace import ensure_space
 from eldric.transfer.download import download_blob
 from eldric.transfer.partials import resumable_bytes
@@ -20,7 +21,7 @@ from eldric.transfer.upstreams import AddressPolicy
 from eldric.transfer.errors import SourceError
 from worker_agent.blob_leases import BlobLease
 from worker_agent.fanout import Fanout
-from worker_agent.file_sources import DataRegistrySource, HttpFileSource, PeerSource, RemoteFile, redact_url
+from worker_agent.file_sources import DataRegistrySource, HttpFileSource, PeerSource, RemoteFile
 from worker_agent.installing import install_entry, placement_summary
 from eldric.cluster.jobs.progress import Progress
 from worker_agent.pulling import pull_from_ollama, pull_into_store

@@ -17,13 +17,13 @@ from eldric.core.digests import Digest
 from eldric.core.errors import InvalidManifestError, cap_text
 from eldric.core.manifests import Manifest
 from eldric.core.names import ModelName
+from eldric.core.redaction import redact_url, redact_urls
 from eldric.transfer.http import (CONNECT_TIMEOUT, bearer, error_text, http_session, raise_if_transient, read_capped,
                                   upstream_session)
 from eldric.transfer.model_registry import ModelRegistryApi, file_path, model_path
 from eldric.transfer.retry import TRANSIENT_ERRORS, connection_cause, connection_error
 from eldric.transfer.upstreams import PUBLIC_ONLY, AddressPolicy
 from eldric.transfer.urlfetch import UrlSource
-from eldric.transfer.urlfetch import redact as redact_url
 from eldric.transfer.download import RangeOpener
 from eldric.transfer.errors import ModelNotFoundError, SourceError, SourceUnavailableError
 
@@ -46,7 +46,7 @@ def _get(session: requests.Session, url: str, what: str, **kw) -> requests.Respo
     except TRANSIENT_ERRORS as exc:  # permanent ones (a name that does not exist, TLS mismatch) are SourceError
         raise connection_error(exc, url, what=f"{what}:") from None
     except requests.RequestException as exc:  # a bad redirect, too many of them: no retry mends it
-        raise SourceError(f"{what}: {cap_text(str(exc), 300)}") from None
+        raise SourceError(f"{what}: {cap_text(redact_urls(str(exc)), 300)}") from None
     raise_if_transient(resp, what)
     return resp
 
@@ -93,16 +93,17 @@ class DataRegistrySource:
     def __init__(self, base_url: str, secret: str = "", session: requests.Session | None = None) -> None:
         self.api = ModelRegistryApi(base_url, secret, session)
         self.base_url, self.session = self.api.base_url, self.api.session  # a rate cap paces the session
+        self.shown = redact_url(self.base_url)
 
     def model(self, model_id: str) -> dict:
         url = self.api.url(model_path(model_id))
-        resp = _get(self.api.session, url, f"registry {self.base_url}", headers=self.api.headers)
+        resp = _get(self.api.session, url, f"registry {self.shown}", headers=self.api.headers)
         if resp.status_code == 404:
             resp.close()
-            raise ModelNotFoundError(f"model {model_id} not found in the registry at {self.base_url}")
+            raise ModelNotFoundError(f"model {model_id} not found in the registry at {self.shown}")
         if not resp.ok:
-            raise SourceError(f"registry {self.base_url} answered {resp.status_code}: {error_text(resp)}")
-        return _json(resp, f"registry {self.base_url}")
+            raise SourceError(f"registry {self.shown} answered {resp.status_code}: {error_text(resp)}")
+        return _json(resp, f"registry {self.shown}")
 
     def files(self, model: dict) -> list[RemoteFile]:
         out = []

@@ -14,7 +14,7 @@ from eldric.cluster import workers
 from eldric import logging_setup
 from eldric.cluster import redisconn
 from eldric.cluster.queues import TASK_FOR_JOB_KIND, TASK_PULL, is_model_serving, queues_for, worker_queue
-from eldric.transfer.urlfetch import redact as redact_url
+from eldric.core.redaction import redact_url
 from worker_agent import celery_app, http_process, installers, job_runner, membership, runtime
 from worker_agent.catalog import Catalog
 from worker_agent.ollama_store import OllamaStore
@@ -33,7 +33,7 @@ def wait_for_redis(client: redis.Redis, url: str, timeout: float = 30.0) -> None
             return
         except redis.ConnectionError as exc:
             if time.monotonic() > deadline:
-                raise SystemExit(f"eldric worker: Redis at {url} unreachable: {exc}") from None
+                raise SystemExit(f"eldric worker: Redis at {redact_url(url)} unreachable: {exc}") from None
             time.sleep(0.5)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Protocol
-from urllib.parse import urlsplit
 
 import requests
 
@@ -18,12 +17,12 @@ from eldric.core.digests import Digest
 from eldric.core.errors import InvalidManifestError
 from eldric.core.manifests import Manifest
 from eldric.core.names import ModelName
+from eldric.core.redaction import host_of, redact_url
 from eldric.transfer.errors import ModelNotFoundError, SourceError, SourceUnavailableError
 from eldric.transfer.http import error_text, raise_for_registry_status
 from eldric.transfer.oci_client import OciClient, OciClientError
 from eldric.transfer.retry import NO_HINTS, Hints, is_plain_http_refusal
 from eldric.transfer.upstreams import PUBLIC_ONLY, AddressPolicy, RegistryAllowList
-from eldric.transfer.urlfetch import redact as redact_url
 
 if TYPE_CHECKING:
     from worker_agent.settings import AgentSettings
@@ -56,12 +55,14 @@ CA_HINT = "give its CA certificate in REQUESTS_CA_BUNDLE"
 
 
 def registry_hints(name: ModelName, base_url: str) -> Hints:
-    """The settings that mend a failed connection to `base_url`, the registry serving `name`."""
-    netloc = urlsplit(base_url).netloc
+    """The settings that mend a failed connection to `base_url`, the registry serving `name`.
+
+    A mirror's credentials show as `***@` (the same ones stay in the setting)."""
+    where = redact_url(base_url).partition("://")[2]
     if name.is_default_host:
         return Hints(name_not_found="set ELDRIC_OLLAMA_REGISTRY to a reachable mirror",
-                     tls_to_plain_http=f"set ELDRIC_OLLAMA_REGISTRY to http://{netloc}",
-                     plain_http_to_tls=f"set ELDRIC_OLLAMA_REGISTRY to https://{netloc}", certificate=CA_HINT)
+                     tls_to_plain_http=f"set ELDRIC_OLLAMA_REGISTRY to http://{where}",
+                     plain_http_to_tls=f"set ELDRIC_OLLAMA_REGISTRY to https://{where}", certificate=CA_HINT)
     return Hints(name_not_found=f"check the registry host in '{name.short}'",
                  tls_to_plain_http="add it to ELDRIC_INSECURE_REGISTRIES",
                  plain_http_to_tls="remove it from ELDRIC_INSECURE_REGISTRIES", certificate=CA_HINT)
@@ -95,7 +96,7 @@ class RegistrySource:
         with _as_source_errors():
             resp = self.client.manifest(name.repository, name.tag, timeout=60)
             if resp.status_code == 404:
-                raise ModelNotFoundError(f"model '{name.short}' not found at {self.base_url}: {error_text(resp)}")
+                raise ModelNotFoundError(f"model '{name.short}' not found at {self.describe()}: {error_text(resp)}")
             self._raise_for_status(resp, f"manifest of {name.short}")
             raw, _ = self.client.read_manifest(resp, f"the manifest of {name.short}")
         try:
@@ -109,7 +110,7 @@ class RegistrySource:
             resp = self.client.blob(name.repository, digest, start=start, end=end, timeout=read_timeout)
         if resp.status_code == 404:
             resp.close()
-            raise SourceError(f"blob {digest} not found at {self.base_url}")
+            raise SourceError(f"blob {digest} not found at {self.describe()}")
         self._raise_for_status(resp, f"blob {digest}")
         return resp
 
@@ -118,7 +119,7 @@ class RegistrySource:
         if resp.status_code == 400:
             text = error_text(resp)
             if is_plain_http_refusal(400, text):
-                raise SourceError(f"{urlsplit(self.base_url).netloc} speaks https, not plain http; "
+                raise SourceError(f"{host_of(self.base_url)} speaks https, not plain http; "
                                   f"{self.hints.plain_http_to_tls}".rstrip("; "))
             raise SourceError(f"{what}: registry answered 400: {text}")
         raise_for_registry_status(resp, what)

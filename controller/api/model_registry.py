@@ -34,7 +34,7 @@ from eldric.cluster.registry_api import (FILE_DOWNLOAD_RESPONSES, FILE_PATH_PARA
                                          UploadSessionRequestSchema, UploadSessionSchema, install_converters,
                                          parse_import_request)
 from eldric.transfer.model_registry import API_PREFIX, IMPORTS_PATH
-from eldric.transfer.urlfetch import redact
+from eldric.core.redaction import redact_url
 from eldric.web.blueprints import Blueprint
 
 blp = Blueprint("model_registry", __name__, url_prefix=API_PREFIX,
@@ -94,7 +94,7 @@ def start_import(client: redis.Redis, registry: RegistryClient, body: dict, raw:
     except EldricError as exc:  # a RequestError too
         raise BadRequestError(str(exc), getattr(exc, "field", None)) from None
     options = {"name": spec["name"], "version": spec["version"], "format": spec["format"],
-               "files": [{"url": redact(f["url"]), "path": f["path"]} for f in spec["files"]]}
+               "files": [{"url": redact_url(f["url"]), "path": f["path"]} for f in spec["files"]]}
     refused: list[Exception] = []
 
     def hand_over(_task: str, args: list, _targets: list[str]) -> dict[str, str]:

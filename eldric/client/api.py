@@ -9,6 +9,7 @@ from urllib.parse import quote
 import requests
 
 from eldric.core.errors import EldricError
+from eldric.core.redaction import redact_url
 from eldric.transfer.http import bearer, http_session
 
 DEFAULT_CONTROLLER = "http://127.0.0.1:8880"
@@ -37,7 +38,7 @@ class Api:
         try:
             resp = self.session.request(method, self.base + path, **kw)
         except requests.ConnectionError as exc:
-            raise ClientError(f"cannot reach the controller at {self.base} ({type(exc).__name__})") from None
+            raise ClientError(f"cannot reach the controller at {redact_url(self.base)} ({type(exc).__name__})") from None
         if resp.status_code >= 400:
             raise ClientError(f"{method} {path}: HTTP {resp.status_code}: {error_message(resp)}", resp.status_code)
         return resp

@@ -30,6 +30,7 @@ from rich.table import Table
 from eldric.client.api import DEFAULT_CONTROLLER, Api, ClientError, error_message, parse_sse  # noqa: F401
 from eldric.client.bundles import BundleError, export_bundle, import_bundle
 from eldric.client.upload import ResumableUpload, default_name
+from eldric.core.redaction import redact_url
 from eldric.transfer.model_registry import API_PREFIX, model_path
 from eldric.transfer.oci_client import OciClient, OciClientError
 STATE_STYLE = {"completed": "green", "failed": "red", "pulling": "blue", "running": "blue", "retrying": "yellow",
@@ -317,7 +318,8 @@ def cmd_status(api: Api, args: argparse.Namespace, out: Console, err: Console) -
     if args.flower:
         rows.append(("Flower", args.flower))
     if args.upstream:
-        rows.append(("upstream", f"{args.upstream} (ELDRIC_OLLAMA_REGISTRY: where registry.ollama.ai names are pulled from)"))
+        rows.append(("upstream", f"{redact_url(args.upstream)} (ELDRIC_OLLAMA_REGISTRY: where registry.ollama.ai names are "
+                                 "pulled from)"))
     workers = sorted(status["workers"], key=lambda w: (w["type"], w["id"]))
     rows.append(("workers", ", ".join(f"{w['id']} ({w['type']}{'' if w['online'] else ', offline'})" for w in workers)
                  or "none registered"))

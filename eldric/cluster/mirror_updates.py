@@ -18,6 +18,7 @@ import requests
 
 from eldric.cluster import keys
 from eldric.core.errors import EldricError
+from eldric.core.redaction import redact_url, redact_urls
 from eldric.transfer.http import error_text
 from eldric.transfer.model_registry import MIRROR_CHECK_PATH, ModelRegistryApi
 
@@ -35,7 +36,7 @@ def check_mirror_updates(client: redis.Redis, registry_url: str, secret: str = "
     try:
         resp = api.request("POST", MIRROR_CHECK_PATH)
     except requests.RequestException as exc:
-        raise MirrorCheckError(f"cannot reach the registry at {registry_url}: {exc}") from None
+        raise MirrorCheckError(f"cannot reach the registry at {redact_url(registry_url)}: {redact_urls(str(exc))}") from None
     if resp.status_code != 200:
         raise MirrorCheckError(f"the registry answered {resp.status_code} to the mirror check: {error_text(resp)}")
     results = resp.json().get("checked") or []

@@ -26,7 +26,7 @@ from pydantic import AfterValidator
 from redis.sentinel import Sentinel
 
 from eldric.core.errors import EldricError
-from eldric.core.settings import mask_url_passwords
+from eldric.core.redaction import redact_urls
 
 SENTINEL_PORT = 26379
 
@@ -91,7 +91,7 @@ def checked_redis_url(url: str) -> str:
         if scheme == "sentinel":
             SentinelURL.parse(url)
     except (RedisURLError, ValueError) as exc:
-        raise ValueError(mask_url_passwords(str(exc))) from None
+        raise ValueError(redact_urls(str(exc))) from None
     return url
 
 

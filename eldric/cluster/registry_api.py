@@ -19,9 +19,10 @@ from eldric.core.digests import Digest
 from eldric.core.formats import FORMATS
 from eldric.core.identifiers import (FILE_PATH_PATTERN, MAX_PATH_LENGTH, NAME_PATTERN, VERSION_PATTERN,
                                      validate_file_path)
+from eldric.core.redaction import redact_url
 from eldric.core.request_errors import BadRequestError
 from eldric.transfer.upstreams import is_http_url
-from eldric.transfer.urlfetch import redact, source_kind
+from eldric.transfer.urlfetch import source_kind
 
 SOURCES = ("upload", "training", "import")
 MAX_IMPORT_FILES = 1000
@@ -348,7 +349,7 @@ def parse_import_request(body: dict) -> tuple[dict, str | None]:
     for entry in files:
         url = entry.get("url") or ""
         if not is_http_url(url):
-            raise BadRequestError(f"not an http(s) URL: {redact(url)!r}", "url")
+            raise BadRequestError(f"not an http(s) URL: {redact_url(url)!r}", "url")
         path = validate_file_path(entry.get("path") or unquote(basename(urlsplit(url).path)), "path")
         if path in seen:
             raise BadRequestError(f"two files have the path {path!r}", "path")

@@ -25,6 +25,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
 from eldric.core.errors import EldricError
+from eldric.core.redaction import redact_urls
 
 PREFIX = "ELDRIC_"
 
@@ -80,14 +81,6 @@ UserPath = Annotated[Path, AfterValidator(lambda p: p.expanduser())]
 
 # A comma-separated list in the environment (`a, b,,c` -> ("a", "b", "c")); not JSON.
 CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_split_commas)]
-
-
-_URL_PASSWORD = re.compile(r"(://[^/@:]*:)[^/@]*@")
-
-
-def mask_url_passwords(text: str) -> str:
-    """`text` with the password of every URL in it shown as `***` (redis://:pw@host, sentinel://user:pw@host)."""
-    return _URL_PASSWORD.sub(r"\1***@", text)
 
 
 def _is_secret(field: str) -> bool:
@@ -147,11 +140,11 @@ class EnvSettings(BaseSettings):
                 lines.append(f"missing setting: {cls.env_name(name) if name in cls.model_fields else name}"
                              f"{f' ({meaning})' if meaning else ''}")
                 continue
-            message = str(error["msg"]).removeprefix("Value error, ")
+            message = redact_urls(str(error["msg"]).removeprefix("Value error, "))  # a validator may quote the value
             where = f"{name} ({cls.env_name(name)})" if name in cls.model_fields else (name or "settings")
             shown = error.get("input")
             if isinstance(shown, str):
-                shown = "(hidden)" if _is_secret(name) else mask_url_passwords(shown)
+                shown = "(hidden)" if _is_secret(name) else redact_urls(shown)
             got = f", got {shown!r}" if isinstance(shown, (str, int, float)) and repr(shown) not in message else ""
             lines.append(f"{where}: {message}{got}")
         return "; ".join(lines)
@@ -164,7 +157,7 @@ class EnvSettings(BaseSettings):
             if _is_secret(name):
                 value = "(set)" if value else "(empty)"
             elif isinstance(value, str):
-                value = mask_url_passwords(value)
+                value = redact_urls(value)
             elif isinstance(value, tuple):
                 value = ",".join(value)
             shown.append(f"{type(self).env_name(name)}={value}")

@@ -31,7 +31,8 @@ import requests
 from eldric.core.digests import Digest
 from eldric.core.errors import cap_text
 from eldric.core.manifests import MANIFEST_V2, MAX_MANIFEST_BYTES, OCI_MANIFEST
-from eldric.transfer.errors import SourceUnavailableError, TransferError
+from eldric.core.redaction import redact_url, redact_urls
+from eldric.transfer.errors import HostNotAllowedError, SourceUnavailableError, TransferError
 from eldric.transfer.http import CONNECT_TIMEOUT, bearer, error_text, http_session, read_small_body, upstream_session
 from eldric.transfer.registry_token import anonymous_token, bearer_challenge
 from eldric.transfer.retry import NO_HINTS, TRANSIENT_ERRORS, Hints, connection_error, is_transient_status
@@ -122,7 +123,9 @@ class OciClient:
         except TRANSIENT_ERRORS as exc:
             raise OciClientError.of(connection_error(exc, url, self.hints)) from None
         except requests.RequestException as exc:  # too many redirects, a bad redirect URL: no retry mends it
-            raise OciClientError(f"registry {self.base}: {cap_text(str(exc), 200)}") from None
+            raise OciClientError(f"registry {redact_url(self.base)}: {cap_text(redact_urls(str(exc)), 200)}") from None
+        except HostNotAllowedError as exc:  # a redirect hop to an internal address, refused before connecting
+            raise OciClientError.of(exc) from None
 
     def call(self, method: str, path: str, *, ok: tuple[int, ...] = (200,), stream: bool = False,
              **kw) -> requests.Response:

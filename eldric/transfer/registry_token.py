@@ -16,6 +16,7 @@ import re
 import requests
 
 from eldric.core.errors import cap_text
+from eldric.core.redaction import redact_url, redact_urls
 from eldric.transfer.errors import SourceError
 from eldric.transfer.http import CONNECT_TIMEOUT, raise_for_registry_status, read_small_body
 from eldric.transfer.retry import NO_HINTS, TRANSIENT_ERRORS, Hints, connection_error
@@ -36,17 +37,18 @@ def anonymous_token(session: requests.Session, challenge: str, registry: str, hi
     or answered a transient status (worth a retry); SourceError for anything else, in one sentence."""
     params = dict(_PARAM.findall(challenge))
     realm = params.pop("realm", None)
+    registry = redact_url(registry)
     if not realm:
         raise SourceError(f"registry {registry} asks for credentials")
     if not is_http_url(realm):
-        raise SourceError(f"registry {registry} named an unusable token realm: {cap_text(realm, 200)!r}")
+        raise SourceError(f"registry {registry} named an unusable token realm: {cap_text(redact_url(realm), 200)!r}")
     what = f"token realm of {registry}"
     try:
         resp = session.get(realm, params=params, stream=True, timeout=(CONNECT_TIMEOUT, 30))
     except TRANSIENT_ERRORS as exc:
         raise connection_error(exc, realm, hints, what=f"{what}:") from None
     except requests.RequestException as exc:  # too many redirects, a refused address: no retry mends it
-        raise SourceError(f"{what}: {cap_text(str(exc), 200)}") from None
+        raise SourceError(f"{what}: {cap_text(redact_urls(str(exc)), 200)}") from None
     raise_for_registry_status(resp, "token")
     body = read_small_body(resp, MAX_TOKEN_BYTES, "the token answer")
     try:

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import requests
 import urllib3
 
+from eldric.core.redaction import host_of
 from eldric.transfer.errors import SourceError, SourceUnavailableError, TransferError
 
 # raw.read() surfaces urllib3's and the socket's own errors, not requests' wrappers.
@@ -111,8 +112,11 @@ def connection_error(exc: BaseException, url: str, hints: Hints = NO_HINTS, what
     `what` (e.g. "registry") prefixes the sentence. Never the HTTP library's own text, which
     names internal classes and is long enough to be cut mid-word.
     """
-    parts = urlsplit(url)
-    host, netloc = parts.hostname or url, parts.netloc.rsplit("@", 1)[-1] or url
+    netloc = host_of(url)  # never the URL's userinfo or query (a mirror's secret, a signature)
+    try:
+        host = urlsplit(f"//{netloc}").hostname or netloc
+    except ValueError:  # an unclosed IPv6 bracket
+        host = netloc
     problem = connection_problem(exc)
     prefix = f"{what} " if what else ""
     if problem == NAME_NOT_FOUND:

@@ -24,19 +24,19 @@ second time to learn its digest.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import requests
 
 from eldric.core.blobstore import BlobStore
 from eldric.core.digests import Digest
 from eldric.core.errors import DigestMismatchError, cap_text
+from eldric.core.redaction import redact_url, redact_urls
 from eldric.core.request_errors import ImportFailedError, TooLargeError
 from eldric.transfer.download import DownloadOptions, download_blob
 from eldric.transfer.errors import (HostNotAllowedError, ModelNotFoundError, SourceError, SourceUnavailableError,
@@ -45,19 +45,6 @@ from eldric.transfer.http import CONNECT_TIMEOUT, guard
 from eldric.transfer.ranges import parse_content_range
 from eldric.transfer.retry import TRANSIENT_ERRORS, backoff_delay, connection_error, is_transient_status
 from eldric.transfer.upstreams import PUBLIC_ONLY, AddressPolicy
-
-
-def redact(url: str) -> str:
-    """The URL without credentials or query string (S3 signatures), for logs and job records."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return "(malformed URL)"
-    host = parts.hostname or ""
-    if port:
-        host = f"{host}:{port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def source_kind(url: str) -> str:
@@ -90,7 +77,7 @@ class UrlSource:
                  connect_timeout: float = CONNECT_TIMEOUT) -> None:
         self.session, self.url, self.headers = session, url, dict(headers or {})
         self.connect_timeout = connect_timeout
-        self.name = redact(url)
+        self.name = redact_url(url)
 
     def probe(self, read_timeout: float = 60.0) -> UrlProbe:
         with self._get("bytes=0-0", read_timeout) as resp:
@@ -149,12 +136,9 @@ class UrlSource:
             raise SourceError(f"{self.name}: HTTP {code}")
 
 
-_QUERY = re.compile(r"\?[^\s'\"()]+")
-
-
 def _describe(exc: BaseException) -> str:
-    """An HTTP library's error, short, without the query strings (S3 signatures) of the URLs it names."""
-    return cap_text(_QUERY.sub("?…", str(exc)), 300)
+    """An HTTP library's error, short, without the credentials and query strings (S3 signatures) of the URLs it names."""
+    return cap_text(redact_urls(str(exc)), 300)
 
 
 @dataclass(frozen=True)

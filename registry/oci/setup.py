@@ -26,7 +26,7 @@ def install_oci(app: Flask, svc: RegistryService, *, upstream_url: str, tag_ttl:
     """Mount /v2/ on `app` over the registry's storage; call after the app's own error handlers."""
     store = OCIStore(svc.catalog, svc.blobs, clock=svc.clock)
     upstream = None if upstream_url.strip().lower() in NO_UPSTREAM else Upstream(upstream_url, policy)
-    mirror = Mirror(store, upstream, max_bytes=max_mirror_bytes, upstream_url=upstream.base_url if upstream else "",
+    mirror = Mirror(store, upstream, max_bytes=max_mirror_bytes, upstream_url=upstream.shown if upstream else "",
                     tag_ttl=tag_ttl)
     pull = PullThrough(store, upstream, tag_ttl=tag_ttl, max_blob_bytes=svc.max_file_bytes,
                        on_stored=mirror.evict) if upstream else None

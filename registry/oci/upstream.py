@@ -13,6 +13,7 @@ import requests
 
 from eldric.core.digests import Digest
 from eldric.core.manifests import MANIFEST_V2
+from eldric.core.redaction import redact_url
 from eldric.transfer.http import error_text
 from eldric.transfer.oci_client import OciClient, OciClientError
 from eldric.transfer.upstreams import AddressPolicy
@@ -22,6 +23,7 @@ class Upstream:
     def __init__(self, base_url: str, policy: AddressPolicy, session: requests.Session | None = None) -> None:
         self.client = OciClient.upstream(base_url, policy, session)
         self.base_url = self.client.base
+        self.shown = redact_url(self.base_url)  # in messages and logs: never its credentials or query
 
     def fetch_manifest(self, repo: str, reference: str) -> tuple[bytes, str] | None:
         """(bytes, media type) of the manifest, or None when upstream has no such model."""
@@ -56,7 +58,7 @@ class Upstream:
         try:
             return int(resp.headers["Content-Length"])
         except (KeyError, ValueError):
-            raise OciClientError(f"upstream {self.base_url} gave no size for blob {digest}") from None
+            raise OciClientError(f"upstream {self.shown} gave no size for blob {digest}") from None
 
     def open_blob(self, repo: str, digest: str, read_timeout: float = 60) -> requests.Response | None:
         """The streamed answer to GET blob (redirects followed), or None when upstream has no such blob."""
@@ -69,5 +71,5 @@ class Upstream:
 
     def _check(self, resp: requests.Response, what: str) -> None:
         if resp.status_code >= 400 or resp.status_code in (204, 304):
-            raise OciClientError(f"upstream {self.base_url} answered {resp.status_code} for the {what}: "
+            raise OciClientError(f"upstream {self.shown} answered {resp.status_code} for the {what}: "
                            f"{error_text(resp)}", resp.status_code)

@@ -11,10 +11,9 @@ service (nothing), and what the attack cost the agent (bytes read, memory).
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections import defaultdict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -30,6 +29,7 @@ from eldric.transfer.urlfetch import FetchOptions
 from registry.imports import Importer
 from registry.service import RegistryService
 from testbed.processes import wait_until
+from tests.support.scripted_server import ScriptedServer
 
 pytestmark = pytest.mark.integration
 
@@ -39,30 +39,7 @@ ERROR_BODY = 200 * MB
 METADATA = "http://169.254.169.254/latest/meta-data/iam/security-credentials/"
 
 
-class Server:
-    """A threaded loopback HTTP/1.0 server; `answer(handler, path)` writes each response."""
-
-    def __init__(self, host: str, answer) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                try:
-                    answer(self, self.path)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client stopped reading: what a bounded reader does
-        self.httpd = ThreadingHTTPServer((host, 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://{host}:{self.httpd.server_port}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-class InternalService(Server):
+class InternalService(ScriptedServer):
     """What must stay out of reach: records every request, answers with a secret in its error."""
 
     def __init__(self) -> None:
@@ -78,7 +55,7 @@ class InternalService(Server):
         h.wfile.write(body)
 
 
-class HostileRegistry(Server):
+class HostileRegistry(ScriptedServer):
     """The mirror from hell: routes by model name (`/v2/library/<model>/…`) or file name (`/files/<name>`)."""
 
     def __init__(self, internal: InternalService) -> None:

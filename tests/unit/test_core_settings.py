@@ -93,11 +93,13 @@ def test_the_effective_configuration_masks_secrets():
     assert "ELDRIC_API_TOKEN=(empty)" in controller
 
 
-def test_the_effective_configuration_masks_passwords_in_urls():
+def test_the_effective_configuration_masks_credentials_and_queries_in_urls():
     text = ControllerSettings.from_env({"ELDRIC_REDIS_URL": "redis://:s3cret@redis:6379/0"}).effective()
-    assert "ELDRIC_REDIS_URL=redis://:***@redis:6379/0" in text and "s3cret" not in text
+    assert "ELDRIC_REDIS_URL=redis://***@redis:6379/0" in text and "s3cret" not in text
     text = ControllerSettings.from_env({"ELDRIC_REDIS_URL": "sentinel://app:pw@s1:26379,s2/0?master=m"}).effective()
-    assert "pw@" not in text and "sentinel://app:***@s1:26379,s2/0?master=m" in text
+    assert "pw@" not in text and "sentinel://***@s1:26379,s2/0 " in text
+    text = ControllerSettings.from_env({"ELDRIC_REDIS_URL": "redis://redis:6379/0?password=s3cret"}).effective()
+    assert "ELDRIC_REDIS_URL=redis://redis:6379/0 " in text and "s3cret" not in text
 
 
 @pytest.mark.parametrize("url, fragment", [

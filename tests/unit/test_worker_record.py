@@ -38,10 +38,10 @@ def test_serving_types_advertise_absolute_directories(tmp_path: Path, monkeypatc
     assert all(os.path.isabs(d["models_dir"]) for d in details.values() if d.get("models_dir"))
 
 
-def test_the_upstream_registry_is_shown_without_credentials(tmp_path: Path) -> None:
+def test_the_upstream_registry_is_shown_with_its_credentials_masked(tmp_path: Path) -> None:
     s = settings("inference", ELDRIC_DATA_DIR=str(tmp_path),
                  ELDRIC_OLLAMA_REGISTRY="http://mirror:s3cret@10.0.0.9:5000")
-    assert worker_info(s, "http://127.0.0.1:1")["upstream_registry"] == "http://10.0.0.9:5000"
+    assert worker_info(s, "http://127.0.0.1:1")["upstream_registry"] == "http://***@10.0.0.9:5000"
 
 
 def test_the_controller_shows_data_dir_and_upstream_registry(tmp_path: Path) -> None:

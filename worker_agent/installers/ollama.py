@@ -26,6 +26,7 @@ import requests
 from eldric.core.names import ModelName
 from eldric.core.atomicfile import write_atomically
 from eldric.core.chat_templates import TemplateChoice, choose_template
+from eldric.core.redaction import redact_url, redact_urls
 from eldric.transfer.http import http_session
 from worker_agent.installers import (BackendConfig, BackendError, BackendUnavailableError, InstallResult,
                                      LocalModel, UnsupportedModelError, model_slug)
@@ -118,7 +119,7 @@ class Installer:
         details = {"modelfile": str(modelfile), "template": template_for(model).source, "uploaded": [],
                    "read_from_shared": shared}
         if before and state.get("request") == request_hash and state.get("digest") == before:
-            return InstallResult(BACKEND, name, f"{self.url}/api/tags#{name}", changed=False,
+            return InstallResult(BACKEND, name, f"{redact_url(self.url)}/api/tags#{name}", changed=False,
                                  details={**details, "digest": before})
         uploaded = 0
         for rel in _gguf_files(model):
@@ -131,7 +132,7 @@ class Installer:
         if after is None:
             raise BackendError(f"Ollama answered create for {name} but /api/tags does not list it")
         _write_if_changed(folder / STATE, json.dumps({"request": request_hash, "digest": after}).encode())
-        return InstallResult(BACKEND, name, f"{self.url}/api/tags#{name}", changed=(after != before or uploaded > 0),
+        return InstallResult(BACKEND, name, f"{redact_url(self.url)}/api/tags#{name}", changed=(after != before or uploaded > 0),
                              bytes_copied=uploaded, details={**details, "digest": after})
 
     def uninstall(self, name: str) -> bool:
@@ -143,7 +144,7 @@ class Installer:
                 return False
             raise BackendError(f"Ollama refused to delete {name}: {exc.error}") from None
         except (ConnectionError, httpx.HTTPError) as exc:
-            raise BackendUnavailableError(f"Ollama at {self.url} unreachable: {exc}") from None
+            raise BackendUnavailableError(f"Ollama at {redact_url(self.url)} unreachable: {redact_urls(str(exc))}") from None
         (Path(self.config.models_dir) / model_slug(name) / STATE).unlink(missing_ok=True)
         return True
 
@@ -156,7 +157,7 @@ class Installer:
         try:
             r = self.http.head(f"{self.url}/api/blobs/{digest}", timeout=self.config.timeout)
         except requests.RequestException as exc:
-            raise BackendUnavailableError(f"Ollama at {self.url} unreachable: {exc}") from None
+            raise BackendUnavailableError(f"Ollama at {redact_url(self.url)} unreachable: {redact_urls(str(exc))}") from None
         if r.status_code not in (200, 404):
             raise BackendError(f"Ollama answered HEAD /api/blobs/{digest} with {r.status_code}")
         return r.status_code == 200
@@ -173,7 +174,7 @@ class Installer:
         except ollama.ResponseError as exc:
             raise BackendError(f"Ollama refused to {what}: {exc.error} (HTTP {exc.status_code})") from None
         except (ConnectionError, httpx.HTTPError) as exc:
-            raise BackendUnavailableError(f"Ollama at {self.url} unreachable ({what}): {exc}") from None
+            raise BackendUnavailableError(f"Ollama at {redact_url(self.url)} unreachable ({what}): {redact_urls(str(exc))}") from None
 
 
 def _client_args(request: dict) -> dict:

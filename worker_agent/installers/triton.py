@@ -23,6 +23,7 @@ from pathlib import Path
 
 import requests
 
+from eldric.core.redaction import redact_url, redact_urls
 from eldric.transfer.http import http_session
 from worker_agent.installers import (BackendConfig, BackendError, BackendUnavailableError, InstallError,
                                      InstallResult, LocalModel, UnsupportedModelError, file_specs, model_slug,
@@ -119,7 +120,7 @@ class Installer:
         try:
             r = self.http.get(f"{self.url}/v2/models/{name}/ready", timeout=self.timeout)
         except requests.RequestException as exc:
-            raise BackendUnavailableError(f"Triton at {self.url} unreachable: {exc}") from None
+            raise BackendUnavailableError(f"Triton at {redact_url(self.url)} unreachable: {redact_urls(str(exc))}") from None
         if r.status_code >= 500:
             raise BackendUnavailableError(f"Triton answered {r.status_code} for {name}'s readiness")
         return r.status_code == 200
@@ -128,7 +129,7 @@ class Installer:
         try:
             r = self.http.post(f"{self.url}{path}", json={}, timeout=self.timeout)
         except requests.RequestException as exc:
-            raise BackendUnavailableError(f"Triton at {self.url} unreachable ({what}): {exc}") from None
+            raise BackendUnavailableError(f"Triton at {redact_url(self.url)} unreachable ({what}): {redact_urls(str(exc))}") from None
         if r.status_code != 200:
             try:
                 reason = r.json().get("error") or r.text
