@@ -8,8 +8,8 @@ import time
 import fakeredis
 import pytest
 
-from eldric.cluster.jobs.reads import get_job, list_jobs, prune_jobs
-from eldric.cluster.jobs.store import create_job, fail_worker, published
+from eldric.cluster.jobs.reads import DROPPED_RECORDS_SECONDS, get_job, list_jobs, prune_jobs
+from eldric.cluster.jobs.store import create_job, fail_worker, published, write_record
 from eldric.cluster.jobs.progress import Progress
 from eldric.cluster.jobs.reaper import reap_stale_jobs
 from eldric.cluster.jobs import state as jobstate
@@ -268,7 +268,7 @@ def job_exists(client, job_id: str) -> bool:
 
 def finished_job(client, *, now: float) -> str:
     job_id = new_job(client, targets=["gpu1"], now=now, deadline=60)
-    set_record(client, job_id, "gpu1", state=jobstate.COMPLETED)
+    write_record(client, job_id, "gpu1", {**stored(client, job_id, "gpu1"), "state": jobstate.COMPLETED})
     return job_id
 
 
@@ -301,12 +301,28 @@ def test_prune_keeps_at_most_keep_max_dropping_the_oldest(client):
     assert client.zcard(keys.JOBS) == 3
 
 
-def test_keep_max_never_drops_running_jobs(client):
+def test_keep_max_drops_finished_jobs_before_unfinished_ones(client):
     running = new_job(client, targets=["gpu1"], now=NOW - 50, deadline=3600)
     done = finished_job(client, now=NOW - 40)
     newest = finished_job(client, now=NOW - 30)
-    assert prune_jobs(client, retention_seconds=10**6, keep_max=1, now=NOW) == 1
-    assert (job_exists(client, running), job_exists(client, done), job_exists(client, newest)) == (True, False, True)
+    assert prune_jobs(client, retention_seconds=10**6, keep_max=1, now=NOW) == 2
+    assert (job_exists(client, running), job_exists(client, done), job_exists(client, newest)) == (True, False, False)
+
+
+def test_keep_max_counts_unfinished_jobs_cancelling_the_oldest_before_forgetting_them(client, caplog):
+    waiting = [new_job(client, targets=["gpu1", "gpu2"], now=NOW - 50 + i, deadline=3600) for i in range(4)]
+    write_record(client, waiting[0], "gpu2", {**stored(client, waiting[0], "gpu2"), "state": jobstate.COMPLETED})
+    assert prune_jobs(client, retention_seconds=10**6, keep_max=2, now=NOW) == 2
+    assert client.zrange(keys.JOBS, 0, -1) == waiting[2:]
+    for dropped in waiting[:2]:
+        assert not client.exists(keys.job(dropped), keys.job_states(dropped))
+        assert 0 < client.ttl(keys.job_workers(dropped)) <= DROPPED_RECORDS_SECONDS  # for its agents, then gone
+    assert client.smembers(keys.worker_jobs("gpu1")) == set(waiting[2:])
+    assert stored(client, waiting[0], "gpu1")["state"] == jobstate.CANCELLED
+    assert stored(client, waiting[0], "gpu2")["state"] == jobstate.COMPLETED  # a final part stays as it was
+    # An agent still at work is refused over its cancelled record (and stops), writing no record nobody owns.
+    assert not write_record(client, waiting[1], "gpu1", {**stored(client, waiting[1], "gpu1"), "state": "pulling"}).accepted
+    assert f"job {waiting[0]} cancelled and dropped from the job history" in caplog.text
 
 
 def test_prune_with_nothing_to_do(client):

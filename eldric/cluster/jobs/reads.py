@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 
@@ -10,7 +11,9 @@ import redis
 
 from eldric.cluster import keys, workers
 from eldric.cluster.jobs import state as jobstate
-from eldric.cluster.jobs.store import STARTED_FIELD, delete_jobs
+from eldric.cluster.jobs.store import STARTED_FIELD, cancel_job, delete_jobs, job_state_of_counts
+
+log = logging.getLogger(__name__)
 
 
 def get_job(client: redis.Redis, job_id: str, *, stale_after: float, offline_grace: float = math.inf,
@@ -87,22 +90,40 @@ def list_jobs(client: redis.Redis, *, stale_after: float, offline_grace: float =
     return out, total
 
 
+# A job dropped unfinished keeps its cancelled records this long, so its agents' next progress write is
+# refused and they stop as on a cancel (an agent in a retry backoff writes again within
+# ELDRIC_RETRY_MAX_SECONDS, 120 s by default); the records then expire.
+DROPPED_RECORDS_SECONDS = 3600
+
+
 def prune_jobs(client: redis.Redis, *, retention_seconds: float, keep_max: int, now: float | None = None) -> int:
-    """Forget finished jobs older than the retention, and the oldest beyond `keep_max`."""
+    """Forget finished jobs older than the retention, then keep at most `keep_max` jobs, unfinished ones too.
+
+    Past the bound the oldest finished jobs go first (a job past its deadline counts as finished); when
+    the unfinished ones alone are more, the oldest of them are cancelled through the job store, so their
+    agents stop within a progress interval and delete their partial data, and then forgotten.
+    """
     now = time.time() if now is None else now
-    old = set(client.zrangebyscore(keys.JOBS, 0, now - retention_seconds))
-    excess = client.zcard(keys.JOBS) - keep_max
-    if excess > 0:
-        old |= set(client.zrange(keys.JOBS, 0, excess - 1))
-    removed = 0
-    for job_id in old:
-        records = [json.loads(v) for v in client.hvals(keys.job_workers(job_id))]
-        if any(not jobstate.is_terminal(r.get("state", "")) for r in records) and now - float(
-                client.hget(keys.job(job_id), "deadline_at") or 0) < 0:
-            continue  # still running and within its deadline: keep it
-        delete_jobs(client, [job_id])
-        removed += 1
-    return removed
+    ids = client.zrange(keys.JOBS, 0, -1, withscores=True)  # oldest first
+    pipe = client.pipeline(transaction=False)
+    for job_id, _created in ids:
+        pipe.hgetall(keys.job_states(job_id))
+        pipe.hget(keys.job(job_id), "deadline_at")
+    rows = pipe.execute()
+    finished = {job_id for (job_id, _created), counts, deadline in zip(ids, rows[0::2], rows[1::2], strict=True)
+                if jobstate.is_final_job(job_state_of_counts(counts)) or float(deadline or 0) <= now}
+    expired = {job_id for job_id, created in ids if job_id in finished and created <= now - retention_seconds}
+    kept = [job_id for job_id, _created in ids if job_id not in expired]
+    excess = max(0, len(kept) - keep_max)
+    dropped = [job_id for job_id in kept if job_id in finished][:excess]
+    cancelled = [job_id for job_id in kept if job_id not in finished][:excess - len(dropped)]
+    delete_jobs(client, [*expired, *dropped])
+    for job_id in cancelled:
+        workers = cancel_job(client, job_id, now=now)
+        delete_jobs(client, [job_id], keep_records=DROPPED_RECORDS_SECONDS)
+        log.warning("job %s cancelled and dropped from the job history (at most %d jobs are kept, "
+                    "ELDRIC_JOB_HISTORY_MAX); its agents stop: %s", job_id, keep_max, ", ".join(workers) or "none")
+    return len(expired) + len(dropped) + len(cancelled)
 
 
 def part_state(client: redis.Redis, job_id: str, worker_id: str) -> str | None:

@@ -159,10 +159,16 @@ def fail_worker(client: redis.Redis, job_id: str, worker_id: str, reason: str) -
     return write_record(client, job_id, worker_id, record)
 
 
-def delete_jobs(client: redis.Redis, job_ids: list[str]) -> None:
+def delete_jobs(client: redis.Redis, job_ids: list[str], *, keep_records: float = 0) -> None:
+    """Forget the jobs; with `keep_records`, their workers' records stay that many seconds (then expire),
+    so an agent still at work is refused over a final record instead of writing a record nobody owns."""
     pipe = client.pipeline()
     for job_id in job_ids:
-        pipe.delete(keys.job(job_id), keys.job_workers(job_id), keys.job_states(job_id), keys.job_secrets(job_id))
+        pipe.delete(keys.job(job_id), keys.job_states(job_id), keys.job_secrets(job_id))
+        if keep_records > 0:
+            pipe.expire(keys.job_workers(job_id), int(keep_records))
+        else:
+            pipe.delete(keys.job_workers(job_id))
         pipe.zrem(keys.JOBS, job_id)
     pipe.execute()
 
