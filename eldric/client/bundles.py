@@ -33,8 +33,8 @@ from eldric.core.digests import Digest
 from eldric.core.manifests import MANIFEST_V2, OCI_MANIFEST, Layer, Manifest
 from eldric.core.names import DEFAULT_HOST, ModelName
 from eldric.core.oci_layout import (IMAGE_NAME, REF_NAME, BlobMismatchError, BundleError, BundleImage, Descriptor,
-                                    LayoutReader, LayoutWriter, VerifyingReader, hash_prefix, to_docker_manifest,
-                                    to_oci_manifest)
+                                    LayoutReader, LayoutWriter, VerifyingReader, hash_prefix, parse_image_manifest,
+                                    to_docker_manifest, to_oci_manifest)
 from eldric.transfer.oci_client import OciClient, OciClientError, upload_blob
 from eldric.transfer.retry import TRANSIENT_ERRORS, backoff_delay
 
@@ -87,12 +87,7 @@ def plan_export(client: OciClient, models: list[str]) -> list[ExportItem]:
             if exc.status == 404:
                 raise BundleError(f"{name.short}: not on the data node ({exc})") from None
             raise
-        try:
-            manifest = Manifest.parse(raw)
-        except ValueError as exc:
-            raise BundleError(f"{name.short}: {exc}") from None
-        if manifest.media_type not in (MANIFEST_V2, OCI_MANIFEST):
-            raise BundleError(f"{name.short}: manifest of type {manifest.media_type} is not a single model image")
+        manifest = parse_image_manifest(raw, f"the manifest of {name.short}")
         items[str(name)] = ExportItem(name, repo, to_oci_manifest(raw), manifest, str(Digest.of_bytes(raw)))
     return list(items.values())
 

@@ -16,8 +16,8 @@ Blobs are copied unchanged.
 
 Everything streams: a blob goes through `VerifyingReader` (sha256 and length checked while the bytes
 pass) straight into or out of the tar; only manifests and `index.json` (at most 4 MiB) are held whole.
-The reader needs a seekable file (skopeo writes `index.json` after the blobs); it indexes the tar's
-headers once, then reads members in any order.
+The reader needs a seekable file (skopeo writes `index.json` after the blobs); it finds the members it
+needs by passes over the tar's headers, keeping no others, then reads them in any order.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ REF_NAME = "org.opencontainers.image.ref.name"
 IMAGE_NAME = "io.containerd.image.name"
 BLOCK = 1 << 20
 MAX_INDEX_BYTES = 4 << 20
+KEPT_BLOB_HEADERS = 1024  # the first pass keeps this many blob headers (under 1 MiB), sparing later passes
 
 
 class BundleError(EldricError):
@@ -255,21 +256,61 @@ class BundleImage:
 
 
 class LayoutReader:
-    """An OCI layout tar opened for reading: headers indexed once, members read on demand, verified."""
+    """An OCI layout tar opened for reading: the members it needs located by passes over the headers, read on demand.
+
+    The first pass finds `oci-layout` and `index.json` and keeps the headers of up to KEPT_BLOB_HEADERS
+    blobs on the way: a bundle of fewer (every real one) is read with that one pass, as before. Past that,
+    only what an import reads is kept: a second pass finds the manifests the index names, a third the
+    blobs those manifests name (data is skipped by seeking). So memory does not grow with the number of
+    members: keeping every header (tarfile's `getmembers()`) took 164 MiB for a bundle of 200,000 members
+    (issue 21, finding 13); now 200,000 cost three passes of ~4 s each. A name that appears twice is refused.
+    """
 
     def __init__(self, f: BinaryIO) -> None:
+        self.f = f  # the caller owns and closes it
         try:
-            self.tar = tarfile.TarFile(fileobj=f, mode="r")  # the caller owns and closes `f`
-            members = self.tar.getmembers()  # headers only: data is skipped by seeking
+            self.tar = tarfile.TarFile(fileobj=f, mode="r")  # for extractfile(); it holds the first member only
         except tarfile.TarError as exc:
             raise BundleError(f"not a tar file: {exc}") from None
         self.files: dict[str, tarfile.TarInfo] = {}
-        for m in members:
-            name = m.name.removeprefix("./")
-            if name in self.files:
-                raise BundleError(f"the bundle holds {name} twice")
-            self.files[name] = m
+        self._absent: set[str] = set()  # looked for and not in the tar
+        self._complete = False  # every blob member is in `files` (the first pass saw few enough)
+        self.locate({LAYOUT_FILE, INDEX_FILE})
         self._check_layout()
+
+    def _headers(self) -> Iterator[tarfile.TarInfo]:
+        """Every member's header, front to back, none kept (tarfile appends each to its list: emptied as it grows)."""
+        self.f.seek(0)
+        try:
+            tar = tarfile.TarFile(fileobj=self.f, mode="r")
+            while (member := tar.next()) is not None:
+                tar.members.clear()
+                yield member
+        except tarfile.TarError as exc:
+            raise BundleError(f"not a tar file: {exc}") from None
+
+    def locate(self, names: Iterable[str]) -> None:
+        """Find the members of these names in one pass over the headers (those found before are not sought again)."""
+        wanted = set(names) - self.files.keys() - self._absent
+        if not wanted or self._complete:
+            return
+        found: dict[str, tarfile.TarInfo] = {}
+        blobs: dict[str, tarfile.TarInfo] | None = {} if not self.files else None  # the first pass only
+        for member in self._headers():
+            name = member.name.removeprefix("./")
+            if name in found or (blobs is not None and name in blobs):
+                raise BundleError(f"the bundle holds {name} twice")
+            if name in wanted:
+                found[name] = member
+            elif blobs is not None and name.startswith(BLOBS_DIR):
+                blobs[name] = member
+                if len(blobs) > KEPT_BLOB_HEADERS:
+                    blobs = None  # a bundle of very many members: later passes find what the manifests name
+        self.files.update(found)
+        self._absent |= wanted - found.keys()
+        if blobs is not None:  # every blob of the tar is known now: no later pass is needed
+            self.files.update(blobs)
+            self._complete = True
 
     def _member_bytes(self, name: str, limit: int) -> bytes:
         member = self.files.get(name)
@@ -287,6 +328,7 @@ class LayoutReader:
             raise BundleError(f"unsupported OCI layout version {layout.get('imageLayoutVersion')!r}")
 
     def blob_member(self, digest: Digest) -> tarfile.TarInfo | None:
+        self.locate([BLOBS_DIR + digest.hex])  # a pass only for a blob no manifest of the index named
         member = self.files.get(BLOBS_DIR + digest.hex)
         return member if member is not None and member.isreg() else None
 
@@ -303,22 +345,22 @@ class LayoutReader:
         return [_descriptor(entry, n) for n, entry in enumerate(entries, 1)]
 
     def images(self) -> Iterator[BundleImage]:
-        """Each manifest of index.json, read and verified against its descriptor."""
-        for n, desc in enumerate(self.descriptors(), 1):
-            if desc.media_type not in (OCI_MANIFEST, MANIFEST_V2, ""):  # "": the manifest's own type decides
-                raise BundleError(f"index.json entry {n} is {desc.media_type}: only single image manifests "
-                                  "(Ollama models) can be imported")
-            what = f"manifest of index.json entry {n}"
-            if desc.size > MAX_MANIFEST_BYTES:
-                raise BundleError(f"{what} is larger than {MAX_MANIFEST_BYTES} bytes")
-            raw = self.read_blob(desc.digest, desc.size, what)
-            try:
-                manifest = Manifest.parse(raw)
-            except ValueError as exc:
-                raise BundleError(f"{what} ({desc.digest}): {exc}") from None
-            if manifest.media_type not in (OCI_MANIFEST, MANIFEST_V2):
-                raise BundleError(f"{what} ({desc.digest}) is {manifest.media_type}: not a single image manifest")
-            yield BundleImage(n, desc, raw, manifest)
+        """Each manifest of index.json, read and verified against its descriptor; the blobs they name located."""
+        descriptors = self.descriptors()
+        self.locate(BLOBS_DIR + desc.digest.hex for desc in descriptors)
+        images = [self._image(n, desc) for n, desc in enumerate(descriptors, 1)]
+        self.locate(BLOBS_DIR + blob.digest.hex for image in images for blob in image.manifest.blobs())
+        yield from images
+
+    def _image(self, n: int, desc: Descriptor) -> BundleImage:
+        if desc.media_type not in (OCI_MANIFEST, MANIFEST_V2, ""):  # "": the manifest's own type decides
+            raise BundleError(f"index.json entry {n} is {desc.media_type}: only single image manifests "
+                              "(Ollama models) can be imported")
+        what = f"manifest of index.json entry {n}"
+        if desc.size > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{what} is larger than {MAX_MANIFEST_BYTES} bytes")
+        raw = self.read_blob(desc.digest, desc.size, what)
+        return BundleImage(n, desc, raw, parse_image_manifest(raw, f"{what} ({desc.digest})"))
 
     def read_blob(self, digest: Digest, size: int, what: str) -> bytes:
         """A small blob (a manifest) whole, verified."""
@@ -341,6 +383,17 @@ class LayoutReader:
         f = self.tar.extractfile(member)
         assert f is not None
         return f
+
+
+def parse_image_manifest(raw: bytes, what: str) -> Manifest:
+    """A model's single-image manifest (Docker schema 2 or OCI); BundleError naming `what` otherwise."""
+    try:
+        manifest = Manifest.parse(raw)
+    except ValueError as exc:
+        raise BundleError(f"{what}: {exc}") from None
+    if manifest.media_type not in (OCI_MANIFEST, MANIFEST_V2):
+        raise BundleError(f"{what} is {manifest.media_type}: not a single image manifest")
+    return manifest
 
 
 def _descriptor(entry: object, n: int) -> Descriptor:

@@ -18,7 +18,7 @@ from eldric.transfer.oci_client import OciClientError as DistributionError
 from eldric.core.digests import Digest
 from eldric.core.errors import InvalidNameError
 from eldric.core.manifests import CONFIG, MANIFEST_V2, OCI_MANIFEST, OLLAMA_MODEL, OLLAMA_TEMPLATE
-from eldric.core.oci_layout import (IMAGE_NAME, OCI_CONFIG, REF_NAME, BlobMismatchError, BundleError, BundleImage,
+from eldric.core.oci_layout import (IMAGE_NAME, KEPT_BLOB_HEADERS, OCI_CONFIG, REF_NAME, BlobMismatchError, BundleError, BundleImage,
                                     Descriptor, LayoutReader, LayoutWriter, to_docker_manifest, to_oci_manifest)
 
 BLOCK = 1 << 20
@@ -400,6 +400,37 @@ def test_skopeo_style_bundle_with_index_last_imports(source: FakeRegistry, tmp_p
     target = FakeRegistry()
     import_bundle(target, path, tmp_path / "state")
     assert target.manifests == {("library/x", "latest"): source.manifests[("library/tiny", "latest")]}
+
+
+@pytest.mark.parametrize("extra", [10, KEPT_BLOB_HEADERS + 10])
+def test_a_bundle_of_many_members_imports_and_keeps_only_what_it_reads(source: FakeRegistry, tmp_path: Path,
+                                                                       extra: int) -> None:
+    """Blobs before index.json (skopeo's order) and unreferenced members past the headers the first pass keeps."""
+    raw = to_oci_manifest(source.manifests[("library/tiny", "latest")])
+    doc = json.loads(raw)
+    files = {f"blobs/sha256/{i:064x}": b"" for i in range(extra)}
+    files["blobs/sha256/" + Digest.of_bytes(raw).hex] = raw
+    for d in [doc["config"], *doc["layers"]]:
+        files["blobs/sha256/" + d["digest"].split(":")[1]] = source.blobs[d["digest"]]
+    files["index.json"] = json.dumps({"manifests": [{"mediaType": OCI_MANIFEST, "digest": str(Digest.of_bytes(raw)),
+                                                     "size": len(raw), "annotations": {REF_NAME: "library/x:1"}}]}).encode()
+    files["oci-layout"] = b'{"imageLayoutVersion": "1.0.0"}'
+    path = write_tar(tmp_path / "many.tar", files)
+    target = FakeRegistry()
+    import_bundle(target, path, tmp_path / "state")
+    assert target.manifests == {("library/x", "1"): source.manifests[("library/tiny", "latest")]}
+    with open(path, "rb") as f:
+        reader = LayoutReader(f)
+        list(reader.images())
+        kept = len(reader.files) + len(reader.tar.members)
+    assert kept <= 2 + 1 + 1 + len(doc["layers"]) + (extra if extra <= KEPT_BLOB_HEADERS else 0) + 1
+
+
+def test_a_name_the_reader_needs_twice_is_refused(source: FakeRegistry, tmp_path: Path) -> None:
+    path = write_tar(tmp_path / "twice.tar", {"oci-layout": b'{"imageLayoutVersion": "1.0.0"}',
+                                              "index.json": b'{"manifests": []}', "./index.json": b"{}"})
+    with open(path, "rb") as f, pytest.raises(BundleError, match=r"holds index\.json twice"):
+        LayoutReader(f)
 
 
 @pytest.mark.parametrize("annotations, override, name", [
