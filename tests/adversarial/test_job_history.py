@@ -73,5 +73,14 @@ def test_unfinished_jobs_count_and_the_dropped_ones_stop_their_agents(live, oci,
         assert record["state"] == "cancelled"
         assert 0 < live.redis.ttl(f"eldric:job:{running}:workers") <= 3600
         assert "dropped from the job history" in live.logs()
+
+        # The stopped worker comes back: it skips the dropped jobs' queued tasks and runs the kept ones.
+        returned = live.start_worker("gone", "inference")
+        for kept in waiting[-HISTORY_MAX:]:
+            assert live.wait_job(kept, timeout=60)["state"] == "completed"
+        wait_until(lambda: returned.log_path.read_text().count("job no longer exists") == 15 - HISTORY_MAX,
+                   timeout=20, message=f"gone to skip the dropped jobs\n{returned.log_tail()}")
+        for dropped in waiting[:-HISTORY_MAX]:
+            assert json.loads(live.redis.hget(f"eldric:job:{dropped}:workers", "gone"))["state"] == "cancelled"
     finally:
         proxy.close()
