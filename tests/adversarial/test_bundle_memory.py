@@ -55,12 +55,10 @@ def write_bundle(path: Path, extra_members: int) -> bytes:
 # The child reports its own high-water mark (VmHWM, of its memory after exec): a child's ru_maxrss from
 # wait4 would include the size of this pytest process at fork time.
 _MEASURED = """
-import atexit, runpy, sys
-path = sys.argv[1]
-def report():
-    with open(path, "w") as out:
-        out.write(next(line for line in open("/proc/self/status") if line.startswith("VmHWM:")))
-atexit.register(report)
+import atexit, os, pathlib, runpy, sys
+from testbed.processes import peak_rss_mib
+path = pathlib.Path(sys.argv[1])
+atexit.register(lambda: path.write_text(str(peak_rss_mib(os.getpid()))))
 sys.argv = ["eldric", *sys.argv[2:]]
 runpy.run_module("eldric.cli", run_name="__main__")
 """
@@ -73,7 +71,7 @@ def import_peak_rss(bundle: Path, registry: str, home: Path) -> int:
                           env={"PATH": "/usr/bin:/bin", "HOME": str(home)}, cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    return int(report.read_text().split()[1]) * 1024  # "VmHWM:   70000 kB"
+    return int(float(report.read_text()) * MB)
 
 
 def test_the_importers_memory_does_not_grow_with_the_tars_members(oci, tmp_path):
