@@ -36,7 +36,9 @@ class Fanout:
         self.options = SwarmOptions(max_upstream_workers=int(opts.get("max_upstream_workers") or 0),
                                     upstream_connections=agent.settings.download_parts,
                                     upstream_ranges=agent.settings.download_parts,
-                                    lease_seconds=max(agent.settings.stall_seconds, 10.0))
+                                    lease_seconds=max(agent.settings.stall_seconds, 10.0),
+                                    peer_range_base_seconds=agent.settings.peer_range_base_seconds,
+                                    peer_min_rate=agent.settings.peer_min_rate)
         self.upstream_rate = 0 if from_peer else int(opts.get("max_upstream_rate") or 0)
         self.upstream_take = None
         if self.upstream_rate:

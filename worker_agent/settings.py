@@ -35,6 +35,8 @@ class AgentSettings(AddressPolicySettings, UpstreamSettings, RedisSettings):
     download_parts: int = Field(8, ge=1, description="most parallel HTTP range connections per blob (opened one by one while the link is slow)")
     part_bytes: int = Field(64 << 20, ge=1, description="size of each HTTP range request")
     stall_seconds: Seconds = Field(30.0, description="a part that receives nothing this long is retried")
+    peer_range_base_seconds: Seconds = Field(10.0, description="grace of a range from a peer before its rate is judged")
+    peer_min_rate: Size = Field(256 << 10, description="bytes/s a range from a peer must keep up after that grace, else the peer is dropped for the blob (K/M/G suffixes); 0 = no minimum")
     pull_retries: int = Field(5, ge=0, description="task retries for an unreachable source")
     retry_base_seconds: Seconds = Field(2.0, description="first retry delay; doubles each time")
     retry_max_seconds: Seconds = Field(120.0, description="longest retry delay")

@@ -40,10 +40,10 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from collections.abc import Callable
 from typing import BinaryIO
 
 import requests
@@ -56,7 +56,7 @@ from eldric.transfer.errors import SourceError, SourceUnavailableError
 from eldric.transfer.partials import LOCK_SUFFIX, STATE_SUFFIX, discard, locked, partial_name, saved_parts
 from eldric.transfer.ratelimit import NoLimit, TokenBucket
 from eldric.transfer.retry import TRANSIENT_ERRORS, backoff_delay, connection_cause
-from eldric.transfer.swarm import Swarm, Task, range_bytes_for
+from eldric.transfer.swarm import PeerRead, Swarm, Task, range_bytes_for
 
 # open_range(start, end_inclusive, read_timeout) -> streaming response for those bytes;
 # end None (only for a blob of unknown size): from `start` to the end of the file.
@@ -190,6 +190,7 @@ class _Download:
         self.options, self.on_bytes, self.owner = options, on_bytes, owner
         self.swarm, self.upstream_take = swarm, upstream_take
         self.busy: set[int] = set()  # parts one of my connections works on (swarm mode)
+        self._peer_reads: dict[int, PeerRead] = {}  # ranges in flight from peers (swarm mode)
         capped = upstream_take is not None or not isinstance(options.limiter, NoLimit)
         self._paced_read = PACED_READ if capped else options.chunk_bytes  # small reads keep a capped link smooth
         self._state_lock = threading.Lock()
@@ -286,6 +287,7 @@ class _Download:
             now = time.monotonic()
             if self.swarm is not None:
                 self.swarm.keep_leases()
+                self._judge_peers()
             if now - last_save >= self.options.save_every_seconds:
                 self._save_state()
                 last_save = now
@@ -528,53 +530,78 @@ class _Download:
         swarm.fetched(index, sha, nbytes=part.length - before)
 
     def _peer_range(self, fd: int, swarm: Swarm, task: Task) -> None:
-        """Range `task.index` from a peer, hashed as it arrives; counted only if it matches the board."""
+        """Range `task.index` from a peer, hashed as it arrives; counted only if it matches the board.
+
+        A peer that falls behind the swarm's minimum rate (Swarm.is_too_slow) is cut off, by its own
+        connection between reads or by the supervisor (`_judge_peers`) while a read blocks, and dropped.
+        """
         part = self.parts[task.index]
-        h = hashlib.sha256()
-        got = 0
+        read = PeerRead(task.peer, part.length, swarm.clock)
         why = ""
+        with self.todo_lock:
+            self._peer_reads[task.index] = read
         try:
             with swarm.open_range_from(task.peer, part.offset, part.offset + part.length - 1) as resp:
+                read.resp = resp
                 if resp.status_code != 206:
                     why = f"answered {resp.status_code}"
                 else:
-                    readinto = _direct_reader(resp)
-                    buf = memoryview(bytearray(self.options.chunk_bytes))
-                    while got < part.length and not self.failed.is_set():
-                        want = min(len(buf), part.length - got, self._paced_read)
-                        self.options.limiter.take(want)
-                        n = readinto(buf[:want])
-                        if not n:
-                            break
-                        h.update(buf[:n])
-                        try:
-                            _pwrite_all(fd, buf[:n], part.offset + got)
-                        except OSError as exc:
-                            raise _LocalWriteError(str(exc)) from exc
-                        got += n
-                        swarm.received(task.peer, n)
-                        self.on_bytes(n)
-                    if got == part.length:
-                        _reuse_connection(resp)
+                    self._read_peer_body(fd, swarm, part, read)
         except _LocalWriteError as exc:
-            swarm.received(task.peer, -got)
-            self.on_bytes(-got)
+            swarm.received(task.peer, -read.got)
+            self.on_bytes(-read.got)
             raise exc.__cause__ from None  # our disk, not the peer: the download's own failure
         except (OSError, requests.RequestException, http.client.HTTPException) as exc:
             why = connection_cause(exc) if isinstance(exc, requests.RequestException) else type(exc).__name__
-        if got == part.length and not why:
-            if h.hexdigest() == task.sha:
+        finally:
+            with self.todo_lock:
+                self._peer_reads.pop(task.index, None)
+        drop = read.slow is not None
+        if drop:
+            why = read.slow
+        elif read.got == part.length and not why:
+            if read.sha.hexdigest() == task.sha:
                 part.completed = part.length
                 self.wrote.set()
                 self._save_state()
                 swarm.fetched(task.index, None, peer=task.peer)
                 return
-            swarm.peer_failed(task.peer, task.index, "failed its sha256 check", bad_bytes=True)
-        elif not self.failed.is_set():
-            swarm.peer_failed(task.peer, task.index, why or f"ended after {got} of {part.length} bytes",
-                              bad_bytes=False)
-        swarm.received(task.peer, -got)
-        self.on_bytes(-got)
+            why, drop = "failed its sha256 check", True
+        if drop or not self.failed.is_set():
+            swarm.peer_failed(task.peer, task.index, why or f"ended after {read.got} of {part.length} bytes", drop=drop)
+        swarm.received(task.peer, -read.got)
+        self.on_bytes(-read.got)
+
+    def _read_peer_body(self, fd: int, swarm: Swarm, part: _Part, read: PeerRead) -> None:
+        readinto = _direct_reader(read.resp)
+        buf = memoryview(bytearray(self.options.chunk_bytes))
+        while read.got < part.length and not self.failed.is_set():
+            if read.judge(swarm):
+                return
+            want = min(len(buf), part.length - read.got, self._paced_read)
+            with read.paused():  # our own download cap is not the peer's slowness
+                self.options.limiter.take(want)
+            n = readinto(buf[:want])
+            if not n:
+                return
+            read.sha.update(buf[:n])
+            try:
+                _pwrite_all(fd, buf[:n], part.offset + read.got)
+            except OSError as exc:
+                raise _LocalWriteError(str(exc)) from exc
+            read.got += n
+            swarm.received(read.peer, n)
+            self.on_bytes(n)
+        if read.got == part.length:
+            _reuse_connection(read.resp)
+
+    def _judge_peers(self) -> None:
+        """Cut off every peer range that fell behind the minimum rate (its read may block for long)."""
+        with self.todo_lock:
+            reads = list(self._peer_reads.values())
+        for read in reads:
+            if read.judge(self.swarm):
+                read.cut()
 
 
 def relayout(saved: list[tuple[int, int, int]], plan: list[tuple[int, int]]) -> list[_Part]:

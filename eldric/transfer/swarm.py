@@ -19,15 +19,25 @@ when its sha256 matches the board's; a peer that serves a bad range is dropped f
 a peer that fails to answer is skipped for `PEER_COOLDOWN` seconds. A range no usable peer
 holds any more is fetched from upstream again (costing that range, never more). The whole blob's sha256
 is still checked before the rename (eldric/transfer/download.py).
+
+A peer may also be slow on purpose: answer 206, then one byte every few seconds, each within
+the read timeout (issue 21, finding 6). So a peer range has a minimum rate and, with it, an
+overall deadline (`is_too_slow`): after `peer_range_base_seconds` it must have delivered
+`peer_min_rate` bytes for every second beyond them, which lets a whole range of n bytes take
+base + n / min_rate seconds at most. A peer that falls behind is dropped for the blob, like
+one that sent bad bytes, and the range is fetched elsewhere (another holder, or upstream).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
+import socket
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -117,6 +127,8 @@ class SwarmOptions:
     upstream_ranges: int = 8  # most ranges in flight from upstream, cluster-wide (0: no cap)
     lease_seconds: float = 30.0
     peer_read_timeout: float = 10.0
+    peer_range_base_seconds: float = 10.0  # a peer range's grace before its rate is judged
+    peer_min_rate: int = 256 << 10  # bytes/s a peer range must keep up after that grace; 0: no minimum
     poll_seconds: float = 0.1
     range_bytes: int | None = None  # None: range_bytes_for(size)
     min_size: int = SWARM_MIN_SIZE  # smaller blobs are fetched without a board
@@ -272,10 +284,19 @@ class Swarm:
         except Exception as exc:  # noqa: BLE001 - leases and slot lapse by themselves
             log.info("could not give back my upstream leases: %s", exc)
 
-    def peer_failed(self, peer: str, index: int, why: str, *, bad_bytes: bool) -> None:
-        """A peer did not deliver range `index`: drop it for this blob (bad bytes) or skip it a while."""
+    def is_too_slow(self, got: int, elapsed: float) -> bool:
+        """A peer range that delivered `got` bytes in `elapsed` seconds is behind the minimum rate.
+
+        Allowed: `peer_range_base_seconds` + got / `peer_min_rate`, so a range of n bytes has an
+        overall deadline of base + n / min_rate, and a peer sending nothing is judged at base.
+        """
+        rate = self.options.peer_min_rate
+        return rate > 0 and elapsed > self.options.peer_range_base_seconds + got / rate
+
+    def peer_failed(self, peer: str, index: int, why: str, *, drop: bool) -> None:
+        """A peer did not deliver range `index`: drop it for this blob (bad bytes, too slow) or skip it a while."""
         with self._lock:
-            if bad_bytes:
+            if drop:
                 self.bad_peers[peer] = why
                 self.notes.append(f"dropped peer {peer}: range {index} {why}")
                 log.warning("dropped peer %s for this blob: range %d %s", peer, index, why)
@@ -304,3 +325,51 @@ class Swarm:
         with self._lock:
             return {"upstream_bytes": self.upstream_bytes, "peer_bytes": sum(self.peer_bytes.values()),
                     "peers": dict(self.peer_bytes), "bad_peers": dict(self.bad_peers), "alone": self.alone_why}
+
+
+class PeerRead:
+    """One range in flight from a peer: what arrived, when, and whether it fell behind the minimum rate."""
+
+    def __init__(self, peer: str, length: int, clock: Callable[[], float]) -> None:
+        self.peer, self.length, self.clock = peer, length, clock
+        self.began = clock()
+        self.got = 0
+        self.sha = hashlib.sha256()
+        self.resp: requests.Response | None = None
+        self.slow: str | None = None  # why it was judged too slow
+        self._paused = 0.0
+        self._paused_since: float | None = None
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        self._paused_since = self.clock()
+        try:
+            yield
+        finally:
+            self._paused += self.clock() - self._paused_since
+            self._paused_since = None
+
+    def judge(self, swarm: Swarm) -> bool:
+        """True once the range is too slow (and stays so); a whole range is never judged."""
+        if self.slow is not None:
+            return True
+        if self.got >= self.length:
+            return False
+        now = self.clock()
+        since = self._paused_since
+        elapsed = now - self.began - self._paused - (now - since if since is not None else 0.0)
+        if not swarm.is_too_slow(self.got, elapsed):
+            return False
+        o = swarm.options
+        self.slow = (f"too slow: {self.got} of {self.length} bytes in {elapsed:.1f} s "
+                     f"(under {o.peer_min_rate} bytes/s after {o.peer_range_base_seconds:g} s)")
+        return True
+
+    def cut(self) -> None:
+        """Unblock a read in progress from another thread: shut the connection's socket down."""
+        sock = getattr(getattr(getattr(self.resp, "raw", None), "connection", None), "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed

@@ -21,7 +21,8 @@ class GoneBoard:
 
 def fanout() -> Fanout:
     settings = SimpleNamespace(peer_fanout=True, download_parts=4, stall_seconds=30.0, max_download_rate=0,
-                               cluster_secret="", max_peer_upload_rate=0)
+                               cluster_secret="", max_peer_upload_rate=0, peer_range_base_seconds=10.0,
+                               peer_min_rate=256 << 10)
     agent = SimpleNamespace(settings=settings, redis=fakeredis.FakeRedis(), worker_id="w1")
     return Fanout(agent, SimpleNamespace(job_id="j1", min_interval=0.5))
 

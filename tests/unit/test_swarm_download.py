@@ -43,6 +43,16 @@ class Body:
         return self.stream.read(amt)
 
 
+class Trickle(Body):
+    """A body that comes one byte at a time, each well within any read timeout."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data, delay=0.02)
+
+    def read(self, amt=None, decode_content=None) -> bytes:
+        return super().read(1)
+
+
 class Resp:
     def __init__(self, data: bytes, status: int = 206, delay: float = 0.0) -> None:
         self.status_code, self.raw, self.headers = status, Body(data, delay), {}
@@ -67,6 +77,7 @@ class World:
         self.upstream_ranges: list[tuple[int, int]] = []
         self.lock = threading.Lock()
         self.flip: set[str] = set()  # peers that serve one wrong byte
+        self.trickle: set[str] = set()  # peers that answer 206, then one byte every 20 ms
         self.peer_requests: list[tuple[str, int]] = []
         client = self.client()
         for name in names:
@@ -102,6 +113,10 @@ class World:
             body = bytearray(f.read(end + 1 - start))
         if address in self.flip:
             body[len(body) // 2] ^= 0xFF
+        if address in self.trickle:
+            resp = Resp(b"")
+            resp.raw = Trickle(bytes(body))
+            return resp
         return Resp(bytes(body))
 
     def swarm(self, name: str, **opts) -> Swarm:
@@ -301,3 +316,51 @@ def test_a_board_that_goes_away_leaves_the_download_to_go_on_alone(tmp_path: Pat
     assert swarm.alone and any("downloading alone" in note for note in swarm.notes)
     # ... and the progress record can say so (worker_agent/fanout.py puts it in the record's `alone`).
     assert swarm.stats()["alone"] == "swarm board unavailable: Error 111 connecting to 127.0.0.1:6379. Connection refused."
+
+
+@pytest.mark.parametrize(("got", "elapsed", "slow"), [
+    (0, 0.9, False),  # within the grace, however little came
+    (0, 1.1, True),  # nothing after the grace
+    (4 << 20, 4.9, False),  # 4 MiB may take 1 + 4 s at 1 MiB/s
+    (4 << 20, 5.1, True),
+    (64 << 20, 60.0, False),  # the deadline grows with the bytes delivered
+])
+def test_a_peer_range_must_keep_the_minimum_rate_after_its_grace(got: int, elapsed: float, slow: bool) -> None:
+    swarm = Swarm(None, lambda *a: None, SwarmOptions(peer_range_base_seconds=1.0, peer_min_rate=1 << 20))
+    assert swarm.is_too_slow(got, elapsed) is slow
+
+
+def test_no_minimum_rate_judges_nobody() -> None:
+    assert not Swarm(None, lambda *a: None, SwarmOptions(peer_min_rate=0)).is_too_slow(0, 1e9)
+
+
+def test_a_trickling_peer_is_dropped_as_too_slow_and_the_ranges_come_from_another_holder(tmp_path: Path) -> None:
+    world = World(tmp_path, ["good", "slowpoke", "late"])
+    assert world.download("good").read_bytes() == DATA
+    assert world.download("slowpoke").read_bytes() == DATA
+    world.trickle.add("slowpoke")
+    upstream_before = world.upstream_bytes
+    swarm = world.swarm("late", peer_range_base_seconds=0.2, peer_min_rate=1 << 20)
+    started = time.monotonic()
+    assert world.download("late", swarm).read_bytes() == DATA
+    took = time.monotonic() - started
+    assert world.upstream_bytes == upstream_before  # the good holder had every range
+    why = swarm.stats()["bad_peers"]["slowpoke"]
+    assert why.startswith("too slow: ") and "after 0.2 s" in why, why
+    assert swarm.stats()["peers"].get("slowpoke", 0) == 0  # what it trickled in was taken back
+    assert took < 3, took  # one grace (and a range's deadline), not 64 KiB at 50 bytes/s
+    # Dropped for the rest of the blob: asked at most once per connection that was already on its way.
+    assert [a for a, _ in world.peer_requests].count("slowpoke") <= OPTIONS.parts
+
+
+def test_a_peer_slowed_only_by_our_own_download_cap_is_kept(tmp_path: Path) -> None:
+    from eldric.transfer.ratelimit import TokenBucket
+    world = World(tmp_path, ["holder", "capped"])
+    assert world.download("holder").read_bytes() == DATA
+    upstream_before = world.upstream_bytes
+    swarm = world.swarm("capped", peer_range_base_seconds=0.1, peer_min_rate=4 << 20)
+    download_blob(world.upstream, DIGEST, len(DATA), world.store("capped"), world.partial_dir("capped"),
+                  replace(OPTIONS, limiter=TokenBucket(1 << 20)), swarm=swarm)  # 1 MiB/s, under the 4 MiB/s minimum
+    assert world.store("capped").path(DIGEST).read_bytes() == DATA
+    assert not swarm.stats()["bad_peers"]
+    assert world.upstream_bytes == upstream_before
