@@ -19,28 +19,31 @@ from eldric.cluster.redisconn import redis_client
 from eldric.cluster.shared_settings import DEFAULT_OLLAMA_REGISTRY, AddressPolicySettings, OptionalRedisSettings
 from eldric.core.settings import Duration, Size, UserPath
 from eldric.core.errors import DigestMismatchError, InvalidDigestError, InvalidNameError
+from eldric.transfer.oci_client import MANIFEST_TIMEOUT
 from eldric.transfer.upstreams import AddressPolicy
 from eldric.transfer.urlfetch import FetchOptions
 from registry.imports import Importer
 from registry.heartbeat import Heartbeat
 from eldric.core.request_errors import RequestError, RangeNotSatisfiableError
 from eldric.web.auth import require_bearer
+from eldric.web.client_limits import HttpLimitsSettings
 from eldric.web.gunicorn_server import serve_with_gunicorn
 from eldric.web.problems import error_response, register_error_handlers
 from registry.oci.api import is_oci_path
 from registry.oci.pushes import Pushes
 from registry.oci.setup import install_oci
+from registry.oci.upstream import DEFAULT_TIMEOUT as DEFAULT_UPSTREAM_TIMEOUT
 from registry.service import RegistryService
 
 log = logging.getLogger(__name__)
 DRAIN_LIMIT = 64 << 20  # past this, a refused body is cut off: cheaper than reading it (nginx does the same)
 
 
-class RegistrySettings(AddressPolicySettings, OptionalRedisSettings):
+class RegistrySettings(HttpLimitsSettings, AddressPolicySettings, OptionalRedisSettings):
     """The registry's settings: `from_env` reads ELDRIC_REGISTRY_* (the CLI); tests construct them directly.
 
-    Shared blocks: Redis (optional, for URL-import progress) and the allow-list every hop of a URL import
-    is checked against (issue 11).
+    Shared blocks: Redis (optional, for URL-import progress), the allow-list every hop of a URL import
+    is checked against (issue 11), and the HTTP server's slow-client limits (issue 21).
     """
 
     host: str = Field("127.0.0.1", validation_alias="ELDRIC_REGISTRY_HOST", description="listen address")
@@ -68,6 +71,11 @@ class RegistrySettings(AddressPolicySettings, OptionalRedisSettings):
                                      description="a mirrored tag is asked upstream again after this long (e.g. 90s, 30m, 1h)")
     mirror_max_bytes: Size = Field(0, validation_alias="ELDRIC_MIRROR_MAX_SIZE",
                                    description="mirrored blobs past this size are evicted, least recently used first (0: no limit)")
+    # Issue 21: under the agents' manifest timeout (MANIFEST_TIMEOUT), so they hear the cached answer.
+    mirror_upstream_timeout: Duration = Field(DEFAULT_UPSTREAM_TIMEOUT, gt=0, le=MANIFEST_TIMEOUT - 5,
+                                              validation_alias="ELDRIC_MIRROR_UPSTREAM_TIMEOUT",
+                                              description="longest wait for upstream to connect or send the next bytes "
+                                                          "of a manifest or HEAD answer; a cached tag is served then")
 
 
 def create_registry_app(storage: str | Path, settings: RegistrySettings = RegistrySettings(), *,
@@ -94,7 +102,7 @@ def create_registry_app(storage: str | Path, settings: RegistrySettings = Regist
     _register_auth(app, settings.token)
     install_oci(app, svc, upstream_url=settings.mirror_upstream, tag_ttl=settings.mirror_tag_ttl,
                 max_mirror_bytes=settings.mirror_max_bytes, policy=AddressPolicy.parse(settings.url_allowlist),
-                secrets=(settings.token, settings.api_token))
+                secrets=(settings.token, settings.api_token), upstream_timeout=settings.mirror_upstream_timeout)
 
     @app.get("/healthz")
     def healthz():
@@ -164,4 +172,4 @@ def serve(host: str, port: int, storage: str | Path, settings: RegistrySettings 
     logging_setup.configure_logging(settings.log_level, logging_setup.format_from_env())
     log.info("effective configuration: %s", settings.effective())
     serve_with_gunicorn(lambda: create_registry_app(storage, settings), host=host, port=port, threads=threads,
-                        name="eldric-registry")
+                        name="eldric-registry", limits=settings.client_limits())

@@ -112,7 +112,8 @@ def main(argv: list[str]) -> int:
                       catalog=Catalog(Path(settings.data_dir) / "catalog"))
         return create_agent_app(agent)
 
-    serve_with_gunicorn(build, listen_fd=fd, threads=THREADS, name=f"eldric-agent-http {settings.worker_id}")
+    serve_with_gunicorn(build, listen_fd=fd, threads=THREADS, name=f"eldric-agent-http {settings.worker_id}",
+                        limits=settings.client_limits())
     return 0
 
 

@@ -11,12 +11,13 @@ from eldric.cluster.queues import WORKER_PORTS, is_valid_worker_id
 from eldric.cluster.shared_settings import AddressPolicySettings, RedisSettings, UpstreamSettings
 from eldric.core.settings import CommaList, Size, UserPath
 from eldric.transfer.retry import backoff_delay
+from eldric.web.client_limits import HttpLimitsSettings
 
 Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
-class AgentSettings(AddressPolicySettings, UpstreamSettings, RedisSettings):
-    """Redis, the upstream registries and the allow-list are the blocks every service shares."""
+class AgentSettings(HttpLimitsSettings, AddressPolicySettings, UpstreamSettings, RedisSettings):
+    """Redis, the upstream registries, the allow-list and the HTTP server's slow-client limits are shared blocks."""
 
     worker_id: str = Field(..., validation_alias="ELDRIC_WORKER_NAME", description="this node's worker id")
     worker_type: str = Field(..., description="inference, cloud, data, science, training, media or comm")

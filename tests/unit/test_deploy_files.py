@@ -175,7 +175,8 @@ def test_gunicorn_config_binds_the_documented_port_and_its_logging_config_loads(
         monkeypatch.delenv(var, raising=False)
     conf = runpy.run_path(str(DEPLOY / "gunicorn.conf.py"))
     assert conf["bind"] == f"127.0.0.1:{CONTROLLER_PORT}"
-    assert conf["worker_class"] == "gthread" and conf["threads"] > 1
+    from eldric.web.gunicorn_server import GuardedThreadWorker  # gthread, guarded against slow clients
+    assert issubclass(conf["worker_class"], GuardedThreadWorker) and conf["threads"] > 1
     monkeypatch.setenv("ELDRIC_LOG_FORMAT", "json")
     conf = runpy.run_path(str(DEPLOY / "gunicorn.conf.py"))
     root = logging.getLogger()
