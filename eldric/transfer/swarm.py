@@ -367,7 +367,11 @@ class PeerRead:
 
     def cut(self) -> None:
         """Unblock a read in progress from another thread: shut the connection's socket down."""
-        sock = getattr(getattr(getattr(self.resp, "raw", None), "connection", None), "sock", None)
+        raw = getattr(self.resp, "raw", None)
+        sock = getattr(getattr(raw, "connection", None), "sock", None)
+        if sock is None:  # an HTTP/1.0 or `Connection: close` answer: http.client detached the socket from the
+            # connection, and only the body's file still holds it (as download._direct_reader reads it)
+            sock = getattr(getattr(getattr(getattr(raw, "_fp", None), "fp", None), "raw", None), "_sock", None)
         if sock is not None:
             try:
                 sock.shutdown(socket.SHUT_RDWR)

@@ -14,18 +14,10 @@ from eldric.core.names import ModelName
 from worker_agent.blob_leases import BlobLease, BlobLeases
 from worker_agent.ollama_store import OllamaStore
 from worker_agent.pulling import pull_model
-from tests.unit.test_pulling import BLOBS, MODEL_BLOB, OPTIONS, RAW, FakeSource, manifest_bytes
+from tests.unit.test_pulling import BLOBS, MODEL_BLOB, OPTIONS, RAW, FakeClock, FakeSource, manifest_bytes
 
 OTHER = ModelName.parse("other")  # shares MODEL_BLOB with the pulled model
 OTHER_RAW = manifest_bytes({**BLOBS, "license": b"another license", "template": b"{{ .System }}"})
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -53,7 +45,7 @@ def test_a_leased_blob_outlives_the_delete_of_its_last_model(store):
 
 
 def test_a_lease_of_a_job_that_died_lapses_and_pins_nothing(tmp_path):
-    clock = Clock()
+    clock = FakeClock()
     leases = BlobLeases(tmp_path / "leases", lease_seconds=60, clock=clock)
     digest = Digest.of_bytes(b"x")
     BlobLease(leases, "dead", [digest]).write()  # what a killed agent leaves: written, never renewed nor removed
@@ -65,7 +57,7 @@ def test_a_lease_of_a_job_that_died_lapses_and_pins_nothing(tmp_path):
 
 
 def test_a_lease_is_renewed_while_its_job_runs(tmp_path):
-    clock = Clock()
+    clock = FakeClock()
     leases = BlobLeases(tmp_path / "leases", lease_seconds=0.3, clock=clock)
     with leases.hold("alive", [Digest.of_bytes(b"x")]) as lease:
         first = json.loads(lease.path.read_bytes())["expires_at"]
