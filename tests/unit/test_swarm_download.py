@@ -169,12 +169,18 @@ def test_four_workers_fetch_every_range_from_upstream_once(tmp_path: Path) -> No
     assert not board.hgetall(keys.swarm(str(DIGEST), "leases"))  # every lease given back
 
 
-def test_a_peer_serving_a_flipped_byte_is_dropped_and_the_range_fetched_elsewhere(tmp_path: Path) -> None:
-    world = World(tmp_path, ["good", "liar", "late"])
+def good_and_bad_holders(tmp_path: Path, bad: str, how: str) -> World:
+    """Workers `good` and `bad` hold the whole blob; then `bad` misbehaves `how` ("flip" or "trickle")."""
+    world = World(tmp_path, ["good", bad, "late"])
     assert world.download("good").read_bytes() == DATA
+    assert world.download(bad).read_bytes() == DATA
+    getattr(world, how).add(bad)
+    return world
+
+
+def test_a_peer_serving_a_flipped_byte_is_dropped_and_the_range_fetched_elsewhere(tmp_path: Path) -> None:
     # The liar holds everything too (it had the blob), but serves one wrong byte per range.
-    assert world.download("liar").read_bytes() == DATA
-    world.flip.add("liar")
+    world = good_and_bad_holders(tmp_path, "liar", "flip")
     upstream_before = world.upstream_bytes
     swarm = world.swarm("late")
     path = world.download("late", swarm)
@@ -335,10 +341,7 @@ def test_no_minimum_rate_judges_nobody() -> None:
 
 
 def test_a_trickling_peer_is_dropped_as_too_slow_and_the_ranges_come_from_another_holder(tmp_path: Path) -> None:
-    world = World(tmp_path, ["good", "slowpoke", "late"])
-    assert world.download("good").read_bytes() == DATA
-    assert world.download("slowpoke").read_bytes() == DATA
-    world.trickle.add("slowpoke")
+    world = good_and_bad_holders(tmp_path, "slowpoke", "trickle")
     upstream_before = world.upstream_bytes
     swarm = world.swarm("late", peer_range_base_seconds=0.2, peer_min_rate=1 << 20)
     started = time.monotonic()
