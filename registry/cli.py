@@ -23,6 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default $ELDRIC_MIRROR_UPSTREAM or https://registry.ollama.ai)")
     p.add_argument("--tag-ttl", default=None,
                    help="a mirrored tag is asked upstream again after this long, e.g. 30m (default $ELDRIC_MIRROR_TAG_TTL or 1h)")
+    p.add_argument("--upstream-timeout", default=None,
+                   help="longest wait for upstream to connect or answer a manifest request, e.g. 5s; a cached tag "
+                        "is served then (default $ELDRIC_MIRROR_UPSTREAM_TIMEOUT or 5s, at most 25s)")
     p.add_argument("--mirror-max-size", default=None,
                    help="evict least recently used mirrored blobs past this size, e.g. 500G (default $ELDRIC_MIRROR_MAX_SIZE or no limit)")
 
@@ -35,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
             host=args.host, port=args.port, storage=args.storage, redis_url=args.redis_url,
             max_file_bytes=args.max_file_size, max_model_bytes=args.max_model_size, min_free_bytes=args.min_free,
             import_workers=args.import_workers, mirror_upstream=args.upstream, mirror_tag_ttl=args.tag_ttl,
-            mirror_max_bytes=args.mirror_max_size)
+            mirror_max_bytes=args.mirror_max_size, mirror_upstream_timeout=args.upstream_timeout)
     except ValueError as exc:
         print(f"eldric registry: {exc}", file=sys.stderr)
         return 2

@@ -94,7 +94,7 @@ class RegistrySource:
 
     def fetch_manifest(self, name: ModelName) -> tuple[bytes, Manifest]:
         with _as_source_errors():
-            resp = self.client.manifest(name.repository, name.tag, timeout=60)
+            resp = self.client.manifest(name.repository, name.tag)  # MANIFEST_TIMEOUT
             if resp.status_code == 404:
                 raise ModelNotFoundError(f"model '{name.short}' not found at {self.describe()}: {error_text(resp)}")
             self._raise_for_status(resp, f"manifest of {name.short}")

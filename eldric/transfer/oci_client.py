@@ -39,6 +39,10 @@ from eldric.transfer.retry import NO_HINTS, TRANSIENT_ERRORS, Hints, connection_
 from eldric.transfer.upstreams import AddressPolicy
 
 MANIFEST_ACCEPT = f"{MANIFEST_V2}, {OCI_MANIFEST}"
+# Seconds a manifest read may wait for the registry's next bytes. Above the data node's --upstream-timeout
+# (at most MANIFEST_TIMEOUT - 5), so an agent pulling through the data node hears its answer (the cached
+# manifest when upstream hangs) before giving up; both were 60 s and a cached pull took 2-3 min (issue 21).
+MANIFEST_TIMEOUT = 30.0
 _RANGE = re.compile(r"^(?:bytes=)?0-(-?\d+)$")
 _READS = ("GET", "HEAD")  # anonymous tokens are for pulling; a pushed body could not be sent twice anyway
 
@@ -67,21 +71,22 @@ class OciClient:
     the caller's own (without one, a Bearer challenge gets the anonymous token flow)."""
 
     def __init__(self, base_url: str, session: requests.Session | None = None, *, token: str = "",
-                 hints: Hints = NO_HINTS, read_timeout: float = 300) -> None:
+                 hints: Hints = NO_HINTS, read_timeout: float = 300, connect_timeout: float = CONNECT_TIMEOUT) -> None:
         self.base = base_url.rstrip("/")
         self.session = session or http_session()
-        self.hints, self.read_timeout = hints, read_timeout
+        self.hints, self.read_timeout, self.connect_timeout = hints, read_timeout, connect_timeout
         self._own = bearer(token)
         self._tokens: dict[str, str] = {}  # repository -> anonymous token
         self._lock = threading.Lock()  # the data node's request threads share one upstream client
 
     @classmethod
     def upstream(cls, base_url: str, policy: AddressPolicy, session: requests.Session | None = None, *,
-                 hints: Hints = NO_HINTS) -> OciClient:
+                 hints: Hints = NO_HINTS, connect_timeout: float = CONNECT_TIMEOUT) -> OciClient:
         """A registry outside the cluster, over the guarded upstream session: the registry's own address is
         trusted; a CDN it redirects to or a token realm must be public unless `policy` allows it."""
         base = base_url.rstrip("/")
-        return cls(base, session or upstream_session(policy.trusting(base)), hints=hints)
+        return cls(base, session or upstream_session(policy.trusting(base)), hints=hints,
+                   connect_timeout=connect_timeout)
 
     def url(self, path: str) -> str:
         """A path below the base, or a Location the registry gave."""
@@ -115,7 +120,7 @@ class OciClient:
         with self._lock:
             token = self._tokens.get(repo)
         headers = {**headers, **(self._own or bearer(token))}
-        timeouts = (CONNECT_TIMEOUT, self.read_timeout if timeout is None else timeout)
+        timeouts = (self.connect_timeout, self.read_timeout if timeout is None else timeout)
         try:
             if method == "GET":  # the same request as session.request("GET"); a source's fake session needs only get
                 return self.session.get(url, headers=headers, stream=stream, timeout=timeouts, **kw)
@@ -141,7 +146,7 @@ class OciClient:
     # ---- reading ----------------------------------------------------------------------------------
 
     def manifest(self, repo: str, reference: str, *, method: str = "GET",
-                 timeout: float | None = None) -> requests.Response:
+                 timeout: float = MANIFEST_TIMEOUT) -> requests.Response:
         """The answer to GET (or HEAD) of `repo:reference`'s manifest; Docker schema 2 and OCI are asked for."""
         return self.send(method, f"/v2/{repo}/manifests/{reference}", repo=repo,
                          headers={"Accept": MANIFEST_ACCEPT}, timeout=timeout)

@@ -92,7 +92,7 @@ def put_manifest(name: str, reference: str):
     if (request.content_length or 0) > MAX_MANIFEST_BYTES:
         raise OCIError("MANIFEST_INVALID", "manifest larger than 4 MiB", status=413)
     body = request.stream.read(MAX_MANIFEST_BYTES + 1)  # bounded, with or without a Content-Length
-    digest = store().put_manifest(name, reference, body, request.content_type)
+    digest = door().put_manifest(name, reference, body, request.content_type)
     return Response(status=201, headers={"Location": f"/v2/{name}/manifests/{digest}",
                                          "Docker-Content-Digest": digest, **API_VERSION})
 

@@ -5,7 +5,9 @@ A manifest reference (tag or digest) in a repository resolves, in this order, to
 2. a committed GGUF model of the registry of that name (registry/oci/registry_models.py);
 3. the mirror: a cached upstream manifest, re-resolved upstream after the tag TTL,
    or fetched now (registry/oci/pullthrough.py) when an upstream is configured.
-A blob is served from the blob store when held here, else fetched through the mirror.
+A blob is served from the blob store when held here, else fetched through the mirror; a HEAD
+of a blob not held is 200 only while the mirror fetches it (never for a blob a push must send).
+A pushed manifest naming a blob the mirror is fetching waits for that fetch.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from eldric.core.digests import Digest
 from registry.oci.errors import OCIError
 from registry.oci.pullthrough import PullThrough
 from registry.oci.registry_models import RegistryModels
-from registry.oci.store import MIRROR, PUSH, OCIStore, StoredManifest
+from registry.oci.store import MIRROR, PUSH, OCIStore, StoredManifest, parse_manifest
 
 
 @dataclass(frozen=True)
@@ -63,13 +65,22 @@ class Resolver:
             return LocalBlob(self.store.blobs.path(digest), size)
         if self.mirror is not None:
             if head:
-                size = self.mirror.head_blob(repo, digest)
-                if size is not None:
-                    return MirroredBlob(size, None)
-            else:
-                size, read = self.mirror.stream_blob(repo, digest)
-                return MirroredBlob(size, read)
+                return MirroredBlob(self.mirror.head_blob(repo, digest), None)
+            size, read = self.mirror.stream_blob(repo, digest)
+            return MirroredBlob(size, read)
         raise OCIError("BLOB_UNKNOWN", f"blob unknown to registry: {digest}", {"digest": str(digest)})
+
+    def put_manifest(self, repo: str, reference: str, body: bytes, content_type: str | None) -> str:
+        """Store a pushed manifest; one naming a blob the mirror is fetching (a HEAD said 200) waits for it."""
+        try:
+            return self.store.put_manifest(repo, reference, body, content_type)
+        except OCIError as exc:
+            if exc.code != "MANIFEST_BLOB_UNKNOWN" or self.mirror is None:
+                raise
+            _, refs = parse_manifest(body, content_type)
+            if not self.mirror.wait_for(blob for blob, _ in refs):
+                raise
+        return self.store.put_manifest(repo, reference, body, content_type)
 
     def tags(self, repo: str) -> list[str]:
         tags = sorted(set(self.store.tags(repo)) | set(self.models.tags(repo)))

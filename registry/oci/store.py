@@ -211,6 +211,12 @@ class OCIStore:
     def has_repository(self, repo: str) -> bool:
         return self._db().execute("SELECT 1 FROM oci_manifests WHERE repo = ? LIMIT 1", (repo,)).fetchone() is not None
 
+    def is_mirrored_blob(self, repo: str, digest: Digest) -> bool:
+        """Whether a manifest the mirror keeps in `repo` names the blob (so the mirror may fetch it for a HEAD)."""
+        return self._db().execute(
+            "SELECT 1 FROM oci_manifest_blobs b JOIN oci_manifests m ON m.repo = b.repo AND m.digest = b.manifest "
+            "WHERE b.repo = ? AND b.blob = ? AND m.origin = ? LIMIT 1", (repo, str(digest), MIRROR)).fetchone() is not None
+
     def record_check(self, repo: str, tag: str, upstream_digest: str | None, error: str | None) -> None:
         self._db().execute("UPDATE oci_tags SET upstream_digest = ?, checked_at = ?, check_error = ? "
                            "WHERE repo = ? AND tag = ?", (upstream_digest, self.clock(), error, repo, tag))

@@ -5,6 +5,10 @@ upstream session (eldric/transfer/http.py): the upstream itself is trusted, anyt
 (a CDN) or names as a token realm must be a public address unless ELDRIC_URL_ALLOWLIST lists it; at
 most 10 redirects; every body bounded; Docker's anonymous token flow on a 401 with a Bearer challenge.
 This adapter says "upstream has none" as None and any failure as OciClientError with the upstream's status.
+
+`timeout` (`--upstream-timeout`) bounds connecting and each read of manifest and HEAD requests, so a
+cached tag is served within it when upstream accepts and never answers (issue 21, finding 10); a
+blob's bytes get BLOB_READ_TIMEOUT between reads (a CDN may be slow to start a large one).
 """
 
 from __future__ import annotations
@@ -14,20 +18,25 @@ import requests
 from eldric.core.digests import Digest
 from eldric.core.manifests import MANIFEST_V2
 from eldric.core.redaction import redact_url
-from eldric.transfer.http import error_text
+from eldric.transfer.http import CONNECT_TIMEOUT, error_text
 from eldric.transfer.oci_client import OciClient, OciClientError
 from eldric.transfer.upstreams import AddressPolicy
 
+DEFAULT_TIMEOUT = 5.0
+BLOB_READ_TIMEOUT = 60.0
+
 
 class Upstream:
-    def __init__(self, base_url: str, policy: AddressPolicy, session: requests.Session | None = None) -> None:
-        self.client = OciClient.upstream(base_url, policy, session)
+    def __init__(self, base_url: str, policy: AddressPolicy, session: requests.Session | None = None, *,
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.timeout = timeout
+        self.client = OciClient.upstream(base_url, policy, session, connect_timeout=min(CONNECT_TIMEOUT, timeout))
         self.base_url = self.client.base
         self.shown = redact_url(self.base_url)  # in messages and logs: never its credentials or query
 
     def fetch_manifest(self, repo: str, reference: str) -> tuple[bytes, str] | None:
         """(bytes, media type) of the manifest, or None when upstream has no such model."""
-        resp = self.client.manifest(repo, reference, timeout=60)
+        resp = self.client.manifest(repo, reference, timeout=self.timeout)
         if resp.status_code == 404:
             resp.close()
             return None
@@ -37,7 +46,7 @@ class Upstream:
 
     def head_manifest(self, repo: str, reference: str) -> str | None:
         """The digest upstream's tag points at (Docker-Content-Digest), None when it has no such tag."""
-        resp = self.client.manifest(repo, reference, method="HEAD", timeout=30)
+        resp = self.client.manifest(repo, reference, method="HEAD", timeout=self.timeout)
         resp.close()
         if resp.status_code == 404:
             return None
@@ -50,7 +59,7 @@ class Upstream:
 
     def head_blob(self, repo: str, digest: str) -> int | None:
         """The blob's size as upstream reports it (HEAD, redirects followed), None when it has no such blob."""
-        resp = self.client.blob(repo, digest, method="HEAD", timeout=30)
+        resp = self.client.blob(repo, digest, method="HEAD", timeout=self.timeout)
         resp.close()
         if resp.status_code == 404:
             return None
@@ -60,7 +69,7 @@ class Upstream:
         except (KeyError, ValueError):
             raise OciClientError(f"upstream {self.shown} gave no size for blob {digest}") from None
 
-    def open_blob(self, repo: str, digest: str, read_timeout: float = 60) -> requests.Response | None:
+    def open_blob(self, repo: str, digest: str, read_timeout: float = BLOB_READ_TIMEOUT) -> requests.Response | None:
         """The streamed answer to GET blob (redirects followed), or None when upstream has no such blob."""
         resp = self.client.blob(repo, digest, timeout=read_timeout)
         if resp.status_code == 404:

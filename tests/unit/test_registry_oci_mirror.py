@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from eldric.core.digests import Digest
+from eldric.core.request_errors import InsufficientStorageError
 from registry.oci.mirror import Mirror
 from registry.oci.pullthrough import PullThrough
 from eldric.transfer.oci_client import OciClientError as UpstreamError
@@ -88,6 +89,8 @@ class FakeUpstream:
         return None if data is None else len(data)
 
     def open_blob(self, repo: str, digest: str, read_timeout: float = 60):
+        if self.down:
+            raise UpstreamError("cannot reach upstream.test: connection refused")
         self.blob_fetches.append(digest)
         data = self.blobs.get(digest)
         if data is None:
@@ -115,14 +118,15 @@ def clock() -> Clock:
     return Clock()
 
 
-def make_app(root: Path, upstream: FakeUpstream, clock: Clock, *, max_bytes: int = 0, token: str = ""):
+def make_app(root: Path, upstream: FakeUpstream, clock: Clock, *, max_bytes: int = 0, token: str = "",
+             space=None):
     app = create_registry_app(root, RegistrySettings(min_free_bytes=0, mirror_upstream="none", token=token),
                               background=False)
     door = app.extensions["eldric.oci"]
     door.store.clock = clock
     mirror = Mirror(door.store, upstream, max_bytes=max_bytes, upstream_url=upstream.base_url, tag_ttl=3600)
     door.mirror = PullThrough(door.store, upstream, tag_ttl=3600, max_blob_bytes=1 << 30, on_stored=mirror.evict,
-                              clock=clock)
+                              clock=clock, space=space)
     app.extensions["eldric.mirror"] = mirror
     return app
 
@@ -210,12 +214,66 @@ def test_a_tag_is_re_resolved_after_the_ttl_and_served_stale_when_upstream_is_do
     assert unknown.status_code == 502 and unknown.json["errors"][0]["code"] == "UPSTREAM_UNAVAILABLE"
 
 
-def test_head_of_an_uncached_blob_asks_upstream_without_fetching_it(app, upstream: FakeUpstream) -> None:
+def test_head_is_200_for_a_blob_not_held_only_while_the_mirror_fetches_it(app, upstream: FakeUpstream) -> None:
+    """Issue 21, finding 5: a push skips a blob HEAD says 200 for, so 200 must mean it will be here."""
     model = b"h" * 4000
     upstream.add_model("library/h", "latest", model)
-    head = app.test_client().head(f"/v2/library/h/blobs/{sha(model)}")
+    client = app.test_client()
+    head = client.head(f"/v2/library/h/blobs/{sha(model)}")
+    assert head.status_code == 404 and upstream.blob_fetches == []  # no model here names it: a pusher sends it
+    client.get("/v2/library/h/manifests/latest")  # Ollama's client: the manifest, then HEAD for the size
+    head = client.head(f"/v2/library/h/blobs/{sha(model)}")
     assert head.status_code == 200 and head.headers["Content-Length"] == "4000"
-    assert head.headers["Docker-Content-Digest"] == sha(model) and upstream.blob_fetches == []
+    assert head.headers["Docker-Content-Digest"] == sha(model) and upstream.blob_fetches == [sha(model)]
+    assert client.get(f"/v2/library/h/blobs/{sha(model)}").data == model and upstream.blob_fetches == [sha(model)]
+
+
+def test_head_of_a_mirrored_blob_is_404_when_upstream_cannot_send_it(app, upstream: FakeUpstream) -> None:
+    model = b"d" * 4000
+    upstream.add_model("library/d", "latest", model)
+    client = app.test_client()
+    client.get("/v2/library/d/manifests/latest")
+    upstream.down = True
+    assert client.head(f"/v2/library/d/blobs/{sha(model)}").status_code == 404  # so an import sends it
+
+
+def test_a_pushed_manifest_waits_for_the_blobs_a_head_said_the_mirror_fetches(app, upstream: FakeUpstream) -> None:
+    model = b"w" * 50_000
+    raw = upstream.add_model("library/w", "latest", model)
+    upstream.gate = threading.Event()
+    client = app.test_client()
+    client.get("/v2/library/w/manifests/latest")
+    doc = json.loads(raw)
+    for blob in (doc["config"], *doc["layers"]):
+        assert client.head(f"/v2/library/w/blobs/{blob['digest']}").status_code == 200  # a pusher skips them
+    answers: list[int] = []
+    push = threading.Thread(target=lambda: answers.append(app.test_client().put(
+        "/v2/library/w/manifests/pushed", data=raw, headers={"Content-Type": V2}).status_code))
+    push.start()
+    push.join(0.5)
+    assert answers == []  # waiting for the model blob's download
+    upstream.gate.set()
+    push.join(20)
+    assert answers == [201] and client.get(f"/v2/library/w/blobs/{sha(model)}").data == model
+
+
+def test_a_mirrored_blob_that_cannot_fit_is_507_and_nothing_is_kept(tmp_path: Path, upstream, clock) -> None:
+    def no_room(incoming: int) -> None:  # the registry's --min-free rule, on a full disk
+        raise InsufficientStorageError(f"no room for {incoming} more bytes past --min-free")
+
+    app = make_app(tmp_path / "store", upstream, clock, space=no_room)
+    model = b"f" * 5000
+    upstream.add_model("library/f", "latest", model)
+    client = app.test_client()
+    client.get("/v2/library/f/manifests/latest")
+    for method in ("GET", "HEAD"):
+        resp = client.open(f"/v2/library/f/blobs/{sha(model)}", method=method)
+        assert resp.status_code == 507
+    error = client.get(f"/v2/library/f/blobs/{sha(model)}").json["errors"][0]
+    assert error["code"] == "STORAGE_FULL" and sha(model) in error["message"]
+    assert f"no room for {len(model)} more bytes past --min-free" in error["message"]
+    door = app.extensions["eldric.oci"]
+    assert door.store.blob_size(Digest.parse(sha(model))) is None and not list(door.store.blobs.root.glob(".*"))
 
 
 def test_unknown_upstream_models_are_404_in_the_oci_format(app) -> None:
