@@ -110,13 +110,20 @@ def create_registry_app(storage: str | Path, settings: RegistrySettings = Regist
 
     @app.after_request
     def drain_refused_body(resp):
-        """Read what is left of a refused upload (bounded), so the client gets our error, not a reset connection."""
-        if resp.status_code >= 400 and 0 < (request.content_length or 0) <= DRAIN_LIMIT:
+        """Read what is left of a refused upload (bounded), so the client gets our error, not a reset connection.
+
+        Chunked bodies too (a refused streamed push): gunicorn drains at most 64 KiB itself and
+        then closes the connection it has just answered as keep-alive, which a client reusing it
+        sees as "connection aborted" on its next request.
+        """
+        chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+        if resp.status_code >= 400 and (chunked or 0 < (request.content_length or 0) <= DRAIN_LIMIT):
+            drained = 0
             try:
-                while request.stream.read(1 << 20):
-                    pass
-            except OSError:
-                pass
+                while drained <= DRAIN_LIMIT and (block := request.stream.read(1 << 20)):
+                    drained += len(block)
+            except Exception as exc:  # noqa: BLE001 - a client gone mid-body or a broken chunk: the answer stands
+                log.debug("stopped draining a refused body: %s", exc)
         return resp
 
     if background:

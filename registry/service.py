@@ -19,7 +19,6 @@ Storage root layout (exportable over NFS)::
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import os
@@ -39,9 +38,9 @@ from eldric.core.digests import Digest
 from eldric.core.errors import DigestMismatchError
 from eldric.core.formats import FORMATS, check_head, detect_format, inspect_file, model_details
 from eldric.core.identifiers import validate_file_path, validate_model_name, validate_version
-from eldric.core.request_errors import (BadRequestError, ConflictError, InsufficientStorageError, InvalidFormatError,
+from eldric.core.request_errors import (BadRequestError, ConflictError, InvalidFormatError,
                                    NotFoundError, TooLargeError)
-from registry.uploads import UploadSessions, copy_stream
+from registry.uploads import FreeSpace, UploadSessions, copy_stream, storage_full_as_507
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +71,12 @@ class RegistryService:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_file_bytes, self.max_model_bytes = max_file_bytes, max_model_bytes
-        self.min_free_bytes, self.draft_ttl, self.clock = min_free_bytes, draft_ttl, clock
+        self.draft_ttl, self.clock = draft_ttl, clock
         self.blobs = BlobStore(self.root / "blobs")
         self.blobs.root.mkdir(exist_ok=True)
         self.catalog = Catalog(self.root / "registry.db")
-        self.sessions = UploadSessions(self.root / "uploads", max_file_bytes)
+        self.space = FreeSpace(self.root, min_free_bytes)  # --min-free, for every way bytes come in
+        self.sessions = UploadSessions(self.root / "uploads", max_file_bytes, self.space)
         self.trees = self.root / "trees"
         self.fingerprint = ensure_fingerprint(self.root)
 
@@ -160,8 +160,8 @@ class RegistryService:
         if others + size > self.max_model_bytes:
             raise TooLargeError(f"the model would have {others + size} bytes, over the model size limit of "
                                 f"{self.max_model_bytes}", "size")
-        if disk and shutil.disk_usage(self.root).free - size < self.min_free_bytes:
-            raise InsufficientStorageError(f"not enough free space on the registry storage for {size} bytes")
+        if disk:
+            self.space.check(size)
 
     def put_file(self, model_id: str, path: str, stream: BinaryIO, *, digest: str | None = None,
                  length: int | None = None) -> dict:
@@ -179,13 +179,13 @@ class RegistryService:
         f, tmp = self.blobs.temp_file()
         try:
             hasher = hashlib.sha256()
-            with f, _disk_errors():
+            with f, storage_full_as_507():
                 size = copy_stream(stream, f, hasher, limit=self.max_file_bytes, head_check=partial(check_head, path),
-                                   length=length)
+                                   length=length, space=self.space)
             actual = Digest(hasher.hexdigest())
             if expected is not None and actual != expected:
                 raise DigestMismatchError(f"{path}: digest mismatch: expected {expected}, got {actual}")
-            self._check_limits(model_id, path, size)
+            self._check_limits(model_id, path, size, disk=False)  # the bytes are on the disk: checked as they came
             return self._attach(model_id, path, tmp, actual, size)
         finally:
             tmp.unlink(missing_ok=True)
@@ -249,9 +249,8 @@ class RegistryService:
 
     def append_upload(self, upload_id: str, stream: BinaryIO, start: int | None, length: int | None = None) -> dict:
         record = self._upload(upload_id)
-        with _disk_errors():
-            offset = self.sessions.append(upload_id, stream, start, head_check=partial(check_head, record["path"]),
-                                          limit=record["size"], length=length)
+        offset = self.sessions.append(upload_id, stream, start, head_check=partial(check_head, record["path"]),
+                                      limit=record["size"], length=length)
         with self.catalog.transaction() as tx:
             tx.touch(record["model_id"], self.clock())
         return views.upload_view(record, offset)
@@ -260,18 +259,21 @@ class RegistryService:
         """Check size and digest, then move the session's bytes into the draft."""
         record = self._upload(upload_id)
         expected = _parse_digest(digest) or _parse_digest(record["digest"])
-        data, actual, size = self.sessions.finish(upload_id)
-        if record["size"] is not None and size != record["size"]:
-            raise BadRequestError(f"upload has {size} of the {record['size']} bytes announced; "
-                                  "send the rest first", "size")
-        if expected is not None and actual != expected:
-            raise DigestMismatchError(f"{record['path']}: digest mismatch: expected {expected}, got {actual}")
-        try:
-            self._check_limits(record["model_id"], record["path"], size, disk=False)
-            result = self._attach(record["model_id"], record["path"], data, actual, size)
-        except (InvalidFormatError, TooLargeError, NotFoundError, ConflictError):
-            self.cancel_upload(upload_id)  # these bytes can never become part of the model
-            raise
+
+        def attach(data: Path, actual: Digest, size: int) -> dict:  # under the session's lock (uploads.py)
+            if record["size"] is not None and size != record["size"]:
+                raise BadRequestError(f"upload has {size} of the {record['size']} bytes announced; "
+                                      "send the rest first", "size")
+            if expected is not None and actual != expected:
+                raise DigestMismatchError(f"{record['path']}: digest mismatch: expected {expected}, got {actual}")
+            try:
+                self._check_limits(record["model_id"], record["path"], size, disk=False)
+                return self._attach(record["model_id"], record["path"], data, actual, size)
+            except (InvalidFormatError, TooLargeError, NotFoundError, ConflictError):
+                self.cancel_upload(upload_id)  # these bytes can never become part of the model
+                raise
+
+        result = self.sessions.finish(upload_id, attach)
         self.cancel_upload(upload_id)
         return result
 
@@ -377,14 +379,3 @@ class RegistryService:
                 self.blobs.delete(digest)
         self.expire_drafts()
 
-
-class _disk_errors:
-    """Turn ENOSPC/EDQUOT while writing into 507 instead of a 500."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise InsufficientStorageError(f"registry storage is full: {exc}") from None
-        return False

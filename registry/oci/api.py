@@ -20,7 +20,7 @@ from eldric.web.file_responses import file_response
 from registry.oci.auth import CHALLENGE
 from registry.oci.resolver import Resolver, LocalBlob
 from registry.oci.errors import OCIError
-from registry.oci.pushes import Pushes, parse_chunk_start
+from registry.oci.pushes import Pushes, parse_chunk_range
 from registry.oci.store import OCIStore, check_reference, check_repo, parse_digest
 
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
@@ -153,8 +153,8 @@ def upload_status(name: str, upload_id: str):
 @blp.patch("/<path:name>/blobs/uploads/<upload_id>")
 def upload_chunk(name: str, upload_id: str):
     name = check_repo(name)
-    start = parse_chunk_start(request.headers.get("Content-Range"))
-    offset = pushes().append(upload_id, request.stream, start, request.content_length)
+    span = parse_chunk_range(request.headers.get("Content-Range"))
+    offset = pushes().append(upload_id, request.stream, span, request.content_length)
     return _upload_answer(name, upload_id, offset, 202)
 
 

@@ -4,7 +4,10 @@ Sessions reuse the registry's resumable upload sessions (registry/uploads.py: by
 disk under `<storage>/oci-uploads/<uuid>.part`, the sha256 kept running in memory), so
 a chunked push survives a dropped connection and the final PUT never re-reads the file.
 The digest is checked on the server before the blob becomes visible; a mismatch drops
-the session's bytes (DIGEST_INVALID), as docker-registry does.
+the session's bytes (DIGEST_INVALID), as docker-registry does. The check and the move
+into the store run under the session's lock: a PATCH meanwhile is BLOB_UPLOAD_UNKNOWN
+and appends nothing (issue 21). `--min-free` and a full disk answer 507 STORAGE_FULL
+and drop the session's bytes, so a refused push leaves no `.part` on a full disk.
 """
 
 from __future__ import annotations
@@ -16,31 +19,31 @@ from pathlib import Path
 from typing import BinaryIO
 
 from eldric.core.digests import Digest
-from eldric.core.request_errors import (BadRequestError, ConflictError, NotFoundError, RangeNotSatisfiableError,
-                                      TooLargeError)
+from eldric.core.request_errors import (BadRequestError, ConflictError, InsufficientStorageError, NotFoundError,
+                                        RangeNotSatisfiableError, TooLargeError)
+from eldric.transfer.ranges import parse_content_range
 from registry.oci.errors import OCIError
 from registry.oci.store import PUSH, OCIStore, parse_digest
-from registry.uploads import UploadSessions
+from registry.uploads import FreeSpace, UploadSessions
 
 _UUID = re.compile(r"^[0-9a-f]{32}$")
-# PATCH's Content-Range: `<start>-<end>` in the distribution spec; `bytes <start>-<end>[/<total>]` accepted too.
-_CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?([0-9]{1,19})-([0-9]{1,19})(?:/(?:[0-9]{1,19}|\*))?$")
 
 
-def parse_chunk_start(header: str | None) -> int | None:
-    """The first byte a PATCH's Content-Range names, or None without the header."""
+def parse_chunk_range(header: str | None) -> tuple[int, int] | None:
+    """(first byte, length) a PATCH's Content-Range names (`<first>-<last>`, the spec's form), or None without it."""
     if header is None:
         return None
-    match = _CONTENT_RANGE.fullmatch(header.strip())
-    if not match or int(match.group(2)) < int(match.group(1)):
-        raise OCIError("BLOB_UPLOAD_INVALID", f"invalid Content-Range {header[:100]!r}: expected <start>-<end>",
-                       status=416)
-    return int(match.group(1))
+    try:
+        first, last, _total = parse_content_range(header)
+    except ValueError as exc:  # also a number past int()'s 4300 digits
+        raise OCIError("BLOB_UPLOAD_INVALID", f"invalid Content-Range {header[:100]!r}: {str(exc)[:200]}",
+                       status=416) from None
+    return first, last - first + 1
 
 
 class Pushes:
-    def __init__(self, directory: Path, store: OCIStore, max_blob_bytes: int) -> None:
-        self.sessions = UploadSessions(directory, max_blob_bytes)
+    def __init__(self, directory: Path, store: OCIStore, max_blob_bytes: int, space: FreeSpace | None = None) -> None:
+        self.sessions = UploadSessions(directory, max_blob_bytes, space)
         self.store = store
 
     def _session(self, upload_id: str) -> str:
@@ -56,10 +59,17 @@ class Pushes:
     def offset(self, upload_id: str) -> int:
         return self.sessions.offset(self._session(upload_id))
 
-    def append(self, upload_id: str, stream: BinaryIO, start: int | None, length: int | None) -> int:
+    def append(self, upload_id: str, stream: BinaryIO, span: tuple[int, int] | None, length: int | None) -> int:
+        """Append a chunk (at `span`'s first byte, exactly its length; without one, at the end)."""
         upload_id = self._session(upload_id)
-        with _as_oci(upload_id):
-            return self.sessions.append(upload_id, stream, start, length=length)
+        start, exact = span if span else (None, None)
+        try:
+            with _as_oci(upload_id):
+                return self.sessions.append(upload_id, stream, start, length=length, exact=exact)
+        except OCIError as exc:
+            if exc.code == "STORAGE_FULL":  # a push that cannot fit leaves nothing on the full disk
+                self.sessions.discard(upload_id)
+            raise
 
     def finish(self, upload_id: str, digest: str | None, stream: BinaryIO, length: int | None, *,
                has_body: bool = True) -> Digest:
@@ -68,18 +78,22 @@ class Pushes:
         if not digest:
             raise OCIError("DIGEST_INVALID", "the final PUT of an upload needs ?digest=sha256:<hex>")
         expected = parse_digest(digest)
-        try:
-            with _as_oci(upload_id):
-                if has_body:
-                    self.sessions.append(upload_id, stream, None, length=length)
-                data, actual, size = self.sessions.finish(upload_id)
+
+        def store(data: Path, actual: Digest, size: int) -> Digest:  # under the session's lock
             if actual != expected:
                 raise OCIError("DIGEST_INVALID", f"digest mismatch: the upload's sha256 is {actual}, not {expected}",
                                {"digest": str(expected)})
             self.store.add_blob(data, actual, size, PUSH)
             return actual
+
+        try:
+            with _as_oci(upload_id):
+                if has_body:
+                    self.sessions.append(upload_id, stream, None, length=length)
+                return self.sessions.finish(upload_id, store)
         except OCIError as exc:
-            if exc.status != 409:  # a busy session stays for the request that holds it
+            # A busy (409) or finishing (BLOB_UPLOAD_UNKNOWN) session belongs to the request that holds it.
+            if exc.status != 409 and exc.code != "BLOB_UPLOAD_UNKNOWN":
                 self.sessions.discard(upload_id)
             raise
 
@@ -115,6 +129,8 @@ class _as_oci:
             raise OCIError("BLOB_UPLOAD_INVALID", str(exc), status=409) from None
         if isinstance(exc, TooLargeError):
             raise OCIError("SIZE_INVALID", str(exc), status=413) from None
+        if isinstance(exc, InsufficientStorageError):
+            raise OCIError("STORAGE_FULL", str(exc)) from None
         if isinstance(exc, NotFoundError):
             raise OCIError("BLOB_UPLOAD_UNKNOWN", str(exc), {"uuid": self.upload_id}) from None
         if isinstance(exc, BadRequestError):  # the client stopped sending

@@ -33,7 +33,7 @@ def install_oci(app: Flask, svc: RegistryService, *, upstream_url: str, tag_ttl:
                        head_wait=upstream_timeout) if upstream else None
     door = Resolver(store, RegistryModels(svc.catalog, store), pull)
     app.extensions["eldric.oci"] = door
-    app.extensions["eldric.oci.pushes"] = Pushes(svc.root / "oci-uploads", store, svc.max_file_bytes)
+    app.extensions["eldric.oci.pushes"] = Pushes(svc.root / "oci-uploads", store, svc.max_file_bytes, svc.space)
     app.extensions["eldric.mirror"] = mirror
     api.register(app)
     wanted = tuple(s for s in secrets if s)

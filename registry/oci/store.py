@@ -93,6 +93,11 @@ def parse_manifest(body: bytes, content_type: str | None) -> tuple[str, list[tup
     if media_type not in MANIFEST_TYPES:
         raise OCIError("MANIFEST_INVALID", f"unsupported manifest media type {media_type[:100]!r}; "
                        f"this registry stores {' and '.join(MANIFEST_TYPES)}")
+    sizes: dict[str, int] = {}
+    for layer in (manifest.config, *manifest.layers):
+        if sizes.setdefault(str(layer.digest), layer.size) != layer.size:
+            raise OCIError("MANIFEST_INVALID", f"the manifest gives blob {layer.digest} two sizes, "
+                           f"{sizes[str(layer.digest)]} and {layer.size}", {"digest": str(layer.digest)})
     return media_type, [(str(layer.digest), layer.size) for layer in manifest.blobs()]
 
 
@@ -152,11 +157,21 @@ class OCIStore:
         if is_digest_reference(reference) and reference != digest:
             raise OCIError("DIGEST_INVALID", f"the manifest's digest is {digest}, not {reference}",
                            {"digest": reference})
-        missing = [d for d, _ in refs if self.blob_size(Digest.parse(d)) is None]
-        if missing:
-            raise OCIError("MANIFEST_BLOB_UNKNOWN", f"blob unknown to registry: {missing[0]}", {"digest": missing[0]})
+        self._check_blobs(refs)
         self.save_manifest(repo, reference, body, media_type, digest, refs, origin)
         return digest
+
+    def _check_blobs(self, refs: list[tuple[str, int]]) -> None:
+        """Every blob a pushed manifest names is here (MANIFEST_BLOB_UNKNOWN) with the size it says (MANIFEST_INVALID)."""
+        stored = {blob: self.blob_size(Digest.parse(blob)) for blob, _ in refs}
+        missing = [blob for blob, size in stored.items() if size is None]
+        if missing:
+            raise OCIError("MANIFEST_BLOB_UNKNOWN", f"blob unknown to registry: {missing[0]}", {"digest": missing[0]})
+        for blob, size in refs:
+            if stored[blob] != size:
+                raise OCIError("MANIFEST_INVALID", f"the manifest says blob {blob} has {size} bytes, the blob held "
+                               f"here has {stored[blob]}; push the manifest with the blob's size",
+                               {"digest": blob, "size": size, "stored_size": stored[blob]})
 
     def save_manifest(self, repo: str, reference: str, body: bytes, media_type: str, digest: str,
                       refs: Iterable[tuple[str, int]], origin: str, resolved_at: float | None = None) -> None:
