@@ -30,7 +30,7 @@ def install_oci(app: Flask, svc: RegistryService, *, upstream_url: str, tag_ttl:
     mirror = Mirror(store, upstream, max_bytes=max_mirror_bytes, upstream_url=upstream.shown if upstream else "",
                     tag_ttl=tag_ttl)
     pull = PullThrough(store, upstream, tag_ttl=tag_ttl, max_blob_bytes=svc.max_file_bytes, on_stored=mirror.evict,
-                       head_wait=upstream_timeout) if upstream else None
+                       space=svc.space.check, head_wait=upstream_timeout) if upstream else None
     door = Resolver(store, RegistryModels(svc.catalog, store), pull)
     app.extensions["eldric.oci"] = door
     app.extensions["eldric.oci.pushes"] = Pushes(svc.root / "oci-uploads", store, svc.max_file_bytes, svc.space)
