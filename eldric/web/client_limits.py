@@ -67,6 +67,17 @@ def is_head_complete(buf: bytes | bytearray, start: int = 0) -> bool:
     return buf.find(HEAD_END, max(0, start - len(HEAD_END) + 1)) >= 0
 
 
+def is_not_http(buf: bytes | bytearray) -> bool:
+    """Whether `buf` starts with a byte no HTTP/1 request line starts with (a TLS ClientHello's 0x16, binary).
+
+    Such a client gets gunicorn's 400 at once instead of waiting ELDRIC_HTTP_HEAD_SECONDS for a head
+    that never comes: an https client pointed at a plain-http service then reads that answer as
+    "wrong version number" and its hint says the service speaks plain http (issue 21, finding 4).
+    """
+    first = bytes(buf[:1])
+    return bool(first) and not (first in b"\r\n" or 0x21 <= first[0] <= 0x7E)
+
+
 class BodyClock:
     """When the next read of one request's body must have returned, from the bytes received so far."""
 

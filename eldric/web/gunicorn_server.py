@@ -25,7 +25,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.http.unreader import SocketUnreader
 from gunicorn.workers.gthread import ThreadWorker
 
-from eldric.web.client_limits import BodyClock, ClientLimits, WaitingHeads, is_head_complete
+from eldric.web.client_limits import BodyClock, ClientLimits, WaitingHeads, is_head_complete, is_not_http
 from eldric.web.problems import error_body
 
 MAX_REQUEST_LINE = 8190  # gunicorn's largest bound (default 4094): query strings of long descriptions fit
@@ -107,7 +107,7 @@ class GuardedThreadWorker(ThreadWorker):
         address = conn.client[0] if isinstance(conn.client, tuple) else conn.client
         for old in self.heads.add(conn, address, time.monotonic()):
             self._drop(old)
-        if is_head_complete(conn.head):
+        if is_head_complete(conn.head) or is_not_http(conn.head):
             self._dispatch(conn)
         else:
             self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_head_bytes, conn))
@@ -126,7 +126,7 @@ class GuardedThreadWorker(ThreadWorker):
             return
         searched = len(conn.head)
         conn.head += data
-        if is_head_complete(conn.head, searched) or len(conn.head) > self.max_head:
+        if is_head_complete(conn.head, searched) or len(conn.head) > self.max_head or is_not_http(conn.head):
             self.poller.unregister(conn.sock)
             self._dispatch(conn)
 

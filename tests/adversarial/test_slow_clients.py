@@ -129,3 +129,24 @@ def test_a_stalled_or_trickling_body_is_cut_and_a_progressing_one_completes(clus
         assert status == 400 and "slower than 65536 bytes/s" in body and took < 4, (name, status, round(took, 1), body)
     listed = session().get(f"{url}{API_PREFIX}", headers={"Authorization": f"Bearer {SECRET}"}, timeout=5).json()
     assert sorted(m["name"] for m in listed["models"]) == ["progressing"]
+
+
+def test_an_https_client_of_the_plain_http_data_node_hears_so_at_once(cluster):
+    """A TLS ClientHello is no HTTP head: it is answered at once (gunicorn's 400), not after
+    ELDRIC_HTTP_HEAD_SECONDS, so the agents' hint names the mirror setting (before this: 'cannot reach
+    … timed out', retried for ~30 s)."""
+    from eldric.core.names import ModelName
+    from eldric.transfer.errors import SourceError
+    from eldric.transfer.upstreams import AddressPolicy
+    from worker_agent.sources import RegistrySource, registry_hints
+
+    data_node = start_data_node(cluster, "tls-mismatch-registry")
+    where = data_node.removeprefix("http://")
+    name = ModelName.parse("library/m:1")
+    source = RegistrySource(f"https://{where}", policy=AddressPolicy.parse(("127.0.0.0/8",)),
+                            hints=registry_hints(name, f"https://{where}"))
+    started = time.monotonic()
+    with pytest.raises(SourceError) as info:
+        source.fetch_manifest(name)
+    assert time.monotonic() - started < 3
+    assert str(info.value) == f"{where} speaks plain http, not https; set ELDRIC_OLLAMA_REGISTRY to http://{where}"
