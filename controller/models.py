@@ -33,10 +33,13 @@ from controller.workers import serving_stamps
 from eldric.cluster import workers
 
 
-# One model on one worker, as the view needs it: (digest, modified_at, (size, format, details)).
+# One model on one worker, as the view needs it: (digest, modified_at, (size, format, details), served),
+# `served` False when the worker holds it but none of its backends serves it (its record's `backends` is
+# empty; a record without `backends`, from an agent before they were listed, counts as served).
 # The facts tuple, names and digests are shared between workers that report equal values, so the
 # cache of 1,000 x 100 inventories stays small.
 Held = tuple
+NOT_SERVED = "stored, not served"  # a model some worker holds in its store, but no backend of any holder serves
 Stamp = tuple  # (inventory_at, model count) an inventory was read at; None: never served from the cache
 # A worker's compact inventory: model -> Held, and model -> fingerprint of the JSON record it was parsed from.
 Compact = tuple[dict[str, Held], dict[str, bytes]]
@@ -156,7 +159,7 @@ class InventoryCache:
             return
         shared: dict = {}
         for _stamp, (inventory, _prints) in self._entries.values():
-            for name, (digest, _modified, facts) in inventory.items():
+            for name, (digest, _modified, facts, _served) in inventory.items():
                 shared[name] = name
                 shared[digest] = digest
                 shared[("facts", name, facts[0], facts[1])] = facts
@@ -164,14 +167,17 @@ class InventoryCache:
 
 
 def _model_entry(name: str, holders: dict[str, Held]) -> dict:
-    """One model's aggregate: its first holder's (by id) facts and digest, the newest modified_at,
-    the holders sorted by id and the holders by digest (digests in order of first appearance)."""
-    workers = sorted(holders)
-    digest, modified_at, (size, fmt, details) = holders[workers[0]]
+    """One model's aggregate: its first holder's (by id) facts and digest, the newest modified_at, the
+    holders a backend serves it on (`workers`, what coverage counts) and those that only store it, both
+    sorted by id, and every holder by digest (digests in order of first appearance)."""
+    held = sorted(holders)
+    digest, modified_at, (size, fmt, details), _served = holders[held[0]]
     newest = modified_at
     digests: dict = {}
-    for wid in workers:
-        held_digest, held_modified, _facts = holders[wid]
+    workers, stored = [], []
+    for wid in held:
+        held_digest, held_modified, _facts, served = holders[wid]
+        (workers if served else stored).append(wid)
         newest = max(newest or 0, held_modified or 0)
         group = digests.get(held_digest)
         if group is None:
@@ -179,7 +185,8 @@ def _model_entry(name: str, holders: dict[str, Held]) -> dict:
         else:
             group.append(wid)
     return {"name": name, "size": size, "digest": digest, "format": fmt, "details": details,
-            "modified_at": newest, "workers": workers, "digests": digests}
+            "modified_at": newest, "workers": workers, "stored_not_served": stored, "digests": digests,
+            "status": "served" if workers else NOT_SERVED}
 
 
 def _fingerprint(value: str | bytes) -> bytes:
@@ -215,7 +222,8 @@ def _compact(raw: dict[str, str], shared: dict, previous: Compact = NOTHING) -> 
         digest = record.get("digest")
         if isinstance(digest, str):
             digest = shared.setdefault(digest, digest)
-        out[name] = (digest, record.get("modified_at"), facts)
+        backends = record.get("backends")
+        out[name] = (digest, record.get("modified_at"), facts, bool(backends) if isinstance(backends, list) else True)
     return out, prints
 
 
@@ -270,9 +278,10 @@ def query_models(client: redis.Redis, query: ModelQuery, *, forget_after: float 
 
 def cluster_models(client: redis.Redis, *, forget_after: float | None = None,
                    cache: InventoryCache | None = None) -> tuple[list[dict], int]:
-    """Every model on any worker: size, digest, format, the workers that have it, coverage percent.
+    """Every model on any worker: size, digest, format, the workers a backend serves it on, coverage percent.
 
-    Coverage counts the model-serving workers (inference, cloud); a model whose
+    Coverage counts the model-serving workers (inference, cloud) where at least one backend serves
+    the model; holders that only store it are listed apart (`stored_not_served`). A model whose
     workers disagree on the digest lists each digest it was seen with.
     """
     page, _matching, eligible = query_models(client, ModelQuery(), forget_after=forget_after, cache=cache)

@@ -139,7 +139,8 @@ def tags():
 
 
 def _tag(model: dict) -> dict:
-    """One /api/tags entry; file models (registry, URL) carry the registry's header facts instead."""
+    """One /api/tags entry; file models (registry, URL) carry the registry's header facts instead.
+    `details.status` (ours, beside Ollama's keys) says whether a backend of some worker serves it."""
     modified = datetime.fromtimestamp(model.get("modified_at") or 0, UTC).isoformat()
     d = model.get("details") or {}
     family = d.get("family") or d.get("architecture") or ""
@@ -149,7 +150,8 @@ def _tag(model: dict) -> dict:
                         "format": d.get("format") or model.get("format") or "",
                         "family": family, "families": d.get("families") or ([family] if family else None),
                         "parameter_size": d.get("parameter_size") or parameter_size_label(d.get("parameter_count")),
-                        "quantization_level": d.get("quantization_level") or d.get("quantization") or ""}}
+                        "quantization_level": d.get("quantization_level") or d.get("quantization") or "",
+                        "status": model.get("status") or "served"}}  # or "stored, not served": no backend serves it
 
 
 @bp.post("/api/show")

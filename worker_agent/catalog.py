@@ -87,8 +87,9 @@ class Catalog:
                 if not e.get("shared")}
 
     def inventory(self) -> list[dict]:
+        """Inventory records; `backends`: those it was installed into (worker_agent/serving.py keeps the node's)."""
         return [{"name": e["name"], "full_name": e["name"], "digest": e.get("digest"), "size": e.get("size", 0),
                  "modified_at": e.get("modified_at", 0), "format": e.get("format"),
-                 "backend": ",".join(sorted(e.get("installed", {}))) or "files",
+                 "backends": list(e.get("installed", {})),
                  "source": e.get("source"), "shared": bool(e.get("shared")),
                  "details": e.get("details") or {}} for e in self.entries()]

@@ -29,7 +29,7 @@ from eldric.transfer.retry import backoff_delay
 from worker_agent.distributing import distribute
 from worker_agent.pulling import pull_from_ollama
 from worker_agent.installing import uninstall_entry
-from worker_agent import partial_cleanup
+from worker_agent import partial_cleanup, serving
 from eldric.cluster.jobs.progress import Progress
 from eldric.cluster.jobs.store import JobEndedError, fail_worker, write_record
 from worker_agent.runtime import Agent
@@ -173,6 +173,8 @@ def delete_local_model(agent: Agent, model: str) -> list[str] | None:
     name = ModelName.parse(model)
     if agent.store.read_manifest(name) is None:
         return None
+    # the pull's hard links in llama.cpp, vLLM, Triton first: they would keep the blob's bytes on disk
+    uninstall_entry(agent, {"name": name.short, "installed": serving.installed_from_pull(agent, name)})
     return agent.store.delete_model(name, keep=agent.catalog.referenced_digests)
 
 
@@ -278,7 +280,7 @@ def _with_redis(action: Callable[[], None], what: str, patience: float | None = 
 
 
 def refresh_inventory(agent: Agent) -> list[dict]:
-    models = agent.store.list_models() + agent.catalog.inventory()
+    models = serving.local_models(agent)
     workers.publish_inventory(agent.redis, agent.worker_id, models)
     return models
 

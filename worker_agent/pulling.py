@@ -1,17 +1,22 @@
-"""A pull: one model from the Ollama registry (or its mirror, or a peer) into the node's Ollama store."""
+"""A pull: one model from the Ollama registry (or its mirror, or a peer) into the node's Ollama store,
+and its GGUF into every other backend of the node that serves it (worker_agent/serving.py)."""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
 
-from eldric.core.manifests import Manifest
+from eldric.cluster.jobs import state as jobstate
+from eldric.core.manifests import OLLAMA_MODEL, Manifest
 from eldric.core.names import ModelName
 from eldric.transfer.diskspace import ensure_space, is_disk_full, no_space_error
 from eldric.transfer.download import DownloadOptions, download_blob
 from eldric.transfer.partials import resumable_bytes
 from worker_agent.fanout import Fanout
+from worker_agent.installers import UnsupportedModelError
+from worker_agent.installing import install_entry, placement_summary
 from worker_agent.runtime import Agent
+from worker_agent import serving
 from worker_agent.ollama_store import OllamaStore
 from eldric.cluster.jobs.progress import Progress
 from worker_agent.sources import BlobSource, RegistrySource
@@ -40,9 +45,48 @@ def upstream_digest(source: BlobSource, name: ModelName) -> str:
     return manifest_digest(raw)
 
 
+class BackendInstalls:
+    """The node's backends for one pull: planned from the manifest before any download, the GGUF
+    installed into the file backends (llama.cpp, vLLM, Triton) before the manifest is written, so a
+    model Ollama lists is in every backend that serves it; then each backend's API is asked."""
+
+    def __init__(self, agent: Agent, name: ModelName, progress: Progress) -> None:
+        self.agent, self.name, self.progress = agent, name, progress
+        self.plan: serving.BackendPlan | None = None
+        self.installed: dict[str, dict] = {}
+
+    def check(self, manifest: Manifest) -> None:
+        """UnsupportedModelError naming every backend and why, when none of them can serve it."""
+        self.plan = serving.plan_pull(self.agent.settings, self.name, manifest)
+
+    def install(self, manifest: Manifest) -> None:
+        plan = self.plan
+        if serving.OLLAMA in plan.serving:
+            self.installed[serving.OLLAMA] = serving.ollama_store_install(
+                self.name, str(self.agent.store.manifest_path(self.name)))
+        files = plan.without(serving.OLLAMA)
+        if not files.serving:
+            return  # an Ollama-only node: the manifest is the install, as it always was
+        layer = manifest.layer_of(OLLAMA_MODEL)
+        entry = {"name": self.name.short, "format": "gguf",
+                 "files": [{"path": serving.pulled_file(self.name), "sha256": str(layer.digest), "size": layer.size}]}
+        self.progress.update(force=True, state=jobstate.INSTALLING, status="installing")
+        try:
+            self.installed.update(install_entry(self.agent, entry, files))
+        except UnsupportedModelError:
+            if not self.installed:
+                raise  # nothing serves it, not even Ollama's store
+
+    def fields(self) -> dict:
+        """The record's `placement` (every backend: how, or skipped why) and `ready` (each one's API)."""
+        plan = self.plan
+        return {"placement": placement_summary(self.installed, plan.skipped, plan.order),
+                "ready": serving.readiness(plan, self.installed)}
+
+
 def pull_model(name: ModelName, *, store: OllamaStore, source: BlobSource, progress: Progress,
                options: DownloadOptions = DownloadOptions(), reserve: int = 1 << 30,
-               fanout: Fanout | None = None) -> PullResult:
+               fanout: Fanout | None = None, backends: BackendInstalls | None = None) -> PullResult:
     """Manifest, then every missing blob (verified), then the manifest file last.
 
     The manifest is what makes a model visible to Ollama, so it is written only
@@ -54,15 +98,22 @@ def pull_model(name: ModelName, *, store: OllamaStore, source: BlobSource, progr
     earlier try is on the disk already); a disk that fills anyway is an
     InsufficientSpaceError, and the partial data of the blob that did not fit is deleted.
     With `fanout`, each blob is shared with the job's other workers (worker_agent/fanout.py).
+    With `backends`, the manifest is first checked against the node's backends (none of them can
+    serve it: fail before a byte is downloaded), and the model is installed into them before the
+    manifest is written.
     """
     store.ensure()
     progress.update(force=True, status="pulling manifest", source=source.describe())
     raw, manifest = source.fetch_manifest(name)
+    if backends is not None:
+        backends.check(manifest)
     progress.start(total=manifest.total_size, source=source.describe())
     with store.leases.hold(progress.job_id, [b.digest for b in manifest.blobs()]):
         downloaded = _fetch_missing(name, manifest, store, source, progress, options, reserve, fanout)
         progress.update(force=True, status="verifying sha256 digest", layer=None)
         verify_blobs_present(store, [(b.digest, b.size) for b in manifest.blobs()], name.short)
+        if backends is not None:
+            backends.install(manifest)
         progress.update(force=True, status="writing manifest")
         try:
             store.write_manifest(name, raw)
@@ -111,10 +162,13 @@ def pull_from_ollama(agent: Agent, model: str, progress: Progress, options: dict
 
 
 def pull_into_store(agent: Agent, name: ModelName, source: BlobSource, progress: Progress, fanout: Fanout) -> dict:
+    backends = BackendInstalls(agent, name, progress)
     try:
         result = pull_model(name, store=agent.store, source=source, progress=progress,
-                            options=agent.download_options, reserve=agent.settings.disk_reserve_bytes, fanout=fanout)
+                            options=agent.download_options, reserve=agent.settings.disk_reserve_bytes, fanout=fanout,
+                            backends=backends)
     finally:
         fanout.close()
-    progress.finish(total=result.size, digest=result.digest, transferred=result.downloaded, **fanout.fields())
+    progress.finish(total=result.size, digest=result.digest, transferred=result.downloaded, **fanout.fields(),
+                    **backends.fields())
     return result.to_json()

@@ -18,6 +18,7 @@ from eldric.transfer.ratelimit import bucket
 from eldric.core.names import ModelName
 from worker_agent.catalog import entry_files
 from worker_agent.model_info import show_file_model, show_model
+from worker_agent import serving
 from worker_agent.runtime import Agent
 
 
@@ -38,7 +39,7 @@ def create_agent_app(agent: Agent) -> Flask:
 
     @app.get("/api/inventory")
     def inventory():
-        return jsonify(worker=agent.worker_id, models=agent.store.list_models() + agent.catalog.inventory())
+        return jsonify(worker=agent.worker_id, models=serving.local_models(agent))
 
     # Everything but health checks is for this cluster's controller and agents only.
     require_bearer(app, lambda: agent.settings.cluster_secret, is_open=lambda path: path in ("/healthz", "/readyz"),

@@ -50,6 +50,8 @@ class AgentSettings(HttpLimitsSettings, AddressPolicySettings, UpstreamSettings,
     llamacpp_models_dir: UserPath | None = Field(None, description="llama.cpp models path (GGUF files); default <data dir>/backends/llamacpp")
     triton_repository: UserPath | None = Field(None, description="Triton model repository (--model-repository); default <data dir>/backends/triton")
     triton_url: str = Field("http://127.0.0.1:8000", description="Triton's HTTP API (repository load, model readiness)")
+    llamacpp_url: str = Field("", description="a llama.cpp server (llama-server) on this node whose /v1/models is asked after an install; empty: none")
+    vllm_url: str = Field("", description="a vLLM server on this node whose /v1/models is asked after an install; empty: none")
     log_level: str = Field("INFO", description="log level of the agent process")
     backend_timeout_seconds: Seconds = Field(600.0, description="longest wait for one backend API call (blob upload, create, model load)")
 
@@ -65,6 +67,13 @@ class AgentSettings(HttpLimitsSettings, AddressPolicySettings, UpstreamSettings,
     def _worker_type(cls, value: str) -> str:
         if value not in WORKER_PORTS:
             raise ValueError(f"invalid worker type {value!r}: one of {', '.join(WORKER_PORTS)}")
+        return value
+
+    @field_validator("llamacpp_url", "vllm_url")
+    @classmethod
+    def _server_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http(s) URL or empty, got {value!r}")
         return value
 
     @model_validator(mode="after")

@@ -48,11 +48,14 @@ class ClusterModelSchema(Schema):
     format = fields.String(allow_none=True)
     details = fields.Dict()
     modified_at = fields.Float(allow_none=True)
-    workers = WorkerIdList(metadata={"description": "workers that have the model"})
-    missing = WorkerIdList(metadata={"description": "inference/cloud workers that lack it"})
-    coverage = fields.Float(metadata={"description": "percent of inference/cloud workers that have it"})
-    consistent = fields.Boolean(metadata={"description": "every worker has the same digest"})
-    digests = DigestHolders()
+    workers = WorkerIdList(metadata={"description": "workers where at least one backend serves the model"})
+    stored_not_served = WorkerIdList(metadata={
+        "description": "workers holding it in their store that no backend of theirs serves (not counted in coverage)"})
+    status = fields.String(metadata={"description": "served (some worker's backend serves it) or 'stored, not served'"})
+    missing = WorkerIdList(metadata={"description": "inference/cloud workers where no backend serves it"})
+    coverage = fields.Float(metadata={"description": "percent of inference/cloud workers where a backend serves it"})
+    consistent = fields.Boolean(metadata={"description": "every worker holding it has the same digest"})
+    digests = DigestHolders(metadata={"description": "digest -> the workers holding the model with it"})
     mirror_update = fields.Dict(metadata={
         "description": "only when the data node's mirror caches this model and upstream's tag has moved: "
                        "{digest (cached), upstream_digest, checked_at} (from eldric:mirror:updates)"})

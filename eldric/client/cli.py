@@ -347,10 +347,11 @@ def cmd_workers(api: Api, args: argparse.Namespace, out: Console, err: Console) 
         backends = ", ".join(worker.get("backends") or []) or "-"
         out.print(f"{worker['id']} ({worker['type']}) {online}, backends {backends}, "
                   f"free disk {human_bytes(worker['free_disk'])}, address {worker.get('address') or '-'}")
-        table = _table("MODEL", "SIZE", "MODIFIED", "FORMAT", "BACKEND")
+        table = _table("MODEL", "SIZE", "MODIFIED", "FORMAT", "BACKENDS")
         for m in models["models"]:
-            table.add_row(m["name"], human_bytes(m.get("size")), human_time(m.get("modified_at")),
-                          m.get("format") or "-", m.get("backend") or "-")
+            served = m.get("backends")  # an agent before per-backend inventories sends only `backend`
+            table.add_row(m["name"], human_bytes(m.get("size")), human_time(m.get("modified_at")), m.get("format") or "-",
+                          (", ".join(served) or "stored, not served") if isinstance(served, list) else m.get("backend") or "-")
         out.print(table)
         return 0
     data = api.get("/api/v1/workers")

@@ -13,7 +13,14 @@
   the layout, config.pbtxt (parsed as protobuf text format) or the vLLM backend's
   model.json is wrong.
 
-Both record every request (`requests`) so tests can assert on what was sent.
+- FakeOllama(root, models_dir=...) also answers /api/show and /api/tags for the models in an
+  Ollama store on disk (manifests/<host>/<namespace>/<model>/<tag>), as Ollama does for OLLAMA_MODELS.
+- FakeOpenAIModels answers GET /v1/models in the OpenAI shape llama.cpp's llama-server and vLLM
+  serve: a vLLM (or single-model llama-server) lists the names it was started with;
+  `FakeOpenAIModels.llama_router(dir)` lists the GGUFs of a `--models-dir` as llama-server's router
+  mode does, read when it starts (`restart()` reads the directory again, as a restarted router does).
+
+All record every request (`requests`) so tests can assert on what was sent.
 """
 
 from __future__ import annotations
@@ -170,10 +177,11 @@ def _check_go_template(template: str) -> None:
 class FakeOllama(_FakeServer):
     """Ollama's model-management API over an on-disk blob directory."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, models_dir: str | Path | None = None) -> None:
         super().__init__()
         self.blobs = Path(root) / "blobs"
         self.blobs.mkdir(parents=True, exist_ok=True)
+        self.models_dir = Path(models_dir) if models_dir is not None else None  # an Ollama store it reads
         self.uploads: list[tuple[str, int]] = []  # (digest, bytes) of every accepted upload
         self.creates: list[dict] = []  # every accepted /api/create body
         self.models: dict[str, dict] = {}
@@ -276,10 +284,37 @@ class FakeOllama(_FakeServer):
         return ""
 
     def _entry(self, name: str) -> dict:
-        model = self.models.get(_ollama_name(name))
+        model = self.models.get(_ollama_name(name)) or self._stored(name)
         if model is None:
             raise HTTPError(404, f"model '{name}' not found")
         return model
+
+    def _stored(self, name: str) -> dict | None:
+        """A model of the on-disk store: its manifest names blobs that are all present."""
+        if self.models_dir is None:
+            return None
+        full = _ollama_name(name)
+        path_part, tag = full.rsplit(":", 1)
+        parts = path_part.split("/")
+        host, namespace = ("registry.ollama.ai", "library") if len(parts) == 1 else \
+            (("registry.ollama.ai", parts[0]) if len(parts) == 2 else (parts[0], parts[1]))
+        manifest = self.models_dir / "manifests" / host / namespace / parts[-1] / tag
+        try:
+            doc = json.loads(manifest.read_bytes())
+        except (OSError, ValueError):
+            return None
+        layers = doc.get("layers") or []
+        blobs = self.models_dir / "blobs"
+        if not all((blobs / layer["digest"].replace(":", "-")).is_file() for layer in layers):
+            return None
+        files = {layer["mediaType"].rsplit(".", 1)[-1]: layer["digest"] for layer in layers}
+        short = full.removeprefix("registry.ollama.ai/").removeprefix("library/")
+        return {"name": short, "files": files, "blob_dir": blobs, "template": None, "system": None, "parameters": {},
+                "digest": hashlib.sha256(manifest.read_bytes()).hexdigest(),
+                "size": sum(int(layer.get("size") or 0) for layer in layers),
+                "modified_at": dt.datetime.fromtimestamp(manifest.stat().st_mtime, dt.UTC).isoformat(),
+                "details": {"parent_model": "", "format": "gguf", "family": "", "families": None,
+                            "parameter_size": "", "quantization_level": ""}}
 
     def _tags(self, req) -> tuple[int, object]:
         with self.lock:
@@ -292,7 +327,8 @@ class FakeOllama(_FakeServer):
         m = self._entry(body.get("model") or body.get("name") or "")
         params = "\n".join(f"{k:<30} {json.dumps(v)}" for k, vs in m["parameters"].items()
                            for v in (vs if isinstance(vs, list) else [vs]))
-        modelfile = "".join(f"FROM {self.blob_path(d)}\n" for d in m["files"].values())
+        blobs = m.get("blob_dir") or self.blobs
+        modelfile = "".join(f"FROM {blobs / d.replace(':', '-')}\n" for d in m["files"].values())
         return 200, {"modelfile": modelfile, "parameters": params, "template": m["template"] or "{{ .Prompt }}",
                      "system": m["system"], "details": m["details"], "modified_at": m["modified_at"],
                      "model_info": {"general.architecture": m["details"]["family"]}}
@@ -304,6 +340,44 @@ class FakeOllama(_FakeServer):
             if self.models.pop(name, None) is None:
                 raise HTTPError(404, f"model '{name}' not found")
         return 200, None
+
+
+# ---------------------------------------------------------------- llama.cpp / vLLM (OpenAI /v1/models)
+
+class FakeOpenAIModels(_FakeServer):
+    """GET /v1/models as llama-server and vLLM answer it: {"object": "list", "data": [{"id", "object",
+    "created", "owned_by"}]}. `served`: the model names the server was started with."""
+
+    def __init__(self, served: list[str] | None = None, *, owned_by: str = "vllm",
+                 models_dir: str | Path | None = None) -> None:
+        super().__init__()
+        self.owned_by, self.models_dir = owned_by, Path(models_dir) if models_dir is not None else None
+        self.served = list(served or [])
+        if self.models_dir is not None:
+            self.restart()
+
+    @classmethod
+    def llama_router(cls, models_dir: str | Path) -> FakeOpenAIModels:
+        """llama-server in router mode (`--models-dir DIR`): each GGUF in DIR by its name without .gguf,
+        each subdirectory (split or multimodal models) by its name; read at start only."""
+        return cls(owned_by="llamacpp", models_dir=models_dir)
+
+    def restart(self) -> None:
+        """What a restarted router sees: the directory as it is now."""
+        root = self.models_dir
+        found = sorted(p.name.removesuffix(".gguf") for p in root.iterdir()
+                       if not p.name.startswith(".") and (p.is_dir() or p.name.endswith(".gguf"))) \
+            if root is not None and root.is_dir() else []
+        with self.lock:
+            self.served = found
+
+    def route(self, method: str, path: str, req) -> tuple[int, object]:
+        if (method, path) != ("GET", "/v1/models"):
+            raise HTTPError(404, f"{method} {path} not found")
+        with self.lock:
+            data = [{"id": name, "object": "model", "created": 1700000000, "owned_by": self.owned_by}
+                    for name in self.served]
+        return 200, {"object": "list", "data": data}
 
 
 # ---------------------------------------------------------------- Triton

@@ -401,15 +401,18 @@ def test_another_filesystem_falls_back_to_a_verified_copy(tmp_path, monkeypatch)
     monkeypatch.setattr(staging.os, "link", cross_device)
     result = install(model, config("llamacpp", tmp_path))
     assert result.files_linked == 0 and result.bytes_copied == next(iter(model.files.values())).stat().st_size
+    assert result.copy_reason == "other filesystem"
 
 
 def test_the_progress_says_how_each_backend_got_its_files():
     from worker_agent.installing import placement_summary
     text = placement_summary({
         "llamacpp": {"changed": True, "files_linked": 1, "bytes_copied": 0},
-        "vllm": {"changed": True, "files_linked": 0, "bytes_copied": 3 << 30},
+        "vllm": {"changed": True, "files_linked": 0, "bytes_copied": 3 << 30, "copy_reason": "other filesystem"},
         "tgi": {"changed": False},
         "triton": {"changed": True, "shared": True},
-    })
-    assert text == ("installed for llamacpp: hard-linked, no copy, tgi: already in place, triton: shared storage, "
-                    "vllm: copied 3.00 GiB (other filesystem)")
+        "ollama": {"changed": True, "bytes_copied": 1 << 29, "copy_reason": "uploaded through Ollama's API"},
+    }, {"sglang": "no installer"}, order=("ollama", "llamacpp", "vllm", "tgi", "triton"))
+    assert text == ("installed for ollama: copied 0.50 GiB (uploaded through Ollama's API), llamacpp: hard-linked, "
+                    "no copy, vllm: copied 3.00 GiB (other filesystem), tgi: already in place, triton: shared storage, "
+                    "sglang: skipped (no installer)")

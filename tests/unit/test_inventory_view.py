@@ -32,9 +32,11 @@ def reference_cluster_models(client, forget_after=None):
             entry = models.setdefault(name, {
                 "name": name, "size": record.get("size", 0), "digest": record.get("digest"),
                 "format": record.get("format"), "details": record.get("details") or {},
-                "modified_at": record.get("modified_at"), "workers": [], "digests": {},
+                "modified_at": record.get("modified_at"), "workers": [], "stored_not_served": [], "digests": {},
             })
-            entry["workers"].append(wid)
+            # issue 22: coverage counts a worker only where a backend serves the model (no `backends`: an old agent)
+            served = record.get("backends", ["ollama"])
+            entry["workers" if served else "stored_not_served"].append(wid)
             entry["digests"].setdefault(record.get("digest"), []).append(wid)
             entry["modified_at"] = max(entry["modified_at"] or 0, record.get("modified_at") or 0)
     total = len(serving)
@@ -44,6 +46,7 @@ def reference_cluster_models(client, forget_after=None):
         entry["coverage"] = round(100.0 * len(entry["workers"]) / total, 1) if total else 0.0
         entry["missing"] = [w["id"] for w in serving if w["id"] not in entry["workers"]]
         entry["consistent"] = len(entry["digests"]) == 1
+        entry["status"] = "served" if entry["workers"] else "stored, not served"
         out.append(entry)
     return out, total
 
@@ -86,6 +89,20 @@ def test_same_answer_as_the_old_algorithm_with_and_without_the_cache(redis_db):
     assert inventory.cluster_models(redis_db, cache=cache) == expected  # fills the cache
     assert inventory.cluster_models(redis_db, cache=cache) == expected  # served from it
     assert any(not m["consistent"] for m in expected[0]) and any(m["missing"] for m in expected[0])
+
+
+def test_a_model_no_backend_serves_is_listed_apart_and_not_counted(redis_db):
+    served = {**record("m:latest"), "backends": ["llamacpp"]}
+    stored = {**record("m:latest"), "backends": [], "backend": "stored, not served"}
+    add_worker(redis_db, "gpu1", models=[served])
+    add_worker(redis_db, "gpu2", models=[stored, {**record("only:latest"), "backends": []}])
+    add_worker(redis_db, "gpu3", models=[])
+    models = {m["name"]: m for m in inventory.cluster_models(redis_db, cache=InventoryCache())[0]}
+    assert models["m:latest"]["workers"] == ["gpu1"] and models["m:latest"]["stored_not_served"] == ["gpu2"]
+    assert models["m:latest"]["coverage"] == 33.3 and models["m:latest"]["missing"] == ["gpu2", "gpu3"]
+    assert models["m:latest"]["status"] == "served" and models["only:latest"]["status"] == "stored, not served"
+    assert models["only:latest"]["coverage"] == 0.0 and models["only:latest"]["workers"] == []
+    assert list(models.values()) == reference_cluster_models(redis_db)[0]
 
 
 def test_the_cache_follows_inventory_changes_and_removed_workers(redis_db):

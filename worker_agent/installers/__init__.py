@@ -11,6 +11,11 @@ config)` makes one backend serve it and checks that it does:
 - `triton`: `<repo>/<name>/<version>/…` with a generated `config.pbtxt`, loaded
   through the repository API; checked at `/v2/models/<name>/ready`.
 
+Before any byte of a model moves, `refusal(backend, format, paths)` says whether a
+backend can serve it at all (each installer module's `refusal`, which its install
+checks too); after an install, `Installer.is_serving` asks the backend's API, where it
+has one, whether it lists the model.
+
 Every install is idempotent (a re-run changes nothing and copies nothing) and never
 leaves a half-installed model a backend could load (see `staging`). With
 `shared_path` (the model's files on shared storage, e.g. the registry's NFS export)
@@ -26,7 +31,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from eldric.core.digests import Digest
 from eldric.core.errors import EldricError, InvalidNameError
@@ -203,7 +208,11 @@ def file_specs(model: LocalModel, *, shared: bool, prefix: str = "",
 
 def placed(backend: str, model: LocalModel, placement: Placement, *, shared: bool, **details) -> InstallResult:
     return InstallResult(backend, model.name, str(placement.path), changed=placement.changed, shared=shared,
-                         bytes_copied=placement.bytes_copied, files_linked=placement.files_linked, details=details)
+                         bytes_copied=placement.bytes_copied, files_linked=placement.files_linked,
+                         copy_reason=placement.copy_reason if placement.bytes_copied else None, details=details)
+
+
+READY_TIMEOUT = 10.0  # longest wait for a backend's answer to "do you list this model?"
 
 
 @dataclass(frozen=True)
@@ -216,6 +225,10 @@ class BackendConfig:
     timeout: float = 600.0
     options: Mapping[str, object] = field(default_factory=dict)
 
+    @property
+    def ready_timeout(self) -> float:
+        return min(self.timeout, READY_TIMEOUT)
+
 
 @dataclass(frozen=True)
 class InstallResult:
@@ -226,12 +239,16 @@ class InstallResult:
     shared: bool = False  # the backend points at shared storage; no bytes were copied
     bytes_copied: int = 0  # bytes copied or uploaded to the backend
     files_linked: int = 0  # files placed as hard links to the blob store (one copy per node)
+    copy_reason: str | None = None  # why bytes were copied rather than linked (other filesystem, an API upload)
     details: Mapping[str, object] = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return {"backend": self.backend, "model": self.model, "location": self.location,
-                "changed": self.changed, "shared": self.shared, "bytes_copied": self.bytes_copied,
-                "files_linked": self.files_linked, "details": dict(self.details)}
+        out = {"backend": self.backend, "model": self.model, "location": self.location,
+               "changed": self.changed, "shared": self.shared, "bytes_copied": self.bytes_copied,
+               "files_linked": self.files_linked, "details": dict(self.details)}
+        if self.copy_reason:
+            out["copy_reason"] = self.copy_reason
+        return out
 
 
 class Installer(Protocol):
@@ -244,6 +261,10 @@ class Installer(Protocol):
         ...
 
     def uninstall(self, name: str) -> bool: ...
+
+    def is_serving(self, name: str, location: str) -> bool | None:
+        """Does the backend's API list the installed model (`location`: InstallResult.location)? None: no API."""
+        ...
 
 
 _INSTALLERS: dict[str, str | Callable[[BackendConfig], Installer]] = {
@@ -264,15 +285,28 @@ def backends() -> tuple[str, ...]:
     return tuple(_INSTALLERS)
 
 
-def installer_for(config: BackendConfig) -> Installer:
-    """The installer for `config.backend`; modules are imported on first use."""
-    factory = _INSTALLERS.get(config.backend)
+def _factory(backend: str) -> Callable[[BackendConfig], Installer]:
+    factory = _INSTALLERS.get(backend)
     if factory is None:
-        raise UnsupportedModelError(f"no installer for backend {config.backend!r} (known: {', '.join(_INSTALLERS)})")
+        raise UnsupportedModelError(f"no installer for backend {backend!r} (known: {', '.join(_INSTALLERS)})")
     if isinstance(factory, str):
         factory = importlib.import_module(factory).Installer  # each module's class is named Installer
-        _INSTALLERS[config.backend] = factory
-    return factory(config)
+        _INSTALLERS[backend] = factory
+    return factory
+
+
+def installer_for(config: BackendConfig) -> Installer:
+    """The installer for `config.backend`; modules are imported on first use."""
+    return _factory(config.backend)(config)
+
+
+def refusal(backend: str, model_format: str, paths: Collection[str]) -> str | None:
+    """Why `backend` cannot serve a model of this format with these files, known before any byte moves
+    (None: it may; the install checks the files themselves). An installer without a `refusal` decides at install."""
+    if model_format not in FORMATS:
+        return f"cannot install a model of format {model_format!r} (one of {', '.join(FORMATS)})"
+    check = getattr(_factory(backend), "refusal", None)
+    return check(model_format, paths) if check is not None else None
 
 
 def install(model: LocalModel, config: BackendConfig, *, shared_path: str | os.PathLike | None = None) -> InstallResult:
@@ -308,10 +342,14 @@ def backend_configs(settings) -> dict[str, BackendConfig]:
     """Each backend this node serves (settings.backends) with its directory and API address."""
     data = Path(settings.data_dir) / "backends"
     known = {
-        "ollama": BackendConfig("ollama", models_dir=data / "ollama", url=settings.ollama_url),
-        "vllm": BackendConfig("vllm", models_dir=Path(settings.vllm_models_dir or data / "vllm")),
+        "ollama": BackendConfig("ollama", models_dir=data / "ollama", url=settings.ollama_url,
+                                # a pull asks Ollama only when told where it is (the store is Ollama's either way)
+                                options={"url_configured": "ollama_url" in getattr(settings, "model_fields_set", ())}),
+        "vllm": BackendConfig("vllm", models_dir=Path(settings.vllm_models_dir or data / "vllm"),
+                              url=settings.vllm_url or None),
         "tgi": BackendConfig("tgi", models_dir=Path(settings.tgi_models_dir or data / "tgi")),
-        "llamacpp": BackendConfig("llamacpp", models_dir=Path(settings.llamacpp_models_dir or data / "llamacpp")),
+        "llamacpp": BackendConfig("llamacpp", models_dir=Path(settings.llamacpp_models_dir or data / "llamacpp"),
+                                  url=settings.llamacpp_url or None),
         "triton": BackendConfig("triton", models_dir=Path(settings.triton_repository or data / "triton"),
                                 url=settings.triton_url),
     }

@@ -10,15 +10,24 @@ and tensor data that fits the file (not truncated).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 from eldric.core.formats import gguf_info
 from eldric.core.request_errors import RequestError
 from worker_agent.installers import (BackendConfig, InstallError, InstallResult, InvalidModelError, LocalModel,
                                      UnsupportedModelError, file_specs, model_slug, placed)
+from worker_agent.installers.openai_models import is_listed
 from worker_agent.installers.staging import place_dir, place_file, remove_entry
 
 BACKEND = "llamacpp"
+
+
+def refusal(model_format: str, paths: Collection[str]) -> str | None:
+    """Why llama.cpp cannot serve a model of this format and these files (None: it can)."""
+    if model_format != "gguf" or not any(p.lower().endswith(".gguf") for p in paths):
+        return f"llama.cpp serves GGUF files; this model is {model_format}"
+    return None
 
 
 def check_gguf(rel: str, path: Path) -> dict:
@@ -31,16 +40,19 @@ def check_gguf(rel: str, path: Path) -> dict:
 
 class Installer:
     backend = BACKEND
+    refusal = staticmethod(refusal)
 
     def __init__(self, config: BackendConfig) -> None:
         if not config.models_dir:
             raise InstallError("the llamacpp backend needs its models directory (ELDRIC_LLAMACPP_MODELS_DIR)")
         self.models_dir = Path(config.models_dir)
+        self.config = config
 
     def install(self, model: LocalModel, *, shared: bool = False) -> InstallResult:
         ggufs = sorted(rel for rel in model.files if rel.lower().endswith(".gguf"))
-        if model.format != "gguf" or not ggufs:
-            raise UnsupportedModelError(f"{model.name}: llama.cpp serves GGUF files; this model is {model.format}")
+        refused = refusal(model.format, list(model.files))
+        if refused:
+            raise UnsupportedModelError(f"{model.name}: {refused}")
         infos = {rel: check_gguf(rel, model.files[rel]) for rel in ggufs}
         specs = file_specs(model, shared=shared, only=lambda rel: rel in infos)
         if len(specs) == 1:
@@ -57,6 +69,16 @@ class Installer:
         info = infos[model.gguf_file[0]]
         return placed(BACKEND, model, placement, shared=shared, serve=f"llama-server -m {main}",
                       gguf_version=info.get("gguf_version"), architecture=info.get("architecture"))
+
+    def is_installed(self, name: str) -> bool:
+        slug = model_slug(name)
+        return (self.models_dir / f"{slug}.gguf").is_file() or (self.models_dir / slug).is_dir()
+
+    def is_serving(self, name: str, location: str) -> bool | None:
+        """llama-server's /v1/models (ELDRIC_LLAMACPP_URL) lists it; None when no server is configured."""
+        if not self.config.url:
+            return None
+        return is_listed(self.config.url, name, location, self.config.ready_timeout)
 
     def uninstall(self, name: str) -> bool:
         slug = model_slug(name)

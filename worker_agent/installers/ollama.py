@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Collection
 from pathlib import Path
 
 import httpx
@@ -34,6 +35,7 @@ from worker_agent.installers import (BackendConfig, BackendError, BackendUnavail
 BACKEND = "ollama"
 MODELFILE = "Modelfile"
 STATE = ".eldric-ollama.json"
+UPLOAD_REASON = "uploaded through Ollama's API, which keeps its own copy"
 
 
 def served_name(name: str) -> str:
@@ -46,11 +48,18 @@ def template_for(model: LocalModel) -> TemplateChoice:
                            architecture=model.architecture)
 
 
+def refusal(model_format: str, paths: Collection[str]) -> str | None:
+    """Why Ollama cannot serve a model of this format (None: it can)."""
+    if model_format != "gguf":
+        return f"Ollama installs GGUF models; this one is {model_format} (serve it with vllm or tgi, or convert it to GGUF)"
+    return None
+
+
 def create_request(model: LocalModel) -> dict:
     """The body of POST /api/create, without the blob digests' file contents."""
-    if model.format != "gguf":
-        raise UnsupportedModelError(f"{model.name}: Ollama installs GGUF models; this one is {model.format} "
-                                    "(serve it with vllm or tgi, or convert it to GGUF)")
+    refused = refusal(model.format, list(model.files))
+    if refused:
+        raise UnsupportedModelError(f"{model.name}: {refused}")
     choice = template_for(model)
     parameters = dict(model.parameters)
     if choice.stop and "stop" not in parameters:
@@ -95,6 +104,7 @@ def _gguf_files(model: LocalModel) -> list[str]:
 
 class Installer:
     backend = BACKEND
+    refusal = staticmethod(refusal)
 
     def __init__(self, config: BackendConfig) -> None:
         if not config.url or not config.models_dir:
@@ -133,7 +143,19 @@ class Installer:
             raise BackendError(f"Ollama answered create for {name} but /api/tags does not list it")
         _write_if_changed(folder / STATE, json.dumps({"request": request_hash, "digest": after}).encode())
         return InstallResult(BACKEND, name, f"{redact_url(self.url)}/api/tags#{name}", changed=(after != before or uploaded > 0),
-                             bytes_copied=uploaded, details={**details, "digest": after})
+                             bytes_copied=uploaded, copy_reason=UPLOAD_REASON if uploaded else None,
+                             details={**details, "digest": after})
+
+    def is_serving(self, name: str, location: str) -> bool | None:
+        """POST /api/show answers for the model (Ollama reads its store on every request)."""
+        try:
+            r = self.http.post(f"{self.url}/api/show", json={"model": served_name(name)},
+                               timeout=self.config.ready_timeout)
+        except requests.RequestException as exc:
+            raise BackendUnavailableError(f"Ollama at {redact_url(self.url)} unreachable: {redact_urls(str(exc))}") from None
+        if r.status_code >= 500:
+            raise BackendUnavailableError(f"Ollama answered {r.status_code} to /api/show for {name}")
+        return r.status_code == 200
 
     def uninstall(self, name: str) -> bool:
         name = served_name(name)

@@ -15,6 +15,7 @@ changed by hand (other size or mtime) is hashed again.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -63,6 +64,7 @@ class Placement:
     changed: bool
     bytes_copied: int = 0
     files_linked: int = 0  # hard links to the blob store (no bytes copied)
+    copy_reason: str | None = None  # why files were copied instead of hard-linked ("other filesystem", ...)
     _previous: Path | None = None
     _staging: Path | None = None
     _old_record: bytes | None = None
@@ -101,6 +103,7 @@ def place_file(dest: Path, spec: FileSpec, *, staging_root: Path | None = None) 
     try:
         staged = staging / dest.name
         copied, entry = _stage(staged, spec)
+        why = entry.pop("why", None)
         old_record = record_path.read_bytes() if record_path.is_file() else None
         previous = None
         if dest.is_dir() and not dest.is_symlink():
@@ -118,7 +121,7 @@ def place_file(dest: Path, spec: FileSpec, *, staging_root: Path | None = None) 
         raise
     _write_atomic(record_path, json.dumps({"file": _record_entry(dest, entry)}, indent=1).encode())
     return Placement(dest, changed=True, bytes_copied=copied, files_linked=int(entry.get("placed") == "hardlink"),
-                     _previous=previous, _staging=staging, _old_record=old_record)
+                     copy_reason=why, _previous=previous, _staging=staging, _old_record=old_record)
 
 
 def place_dir(dest: Path, files: dict[str, FileSpec], *, staging_root: Path | None = None) -> Placement:
@@ -129,9 +132,12 @@ def place_dir(dest: Path, files: dict[str, FileSpec], *, staging_root: Path | No
     previous = None
     try:
         staged = staging / "new"
-        copied, linked, entries = 0, 0, {}
+        copied, linked, entries, whys = 0, 0, {}, []
         for rel in sorted(files):
             n, entry = _stage(staged / rel, files[rel])
+            why = entry.pop("why", None)
+            if why and why not in whys:
+                whys.append(why)
             entries[rel] = _record_entry(staged / rel, entry)
             copied += n
             linked += entry.get("placed") == "hardlink"
@@ -144,7 +150,8 @@ def place_dir(dest: Path, files: dict[str, FileSpec], *, staging_root: Path | No
         shutil.rmtree(staging, ignore_errors=True)
         _remove_if_empty(staging.parent)
         raise
-    return Placement(dest, changed=True, bytes_copied=copied, files_linked=linked, _previous=previous, _staging=staging)
+    return Placement(dest, changed=True, bytes_copied=copied, files_linked=linked, copy_reason="; ".join(whys) or None,
+                     _previous=previous, _staging=staging)
 
 
 def _dir_is_current(dest: Path, files: dict[str, FileSpec]) -> bool:
@@ -195,7 +202,8 @@ def _stage(staged: Path, spec: FileSpec) -> tuple[int, dict]:
     if spec.link:
         os.symlink(spec.source, staged)
         return 0, {"digest": spec.wanted}
-    if _hard_link(spec, staged):
+    why = _hard_link(spec, staged)
+    if why is None:
         return 0, {"digest": spec.wanted, "placed": "hardlink"}
     h, size = hashlib.sha256(), 0
     with open(spec.source, "rb") as src, open(staged, "wb") as dst:
@@ -207,26 +215,27 @@ def _stage(staged: Path, spec: FileSpec) -> tuple[int, dict]:
     if actual != spec.wanted:
         raise DigestMismatchError(f"{spec.source}: sha256 is {actual}, expected {spec.wanted}")
     os.chmod(staged, 0o644)
-    return size, {"digest": actual, "placed": "copy"}
+    return size, {"digest": actual, "placed": "copy", "why": why}
 
 
-def _hard_link(spec: FileSpec, staged: Path) -> bool:
-    """One copy per node: the backend's file is another name for the blob store's file.
+def _hard_link(spec: FileSpec, staged: Path) -> str | None:
+    """One copy per node: the backend's file is another name for the blob store's file. None when linked,
+    else why the file must be copied (the placement says it).
 
     Only for a content-addressed source (`sha256-<hex>` of the wanted digest: the blob
     store verified it before naming it so), so no bytes need reading; any other source,
     or another filesystem (EXDEV) or one without hard links, is copied and hashed instead.
     Backends only read these files, and removing one name never touches the others.
     """
-    if spec.source is None or spec.digest is None:
-        return False
-    if spec.source.name != spec.digest.replace(":", "-", 1):
-        return False
+    if spec.source is None or spec.digest is None or spec.source.name != spec.digest.replace(":", "-", 1):
+        return "not a blob-store file"
     try:
         os.link(spec.source, staged)
-    except OSError:
-        return False
-    return True
+    except OSError as exc:
+        if exc.errno == errno.EXDEV:
+            return "other filesystem"
+        return f"no hard link: {exc.strerror or exc}"
+    return None
 
 
 def _record_entry(path: Path, entry: dict) -> dict:

@@ -9,6 +9,7 @@ here with the files it lacks. LoRA adapters go in the same place (`--lora-adapte
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 from worker_agent.installers import (BackendConfig, InstallError, InstallResult, LocalModel, MissingFilesError,
@@ -17,6 +18,13 @@ from worker_agent.installers.staging import place_dir, remove_entry
 
 BACKEND = "tgi"
 TOKENIZER_SETS = (("tokenizer.json",), ("tokenizer.model",), ("vocab.json", "merges.txt"))
+
+
+def refusal(model_format: str, paths: Collection[str]) -> str | None:
+    """Why TGI cannot serve a model of this format (None: it can; missing tokenizer files fail the install)."""
+    if model_format not in ("safetensors", "lora"):
+        return f"TGI serves safetensors models; this one is {model_format}"
+    return None
 
 
 def missing_tokenizer(model: LocalModel) -> str | None:
@@ -29,6 +37,7 @@ def missing_tokenizer(model: LocalModel) -> str | None:
 
 class Installer:
     backend = BACKEND
+    refusal = staticmethod(refusal)
 
     def __init__(self, config: BackendConfig) -> None:
         if not config.models_dir:
@@ -36,8 +45,9 @@ class Installer:
         self.models_dir = Path(config.models_dir)
 
     def install(self, model: LocalModel, *, shared: bool = False) -> InstallResult:
-        if model.format not in ("safetensors", "lora"):
-            raise UnsupportedModelError(f"{model.name}: TGI serves safetensors models; this one is {model.format}")
+        refused = refusal(model.format, list(model.files))
+        if refused:
+            raise UnsupportedModelError(f"{model.name}: {refused}")
         if model.format == "safetensors":
             wanted = missing_tokenizer(model)
             if wanted:
@@ -49,6 +59,12 @@ class Installer:
         placement.commit()
         flag = "--lora-adapters" if model.format == "lora" else "--model-id"
         return placed(BACKEND, model, placement, shared=shared, format=model.format, serve=f"{flag} {dest}")
+
+    def is_installed(self, name: str) -> bool:
+        return (self.models_dir / model_slug(name)).is_dir()
+
+    def is_serving(self, name: str, location: str) -> bool | None:
+        return None  # TGI serves the one model it was started with; no API to ask about another
 
     def uninstall(self, name: str) -> bool:
         return remove_entry(self.models_dir / model_slug(name))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Collection
 from pathlib import Path
 
 import requests
@@ -33,6 +34,13 @@ from worker_agent.installers.staging import STAGING, FileSpec, place_dir, remove
 BACKEND = "triton"
 DEFAULT_VERSION = 1
 DEFAULT_TRITON_BACKEND = "vllm"
+
+
+def refusal(model_format: str, paths: Collection[str]) -> str | None:
+    """Why Triton (its vLLM backend) cannot serve a model of this format (None: it can)."""
+    if model_format not in ("safetensors", "gguf"):
+        return f"Triton's vLLM backend serves safetensors or GGUF models, not {model_format}"
+    return None
 
 
 def render_config(name: str, *, backend: str = DEFAULT_TRITON_BACKEND, version: int = DEFAULT_VERSION,
@@ -61,6 +69,7 @@ def engine_args(model: LocalModel, version_dir: Path) -> dict:
 
 class Installer:
     backend = BACKEND
+    refusal = staticmethod(refusal)
 
     def __init__(self, config: BackendConfig) -> None:
         if not config.models_dir or not config.url:
@@ -82,9 +91,9 @@ class Installer:
         return files
 
     def install(self, model: LocalModel, *, shared: bool = False) -> InstallResult:
-        if model.format not in ("safetensors", "gguf"):
-            raise UnsupportedModelError(f"{model.name}: Triton's vLLM backend serves safetensors or GGUF models, "
-                                        f"not {model.format}")
+        refused = refusal(model.format, list(model.files))
+        if refused:
+            raise UnsupportedModelError(f"{model.name}: {refused}")
         if model.format == "gguf":
             model.gguf_info()
         name = model.slug
@@ -116,9 +125,16 @@ class Installer:
             pass  # not loaded (or unknown to Triton): nothing to unload
         return remove_entry(self.repository / slug)
 
-    def is_ready(self, name: str) -> bool:
+    def is_installed(self, name: str) -> bool:
+        return (self.repository / model_slug(name)).is_dir()
+
+    def is_serving(self, name: str, location: str) -> bool | None:
+        """GET /v2/models/<name>/ready answers 200."""
+        return self.is_ready(model_slug(name), timeout=min(self.timeout, 10.0))
+
+    def is_ready(self, name: str, timeout: float | None = None) -> bool:
         try:
-            r = self.http.get(f"{self.url}/v2/models/{name}/ready", timeout=self.timeout)
+            r = self.http.get(f"{self.url}/v2/models/{name}/ready", timeout=timeout or self.timeout)
         except requests.RequestException as exc:
             raise BackendUnavailableError(f"Triton at {redact_url(self.url)} unreachable: {redact_urls(str(exc))}") from None
         if r.status_code >= 500:

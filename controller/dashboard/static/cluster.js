@@ -28,6 +28,9 @@ export async function loadCluster() {
   }
 }
 
+// The worker's backends that serve a model of its inventory; an agent before per-backend inventories sends `backend`.
+const servedBy = (m) => (Array.isArray(m.backends) ? m.backends.join(", ") || "stored, not served" : m.backend || "–");
+
 // ---- Cluster models -------------------------------------------------------------------------------
 const modelsView = { page: 0 };
 
@@ -48,7 +51,9 @@ export function renderModels() {
     h("td", { class: "mono", title: m.digest || "" }, shortDigest(m.digest)), h("td", {}, fmtTime(m.modified_at)),
     h("td", { title: cap(m.workers) }, String(m.workers.length)),
     h("td", { title: cap(m.missing) }, String(m.missing.length)),
-    h("td", {}, `${m.coverage}%`), h("td", {}, m.consistent ? "yes" : "no"),
+    h("td", { title: m.stored_not_served && m.stored_not_served.length ? `stored, not served on ${cap(m.stored_not_served)}` : "" },
+      m.status === "stored, not served" ? `${m.coverage}% · stored, not served` : `${m.coverage}%`),
+    h("td", {}, m.consistent ? "yes" : "no"),
     h("td", { class: "muted" }, detailsText(m.details)))));
   $("models-json").textContent = JSON.stringify({ ...(cluster.modelsRaw || {}), models: page }, null, 1);
   keepFocus($("models-pager"), () => renderPager($("models-pager"), modelsView.page, Math.ceil(rows.length / PAGE),
@@ -151,10 +156,10 @@ function renderWorkerDetail() {
       h("dt", {}, "host"), h("dd", { class: "name" }, breakable(w.hostname || "–")),
       h("dt", {}, "last seen"), h("dd", {}, fmtAgo(w.last_seen))),
     h("div", { class: "table-wrap" }, h("table", { class: "table compact" },
-      h("thead", {}, h("tr", {}, ["Model", "Size", "Modified", "Format", "Backend", "Digest"].map((t) => h("th", {}, t)))),
+      h("thead", {}, h("tr", {}, ["Model", "Size", "Modified", "Format", "Backends", "Digest"].map((t) => h("th", {}, t)))),
       h("tbody", {}, page.length ? page.map((m) => h("tr", { dataset: { model: m.name } },
         h("td", { class: "name" }, breakable(m.name)), h("td", {}, fmtBytes(m.size)), h("td", {}, fmtTime(m.modified_at)),
-        h("td", {}, m.format || "–"), h("td", {}, m.backend || "–"), h("td", { class: "mono" }, shortDigest(m.digest))))
+        h("td", {}, m.format || "–"), h("td", {}, servedBy(m)), h("td", { class: "mono" }, shortDigest(m.digest))))
         : h("tr", {}, h("td", { colspan: 6, class: "muted" }, "no local models"))))),
     pager));
 }
