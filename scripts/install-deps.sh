@@ -28,12 +28,13 @@ source scripts/python-env.sh
 echo "installing the eldric Python package and its test dependencies"
 "$PY" -m pip install -q -e ".[test]"
 
-# llama-cpp-python lets a test load a distributed GGUF for real. It builds from
+# llama-cpp-python lets a test load a distributed GGUF for real, and its server (the [server]
+# extra) is the real llama.cpp server a pull's readiness check asks. It builds from
 # source (8-11 min on 2 cores, then pip's wheel cache makes it instant); a failed
 # build only makes that one test skip.
-if [[ "${ELDRIC_SKIP_LLAMA_CPP:-0}" != 1 ]] && ! "$PY" -c "import llama_cpp" 2>/dev/null; then
+if [[ "${ELDRIC_SKIP_LLAMA_CPP:-0}" != 1 ]] && ! "$PY" -c "import llama_cpp.server.app" 2>/dev/null; then
   echo "building llama-cpp-python (optional, once: 8-11 minutes on 2 cores; ELDRIC_SKIP_LLAMA_CPP=1 skips it)"
-  CMAKE_ARGS="-DGGML_NATIVE=OFF" "$PY" -m pip install -q "llama-cpp-python==0.3.36" &
+  CMAKE_ARGS="-DGGML_NATIVE=OFF" "$PY" -m pip install -q "llama-cpp-python[server]==0.3.36" &
   build=$! started=$SECONDS
   next=30
   while kill -0 "$build" 2>/dev/null; do  # a heartbeat, so a long silent build does not look hung

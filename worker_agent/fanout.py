@@ -11,19 +11,24 @@ when a blob was fetched without its peers because the board could not be reached
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections.abc import Iterable
 
 import redis
 import requests
 
 from eldric.cluster import keys
 from eldric.cluster.jobs.progress import Progress
-from eldric.cluster.swarmboard import RedisSwarmBoard, UpstreamRateCap
+from eldric.cluster.swarmboard import RedisSwarmBoard, UpstreamRateCap, leave_swarms as leave_boards
+from eldric.core.blobstore import BlobStore
 from eldric.core.digests import Digest
 from eldric.transfer.http import CONNECT_TIMEOUT, bearer, http_session, pace_receive
 from eldric.transfer.swarm import Swarm, SwarmOptions
 from worker_agent.runtime import Agent
+
+log = logging.getLogger(__name__)
 
 
 class Fanout:
@@ -133,3 +138,19 @@ def _fetchers(agent: Agent, job_id: str, max_upstream_workers: int) -> int:
         targets = 1  # sized for one fetcher: the cap still holds, bursts are only larger
     targets = max(1, targets)
     return min(targets, max_upstream_workers) if max_upstream_workers else targets
+
+
+def leave_swarms(client: redis.Redis, worker_id: str, blobs: BlobStore, digests: Iterable[Digest | str]) -> None:
+    """This node deleted those blobs (or their partial data): off their swarm boards, so no peer asks it for them
+    (issue 22: a pull after a delete otherwise took every range from upstream again). Blobs still in the store
+    stay listed. With Redis away the board stays as it was, and the peers' 416 corrects it range by range."""
+    gone = sorted({str(d) for d in (Digest.parse(str(x)) for x in digests) if not blobs.has(d)})
+    if not gone:
+        return
+    try:
+        ranges = leave_boards(client, worker_id, gone)
+    except redis.RedisError as exc:
+        log.warning("could not take this worker off the swarm boards of %d blob(s): %s", len(gone), exc)
+        return
+    if ranges:
+        log.info("off the swarm boards of %d blob(s) (%d ranges): %s", len(gone), ranges, ", ".join(gone))

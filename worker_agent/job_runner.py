@@ -25,8 +25,10 @@ from eldric.cluster.queues import is_model_serving
 from eldric.core.digests import Digest
 from eldric.core.errors import EldricError
 from eldric.core.names import ModelName
+from eldric.transfer.errors import DownloadStoppedError
 from eldric.transfer.retry import backoff_delay
 from worker_agent.distributing import distribute
+from worker_agent.fanout import leave_swarms
 from worker_agent.pulling import pull_from_ollama
 from worker_agent.installing import uninstall_entry
 from worker_agent import partial_cleanup, serving
@@ -158,6 +160,7 @@ def run_delete_job(agent: Agent, job_id: str, model: str) -> dict:
     def delete(progress: Progress) -> dict:
         progress.update(force=True, state=jobstate.DELETING, status=f"deleting {model}")
         removed = delete_local_model(agent, model)
+        leave_swarms(agent.redis, agent.worker_id, agent.store.blobs, removed or [])
         progress.finish(total=0, status="deleted" if removed is not None else "not present")
         return {"model": model, "deleted": removed is not None, "blobs_removed": len(removed or [])}
     return _run_job(agent, job_id, delete)
@@ -173,7 +176,7 @@ def delete_local_model(agent: Agent, model: str) -> list[str] | None:
     name = ModelName.parse(model)
     if agent.store.read_manifest(name) is None:
         return None
-    # the pull's hard links in llama.cpp, vLLM, Triton first: they would keep the blob's bytes on disk
+    # the pull's hard links in llama.cpp and vLLM first: they would keep the blob's bytes on disk
     uninstall_entry(agent, {"name": name.short, "installed": serving.installed_from_pull(agent, name)})
     return agent.store.delete_model(name, keep=agent.catalog.referenced_digests)
 
@@ -201,10 +204,15 @@ def _run_job(agent: Agent, job_id: str, work: Callable[[Progress], dict], lock_t
         return result
     except JobEndedError as exc:
         # Cancelled or skipped while running: the record already says so (final); drop this job's partial data.
-        cleaned = partial_cleanup.discard_job_partials(agent.store, job_id)
+        cleaned = partial_cleanup.discard_job_partials(agent.redis, agent.worker_id, agent.store, job_id)
         log.info("job %s: %s; stopped, %d partial download(s) removed", job_id, exc, len(cleaned.removed))
         _with_redis(lambda: agent.redis.srem(keys.worker_jobs(agent.worker_id), job_id), f"leave job {job_id}")
         return {"stopped": progress.ended_elsewhere}
+    except DownloadStoppedError as exc:
+        # SIGTERM: the part stays unfinished and its partial data on disk; the next start resumes it (unfinished_jobs).
+        log.info("job %s: %s; its partial data stays and the next start resumes it", job_id, exc)
+        progress.update(force=True, status="stopped: the agent is shutting down; it resumes when the agent is back")
+        return {"stopped": "agent shutting down"}
     finally:
         lease.release()
 
@@ -243,7 +251,7 @@ def report_failure(agent: Agent, job_id: str, reason: str) -> None:
             fail_worker(agent.redis, job_id, agent.worker_id, reason)
         agent.redis.srem(keys.worker_jobs(agent.worker_id), job_id)
     # The part ended for good (retries used up, or not retryable): its partial data is of no further use.
-    cleaned = partial_cleanup.discard_job_partials(agent.store, job_id)
+    cleaned = partial_cleanup.discard_job_partials(agent.redis, agent.worker_id, agent.store, job_id)
     if cleaned.removed:
         log.info("job %s: removed %d partial download(s), %d bytes", job_id, len(cleaned.removed), cleaned.freed)
     _with_redis(store, f"report the failure of job {job_id}")

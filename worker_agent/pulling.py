@@ -47,7 +47,7 @@ def upstream_digest(source: BlobSource, name: ModelName) -> str:
 
 class BackendInstalls:
     """The node's backends for one pull: planned from the manifest before any download, the GGUF
-    installed into the file backends (llama.cpp, vLLM, Triton) before the manifest is written, so a
+    installed into the file backends (llama.cpp, vLLM) before the manifest is written, so a
     model Ollama lists is in every backend that serves it; then each backend's API is asked."""
 
     def __init__(self, agent: Agent, name: ModelName, progress: Progress) -> None:

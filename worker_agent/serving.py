@@ -8,7 +8,8 @@ whether it lists the model (`readiness`). The inventory the node publishes lists
 backends that serve it (`local_models`); a model only in the store is "stored, not served".
 
 An Ollama-registry pull is served by Ollama from the store itself (the store is Ollama's); its GGUF
-goes to llama.cpp, vLLM and Triton as `<name>.gguf` under the name scheme of distributions.
+goes to llama.cpp (`<slug>.gguf`) and vLLM (`<slug>/<slug>.gguf`), the name scheme of distributions;
+Triton and TGI are given safetensors and skip it with the reason.
 """
 
 from __future__ import annotations

@@ -119,6 +119,30 @@ local lease = redis.call('HGET', KEYS[4], r)
 if lease and string.match(lease, '^(%S+) ') == me then redis.call('HDEL', KEYS[4], r) end
 """ + _TOUCH.replace("ARGV[1]", "ARGV[4]")
 
+# KEYS: sha holders; ARGV: worker, ranges... (none: every range). The worker no longer holds them (a delete,
+# a cancel, a cleanup, or a 416 from it): off their holders. A range nobody holds any more loses its sha too, so
+# it is "never fetched" again and the lease (claim's HEXISTS) hands it to one upstream fetcher, not to every
+# worker that saw it orphaned. Returns how many ranges it was taken off.
+_UNHOLD = """
+local who, ranges, dropped = ARGV[1], {}, 0
+if #ARGV > 1 then for i = 2, #ARGV do ranges[#ranges + 1] = ARGV[i] end else ranges = redis.call('HKEYS', KEYS[2]) end
+for _, r in ipairs(ranges) do
+  local cur = redis.call('HGET', KEYS[2], r)
+  if cur and string.find(' ' .. cur .. ' ', ' ' .. who .. ' ', 1, true) then
+    local kept = {}
+    for w in string.gmatch(cur, '%S+') do if w ~= who then kept[#kept + 1] = w end end
+    if #kept == 0 then
+      redis.call('HDEL', KEYS[2], r)
+      redis.call('HDEL', KEYS[1], r)
+    else
+      redis.call('HSET', KEYS[2], r, table.concat(kept, ' '))
+    end
+    dropped = dropped + 1
+  end
+end
+return dropped
+"""
+
 # A token bucket: KEYS[1]; ARGV: rate, capacity, (unused), n. Returns ms to wait (the take is booked).
 _BUCKET = _NOW + """
 local rate, cap, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
@@ -156,6 +180,7 @@ class RedisSwarmBoard:
         self._release = client.register_script(_RELEASE)
         self._publish = client.register_script(_PUBLISH)
         self._retire = client.register_script(_RETIRE)
+        self._unhold = client.register_script(_UNHOLD)
         self._addresses: dict[str, str] = {}
 
     @_board_call
@@ -195,6 +220,10 @@ class RedisSwarmBoard:
         self._publish(keys=self.keys, args=[self.me, index, sha or "", SWARM_TTL])
 
     @_board_call
+    def drop_holder(self, worker: str, ranges: Collection[int] | None = None) -> int:
+        return int(self._unhold(keys=self.keys[1:3], args=[worker, *sorted(ranges or ())]))
+
+    @_board_call
     def address(self, worker: str) -> str | None:
         if worker not in self._addresses:
             value = self.client.hget(keys.worker(worker), "address")
@@ -206,6 +235,16 @@ class RedisSwarmBoard:
     @_board_call
     def reset(self) -> None:
         self.client.delete(*self.keys)
+
+
+def leave_swarms(client: redis.Redis, worker: str, digests: Collection[str]) -> int:
+    """Take `worker` off the boards of the blobs `digests` (it deleted them, or their partial data): how many
+    ranges it was listed for. Raises redis.RedisError; its peers' 416 then does it (Swarm.peer_lacks)."""
+    unhold = client.register_script(_UNHOLD)
+    pipe = client.pipeline(transaction=False)
+    for digest in digests:
+        unhold(keys=[keys.swarm(digest, "sha"), keys.swarm(digest, "holders")], args=[worker], client=pipe)
+    return sum(int(n) for n in pipe.execute())
 
 
 class UpstreamRateCap:

@@ -51,8 +51,9 @@ import requests
 from eldric.core.blobstore import BlobStore
 from eldric.core.digests import Digest
 from eldric.core.errors import DigestMismatchError, EldricError
+from eldric.transfer.bodies import direct_reader, pwrite_all, read_past, reuse_connection
 from eldric.transfer.diskspace import is_disk_full, no_space_error
-from eldric.transfer.errors import SourceError, SourceUnavailableError
+from eldric.transfer.errors import DownloadStoppedError, SourceError, SourceUnavailableError
 from eldric.transfer.partials import LOCK_SUFFIX, STATE_SUFFIX, discard, locked, partial_name, saved_parts
 from eldric.transfer.ratelimit import NoLimit, TokenBucket
 from eldric.transfer.retry import TRANSIENT_ERRORS, backoff_delay, connection_cause
@@ -64,44 +65,7 @@ RangeOpener = Callable[[int, int | None, float], requests.Response]
 PACED_READ = 256 << 10  # bytes read at a time under a rate cap
 log = logging.getLogger(__name__)
 _TRANSIENT = (*TRANSIENT_ERRORS, SourceUnavailableError)
-
-
-def _direct_reader(resp: requests.Response) -> Callable[[memoryview], int]:
-    """A readinto() for the body: straight from the socket into our buffer when nothing needs decoding.
-
-    urllib3's read() allocates and copies every chunk; http.client's readinto() fills a
-    reused buffer, which saves a full copy of every blob (measured ~15% of a 1 GiB pull).
-    """
-    fp = getattr(resp.raw, "_fp", None)
-    if fp is not None and hasattr(fp, "readinto") and not resp.headers.get("Content-Encoding"):
-        return fp.readinto
-
-    def read_decoded(buf: memoryview) -> int:
-        chunk = resp.raw.read(len(buf), decode_content=True)
-        buf[: len(chunk)] = chunk
-        return len(chunk)
-    return read_decoded
-
-
-def _discard(readinto: Callable[[memoryview], int], buf: memoryview, count: int) -> bool:
-    """Read and drop `count` bytes of the body; False if it ended first."""
-    while count > 0:
-        n = readinto(buf[: min(len(buf), count)])
-        if not n:
-            return False
-        count -= n
-    return True
-
-
-def _reuse_connection(resp: requests.Response) -> None:
-    """Hand a fully read connection back to the pool: reading past urllib3 means it cannot tell.
-
-    A new TCP connection per range costs more than the range's transfer on fast
-    links (measured: 33 ranges of 32 MiB on loopback took 30% longer than one GET).
-    """
-    fp = getattr(resp.raw, "_fp", None)
-    if fp is not None and getattr(fp, "isclosed", lambda: False)() and hasattr(resp.raw, "release_conn"):
-        resp.raw.release_conn()
+_KEEPS_PARTIAL = (*_TRANSIENT, DownloadStoppedError)  # a retry or the next start resumes it
 
 
 @dataclass(frozen=True)
@@ -121,6 +85,8 @@ class DownloadOptions:
     start_connections: int = 1
     # The worker's download cap (ELDRIC_MAX_DOWNLOAD_RATE): one bucket shared by all its downloads.
     limiter: TokenBucket | NoLimit = field(default_factory=NoLimit, compare=False)
+    # Set when the process shuts down: every connection stops at its next read, the partial stays.
+    stop: threading.Event = field(default_factory=threading.Event, compare=False)
 
 
 class _Part:
@@ -140,17 +106,20 @@ def download_blob(open_range: RangeOpener, digest: Digest | None, size: int | No
                   partial_dir: Path, options: DownloadOptions = DownloadOptions(),
                   on_bytes: Callable[[int], None] = lambda n: None, key: str | None = None,
                   owner: str | None = None, swarm: Swarm | None = None,
-                  upstream_take: Callable[[int], None] | None = None) -> Path:
+                  upstream_take: Callable[[int], None] | None = None,
+                  on_resumed: Callable[[int], None] | None = None) -> Path:
     """Fetch one blob into `store` unless present; raise DigestMismatchError on bad bytes.
 
     With `digest` None (a plain URL whose hash nobody published) the bytes are
     stored under the digest they turn out to have; `key` then names the partial
     download so a retry resumes it. `size` None: unknown, fetched as one stream.
-    `on_bytes(n)` is called with each batch of new bytes, from the download threads.
+    `on_bytes(n)` is called with each batch of new bytes, from the download threads; `on_resumed(n)` once
+    with the bytes a resumed partial download already had (given to `on_bytes` when None: progress only).
     `owner` (a job id) is recorded in the resume state, so the partial data can be
     dropped once that job has ended. InsufficientSpaceError when the disk fills.
     `swarm`: share the blob's ranges with peers (only for a known digest and size, one MiB
     or more); `upstream_take(n)` waits until `n` more upstream bytes fit the job's cap.
+    DownloadStoppedError when `options.stop` is set: the partial data stays for the next start.
     """
     partial_dir.mkdir(parents=True, exist_ok=True)
     if swarm is not None and (digest is None or size is None or size < swarm.options.min_size):
@@ -168,26 +137,35 @@ def download_blob(open_range: RangeOpener, digest: Digest | None, size: int | No
             return store.path(digest)
         try:
             return _Download(open_range, digest, size, store, partial_dir, options, on_bytes, name, owner,
-                             swarm, upstream_take).run()
-        except _TRANSIENT:
+                             swarm, upstream_take, on_resumed or on_bytes).run()
+        except _KEEPS_PARTIAL:
             raise  # the partial data stays for the retry
         except OSError as exc:
             if not is_disk_full(exc):
                 raise
-            discard(partial_dir, name)  # a retry starts over, so the message says what that needs
+            _drop_partial(partial_dir, name, swarm)  # a retry starts over, so the message says what that needs
             raise no_space_error(partial_dir, size, str(digest) if digest else name) from None
         except EldricError:
-            discard(partial_dir, name)  # no retry follows: nothing will resume it
+            _drop_partial(partial_dir, name, swarm)  # no retry follows: nothing will resume it
             raise
+
+
+def _drop_partial(partial_dir: Path, name: str, swarm: Swarm | None) -> None:
+    """Delete a download's partial data; its peers must not ask us for its ranges any more."""
+    discard(partial_dir, name)
+    if swarm is not None:
+        swarm.forget()
 
 
 class _Download:
     def __init__(self, open_range: RangeOpener, digest: Digest | None, size: int | None, store: BlobStore,
                  partial_dir: Path, options: DownloadOptions, on_bytes: Callable[[int], None], name: str,
                  owner: str | None = None, swarm: Swarm | None = None,
-                 upstream_take: Callable[[int], None] | None = None) -> None:
+                 upstream_take: Callable[[int], None] | None = None,
+                 on_resumed: Callable[[int], None] | None = None) -> None:
         self.open_range, self.digest, self.size, self.store = open_range, digest, size, store
         self.options, self.on_bytes, self.owner = options, on_bytes, owner
+        self.on_resumed = on_resumed or on_bytes
         self.swarm, self.upstream_take = swarm, upstream_take
         self.busy: set[int] = set()  # parts one of my connections works on (swarm mode)
         self._peer_reads: dict[int, PeerRead] = {}  # ranges in flight from peers (swarm mode)
@@ -221,7 +199,7 @@ class _Download:
                 self._join_swarm(fd)
             resumed = sum(p.completed for p in self.parts)
             if resumed:
-                self.on_bytes(resumed)
+                self.on_resumed(resumed)
             actual = self._fetch_all(fd)
         finally:
             os.close(fd)
@@ -298,6 +276,12 @@ class _Download:
                 log.debug("%s: %.0f MB/s, opening connection %d", self.data_path.name, rate / 1e6, active)
             last_bytes, last_time = self._done_bytes(), now
         self._save_state()
+        if self.options.stop.is_set() and self._more_to_do():
+            raise DownloadStoppedError(f"download of {self.data_path.name} stopped: the agent is shutting down")
+
+    def _halted(self) -> bool:
+        """The download failed elsewhere, or the process is shutting down: connections stop at their next read."""
+        return self.failed.is_set() or self.options.stop.is_set()
 
     def _done_bytes(self) -> int:
         return sum(p.completed for p in self.parts)
@@ -312,7 +296,7 @@ class _Download:
         if self.swarm is not None:
             self._swarm_connection(fd, self.swarm)
             return
-        while not self.failed.is_set():
+        while not self._halted():
             with self.todo_lock:
                 if not self.todo:
                     return
@@ -321,7 +305,7 @@ class _Download:
 
     def _fetch_part_now(self, fd: int, part: _Part) -> None:
         failures = 0
-        while part.completed < part.length and not self.failed.is_set():
+        while part.completed < part.length and not self._halted():
             start = part.offset + part.completed
             before = part.completed
             try:
@@ -343,15 +327,15 @@ class _Download:
     def _stream_range(self, fd: int, part: _Part, start: int) -> None:
         end = part.offset + part.length - 1
         with self.open_range(start, end, self.options.stall_seconds) as resp:
-            readinto = _direct_reader(resp)
+            readinto = direct_reader(resp)
             buf = memoryview(bytearray(self.options.chunk_bytes))
             if resp.status_code == 200 and start != 0:
                 if part.offset != 0:
                     raise SourceError(f"source ignored the Range request for {self.data_path.name}")
-                if not _discard(readinto, buf, start):  # the whole file again: read past what we have
+                if not read_past(readinto, buf, start):  # the whole file again: read past what we have
                     return
             while part.completed < part.length:
-                if self.failed.is_set():
+                if self._halted():
                     return
                 want = min(len(buf), part.length - part.completed, self._paced_read)
                 # Caps are paid before the read: a read of a whole chunk ahead of its tokens is a burst on the link.
@@ -361,11 +345,11 @@ class _Download:
                 n = readinto(buf[:want])
                 if not n:
                     return
-                _pwrite_all(fd, buf[:n], part.offset + part.completed)
+                pwrite_all(fd, buf[:n], part.offset + part.completed)
                 part.completed += n
                 self.on_bytes(n)
                 self.wrote.set()
-            _reuse_connection(resp)
+            reuse_connection(resp)
 
     def _fetch_stream(self, out: BinaryIO) -> Digest:
         """The whole blob of unknown size as one stream, hashed as it arrives; a retry resumes where it broke."""
@@ -489,7 +473,7 @@ class _Download:
 
     def _swarm_connection(self, fd: int, swarm: Swarm) -> None:
         """One connection's loop in a swarm: a range from a peer, or from upstream under a lease, or wait."""
-        while not self.failed.is_set():
+        while not self._halted():
             with self.todo_lock:
                 open_ranges = [i for i, p in enumerate(self.parts) if p.completed < p.length and i not in self.busy]
             if not open_ranges:
@@ -537,14 +521,14 @@ class _Download:
         """
         part = self.parts[task.index]
         read = PeerRead(task.peer, part.length, swarm.clock)
-        why = ""
+        why, lacks = "", False
         with self.todo_lock:
             self._peer_reads[task.index] = read
         try:
             with swarm.open_range_from(task.peer, part.offset, part.offset + part.length - 1) as resp:
                 read.resp = resp
                 if resp.status_code != 206:
-                    why = f"answered {resp.status_code}"
+                    why, lacks = f"answered {resp.status_code}", resp.status_code in (404, 416)
                 else:
                     self._read_peer_body(fd, swarm, part, read)
         except _LocalWriteError as exc:
@@ -567,15 +551,17 @@ class _Download:
                 swarm.fetched(task.index, None, peer=task.peer)
                 return
             why, drop = "failed its sha256 check", True
-        if drop or not self.failed.is_set():
+        if lacks:
+            swarm.peer_lacks(task.peer, task.index, why)
+        elif drop or not self._halted():
             swarm.peer_failed(task.peer, task.index, why or f"ended after {read.got} of {part.length} bytes", drop=drop)
         swarm.received(task.peer, -read.got)
         self.on_bytes(-read.got)
 
     def _read_peer_body(self, fd: int, swarm: Swarm, part: _Part, read: PeerRead) -> None:
-        readinto = _direct_reader(read.resp)
+        readinto = direct_reader(read.resp)
         buf = memoryview(bytearray(self.options.chunk_bytes))
-        while read.got < part.length and not self.failed.is_set():
+        while read.got < part.length and not self._halted():
             if read.judge(swarm):
                 return
             want = min(len(buf), part.length - read.got, self._paced_read)
@@ -586,14 +572,14 @@ class _Download:
                 return
             read.sha.update(buf[:n])
             try:
-                _pwrite_all(fd, buf[:n], part.offset + read.got)
+                pwrite_all(fd, buf[:n], part.offset + read.got)
             except OSError as exc:
                 raise _LocalWriteError(str(exc)) from exc
             read.got += n
             swarm.received(read.peer, n)
             self.on_bytes(n)
         if read.got == part.length:
-            _reuse_connection(read.resp)
+            reuse_connection(read.resp)
 
     def _judge_peers(self) -> None:
         """Cut off every peer range that fell behind the minimum rate (its read may block for long)."""
@@ -619,9 +605,3 @@ def relayout(saved: list[tuple[int, int, int]], plan: list[tuple[int, int]]) -> 
 
 class _LocalWriteError(EldricError):
     """A write to our own partial file failed (full disk, I/O error): not the peer's fault."""
-
-
-def _pwrite_all(fd: int, view: memoryview, pos: int) -> None:
-    while view:
-        written = os.pwrite(fd, view, pos)
-        view, pos = view[written:], pos + written

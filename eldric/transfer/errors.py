@@ -25,3 +25,7 @@ class InsufficientSpaceError(TransferError):
 
 class HostNotAllowedError(SourceError):
     """An upstream host or address outside the allow-lists: refused before any connection to it."""
+
+
+class DownloadStoppedError(TransferError):
+    """The process is shutting down (SIGTERM): the download stopped and kept its partial data for the next start."""

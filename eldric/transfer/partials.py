@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from eldric.core.blobstore import BlobStore
-from eldric.core.digests import Digest
+from eldric.core.digests import Digest, is_digest
 
 STATE_SUFFIX = ".json"
 LOCK_SUFFIX = ".lock"
@@ -102,6 +102,11 @@ def discard(partial_dir: Path, name: str) -> None:
 class Cleaned:
     removed: list[str] = field(default_factory=list)  # download names
     freed: int = 0  # bytes on disk
+
+    @property
+    def digests(self) -> list[Digest]:
+        """The blobs whose partial data went (downloads named by their digest)."""
+        return [Digest.parse(name) for name in self.removed if is_digest(name.replace("sha256-", "sha256:", 1))]
 
 
 def clean_partials(partial_dir: Path, *, max_age: float, is_finished: Callable[[str], bool] = lambda owner: False,

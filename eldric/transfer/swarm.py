@@ -104,6 +104,10 @@ class SwarmBoard(Protocol):
     def publish(self, index: int, sha: str | None) -> None:
         """I hold range `index`, verified; `sha` when I fetched it from upstream. Drops my lease."""
 
+    def drop_holder(self, worker: str, ranges: Collection[int] | None = None) -> int:
+        """`worker` no longer holds those ranges (None: any): off their holders; a range nobody holds then
+        counts as never fetched."""
+
     def address(self, worker: str) -> str | None: ...
 
     def reset(self) -> None:
@@ -304,6 +308,25 @@ class Swarm:
                 self._cooldown[peer] = self.clock() + PEER_COOLDOWN
                 log.info("peer %s did not deliver range %d (%s); trying elsewhere", peer, index, why)
 
+    def peer_lacks(self, peer: str, index: int, why: str) -> None:
+        """A peer the board lists for range `index` answered that it does not have it (416, 404: deleted,
+        cancelled, cleaned up): off the board at once, for everyone, so nobody asks it again (issue 22)."""
+        log.info("peer %s does not have range %d (%s); taken off the board", peer, index, why)
+        self._unhold(peer, [index])
+
+    def forget(self) -> None:
+        """My partial data of this blob is gone: take me off the board (my peers' 416 would, one range at a time)."""
+        self._unhold(self.me, None)
+
+    def _unhold(self, worker: str, ranges: list[int] | None) -> None:
+        if not self.alone:
+            try:
+                self.board.drop_holder(worker, ranges)
+            except BoardUnavailableError as exc:
+                self._go_alone(exc)
+        with self._lock:
+            self._view_at = -1.0
+
     def join(self, size: int, range_bytes: int) -> int | None:
         """The swarm's range size for a blob of `size` bytes; None when the board cannot be reached."""
         try:
@@ -370,7 +393,7 @@ class PeerRead:
         raw = getattr(self.resp, "raw", None)
         sock = getattr(getattr(raw, "connection", None), "sock", None)
         if sock is None:  # an HTTP/1.0 or `Connection: close` answer: http.client detached the socket from the
-            # connection, and only the body's file still holds it (as download._direct_reader reads it)
+            # connection, and only the body's file still holds it (as bodies.direct_reader reads it)
             sock = getattr(getattr(getattr(getattr(raw, "_fp", None), "fp", None), "raw", None), "_sock", None)
         if sock is not None:
             try:

@@ -19,9 +19,11 @@ from testbed.processes import free_port
 from worker_agent.installers import (BackendConfig, BackendError, BackendUnavailableError, LocalModel,
                                      MissingFilesError, backend_configs, install, uninstall)
 from eldric.core.chat_templates import CHATML
+from worker_agent.installers.triton import Installer
 from worker_agent.settings import AgentSettings
 
 pytestmark = pytest.mark.integration
+ST = "acme--tiny-st"  # st_model's name in a backend (model_slug)
 
 
 @pytest.fixture
@@ -146,18 +148,19 @@ def test_the_ollama_stand_in_checks_what_it_receives(fake_ollama, tmp_path):
 
 # ---------------------------------------------------------------- Triton
 
-def test_triton_load_and_ready(fake_triton, gguf_model):
+def test_triton_load_and_ready(fake_triton, st_model):
     cfg = triton_config(fake_triton)
-    result = install(gguf_model, cfg)
-    assert result.changed and result.details == {"triton_model": "tiny", "version": 1, "ready": True}
-    assert requests.get(f"{fake_triton.url}/v2/models/tiny/ready", timeout=5).status_code == 200
+    result = install(st_model, cfg)
+    assert result.changed and result.details == {"triton_model": ST, "version": 1, "ready": True}
+    assert requests.get(f"{fake_triton.url}/v2/models/{ST}/ready", timeout=5).status_code == 200
     index = requests.post(f"{fake_triton.url}/v2/repository/index", json={"ready": True}, timeout=5).json()
-    assert index == [{"name": "tiny", "state": "READY", "reason": "", "version": "1"}]
-    assert os.listdir(fake_triton.repository) == ["tiny"]  # staging stayed outside the repository...
+    assert index == [{"name": ST, "state": "READY", "reason": "", "version": "1"}]
+    assert os.listdir(fake_triton.repository) == [ST]  # staging stayed outside the repository...
     assert not any(p.name.endswith(".eldric-staging") for p in fake_triton.repository.parent.iterdir())  # ...and went
+    assert Installer(cfg).is_serving(st_model.name, result.location) is True  # the readiness check after a job
 
-    again = install(gguf_model, cfg)
-    assert again.changed is False and fake_triton.loads == ["tiny"]  # nothing copied, nothing reloaded
+    again = install(st_model, cfg)
+    assert again.changed is False and fake_triton.loads == [ST]  # nothing copied, nothing reloaded
 
 
 def test_triton_safetensors_from_shared_storage(fake_triton, st_model, tmp_path):
@@ -172,35 +175,36 @@ def test_triton_safetensors_from_shared_storage(fake_triton, st_model, tmp_path)
     assert fake_triton.states["acme--tiny-st"]["state"] == "READY"
 
 
-def test_triton_refusing_a_load_keeps_the_previous_model(fake_triton, gguf_model):
-    install(gguf_model, triton_config(fake_triton))
-    config_before = (fake_triton.repository / "tiny" / "config.pbtxt").read_text()
+def test_triton_refusing_a_load_keeps_the_previous_model(fake_triton, st_model):
+    install(st_model, triton_config(fake_triton))
+    config_before = (fake_triton.repository / ST / "config.pbtxt").read_text()
     with pytest.raises(BackendError, match="unable to find backend library for backend 'nonesuch'"):
-        install(gguf_model, triton_config(fake_triton, triton_backend="nonesuch"))
-    assert (fake_triton.repository / "tiny" / "config.pbtxt").read_text() == config_before
-    assert os.listdir(fake_triton.repository) == ["tiny"]
-    assert install(gguf_model, triton_config(fake_triton)).changed is False
+        install(st_model, triton_config(fake_triton, triton_backend="nonesuch"))
+    assert (fake_triton.repository / ST / "config.pbtxt").read_text() == config_before
+    assert os.listdir(fake_triton.repository) == [ST]
+    assert install(st_model, triton_config(fake_triton)).changed is False
 
 
-def test_triton_unreachable_keeps_the_files_and_a_retry_only_loads(tmp_path, gguf_model):
+def test_triton_unreachable_keeps_the_files_and_a_retry_only_loads(tmp_path, st_model):
     repo = tmp_path / "repo"
     repo.mkdir()
     down = BackendConfig("triton", models_dir=repo, url=f"http://127.0.0.1:{free_port()}", timeout=5)
     with pytest.raises(BackendUnavailableError):
-        install(gguf_model, down)
-    assert (repo / "tiny" / "config.pbtxt").is_file()
+        install(st_model, down)
+    assert (repo / ST / "config.pbtxt").is_file()
     with FakeTriton(repo) as server:
-        retry = install(gguf_model, triton_config(server))
-        assert retry.changed is False and server.loads == ["tiny"]
+        retry = install(st_model, triton_config(server))
+        assert retry.changed is False and server.loads == [ST]
 
 
-def test_triton_uninstall_unloads_and_removes(fake_triton, gguf_model):
+def test_triton_uninstall_unloads_and_removes(fake_triton, st_model):
     cfg = triton_config(fake_triton)
-    install(gguf_model, cfg)
-    assert uninstall("tiny", cfg) is True
-    assert not (fake_triton.repository / "tiny").exists()
-    assert fake_triton.states["tiny"]["state"] == "UNAVAILABLE"
-    assert requests.get(f"{fake_triton.url}/v2/models/tiny/ready", timeout=5).status_code == 400
+    install(st_model, cfg)
+    assert uninstall(st_model.name, cfg) is True
+    assert not (fake_triton.repository / ST).exists()
+    assert fake_triton.states[ST]["state"] == "UNAVAILABLE"
+    assert requests.get(f"{fake_triton.url}/v2/models/{ST}/ready", timeout=5).status_code == 400
+    assert Installer(cfg).is_serving(st_model.name, "") is False
 
 
 # ---------------------------------------------------------------- a node serving every backend
@@ -213,16 +217,17 @@ def test_one_node_installs_into_every_backend_it_serves(fake_ollama, fake_triton
         "ELDRIC_BACKEND_TIMEOUT_SECONDS": "30"})
     configs = backend_configs(settings)
     assert list(configs) == ["ollama", "vllm", "tgi", "llamacpp", "triton"]
-    locations = {name: install(gguf_model, cfg).location for name, cfg in configs.items() if name != "tgi"}
+    gguf_backends = ("ollama", "vllm", "llamacpp")  # Triton and TGI are given safetensors
+    locations = {name: install(gguf_model, configs[name]).location for name in gguf_backends}
     assert locations["vllm"] == str(tmp_path / "node" / "backends" / "vllm" / "tiny")
     assert locations["llamacpp"] == str(tmp_path / "node" / "backends" / "llamacpp" / "tiny.gguf")
     assert [m.model for m in ollama.Client(host=fake_ollama.url).list().models] == ["tiny:latest"]
-    assert install(st_model, configs["tgi"]).changed
+    assert install(st_model, configs["tgi"]).changed and install(st_model, configs["triton"]).changed
     no_tokenizer = st_model.replace(files={k: v for k, v in st_model.files.items() if k != "tokenizer.json"})
     with pytest.raises(MissingFilesError, match="tokenizer"):
         install(no_tokenizer.replace(name="acme/no-tok"), configs["tgi"])
     assert not (tmp_path / "node" / "backends" / "tgi" / "acme--no-tok").exists()
-    assert all(install(gguf_model, cfg).changed is False for name, cfg in configs.items() if name != "tgi")
+    assert all(install(gguf_model, configs[name]).changed is False for name in gguf_backends)
 
 
 # ---------------------------------------------------------------- a real llama.cpp

@@ -1,7 +1,8 @@
 """Issue 22, finding 1: a pull installs into every backend of the node that serves the model, and the
 views say per backend what is served. Real processes: redis-server, docker-registry (the upstream),
-controller, four agents with different ELDRIC_BACKENDS; stand-ins for Ollama's API over the node's
-store and for the /v1/models of llama-server (router mode) and vLLM."""
+controller, agents with different ELDRIC_BACKENDS; stand-ins for Ollama's API over the node's
+store and for the /v1/models of llama-server (router mode) and vLLM; and, where llama-cpp-python's
+server is installed, `python -m llama_cpp.server` as the real llama.cpp server on the placed GGUF."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.support.fake_backends import FakeOllama, FakeOpenAIModels
 from tests.support.file_server import FileServer
 from testbed.gguf_models import write_llama_gguf
-from testbed.processes import wait_until
+from testbed.processes import Service, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -30,7 +32,7 @@ def node(live, name: str) -> Path:
 
 @pytest.fixture(scope="module")
 def live(cluster, tiny_model, workdir):
-    """lv-1: llama.cpp + vLLM (as deploy/local.env); mix-1: Ollama + llama.cpp + TGI; tgi-1: TGI only;
+    """lv-1: llama.cpp + vLLM (as deploy/local.env); mix-1: Ollama + llama.cpp + TGI; tgi-1: TGI + Triton;
     moved-1: TGI only, over an Ollama store that already holds tiny (a node whose backends changed)."""
     cluster.start_controller()
     router = FakeOpenAIModels.llama_router(node(cluster, "lv-1") / "backends" / "llamacpp").start()
@@ -40,7 +42,7 @@ def live(cluster, tiny_model, workdir):
     cluster.start_worker("lv-1", ELDRIC_BACKENDS="llamacpp,vllm", ELDRIC_LLAMACPP_URL=router.url,
                          ELDRIC_VLLM_URL=vllm.url)
     cluster.start_worker("mix-1", ELDRIC_BACKENDS="ollama,llamacpp,tgi", ELDRIC_OLLAMA_URL=ollama.url)
-    cluster.start_worker("tgi-1", ELDRIC_BACKENDS="tgi")
+    cluster.start_worker("tgi-1", ELDRIC_BACKENDS="tgi,triton")
     yield cluster
     for fake in cluster.fakes.values():
         fake.stop()
@@ -90,7 +92,8 @@ def test_a_node_whose_backends_serve_none_of_it_fails_before_downloading(live, f
     rec = records(first_pull)["tgi-1"]
     assert rec["state"] == "failed"
     assert rec["error"] == ("no backend on this node can serve tiny:latest (gguf): "
-                            "tgi: TGI serves safetensors models; this one is gguf"), rec["error"]
+                            "tgi: TGI serves safetensors models; this one is gguf; "
+                            "triton: Triton serves safetensors models (its vLLM backend); this one is gguf"), rec["error"]
     assert not rec.get("upstream_bytes") and not rec.get("completed")
     assert not any((live.store("tgi-1") / "blobs").glob("sha256-*"))  # not even the config blob came
 
@@ -177,7 +180,9 @@ def test_a_distribution_no_backend_can_serve_fails_before_downloading(live, work
         rec = records(live.wait_job(resp.json()["id"]))["tgi-1"]
         assert rec["state"] == "failed"
         assert rec["error"].startswith("no backend on this node can serve web"), rec["error"]
-        assert rec["error"].endswith("(gguf): tgi: TGI serves safetensors models; this one is gguf"), rec["error"]
+        assert rec["error"].endswith("(gguf): tgi: TGI serves safetensors models; this one is gguf; "
+                                     "triton: Triton serves safetensors models (its vLLM backend); this one is gguf"), \
+            rec["error"]
         assert not rec.get("upstream_bytes")
         assert not list((live.store("tgi-1") / "blobs").glob("sha256-*"))
         assert not list((live.store("tgi-1") / ".eldric-partial").glob("*"))
@@ -190,3 +195,28 @@ def test_nothing_of_the_model_stays_in_an_unserved_backend_dir(live, first_pull)
     tgi = node(live, "mix-1") / "backends" / "tgi"
     assert not tgi.exists() or not [p for p in tgi.iterdir() if not p.name.startswith(".")]
     assert not os.path.exists(node(live, "tgi-1") / "backends" / "tgi" / "tiny")
+
+
+def test_a_real_llama_cpp_server_on_the_placed_gguf_is_asked_and_generates(live, first_pull):
+    """The operator starts llama.cpp's server on the file a pull placed; the next pull's readiness check
+    asks its /v1/models (ELDRIC_LLAMACPP_URL) and finds it, and the server generates from that file."""
+    pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python's server is not installed "
+                        "(pip install 'llama-cpp-python[server]==0.3.36'; the build is reused from pip's cache)")
+    url = f"http://127.0.0.1:{free_port()}"
+    live.start_worker("lc-1", ELDRIC_BACKENDS="llamacpp", ELDRIC_LLAMACPP_URL=url)
+    first = records(pull(live, ["lc-1"]))["lc-1"]
+    assert first["state"] == "completed", first
+    assert first["ready"] == {"llamacpp": False}  # nothing listens there yet: installed, not served
+    placed = node(live, "lc-1") / "backends" / "llamacpp" / "tiny.gguf"
+    server = Service("llama-cpp-server", [sys.executable, "-m", "llama_cpp.server", "--model", str(placed),
+                                          "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1],
+                                          "--n_ctx", "64", "--n_threads", "1"], live.root, cwd=REPO).start()
+    live.services.append(server)  # stopped with the cluster
+    wait_until(lambda: requests.get(f"{url}/v1/models", timeout=2).ok, timeout=30,
+               message=f"llama_cpp.server on {url}\n{server.log_tail()}")
+    again = records(pull(live, ["lc-1"]))["lc-1"]
+    assert again["placement"] == "installed for llamacpp: already in place", again
+    assert again["ready"] == {"llamacpp": True}, (again, requests.get(f"{url}/v1/models", timeout=5).json())
+    out = requests.post(f"{url}/v1/completions", json={"prompt": "hello", "max_tokens": 4, "temperature": 0},
+                        timeout=30).json()
+    assert out["usage"]["completion_tokens"] >= 1, out

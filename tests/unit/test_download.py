@@ -22,7 +22,7 @@ from eldric.core.blobstore import BlobStore
 from eldric.core.digests import Digest
 from eldric.core.errors import DigestMismatchError
 from eldric.transfer.download import DownloadOptions, download_blob, plan_parts
-from eldric.transfer.errors import SourceError, SourceUnavailableError
+from eldric.transfer.errors import DownloadStoppedError, SourceError, SourceUnavailableError
 import itertools
 
 DATA = bytes((i * 31 + 7) % 251 for i in range(10_000))
@@ -303,6 +303,65 @@ def test_failed_download_keeps_its_state_and_the_next_one_resumes_every_range(st
     assert good.bytes_requested == len(DATA) - 4 * keep
     assert sum(counted) == len(DATA)  # resumed bytes are reported too, so progress reaches 100 %
     assert partial_files(partial) == set()
+
+
+def test_resumed_bytes_are_reported_apart_from_the_bytes_that_crossed_the_network(store, partial):
+    """Issue 22, finding 4: a resumed download counted what it found on disk as if it had been received."""
+    keep = 1000
+    with pytest.raises(SourceUnavailableError):
+        fetch(CuttingServer(keep), store, partial)
+    received: list[int] = []
+    resumed: list[int] = []
+
+    download_blob(RangeServer(), DIGEST, len(DATA), store, partial, OPTIONS, on_bytes=received.append,
+                  on_resumed=resumed.append)
+
+    assert resumed == [4 * keep]
+    assert sum(received) == len(DATA) - 4 * keep
+    assert store.path(DIGEST).read_bytes() == DATA
+
+
+class StoppingServer(RangeServer):
+    """Serves each range slowly, in chunks; sets `stop` once `after` bytes went out."""
+
+    def __init__(self, stop: threading.Event, after: int) -> None:
+        super().__init__()
+        self.stop, self.after, self.sent = stop, after, 0
+
+    def respond(self, start: int, end: int) -> FakeResponse:
+        server = self
+
+        class Slow(FakeBody):
+            def read(self, amt=None, decode_content=None):
+                chunk = super().read(min(amt or 100, 100))
+                with server._lock:
+                    server.sent += len(chunk)
+                    if server.sent >= server.after:
+                        server.stop.set()
+                return chunk
+        resp = FakeResponse(b"")
+        resp.raw = Slow(self.data[start:end + 1], None)
+        return resp
+
+
+def test_a_stop_ends_the_download_at_the_next_read_and_keeps_the_partial_for_the_next_start(store, partial):
+    """SIGTERM (DownloadOptions.stop): no more bytes are asked for, the partial and its state stay."""
+    stop = threading.Event()
+    server = StoppingServer(stop, after=3000)
+    received: list[int] = []
+
+    with pytest.raises(DownloadStoppedError, match="shutting down"):
+        download_blob(server, DIGEST, len(DATA), store, partial, replace(OPTIONS, stop=stop), on_bytes=received.append)
+
+    assert not store.has(DIGEST)
+    assert partial_files(partial) == {DIGEST.filename, f"{DIGEST.filename}.json"}
+    saved = sum(c for _, _, c in json.loads((partial / f"{DIGEST.filename}.json").read_text())["parts"])
+    assert saved == sum(received) and 3000 <= saved < 3000 + 4 * 300  # at most one read per connection after it
+    resumed: list[int] = []
+    again = RangeServer()
+    download_blob(again, DIGEST, len(DATA), store, partial, OPTIONS, on_resumed=resumed.append)
+    assert resumed == [saved] and again.bytes_requested == len(DATA) - saved
+    assert store.path(DIGEST).read_bytes() == DATA
 
 
 def test_resume_fetches_only_the_missing_ranges(store, partial):

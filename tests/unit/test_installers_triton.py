@@ -33,15 +33,27 @@ def test_the_test_parser_refuses_malformed_text(bad):
 
 
 def test_layout_puts_weights_and_model_json_under_the_version(tmp_path):
-    model = LocalModel.from_path("tiny", write_llama_gguf(tmp_path / "tiny.gguf"))
+    src = tmp_path / "tiny-st"
+    src.mkdir()
+    (src / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    (src / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    model = LocalModel.from_path("tiny", src, format="safetensors")
     installer = Installer(BackendConfig("triton", models_dir=tmp_path / "repo", url="http://127.0.0.1:9",
                                         options={"version": 2}))
     files = installer.layout(model, shared=False)
-    assert sorted(files) == ["2/model.json", "2/tiny.gguf", "config.pbtxt"]
-    assert json.loads(files["2/model.json"].data)["model"] == str(tmp_path / "repo" / "tiny" / "2" / "tiny.gguf")
+    assert sorted(files) == ["2/config.json", "2/model.json", "2/model.safetensors", "config.pbtxt"]
+    assert json.loads(files["2/model.json"].data)["model"] == str(tmp_path / "repo" / "tiny" / "2")
     assert parse_pbtxt(files["config.pbtxt"].data.decode())["version_policy"] == [{"specific": [{"versions": [2]}]}]
     shared = installer.layout(model, shared=True)
-    assert shared["2/tiny.gguf"].link and shared["2/tiny.gguf"].source == tmp_path / "tiny.gguf"
+    assert shared["2/model.safetensors"].link and shared["2/model.safetensors"].source == src / "model.safetensors"
+
+
+def test_triton_skips_gguf_before_touching_the_repository(tmp_path):
+    """Issue 22's per-backend rule: a GGUF goes to llama.cpp, vLLM and Ollama; Triton says why not."""
+    model = LocalModel.from_path("tiny", write_llama_gguf(tmp_path / "tiny.gguf"))
+    with pytest.raises(UnsupportedModelError, match="Triton serves safetensors models .*; this one is gguf"):
+        install(model, BackendConfig("triton", models_dir=tmp_path / "repo", url="http://127.0.0.1:9"))
+    assert not (tmp_path / "repo").exists()
 
 
 def test_triton_refuses_lora_adapters_before_touching_the_repository(tmp_path):

@@ -17,6 +17,7 @@ import pytest
 
 from eldric.cluster import workers as cluster_workers
 from eldric.cluster import keys
+from eldric.cluster.jobs import catchups
 from eldric.cluster.jobs import state as jobstate
 from eldric.cluster.jobs.store import create_job, fail_worker
 from eldric.core.blobstore import BlobStore
@@ -200,11 +201,43 @@ def test_a_worker_drops_the_partials_of_its_failed_jobs_and_keeps_those_a_retry_
     assert (store.partial_dir / ("sha256-" + "2" * 64)).exists()
 
 
-def test_a_job_that_failed_for_good_can_drop_its_partials_at_once(store, partial, tmp_path):
+def hold(r, digest: str, **holders: str) -> None:
+    """The swarm board of blob `digest` lists those ranges -> holders (space-separated workers)."""
+    r.hset(keys.swarm(digest, "holders"), mapping=holders)
+    r.hset(keys.swarm(digest, "sha"), mapping={i: "ab" * 32 for i in holders})
+
+
+def test_a_job_that_failed_for_good_can_drop_its_partials_at_once(store, partial, tmp_path, r):
     models = OllamaStore(tmp_path / "models")
     with pytest.raises(SourceUnavailableError):  # the last retry: the engine keeps the data, not knowing it is the last
         download_blob(cut_after(6000), DIGEST, len(DATA), store, models.partial_dir, OPTIONS, owner="job-1")
     make_partial(models.partial_dir, "sha256-" + "f" * 64, age=60, owner="job-2")
+    hold(r, str(DIGEST), **{"0": "w other", "1": "w"})
 
-    assert partial_cleanup.discard_job_partials(models, "job-1").removed == [DIGEST.filename]
+    assert partial_cleanup.discard_job_partials(r, "w", models, "job-1").removed == [DIGEST.filename]
     assert files(models.partial_dir) == {"sha256-" + "f" * 64, "sha256-" + "f" * 64 + ".json"}
+    # Issue 22: its peers must not ask it for those ranges any more; a range nobody holds is unfetched again.
+    assert r.hgetall(keys.swarm(str(DIGEST), "holders")) == {"0": "other"}
+    assert r.hkeys(keys.swarm(str(DIGEST), "sha")) == ["0"]
+
+
+def test_the_cleanup_keeps_a_partial_a_pending_catch_up_resumes_and_unlists_what_it_deletes(r, tmp_path):
+    """Issue 22, finding 4: a part failed while its worker was offline gets a catch-up, which resumes the partial."""
+    store = OllamaStore(tmp_path / "models")
+    caught_up = create_job(r, kind="pull", model="m", targets=["w"], source="ollama", deadline_seconds=60)
+    gone = create_job(r, kind="pull", model="n", targets=["w"], source="ollama", deadline_seconds=60)
+    for job in (caught_up, gone):
+        fail_worker(r, job, "w", "worker went offline mid-pull (40 s without news)")
+    assert catchups.record_catchup(r, "w", caught_up)
+    kept, dropped = "sha256-" + "1" * 64, "sha256-" + "2" * 64
+    make_partial(store.partial_dir, kept, age=60, owner=caught_up)
+    make_partial(store.partial_dir, dropped, age=60, owner=gone)
+    hold(r, "sha256:" + "1" * 64, **{"0": "w"})
+    hold(r, "sha256:" + "2" * 64, **{"0": "w", "1": "peer w"})
+
+    cleaned = partial_cleanup.clean_partials(r, "w", store, max_age=DAY)
+
+    assert cleaned.removed == [dropped]
+    assert (store.partial_dir / kept).exists()
+    assert r.hgetall(keys.swarm("sha256:" + "1" * 64, "holders")) == {"0": "w"}
+    assert r.hgetall(keys.swarm("sha256:" + "2" * 64, "holders")) == {"1": "peer"}

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from eldric.cluster import keys
-from eldric.cluster.swarmboard import RedisSwarmBoard, UpstreamRateCap
+from eldric.cluster.swarmboard import RedisSwarmBoard, UpstreamRateCap, leave_swarms
 from eldric.core.blobstore import BlobStore
 from eldric.core.digests import Digest
 from eldric.transfer.download import DownloadOptions, download_blob, relayout
@@ -199,6 +199,41 @@ def test_a_range_whose_holders_are_all_gone_comes_from_upstream_again(tmp_path: 
     swarm = world.swarm("second")
     assert world.download("second", swarm).read_bytes() == DATA
     assert world.upstream_bytes == 2 * len(DATA)
+
+
+def test_a_peer_answering_416_is_taken_off_the_board_and_its_ranges_come_from_upstream_once(tmp_path: Path) -> None:
+    """Issue 22, finding 2: a holder that deleted the blob stayed listed, and every worker fell back to upstream."""
+    world = World(tmp_path, ["first", "second", "third"])
+    assert world.download("first").read_bytes() == DATA
+    world.store("first").path(DIGEST).unlink()
+    world.upstream_bytes = 0
+
+    results = run_all(world, {n: world.swarm(n) for n in ("second", "third")})
+
+    assert all(isinstance(r, Path) and r.read_bytes() == DATA for r in results.values()), results
+    assert world.upstream_bytes == len(DATA)  # the orphaned ranges went to one fetcher each, not to both
+    holders = world.client().hgetall(keys.swarm(str(DIGEST), "holders"))
+    assert not any(b"first" in h.split() for h in holders.values()), holders
+    # Each range asked of it at most once by each of the two (both may ask before the first 416 lands).
+    assert [a for a, _ in world.peer_requests].count("first") <= 2 * 17
+
+
+def test_leaving_the_boards_drops_a_worker_as_holder_of_every_range_and_orphans_only_its_own() -> None:
+    client = fakeredis.FakeRedis(decode_responses=True)
+    a, b = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    client.hset(keys.swarm(a, "holders"), mapping={"0": "me", "1": "me other", "2": "other"})
+    client.hset(keys.swarm(a, "sha"), mapping={"0": "x", "1": "y", "2": "z"})
+    client.hset(keys.swarm(b, "holders"), mapping={"0": "other"})
+    client.hset(keys.swarm(b, "sha"), mapping={"0": "x"})
+
+    assert leave_swarms(client, "me", [a, b]) == 2
+
+    assert client.hgetall(keys.swarm(a, "holders")) == {"1": "other", "2": "other"}
+    assert client.hgetall(keys.swarm(a, "sha")) == {"1": "y", "2": "z"}  # range 0: never fetched again
+    assert client.hgetall(keys.swarm(b, "holders")) == {"0": "other"}
+    board = RedisSwarmBoard(client, a, "other")
+    assert board.drop_holder("other", [2]) == 1 and board.drop_holder("nobody") == 0
+    assert client.hgetall(keys.swarm(a, "holders")) == {"1": "other"}
 
 
 def test_a_lapsed_lease_of_a_dead_worker_is_taken_over(tmp_path: Path) -> None:

@@ -7,8 +7,10 @@ Layout (Triton's model repository docs)::
     <repository>/<name>/<version>/<files>     the model's files (or symlinks to shared storage)
 
 Models are served by Triton's vLLM backend (`backend: "vllm"`, the backend completes
-inputs and outputs itself), which reads a safetensors directory or a GGUF file. The
-whole entry is built beside the repository and renamed in, so Triton — even polling
+inputs and outputs itself), given a safetensors directory. GGUF is skipped (issue 22's
+per-backend rule): vLLM's GGUF loading is experimental and wants the base model's
+Hugging Face tokenizer, which a GGUF (an Ollama pull's above all) does not bring; llama.cpp,
+vLLM and Ollama serve GGUF. The whole entry is built beside the repository and renamed in, so Triton — even polling
 the repository — never sees a model without its config or weights. Then
 `POST /v2/repository/models/<name>/load` (an error answers 400 `{"error": ...}`)
 and `GET /v2/models/<name>/ready` must answer 200. A load Triton refuses puts the
@@ -18,6 +20,7 @@ previous entry back.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Collection
 from pathlib import Path
@@ -31,6 +34,8 @@ from worker_agent.installers import (BackendConfig, BackendError, BackendUnavail
                                      placed)
 from worker_agent.installers.staging import STAGING, FileSpec, place_dir, remove_entry
 
+log = logging.getLogger(__name__)
+
 BACKEND = "triton"
 DEFAULT_VERSION = 1
 DEFAULT_TRITON_BACKEND = "vllm"
@@ -38,8 +43,8 @@ DEFAULT_TRITON_BACKEND = "vllm"
 
 def refusal(model_format: str, paths: Collection[str]) -> str | None:
     """Why Triton (its vLLM backend) cannot serve a model of this format (None: it can)."""
-    if model_format not in ("safetensors", "gguf"):
-        return f"Triton's vLLM backend serves safetensors or GGUF models, not {model_format}"
+    if model_format != "safetensors":
+        return f"Triton serves safetensors models (its vLLM backend); this one is {model_format}"
     return None
 
 
@@ -63,8 +68,7 @@ def render_config(name: str, *, backend: str = DEFAULT_TRITON_BACKEND, version: 
 
 def engine_args(model: LocalModel, version_dir: Path) -> dict:
     """model.json for the vLLM backend: where the weights are, once the entry is in place."""
-    target = version_dir / model.gguf_file[0] if model.format == "gguf" else version_dir
-    return {"model": str(target), "disable_log_requests": True}
+    return {"model": str(version_dir), "disable_log_requests": True}
 
 
 class Installer:
@@ -94,8 +98,6 @@ class Installer:
         refused = refusal(model.format, list(model.files))
         if refused:
             raise UnsupportedModelError(f"{model.name}: {refused}")
-        if model.format == "gguf":
-            model.gguf_info()
         name = model.slug
         self.repository.mkdir(parents=True, exist_ok=True)
         placement = place_dir(self.repository / name, self.layout(model, shared=shared),
@@ -116,13 +118,20 @@ class Installer:
                       ready=True)
 
     def uninstall(self, name: str) -> bool:
-        slug = model_slug(name)
+        return self.remove(model_slug(name))
+
+    def remove(self, slug: str) -> bool:
+        """Unload and remove the repository entry `slug` (the debris sweep knows entries by their directory)."""
         if not (self.repository / slug).exists():
             return False
         try:
             self._post(f"/v2/repository/models/{slug}/unload", f"unload {slug}")
         except BackendError:
             pass  # not loaded (or unknown to Triton): nothing to unload
+        except BackendUnavailableError as exc:
+            # A Triton that is down serves nothing; removing the entry keeps a restarted (or polling) one
+            # from loading a model no catalog lists (a rollback, a delete, the debris sweep).
+            log.warning("%s: Triton unreachable, removing its repository entry without an unload: %s", slug, exc)
         return remove_entry(self.repository / slug)
 
     def is_installed(self, name: str) -> bool:
