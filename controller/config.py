@@ -26,6 +26,8 @@ class ControllerSettings(AddressPolicySettings, UpstreamSettings, RedisSettings)
     job_retention_seconds: int = Field(7 * 24 * 3600, ge=0, description="finished jobs older than this are forgotten")
     job_history_max: int = Field(1000, ge=1, description="at most this many jobs are kept")
     worker_forget_seconds: int = Field(7 * 24 * 3600, ge=0, description="a worker offline this long leaves the worker list")
+    check_upstream: bool = Field(True, description="ask the agents' registry for a pull's manifest once before queuing "
+                                 "(404 for a typo, 502 when unreachable); false where the controller has no route to it")
     registry_url: str = Field("http://127.0.0.1:8892", description="the data worker's model registry")
     view_cache_seconds: float = Field(1.0, ge=0, le=60, description="GET /api/v1/workers and /api/v1/models answers are reused this long per process (0: off)")
     controller_host: str = Field("127.0.0.1", description="where `eldric controller` listens")

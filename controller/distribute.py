@@ -11,7 +11,7 @@ from celery import Celery
 from controller.models import models_of
 from controller.workers import get_worker
 from eldric.core.request_errors import BadRequestError, NotFoundError
-from controller.pull_jobs import JobLimits, choose_targets, enqueue_job, parse_model
+from controller.pull_jobs import JobLimits, check_upstream, choose_targets, enqueue_job, parse_model
 from controller.registry_client import RegistryClient, error_message
 from eldric.cluster.queues import TASK_DISTRIBUTE
 from eldric.cluster.registry_api import ID_PATTERN
@@ -28,9 +28,12 @@ _FIELDS_OF = {"worker": ("worker",), "url": ("url", "token", "sha256", "filename
 
 
 def start_distribute(client: redis.Redis, producer: Celery, registry: RegistryClient, *, model: str,
-                     source: dict, workers: list[str] | None, limits: JobLimits, caps: dict | None = None) -> str:
+                     source: dict, workers: list[str] | None, limits: JobLimits, caps: dict | None = None,
+                     partial_ok: bool = False) -> str:
     kind = source.get("type")
     options: dict = {"source": kind, **(caps or {})}
+    if partial_ok:  # the agents read it from the job's options (worker_agent/distributing.py)
+        options["partial_ok"] = True
     secrets: dict = {}
     stray = sorted(k for k in ("worker", "url", "token", "sha256", "filename")
                    if source.get(k) is not None and k not in _FIELDS_OF.get(kind, ()))
@@ -38,7 +41,9 @@ def start_distribute(client: redis.Redis, producer: Celery, registry: RegistryCl
         raise BadRequestError(f"source.{', source.'.join(stray)} does not apply to source type {kind!r}", field="source")
     chosen = choose_targets(client, workers, limits)  # cheap checks first: bad targets need no source lookup
     if kind == "ollama":
-        model = parse_model(model, limits.upstreams).short
+        name = parse_model(model, limits.upstreams)
+        check_upstream(name, limits.registry)
+        model = name.short
     elif kind == "worker":
         model = _from_worker(client, model, source, options)
     elif kind == "registry":

@@ -78,7 +78,10 @@ def pull():
     if not isinstance(body.get("stream", True), bool):
         raise BadRequestError("stream must be true or false")
     client = redis_client()
-    job_id = pull_jobs.start_pull(client, producer(), model=_model_field(body), workers=None, limits=job_limits())
+    try:
+        job_id = pull_jobs.start_pull(client, producer(), model=_model_field(body), workers=None, limits=job_limits())
+    except NotFoundError as exc:  # upstream has no such manifest: Ollama's own words first, then what is there
+        return _error(f"pull model manifest: file does not exist: {exc}", 404)
     events = _pull_events(job_id)
     if body.get("stream", True) is False:
         last = {}

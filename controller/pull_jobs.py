@@ -12,11 +12,13 @@ from eldric.cluster.dispatch import job_sender
 from eldric.cluster.jobs.reads import prune_jobs
 from controller.models import workers_with
 from controller.workers import list_workers, select_targets
-from eldric.core.request_errors import BadRequestError, ConflictError, NotFoundError
+from eldric.core.request_errors import BadRequestError, ConflictError, NotFoundError, UpstreamUnavailableError
 from eldric.cluster.queues import TASK_DELETE, TASK_PULL
 from eldric.core.errors import InvalidNameError
 from eldric.core.names import ModelName
-from eldric.transfer.errors import HostNotAllowedError
+from eldric.core.redaction import redact_url
+from eldric.transfer.errors import HostNotAllowedError, ModelNotFoundError, TransferError
+from eldric.transfer.registry_upstream import LOOKUP_CONNECT_TIMEOUT, RegistryUpstream, check_model, setting_of
 from eldric.transfer.upstreams import AddressPolicy, RegistryAllowList
 
 
@@ -29,6 +31,8 @@ class JobLimits:
     # What a job may reach, checked before anything is queued (the agents check again on every hop).
     upstreams: RegistryAllowList | None = None
     url_policy: AddressPolicy | None = None
+    # Where the agents pull registry names from: a pull's manifest is asked there once before it fans out.
+    registry: RegistryUpstream | None = None
 
 
 def parse_model(model: str, upstreams: RegistryAllowList | None = None) -> ModelName:
@@ -40,6 +44,22 @@ def parse_model(model: str, upstreams: RegistryAllowList | None = None) -> Model
     except (InvalidNameError, HostNotAllowedError) as exc:
         raise BadRequestError(str(exc), field="model") from None
     return name
+
+
+def check_upstream(name: ModelName, registry: RegistryUpstream | None) -> None:
+    """The model's manifest is where the agents will fetch it (one GET, short timeouts): 404 saying what is
+    there instead (its tags, the lowercase name), 502 naming the setting when that registry cannot be asked."""
+    if registry is None:
+        return
+    client = registry.client(name, connect_timeout=LOOKUP_CONNECT_TIMEOUT)
+    try:
+        check_model(client, name)
+    except ModelNotFoundError as exc:
+        raise NotFoundError(str(exc), field="model") from None
+    except TransferError as exc:
+        setting = f" ({setting_of(name)})" if setting_of(name) else ""
+        raise UpstreamUnavailableError(f"cannot ask {redact_url(client.base)}{setting} for '{name.short}': {exc}; "
+                                       "nothing was queued") from None
 
 
 def choose_targets(client: redis.Redis, workers: list[str] | None, limits: JobLimits) -> list[str]:
@@ -60,6 +80,7 @@ def start_pull(client: redis.Redis, producer: Celery, *, model: str, workers: li
     """`caps`: the job's transfer caps (max_upstream_rate, max_upstream_workers), kept in its options."""
     name = parse_model(model, limits.upstreams)
     ids = choose_targets(client, workers, limits)
+    check_upstream(name, limits.registry)
     return enqueue_job(client, producer, kind="pull", task=TASK_PULL, model=name.short, targets=ids, source="ollama",
                      limits=limits, options=dict(caps or {}))
 

@@ -6,6 +6,7 @@ import redis
 
 from controller.models import InventoryCache
 from controller.pull_jobs import JobLimits
+from eldric.transfer.registry_upstream import RegistryUpstream
 from eldric.transfer.upstreams import AddressPolicy, RegistryAllowList
 from controller.registry_client import RegistryClient
 
@@ -31,7 +32,17 @@ def job_limits(deadline_seconds: float | None = None) -> JobLimits:
     return JobLimits(deadline_seconds=deadline_seconds or cfg["JOB_DEADLINE_SECONDS"],
                      retention_seconds=cfg["JOB_RETENTION_SECONDS"], keep_max=cfg["JOB_HISTORY_MAX"],
                      forget_after=cfg["WORKER_FORGET_SECONDS"], upstreams=upstreams(),
-                     url_policy=AddressPolicy.parse(cfg["URL_ALLOWLIST"]))
+                     url_policy=AddressPolicy.parse(cfg["URL_ALLOWLIST"]), registry=registry_upstream())
+
+
+def registry_upstream() -> RegistryUpstream | None:
+    """Where the agents pull registry names from, read from the same settings they read; None with
+    ELDRIC_CHECK_UPSTREAM=false (the controller then queues without asking it)."""
+    cfg = current_app.config
+    if not cfg["CHECK_UPSTREAM"]:
+        return None
+    return RegistryUpstream(cfg["OLLAMA_REGISTRY"], tuple(cfg["INSECURE_REGISTRIES"]), tuple(cfg["ALLOWED_REGISTRIES"]),
+                            AddressPolicy.parse(cfg["URL_ALLOWLIST"]))
 
 
 def upstreams() -> RegistryAllowList:

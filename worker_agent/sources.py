@@ -17,12 +17,13 @@ from eldric.core.digests import Digest
 from eldric.core.errors import InvalidManifestError
 from eldric.core.manifests import Manifest
 from eldric.core.names import ModelName
-from eldric.core.redaction import host_of, redact_url
+from eldric.core.redaction import redact_url
 from eldric.transfer.errors import ModelNotFoundError, SourceError, SourceUnavailableError
-from eldric.transfer.http import error_text, raise_for_registry_status
+from eldric.transfer.http import error_text
 from eldric.transfer.oci_client import OciClient, OciClientError
-from eldric.transfer.retry import NO_HINTS, Hints, is_plain_http_refusal
-from eldric.transfer.upstreams import PUBLIC_ONLY, AddressPolicy, RegistryAllowList
+from eldric.transfer.registry_upstream import RegistryUpstream, raise_for_answer, registry_hints
+from eldric.transfer.retry import NO_HINTS, Hints
+from eldric.transfer.upstreams import PUBLIC_ONLY, AddressPolicy
 
 if TYPE_CHECKING:
     from worker_agent.settings import AgentSettings
@@ -35,37 +36,6 @@ class BlobSource(Protocol):
                    read_timeout: float) -> requests.Response: ...
 
     def describe(self) -> str: ...
-
-
-def registry_base_url(name: ModelName, mirror: str, insecure_hosts: tuple[str, ...] = (),
-                      allowed: tuple[str, ...] = ()) -> str:
-    """The URL serving `name`: the configured mirror for registry.ollama.ai, else the name's host.
-
-    HostNotAllowedError, before any connection, for a host outside the allow-list
-    (eldric.transfer.upstreams: the defaults, the mirror, `insecure_hosts` and `allowed`).
-    """
-    RegistryAllowList.build(allowed, mirror=mirror, insecure=insecure_hosts).check(name)
-    if name.is_default_host:
-        return mirror.rstrip("/")
-    scheme = "http" if name.host in insecure_hosts else "https"
-    return f"{scheme}://{name.host}"
-
-
-CA_HINT = "give its CA certificate in REQUESTS_CA_BUNDLE"
-
-
-def registry_hints(name: ModelName, base_url: str) -> Hints:
-    """The settings that mend a failed connection to `base_url`, the registry serving `name`.
-
-    A mirror's credentials show as `***@` (the same ones stay in the setting)."""
-    where = redact_url(base_url).partition("://")[2]
-    if name.is_default_host:
-        return Hints(name_not_found="set ELDRIC_OLLAMA_REGISTRY to a reachable mirror",
-                     tls_to_plain_http=f"set ELDRIC_OLLAMA_REGISTRY to http://{where}",
-                     plain_http_to_tls=f"set ELDRIC_OLLAMA_REGISTRY to https://{where}", certificate=CA_HINT)
-    return Hints(name_not_found=f"check the registry host in '{name.short}'",
-                 tls_to_plain_http="add it to ELDRIC_INSECURE_REGISTRIES",
-                 plain_http_to_tls="remove it from ELDRIC_INSECURE_REGISTRIES", certificate=CA_HINT)
 
 
 class RegistrySource:
@@ -84,9 +54,12 @@ class RegistrySource:
 
     @classmethod
     def from_settings(cls, name: ModelName, s: AgentSettings) -> RegistrySource:
-        """The source of `name` under the agent's mirror, insecure hosts and both allow-lists."""
-        base = registry_base_url(name, s.ollama_registry, s.insecure_registries, s.allowed_registries)
-        return cls(base, policy=AddressPolicy.parse(s.url_allowlist), hints=registry_hints(name, base))
+        """The source of `name` under the agent's mirror, insecure hosts and both allow-lists (the controller
+        checks a pull's name through the same RegistryUpstream, eldric/transfer/registry_upstream.py)."""
+        upstream = RegistryUpstream(s.ollama_registry, s.insecure_registries, s.allowed_registries,
+                                    AddressPolicy.parse(s.url_allowlist))
+        base = upstream.base_url(name)
+        return cls(base, policy=upstream.policy, hints=registry_hints(name, base))
 
     def describe(self) -> str:
         """The registry as job records show it: a mirror's credentials never appear."""
@@ -97,7 +70,7 @@ class RegistrySource:
             resp = self.client.manifest(name.repository, name.tag)  # MANIFEST_TIMEOUT
             if resp.status_code == 404:
                 raise ModelNotFoundError(f"model '{name.short}' not found at {self.describe()}: {error_text(resp)}")
-            self._raise_for_status(resp, f"manifest of {name.short}")
+            raise_for_answer(self.client, resp, f"manifest of {name.short}")
             raw, _ = self.client.read_manifest(resp, f"the manifest of {name.short}")
         try:
             return raw, Manifest.parse(raw)
@@ -111,18 +84,8 @@ class RegistrySource:
         if resp.status_code == 404:
             resp.close()
             raise SourceError(f"blob {digest} not found at {self.describe()}")
-        self._raise_for_status(resp, f"blob {digest}")
+        raise_for_answer(self.client, resp, f"blob {digest}")
         return resp
-
-    def _raise_for_status(self, resp: requests.Response, what: str) -> None:
-        """raise_for_registry_status, with the hint when a TLS server refused plain http (Go's and nginx's 400)."""
-        if resp.status_code == 400:
-            text = error_text(resp)
-            if is_plain_http_refusal(400, text):
-                raise SourceError(f"{host_of(self.base_url)} speaks https, not plain http; "
-                                  f"{self.hints.plain_http_to_tls}".rstrip("; "))
-            raise SourceError(f"{what}: registry answered 400: {text}")
-        raise_for_registry_status(resp, what)
 
 
 @contextmanager

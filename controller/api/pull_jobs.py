@@ -18,8 +18,14 @@ blp = Blueprint("pull_jobs", __name__, url_prefix="/api/v1/models", description=
 class Pull(MethodView):
     @blp.arguments(PullRequestSchema)
     @blp.response(202, JobSchema)
+    @blp.alt_response(404, description="an unknown worker, or no such model upstream (the message lists the tags "
+                                       "there and the lowercase name); nothing is queued")
+    @blp.alt_response(502, description="the registry the agents pull from (ELDRIC_OLLAMA_REGISTRY) cannot be asked; "
+                                       "nothing is queued")
     def post(self, body: dict):
-        """Pull a model from the Ollama registry to every inference and cloud worker (or the listed ones)."""
+        """Pull a model from the Ollama registry to every inference and cloud worker (or the listed ones).
+
+        The model's manifest is asked for once, where the agents will fetch it, before anything is queued."""
         client = redis_client()
         job_id = pull_jobs.start_pull(client, producer(), model=body["model"], workers=body.get("workers"),
                                   limits=job_limits(body.get("deadline_seconds")), caps=transfer_caps(body))

@@ -63,6 +63,12 @@ class ImportFailedError(RequestError):
     status = 502
 
 
+class UpstreamUnavailableError(RequestError):
+    """A registry outside the cluster that the request needs could not be asked, or answered an error."""
+
+    status = 502
+
+
 class UnavailableError(RequestError):
     status = 503
 

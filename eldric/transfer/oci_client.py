@@ -1,9 +1,10 @@
 """The one client of the OCI distribution API (`/v2/`), whoever speaks it.
 
-Three callers adapt it to their own words: the agents' registry source (worker_agent/sources.py,
-the download engine's BlobSource), the data node's pull-through upstream (registry/oci/upstream.py)
+Its callers adapt it to their own words: the agents' registry source (worker_agent/sources.py,
+the download engine's BlobSource) and the controller's check before a pull fans out, both through
+eldric/transfer/registry_upstream.py; the data node's pull-through upstream (registry/oci/upstream.py)
 and `eldric export`/`import` (eldric/client/bundles.py). What the protocol fixes lives here and
-nowhere else: the URLs of manifests, blobs and upload sessions; the manifest types asked for
+nowhere else: the URLs of manifests, blobs, tag lists and upload sessions; the manifest types asked for
 (docker-registry answers MANIFEST_INVALID unless Docker schema 2 is accepted); authentication, a
 bearer token of the caller's own or else Docker's anonymous token flow kept per repository
 (eldric/transfer/registry_token.py); bounded manifest reads; and pushing: HEAD to skip a blob the
@@ -20,6 +21,7 @@ methods fail on any status they do not expect.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections.abc import Callable
@@ -43,6 +45,8 @@ MANIFEST_ACCEPT = f"{MANIFEST_V2}, {OCI_MANIFEST}"
 # (at most MANIFEST_TIMEOUT - 5), so an agent pulling through the data node hears its answer (the cached
 # manifest when upstream hangs) before giving up; both were 60 s and a cached pull took 2-3 min (issue 21).
 MANIFEST_TIMEOUT = 30.0
+MAX_TAGS = 1000  # tags asked for in one tags/list page
+MAX_TAGS_BODY = 1 << 20
 _RANGE = re.compile(r"^(?:bytes=)?0-(-?\d+)$")
 _READS = ("GET", "HEAD")  # anonymous tokens are for pulling; a pushed body could not be sent twice anyway
 
@@ -165,6 +169,21 @@ class OciClient:
         except TransferError as exc:
             raise OciClientError.of(exc) from None
         return body, resp.headers.get("Content-Type", "").split(";")[0].strip()
+
+    def list_tags(self, repo: str, *, timeout: float | None = None) -> list[str] | None:
+        """`repo`'s tags (`GET /v2/<repo>/tags/list`, the first page, sorted); [] when the registry answers that
+        it knows no such repository (`NAME_UNKNOWN`); None when it does not list them (any other answer)."""
+        resp = self.send("GET", f"/v2/{repo}/tags/list", repo=repo, params={"n": str(MAX_TAGS)}, timeout=timeout)
+        with resp:
+            try:
+                doc = json.loads(read_small_body(resp, MAX_TAGS_BODY, f"the tags of {repo}"))
+            except (TransferError, ValueError, RecursionError):
+                return None
+        if resp.status_code == 404 and isinstance(doc, dict):
+            codes = [e.get("code") for e in doc.get("errors") or [] if isinstance(e, dict)]
+            return [] if "NAME_UNKNOWN" in codes else None
+        tags = doc.get("tags") if resp.status_code == 200 and isinstance(doc, dict) else None
+        return sorted(t for t in tags if isinstance(t, str)) if isinstance(tags, list) else None
 
     def check(self) -> None:
         """The registry speaks `/v2/` (and the token is right)."""

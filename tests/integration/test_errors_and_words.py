@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from testbed.oci_registry import OCIRegistry
 from testbed.processes import wait_until
 
 pytestmark = pytest.mark.integration
@@ -62,10 +63,16 @@ def test_a_registry_name_that_does_not_resolve_fails_at_once_naming_the_setting(
     assert took < 5
 
 
-def test_model_not_found_logs_one_warning_line_and_no_traceback(live):
-    log = live.workers["ok-w"]
-    before = log.log_path.read_text(errors="replace")
-    final, _ = _pull(live, "does-not-exist:1b", "ok-w")
+def test_model_not_found_logs_one_warning_line_and_no_traceback(live, workdir):
+    # The controller finds `tiny` at its upstream; this agent's mirror (an empty registry) has nothing, as
+    # when an agent is configured apart from the controller or upstream lost the tag since the check.
+    empty = OCIRegistry(workdir / "empty-oci").start()
+    try:
+        log = live.start_worker("nf-w", "inference", ELDRIC_OLLAMA_REGISTRY=empty.url)
+        before = log.log_path.read_text(errors="replace")
+        final, _ = _pull(live, "tiny", "nf-w")
+    finally:
+        empty.stop()
     assert final["state"] == "failed"
     job_id = final["id"]
 
@@ -75,7 +82,7 @@ def test_model_not_found_logs_one_warning_line_and_no_traceback(live):
     lines = wait_until(new_lines, timeout=10, message=f"the warning line\n{log.log_tail()}")
     warnings = [line for line in lines if "WARNING" in line]
     assert len(warnings) == 1, warnings
-    assert f"job={job_id}" in warnings[0] and "worker=ok-w" in warnings[0] and "not found" in warnings[0]
+    assert f"job={job_id}" in warnings[0] and "worker=nf-w" in warnings[0] and "not found" in warnings[0]
     text = "\n".join(lines)
     assert "Traceback" not in text and "raised unexpected" not in text and " ERROR " not in text
 

@@ -137,11 +137,26 @@ def live(cluster, hostile):
 
 
 def run(live, body: dict, path: str = "/api/v1/models/pull", timeout: float = 60.0) -> tuple[dict, float, set]:
-    """Start a job, follow it to the end: (the one worker's record, seconds it took, states seen)."""
+    """Start a job, follow it to the end: (the one worker's record, seconds it took, states seen).
+
+    A pull is queued straight to the agent, as in the test of a metadata-address name below: the controller
+    asks its own upstream (the docker-registry, which has none of these names) before queuing and would
+    refuse them with 404, and the agent must bound what a hostile upstream sends whatever reaches it."""
     started = time.monotonic()
+    if path == "/api/v1/models/pull":
+        return follow(live, enqueue_pull(live, body["model"], *body["workers"]), started, timeout)
     resp = live.api("POST", path, json=body)
     assert resp.status_code == 202, resp.text
     return follow(live, resp.json()["id"], started, timeout)
+
+
+def enqueue_pull(live, model: str, worker: str) -> str:
+    """A pull job of `model` for `worker`, recorded and sent to its queue as the controller would, unchecked."""
+    job_id = create_job(live.redis, kind="pull", model=model, targets=[worker], source="ollama", deadline_seconds=120)
+    producer = Celery("hostile-test", set_as_current=False)
+    producer.conf.update(celery_config(live.redis_server.url))
+    producer.send_task(TASK_PULL, args=[job_id, model], queue=worker_queue(worker))
+    return job_id
 
 
 def follow(live, job_id: str, started: float, timeout: float = 60.0) -> tuple[dict, float, set]:
@@ -176,9 +191,9 @@ def test_a_200_mb_error_body_becomes_a_short_error_and_the_agent_carries_on(live
 
 
 def test_the_job_record_holds_a_few_kib_at_most(live, hostile):
-    resp = live.api("POST", "/api/v1/models/pull", json={"model": "huge-error", "workers": ["prey"]}).json()
-    follow(live, resp["id"], time.monotonic())
-    stored = live.redis.hget(f"eldric:job:{resp['id']}:workers", "prey")
+    job_id = enqueue_pull(live, "huge-error", "prey")
+    follow(live, job_id, time.monotonic())
+    stored = live.redis.hget(f"eldric:job:{job_id}:workers", "prey")
     assert len(stored) < 4096, len(stored)
 
 
@@ -227,13 +242,8 @@ def test_a_header_line_of_1_mib_is_refused_with_a_short_error(live):
 
 def test_a_model_name_naming_the_metadata_address_is_refused_by_the_agent_without_connecting(live, hostile):
     """The controller should refuse such a name with 400 first; the agent refuses it again whatever reaches it."""
-    model = "169.254.169.254/library/x:latest"
-    job_id = create_job(live.redis, kind="pull", model=model, targets=["prey"], source="ollama", deadline_seconds=120)
-    producer = Celery("hostile-test", set_as_current=False)
-    producer.conf.update(celery_config(live.redis_server.url))
     started = time.monotonic()
-    producer.send_task(TASK_PULL, args=[job_id, model], queue=worker_queue("prey"))
-    worker, took, seen = follow(live, job_id, started)
+    worker, took, seen = follow(live, enqueue_pull(live, "169.254.169.254/library/x:latest", "prey"), started)
     assert worker["state"] == "failed" and "retrying" not in seen
     assert worker["error"] == (f"registry 169.254.169.254 is not allowed: model names may name "
                                f"{hostile.url.removeprefix('http://')}, hf.co, "

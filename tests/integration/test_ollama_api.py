@@ -6,6 +6,8 @@ import ollama
 import pytest
 import requests
 
+from testbed.gguf_models import write_llama_gguf
+from testbed.oci_registry import corrupt_blob, push_ollama_model
 from testbed.processes import wait_until
 
 pytestmark = pytest.mark.integration
@@ -60,12 +62,18 @@ def test_pull_non_streaming_answers_once(client):
     assert client.pull("tiny", stream=False).status == "success"
 
 
-def test_failing_pull_is_the_clients_response_error_naming_workers(client):
+def test_failing_pull_is_the_clients_response_error_naming_workers(live, client, workdir):
+    # Upstream has the manifest (an unknown one is refused before any worker is asked: test_refuse_early.py),
+    # but serves a layer whose bytes do not match its digest: every worker fails, each named.
+    pushed = push_ollama_model(live.oci.url, "library/broken-bytes", "v1",
+                               gguf_path=write_llama_gguf(workdir / "broken-bytes.gguf", name="broken", width=80))
+    corrupt_blob(live.oci.root, pushed["layers"]["application/vnd.ollama.image.model"])
     with pytest.raises(ollama.ResponseError) as err:
-        list(client.pull("no-such-model", stream=True))
-    assert "inf-a" in str(err.value) and "not found" in str(err.value)
-    with pytest.raises(ollama.ResponseError):
-        client.pull("no-such-model", stream=False)
+        list(client.pull("broken-bytes:v1", stream=True))
+    assert "inf-a" in str(err.value) and "digest mismatch" in str(err.value)
+    with pytest.raises(ollama.ResponseError) as err:
+        client.pull("broken-bytes:v1", stream=False)
+    assert err.value.status_code == 502 and "digest mismatch" in str(err.value)
 
 
 def test_inference_endpoints_explain_what_this_is(live, client):

@@ -69,14 +69,14 @@ def test_pull_reaches_every_inference_and_cloud_worker_and_no_other(live, tiny_m
     assert listing["jobs"][0]["id"] == job["id"]
 
 
-def test_unknown_model_fails_each_worker_with_the_registry_message(live):
-    job = live.api("POST", "/api/v1/models/pull", json={"model": "does-not-exist:1b"}).json()
-    final = live.wait_job(job["id"])
-    assert final["state"] == "failed"
-    for w in final["workers"]:
-        assert w["state"] == "failed"
-        assert "not found" in w["error"] and "MANIFEST_UNKNOWN" in w["error"], w["error"]
-        assert "Traceback" not in w["error"]
+def test_unknown_model_is_refused_once_before_any_worker_is_asked(live):
+    """Issue 22, finding 5: the controller asks upstream first; a typo no longer fails every worker alike."""
+    before = live.api("GET", "/api/v1/models/pull-jobs").json()["total"]
+    resp = live.api("POST", "/api/v1/models/pull", json={"model": "does-not-exist:1b"})
+    assert resp.status_code == 404, resp.text
+    assert resp.json()["message"] == (f"model 'does-not-exist:1b' not found at {live.oci.url}: "
+                                      "it has no model does-not-exist")
+    assert live.api("GET", "/api/v1/models/pull-jobs").json()["total"] == before
 
 
 def test_corrupted_blob_fails_with_digest_mismatch_and_leaves_nothing_visible(live, oci, workdir):

@@ -18,7 +18,7 @@ CLOSED_PORT_URL = "redis://127.0.0.1:1/0"
 
 def make_app(**config):
     """create_app as a deployment calls it, then fakeredis and a FakeCelery in place of the real handles."""
-    app = create_app({"REDIS_URL": CLOSED_PORT_URL, "API_TOKEN": "", **config})
+    app = create_app({"REDIS_URL": CLOSED_PORT_URL, "API_TOKEN": "", "CHECK_UPSTREAM": False, **config})
     app.extensions["eldric.redis"] = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
     app.extensions["eldric.celery"] = FakeCelery()
     return app
@@ -26,7 +26,7 @@ def make_app(**config):
 
 @pytest.fixture(scope="module")
 def shared_app():
-    return create_app({"REDIS_URL": CLOSED_PORT_URL, "API_TOKEN": ""})
+    return create_app({"REDIS_URL": CLOSED_PORT_URL, "API_TOKEN": "", "CHECK_UPSTREAM": False})
 
 
 @pytest.fixture
@@ -299,7 +299,7 @@ def down_client():
     A bare redis.Redis(port=1) would retry with backoff for seconds; the app's own client,
     configured as in production, is the one worth testing.
     """
-    app = create_app({"REDIS_URL": CLOSED_PORT_URL, "API_TOKEN": ""})
+    app = create_app({"REDIS_URL": CLOSED_PORT_URL, "API_TOKEN": "", "CHECK_UPSTREAM": False})
     app.extensions["eldric.celery"] = FakeCelery()
     assert isinstance(app.extensions["eldric.redis"], redis.Redis)
     return app.test_client()

@@ -152,7 +152,7 @@ def test_filters_match_the_old_list_filtered_by_hand(redis_db, query):
 
 @pytest.fixture(scope="module")
 def shared_app():
-    return create_app({"REDIS_URL": CLOSED_PORT_URL, "API_TOKEN": ""})
+    return create_app({"REDIS_URL": CLOSED_PORT_URL, "API_TOKEN": "", "CHECK_UPSTREAM": False})
 
 
 @pytest.fixture

@@ -165,7 +165,7 @@ def test_cancel_ends_unfinished_parts_and_a_running_download_stops(client):
 def http(client):
     from controller import create_app
 
-    app = create_app({"REDIS_URL": "redis://127.0.0.1:1/0", "API_TOKEN": ""})
+    app = create_app({"REDIS_URL": "redis://127.0.0.1:1/0", "API_TOKEN": "", "CHECK_UPSTREAM": False})
     app.extensions["eldric.redis"] = client
     return app.test_client()
 

@@ -66,7 +66,7 @@ def test_record_check_keeps_the_last_digest_on_failure_and_ignores_removed_pins(
 
 @pytest.fixture(scope="module")
 def shared_app():
-    return create_app({"REDIS_URL": "redis://127.0.0.1:1/0", "API_TOKEN": ""})
+    return create_app({"REDIS_URL": "redis://127.0.0.1:1/0", "API_TOKEN": "", "CHECK_UPSTREAM": False})
 
 
 @pytest.fixture

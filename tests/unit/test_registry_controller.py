@@ -72,7 +72,7 @@ def transport(tmp_path: Path, redis_client) -> InProcess:
 
 @pytest.fixture
 def controller(redis_client, transport: InProcess):
-    app = create_app({"REDIS_URL": "redis://127.0.0.1:1/0", "API_TOKEN": "", "REGISTRY_URL": "http://registry"})
+    app = create_app({"REDIS_URL": "redis://127.0.0.1:1/0", "API_TOKEN": "", "CHECK_UPSTREAM": False, "REGISTRY_URL": "http://registry"})
     app.extensions["eldric.redis"] = redis_client
     session = http_session()
     session.mount("http://", transport)

@@ -26,7 +26,8 @@ from eldric.transfer.errors import SourceError, SourceUnavailableError
 from eldric.transfer.retry import (NAME_NOT_FOUND, NAME_SERVER_SILENT, PLAIN_HTTP_TO_TLS, TLS_TO_PLAIN_HTTP, Hints,
                                    connection_cause, connection_error, connection_problem, is_transient_error)
 from eldric.transfer.upstreams import AddressPolicy
-from worker_agent.sources import RegistrySource, registry_hints
+from eldric.transfer.registry_upstream import registry_hints
+from worker_agent.sources import RegistrySource
 
 
 class _Quiet(BaseHTTPRequestHandler):

@@ -13,7 +13,8 @@ from eldric.transfer.errors import HostNotAllowedError
 from eldric.transfer.upstreams import PUBLIC_ONLY, AddressPolicy, RegistryAllowList
 from eldric.core.settings import SettingsError
 from worker_agent.settings import AgentSettings
-from worker_agent.sources import RegistrySource, registry_base_url
+from eldric.transfer.registry_upstream import registry_base_url
+from worker_agent.sources import RegistrySource
 
 ALLOW = RegistryAllowList.build(("registry.lan:5000",), mirror="http://mirror.lan:8080", insecure=("lab.local",))
 
