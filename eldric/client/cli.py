@@ -16,6 +16,7 @@ import argparse
 from urllib.parse import quote
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -300,6 +301,8 @@ def cluster_status(api: Api, *, expect_workers: int = 0, wait: float = 0.0, poll
                 return {"ok": True, "workers": workers}
             problem = f"{len(online)} of {expect_workers} workers online"
         except ClientError as exc:
+            if exc.status in (401, 403):  # up, but it refuses us: no wait mends that
+                return {"ok": False, "problem": str(exc), "unauthorized": True}
             problem = str(exc)
         if clock() >= end:
             return {"ok": False, "problem": problem}
@@ -311,6 +314,10 @@ def cmd_status(api: Api, args: argparse.Namespace, out: Console, err: Console) -
     if args.json:
         _print_json(status)
         return 0 if status["ok"] else 1
+    if status.get("unauthorized"):
+        err.print(f"[red]eldric status: the controller at {_esc(redact_url(api.base))} is up but refused the request: "
+                  f"{_esc(status['problem'])}; {token_hint(api)}")
+        return 1
     if not status["ok"]:
         err.print(f"[red]eldric status: the cluster is not up after {args.wait:.0f} s: {_esc(status['problem'])}")
         return 1
@@ -334,7 +341,13 @@ def cmd_workers(api: Api, args: argparse.Namespace, out: Console, err: Console) 
         if not args.target:
             raise ClientError("usage: eldric workers remove ID [--force]")
         path = f"/api/v1/workers/{quote(args.target, safe='')}" + ("?force=true" if args.force else "")
-        resp = api.call("DELETE", path)
+        try:
+            resp = api.call("DELETE", path)
+        except ClientError as exc:
+            if exc.status == 409:  # the API's words name its query parameter; here it is a flag
+                raise ClientError(f"worker {args.target} is online; stop its agent first, or run "
+                                  f"`eldric workers remove {args.target} --force`", 409) from None
+            raise
         _print_json({"removed": args.target}) if args.json else out.print(f"worker {args.target} removed")
         return 0 if resp.ok else 1
     if args.id:
@@ -405,10 +418,43 @@ def cmd_registry(api: Api, args: argparse.Namespace, out: Console, err: Console)
         what = "FILE" if args.registry_action == "upload" else "ID"
         raise ClientError(f"eldric registry {args.registry_action} needs {what}")
     if args.registry_action == "delete":
-        api.call("DELETE", model_path(args.target))
-        _print_json({"deleted": args.target}) if args.json else out.print(f"deleted {args.target}")
+        model = registry_model(api, args.target)
+        api.call("DELETE", model_path(model["id"]))
+        reference = model.get("reference") or f"{model['name']}:{model.get('version')}"
+        _print_json({"deleted": model["id"], "reference": reference}) if args.json else (
+            out.print(f"deleted {reference} ({model['id']})"))
         return 0
     return _upload(api, args, out, err)
+
+
+_MODEL_ID = re.compile(r"[0-9a-f]{32}")  # the registry's model ids (eldric/cluster/registry_api.py ID_PATTERN)
+
+
+def registry_model(api: Api, target: str) -> dict:
+    """The registry model `target` names: its id, or `name:version`, or a name that has one version only.
+
+    As `distribute --from registry` takes it; a name of several versions is refused listing them, since a
+    delete must not guess."""
+    if _MODEL_ID.fullmatch(target):
+        return api.get(model_path(target))
+    name, _, version = target.rpartition(":") if ":" in target else (target, "", "")
+    found = api.get(API_PREFIX, name=name, limit=100)["models"]
+    chosen = [m for m in found if not version or m.get("version") == version]
+    if len(chosen) == 1:
+        return chosen[0]
+    if not chosen:
+        versions = ", ".join(sorted(m.get("version") or "" for m in found))
+        raise ClientError(f"no model {target!r} in the registry" + (f"; {name} has versions {versions}" if found else ""),
+                          404)
+    raise ClientError(f"{name} has {len(chosen)} versions ({', '.join(m.get('version') or '' for m in chosen)}); "
+                      f"name one as {name}:<version>, or give the id")
+
+
+def token_hint(api: Api) -> str:
+    """What to do about a 401: the token is missing (none was given) or wrong."""
+    state = "wrong" if api.session.headers.get("Authorization") else "missing"
+    return (f"the API token is {state}: give the controller's ELDRIC_API_TOKEN with --token or "
+            "$ELDRIC_API_TOKEN")
 
 
 def _upload(api: Api, args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -614,10 +660,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def _extend_registry(p: argparse.ArgumentParser) -> None:
     """`eldric registry list|upload FILE|delete ID` talk to the API; plain `eldric registry` serves as before."""
-    p.usage = "eldric registry [list | upload FILE [--name N] | delete ID] [options]"
+    p.usage = "eldric registry [list | upload FILE [--name N] | delete ID|NAME:VERSION] [options]"
     p.add_argument("registry_action", nargs="?", choices=["list", "upload", "delete"], action=_RegistryAction,
                    help="operator command against the controller (none: run the registry service)")
-    p.add_argument("target", nargs="?", help="upload: the file; delete: the model id")
+    p.add_argument("target", nargs="?", help="upload: the file; delete: the model id or name:version")
     p.add_argument("--name", help="list: filter by name; upload: model name (default: the file name)")
     p.add_argument("--version", help="upload: version (default: the next v<n>)")
     p.add_argument("--format", help="list: filter; upload: gguf, safetensors, lora or other (default: detected)")
@@ -649,7 +695,8 @@ def _wrap(command: Callable[[Api, argparse.Namespace, Console, Console], int]) -
         try:
             return command(api, args, out, err)
         except ClientError as exc:
-            err.print(f"[red]eldric {args.command}: {_esc(exc)}", highlight=False)
+            hint = f"; {token_hint(api)}" if exc.status == 401 else ""
+            err.print(f"[red]eldric {args.command}: {_esc(exc)}{hint}", highlight=False)
             return 1
         except KeyboardInterrupt:
             err.print("interrupted")

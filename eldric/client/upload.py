@@ -31,12 +31,15 @@ class ResumableUpload:
         st = path.stat()
         key = f"{key_extra}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{name}|{version}|{fmt}"
         self.state_file = Path(state_dir) / f"upload-{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
-        self.resumed_at = 0
+        self.resumed_at = 0  # where a rerun took up the registry's session (0: a fresh upload)
         self.offset = 0
+        self._resuming = False
 
     def run(self, on_progress: Callable[[int], None]) -> dict:
         size = self.path.stat().st_size
-        session = self._resume() or self._open(size)
+        session = self._resume()
+        self._resuming = session is not None
+        session = session or self._open(size)
         uid, model_id = session["upload_id"], session["model_id"]
         with open(self.path, "rb") as f:
             hasher = self._send(f, uid, size, on_progress)
@@ -57,8 +60,11 @@ class ResumableUpload:
     def _send(self, f: BinaryIO, uid: str, size: int, on_progress: Callable[[int], None]) -> hashlib._Hash:
         """PATCH chunks from the registry's offset to the end; return the sha256 of the whole file."""
         def confirmed(offset: int) -> None:
+            # Only the offset the registry reports first for a session of an earlier run is a resume; every
+            # later one is this run's own progress (issue 22: a fresh upload said "resumed at byte <size>").
+            if self._resuming:
+                self.resumed_at, self._resuming = offset, False
             self.offset = offset
-            self.resumed_at = self.resumed_at or offset
 
         try:
             return send_chunks(self.call, upload_path(uid), f, size, chunk_bytes=self.chunk_bytes,

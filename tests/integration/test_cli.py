@@ -13,6 +13,7 @@ import pytest
 from eldric.client.cli import Api, ResumableUpload
 from tests.support.fake_backends import FakeOllama
 from testbed.gguf_models import write_llama_gguf
+from testbed.oci_registry import corrupt_blob, push_ollama_model
 from testbed.processes import Service, eldric, free_port, wait_until
 
 pytestmark = pytest.mark.integration
@@ -53,11 +54,24 @@ def test_pull_draws_a_bar_per_worker_and_exits_0(live):
     assert models["tiny:latest"]["coverage"] == 100.0
 
 
-def test_failing_pull_names_the_reason_and_exits_1(live):
-    done = run(live, "pull", "no-such-model", "--workers", "inf-a")
+def test_failing_pull_names_the_reason_and_exits_1(live, workdir):
+    pushed = push_ollama_model(live.oci.url, "library/cli-broken", "v1",
+                               gguf_path=write_llama_gguf(workdir / "cli-broken.gguf", name="broken", width=80))
+    corrupt_blob(live.oci.root, pushed["layers"]["application/vnd.ollama.image.model"])
+    done = run(live, "pull", "cli-broken:v1", "--workers", "inf-a")
     assert done.returncode == 1, (done.stdout, done.stderr)
-    assert "✘ inf-a:" in done.stderr and "not found" in done.stderr, done.stderr
+    assert "✘ inf-a:" in done.stderr and "digest mismatch" in done.stderr, done.stderr
     assert "failed on 1 of 1 worker(s)" in done.stdout
+
+
+def test_a_typo_is_refused_with_the_tags_there_and_no_job(live):
+    """Issue 22, finding 5: `eldric pull tiny:latestt` is one line naming the tags, not a job failed everywhere."""
+    before = live.api("GET", "/api/v1/models/pull-jobs").json()["total"]
+    done = run(live, "pull", "tiny:latestt")
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert done.stderr.strip() == ("eldric pull: POST /api/v1/models/pull: HTTP 404: model 'tiny:latestt' not found at "
+                                   f"{live.oci.url}: its tags there are latest"), done.stderr
+    assert live.api("GET", "/api/v1/models/pull-jobs").json()["total"] == before
 
 
 def test_json_outputs_parse(live):
@@ -114,10 +128,28 @@ def test_registry_upload_list_distribute_delete(live, workdir):
     sent = run(live, "distribute", model["id"], "--from", "registry", "--to", "inf-a")
     assert sent.returncode == 0, sent.stderr
     gone = run(live, "registry", "delete", model["id"])
-    assert gone.returncode == 0 and f"deleted {model['id']}" in gone.stdout
+    assert gone.returncode == 0 and gone.stdout.strip() == f"deleted {model['reference']} ({model['id']})"
     assert live.api("GET", f"/api/v1/model-registry/{model['id']}").status_code == 404
     again = run(live, "registry", "delete", model["id"])
     assert again.returncode == 1 and "404" in again.stderr
+
+
+def test_registry_delete_by_name_and_version_and_a_fresh_upload_says_no_resume(live, workdir):
+    """Issue 22, finding 6: `registry delete house:v1` answered a werkzeug 404 page; every fresh upload said
+    "resumed at byte <full size>"."""
+    gguf = write_llama_gguf(workdir / "house.gguf", name="house", width=72)
+    up = run(live, "registry", "upload", str(gguf), "--name", "house", "--version", "v1",
+             "--state-dir", str(workdir / "house-state"))
+    assert up.returncode == 0, up.stderr
+    assert up.stdout.startswith("uploaded house:v1 as ") and "resumed" not in up.stdout, up.stdout
+    model_id = up.stdout.split(" as ")[1].split(":")[0]
+    wrong = run(live, "registry", "delete", "house:v7")
+    assert wrong.returncode == 1 and wrong.stderr.strip() == (
+        "eldric registry: no model 'house:v7' in the registry; house has versions v1"), wrong.stderr
+    gone = run(live, "registry", "delete", "house:v1")
+    assert gone.returncode == 0, gone.stderr
+    assert gone.stdout.strip() == f"deleted house:v1 ({model_id})"
+    assert live.api("GET", f"/api/v1/model-registry/{model_id}").status_code == 404
 
 
 def test_registry_upload_resumes_where_an_interrupted_one_stopped(live, workdir):
