@@ -57,7 +57,8 @@ class BackendInstalls:
 
     def check(self, manifest: Manifest) -> None:
         """UnsupportedModelError naming every backend and why, when none of them can serve it."""
-        self.plan = serving.plan_pull(self.agent.settings, self.name, manifest)
+        self.plan = serving.plan_pull(self.agent.settings, self.name, manifest,
+                                      serving.catalog_claims(self.agent, self.name))
 
     def install(self, manifest: Manifest) -> None:
         plan = self.plan

@@ -15,7 +15,7 @@ Triton and TGI are given safetensors and skip it with the reason.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from eldric.core.formats import detect_format
@@ -54,13 +54,14 @@ class BackendPlan:
         return f"no backend on this node can serve {self.name} ({self.format}): {reasons}"
 
 
-def plan_backends(settings, name: str, model_format: str, paths: Collection[str]) -> BackendPlan:
-    """Sort the node's backends by whether they can serve a model of this format and these files;
-    UnsupportedModelError naming each backend and why when none can."""
+def plan_backends(settings, name: str, model_format: str, paths: Collection[str],
+                  taken: Mapping[str, str] | None = None) -> BackendPlan:
+    """Sort the node's backends by whether they can serve a model of this format and these files
+    (`taken`: backends to skip, with why); UnsupportedModelError naming each backend and why when none can."""
     configs = installers.backend_configs(settings)
     plan = BackendPlan(name, model_format, {}, {}, tuple(configs))
     for backend, config in configs.items():
-        why = installers.refusal(backend, model_format, paths)
+        why = (taken or {}).get(backend) or installers.refusal(backend, model_format, paths)
         if why:
             plan.skipped[backend] = why
         else:
@@ -84,10 +85,10 @@ def pulled_file(name: ModelName) -> str:
     return f"{installers.model_slug(name.short)}.gguf"
 
 
-def plan_pull(settings, name: ModelName, manifest: Manifest) -> BackendPlan:
-    """An Ollama-registry model: GGUF when its manifest has a model layer."""
+def plan_pull(settings, name: ModelName, manifest: Manifest, taken: Mapping[str, str] | None = None) -> BackendPlan:
+    """An Ollama-registry model: GGUF when its manifest has a model layer (`taken`: as for plan_backends)."""
     if manifest.layer_of(OLLAMA_MODEL) is not None:
-        return plan_backends(settings, name.short, "gguf", [pulled_file(name)])
+        return plan_backends(settings, name.short, "gguf", [pulled_file(name)], taken)
     configs = installers.backend_configs(settings)
     plan = BackendPlan(name.short, "ollama", {b: c for b, c in configs.items() if b == OLLAMA},
                        {b: NO_GGUF_LAYER for b in configs if b != OLLAMA}, tuple(configs))
@@ -129,15 +130,15 @@ def ollama_store_install(name: ModelName, manifest_path: str) -> dict:
 def local_models(agent) -> list[dict]:
     """The node's models (Ollama store, then file catalog), each with the backends that serve it.
 
-    A store model is served by Ollama when Ollama is a backend here, and by each file backend
-    that has it installed under its name; a catalog model by the backends it was installed into
-    that the node still serves.
+    A store model is served by Ollama when Ollama is a backend here, and by each GGUF file backend
+    (llama.cpp, vLLM) that has it installed under its name; a catalog model by the backends it was
+    installed into that the node still serves.
     """
     configs = installers.backend_configs(agent.settings)
-    found = {b: _installer(c) for b, c in configs.items() if b != OLLAMA}
+    pulled = _pulled_backends(agent, configs)
     out = []
     for model in agent.store.list_models():
-        served = [b for b in configs if b == OLLAMA or _has(found.get(b), model["name"])]
+        served = [b for b in configs if b == OLLAMA or _has(pulled.get(b), model["name"])]
         out.append(_with_backends(model, served))
     for model in agent.catalog.inventory():
         served = [b for b in configs if b in model.get("backends", [])]
@@ -145,10 +146,54 @@ def local_models(agent) -> list[dict]:
     return out
 
 
+def catalog_claims(agent, name: ModelName) -> dict[str, str]:
+    """Backends where a file model of the catalog has the pulled model's backend name, with why a pull
+    leaves them alone (a distributed `tiny` and a pulled `tiny:latest` are both `tiny` there)."""
+    slug = _slug(name.short)
+    return {backend: f"its {slug} is the distributed file model {entry['name']}"
+            for entry in agent.catalog.entries() if _slug(entry["name"]) == slug
+            for backend in entry.get("installed", {}) if backend != OLLAMA}
+
+
 def installed_from_pull(agent, name: ModelName) -> dict[str, dict]:
     """The file backends holding a pulled model (what its delete must uninstall)."""
-    configs = installers.backend_configs(agent.settings)
-    return {b: {} for b, c in configs.items() if b != OLLAMA and _has(_installer(c), name.short)}
+    pulled = _pulled_backends(agent, installers.backend_configs(agent.settings))
+    return {b: {} for b, installer in pulled.items() if _has(installer, name.short)}
+
+
+def _pulled_backends(agent, configs: dict[str, BackendConfig]) -> dict[str, object]:
+    """The installers of the backends a pull's GGUF goes to, less those where a file model of the
+    catalog holds the same backend name (a distributed `tiny` and a pulled `tiny:latest` are both `tiny`):
+    that file is the catalog's, neither served for the pull nor removed by its delete."""
+    claimed: dict[str, set[str]] = {}
+    for entry in agent.catalog.entries():
+        for backend in entry.get("installed", {}):
+            claimed.setdefault(backend, set()).add(_slug(entry["name"]))
+    out = {}
+    for backend, config in configs.items():
+        if backend == OLLAMA or installers.refusal(backend, "gguf", ["model.gguf"]):
+            continue
+        installer = _installer(config)
+        if installer is not None:
+            out[backend] = _Unclaimed(installer, claimed.get(backend, set()))
+    return out
+
+
+class _Unclaimed:
+    """An installer's `is_installed`, false for names a catalog entry holds in that backend."""
+
+    def __init__(self, installer, claimed: set[str]) -> None:
+        self.installer, self.claimed = installer, claimed
+
+    def is_installed(self, name: str) -> bool:
+        return _slug(name) not in self.claimed and _has(self.installer, name)
+
+
+def _slug(name: str) -> str | None:
+    try:
+        return installers.model_slug(name)
+    except InstallError:
+        return None
 
 
 def _with_backends(model: dict, served: list[str]) -> dict:

@@ -278,6 +278,7 @@ def test_workers_drill_down_shows_local_models(dash, page):
     tiny = detail.locator('tr[data-model="tiny:latest"]')
     expect(tiny).to_have_count(1)
     expect(tiny).to_contain_text("gguf")
+    expect(tiny.locator('[data-col="backends"]')).to_have_text("ollama")  # its inventory's `backends`
     expect(page.locator('#models-table tr[data-model="big:latest"]')).to_contain_text("100%")
 
 

@@ -64,8 +64,9 @@ class ScriptedApi:
     """Answers every /api/v1 call of the page from plain data; `streams[job id]` is a job's event stream text."""
 
     def __init__(self, workers: list[dict], models: list[dict], jobs: list[dict] | None = None,
-                 registry: list[dict] | None = None) -> None:
+                 registry: list[dict] | None = None, worker_models: list[dict] | None = None) -> None:
         self.workers, self.models, self.jobs, self.registry = workers, models, jobs or [], registry or []
+        self.worker_models = worker_models  # what /api/v1/workers/{id}/models answers (default: LONG_MODEL)
         self.streams: dict[str, str] = {}
         self.started: dict[str, dict] = {}  # "pull" | "distribute" -> the job a POST answers with
 
@@ -106,7 +107,9 @@ class ScriptedApi:
             route.fulfill(json={"models": self.registry, "total": len(self.registry), "limit": 25, "offset": 0})
         elif m := re.fullmatch(r"/api/v1/workers/([^/]+)(/models)?", path):
             found = next((w for w in self.workers if w["id"] == m[1]), None)
-            if m[2]:
+            if m[2] and self.worker_models is not None:
+                route.fulfill(json={"worker": m[1], "models": self.worker_models})
+            elif m[2]:
                 route.fulfill(json={"worker": m[1], "models": [{"name": LONG_MODEL, "digest": "sha256:" + "ab" * 32,
                                                                 "size": 12 * MB, "modified_at": time.time(),
                                                                 "format": "gguf", "backend": "ollama"}]})
@@ -311,3 +314,25 @@ def _assert_fits(page, when: str) -> None:
             .filter(e => e.getBoundingClientRect().right > 391 && !e.closest('.table-wrap, pre'))
             .slice(0, 8).map(e => `${e.tagName}.${e.className} ${Math.round(e.getBoundingClientRect().right)}`)""")
         raise AssertionError(f"{when}: the page is {width} px wide at 390: {wide}")
+
+
+def test_a_workers_models_show_the_backends_serving_each_and_stored_not_served(dashboard_url, page):
+    """Issue 22: per backend what is served; a model only in the store says so, and coverage does not count it."""
+    everyone = ["lv-1", "moved-1"]
+    held = {"digest": "sha256:" + "ab" * 32, "size": 12 * MB, "modified_at": time.time(), "format": "gguf"}
+    only_stored = {**model("tiny:old", [], everyone), "stored_not_served": ["moved-1"], "status": "stored, not served"}
+    served_too = {**model("tiny:latest", ["lv-1"], everyone), "stored_not_served": ["moved-1"], "status": "served"}
+    ScriptedApi([worker(w) for w in everyone], [only_stored, served_too], worker_models=[
+        {"name": "tiny:latest", **held, "backends": ["llamacpp", "vllm"], "backend": "llamacpp,vllm"},
+        {"name": "tiny:old", **held, "backends": [], "backend": "stored, not served"}]).install(page)
+    page.goto(dashboard_url)
+    expect(page.locator('#models-table tr[data-model="tiny:old"] [data-col="coverage"]')).to_have_text(
+        "0% · stored, not served")
+    latest = page.locator('#models-table tr[data-model="tiny:latest"] [data-col="coverage"]')
+    expect(latest).to_have_text("50%")
+    expect(latest).to_have_attribute("title", "stored, not served on moved-1")
+    page.locator('#workers-table tr[data-worker="lv-1"]').click()
+    detail = page.locator("#worker-detail")
+    expect(detail.locator("th").nth(4)).to_have_text("Backends")
+    expect(detail.locator('tr[data-model="tiny:latest"] [data-col="backends"]')).to_have_text("llamacpp, vllm")
+    expect(detail.locator('tr[data-model="tiny:old"] [data-col="backends"]')).to_have_text("stored, not served")

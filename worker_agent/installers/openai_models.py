@@ -39,10 +39,16 @@ def names_of(name: str, location: str) -> set[str]:
     return {name, model_slug(name), location.rstrip("/"), base, base.removesuffix(".gguf")}
 
 
-def is_listed(url: str, name: str, location: str, timeout: float) -> bool:
+def lists(ids: list[str], name: str, location: str) -> bool:
+    """Is one of `ids` (a /v1/models answer) the model installed at `location`?"""
     names = names_of(name, location)
-    for model_id in model_ids(url, timeout):
+    for model_id in ids:
         base = os.path.basename(model_id.rstrip("/"))
         if model_id in names or base in names or base.removesuffix(".gguf") in names:
             return True
     return False
+
+
+def is_listed(url: str, name: str, location: str, timeout: float) -> bool:
+    """Does the server at `url` list the model; BackendUnavailableError when it cannot be asked."""
+    return lists(model_ids(url, timeout), name, location)

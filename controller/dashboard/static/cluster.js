@@ -51,7 +51,8 @@ export function renderModels() {
     h("td", { class: "mono", title: m.digest || "" }, shortDigest(m.digest)), h("td", {}, fmtTime(m.modified_at)),
     h("td", { title: cap(m.workers) }, String(m.workers.length)),
     h("td", { title: cap(m.missing) }, String(m.missing.length)),
-    h("td", { title: m.stored_not_served && m.stored_not_served.length ? `stored, not served on ${cap(m.stored_not_served)}` : "" },
+    h("td", { dataset: { col: "coverage" },
+      title: m.stored_not_served && m.stored_not_served.length ? `stored, not served on ${cap(m.stored_not_served)}` : "" },
       m.status === "stored, not served" ? `${m.coverage}% · stored, not served` : `${m.coverage}%`),
     h("td", {}, m.consistent ? "yes" : "no"),
     h("td", { class: "muted" }, detailsText(m.details)))));
@@ -159,7 +160,8 @@ function renderWorkerDetail() {
       h("thead", {}, h("tr", {}, ["Model", "Size", "Modified", "Format", "Backends", "Digest"].map((t) => h("th", {}, t)))),
       h("tbody", {}, page.length ? page.map((m) => h("tr", { dataset: { model: m.name } },
         h("td", { class: "name" }, breakable(m.name)), h("td", {}, fmtBytes(m.size)), h("td", {}, fmtTime(m.modified_at)),
-        h("td", {}, m.format || "–"), h("td", {}, servedBy(m)), h("td", { class: "mono" }, shortDigest(m.digest))))
+        h("td", {}, m.format || "–"), h("td", { dataset: { col: "backends" } }, servedBy(m)),
+        h("td", { class: "mono" }, shortDigest(m.digest))))
         : h("tr", {}, h("td", { colspan: 6, class: "muted" }, "no local models"))))),
     pager));
 }
