@@ -22,29 +22,34 @@ from eldric.transfer.errors import SourceError
 from worker_agent.blob_leases import BlobLease
 from worker_agent.fanout import Fanout
 from worker_agent.file_sources import DataRegistrySource, HttpFileSource, PeerSource, RemoteFile
-from worker_agent.installing import install_entry, placement_summary
+from worker_agent.installing import install_and_list, placement_summary
 from eldric.cluster.jobs.progress import Progress
 from worker_agent.pulling import pull_from_ollama, pull_into_store
 from worker_agent.runtime import Agent
+from worker_agent import serving
 from worker_agent.verifying import verify_blobs_present
 
 FINGERPRINT_FILE = ".eldric-fingerprint"
 
 
-def distribute(agent: Agent, model: str, options: dict, secrets: dict, progress: Progress) -> dict:
+def distribute(agent: Agent, model: str, options: dict, secrets: dict, progress: Progress,
+               last_try: bool = True) -> dict:
+    """Bring `model` here from the job's source. All or nothing per worker (worker_agent/installing.py):
+    with the job's `partial_ok`, a backend still unreachable on the `last_try` is skipped instead of failing it."""
     source = options.get("source")
+    skip = bool(options.get("partial_ok")) and last_try
     if source == "ollama":
         return pull_from_ollama(agent, model, progress, options)  # a pull by another name
     if source == "worker":
-        return _from_peer(agent, model, options, secrets, progress)
+        return _from_peer(agent, model, options, secrets, progress, skip)
     if source == "registry":
-        return _from_registry(agent, options, progress)
+        return _from_registry(agent, options, progress, skip)
     if source == "url":
-        return _from_url(agent, model, options, secrets, progress)
+        return _from_url(agent, model, options, secrets, progress, skip)
     raise SourceError(f"unknown source {source!r}")
 
 
-def _from_peer(agent: Agent, model: str, options: dict, secrets: dict, progress: Progress) -> dict:
+def _from_peer(agent: Agent, model: str, options: dict, secrets: dict, progress: Progress, skip: bool) -> dict:
     address = agent.redis.hget(keys.worker(options["from_worker"]), "address")
     if not address:
         raise SourceError(f"source worker {options['from_worker']} is not registered")
@@ -55,10 +60,11 @@ def _from_peer(agent: Agent, model: str, options: dict, secrets: dict, progress:
         return pull_into_store(agent, ModelName.parse(model), peer, progress, fanout)
     entry = exported["entry"]
     entry = {k: entry[k] for k in ("name", "format", "details", "files", "source", "lineage") if k in entry}
-    return _store_files(agent, entry, peer.files(entry), progress, f"worker {options['from_worker']}", fanout)
+    return _store_files(agent, entry, peer.files(entry), progress, f"worker {options['from_worker']}", fanout,
+                        skip_unreachable=skip)
 
 
-def _from_registry(agent: Agent, options: dict, progress: Progress) -> dict:
+def _from_registry(agent: Agent, options: dict, progress: Progress, skip: bool) -> dict:
     """From the data node's registry (its NIC is an uplink too: the job's workers share what they fetched)."""
     src = DataRegistrySource(options["registry_url"], agent.settings.cluster_secret)
     model = src.model(options["registry_model_id"])
@@ -67,27 +73,50 @@ def _from_registry(agent: Agent, options: dict, progress: Progress) -> dict:
              "files": [{"path": f["path"], "sha256": f["sha256"], "size": f["size"]} for f in model["files"]]}
     shared = shared_tree(agent.settings.shared_mounts, model.get("storage") or {}, model["files"])
     if shared is not None:
-        return _use_shared(agent, entry, shared, progress)
+        return _use_shared(agent, entry, shared, progress, skip)
     fanout = Fanout(agent, progress, options)
     fanout.pace(src.session)
-    return _store_files(agent, entry, src.files(model), progress, "registry", fanout)
+    return _store_files(agent, entry, src.files(model), progress, "registry", fanout, skip_unreachable=skip)
 
 
-def _from_url(agent: Agent, model: str, options: dict, secrets: dict, progress: Progress) -> dict:
+def _from_url(agent: Agent, model: str, options: dict, secrets: dict, progress: Progress, skip: bool) -> dict:
     url = secrets.get("url") or ""
     src = HttpFileSource(url, token=secrets.get("token"), policy=AddressPolicy.parse(agent.settings.url_allowlist))
     filename = options.get("filename") or Path(redact_url(url)).name or "model.bin"
     expected = Digest.parse(options["sha256"]) if options.get("sha256") else None
     remote, ranged = src.remote_file(filename, expected)
+    origin = redact_url(url)
+    if remote.digest is None:  # a file this node fetched from there before, unchanged since, is not fetched again
+        remote = replace(remote, digest=held_url_file(agent, origin, remote.size, src.validator))
     fmt = "gguf" if filename.lower().endswith(".gguf") else options.get("format") or "other"
-    entry = {"name": model, "format": fmt, "details": {}, "source": "url", "origin": redact_url(url), "files": []}
+    entry = {"name": model, "format": fmt, "details": {}, "source": "url", "origin": origin, "files": []}
+    if src.validator:
+        entry["validator"] = src.validator
     fanout = Fanout(agent, progress, options)
     fanout.pace(src.source.session)
-    return _store_files(agent, entry, [remote], progress, redact_url(url), fanout, single_range=not ranged)
+    return _store_files(agent, entry, [remote], progress, redact_url(url), fanout, single_range=not ranged,
+                        skip_unreachable=skip)
+
+
+def held_url_file(agent: Agent, origin: str, size: int, validator: str | None) -> Digest | None:
+    """The digest of the file at `origin` this node already holds, verified (issue 22, finding 6): a catalog
+    entry fetched from the same URL (query string aside: S3 signatures change) whose server validator (ETag,
+    else Last-Modified) and size are the same now. Without a validator nothing says the file is unchanged."""
+    if not validator:
+        return None
+    for entry in agent.catalog.entries():
+        files = entry.get("files") or []
+        if entry.get("source") != "url" or entry.get("origin") != origin or entry.get("validator") != validator \
+                or len(files) != 1 or int(files[0].get("size", -1)) != size:
+            continue
+        digest = Digest.parse(files[0]["sha256"])
+        if agent.store.blobs.has(digest, size):  # named by the sha256 it was verified against
+            return digest
+    return None
 
 
 def _store_files(agent: Agent, entry: dict, files: list[RemoteFile], progress: Progress, origin: str,
-                 fanout: Fanout, single_range: bool = False) -> dict:
+                 fanout: Fanout, single_range: bool = False, skip_unreachable: bool = False) -> dict:
     """Fetch every missing file into the blob store, install for the backends, then list the model.
 
     A file of known digest is shared with the job's other workers (`fanout`); one from a server
@@ -95,14 +124,17 @@ def _store_files(agent: Agent, entry: dict, files: list[RemoteFile], progress: P
     """
     try:  # leased before the store is looked at, until the catalog lists them (worker_agent/blob_leases.py)
         with agent.store.leases.hold(progress.job_id, [f.digest for f in files if f.digest is not None]) as lease:
-            return _fetch_and_install(agent, entry, files, progress, origin, fanout, single_range, lease)
+            return _fetch_and_install(agent, entry, files, progress, origin, fanout, single_range, lease,
+                                      skip_unreachable)
     finally:
         fanout.close()
 
 
 def _fetch_and_install(agent: Agent, entry: dict, files: list[RemoteFile], progress: Progress, origin: str,
-                       fanout: Fanout, single_range: bool, lease: BlobLease) -> dict:
+                       fanout: Fanout, single_range: bool, lease: BlobLease, skip_unreachable: bool) -> dict:
     FileModelRef.parse(entry["name"])  # refuse a name the catalog cannot hold before any byte moves
+    # and a model none of the node's backends can serve (the reasons, per backend, are the error)
+    plan = serving.plan_files(agent.settings, entry["name"], entry.get("format"), [f.path for f in files])
     blobs = agent.store.blobs
     missing = sum(f.size - resumable_bytes(agent.store.partial_dir, f.digest, f.size, f.key)
                   for f in files if f.digest is None or not blobs.has(f.digest, f.size))
@@ -131,21 +163,23 @@ def _fetch_and_install(agent: Agent, entry: dict, files: list[RemoteFile], progr
     entry = {**entry, "files": stored, "size": sum(f["size"] for f in stored), "digest": model_digest(stored),
              "shared": False}
     progress.update(force=True, state=jobstate.INSTALLING, status="installing")
-    entry["installed"] = install_entry(agent, entry)
-    agent.catalog.put(entry)
+    entry = install_and_list(agent, entry, plan, skip_unreachable=skip_unreachable)
     progress.finish(total=entry["size"], digest=entry["digest"], transferred=transferred,
-                    placement=placement_summary(entry["installed"]), **fanout.fields())
+                    placement=placement_summary(entry["installed"], plan.skipped, plan.order),
+                    ready=serving.readiness(plan, entry["installed"]), **fanout.fields())
     return {"model": entry["name"], "digest": entry["digest"], "size": entry["size"], "downloaded": transferred}
 
 
-def _use_shared(agent: Agent, entry: dict, tree: Path, progress: Progress) -> dict:
+def _use_shared(agent: Agent, entry: dict, tree: Path, progress: Progress, skip_unreachable: bool) -> dict:
     """The registry's export is mounted here: point the backends at it, move no bytes."""
     total = sum(int(f["size"]) for f in entry["files"])
+    plan = serving.plan_files(agent.settings, entry["name"], entry.get("format"), [f["path"] for f in entry["files"]])
     progress.update(force=True, state=jobstate.INSTALLING, status="shared", total=total, source=str(tree))
     entry = {**entry, "size": total, "digest": model_digest(entry["files"]), "shared": True, "shared_path": str(tree)}
-    entry["installed"] = install_entry(agent, entry)
-    agent.catalog.put(entry)
-    progress.finish(total=total, digest=entry["digest"], transferred=0, status="shared", shared=True)
+    entry = install_and_list(agent, entry, plan, skip_unreachable=skip_unreachable)
+    progress.finish(total=total, digest=entry["digest"], transferred=0, status="shared", shared=True,
+                    placement=placement_summary(entry["installed"], plan.skipped, plan.order),
+                    ready=serving.readiness(plan, entry["installed"]))
     return {"model": entry["name"], "digest": entry["digest"], "size": total, "downloaded": 0, "shared": True}
 
 

@@ -73,12 +73,14 @@ class HttpFileSource:
         self.url = url
         # requests drops the Authorization header on a redirect to another host
         self.source = UrlSource(session or upstream_session(policy), url, bearer(token), connect_timeout=CONNECT_TIMEOUT)
+        self.validator: str | None = None  # the server's ETag or Last-Modified, once probed
 
     def probe(self) -> tuple[int, bool]:
         """(size, honours Range); the agent plans its disk space by the size, so it must be known."""
         found = self.source.probe()
         if found.size is None:
             raise SourceError(f"{self.source.name}: the server does not say how big the file is")
+        self.validator = found.validator
         return found.size, found.ranged
 
     def remote_file(self, path: str, expected: Digest | None = None) -> tuple[RemoteFile, bool]:

@@ -145,13 +145,14 @@ def run_pull_job(agent: Agent, job_id: str, model: str) -> dict:
     return _run_job(agent, job_id, work)
 
 
-def run_distribute_job(agent: Agent, job_id: str, model: str) -> dict:
-    """Bring `model` to this node from the job's source (registry, worker, url, ollama)."""
+def run_distribute_job(agent: Agent, job_id: str, model: str, last_try: bool = True) -> dict:
+    """Bring `model` to this node from the job's source (registry, worker, url, ollama); `last_try`: no
+    retry follows (the job's `partial_ok` then skips a backend still unreachable)."""
     def work(progress: Progress) -> dict:
         meta = agent.redis.hgetall(keys.job(job_id))
         options = json.loads(meta.get("options") or "{}")
         secrets = agent.redis.hgetall(keys.job_secrets(job_id))
-        return distribute(agent, model, options, secrets, progress)
+        return distribute(agent, model, options, secrets, progress, last_try=last_try)
     return _run_job(agent, job_id, work)
 
 

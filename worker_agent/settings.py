@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -53,6 +53,7 @@ class AgentSettings(HttpLimitsSettings, AddressPolicySettings, UpstreamSettings,
     llamacpp_url: str = Field("", description="a llama.cpp server (llama-server) on this node whose /v1/models is asked after an install; empty: none")
     vllm_url: str = Field("", description="a vLLM server on this node whose /v1/models is asked after an install; empty: none")
     log_level: str = Field("INFO", description="log level of the agent process")
+    debris_sweep: Literal["report", "remove"] = Field("report", description="what the debris sweep does with backend entries no model of this node owns: report them, or also remove those Eldric placed")
     backend_timeout_seconds: Seconds = Field(600.0, description="longest wait for one backend API call (blob upload, create, model load)")
 
     @field_validator("worker_id")

@@ -11,13 +11,13 @@ from eldric import logging_setup
 from eldric.cluster.queues import (
     MAINTENANCE_QUEUE, TASK_CLEAN_PARTIALS, TASK_CLEAN_PARTIALS_ALL, TASK_DELETE, TASK_DISTRIBUTE, TASK_INVENTORY_SYNC,
     TASK_INVENTORY_SYNC_ALL, TASK_MIRROR_CHECK_UPDATES, TASK_PINS_CHECK_UPDATES, TASK_PINS_RECONCILE, TASK_PULL,
-    TASK_REAP_STALE_JOBS,
+    TASK_REAP_STALE_JOBS, TASK_SWEEP_DEBRIS, TASK_SWEEP_DEBRIS_ALL,
 )
 from eldric.cluster import maintenance
 from eldric.cluster.dispatch import job_sender
 from eldric.cluster.mirror_updates import check_mirror_updates
 from eldric.core.errors import EldricError
-from worker_agent import job_runner, partial_cleanup, runtime
+from worker_agent import debris_sweep, job_runner, partial_cleanup, runtime
 from worker_agent.celery_app import app
 from eldric.transfer.errors import SourceUnavailableError
 from worker_agent.installers import BackendUnavailableError
@@ -64,7 +64,7 @@ def pull(self: JobTask, job_id: str, model: str) -> dict:
     agent = runtime.current()
     try:
         return job_runner.run_pull_job(agent, job_id, model)
-    except SourceUnavailableError as exc:
+    except (SourceUnavailableError, BackendUnavailableError) as exc:  # the source, or a backend's API (Triton)
         raise self.retry(exc=exc, countdown=agent.settings.retry_delay(self.request.retries),
                          max_retries=agent.settings.pull_retries) from exc
 
@@ -72,8 +72,9 @@ def pull(self: JobTask, job_id: str, model: str) -> dict:
 @app.task(name=TASK_DISTRIBUTE, bind=True, base=JobTask)
 def distribute(self: JobTask, job_id: str, model: str) -> dict:
     agent = runtime.current()
-    try:
-        return job_runner.run_distribute_job(agent, job_id, model)
+    try:  # on the last try a `partial_ok` job skips a backend still unreachable (README "Distribution and backends")
+        return job_runner.run_distribute_job(agent, job_id, model,
+                                             last_try=self.request.retries >= agent.settings.pull_retries)
     except (SourceUnavailableError, BackendUnavailableError) as exc:
         raise self.retry(exc=exc, countdown=agent.settings.retry_delay(self.request.retries),
                          max_retries=agent.settings.pull_retries) from exc
@@ -147,6 +148,19 @@ def clean_partials(max_age_seconds: float) -> dict:
     agent = runtime.current()
     cleaned = partial_cleanup.clean_partials(agent.redis, agent.worker_id, agent.store, max_age=float(max_age_seconds))
     return {"removed": cleaned.removed, "freed": cleaned.freed}
+
+
+# --- Debris sweep (README "Scheduled work"): beat -> any one agent -> every online inference/cloud worker.
+
+@app.task(name=TASK_SWEEP_DEBRIS_ALL)
+def sweep_debris_all() -> dict:
+    return {"asked": maintenance.request_debris_sweep(runtime.current().redis, _send)}
+
+
+@app.task(name=TASK_SWEEP_DEBRIS)
+def sweep_debris() -> dict:
+    agent = runtime.current()
+    return debris_sweep.sweep_debris(agent, agent.settings.debris_sweep).to_json()
 
 
 # --- The data node's mirror (README "Scheduled work"): beat -> any one agent -> the registry's check.

@@ -46,16 +46,24 @@ class DistributeRequestSchema(TransferCapsSchema):
     source = fields.Nested(SourceSchema, required=True, metadata={"oneOf": _SOURCE_VARIANTS})
     workers = worker_ids_field("target worker ids; default every inference and cloud worker")
     deadline_seconds = fields.Integer(strict=True, validate=validate.Range(min=10, max=30 * 24 * 3600))
+    partial_ok = fields.Boolean(load_default=False, metadata={
+        "description": "a backend of a worker still unreachable after the retries is skipped (the reason in the "
+                       "worker's placement) and the worker completes; default false: the worker fails naming it and "
+                       "rolls back its other backends' installs"})
 
 
 @blp.route("/distribute")
 class Distribute(MethodView):
     @blp.arguments(DistributeRequestSchema)
     @blp.response(202, JobSchema)
+    @blp.alt_response(404, description="an unknown worker or source model (for source type ollama: no such model "
+                                       "upstream, with the tags there); nothing is queued")
+    @blp.alt_response(502, description="source type ollama: the registry the agents pull from cannot be asked")
     def post(self, body: dict):
         """Start a distribute job; progress per worker as for pulls (GET /api/v1/models/pull-jobs/{id})."""
         client = redis_client()
         job_id = distribute.start_distribute(
             client, producer(), registry_client(), model=body["model"], source=body["source"],
-            workers=body.get("workers"), limits=job_limits(body.get("deadline_seconds")), caps=transfer_caps(body))
+            workers=body.get("workers"), limits=job_limits(body.get("deadline_seconds")), caps=transfer_caps(body),
+            partial_ok=body.get("partial_ok", False))
         return jobs.get_job(client, job_id, stale_after=stale_after(), offline_grace=offline_grace())

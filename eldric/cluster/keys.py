@@ -26,6 +26,11 @@ def worker_jobs(worker_id: str) -> str:
     return f"{PREFIX}:worker:{worker_id}:jobs"
 
 
+def worker_debris(worker_id: str) -> str:
+    """HASH path -> JSON {backend, name, path, bytes, placed_by_eldric, placed_at, loaded, error}: the last debris sweep's finds."""
+    return f"{PREFIX}:worker:{worker_id}:debris"
+
+
 def worker_catchups(worker_id: str) -> str:
     """HASH model -> JSON catch-up {job_id, kind, model, source, options, at}: work the worker missed while skipped."""
     return f"{PREFIX}:worker:{worker_id}:catchup"

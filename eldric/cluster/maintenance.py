@@ -5,6 +5,7 @@ it (worker_agent/tasks.py), so the cluster needs no extra process; the work itse
 control-plane work and lives here, beside the jobs, pins and workers it reads:
 
 - `request_inventory_sync` / `request_partial_cleanup`: fan a node-local task out to every online worker;
+- `request_debris_sweep`: the same to every online inference and cloud worker (worker_agent/debris_sweep.py);
 - `reap_stale_jobs`: persist the ends readers derive (jobs/reaper.py);
 - `reconcile`: start pulls so every eligible online worker holds each pinned model (pins.py),
   then replay what skipped workers missed (jobs/catchups.py);
@@ -29,7 +30,7 @@ from eldric.cluster.jobs import catchups
 from eldric.cluster.jobs.reaper import Reaped
 from eldric.cluster.jobs.reaper import reap_stale_jobs as reap_records
 from eldric.cluster.jobs.start import Send
-from eldric.cluster.queues import TASK_CLEAN_PARTIALS, TASK_INVENTORY_SYNC
+from eldric.cluster.queues import TASK_CLEAN_PARTIALS, TASK_INVENTORY_SYNC, TASK_SWEEP_DEBRIS, is_model_serving
 from eldric.core.names import ModelName
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,11 @@ def _release(client: redis.Redis, key: str, token: str) -> None:
             pass
 
 
-def _fan_out(client: redis.Redis, send: Send, task: str, args: list) -> list[str]:
+def _fan_out(client: redis.Redis, send: Send, task: str, args: list, serving_only: bool = False) -> list[str]:
     online = workers.online_ids(client)
+    if serving_only:
+        kinds = workers.types(client, online)
+        online = [wid for wid in online if is_model_serving(kinds.get(wid) or "")]
     for wid, reason in send(task, args, online).items():
         log.warning("%s for %s: %s", task, wid, reason)
     return online
@@ -78,6 +82,11 @@ def request_inventory_sync(client: redis.Redis, send: Send) -> list[str]:
 def request_partial_cleanup(client: redis.Redis, send: Send, max_age: float) -> list[str]:
     """Ask every online worker to clean its partial downloads; return the ids asked."""
     return _fan_out(client, send, TASK_CLEAN_PARTIALS, [max_age])
+
+
+def request_debris_sweep(client: redis.Redis, send: Send) -> list[str]:
+    """Ask every online inference and cloud worker to sweep its backends' debris; return the ids asked."""
+    return _fan_out(client, send, TASK_SWEEP_DEBRIS, [], serving_only=True)
 
 
 def reap_stale_jobs(client: redis.Redis, *, stale_after: float, offline_grace: float = math.inf) -> list[Reaped]:

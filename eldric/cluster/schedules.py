@@ -24,6 +24,7 @@ from eldric.cluster.queues import (
     TASK_PINS_CHECK_UPDATES,
     TASK_PINS_RECONCILE,
     TASK_REAP_STALE_JOBS,
+    TASK_SWEEP_DEBRIS_ALL,
 )
 from eldric.cluster.redisconn import redbeat_settings, redis_client
 from eldric.cluster.shared_settings import RedisSettings
@@ -47,6 +48,7 @@ class ScheduleSettings(RedisSettings):
                                 description="a second beat takes over this long after the scheduling one died")
     partial_clean_seconds: float = Field(3600.0, ge=0, description="how often every worker deletes partial downloads of ended jobs and stale ones")
     partial_max_age_seconds: float = Field(86400.0, gt=0, description="partial downloads, lock and temp files untouched this long are deleted")
+    debris_sweep_seconds: float = Field(3600.0, ge=0, description="how often every inference and cloud worker looks for backend files no model of it owns")
     mirror_update_seconds: float = Field(3600.0, ge=0, description="how often the data node's mirror asks upstream whether its cached tags moved")
     registry_url: str = Field("http://127.0.0.1:8892", description="the data node's registry, whose mirror the update check asks (as the controller)")
 
@@ -65,6 +67,7 @@ def beat_schedule(s: ScheduleSettings) -> dict[str, dict]:
         "pins-check-updates": (TASK_PINS_CHECK_UPDATES, s.pin_update_seconds,
                                [s.job_deadline_seconds, s.pin_retry_seconds]),
         "clean-partials": (TASK_CLEAN_PARTIALS_ALL, s.partial_clean_seconds, [s.partial_max_age_seconds]),
+        "sweep-debris": (TASK_SWEEP_DEBRIS_ALL, s.debris_sweep_seconds, []),
         "mirror-check-updates": (TASK_MIRROR_CHECK_UPDATES, s.mirror_update_seconds, [s.registry_url]),
     }
     return {

@@ -59,10 +59,21 @@ def source_kind(url: str) -> str:
 
 @dataclass(frozen=True)
 class UrlProbe:
-    """What a probe learned: the file's size (None: the server does not say) and whether Range works."""
+    """What a probe learned: the file's size (None: the server does not say), whether Range works, and
+    the server's validator of this version of the file (a strong ETag, else Last-Modified; None: neither)."""
 
     size: int | None
     ranged: bool
+    validator: str | None = None
+
+
+def validator_of(headers) -> str | None:
+    """`etag:<strong ETag>` or `last-modified:<date>`: what says the file is the one fetched before (RFC 9110 8.8)."""
+    etag = headers.get("ETag", "")
+    if etag and not etag.startswith("W/"):
+        return f"etag:{etag}"
+    modified = headers.get("Last-Modified", "")
+    return f"last-modified:{modified}" if modified else None
 
 
 class UrlSource:
@@ -85,11 +96,12 @@ class UrlSource:
                 return UrlProbe(0, True)
             self._check(resp, 0)
             if resp.status_code == 206:
-                return UrlProbe(parse_content_range(resp.headers.get("Content-Range", ""))[2], True)
+                return UrlProbe(parse_content_range(resp.headers.get("Content-Range", ""))[2], True,
+                                validator_of(resp.headers))
             length = resp.headers.get("Content-Length", "")
             # An encoded body's length is not the file's (some servers compress despite `identity`).
             known = length.isdigit() and not resp.headers.get("Content-Encoding")
-            return UrlProbe(int(length) if known else None, False)
+            return UrlProbe(int(length) if known else None, False, validator_of(resp.headers))
 
     def open_range(self, start: int, end: int | None, read_timeout: float) -> requests.Response:
         """A streaming response for bytes start..end; a 200 (Range ignored) too: the engine reads past what it has."""
