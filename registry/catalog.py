@@ -116,6 +116,17 @@ class Tx:
                                 (name, version, READY)).fetchone()
         return row is not None
 
+    def ready_twin(self, name: str, files: set[tuple[str, str]]) -> dict | None:
+        """The newest ready model of `name` holding exactly `files` ((path, digest) pairs), if one does."""
+        rows = self.conn.execute("SELECT id, version FROM models WHERE name = ? AND state = ? "
+                                 "ORDER BY committed_at DESC", (name, READY)).fetchall()
+        for row in rows:
+            held = {(f["path"], f["digest"]) for f in
+                    self.conn.execute("SELECT path, digest FROM files WHERE model_id = ?", (row["id"],))}
+            if held == files:
+                return dict(row)
+        return None
+
     def next_version(self, name: str) -> str:
         """`v<n+1>` where n is the highest `v<n>` version of the name (so v1, v2, ...)."""
         rows = self.conn.execute("SELECT version FROM models WHERE name = ? AND state = ?", (name, READY))

@@ -308,6 +308,12 @@ class RegistryService:
                     raise ConflictError("the model's files changed during the commit; commit again", "files")
                 if tx.uploads_of(model_id):
                     raise ConflictError("the model has unfinished uploads; finish or cancel them first", "uploads")
+                if model["requested_version"] is None and (twin := tx.ready_twin(model["name"], snapshot)):
+                    # The same bytes again under the next v<n> would be a second name for one model, made
+                    # silently (issue 22); an explicit version is the operator asking for exactly that.
+                    raise ConflictError(f"model {model['name']}:{twin['version']} ({twin['id']}) already holds "
+                                        "these files (the same paths and sha256); nothing new was stored. Give a "
+                                        "version to register them again under another", "files")
                 version = model["requested_version"] or tx.next_version(model["name"])
                 if tx.version_taken(model["name"], version):
                     raise ConflictError(f"model {model['name']}:{version} already exists", "version")
@@ -328,8 +334,14 @@ class RegistryService:
 
     def upload_model(self, *, name: str, filename: str, stream: BinaryIO, length: int | None = None,
                      digest: str | None = None, **draft: object) -> dict:
-        """Register a single-file model in one request; on any failure nothing remains."""
+        """Register a single-file model in one request; on any failure nothing remains.
+
+        The file is the whole model, so its name and the declared format are checked before a byte of the
+        body is read (issue 22: `x.bin` declared gguf was refused only after the whole body had arrived)."""
         path = validate_file_path(filename, "filename")
+        self.check_draft(name=name, version=draft.get("version"), fmt=draft.get("fmt"),
+                         source=draft.get("source", "upload"), lineage=draft.get("lineage"))
+        detect_format([path], draft.get("fmt"))
         model = self.create_draft(name=name, **draft)
         try:
             self.put_file(model["id"], path, stream, digest=digest, length=length)

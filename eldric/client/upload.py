@@ -12,6 +12,8 @@ from collections.abc import Callable
 import requests
 
 from eldric.client.api import ClientError
+from eldric.core.formats import HEAD_BYTES, check_head, detect_format
+from eldric.core.request_errors import InvalidFormatError
 from eldric.transfer.model_registry import API_PREFIX, model_path, upload_path
 from eldric.transfer.upload import is_retryable, send_chunks
 
@@ -37,6 +39,7 @@ class ResumableUpload:
 
     def run(self, on_progress: Callable[[int], None]) -> dict:
         size = self.path.stat().st_size
+        check_single_file(self.path, self.fmt)
         session = self._resume()
         self._resuming = session is not None
         session = session or self._open(size)
@@ -47,7 +50,9 @@ class ResumableUpload:
             self.call("PUT", upload_path(uid), params={"digest": "sha256:" + hasher.hexdigest()})
             model = self.call("POST", model_path(model_id, "commit")).json()
         except ClientError as exc:
-            if exc.status in (400, 404, 413, 422):  # refused for good: the draft is of no further use
+            # Refused for good, the draft of no further use: 409 here is a name:version taken meanwhile or the same
+            # files already registered (the registry names that model).
+            if exc.status in (400, 404, 409, 413, 422):
                 self._forget()
                 try:
                     self.call("DELETE", model_path(model_id))
@@ -100,6 +105,17 @@ class ResumableUpload:
 
     def _forget(self) -> None:
         self.state_file.unlink(missing_ok=True)
+
+
+def check_single_file(path: Path, fmt: str | None) -> None:
+    """What the registry checks of a one-file model before its body (eldric/core/formats.py), checked here
+    before a draft is made or a byte is sent: the name against the declared format, and the file's first bytes."""
+    try:
+        detect_format([path.name], fmt)
+        with open(path, "rb") as f:
+            check_head(path.name, f.read(HEAD_BYTES))
+    except InvalidFormatError as exc:
+        raise ClientError(f"{exc}; nothing was uploaded", 422) from None
 
 
 def default_name(path: Path) -> str:

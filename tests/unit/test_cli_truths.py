@@ -16,6 +16,8 @@ from eldric.client.api import Api, ClientError
 from eldric.transfer.model_registry import API_PREFIX
 from tests.unit.test_client_cli import FakeRegistry
 
+GGUF_LIKE = b"GGUF" + (bytes(range(256)) * 40)[4:]  # 10240 bytes that pass the head check
+
 
 def _upload(reg, path, state_dir, **kw) -> client_cli.ResumableUpload:
     return client_cli.ResumableUpload(reg, path, name="m", chunk_bytes=4096, state_dir=state_dir,
@@ -24,7 +26,7 @@ def _upload(reg, path, state_dir, **kw) -> client_cli.ResumableUpload:
 
 def test_a_fresh_upload_is_not_reported_as_resumed(tmp_path):
     path = tmp_path / "m.gguf"
-    path.write_bytes(bytes(range(256)) * 40)
+    path.write_bytes(GGUF_LIKE)
     upload = _upload(FakeRegistry(), path, tmp_path / "state")
     upload.run(lambda n: None)
     assert upload.resumed_at == 0 and upload.offset == 10240  # before: resumed_at 4096, the first chunk's end
@@ -32,7 +34,7 @@ def test_a_fresh_upload_is_not_reported_as_resumed(tmp_path):
 
 def test_a_rerun_reports_the_offset_it_took_up_even_at_zero_bytes_sent(tmp_path):
     path = tmp_path / "m.gguf"
-    path.write_bytes(bytes(range(256)) * 40)
+    path.write_bytes(GGUF_LIKE)
     reg = FakeRegistry()
 
     def interrupt_first_patch(method, p, **kw):
@@ -45,6 +47,39 @@ def test_a_rerun_reports_the_offset_it_took_up_even_at_zero_bytes_sent(tmp_path)
     again = _upload(reg, path, tmp_path / "state")
     again.run(lambda n: None)
     assert again.resumed_at == 0 and reg.patch_bytes == [4096, 4096, 2048] and len(reg.drafts) == 1
+
+
+@pytest.mark.parametrize("name, head, fmt, message", [
+    ("m.bin", b"GGUF", "gguf", "a gguf model needs a .gguf file; nothing was uploaded"),
+    ("m.gguf", b"PK\x03\x04", None, "m.gguf: not a GGUF file (magic is b'PK\\x03\\x04', expected b'GGUF'); "
+                                 "nothing was uploaded"),
+    ("m.safetensors", b"\x10" + bytes(7) + b"{", None,
+     "a safetensors model needs config.json and at least one .safetensors file; nothing was uploaded"),
+])
+def test_an_upload_of_the_wrong_format_is_refused_before_anything_is_sent(tmp_path, name, head, fmt, message):
+    path = tmp_path / name
+    path.write_bytes(head + bytes(4096))
+    reg = FakeRegistry()
+    with pytest.raises(ClientError) as err:
+        _upload(reg, path, tmp_path / "state", fmt=fmt).run(lambda n: None)
+    assert str(err.value) == message and err.value.status == 422
+    assert reg.calls == [] and not (tmp_path / "state").exists()
+
+
+def test_the_same_files_again_end_the_draft_and_the_resume_state(tmp_path):
+    path = tmp_path / "m.gguf"
+    path.write_bytes(GGUF_LIKE)
+    reg = FakeRegistry()
+
+    def twin(method, p, **kw):
+        if p.endswith("/commit"):
+            raise ClientError("HTTP 409: model m:v1 (abc) already holds these files", 409)
+        return reg(method, p, **kw)
+
+    with pytest.raises(ClientError, match="already holds"):
+        _upload(twin, path, tmp_path / "state").run(lambda n: None)
+    assert ("DELETE", f"{API_PREFIX}/m0") in reg.calls and not reg.drafts
+    assert not list((tmp_path / "state").iterdir())
 
 
 class _Refusing(Api):

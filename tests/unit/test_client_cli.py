@@ -218,7 +218,7 @@ def _json(body: dict) -> requests.Response:
 @pytest.fixture
 def model_file(tmp_path) -> Path:
     path = tmp_path / "m.gguf"
-    path.write_bytes(bytes(range(256)) * 40)  # 10240 bytes
+    path.write_bytes(b"GGUF" + (bytes(range(256)) * 40)[4:])  # 10240 bytes; a GGUF to the head check
     return path
 
 

@@ -67,15 +67,57 @@ def test_single_file_model_is_listed_with_location_and_tree(svc: RegistryService
     assert total == 1 and listed[0]["id"] == model["id"]
 
 
-def test_versions_count_up_per_name_and_explicit_ones_conflict(svc: RegistryService, gguf_bytes: bytes) -> None:
-    versions = [svc.upload_model(name="tiny", filename="m.gguf", stream=io.BytesIO(gguf_bytes))["version"]
-                for _ in range(2)]
+def test_versions_count_up_per_name_and_explicit_ones_conflict(svc: RegistryService, gguf_bytes: bytes,
+                                                                tmp_path: Path) -> None:
+    other = write_llama_gguf(tmp_path / "other.gguf", name="other").read_bytes()
+    versions = [svc.upload_model(name="tiny", filename="m.gguf", stream=io.BytesIO(data))["version"]
+                for data in (gguf_bytes, other)]
     named = svc.upload_model(name="tiny", filename="m.gguf", stream=io.BytesIO(gguf_bytes), version="prod")
     assert versions == ["v1", "v2"] and named["version"] == "prod"
     with pytest.raises(ConflictError):
         svc.upload_model(name="tiny", filename="m.gguf", stream=io.BytesIO(gguf_bytes), version="prod")
     assert svc.list_models(name="tiny")[1] == 3
-    assert len(blobs(svc)) == 1, "the same bytes are stored once"
+    assert len(blobs(svc)) == 2, "the same bytes are stored once"
+
+
+def test_the_same_files_again_without_a_version_are_refused_naming_the_model_that_holds_them(
+        svc: RegistryService, gguf_bytes: bytes) -> None:
+    """Issue 22, finding 6: uploading an identical file again silently made v2 (and v3, ...)."""
+    first = svc.upload_model(name="tiny", filename="m.gguf", stream=io.BytesIO(gguf_bytes))
+    with pytest.raises(ConflictError) as err:
+        svc.upload_model(name="tiny", filename="m.gguf", stream=io.BytesIO(gguf_bytes))
+    assert str(err.value) == (f"model tiny:v1 ({first['id']}) already holds these files (the same paths and sha256); "
+                              "nothing new was stored. Give a version to register them again under another")
+    assert err.value.status == 409
+    models, total = svc.list_models(name="tiny")
+    assert total == 1 and svc.catalog.stale_drafts(before=float("inf")) == []  # no draft left behind either
+    renamed = svc.upload_model(name="tiny", filename="other-name.gguf", stream=io.BytesIO(gguf_bytes))
+    assert renamed["version"] == "v2", "another path is another model layout"
+    assert svc.upload_model(name="tiny", filename="m.gguf", stream=io.BytesIO(gguf_bytes),
+                            version="pinned")["version"] == "pinned"
+    assert svc.upload_model(name="small", filename="m.gguf", stream=io.BytesIO(gguf_bytes))["version"] == "v1"
+
+
+class _Unread(io.RawIOBase):
+    """A body that must not be read."""
+
+    def readinto(self, b) -> int:
+        raise AssertionError("the body was read")
+
+
+@pytest.mark.parametrize("filename, fmt, message", [
+    ("m.bin", "gguf", "a gguf model needs a .gguf file"),
+    ("m.gguf", "safetensors", "a safetensors model needs config.json and at least one .safetensors file"),
+    ("model.safetensors", None, "a safetensors model needs config.json and at least one .safetensors file"),
+    ("weights.bin", None, "cannot tell the model's format from its files; declare format (gguf, safetensors, lora, "
+                          "other)"),
+])
+def test_a_one_file_upload_of_the_wrong_format_is_refused_before_its_body_is_read(svc: RegistryService, filename,
+                                                                                 fmt, message) -> None:
+    with pytest.raises(InvalidFormatError) as err:
+        svc.upload_model(name="tiny", filename=filename, stream=_Unread(), length=1 << 30, fmt=fmt)
+    assert str(err.value) == message and err.value.status == 422
+    assert svc.list_models(name="tiny")[1] == 0 and svc.catalog.stale_drafts(before=float("inf")) == []
 
 
 def test_multi_file_draft_is_invisible_until_committed(svc: RegistryService, tmp_path: Path) -> None:
