@@ -89,7 +89,7 @@ def test_the_same_files_again_without_a_version_are_refused_naming_the_model_tha
     assert str(err.value) == (f"model tiny:v1 ({first['id']}) already holds these files (the same paths and sha256); "
                               "nothing new was stored. Give a version to register them again under another")
     assert err.value.status == 409
-    models, total = svc.list_models(name="tiny")
+    _models, total = svc.list_models(name="tiny")
     assert total == 1 and svc.catalog.stale_drafts(before=float("inf")) == []  # no draft left behind either
     renamed = svc.upload_model(name="tiny", filename="other-name.gguf", stream=io.BytesIO(gguf_bytes))
     assert renamed["version"] == "v2", "another path is another model layout"
