@@ -54,7 +54,39 @@ function registryRows(m) {
       h("button", { type: "button", class: "danger delete", dataset: { focus: `delete:${m.id}` },
         onclick: () => deleteRegistry(m, ref) }, "Delete"),
       h("span", { class: "job-status", role: "status" }, slot ? slot.text : "")));
-  return [row, barsRow(m.id)].filter(Boolean);
+  return [row, barsRow(m.id), metaRow(m)].filter(Boolean);
+}
+
+// Under each model (below its bars): the id, which `eldric registry delete|distribute` and the API take,
+// shown and selectable rather than a tooltip, and the metadata folded.
+function metaRow(m) {
+  return h("tr", { class: "meta-row", dataset: { metaFor: m.id } },
+    h("td", { colspan: 6 }, h("div", { class: "reg-id muted" }, "id ", h("code", {}, m.id)), metadata(m)));
+}
+
+const PARAMS = [[1e12, "T"], [1e9, "B"], [1e6, "M"], [1e3, "K"]];
+function paramSize(n) {
+  const [scale, unit] = PARAMS.find(([scale]) => n >= scale) || [1, ""];
+  return `${Number((n / scale).toPrecision(3))}${unit}`;
+}
+
+// What the registry read from the headers and was told at upload, folded under the name: facts first.
+function metadata(m) {
+  const d = m.details || {};
+  const facts = [
+    ["description", m.description],
+    ["architecture", d.architecture],
+    ["parameters", d.parameter_count ? paramSize(d.parameter_count) : null],
+    ["quantization", d.quantization || d.file_type || d.dtype],
+    ["context length", d.context_length],
+    ...Object.entries(m.lineage || {}).map(([k, v]) => [k.replace(/_/g, " "), v]),
+    ["imported from", m.origin && m.origin.urls ? m.origin.urls.join(", ") : null],
+  ].filter(([, v]) => v !== null && v !== undefined && v !== "");
+  const files = (m.files || []).map((f) => h("li", {}, h("span", { class: "reg-path" }, f.path), ` · ${fmtBytes(f.size)} · `,
+    h("code", { class: "reg-sha", title: f.sha256 }, f.sha256)));
+  return h("details", { class: "reg-meta" }, h("summary", {}, "details"),
+    h("dl", {}, facts.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, String(v))])),
+    files.length ? h("ul", { class: "reg-files" }, files) : null);
 }
 
 // Update the row's status and bars in place (the table itself is re-read only every 30 s).
