@@ -56,19 +56,6 @@ def source_label(job_source: str | None) -> str:
     return SOURCE_KINDS.get(job_source or "", "other")
 
 
-def network_bytes(record: dict) -> int:
-    """Bytes a worker's part of a job moved over the network.
-
-    A finished part says so (`transferred`: 0 for a model on a shared mount or already on
-    the node); a running one counts what it received beyond what it found on disk (`reused`).
-    """
-    if record.get("transferred") is not None:
-        return int(record.get("transferred") or 0)
-    if record.get("state") in jobstate.ACTIVE:
-        return max(0, int(record.get("completed") or 0) - int(record.get("reused") or 0))
-    return 0
-
-
 def read_snapshot(client: redis.Redis, *, stale_after: float, now: float | None = None) -> Snapshot:
     now = time.time() if now is None else now
     snap = Snapshot()
@@ -101,7 +88,7 @@ def _read_jobs(client: redis.Redis, snap: Snapshot, alive: dict[str, bool], stal
 def _count_part(snap: Snapshot, wid: str, record: dict, source_kind: str) -> None:
     state = record.get("state", jobstate.PENDING)
     snap.parts[state] += 1
-    done = network_bytes(record)  # throughput is the network's too: bytes found on disk are not a rate
+    done = jobstate.network_bytes(record)  # throughput is the network's too: bytes found on disk are not a rate
     from_peers = min(done, int(record.get("peer_bytes") or 0))  # fan-out: what other workers sent
     snap.bytes_by_source["peer"] += from_peers
     snap.bytes_by_source[source_kind] += done - from_peers

@@ -124,7 +124,11 @@ class WorkerProgressSchema(Schema):
     error = fields.String(allow_none=True)
     source = fields.String(allow_none=True)
     digest = fields.String(allow_none=True)
-    transferred = fields.Integer(allow_none=True, metadata={"description": "bytes that crossed the network (0 when shared)"})
+    transferred = fields.Integer(allow_none=True, metadata={
+        "description": "bytes that crossed the network in this run of the part (0 when shared; resumed bytes excluded)"})
+    resumed_bytes = fields.Integer(allow_none=True, metadata={
+        "description": "bytes taken from partial downloads already on the worker's disk (an earlier try, or before "
+                       "an outage or restart): counted in completed, not in transferred, upstream_bytes or peer_bytes"})
     upstream_bytes = fields.Integer(allow_none=True, metadata={"description": "bytes received from the source (registry, URL)"})
     peer_bytes = fields.Integer(allow_none=True, metadata={"description": "bytes received from other workers"})
     peers = fields.Dict(keys=fields.String(), values=fields.Integer(), allow_none=True,
@@ -151,7 +155,9 @@ class JobSchema(Schema):
     deadline_at = fields.Float()
     finished_at = fields.Float(allow_none=True)
     targets = fields.List(fields.String())
-    summary = fields.Dict()
+    summary = fields.Dict(metadata={
+        "description": "counts (per worker state), completed, total, percent, and the bytes of all workers: "
+                       "upstream_bytes, peer_bytes, resumed_bytes (taken from partial downloads on their disks)"})
     options = fields.Dict()
     workers = Records(WorkerProgressSchema)
 

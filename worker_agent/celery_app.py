@@ -27,12 +27,14 @@ has the same hole plus one more: its `_sentinel_managed_pool` reads the sentinel
 
 from __future__ import annotations
 
+import threading
 import warnings
 from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 from celery import Celery
 from celery.exceptions import CPendingDeprecationWarning
+from celery.signals import worker_shutting_down
 from kombu.transport import redis as kombu_redis
 
 from eldric.cluster.celeryconf import celery_config
@@ -106,3 +108,17 @@ def quiet_cancel_warning() -> None:
     logging setup (app.Worker()), which turns every Celery deprecation warning to 'always'."""
     warnings.filterwarnings("ignore", message=r"\s*In Celery 5\.1 we introduced an optional breaking change",
                             category=CPendingDeprecationWarning)
+
+
+def stop_downloads_on_shutdown(stop: threading.Event) -> None:
+    """Set `stop` when the worker starts to shut down (SIGTERM, SIGINT, SIGQUIT).
+
+    Celery's warm shutdown waits for the running tasks to finish, and a pull may have hours to go
+    (issue 22: 31 s and more of downloading after SIGTERM, then systemd's SIGKILL). The downloads
+    watch `stop` (eldric.transfer.download.DownloadOptions.stop): they end at their next read with
+    their partial data kept, the tasks return, and the restarted agent resumes its jobs.
+    Runs in the signal handler: it only sets the event (no logging, no locks of ours).
+    """
+    def shutting_down(**_kw) -> None:
+        stop.set()
+    worker_shutting_down.connect(shutting_down, weak=False)

@@ -151,11 +151,12 @@ def _fetch_and_install(agent: Agent, entry: dict, files: list[RemoteFile], progr
         if single_range:  # the server ignores Range: one stream, restarted from 0 on failure
             options = replace(options, part_bytes=max(1, f.size), parts=1)
         progress.update(status=f"downloading {f.path}", layer=f.path)
-        before = int(progress.record.get("completed") or 0)
+        before = progress.moved()
         path = download_blob(f.open_range, f.digest, f.size, blobs, agent.store.partial_dir, options,
                              on_bytes=fanout.on_bytes, key=f.key, owner=progress.job_id,
-                             swarm=None if single_range else fanout.swarm(f.digest), upstream_take=fanout.upstream_take)
-        transferred += int(progress.record.get("completed") or 0) - before
+                             swarm=None if single_range else fanout.swarm(f.digest), upstream_take=fanout.upstream_take,
+                             on_resumed=progress.add_resumed)
+        transferred += progress.moved() - before
         if f.digest is None:
             lease.add([Digest.parse(path.name)])
         stored.append({"path": f.path, "sha256": str(Digest.parse(path.name)), "size": f.size})

@@ -91,6 +91,7 @@ def run_agent(settings: AgentSettings, loglevel: str = "INFO") -> int:
     job_runner.refresh_inventory(agent)
 
     app = celery_app.configure(settings.redis_url)
+    celery_app.stop_downloads_on_shutdown(agent.stopping)
     for job_id, meta in job_runner.unfinished_jobs(agent):
         log.info("resuming job %s (%s) after a restart", job_id, meta.get("model"))
         task = TASK_FOR_JOB_KIND.get(meta.get("kind", "pull"), TASK_PULL)

@@ -13,7 +13,7 @@ import math
 
 import redis
 
-from eldric.cluster.jobs.catchups import pending_catchups
+from eldric.cluster.jobs.catchups import replayed_jobs
 from eldric.cluster.jobs.reads import part_state
 from eldric.cluster.jobs.state import is_terminal
 from eldric.transfer.diskspace import format_size
@@ -31,7 +31,7 @@ def clean_partials(client: redis.Redis, worker_id: str, store: OllamaStore, *, m
     A download in progress holds its lock and stays; so does one whose job may still retry it, and one
     whose job a catch-up of this worker replays (it resumes the partial).
     """
-    replayed = {entry["job_id"] for entry in pending_catchups(client, worker_id)}
+    replayed = replayed_jobs(client, worker_id)
 
     def job_ended(job_id: str) -> bool:
         state = part_state(client, job_id, worker_id)

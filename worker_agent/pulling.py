@@ -142,15 +142,15 @@ def _fetch_missing(name: ModelName, manifest: Manifest, store: OllamaStore, sour
         if blob in present:
             continue
         progress.update(status=f"pulling {blob.digest.hex[:12]}", layer=str(blob.digest))
-        before = progress.record.get("completed", 0)
+        before = progress.moved()
         download_blob(
             lambda start, end, timeout, d=blob.digest: source.open_range(name, d, start, end, timeout),
             blob.digest, blob.size, store.blobs, store.partial_dir, options,
             on_bytes=fanout.on_bytes if fanout else progress.add_bytes, owner=progress.job_id,
             swarm=fanout.swarm(blob.digest) if fanout else None,
-            upstream_take=fanout.upstream_take if fanout else None,
+            upstream_take=fanout.upstream_take if fanout else None, on_resumed=progress.add_resumed,
         )
-        downloaded += int(progress.record.get("completed", 0)) - int(before)
+        downloaded += progress.moved() - before  # a resumed partial's bytes did not cross the network now
     return downloaded
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,9 @@ class Agent:
     redis: redis.Redis
     store: OllamaStore
     catalog: Catalog
+    # Set by the process's shutdown (SIGTERM: worker_agent/celery_app.stop_downloads_on_shutdown); every
+    # download stops at its next read and keeps its partial data, so a restart resumes it.
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     @property
     def worker_id(self) -> str:
@@ -37,7 +41,7 @@ class Agent:
     def download_options(self) -> DownloadOptions:
         s = self.settings
         return DownloadOptions(parts=s.download_parts, part_bytes=s.part_bytes,
-                               stall_seconds=s.stall_seconds, limiter=self.download_limiter)
+                               stall_seconds=s.stall_seconds, limiter=self.download_limiter, stop=self.stopping)
 
 
 _current: Agent | None = None

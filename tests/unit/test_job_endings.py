@@ -121,6 +121,26 @@ def test_the_reaper_persists_skipped_and_records_a_catch_up(client):
     assert not write_record(client, job_id, "gpu2", {**stored(client, job_id, "gpu2"), "state": "pulling"}).accepted
 
 
+def test_a_part_failed_while_its_worker_was_offline_gets_a_catch_up_and_one_failed_online_does_not(client):
+    """Issue 22, finding 4: a worker killed mid-pull was failed ("went offline mid-pull") and never caught up."""
+    register(client, "gpu1", last_seen=NOW, alive=True)
+    register(client, "gpu2", last_seen=NOW - 200, alive=False)
+    job_id = new_job(client)
+    for wid in ("gpu1", "gpu2"):
+        Progress(client, job_id, wid, clock=lambda: NOW - 200).start(total=1000)
+    late = create_job(client, kind="pull", model="late:latest", targets=["gpu1"], source="ollama",
+                      deadline_seconds=1.0, now=NOW - 200)
+    Progress(client, late, "gpu1", clock=lambda: NOW - 200).start(total=1000)
+
+    reaped = reap_stale_jobs(client, stale_after=STALE, offline_grace=GRACE, now=NOW)
+
+    assert sorted((r.job_id == job_id, r.worker_id, r.state) for r in reaped) == [
+        (False, "gpu1", jobstate.FAILED), (True, "gpu2", jobstate.FAILED)]
+    assert "went offline mid-pull" in stored(client, job_id, "gpu2")["error"]
+    assert [e["job_id"] for e in catchup.pending_catchups(client, "gpu2")] == [job_id]
+    assert catchup.pending_catchups(client, "gpu1") == []  # online past its deadline: its own failure
+
+
 def test_catch_ups_become_single_worker_jobs_once_the_worker_is_back(client):
     register(client, "gpu2", last_seen=NOW - 600, alive=False)
     job_id = new_job(client, ["gpu2"])

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fakeredis
 import pytest
 
 from eldric.cluster.jobs import state as jobstate
+from eldric.cluster.jobs.progress import Progress
+from eldric.cluster.jobs.store import create_job
 from eldric.cluster.jobs.state import (
     COMPLETED,
     FAILED,
@@ -152,24 +155,26 @@ def test_job_state_from_worker_states(records, expected):
 def test_summarize_counts_states_and_adds_bytes():
     records = {
         "a": {"state": COMPLETED, "completed": 100, "total": 100, "upstream_bytes": 100},
-        "b": {"state": PULLING, "completed": 50, "total": 100, "upstream_bytes": 10, "peer_bytes": 40},
+        "b": {"state": PULLING, "completed": 70, "total": 100, "upstream_bytes": 10, "peer_bytes": 40,
+              "resumed_bytes": 20},
         "c": {"state": PULLING, "completed": 0, "total": 100},
         "d": {"state": PENDING, "completed": None, "total": None},
         "e": {},
     }
     assert summarize(records) == {
         "counts": {COMPLETED: 1, PULLING: 2, PENDING: 2},
-        "completed": 150,
+        "completed": 170,
         "total": 300,
-        "percent": 50.0,
+        "percent": 56.7,
         "upstream_bytes": 110,
         "peer_bytes": 40,
+        "resumed_bytes": 20,
     }
 
 
 def test_summarize_of_no_workers():
     assert summarize({}) == {"counts": {}, "completed": 0, "total": 0, "percent": 0.0, "upstream_bytes": 0,
-                             "peer_bytes": 0}
+                             "peer_bytes": 0, "resumed_bytes": 0}
 
 
 @pytest.mark.parametrize(
@@ -193,3 +198,31 @@ def test_percent_is_rounded_and_capped(completed, total, expected):
 def test_is_terminal():
     assert jobstate.is_terminal(COMPLETED) and jobstate.is_terminal(FAILED)
     assert not any(jobstate.is_terminal(s) for s in (PENDING, PULLING, RETRYING, OFFLINE, ""))
+
+
+@pytest.mark.parametrize(("rec", "expected"), [
+    ({"state": PULLING, "completed": 700, "reused": 100, "resumed_bytes": 400}, 200),  # found on disk: not moved
+    ({"state": PULLING, "completed": 300, "resumed_bytes": 400}, 0),
+    ({"state": COMPLETED, "completed": 1000, "resumed_bytes": 400, "transferred": 600}, 600),
+    ({"state": FAILED, "completed": 500}, 0),
+])
+def test_network_bytes_leave_out_what_a_worker_found_on_its_disk(rec, expected):
+    """Issue 22, finding 4: /metrics and the rates counted a resumed partial as bytes received."""
+    assert jobstate.network_bytes(rec) == expected
+
+
+def test_progress_counts_resumed_bytes_as_done_but_not_as_moved():
+    client = fakeredis.FakeRedis(decode_responses=True)
+    job_id = create_job(client, kind="pull", model="m", targets=["w"], source="ollama", deadline_seconds=60)
+    clock = iter(float(t) for t in range(100, 200))
+    progress = Progress(client, job_id, "w", min_interval=0, clock=lambda: next(clock))
+    progress.start(total=1000)
+    progress.add_resumed(600)
+    progress.add_bytes(100)
+
+    assert progress.moved() == 100
+    assert progress.record["completed"] == 700 and progress.record["resumed_bytes"] == 600
+    assert progress.record["percent"] == 70.0
+    assert progress.record["rate"] <= 100  # per second: the 600 bytes on disk are no rate
+    progress.start(total=1000)  # a retry counts its own resume again
+    assert progress.record["resumed_bytes"] == 0

@@ -241,3 +241,10 @@ def test_the_cleanup_keeps_a_partial_a_pending_catch_up_resumes_and_unlists_what
     assert (store.partial_dir / kept).exists()
     assert r.hgetall(keys.swarm("sha256:" + "1" * 64, "holders")) == {"0": "w"}
     assert r.hgetall(keys.swarm("sha256:" + "2" * 64, "holders")) == {"1": "peer"}
+
+    # The worker is back: the catch-up's job starts (its entry goes); the partial stays for that job to resume.
+    cluster_workers.register(r, {"id": "w", "type": "inference", "address": "http://w", "backends": []}, ttl=15)
+    started = catchups.reconcile_catchups(r, lambda task, args, targets: {}, deadline_seconds=60, busy={})
+    assert [s["catch_up_of"] for s in started] == [caught_up] and not catchups.pending_catchups(r, "w")
+    assert partial_cleanup.clean_partials(r, "w", store, max_age=DAY).removed == []
+    assert (store.partial_dir / kept).exists()

@@ -1,7 +1,7 @@
 // What a job's per-worker records mean on screen: phases, rates and time left, bars, failure reasons.
 // Everything here is computed in the browser from the records the API and the event stream give
 // (`state`, `status`, `completed`, `total`, `updated_at`, `error`; `upstream_bytes`, `peer_bytes`, `peers`
-// and the agent's `rate` under fan-out).
+// and the agent's `rate` under fan-out; `resumed_bytes`, taken from a partial download on the worker's disk).
 import { breakable, h } from "./dom.js";
 import { fmtBytes, fmtDuration, fmtRate, pct } from "./format.js";
 
@@ -148,17 +148,20 @@ export function barRow(jobId, r) {
 }
 
 // Where a worker's bytes came from under fan-out (worker_agent/fanout.py): the bar's peer share is drawn in
-// another colour, and the text names the upstream and peer bytes (and peers dropped for bad bytes).
+// another colour, and the text names the upstream and peer bytes (and peers dropped for bad bytes), and the
+// bytes resumed from a partial download on the worker's disk, which crossed no network this time.
 export function sourceSplit(r) {
   const up = Number(r.upstream_bytes) || 0;
   const peer = Number(r.peer_bytes) || 0;
-  if (!up && !peer) return null;
+  const resumed = Number(r.resumed_bytes) || 0;
+  if (!up && !peer && !resumed) return null;
   const peers = Object.keys(r.peers || {}).length;
   const bad = Object.keys(r.bad_peers || {});
   const text = `${fmtBytes(up)} upstream, ${fmtBytes(peer)} from ${peers} peer${peers === 1 ? "" : "s"}`
+    + (resumed ? `, ${fmtBytes(resumed)} resumed from disk` : "")
     + (bad.length ? ` (dropped ${bad.join(", ")}: bad bytes)` : "")
     + (r.alone ? " (without peers: swarm board unreachable)" : "");
-  return { peerShare: (100 * peer) / (up + peer), text };
+  return { peerShare: up + peer ? (100 * peer) / (up + peer) : 0, text };
 }
 
 // The few bars worth a glance first: under way, then failed, then the rest.

@@ -67,7 +67,7 @@ class Progress:
     def start(self, total: int = 0, source: str | None = None, status: str | None = None) -> None:
         fields = {"status": status} if status else {}
         self.update(force=True, state=jobstate.PULLING, started_at=self.record.get("started_at") or self.clock(),
-                    total=total, completed=0, percent=0.0, error=None, source=source, **fields)
+                    total=total, completed=0, percent=0.0, error=None, source=source, resumed_bytes=0, **fields)
 
     def add_bytes(self, n: int) -> None:
         """Count `n` more bytes; with `stop_when_ended`, raise JobEndedError once the part was ended elsewhere."""
@@ -75,6 +75,17 @@ class Progress:
             self.record["completed"] = int(self.record.get("completed") or 0) + n
             self._maybe_write(False)
         self.check_ended()
+
+    def add_resumed(self, n: int) -> None:
+        """`n` bytes of a resumed partial download: done (`completed`), but not moved now (`resumed_bytes`)."""
+        with self._lock:
+            self.record["resumed_bytes"] = int(self.record.get("resumed_bytes") or 0) + n
+        self.add_bytes(n)
+
+    def moved(self) -> int:
+        """Bytes counted so far that crossed the network: `completed` less what was found on disk."""
+        with self._lock:
+            return jobstate.network_bytes({**self.record, "state": jobstate.PULLING, "transferred": None})
 
     def check_ended(self) -> None:
         if self.stop_when_ended and self.ended_elsewhere in STOPS_WORK:
@@ -108,13 +119,13 @@ class Progress:
                                                    or now < self._quiet_until)):
             return
         rec = self.record
-        done = int(rec.get("completed") or 0)
+        done = jobstate.network_bytes(rec)  # the rate is the network's: bytes found on disk arrive at once
         if rec.get("state") in jobstate.ACTIVE and self._last_write:
             rec["rate"] = round(max(0, done - self._last_done) / max(1e-3, now - self._last_write), 1)
         else:
             rec.pop("rate", None)
         self._last_write, self._last_done = now, done
-        rec["percent"] = jobstate.percent(done, int(rec.get("total") or 0))
+        rec["percent"] = jobstate.percent(int(rec.get("completed") or 0), int(rec.get("total") or 0))
         rec["updated_at"] = now
         self.on_write(rec)
         if self.client is None:

@@ -29,8 +29,10 @@ def reap_stale_jobs(client: redis.Redis, *, stale_after: float, offline_grace: f
 
     A worker that stopped heartbeating mid-pull for `stale_after` seconds, or any
     unfinished worker past its job's deadline, is failed with the reason; a worker
-    offline for longer than `offline_grace` (when the job started or during it) is skipped and
-    gets a catch-up (jobs/catchups.py). So the job finishes even when nobody reads it.
+    offline for longer than `offline_grace` (when the job started or during it) is skipped. A part
+    ended while its worker was offline (skipped, or failed silent mid-pull or at the deadline) gets
+    a catch-up (jobs/catchups.py), which resumes its partial download when the worker is back. So
+    the job finishes even when nobody reads it.
     """
     now = time.time() if now is None else now
     job_ids = client.zrange(keys.JOBS, 0, -1)
@@ -66,7 +68,7 @@ def reap_stale_jobs(client: redis.Redis, *, stale_after: float, offline_grace: f
             offline_grace=offline_grace, last_seen=last_seen)
         if not final or not write_record(client, job_id, wid, derived, expect=raw).accepted:
             continue
-        if derived["state"] == jobstate.SKIPPED:
+        if derived["state"] == jobstate.SKIPPED or not alive:
             catchups.record_catchup(client, wid, job_id, now=now)
         reaped.append(Reaped(job_id, wid, derived.get("error") or derived.get("status") or "failed", derived["state"]))
     return reaped

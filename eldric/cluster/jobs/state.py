@@ -133,15 +133,32 @@ def is_final_job(state: str) -> bool:
     return state in JOB_FINAL
 
 
+def network_bytes(record: dict) -> int:
+    """Bytes a worker's part of a job moved over the network.
+
+    A finished part says so (`transferred`: 0 for a model on a shared mount or already on the
+    node); a running one counts what it received beyond what it found on disk: whole blobs
+    (`reused`) and the bytes of partial downloads it resumed (`resumed_bytes`).
+    """
+    if record.get("transferred") is not None:
+        return int(record.get("transferred") or 0)
+    if record.get("state") in ACTIVE:
+        found = int(record.get("reused") or 0) + int(record.get("resumed_bytes") or 0)
+        return max(0, int(record.get("completed") or 0) - found)
+    return 0
+
+
 def summarize(records: dict[str, dict]) -> dict:
-    """Counts per state, the cluster-wide byte progress, and how many bytes came from upstream and from peers."""
+    """Counts per state, the cluster-wide byte progress, how many bytes came from upstream and from peers,
+    and how many were taken from partial downloads on the workers' disks (`resumed_bytes`)."""
     counts: dict[str, int] = {}
-    completed = total = upstream = peer = 0
+    completed = total = upstream = peer = resumed = 0
     for record in records.values():
         counts[record.get("state", PENDING)] = counts.get(record.get("state", PENDING), 0) + 1
         completed += int(record.get("completed") or 0)
         total += int(record.get("total") or 0)
         upstream += int(record.get("upstream_bytes") or 0)
         peer += int(record.get("peer_bytes") or 0)
+        resumed += int(record.get("resumed_bytes") or 0)
     return {"counts": counts, "completed": completed, "total": total, "percent": percent(completed, total),
-            "upstream_bytes": upstream, "peer_bytes": peer}
+            "upstream_bytes": upstream, "peer_bytes": peer, "resumed_bytes": resumed}
