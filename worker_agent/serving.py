@@ -135,12 +135,13 @@ def local_models(agent) -> list[dict]:
     installed into that the node still serves.
     """
     configs = installers.backend_configs(agent.settings)
-    pulled = _pulled_backends(agent, configs)
+    files = agent.catalog.inventory()
+    pulled = _pulled_backends(configs, files)
     out = []
     for model in agent.store.list_models():
         served = [b for b in configs if b == OLLAMA or _has(pulled.get(b), model["name"])]
         out.append(_with_backends(model, served))
-    for model in agent.catalog.inventory():
+    for model in files:
         served = [b for b in configs if b in model.get("backends", [])]
         out.append(_with_backends(model, served))
     return out
@@ -151,23 +152,23 @@ def catalog_claims(agent, name: ModelName) -> dict[str, str]:
     leaves them alone (a distributed `tiny` and a pulled `tiny:latest` are both `tiny` there)."""
     slug = _slug(name.short)
     return {backend: f"its {slug} is the distributed file model {entry['name']}"
-            for entry in agent.catalog.entries() if _slug(entry["name"]) == slug
-            for backend in entry.get("installed", {}) if backend != OLLAMA}
+            for entry in agent.catalog.inventory() if _slug(entry["name"]) == slug
+            for backend in entry.get("backends", []) if backend != OLLAMA}
 
 
 def installed_from_pull(agent, name: ModelName) -> dict[str, dict]:
     """The file backends holding a pulled model (what its delete must uninstall)."""
-    pulled = _pulled_backends(agent, installers.backend_configs(agent.settings))
+    pulled = _pulled_backends(installers.backend_configs(agent.settings), agent.catalog.inventory())
     return {b: {} for b, installer in pulled.items() if _has(installer, name.short)}
 
 
-def _pulled_backends(agent, configs: dict[str, BackendConfig]) -> dict[str, object]:
+def _pulled_backends(configs: dict[str, BackendConfig], files: list[dict]) -> dict[str, object]:
     """The installers of the backends a pull's GGUF goes to, less those where a file model of the
     catalog holds the same backend name (a distributed `tiny` and a pulled `tiny:latest` are both `tiny`):
     that file is the catalog's, neither served for the pull nor removed by its delete."""
     claimed: dict[str, set[str]] = {}
-    for entry in agent.catalog.entries():
-        for backend in entry.get("installed", {}):
+    for entry in files:  # the catalog's inventory: `backends` are those each file model was installed into
+        for backend in entry.get("backends", []):
             claimed.setdefault(backend, set()).add(_slug(entry["name"]))
     out = {}
     for backend, config in configs.items():

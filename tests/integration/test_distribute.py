@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,12 @@ def test_registry_model_reaches_two_workers_and_their_backends(live, registered,
         assert gguf.stat().st_ino == blob.stat().st_ino
         record = next(r for r in final["workers"] if r["worker"] == w)
         assert "llamacpp: hard-linked, no copy" in record["placement"], record
+        # an upload through Ollama's API crossed no filesystem: the placement says what it was
+        assert re.search(r"ollama: (copied \d+\.\d\d GiB \(uploaded through Ollama's API, which keeps its own "
+                         r"copy\)|already in place|installed),", record["placement"]), record["placement"]
+        assert "other filesystem" not in record["placement"]
+    uploads = [r["placement"] for r in final["workers"] if "uploaded through Ollama's API" in r["placement"]]
+    assert uploads, final["workers"]  # one node uploaded at least (both may, when they ask at the same moment)
     # Ollama got the GGUF once (same digest for both nodes) and the model was created through its API.
     assert any(c.get("model", "").startswith("house") for c in ollama_server.creates)
     assert ref in ollama_server.models or f"{ref}" in str(ollama_server.models.keys())
@@ -88,7 +95,8 @@ def test_registry_model_reaches_two_workers_and_their_backends(live, registered,
     assert details["ollama"]["url"] == ollama_server.url
     assert details["llamacpp"]["models_dir"].endswith("backends/llamacpp")
     worker_models = live.api("GET", "/api/v1/workers/inf-a/models").json()["models"]
-    assert next(m for m in worker_models if m["name"] == ref)["backend"] == "llamacpp,ollama"
+    held = next(m for m in worker_models if m["name"] == ref)  # in ELDRIC_BACKENDS order
+    assert held["backends"] == ["ollama", "llamacpp"] and held["backend"] == "ollama,llamacpp", held
     listed = live.api("GET", "/api/v1/models/pull-jobs", params={"kind": "distribute"}).json()["jobs"]
     assert listed[0]["id"] == job["id"]
 
