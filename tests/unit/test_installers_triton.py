@@ -51,7 +51,7 @@ def test_layout_puts_weights_and_model_json_under_the_version(tmp_path):
 def test_triton_skips_gguf_before_touching_the_repository(tmp_path):
     """Issue 22's per-backend rule: a GGUF goes to llama.cpp, vLLM and Ollama; Triton says why not."""
     model = LocalModel.from_path("tiny", write_llama_gguf(tmp_path / "tiny.gguf"))
-    with pytest.raises(UnsupportedModelError, match="Triton serves safetensors models .*; this one is gguf"):
+    with pytest.raises(UnsupportedModelError, match=r"Triton serves safetensors models \(its vLLM backend\); this one is gguf"):
         install(model, BackendConfig("triton", models_dir=tmp_path / "repo", url="http://127.0.0.1:9"))
     assert not (tmp_path / "repo").exists()
 
