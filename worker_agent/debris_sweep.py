@@ -122,17 +122,18 @@ def sweep_debris(agent: Agent, action: str = REPORT, *, grace: float = GRACE_SEC
             continue
         debris = Debris(entry.backend, entry.name, str(entry.path), _size(entry), entry.record is not None,
                         placed_at, loaded=_is_loaded(entry, configs[entry.backend]))
-        if action == REMOVE and debris.placed_by_eldric:
+        if action == REMOVE and debris.placed_by_eldric and not _claimed_meanwhile(agent, entry, grace):
             debris = _remove(entry, configs[entry.backend], debris)
         found.append(debris)
     for d in found:
         if d.removed:
             log.info("debris sweep removed %s's %s (%d bytes): no model of this node owns it", d.backend, d.path, d.bytes)
-        else:
-            log.warning("debris: %s's %s (%d bytes%s) belongs to no model of this node%s", d.backend, d.path, d.bytes,
-                        ", loaded" if d.loaded else "",
-                        f"; not removed: {d.error}" if d.error else
-                        "" if action == REPORT else "; not removed: not placed by Eldric")
+        else:  # a file an operator placed by hand is theirs to judge: listed, without a warning each hour
+            log.log(logging.WARNING if d.placed_by_eldric else logging.INFO,
+                    "debris: %s's %s (%d bytes%s) belongs to no model of this node%s", d.backend, d.path, d.bytes,
+                    ", loaded" if d.loaded else "",
+                    f"; not removed: {d.error}" if d.error else
+                    "" if action == REPORT else "; not removed: not placed by Eldric")
     publish(agent.redis, agent.worker_id, found)
     return SweepResult(action, found)
 
@@ -152,6 +153,11 @@ def owned_names(agent: Agent) -> set[str]:
         except EldricError:
             continue  # not a model name: owns no backend entry
     return out
+
+
+def _claimed_meanwhile(agent: Agent, entry: _Entry, grace: float) -> bool:
+    """Looked at again just before removing: a job that started installing it since the first look."""
+    return entry.name in owned_names(agent) or time.time() - _placed_at(entry) < grace
 
 
 def publish(client: redis.Redis, worker_id: str, found: list[Debris]) -> None:

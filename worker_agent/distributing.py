@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import replace
+import logging
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from eldric.cluster import keys
@@ -18,9 +19,11 @@ from eldric.transfer.diskspace import ensure_space
 from eldric.transfer.download import download_blob
 from eldric.transfer.partials import resumable_bytes
 from eldric.transfer.upstreams import AddressPolicy
-from eldric.transfer.errors import SourceError
+from eldric.cluster.jobs.store import JobEndedError
+from eldric.transfer.errors import DownloadStoppedError, SourceError, SourceUnavailableError
 from worker_agent.blob_leases import BlobLease
-from worker_agent.fanout import Fanout
+from worker_agent.fanout import Fanout, leave_swarms
+from worker_agent.installers import BackendUnavailableError
 from worker_agent.file_sources import DataRegistrySource, HttpFileSource, PeerSource, RemoteFile
 from worker_agent.installing import install_and_list, placement_summary
 from eldric.cluster.jobs.progress import Progress
@@ -30,6 +33,21 @@ from worker_agent import serving
 from worker_agent.verifying import verify_blobs_present
 
 FINGERPRINT_FILE = ".eldric-fingerprint"
+# What the distribute and pull tasks retry (worker_agent/tasks.py): the source or a backend's API unreachable.
+RETRIED_ERRORS = (SourceUnavailableError, BackendUnavailableError)
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try of a worker's part: is it the last (no retry follows), and may it skip an unreachable backend."""
+
+    last_try: bool = True
+    partial_ok: bool = False
+
+    @property
+    def skip_unreachable(self) -> bool:
+        return self.partial_ok and self.last_try
 
 
 def distribute(agent: Agent, model: str, options: dict, secrets: dict, progress: Progress,
@@ -37,19 +55,19 @@ def distribute(agent: Agent, model: str, options: dict, secrets: dict, progress:
     """Bring `model` here from the job's source. All or nothing per worker (worker_agent/installing.py):
     with the job's `partial_ok`, a backend still unreachable on the `last_try` is skipped instead of failing it."""
     source = options.get("source")
-    skip = bool(options.get("partial_ok")) and last_try
+    attempt = Attempt(last_try=last_try, partial_ok=bool(options.get("partial_ok")))
     if source == "ollama":
         return pull_from_ollama(agent, model, progress, options)  # a pull by another name
     if source == "worker":
-        return _from_peer(agent, model, options, secrets, progress, skip)
+        return _from_peer(agent, model, options, secrets, progress, attempt)
     if source == "registry":
-        return _from_registry(agent, options, progress, skip)
+        return _from_registry(agent, options, progress, attempt)
     if source == "url":
-        return _from_url(agent, model, options, secrets, progress, skip)
+        return _from_url(agent, model, options, secrets, progress, attempt)
     raise SourceError(f"unknown source {source!r}")
 
 
-def _from_peer(agent: Agent, model: str, options: dict, secrets: dict, progress: Progress, skip: bool) -> dict:
+def _from_peer(agent: Agent, model: str, options: dict, secrets: dict, progress: Progress, attempt: Attempt) -> dict:
     address = agent.redis.hget(keys.worker(options["from_worker"]), "address")
     if not address:
         raise SourceError(f"source worker {options['from_worker']} is not registered")
@@ -61,10 +79,10 @@ def _from_peer(agent: Agent, model: str, options: dict, secrets: dict, progress:
     entry = exported["entry"]
     entry = {k: entry[k] for k in ("name", "format", "details", "files", "source", "lineage") if k in entry}
     return _store_files(agent, entry, peer.files(entry), progress, f"worker {options['from_worker']}", fanout,
-                        skip_unreachable=skip)
+                        attempt=attempt)
 
 
-def _from_registry(agent: Agent, options: dict, progress: Progress, skip: bool) -> dict:
+def _from_registry(agent: Agent, options: dict, progress: Progress, attempt: Attempt) -> dict:
     """From the data node's registry (its NIC is an uplink too: the job's workers share what they fetched)."""
     src = DataRegistrySource(options["registry_url"], agent.settings.cluster_secret)
     model = src.model(options["registry_model_id"])
@@ -73,13 +91,13 @@ def _from_registry(agent: Agent, options: dict, progress: Progress, skip: bool) 
              "files": [{"path": f["path"], "sha256": f["sha256"], "size": f["size"]} for f in model["files"]]}
     shared = shared_tree(agent.settings.shared_mounts, model.get("storage") or {}, model["files"])
     if shared is not None:
-        return _use_shared(agent, entry, shared, progress, skip)
+        return _use_shared(agent, entry, shared, progress, attempt)
     fanout = Fanout(agent, progress, options)
     fanout.pace(src.session)
-    return _store_files(agent, entry, src.files(model), progress, "registry", fanout, skip_unreachable=skip)
+    return _store_files(agent, entry, src.files(model), progress, "registry", fanout, attempt=attempt)
 
 
-def _from_url(agent: Agent, model: str, options: dict, secrets: dict, progress: Progress, skip: bool) -> dict:
+def _from_url(agent: Agent, model: str, options: dict, secrets: dict, progress: Progress, attempt: Attempt) -> dict:
     url = secrets.get("url") or ""
     src = HttpFileSource(url, token=secrets.get("token"), policy=AddressPolicy.parse(agent.settings.url_allowlist))
     filename = options.get("filename") or Path(redact_url(url)).name or "model.bin"
@@ -95,7 +113,7 @@ def _from_url(agent: Agent, model: str, options: dict, secrets: dict, progress: 
     fanout = Fanout(agent, progress, options)
     fanout.pace(src.source.session)
     return _store_files(agent, entry, [remote], progress, redact_url(url), fanout, single_range=not ranged,
-                        skip_unreachable=skip)
+                        attempt=attempt)
 
 
 def held_url_file(agent: Agent, origin: str, size: int, validator: str | None) -> Digest | None:
@@ -116,22 +134,39 @@ def held_url_file(agent: Agent, origin: str, size: int, validator: str | None) -
 
 
 def _store_files(agent: Agent, entry: dict, files: list[RemoteFile], progress: Progress, origin: str,
-                 fanout: Fanout, single_range: bool = False, skip_unreachable: bool = False) -> dict:
+                 fanout: Fanout, single_range: bool = False, attempt: Attempt = Attempt()) -> dict:
     """Fetch every missing file into the blob store, install for the backends, then list the model.
 
     A file of known digest is shared with the job's other workers (`fanout`); one from a server
-    that ignores Range is fetched alone, in one stream.
+    that ignores Range is fetched alone, in one stream. A part that fails for good (no retry
+    follows) deletes the model's blobs nothing else uses: a failed distribution leaves nothing behind.
     """
+    held: set[str] = set()  # every blob digest the part leased (hex), those learnt while downloading too
     try:  # leased before the store is looked at, until the catalog lists them (worker_agent/blob_leases.py)
         with agent.store.leases.hold(progress.job_id, [f.digest for f in files if f.digest is not None]) as lease:
-            return _fetch_and_install(agent, entry, files, progress, origin, fanout, single_range, lease,
-                                      skip_unreachable)
+            held = lease.digests
+            return _fetch_and_install(agent, entry, files, progress, origin, fanout, single_range, lease, attempt)
+    except (JobEndedError, DownloadStoppedError):
+        raise  # cancelled, skipped or shutting down: the job runner decides about its data
+    except Exception as exc:
+        if attempt.last_try or not isinstance(exc, RETRIED_ERRORS):
+            _drop_unlisted_blobs(agent, entry, held)
+        raise
     finally:
         fanout.close()
 
 
+def _drop_unlisted_blobs(agent: Agent, entry: dict, digests: set[str]) -> None:
+    """The blobs of a part that failed for good, unless a manifest, a catalog entry or a running job uses them."""
+    removed = agent.store.delete_blobs([Digest.parse(f"sha256:{d}") for d in sorted(digests)],
+                                       keep=agent.catalog.referenced_digests)
+    if removed:
+        leave_swarms(agent.redis, agent.worker_id, agent.store.blobs, removed)
+        log.info("%s: the part failed for good; removed %d blob(s) no model uses", entry["name"], len(removed))
+
+
 def _fetch_and_install(agent: Agent, entry: dict, files: list[RemoteFile], progress: Progress, origin: str,
-                       fanout: Fanout, single_range: bool, lease: BlobLease, skip_unreachable: bool) -> dict:
+                       fanout: Fanout, single_range: bool, lease: BlobLease, attempt: Attempt) -> dict:
     FileModelRef.parse(entry["name"])  # refuse a name the catalog cannot hold before any byte moves
     # and a model none of the node's backends can serve (the reasons, per backend, are the error)
     plan = serving.plan_files(agent.settings, entry["name"], entry.get("format"), [f.path for f in files])
@@ -164,20 +199,20 @@ def _fetch_and_install(agent: Agent, entry: dict, files: list[RemoteFile], progr
     entry = {**entry, "files": stored, "size": sum(f["size"] for f in stored), "digest": model_digest(stored),
              "shared": False}
     progress.update(force=True, state=jobstate.INSTALLING, status="installing")
-    entry = install_and_list(agent, entry, plan, skip_unreachable=skip_unreachable)
+    entry = install_and_list(agent, entry, plan, skip_unreachable=attempt.skip_unreachable)
     progress.finish(total=entry["size"], digest=entry["digest"], transferred=transferred,
                     placement=placement_summary(entry["installed"], plan.skipped, plan.order),
                     ready=serving.readiness(plan, entry["installed"]), **fanout.fields())
     return {"model": entry["name"], "digest": entry["digest"], "size": entry["size"], "downloaded": transferred}
 
 
-def _use_shared(agent: Agent, entry: dict, tree: Path, progress: Progress, skip_unreachable: bool) -> dict:
+def _use_shared(agent: Agent, entry: dict, tree: Path, progress: Progress, attempt: Attempt) -> dict:
     """The registry's export is mounted here: point the backends at it, move no bytes."""
     total = sum(int(f["size"]) for f in entry["files"])
     plan = serving.plan_files(agent.settings, entry["name"], entry.get("format"), [f["path"] for f in entry["files"]])
     progress.update(force=True, state=jobstate.INSTALLING, status="shared", total=total, source=str(tree))
     entry = {**entry, "size": total, "digest": model_digest(entry["files"]), "shared": True, "shared_path": str(tree)}
-    entry = install_and_list(agent, entry, plan, skip_unreachable=skip_unreachable)
+    entry = install_and_list(agent, entry, plan, skip_unreachable=attempt.skip_unreachable)
     progress.finish(total=total, digest=entry["digest"], transferred=0, status="shared", shared=True,
                     placement=placement_summary(entry["installed"], plan.skipped, plan.order),
                     ready=serving.readiness(plan, entry["installed"]))

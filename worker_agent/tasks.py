@@ -19,8 +19,7 @@ from eldric.cluster.mirror_updates import check_mirror_updates
 from eldric.core.errors import EldricError
 from worker_agent import debris_sweep, job_runner, partial_cleanup, runtime
 from worker_agent.celery_app import app
-from eldric.transfer.errors import SourceUnavailableError
-from worker_agent.installers import BackendUnavailableError
+from worker_agent.distributing import RETRIED_ERRORS
 from worker_agent.pulling import upstream_digest
 from worker_agent.sources import RegistrySource
 
@@ -64,7 +63,7 @@ def pull(self: JobTask, job_id: str, model: str) -> dict:
     agent = runtime.current()
     try:
         return job_runner.run_pull_job(agent, job_id, model)
-    except (SourceUnavailableError, BackendUnavailableError) as exc:  # the source, or a backend's API (Triton)
+    except RETRIED_ERRORS as exc:  # the source, or a backend's API (Triton)
         raise self.retry(exc=exc, countdown=agent.settings.retry_delay(self.request.retries),
                          max_retries=agent.settings.pull_retries) from exc
 
@@ -75,7 +74,7 @@ def distribute(self: JobTask, job_id: str, model: str) -> dict:
     try:  # on the last try a `partial_ok` job skips a backend still unreachable (README "Distribution and backends")
         return job_runner.run_distribute_job(agent, job_id, model,
                                              last_try=self.request.retries >= agent.settings.pull_retries)
-    except (SourceUnavailableError, BackendUnavailableError) as exc:
+    except RETRIED_ERRORS as exc:
         raise self.retry(exc=exc, countdown=agent.settings.retry_delay(self.request.retries),
                          max_retries=agent.settings.pull_retries) from exc
 

@@ -88,6 +88,12 @@ def distribute(live, model: str, worker: str, **extra) -> dict:
     return {**final, "record": final["workers"][0]}
 
 
+def blobs_of(live, worker: str, model: dict) -> list[Path]:
+    """The model's files in the worker's blob store (a part that failed for good leaves none)."""
+    store = live.store(worker) / "blobs"
+    return [store / f["sha256"].replace(":", "-") for f in model["files"] if (store / f["sha256"].replace(":", "-")).exists()]
+
+
 def worker_models(live, worker: str) -> dict:
     return {m["name"]: m for m in live.api("GET", f"/api/v1/workers/{worker}/models").json()["models"]}
 
@@ -108,6 +114,7 @@ def test_a_backend_refusing_the_model_leaves_no_install_in_the_others(live, mode
         assert slug not in left and not [n for n in left if "staging" in n], (backend, left)
     assert "acme/st-notok:v1" not in worker_models(live, "gpu-a")
     assert not (live.root / "nodes" / "gpu-a" / "catalog" / "acme" / "st-notok").exists()
+    assert blobs_of(live, "gpu-a", models["notok"]) == []
 
 
 def test_a_format_mismatch_skips_that_backend_with_the_reason_in_placement(live, models, triton):
@@ -130,6 +137,7 @@ def test_an_unreachable_backend_fails_the_worker_unless_partial_ok(live, models)
     assert not (node_dir(live, "gpu-b", "vllm") / slug).exists()
     assert not (node_dir(live, "gpu-b", "triton") / slug).exists()
     assert "acme/st-ok:v1" not in worker_models(live, "gpu-b")
+    assert blobs_of(live, "gpu-b", models["ok"]) == []  # kept between the tries, gone with the part
 
     final = distribute(live, "acme/st-ok:v1", "gpu-b", partial_ok=True)
     assert final["state"] == "completed" and final["options"]["partial_ok"] is True, final
@@ -139,6 +147,7 @@ def test_an_unreachable_backend_fails_the_worker_unless_partial_ok(live, models)
     assert (node_dir(live, "gpu-b", "vllm") / slug / "tokenizer.json").is_file()
     assert not (node_dir(live, "gpu-b", "triton") / slug).exists()
     assert worker_models(live, "gpu-b")["acme/st-ok:v1"]["backends"] == ["vllm"]
+    assert len(blobs_of(live, "gpu-b", models["ok"])) == len(models["ok"]["files"])
 
 
 def test_partial_ok_must_be_a_boolean(live):
