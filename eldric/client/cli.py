@@ -346,7 +346,7 @@ def cmd_workers(api: Api, args: argparse.Namespace, out: Console, err: Console) 
         except ClientError as exc:
             if exc.status == 409:  # the API's words name its query parameter; here it is a flag
                 raise ClientError(f"worker {args.target} is online; stop its agent first, or run "
-                                  f"`eldric workers remove {args.target} --force`", 409) from None
+                                  f"eldric workers remove {args.target} --force", 409) from None
             raise
         _print_json({"removed": args.target}) if args.json else out.print(f"worker {args.target} removed")
         return 0 if resp.ok else 1

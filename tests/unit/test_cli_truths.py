@@ -122,7 +122,7 @@ def test_workers_remove_of_an_online_worker_names_the_cli_flag():
     out = Console(file=io.StringIO())
     with pytest.raises(ClientError) as err:
         client_cli.cmd_workers(_Conflicting(), build_parser().parse_args(["workers", "remove", "w1"]), out, out)
-    assert str(err.value) == "worker w1 is online; stop its agent first, or run `eldric workers remove w1 --force`"
+    assert str(err.value) == "worker w1 is online; stop its agent first, or run eldric workers remove w1 --force"
     assert "force=true" not in str(err.value)
 
 
