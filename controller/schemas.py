@@ -115,8 +115,12 @@ class WorkerProgressSchema(Schema):
     final = fields.Boolean(metadata={"description": "this worker's part has ended (completed, failed, skipped or cancelled)"})
     status = fields.String(allow_none=True, metadata={"description": "what the worker is doing, Ollama's words"})
     placement = fields.String(allow_none=True, metadata={
-        "description": "distributions: how the files reached each backend (hard-linked to the blob store: one copy; "
-                       "or copied, e.g. across filesystems)"})
+        "description": "how the model reached each backend of the worker: hard-linked to the blob store (one copy), "
+                       "copied and why (e.g. other filesystem), already in place, Ollama store, shared storage, "
+                       "or skipped and why"})
+    ready = fields.Dict(keys=fields.String(), values=fields.Raw(), allow_none=True, metadata={
+        "description": "per installed backend: true when its API lists the model after the install, false when it "
+                       "does not (or did not answer), \"no API\" when there is none to ask"})
     completed = fields.Integer()
     total = fields.Integer()
     percent = fields.Float()
@@ -211,7 +215,10 @@ class LocalModelSchema(Schema):
     size = fields.Integer()
     modified_at = fields.Float()
     format = fields.String(allow_none=True)
-    backend = fields.String(allow_none=True)
+    backends = fields.List(fields.String(), metadata={
+        "description": "the worker's backends that serve the model (empty: stored, not served)"})
+    backend = fields.String(allow_none=True, metadata={
+        "description": "backends joined by commas, or 'stored, not served' (kept for older clients)"})
 
 
 class WorkerModelsSchema(Schema):
