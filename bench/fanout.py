@@ -12,11 +12,17 @@ resident memory of an agent process (RSS) and of an agent with its blob server (
 while serving peers and downloading a 4 GiB blob: `--sizes 2 --model-mib 4096 --uplink-mib 400`).
 
 The goal (issue 14): at N = 8, T <= 1.3 * S / B_up and upstream bytes <= 1.05 * S (the median
-over --rounds); at N = 1 no slower than today (about 1.1 * S / B_up, reported only). Exits 1 when
-the N = 8 goal is missed, unless --no-fail; 2 when a pull fails or is refused.
+over --rounds); at N = 1 no slower than today (about 1.1 * S / B_up, reported only).
 
-Run: python bench/fanout.py [--sizes 1 2 4 8] [--model-mib 200] [--uplink-mib 20] [--rounds 1]
-     [--max-upstream-rate 20M] [--max-upstream-workers 1] [--no-fail]
+Then the "pull, delete, pull again" rows (issue 22, finding 2: a pull after a delete took 2.63 x S
+upstream with 3 workers, 4.00 x S after a delete through the Ollama endpoint): for each N in
+--redo-sizes, a fresh cluster pulls the model to its N workers, deletes it (POST /api/v1/models/delete),
+pulls it again, deletes it through the Ollama endpoint (DELETE /api/delete), and pulls it once more;
+each pull after a delete must cost upstream bytes <= 1.05 * S. Exits 1 when a goal is missed, unless
+--no-fail; 2 when a pull or delete fails or is refused.
+
+Run: python bench/fanout.py [--sizes 1 2 4 8] [--redo-sizes 3] [--model-mib 200] [--uplink-mib 20]
+     [--rounds 1] [--max-upstream-rate 20M] [--max-upstream-workers 1] [--no-fail]
 
 Keep B_up near 20 MiB/s on a 2-core machine: eight agents hashing and writing the model cost
 several CPU-seconds, and from about 50 MiB/s the bench measures the CPU, not the uplink.
@@ -48,6 +54,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 MIB = 1 << 20
 MODEL = "bench"
 GOAL_N, GOAL_TIME, GOAL_BYTES, ONE_WORKER_TIME = 8, 1.3, 1.05, 1.1
+DELETES = ("api", "ollama")  # POST /api/v1/models/delete, then DELETE /api/delete (the controller's Ollama endpoint)
 FINAL = ("completed", "completed_with_skipped", "failed", "cancelled")
 SPLIT_FIELDS = ("upstream_bytes", "peer_bytes")
 _SUFFIX = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -67,6 +74,15 @@ class Row:
     split: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     rss: dict[str, tuple[int, int]] = field(default_factory=dict)  # agent -> (largest process, group) bytes
+
+
+@dataclass
+class RedoRow:
+    """One "pull, delete, pull again" round: upstream bytes of the first pull and of each pull after a delete."""
+    n: int
+    round: int
+    first: int
+    again: dict[str, tuple[str, int, dict[str, int]]] = field(default_factory=dict)  # delete -> (state, up, split)
 
 
 def rate_bytes(text: str) -> int:
@@ -225,6 +241,24 @@ class Cluster:
                          message=f"job {job_id} to end\n{self.logs()}")
         return posted, job
 
+    def delete(self, via: str) -> None:
+        """Delete the model from every agent, through the REST API or the controller's Ollama endpoint."""
+        if via == "api":
+            resp = self.http.post(f"{self.api}/models/delete", json={"model": MODEL, "workers": self.names}, timeout=30)
+            ok = resp.status_code == 202
+            if ok:
+                job_id = resp.json()["id"]
+                job = wait_until(lambda: (j := self.http.get(f"{self.api}/models/pull-jobs/{job_id}", timeout=10)
+                                          .json())["state"] in FINAL and j, timeout=60, interval=0.1,
+                                 message=f"delete job {job_id}\n{self.logs()}")
+                ok = job["state"] == "completed"
+        else:
+            resp = self.http.delete(f"{self.api.removesuffix('/api/v1')}/api/delete", json={"model": MODEL}, timeout=90)
+            ok = resp.status_code == 200
+        if not ok:
+            print(f"delete via {via} answered {resp.status_code}: {resp.text}", file=sys.stderr)
+            raise SystemExit(2)
+
     def logs(self) -> str:
         return "\n".join(f"--- {s.name}\n{s.log_tail(15)}" for s in self.services + self.agents)
 
@@ -268,6 +302,47 @@ def run_round(root: Path, proxy: UplinkProxy, n: int, rnd: int, size: int, optio
                job_split(job), errors, sampler.peak)
 
 
+def run_redo(root: Path, proxy: UplinkProxy, n: int, rnd: int, size: int, options: dict) -> RedoRow:
+    """Pull to N agents, then for each way of deleting: delete, pull again; upstream bytes of every pull."""
+    cluster = Cluster(root / f"redo-n{n}-r{rnd}", proxy.url)
+    timeout = 120 + 3 * n * size / proxy.rate
+    try:
+        cluster.start(n)
+        proxy.reset()
+        _, job = cluster.pull(options, timeout)
+        if job["state"] != "completed":
+            print(f"the first pull ended {job['state']}\n{cluster.logs()}", file=sys.stderr)
+            raise SystemExit(2)
+        row = RedoRow(n, rnd, proxy.total_bytes)
+        for via in DELETES:
+            cluster.delete(via)
+            proxy.reset()
+            _, job = cluster.pull(options, timeout)
+            row.again[via] = (job["state"], proxy.total_bytes, job_split(job))
+    finally:
+        cluster.stop()
+    return row
+
+
+def print_redo(rows: list[RedoRow], size: int) -> None:
+    print("pull, delete, pull again (upstream bytes / S of each pull; the pulls after a delete should be <= "
+          f"{GOAL_BYTES}):")
+    print(f"{'N':>3} {'round':>5} {'first':>6}  " + "  ".join(f"{'after the ' + via + ' delete':<36}" for via in DELETES))
+    for r in rows:
+        cells = []
+        for via in DELETES:
+            state, up, split = r.again[via]
+            peers = f", peers {split['peer_bytes'] / size:.2f}" if "peer_bytes" in split else ""
+            cells.append(f"{f'up/S {up / size:.2f}{peers}, {state}':<36}")
+        print(f"{r.n:>3} {r.round:>5} {r.first / size:>6.2f}  " + "  ".join(cells))
+
+
+def missed_redo(rows: list[RedoRow], size: int) -> list[str]:
+    return [f"N = {r.n} round {r.round}: the pull after the {via} delete took {up / size:.2f} x S upstream "
+            f"(> {GOAL_BYTES}), {state}" for r in rows for via, (state, up, _) in r.again.items()
+            if up > GOAL_BYTES * size or state != "completed"]
+
+
 def print_table(rows: list[Row], size: int, rate: float) -> None:
     ideal = size / rate
     print(f"S = {size / MIB:.1f} MiB, B_up = {rate / MIB:.1f} MiB/s, S / B_up = {ideal:.2f} s")
@@ -304,9 +379,11 @@ def missed_goals(rows: list[Row], size: int, rate: float) -> list[str]:
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 4, 8], help="numbers of inference workers")
+    p.add_argument("--sizes", type=int, nargs="*", default=[1, 2, 4, 8], help="numbers of inference workers (none: skip)")
     p.add_argument("--model-mib", type=int, default=200, help="model size S in MiB")
     p.add_argument("--uplink-mib", type=float, default=20, help="uplink B_up in MiB/s, shared by all connections")
+    p.add_argument("--redo-sizes", type=int, nargs="*", default=[3],
+                   help="numbers of workers for the 'pull, delete, pull again' rows (none: skip them)")
     p.add_argument("--rounds", type=int, default=1, help="runs per N, each with fresh agents")
     p.add_argument("--max-upstream-rate", type=rate_bytes, default=None,
                    help="job field max_upstream_rate (bytes/s, K/M/G suffixes); sent only when given")
@@ -321,7 +398,7 @@ def main() -> int:
     options = {k: v for k, v in (("max_upstream_rate", args.max_upstream_rate),
                                  ("max_upstream_workers", args.max_upstream_workers)) if v is not None}
     root = Path(tempfile.mkdtemp(prefix="eldric-fanout-"))
-    began, rows = time.monotonic(), []
+    began, rows, redo = time.monotonic(), [], []
     try:
         with OCIRegistry(root / "oci") as oci:
             size = push_model(root, oci.url, args.model_mib)
@@ -333,17 +410,24 @@ def main() -> int:
                         rows.append(row := run_round(root, proxy, n, rnd, size, options))
                         print(f"N = {n} round {rnd}: {row.state} in {row.seconds:.2f} s "
                               f"(agents online in {row.registered:.2f} s, idle in {row.ready:.2f} s)", flush=True)
+                for n in args.redo_sizes:
+                    for rnd in range(args.rounds):
+                        redo.append(run_redo(root, proxy, n, rnd, size, options))
+                        print(f"N = {n} round {rnd}: pull, delete, pull again done", flush=True)
                 cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-                print_table(rows, size, proxy.rate)
+                if rows:
+                    print_table(rows, size, proxy.rate)
+                if redo:
+                    print_redo(redo, size)
                 print(f"CPU s of this process (uplink proxy, polling): "
                       f"{cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime:.2f}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    missed = missed_goals(rows, size, args.uplink_mib * MIB)
+    missed = missed_goals(rows, size, args.uplink_mib * MIB) + missed_redo(redo, size)
     print(f"bench took {time.monotonic() - began:.1f} s")
     for line in missed:
         print("MISSED", line)
-    if any(r.state != "completed" for r in rows):
+    if any(r.state != "completed" for r in rows) or any(a[0] != "completed" for r in redo for a in r.again.values()):
         return 2
     return 1 if missed and not args.no_fail else 0
 
