@@ -4,6 +4,7 @@ and its GGUF into every other backend of the node that serves it (worker_agent/s
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 
 from eldric.cluster.jobs import state as jobstate
@@ -14,13 +15,15 @@ from eldric.transfer.download import DownloadOptions, download_blob
 from eldric.transfer.partials import resumable_bytes
 from worker_agent.fanout import Fanout
 from worker_agent.installers import UnsupportedModelError
-from worker_agent.installing import install_entry, placement_summary
+from worker_agent.installing import install_entry, placement_summary, roll_back
 from worker_agent.runtime import Agent
 from worker_agent import serving
 from worker_agent.ollama_store import OllamaStore
 from eldric.cluster.jobs.progress import Progress
 from worker_agent.sources import BlobSource, RegistrySource
 from worker_agent.verifying import verify_blobs_present
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -68,15 +71,48 @@ class BackendInstalls:
         files = plan.without(serving.OLLAMA)
         if not files.serving:
             return  # an Ollama-only node: the manifest is the install, as it always was
-        layer = manifest.layer_of(OLLAMA_MODEL)
-        entry = {"name": self.name.short, "format": "gguf",
-                 "files": [{"path": serving.pulled_file(self.name), "sha256": str(layer.digest), "size": layer.size}]}
         self.progress.update(force=True, state=jobstate.INSTALLING, status="installing")
+        previous = self.agent.store.read_manifest(self.name)  # a re-pull: what the store lists until ours is written
         try:
-            self.installed.update(install_entry(self.agent, entry, files))
+            self.installed.update(install_entry(self.agent, self._entry(manifest), files))
         except UnsupportedModelError:
             if not self.installed:
                 raise  # nothing serves it, not even Ollama's store
+        except BaseException:
+            # install_entry removed what it placed; a re-pull's file backends get the listed version back
+            self._restore(previous, files)
+            raise
+
+    def undo(self, manifest: Manifest) -> None:
+        """The manifest could not be written: every file backend goes back to what the store still lists
+        (the earlier version of a re-pull, or nothing), so no backend serves a model Ollama does not list."""
+        done = {b: r for b, r in self.installed.items() if b != serving.OLLAMA}
+        if not done:
+            return
+        previous = self.agent.store.read_manifest(self.name)
+        if previous is None or not self._restore(previous, self.plan.without(serving.OLLAMA)):
+            roll_back(self.agent, self._entry(manifest), done)
+
+    def _entry(self, manifest: Manifest) -> dict:
+        layer = manifest.layer_of(OLLAMA_MODEL)
+        return {"name": self.name.short, "format": "gguf",
+                "files": [{"path": serving.pulled_file(self.name), "sha256": str(layer.digest), "size": layer.size}]}
+
+    def _restore(self, previous: tuple[bytes, Manifest] | None, files: serving.BackendPlan) -> bool:
+        """Install the GGUF of the manifest the store lists again, backend by backend (a failure is logged: the
+        debris sweep reports what stayed); False when there is none to go back to."""
+        if previous is None or previous[1].layer_of(OLLAMA_MODEL) is None:
+            return False
+        if not self.agent.store.blobs.has(previous[1].layer_of(OLLAMA_MODEL).digest):
+            return False
+        entry = self._entry(previous[1])
+        for backend, config in files.serving.items():  # one by one: the backend that refused the new one may refuse this
+            try:
+                install_entry(self.agent, entry, serving.BackendPlan(files.name, files.format, {backend: config},
+                                                                     {}, files.order))
+            except Exception as exc:  # noqa: BLE001 - the pull's own error is what the job reports; the sweep sees the rest
+                log.warning("%s: could not put the listed version back into %s: %s", self.name.short, backend, exc)
+        return True
 
     def fields(self) -> dict:
         """The record's `placement` (every backend: how, or skipped why) and `ready` (each one's API)."""
@@ -118,10 +154,12 @@ def pull_model(name: ModelName, *, store: OllamaStore, source: BlobSource, progr
         progress.update(force=True, status="writing manifest")
         try:
             store.write_manifest(name, raw)
-        except OSError as exc:
-            if not is_disk_full(exc):
-                raise
-            raise no_space_error(store.manifests_dir, len(raw), f"the manifest of {name.short}") from None
+        except BaseException as exc:
+            if backends is not None:
+                backends.undo(manifest)
+            if isinstance(exc, OSError) and is_disk_full(exc):
+                raise no_space_error(store.manifests_dir, len(raw), f"the manifest of {name.short}") from None
+            raise
     return PullResult(model=name.short, digest=manifest_digest(raw),
                       size=manifest.total_size, downloaded=downloaded)
 
