@@ -88,11 +88,14 @@ class WorkerFacts:
 
 
 def model_status(pin: Pin, worker: WorkerFacts) -> str:
-    """present, missing, outdated (auto-update pin, other digest) or pulling (a job is on it)."""
+    """present, missing, outdated (auto-update pin, other digest) or pulling (a job is on it).
+
+    Present means served (issue 22): a model the worker only stores, no backend of its serving it, is
+    missing, so the pin's pull installs it into the backends (the blobs are on the node already)."""
     if pin.model in worker.busy_models:
         return PULLING
     held = worker.models.get(pin.model)
-    if held is None:
+    if held is None or held.get("backends") == []:  # stored but served by no backend: a pull installs it
         return MISSING
     wanted = pin.wanted_digest
     if wanted and held.get("digest") != wanted:

@@ -25,6 +25,9 @@ def facts(wid: str, wtype: str = "inference", online: bool = True, **kw) -> Work
      pins.OUTDATED),
     (Pin("m:1", auto_update=True), facts("w", models={"m:1": {"digest": "sha256:a"}}), pins.PRESENT),
     (Pin("m:1"), facts("w", busy_models=frozenset({"m:1"})), pins.PULLING),
+    # present means served: stored with no backend serving it is missing (the pin's pull installs it)
+    (Pin("m:1"), facts("w", models={"m:1": {"digest": "sha256:a", "backends": []}}), pins.MISSING),
+    (Pin("m:1"), facts("w", models={"m:1": {"digest": "sha256:a", "backends": ["llamacpp"]}}), pins.PRESENT),
 ])
 def test_model_status(pin, worker, status):
     assert pins.model_status(pin, worker) == status
