@@ -37,7 +37,7 @@ def test_registry_rows_show_the_id_and_the_models_metadata(dashboard_url, page):
     meta.locator("summary").click()
     terms = meta.locator("dt").all_inner_texts()
     values = meta.locator("dd").all_inner_texts()
-    assert dict(zip(terms, values)) == {"description": "house style, 4-bit", "architecture": "llama",
+    assert dict(zip(terms, values, strict=True)) == {"description": "house style, 4-bit", "architecture": "llama",
                                         "parameters": "494M", "quantization": "Q4_K_M", "context length": "32768",
                                         "base model": "qwen2.5:0.5b", "run id": "run-17"}
     expect(meta.locator(".reg-files li")).to_have_text(f"house.gguf · 12.0 MB · {SHA}")
