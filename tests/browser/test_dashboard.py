@@ -17,7 +17,7 @@ from tests.browser.served import served
 from tests.integration.conftest import REPO_ROOT
 from tests.support.fake_backends import FakeOllama
 from testbed.gguf_models import write_gguf_of_size, write_llama_gguf
-from testbed.oci_registry import push_ollama_model
+from testbed.oci_registry import corrupt_blob, push_ollama_model
 from testbed.processes import Service, eldric, free_port, wait_until
 from tests.support.throttle import ThrottlingProxy
 
@@ -128,15 +128,28 @@ def test_pull_to_all_workers_shows_a_live_bar_per_worker_until_completed(dash, p
     assert shot.stat().st_size > 10_000
 
 
-def test_failing_pull_shows_the_reason_on_every_bar(dash, page):
+def test_a_typo_is_refused_under_the_form_naming_the_tags(dash, page):
+    """Issue 22, finding 5: the controller asks upstream first; no job, no bars, the tags that exist."""
     _open(page, dash)
-    page.fill("#pull-model", "no-such-model")
+    page.fill("#pull-model", "tiny:latestt")
+    page.get_by_role("button", name="Pull to All Workers").click()
+    expect(page.locator("#pull-summary .error")).to_have_text(
+        f"could not start the pull: model 'tiny:latestt' not found at {dash.oci.url}: its tags there are latest")
+    expect(page.locator("#pull-bars li")).to_have_count(0)
+
+
+def test_failing_pull_shows_the_reason_on_every_bar(dash, page, workdir):
+    pushed = push_ollama_model(dash.oci.url, "library/bad-bytes", "latest",
+                               gguf_path=write_llama_gguf(workdir / "bad-bytes.gguf", name="bad", width=80))
+    corrupt_blob(dash.oci.root, pushed["layers"]["application/vnd.ollama.image.model"])  # the digest check fails
+    _open(page, dash)
+    page.fill("#pull-model", "bad-bytes")
     page.get_by_role("button", name="Pull to All Workers").click()
     for name in WORKERS:
         row = page.locator(f'#pull-bars li[data-worker="{name}"]')
         expect(row).to_have_attribute("data-state", "failed", timeout=60_000)
         expect(row.locator(".status")).to_contain_text("failed:")
-        expect(row.locator(".status")).to_contain_text("not found")
+        expect(row.locator(".status")).to_contain_text("digest mismatch")
     expect(page.locator("#pull-summary [data-job-state]")).to_have_attribute("data-job-state", "failed")
     job = page.locator("#jobs-list li.job").first
     expect(job).to_have_attribute("data-state", "failed", timeout=20_000)
@@ -145,7 +158,7 @@ def test_failing_pull_shows_the_reason_on_every_bar(dash, page):
     failure = job.locator(".failures .failure")
     expect(failure).to_have_count(1)
     expect(failure.locator(".reason")).to_be_visible()
-    expect(failure.locator(".reason")).to_contain_text("not found")
+    expect(failure.locator(".reason")).to_contain_text("digest mismatch")
     assert sorted(failure.get_attribute("data-workers").split()) == list(WORKERS)
     expect(job.locator("details.per-worker")).not_to_have_attribute("open", "")
 
