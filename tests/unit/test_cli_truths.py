@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 
 import pytest
 import requests
@@ -101,7 +102,8 @@ class _Refusing(Api):
 def test_status_against_a_token_protected_controller_names_the_token(token, state):
     api, out, err = _Refusing(token), Console(file=io.StringIO()), Console(file=io.StringIO(), width=400)
     slept: list[float] = []
-    status = client_cli.cluster_status(api, wait=60, sleep=slept.append, clock=lambda: 0.0)
+    ticks = itertools.count(0, 30)  # a clock that moves: the old code waited out the 60 s, retrying the 401
+    status = client_cli.cluster_status(api, wait=60, sleep=slept.append, clock=lambda: next(ticks))
     assert status["ok"] is False and status["unauthorized"] is True and not slept  # no waiting for a refusal
     args = build_parser().parse_args(["status"])
     assert client_cli.cmd_status(api, args, out, err) == 1
