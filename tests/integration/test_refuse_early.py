@@ -75,6 +75,10 @@ def test_the_ollama_client_sees_ollamas_not_found(live):
         assert err.value.status_code == 404
         assert err.value.error == ("pull model manifest: file does not exist: model 'tiny:latestt' not found at "
                                    f"{live.oci.url}: its tags there are latest, v2")
+        # On the wire: Ollama's error shape (one JSON object, `error` only), before any NDJSON line.
+        raw = live.api("POST", "/api/pull", json={"model": "tiny:latestt", "stream": stream})
+        assert raw.status_code == 404 and raw.headers["Content-Type"] == "application/json"
+        assert raw.json() == {"error": err.value.error}
     assert _job_count(live) == before
 
 
