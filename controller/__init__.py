@@ -42,8 +42,9 @@ def create_app(overrides: dict | None = None) -> Flask:
     from controller.api import distribute, events, model_registry, models, pins, pull_jobs, workers
     for module in (pull_jobs, events, models, distribute, workers, model_registry, pins):
         api.register_blueprint(module.blp)
-    from controller.ollama_api import bp as ollama_bp
-    app.register_blueprint(ollama_bp)
+    from controller import ollama_api, ollama_create, ollama_route
+    for module in (ollama_api, ollama_create, ollama_route):  # Ollama's and OpenAI's shapes, not /api/v1's
+        app.register_blueprint(module.bp)
     from controller.dashboard import bp as dashboard_bp
     app.register_blueprint(dashboard_bp)
     app.register_blueprint(api_docs.bp)

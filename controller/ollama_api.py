@@ -28,7 +28,6 @@ from eldric.web.json_bodies import read_json_body
 
 bp = Blueprint("ollama", __name__)
 POLL_SECONDS = 0.25
-INFERENCE_ENDPOINTS = ("generate", "chat", "embed", "embeddings", "ps", "create", "push", "copy")
 
 
 def _error(message: str, status: int):
@@ -183,11 +182,3 @@ def delete():
             return Response(status=200)  # skipped (offline) workers get the delete as a catch-up
         time.sleep(POLL_SECONDS)
     return _error(f"delete of '{name.short}' still running (job {job_id})", 504)
-
-
-@bp.route(f"/api/<any({', '.join(INFERENCE_ENDPOINTS)}):endpoint>", methods=["GET", "POST", "DELETE", "HEAD", "PUT"])
-@bp.route("/api/<any(blobs):endpoint>/<path:_rest>", methods=["GET", "POST", "DELETE", "HEAD", "PUT"])
-def not_served(endpoint: str, _rest: str = ""):
-    return _error(f"/api/{endpoint} is not served here: this is the Eldric cluster's model-management "
-                  "endpoint (pull, tags, show, delete, version), not an inference server; "
-                  "send inference requests to a worker's backend", 501)

@@ -276,8 +276,12 @@ class _Download:
                 log.debug("%s: %.0f MB/s, opening connection %d", self.data_path.name, rate / 1e6, active)
             last_bytes, last_time = self._done_bytes(), now
         self._save_state()
-        if self.options.stop.is_set() and self._more_to_do():
-            raise DownloadStoppedError(f"download of {self.data_path.name} stopped: the agent is shutting down")
+        # Every part, not the queue: a connection that took the last part off the queue and then saw the stop
+        # leaves the queue empty and its part unfinished, and the hasher would wait for those bytes for ever.
+        if any(p.completed < p.length for p in self.parts):
+            if self.options.stop.is_set():
+                raise DownloadStoppedError(f"download of {self.data_path.name} stopped: the agent is shutting down")
+            raise SourceError(f"download of {self.data_path.name} ended with parts unfinished")
 
     def _halted(self) -> bool:
         """The download failed elsewhere, or the process is shutting down: connections stop at their next read."""

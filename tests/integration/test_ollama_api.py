@@ -76,13 +76,6 @@ def test_failing_pull_is_the_clients_response_error_naming_workers(live, client,
     assert err.value.status_code == 502 and "digest mismatch" in str(err.value)
 
 
-def test_inference_endpoints_explain_what_this_is(live, client):
-    with pytest.raises(ollama.ResponseError) as err:
-        client.generate(model="tiny", prompt="hi")
-    assert err.value.status_code == 501 and "model-management" in str(err.value)
-    assert live.http.get(f"{live.controller_url}/api/version", timeout=5).json()["version"]
-
-
 def test_delete_removes_from_every_worker_then_404(live, client):
     client.delete("tiny")
     for node in ("inf-a", "inf-b", "cloud-a"):
