@@ -3,7 +3,10 @@
 Everything is a gauge read from the cluster's records (the controller is stateless,
 so there is no process-local counter to keep): jobs and job parts on record by
 state, bytes received over the network per source kind, per-worker pull throughput, Celery queue depths,
-registered/online workers, pin coverage, and mirrored tags with an upstream update. Nothing here writes to Redis.
+registered/online workers, pin coverage, mirrored tags with an upstream update, and the inference requests
+routed to each worker (requests and errors ever, in flight now: eldric/cluster/inference_load.py, kept in Redis
+so every controller counts the same). Nothing here writes to Redis (but for dropping in-flight entries past
+their age, which inference_load does on each read).
 """
 
 from __future__ import annotations
@@ -16,10 +19,10 @@ from dataclasses import dataclass, field
 import redis
 from flask import Flask, Response, current_app
 from prometheus_client import CollectorRegistry, exposition, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from eldric.cluster.jobs import state as jobstate
-from eldric.cluster import workers
+from eldric.cluster import inference_load, workers
 from eldric.cluster.jobs.reads import all_jobs
 from eldric.cluster import pins
 from eldric.cluster.mirror_updates import read_updates
@@ -44,6 +47,9 @@ class Snapshot:
     workers: list[tuple[str, str, bool]] = field(default_factory=list)  # (id, type, online)
     pin_coverage: dict[str, dict[str, int]] = field(default_factory=dict)
     mirror_updates: int = 0  # mirrored tags whose upstream moved (eldric:mirror:updates)
+    routed: dict[str, int] = field(default_factory=dict)  # worker -> inference requests routed to it
+    route_errors: dict[str, int] = field(default_factory=dict)  # worker -> routed requests that failed there
+    in_flight: dict[str, int] = field(default_factory=dict)  # worker -> routed requests streaming now
 
 
 # A job's source (its record's `source`) -> the metric label: a handful of values, whatever the cluster pulls.
@@ -69,6 +75,8 @@ def read_snapshot(client: redis.Redis, *, stale_after: float, now: float | None 
     facts = pins.load_worker_facts(client, [p.model for p in found])
     snap.pin_coverage = {p.model: {k: len(v) for k, v in pins.coverage(p, facts).items()} for p in found}
     snap.mirror_updates = sum(1 for r in read_updates(client).values() if r.get("update_available"))
+    snap.routed, snap.route_errors = inference_load.totals(client)
+    snap.in_flight = inference_load.in_flight(client, [wid for wid, _, _ in snap.workers])
     return snap
 
 
@@ -153,7 +161,23 @@ def metric_families(snap: Snapshot) -> list[GaugeMetricFamily]:
     updates = GaugeMetricFamily("eldric_mirror_updates_available",
                                 "Tags cached by the data node's mirror whose upstream tag now points at another manifest")
     updates.add_metric([], snap.mirror_updates)
-    return [jobs, parts, pulled, current, last, up, registered, online, queues, pinned, updates]
+    return [jobs, parts, pulled, current, last, up, registered, online, queues, pinned, updates, *route_families(snap)]
+
+
+def route_families(snap: Snapshot) -> list:
+    """Routed inference per worker: requests and errors ever (counters), requests in flight (a gauge)."""
+    routed = CounterMetricFamily("eldric_route_requests", "Inference requests the controllers routed to the worker",
+                                 labels=["worker"])
+    errors = CounterMetricFamily("eldric_route_errors", "Routed inference requests that failed on the worker "
+                                 "(before the first byte: retried elsewhere; or broken off after it)", labels=["worker"])
+    flying = GaugeMetricFamily("eldric_route_in_flight", "Routed inference requests streaming through the worker now",
+                               labels=["worker"])
+    for wid in sorted(set(snap.routed) | set(snap.route_errors) | {w for w, _, _ in snap.workers}):
+        routed.add_metric([wid], snap.routed.get(wid, 0))
+        errors.add_metric([wid], snap.route_errors.get(wid, 0))
+    for wid, _, _ in snap.workers:
+        flying.add_metric([wid], snap.in_flight.get(wid, 0))
+    return [routed, errors, flying]
 
 
 class _SnapshotCollector:

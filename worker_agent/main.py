@@ -15,7 +15,7 @@ from eldric import logging_setup
 from eldric.cluster import redisconn
 from eldric.cluster.queues import TASK_FOR_JOB_KIND, TASK_PULL, is_model_serving, queues_for, worker_queue
 from eldric.core.redaction import redact_url
-from worker_agent import celery_app, http_process, installers, job_runner, membership, runtime
+from worker_agent import celery_app, http_process, installers, job_runner, loaded_models, membership, runtime
 from worker_agent.catalog import Catalog
 from worker_agent.ollama_store import OllamaStore
 from worker_agent.runtime import Agent
@@ -89,6 +89,8 @@ def run_agent(settings: AgentSettings, loglevel: str = "INFO") -> int:
                                      info=info, on_reregister=lambda: job_runner.refresh_inventory(agent))
     heartbeat.start()
     job_runner.refresh_inventory(agent)
+    reporter = loaded_models.Reporter(agent)  # what the backends have loaded, for /api/ps and routing
+    reporter.start()
 
     app = celery_app.configure(settings.redis_url)
     celery_app.stop_downloads_on_shutdown(agent.stopping)
@@ -116,6 +118,7 @@ def run_agent(settings: AgentSettings, loglevel: str = "INFO") -> int:
         return int(worker.exitcode or 0)
     finally:
         heartbeat.stop()
+        reporter.stop()
         try:
             workers.go_offline(client, settings.worker_id)
         except redis.RedisError:

@@ -18,7 +18,7 @@ from eldric.transfer.ratelimit import bucket
 from eldric.core.names import ModelName
 from worker_agent.catalog import entry_files
 from worker_agent.model_info import show_file_model, show_model
-from worker_agent import serving
+from worker_agent import inference_proxy, serving
 from worker_agent.runtime import Agent
 
 
@@ -113,6 +113,7 @@ def create_agent_app(agent: Agent) -> Flask:
         except RangeNotSatisfiableError as exc:
             return error_response(416, str(exc))
 
+    inference_proxy.register(app, agent)  # POST /inference/<backend>/<endpoint>: routed inference (issue 23)
     register_error_handlers(app)  # 405 and unexpected errors as JSON too (tracebacks to the log)
 
     @app.errorhandler(404)

@@ -21,6 +21,21 @@ def worker_models(worker_id: str) -> str:
     return f"{PREFIX}:worker:{worker_id}:models"
 
 
+def worker_loaded(worker_id: str) -> str:
+    """STRING with a TTL of three heartbeats: JSON list of the models its backends have loaded now
+    (Ollama's /api/ps entries, plus `backend`), written by the agent's loaded-models reporter."""
+    return f"{PREFIX}:worker:{worker_id}:loaded"
+
+
+def worker_in_flight(worker_id: str) -> str:
+    """ZSET request id -> start time: inference requests the controllers are streaming through the worker."""
+    return f"{PREFIX}:worker:{worker_id}:in-flight"
+
+
+ROUTE_REQUESTS = f"{PREFIX}:route:requests"  # HASH worker id -> inference requests routed to it (ever)
+ROUTE_ERRORS = f"{PREFIX}:route:errors"  # HASH worker id -> routed requests that failed on it (ever)
+
+
 def worker_jobs(worker_id: str) -> str:
     """SET of job ids assigned to the worker (lets a restarted agent resume its work)."""
     return f"{PREFIX}:worker:{worker_id}:jobs"

@@ -180,6 +180,21 @@ def holders(client: redis.Redis, model: str) -> list[str]:
     return [wid for wid, has in zip(ids, pipe.execute(), strict=True) if has]
 
 
+def loaded(client: redis.Redis, ids: list[str]) -> dict[str, list[dict]]:
+    """worker id -> the models its backends have loaded, as its agent last reported them (one MGET;
+    [] when the report expired: the agent stopped reporting, so nothing is known to be loaded there)."""
+    if not ids:
+        return {}
+    out = {}
+    for wid, raw in zip(ids, client.mget([keys.worker_loaded(wid) for wid in ids]), strict=True):
+        try:
+            found = json.loads(raw) if raw else []
+        except ValueError:
+            found = []
+        out[wid] = [m for m in found if isinstance(m, dict) and m.get("name")] if isinstance(found, list) else []
+    return out
+
+
 # --- writes ------------------------------------------------------------------------------------
 
 def register(client: redis.Redis, info: dict, ttl: float) -> None:
@@ -228,10 +243,16 @@ def publish_inventory(client: redis.Redis, worker_id: str, models: list[dict]) -
     pipe.execute()
 
 
+def publish_loaded(client: redis.Redis, worker_id: str, models: list[dict], ttl: float) -> None:
+    """Replace the worker's report of loaded models; it expires after `ttl` unless reported again."""
+    client.set(keys.worker_loaded(worker_id), json.dumps(models), ex=max(1, int(ttl)))
+
+
 def forget(client: redis.Redis, worker_id: str) -> None:
     """Delete every key of the worker and its set entry (job records are the job store's business)."""
     pipe = client.pipeline()
     pipe.srem(keys.WORKERS, worker_id)
     pipe.delete(keys.worker(worker_id), keys.worker_alive(worker_id), keys.worker_models(worker_id),
-                keys.worker_jobs(worker_id), keys.worker_catchups(worker_id))
+                keys.worker_jobs(worker_id), keys.worker_catchups(worker_id),
+                keys.worker_loaded(worker_id), keys.worker_in_flight(worker_id))
     pipe.execute()

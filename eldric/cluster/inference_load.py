@@ -1,0 +1,62 @@
+"""Inference requests routed to each worker: in flight now, and counted ever (README "Use your Ollama tools").
+
+Every controller counts in Redis, so two controllers behind one load balancer agree on which
+worker is least busy. In flight is a sorted set of request ids scored by their start time rather
+than a counter: a controller killed mid-stream never runs its decrement, and a counter would stay
+too high for good; here an entry older than MAX_REQUEST_SECONDS stops counting (and is removed at
+the next read). The totals (requests, errors) are plain hash counters for `/metrics`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import redis
+
+from eldric.cluster import keys
+
+# A stream longer than this stops counting as in flight (a crashed controller's entries end here too).
+MAX_REQUEST_SECONDS = 3600.0
+
+
+def begin(client: redis.Redis, worker_id: str, now: float | None = None) -> str:
+    """Count a request as in flight on the worker (and in its total); returns its id for `end`."""
+    request_id = uuid.uuid4().hex
+    pipe = client.pipeline(transaction=False)
+    pipe.zadd(keys.worker_in_flight(worker_id), {request_id: time.time() if now is None else now})
+    pipe.expire(keys.worker_in_flight(worker_id), int(MAX_REQUEST_SECONDS))
+    pipe.hincrby(keys.ROUTE_REQUESTS, worker_id, 1)
+    pipe.execute()
+    return request_id
+
+
+def end(client: redis.Redis, worker_id: str, request_id: str, *, failed: bool = False) -> None:
+    """The request is over; `failed` counts it among the worker's errors."""
+    pipe = client.pipeline(transaction=False)
+    pipe.zrem(keys.worker_in_flight(worker_id), request_id)
+    if failed:
+        pipe.hincrby(keys.ROUTE_ERRORS, worker_id, 1)
+    pipe.execute()
+
+
+def in_flight(client: redis.Redis, ids: list[str], now: float | None = None) -> dict[str, int]:
+    """worker id -> requests in flight on it now (entries past MAX_REQUEST_SECONDS dropped on the way)."""
+    if not ids:
+        return {}
+    oldest = (time.time() if now is None else now) - MAX_REQUEST_SECONDS
+    pipe = client.pipeline(transaction=False)
+    for wid in ids:
+        pipe.zremrangebyscore(keys.worker_in_flight(wid), "-inf", oldest)
+        pipe.zcard(keys.worker_in_flight(wid))
+    replies = pipe.execute()
+    return {wid: int(n) for wid, n in zip(ids, replies[1::2], strict=True)}
+
+
+def totals(client: redis.Redis) -> tuple[dict[str, int], dict[str, int]]:
+    """(requests per worker, errors per worker), ever."""
+    pipe = client.pipeline(transaction=False)
+    pipe.hgetall(keys.ROUTE_REQUESTS)
+    pipe.hgetall(keys.ROUTE_ERRORS)
+    requests_, errors = pipe.execute()
+    return ({w: int(n) for w, n in requests_.items()}, {w: int(n) for w, n in errors.items()})
