@@ -8,7 +8,7 @@ import redis
 from flask import Flask, jsonify
 from flask_smorest import Api
 
-from controller import api_docs, view_cache
+from controller import api_docs, cors, view_cache
 from controller import config as settings
 from eldric.cluster.dispatch import create_producer
 from eldric import __version__
@@ -50,6 +50,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     app.register_blueprint(api_docs.bp)
     register_error_handlers(app)
     _register_domain_errors(app)
+    cors.install(app, app.config["CORS_ORIGINS"])  # before the bearer check: it answers preflights, which carry no token
     _register_auth(app)
     _register_health(app)
     from controller.metrics import register_metrics

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pydantic import Field
+from typing import Annotated
+
+from pydantic import AfterValidator, Field
+
+from controller.cors import checked_origins
+from eldric.core.settings import CommaList
 
 from eldric.cluster.shared_settings import AddressPolicySettings, RedisSettings, UpstreamSettings
 
@@ -32,6 +37,9 @@ class ControllerSettings(AddressPolicySettings, UpstreamSettings, RedisSettings)
     view_cache_seconds: float = Field(1.0, ge=0, le=60, description="GET /api/v1/workers and /api/v1/models answers are reused this long per process (0: off)")
     controller_host: str = Field("127.0.0.1", description="where `eldric controller` listens")
     controller_port: int = Field(8880, ge=0, le=65535, description="where `eldric controller` listens")
+    cors_origins: Annotated[CommaList, AfterValidator(checked_origins)] = Field(
+        (), description="comma list of page origins (scheme://host[:port]) whose pages may call the Ollama (/, /api/*"
+        " but /api/v1) and OpenAI (/v1/*) endpoints; * for any; unset: no CORS headers")
     log_level: str = Field("INFO", description="log level of the controller process")
 
 

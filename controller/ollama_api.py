@@ -1,29 +1,30 @@
 """Ollama's model-management endpoints on the controller, so Ollama tools manage the whole cluster.
 
 `OLLAMA_HOST=controller:8880 ollama pull qwen2.5:0.5b` pulls to every inference and
-cloud worker; `/api/tags` lists the cluster's models; `/api/show` and
-`/api/delete` act on them. Shapes follow Ollama's docs/api.md and api/types.go.
-Inference endpoints are not served here: this is the cluster's model manager.
+cloud worker; `/api/tags` lists the cluster's models; `/api/show`, `/api/copy` and
+`/api/delete` act on them. Shapes follow Ollama's docs/api.md and api/types.go
+(controller/ollama_shapes.py completes them). `name` is taken wherever `model` is
+(ollama-js still sends it). Inference is controller/ollama_route.py's, create and
+push controller/ollama_create.py's.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, UTC
 from collections.abc import Iterator
 
 import redis
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
-from controller import agents, pull_jobs
+from controller import agents, copy_jobs, pull_jobs, shared_pulls
+from controller.ollama_shapes import show_answer, tag_entry
 from eldric.cluster.jobs import reads as jobs
 from controller.models import cluster_models
 from eldric.core.request_errors import BadRequestError, NotFoundError, RequestError
 from eldric.cluster.jobs import state as jobstate
 from controller.state import inventory_cache, job_limits, offline_grace, producer, redis_client, stale_after
 from eldric import __version__
-from eldric.core.formats import parameter_size_label
 from eldric.web.json_bodies import read_json_body
 
 bp = Blueprint("ollama", __name__)
@@ -77,10 +78,12 @@ def pull():
     if not isinstance(body.get("stream", True), bool):
         raise BadRequestError("stream must be true or false")
     client = redis_client()
-    try:
-        job_id = pull_jobs.start_pull(client, producer(), model=_model_field(body), workers=None, limits=job_limits())
+    try:  # a pull of this model still running for the same workers is followed, not started again
+        job_id = shared_pulls.start_or_attach(client, producer(), model=_model_field(body), limits=job_limits(),
+                                              stale_after=stale_after(), offline_grace=offline_grace()).job_id
     except NotFoundError as exc:  # upstream has no such manifest: Ollama's own words first, then what is there
         return _error(f"pull model manifest: file does not exist: {exc}", 404)
+    # A client that goes away only ends its stream: the job runs on (cancel is DELETE's or the dashboard's).
     events = _pull_events(job_id)
     if body.get("stream", True) is False:
         last = {}
@@ -137,23 +140,7 @@ def _pull_events(job_id: str) -> Iterator[dict]:
 def tags():
     models, _eligible = cluster_models(redis_client(), cache=inventory_cache(),
                                                  forget_after=current_app.config["WORKER_FORGET_SECONDS"])
-    return jsonify(models=[_tag(m) for m in models])
-
-
-def _tag(model: dict) -> dict:
-    """One /api/tags entry; file models (registry, URL) carry the registry's header facts instead.
-    `details.status` (ours, beside Ollama's keys) says whether a backend of some worker serves it."""
-    modified = datetime.fromtimestamp(model.get("modified_at") or 0, UTC).isoformat()
-    d = model.get("details") or {}
-    family = d.get("family") or d.get("architecture") or ""
-    return {"name": model["name"], "model": model["name"], "modified_at": modified, "size": model.get("size", 0),
-            "digest": (model.get("digest") or "").removeprefix("sha256:"),
-            "details": {"parent_model": d.get("parent_model", ""),
-                        "format": d.get("format") or model.get("format") or "",
-                        "family": family, "families": d.get("families") or ([family] if family else None),
-                        "parameter_size": d.get("parameter_size") or parameter_size_label(d.get("parameter_count")),
-                        "quantization_level": d.get("quantization_level") or d.get("quantization") or "",
-                        "status": model.get("status") or "served"}}  # or "stored, not served": no backend serves it
+    return jsonify(models=[tag_entry(m) for m in models])  # GET and HEAD (Flask answers HEAD for every GET)
 
 
 @bp.post("/api/show")
@@ -161,7 +148,16 @@ def show():
     name = pull_jobs.parse_model(_model_field(_body()))
     answer = agents.show_model(redis_client(), name, current_app.config["CLUSTER_SECRET"])
     answer.pop("worker", None)
-    return jsonify(answer)
+    return jsonify(show_answer(answer))
+
+
+@bp.post("/api/copy")
+def copy():
+    """Ollama's copy, cluster-wide (controller/copy_jobs.py): 200 with an empty body once every holder has it."""
+    body = _body()
+    job_id = copy_jobs.start_copy(redis_client(), producer(), source=body.get("source"),
+                                  destination=body.get("destination"), limits=job_limits())
+    return _wait_for(job_id, f"copy to '{body['destination']}'")
 
 
 @bp.delete("/api/delete")
@@ -172,13 +168,19 @@ def delete():
         job_id = pull_jobs.start_delete(client, producer(), model=name.short, workers=None, limits=job_limits())
     except NotFoundError:
         return _error(f"model '{name.short}' not found", 404)
-    deadline = time.monotonic() + 120
+    return _wait_for(job_id, f"delete of '{name.short}'")
+
+
+def _wait_for(job_id: str, what: str, timeout: float = 120.0):
+    """Ollama answers copy and delete once done: 200 with no body, or the workers' reasons."""
+    client = redis_client()
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = jobs.get_job(client, job_id, stale_after=stale_after(), offline_grace=offline_grace())
-        if job and job["state"] == "failed":
+        if job and job["state"] in (jobstate.JOB_FAILED, jobstate.JOB_CANCELLED):
             reasons = "; ".join(f"{w['worker']}: {w.get('error')}" for w in job["workers"] if w["state"] == "failed")
-            return _error(f"delete failed on {reasons}", 500)
+            return _error(f"{what} failed on {reasons or job['state']}", 502)  # the workers failed, not this service
         if job and job["state"] in (jobstate.JOB_COMPLETED, jobstate.JOB_COMPLETED_WITH_SKIPPED):
-            return Response(status=200)  # skipped (offline) workers get the delete as a catch-up
+            return Response(status=200)  # skipped (offline) workers get a delete as a catch-up
         time.sleep(POLL_SECONDS)
-    return _error(f"delete of '{name.short}' still running (job {job_id})", 504)
+    return _error(f"{what} still running (job {job_id})", 504)

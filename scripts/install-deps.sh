@@ -43,3 +43,20 @@ if [[ "${ELDRIC_SKIP_LLAMA_CPP:-0}" != 1 ]] && ! "$PY" -c "import llama_cpp.serv
   done
   wait "$build" || echo "llama-cpp-python did not build; the llama.cpp load test will skip"
 fi
+
+# The official `ollama` npm client for the front-end contract test (tests/js/, pinned by package-lock.json).
+# `npm ci` only when node_modules was not installed from this very lock (its sha256 is kept beside it), so a
+# second run (or an offline machine that has it already) does nothing; without node/npm that one test skips.
+if command -v npm >/dev/null; then
+  lock_sum=$(sha256sum tests/js/package-lock.json | cut -d' ' -f1)
+  if [[ "$(cat tests/js/node_modules/.eldric-lock-sha256 2>/dev/null)" != "$lock_sum" ]]; then
+    echo "installing the ollama npm client for tests/js (npm ci)"
+    if (cd tests/js && npm ci --no-audit --no-fund --loglevel=error); then
+      echo "$lock_sum" > tests/js/node_modules/.eldric-lock-sha256
+    else
+      echo "npm ci failed; the ollama-js test will skip"
+    fi
+  fi
+else
+  echo "node/npm not found: the ollama-js contract test will skip (apt-get install nodejs npm)"
+fi

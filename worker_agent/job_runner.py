@@ -27,6 +27,7 @@ from eldric.core.errors import EldricError
 from eldric.core.names import ModelName
 from eldric.transfer.errors import DownloadStoppedError
 from eldric.transfer.retry import backoff_delay
+from worker_agent.copying import copy_model
 from worker_agent.distributing import distribute
 from worker_agent.fanout import leave_swarms
 from worker_agent.pulling import pull_from_ollama
@@ -165,6 +166,14 @@ def run_delete_job(agent: Agent, job_id: str, model: str) -> dict:
         progress.finish(total=0, status="deleted" if removed is not None else "not present")
         return {"model": model, "deleted": removed is not None, "blobs_removed": len(removed or [])}
     return _run_job(agent, job_id, delete)
+
+
+def run_copy_job(agent: Agent, job_id: str, model: str) -> dict:
+    """Copy job `job_id`: the job's `options.source` (a store model here) gets the name `model` on this node."""
+    def work(progress: Progress) -> dict:
+        options = json.loads(agent.redis.hget(keys.job(job_id), "options") or "{}")
+        return copy_model(agent, str(options.get("source") or ""), model, progress)
+    return _run_job(agent, job_id, work)
 
 
 def delete_local_model(agent: Agent, model: str) -> list[str] | None:

@@ -9,7 +9,7 @@ from celery.signals import celeryd_after_setup
 
 from eldric import logging_setup
 from eldric.cluster.queues import (
-    MAINTENANCE_QUEUE, TASK_CLEAN_PARTIALS, TASK_CLEAN_PARTIALS_ALL, TASK_DELETE, TASK_DISTRIBUTE, TASK_INVENTORY_SYNC,
+    MAINTENANCE_QUEUE, TASK_CLEAN_PARTIALS, TASK_CLEAN_PARTIALS_ALL, TASK_COPY, TASK_DELETE, TASK_DISTRIBUTE, TASK_INVENTORY_SYNC,
     TASK_INVENTORY_SYNC_ALL, TASK_MIRROR_CHECK_UPDATES, TASK_PINS_CHECK_UPDATES, TASK_PINS_RECONCILE, TASK_PULL,
     TASK_REAP_STALE_JOBS, TASK_SWEEP_DEBRIS, TASK_SWEEP_DEBRIS_ALL,
 )
@@ -82,6 +82,11 @@ def distribute(self: JobTask, job_id: str, model: str) -> dict:
 @app.task(name=TASK_DELETE, bind=True, base=JobTask)
 def delete(self: JobTask, job_id: str, model: str) -> dict:
     return job_runner.run_delete_job(runtime.current(), job_id, model)
+
+
+@app.task(name=TASK_COPY, bind=True, base=JobTask)
+def copy(self: JobTask, job_id: str, model: str) -> dict:
+    return job_runner.run_copy_job(runtime.current(), job_id, model)
 
 
 @app.task(name=TASK_INVENTORY_SYNC)

@@ -66,6 +66,12 @@ def job_states(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:states"
 
 
+def shared_pull(model: str) -> str:
+    """STRING, TTL the job's deadline: the id of the running cluster-wide Ollama pull of `model` (short name),
+    which a second `POST /api/pull` of it attaches to (controller/shared_pulls.py)."""
+    return f"{PREFIX}:shared-pull:{model}"
+
+
 def job_events(job_id: str) -> str:
     """Pub/sub channel: a message each time a worker's progress record changes."""
     return f"{PREFIX}:job:{job_id}:events"

@@ -27,9 +27,10 @@ MODEL_SERVING_TYPES = frozenset({"inference", "cloud"})
 TASK_PULL = "models.pull"
 TASK_DISTRIBUTE = "models.distribute"
 TASK_DELETE = "models.delete"
+TASK_COPY = "models.copy"  # Ollama's /api/copy: a store model gets a second name on every worker holding it
 TASK_INVENTORY_SYNC = "inventory.sync"
 # The task that carries out each kind of per-worker job (used to resume after a restart).
-TASK_FOR_JOB_KIND = {"pull": TASK_PULL, "distribute": TASK_DISTRIBUTE, "delete": TASK_DELETE}
+TASK_FOR_JOB_KIND = {"pull": TASK_PULL, "distribute": TASK_DISTRIBUTE, "delete": TASK_DELETE, "copy": TASK_COPY}
 
 # Scheduled work (beat enqueues; see eldric/cluster/schedules.py). Every agent also consumes the
 # shared maintenance queue, so any one live agent runs each message.
