@@ -240,11 +240,16 @@ class OciClient:
             "Content-Range": f"{start}-{start + length - 1}"})
         return self._location(resp, default=location)
 
-    def finish_upload(self, location: str, digest: Digest) -> None:
-        """Close the session: the registry checks the digest of what it received and keeps the blob."""
+    def finish_upload(self, location: str, digest: Digest, body: object = None, length: int | None = None) -> None:
+        """Close the session: the registry checks the digest of what it received and keeps the blob.
+
+        `body`: the last bytes (or all of them: a monolithic upload), a readable or an iterable of blocks,
+        streamed; sent with `length` as its Content-Length, chunked without one."""
         sep = "&" if "?" in location else "?"
-        self.call("PUT", f"{location}{sep}digest={digest}", ok=(201, 204),
-                  headers={"Content-Length": "0", "Content-Type": "application/octet-stream"})
+        headers = {"Content-Type": "application/octet-stream"}
+        if body is None or length is not None:
+            headers["Content-Length"] = str(length or 0)
+        self.call("PUT", f"{location}{sep}digest={digest}", ok=(201, 204), data=body, headers=headers)
 
     def cancel_upload(self, location: str) -> None:
         """Drop a session (best effort: an old registry may not know DELETE on uploads)."""

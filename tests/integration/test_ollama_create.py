@@ -1,0 +1,145 @@
+"""Ollama's blobs, create and push against the cluster, driven by the official `ollama` Python client.
+
+One cluster for the module: redis-server, docker-registry as upstream (holding `tiny` and `solo`), the data
+node (`eldric registry`, /v2/ mirroring that upstream, the cluster secret on), the controller and one
+inference agent, both pulling registry.ollama.ai names through the data node (ELDRIC_OLLAMA_REGISTRY).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import ollama
+import pytest
+
+from eldric.core.manifests import MANIFEST_V2
+from testbed.gguf_models import write_llama_gguf
+from testbed.oci_registry import push_ollama_model
+from testbed.processes import REPO_ROOT, Service, eldric, free_port, session, wait_until
+
+pytestmark = pytest.mark.integration
+SECRET = "create-secret"
+
+
+@pytest.fixture(scope="module")
+def live(cluster, oci, tiny_model, workdir: Path):
+    solo = write_llama_gguf(workdir / "solo.gguf", name="solo", width=72)
+    push_ollama_model(oci.url, "library/solo", "latest", gguf_path=solo)
+    port = free_port()
+    env = cluster.env(ELDRIC_MIRROR_UPSTREAM=oci.url, ELDRIC_CLUSTER_SECRET=SECRET)
+    svc = Service("data-registry", eldric("registry", "--port", str(port), "--storage", str(workdir / "data"),
+                                          "--min-free", "0"), workdir, env=env, cwd=REPO_ROOT).start()
+    cluster.services.append(svc)
+    data = f"http://127.0.0.1:{port}"
+    wait_until(lambda: session().get(f"{data}/healthz", timeout=2).ok, timeout=30, message=svc.log_tail())
+    oci_host = oci.url.split("://", 1)[1]
+    agent_env = {"ELDRIC_OLLAMA_REGISTRY": f"http://eldric:{SECRET}@127.0.0.1:{port}", "ELDRIC_CLUSTER_SECRET": SECRET,
+                 "ELDRIC_REGISTRY_URL": data, "ELDRIC_INSECURE_REGISTRIES": oci_host}
+    cluster.start_controller(**agent_env)
+    cluster.start_worker("inf-c", **agent_env)
+    client = ollama.Client(host=cluster.controller_url)
+    assert client.pull("tiny").status == "success"
+    return {"client": client, "data": data, "oci_host": oci_host, "cluster": cluster}
+
+
+def tags(live) -> set[str]:
+    return {m.model for m in live["client"].list().models}
+
+
+def registry_manifest(live, repo: str, tag: str) -> dict:
+    resp = session().get(f"{live['data']}/v2/{repo}/manifests/{tag}", timeout=10,
+                         headers={"Authorization": f"Bearer {SECRET}", "Accept": MANIFEST_V2})
+    assert resp.status_code == 200, resp.text
+    return {"doc": resp.json(), "digest": resp.headers["Docker-Content-Digest"]}
+
+
+def layer_text(live, repo: str, doc: dict, media_type: str) -> str:
+    [layer] = [x for x in doc["layers"] if x["mediaType"] == media_type]
+    return session().get(f"{live['data']}/v2/{repo}/blobs/{layer['digest']}", timeout=10,
+                         headers={"Authorization": f"Bearer {SECRET}"}).text
+
+
+def test_upload_a_gguf_then_create_from_it(live, workdir: Path) -> None:
+    client, http = live["client"], session()
+    gguf = write_llama_gguf(workdir / "up.gguf", name="up", width=80)
+    digest = "sha256:" + hashlib.sha256(gguf.read_bytes()).hexdigest()
+    url = f"{live['cluster'].controller_url}/api/blobs/{digest}"
+    assert http.head(url, timeout=10).status_code == 404
+    assert client.create_blob(gguf) == digest
+    assert http.head(url, timeout=10).status_code == 200
+    lines = list(client.create(model="up", files={"up.gguf": digest}, template="[up] {{ .Prompt }}", stream=True))
+    statuses = [p.status for p in lines]
+    assert statuses[-1] == "success", statuses
+    assert f"using existing layer {digest}" in statuses and "writing manifest" in statuses
+    assert any(s.startswith("creating new layer sha256:") for s in statuses)
+    assert any(p.total and p.completed == p.total for p in lines if (p.status or "").startswith("distributing"))
+    assert "up:latest" in tags(live)
+    doc = registry_manifest(live, "library/up", "latest")["doc"]
+    assert [x["mediaType"] for x in doc["layers"]] == ["application/vnd.ollama.image.model",
+                                                       "application/vnd.ollama.image.template"]
+    assert doc["layers"][0]["digest"] == digest
+
+
+def test_create_from_a_cluster_model_with_a_system_prompt(live) -> None:
+    answer = live["client"].create(model="pirate", from_="tiny", system="You are a pirate.",
+                                   parameters={"temperature": 0.3})
+    assert answer.status == "success"
+    assert "pirate:latest" in tags(live)
+    doc = registry_manifest(live, "library/pirate", "latest")["doc"]
+    assert layer_text(live, "library/pirate", doc, "application/vnd.ollama.image.system") == "You are a pirate."
+    params = json.loads(layer_text(live, "library/pirate", doc, "application/vnd.ollama.image.params"))
+    assert params == {"stop": ["<|im_end|>"], "temperature": 0.3}  # merged over tiny's
+    assert layer_text(live, "library/pirate", doc, "application/vnd.ollama.image.license") == "MIT test license"
+
+
+def test_the_legacy_modelfile_form(live) -> None:
+    modelfile = 'FROM tiny\nPARAMETER num_ctx 256\nSYSTEM """Answer\nbriefly."""\nMESSAGE user hi\n'
+    resp = live["cluster"].api("POST", "/api/create", json={"model": "legacy", "modelfile": modelfile,
+                                                          "stream": False})
+    assert resp.status_code == 200 and resp.json() == {"status": "success"}, resp.text
+    assert "legacy:latest" in tags(live)
+    doc = registry_manifest(live, "library/legacy", "latest")["doc"]
+    assert layer_text(live, "library/legacy", doc, "application/vnd.ollama.image.system") == "Answer\nbriefly."
+    assert json.loads(layer_text(live, "library/legacy", doc, "application/vnd.ollama.image.messages")) == [
+        {"role": "user", "content": "hi"}]
+
+
+def test_push_copies_a_model_only_a_worker_has_into_the_registry(live) -> None:
+    client = live["client"]
+    name = f"{live['oci_host']}/library/solo:latest"  # pulled straight from upstream: the data node lacks it
+    assert client.pull(name, insecure=True).status == "success"
+    lines = list(client.push(name, stream=True))
+    statuses = [p.status for p in lines]
+    assert statuses[0] == "retrieving manifest" and statuses[-2:] == ["pushing manifest", "success"], statuses
+    pushed = [p for p in lines if (p.status or "").startswith("pushing ") and p.digest]
+    sent = {p.digest for p in pushed if p.completed == 0}  # blobs the registry lacked: copied from the worker
+    assert sent and all(any(q.digest == d and q.completed == q.total for q in pushed) for d in sent), lines
+    stored = registry_manifest(live, "library/solo", "latest")
+    worker_copy = live["cluster"].store("inf-c") / "manifests" / live["oci_host"] / "library" / "solo" / "latest"
+    assert stored["digest"] == "sha256:" + hashlib.sha256(worker_copy.read_bytes()).hexdigest()
+    assert name in tags(live)
+
+
+@pytest.mark.parametrize("call, status, words", [
+    (lambda c: c.create(model="nofrom", from_="no-such-model"), 404, "not found"),
+    (lambda c: c.create(model="quant", from_="tiny", quantize="q4_K_M"), 400, "quantiz"),
+    (lambda c: c.create(model="badparam", from_="tiny", parameters={"temprature": 1}), 400, "unknown parameter"),
+    (lambda c: c.create(model="badtpl", from_="tiny", template="{{ if .System }}x"), 400, "template error"),
+    (lambda c: c.create(model="noblob", files={"m.gguf": "sha256:" + "0" * 64}), 400, "upload it first"),
+])
+def test_refused_creates_leave_nothing(live, call, status, words) -> None:
+    with pytest.raises(ollama.ResponseError) as err:
+        call(live["client"])
+    assert err.value.status_code == status and words in err.value.error, err.value.error
+    assert not {"nofrom:latest", "quant:latest", "badparam:latest", "badtpl:latest", "noblob:latest"} & tags(live)
+
+
+def test_blob_uploads_are_verified(live) -> None:
+    base, http = live["cluster"].controller_url, session()
+    assert http.post(f"{base}/api/blobs/sha256:zzz", data=b"x", timeout=10).status_code == 400
+    wrong = "sha256:" + hashlib.sha256(b"other bytes").hexdigest()
+    resp = http.post(f"{base}/api/blobs/{wrong}", data=b"these bytes", timeout=10)
+    assert resp.status_code == 400 and "mismatch" in resp.json()["error"]
+    assert http.head(f"{base}/api/blobs/{wrong}", timeout=10).status_code == 404
