@@ -126,5 +126,5 @@ def _answer(events: Iterator[dict], stream: bool):
     for event in events:
         last = event
         if "error" in event:
-            return jsonify(error=event["error"]), 500
+            return jsonify(error=event["error"]), 502  # as /api/pull: the workers or the registry failed
     return jsonify(last)
