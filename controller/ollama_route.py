@@ -27,6 +27,7 @@ from controller.models import cluster_models
 from controller.state import inventory_cache, redis_client
 from eldric.cluster import inference_load, workers
 from eldric.cluster.queues import is_model_serving
+from eldric.core.unload import is_unload
 from eldric.transfer.http import http_session
 from eldric.web.auth import has_token
 
@@ -36,7 +37,6 @@ OLLAMA_ENDPOINTS = ("api/chat", "api/generate", "api/embed", "api/embeddings")
 OPENAI_ENDPOINTS = ("v1/chat/completions", "v1/completions", "v1/embeddings")
 CONNECT_SECONDS = 3.0  # an agent that does not accept the connection by then is skipped for the next
 READ_SECONDS = 600.0  # longest silence inside an answer (a slow first token on a cold model included)
-STREAMED_BY_DEFAULT = ("api/chat", "api/generate")  # Ollama streams these unless `stream: false`
 
 
 class NoWorkerError(Exception):
@@ -117,13 +117,13 @@ def route(endpoint: str):
         return parsed
     raw, body = parsed
     client = redis_client()
-    if not _is_openai(endpoint) and _is_unload(endpoint, body):
+    if not _is_openai(endpoint) and is_unload(endpoint, body):
         return unload(client, endpoint, raw, body)
     name, found = routing.candidates(client, body["model"])
     if not found:
         return _fail(endpoint, f"model '{body['model']}' not found", 404, "model_not_found")
     try:
-        worker, resp, request_id = _first_answer(client, routing.rank(found), endpoint, name, raw)
+        worker, resp, request_id = _first_answer(client, routing.rank(found), endpoint, name, raw, body["model"])
     except NoWorkerError as exc:
         return _fail(endpoint, str(exc), exc.status)
     if resp.status_code >= 400:  # the backend refused the request itself: the same everywhere, say so
@@ -139,7 +139,8 @@ def route(endpoint: str):
     return out
 
 
-def _first_answer(client: redis.Redis, ranked: list[routing.Candidate], endpoint: str, name: str, raw: bytes):
+def _first_answer(client: redis.Redis, ranked: list[routing.Candidate], endpoint: str, name: str, raw: bytes,
+                  asked: str):
     """Try the workers in order until one answers with headers that are not its own failure."""
     errors = []
     not_found = 0
@@ -161,7 +162,7 @@ def _first_answer(client: redis.Redis, ranked: list[routing.Candidate], endpoint
             continue
         return cand, resp, request_id
     if not_found == len(ranked):  # inventories were stale: nobody has it after all
-        raise NoWorkerError(f"model '{name}' not found", 404)
+        raise NoWorkerError(f"model '{asked}' not found", 404)
     raise NoWorkerError(f"no worker could answer for '{name}' ({'; '.join(errors)})")
 
 
@@ -196,13 +197,6 @@ def _relay(client: redis.Redis, worker: str, request_id: str, resp: requests.Res
     finally:
         resp.close()
         inference_load.end(client, worker, request_id, failed=failed)
-
-
-def _is_unload(endpoint: str, body: dict) -> bool:
-    keep = body.get("keep_alive")
-    zero = keep == 0 or (isinstance(keep, str) and keep.strip().rstrip("smh") in ("0", "0.0"))
-    nothing = not body.get("prompt") if endpoint == "api/generate" else not body.get("messages")
-    return endpoint in STREAMED_BY_DEFAULT and zero and nothing
 
 
 def unload(client: redis.Redis, endpoint: str, raw: bytes, body: dict):

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 import requests
 from flask import Blueprint, Flask, Response, jsonify, request
 
+from eldric.core.unload import is_unload
 from eldric.transfer.http import http_session
 from worker_agent import loaded_models
 from worker_agent.installers import InstallError, openai_models
@@ -40,14 +41,6 @@ OLLAMA_ENDPOINTS = ("api/chat", "api/generate", "api/embed", "api/embeddings")
 OPENAI_ENDPOINTS = ("v1/chat/completions", "v1/completions", "v1/embeddings")
 CONNECT_SECONDS = 5.0
 IDS_SECONDS = 2.0  # how long an OpenAI server's model list is reused (asked again on a miss)
-
-
-def is_unload(endpoint: str, body: dict) -> bool:
-    """Ollama's unload: keep_alive 0 (or "0", "0s", "0m") with nothing to generate."""
-    keep = body.get("keep_alive")
-    zero = keep == 0 or (isinstance(keep, str) and keep.strip().rstrip("smh") in ("0", "0.0"))
-    nothing = not body.get("prompt") if endpoint == "api/generate" else not body.get("messages")
-    return endpoint in ("api/generate", "api/chat") and zero and nothing
 
 
 def _error(message: str, status: int) -> tuple[Response, int]:
