@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import redis
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
@@ -20,7 +20,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, stream_wit
 from controller import agents, copy_jobs, pull_jobs, shared_pulls
 from controller.ollama_shapes import show_answer, tag_entry
 from eldric.cluster.jobs import reads as jobs
-from controller.models import cluster_models
+from controller.models import cluster_models, models_of
 from eldric.core.request_errors import BadRequestError, NotFoundError, RequestError
 from eldric.cluster.jobs import state as jobstate
 from controller.state import inventory_cache, job_limits, offline_grace, producer, redis_client, stale_after
@@ -157,7 +157,8 @@ def copy():
     body = _body()
     job_id = copy_jobs.start_copy(redis_client(), producer(), source=body.get("source"),
                                   destination=body.get("destination"), limits=job_limits())
-    return _wait_for(job_id, f"copy to '{body['destination']}'")
+    destination = pull_jobs.parse_model(body["destination"]).short
+    return _wait_for(job_id, f"copy to '{destination}'", lambda held: destination in held)
 
 
 @bp.delete("/api/delete")
@@ -168,11 +169,13 @@ def delete():
         job_id = pull_jobs.start_delete(client, producer(), model=name.short, workers=None, limits=job_limits())
     except NotFoundError:
         return _error(f"model '{name.short}' not found", 404)
-    return _wait_for(job_id, f"delete of '{name.short}'")
+    return _wait_for(job_id, f"delete of '{name.short}'", lambda held: name.short not in held)
 
 
-def _wait_for(job_id: str, what: str, timeout: float = 120.0):
-    """Ollama answers copy and delete once done: 200 with no body, or the workers' reasons."""
+def _wait_for(job_id: str, what: str, listed: Callable[[set[str]], bool], timeout: float = 120.0):
+    """Ollama answers copy and delete once done: 200 with no body, or the workers' reasons. Done means the job
+    ended and each worker whose part completed publishes the result (`listed(its inventory's names)`): an agent
+    refreshes its inventory just after its part's final record, and the client's next /api/tags must see it."""
     client = redis_client()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -180,7 +183,8 @@ def _wait_for(job_id: str, what: str, timeout: float = 120.0):
         if job and job["state"] in (jobstate.JOB_FAILED, jobstate.JOB_CANCELLED):
             reasons = "; ".join(f"{w['worker']}: {w.get('error')}" for w in job["workers"] if w["state"] == "failed")
             return _error(f"{what} failed on {reasons or job['state']}", 502)  # the workers failed, not this service
-        if job and job["state"] in (jobstate.JOB_COMPLETED, jobstate.JOB_COMPLETED_WITH_SKIPPED):
+        if job and job["state"] in (jobstate.JOB_COMPLETED, jobstate.JOB_COMPLETED_WITH_SKIPPED) and all(
+                listed(models_of(client, w["worker"])) for w in job["workers"] if w["state"] == jobstate.COMPLETED):
             return Response(status=200)  # skipped (offline) workers get a delete as a catch-up
         time.sleep(POLL_SECONDS)
     return _error(f"{what} still running (job {job_id})", 504)
