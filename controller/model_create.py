@@ -74,10 +74,12 @@ def check_agents_pull_from_registry(agents_registry: str, registry_url: str) -> 
 
 def prepare(spec: CreateSpec, cluster: Cluster) -> Plan:
     pull_jobs.choose_targets(cluster.redis, None, cluster.limits)  # 409 when no worker could take it
-    if spec.format != "gguf":
-        raise BadRequestError("the cluster does not convert safetensors to GGUF (Ollama's create does): convert "
-                              "and upload a GGUF, or add safetensors models to the registry "
-                              "(/api/v1/model-registry) and distribute them", field="files")
+    if spec.format != "gguf":  # a registry file model (controller/file_create.py) once the blobs are known
+        for digest in spec.files.values():
+            if cluster.registry.blob_size(digest) is None:
+                raise BadRequestError(f"blob {digest} is not in the cluster's registry: upload it first "
+                                      f"(POST /api/blobs/{digest})", field="files")
+        return Plan(spec, build_model(spec, Base()))
     adapters = [_uploaded(cluster.registry, d, OLLAMA_ADAPTER)[0] for d in spec.adapters.values()]
     if spec.base:
         base, source, missing = _base(spec.base, cluster)
@@ -159,7 +161,9 @@ def run(plan: Plan, cluster: Cluster) -> Iterator[dict]:
     registry.put_manifest(name, plan.build.manifest().to_bytes())
     job_id = pull_jobs.start_pull(cluster.redis, cluster.producer, model=name.short, workers=None,
                                   limits=cluster.limits)
-    yield from distribution(job_id, cluster, plan.build.manifest())
+    manifest = plan.build.manifest()
+    model = manifest.layer_of(OLLAMA_MODEL) or manifest.config
+    yield from distribution(job_id, cluster, str(model.digest), manifest.total_size)
 
 
 def _copy(source: WorkerCopy | None, layer: Layer, registry: ClusterRegistry, repo: str,
@@ -172,9 +176,9 @@ def _copy(source: WorkerCopy | None, layer: Layer, registry: ClusterRegistry, re
             yield {"status": status, "digest": str(layer.digest), "total": layer.size, "completed": done}
 
 
-def distribution(job_id: str, cluster: Cluster, manifest: Manifest) -> Iterator[dict]:
-    """The pull job's progress summed over its workers (one bar), then success or the workers' errors."""
-    model = manifest.layer_of(OLLAMA_MODEL) or manifest.config
+def distribution(job_id: str, cluster: Cluster, digest: str, model_size: int) -> Iterator[dict]:
+    """The job's progress summed over its workers (one bar, `digest` naming the model), then success or the
+    workers' errors."""
     last = None
     while True:
         job = jobs.get_job(cluster.redis, job_id, stale_after=cluster.stale_after, offline_grace=cluster.offline_grace)
@@ -182,9 +186,9 @@ def distribution(job_id: str, cluster: Cluster, manifest: Manifest) -> Iterator[
             yield {"error": f"the distribution job {job_id} vanished (retention too short?)"}
             return
         workers = job["workers"]
-        size = max((int(w.get("total") or 0) for w in workers), default=0) or manifest.total_size
+        size = max((int(w.get("total") or 0) for w in workers), default=0) or model_size
         event = {"status": f"distributing to {len(workers)} worker{'s' if len(workers) != 1 else ''} (job {job_id})",
-                 "digest": str(model.digest), "total": size * len(workers),
+                 "digest": digest, "total": size * len(workers),
                  "completed": sum(min(size, int(w.get("completed") or 0)) for w in workers)}
         if event != last:
             yield event

@@ -17,10 +17,11 @@ import redis
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
 from controller.cluster_registry import ClusterRegistry, RegistryRefusedError
+from controller.file_create import create_file_model, prepare_files, run_files
 from controller.model_create import Cluster, check_agents_pull_from_registry, prepare, run
 from controller.model_push import prepare_push, push_name, run_push
 from controller.registry_client import _chunks, _StreamBody
-from controller.state import job_limits, offline_grace, producer, redis_client, stale_after
+from controller.state import job_limits, offline_grace, producer, redis_client, registry_client, stale_after
 from eldric.core.create_requests import parse_create
 from eldric.core.digests import Digest
 from eldric.core.errors import InvalidDigestError
@@ -93,6 +94,11 @@ def create():
     cfg = current_app.config
     check_agents_pull_from_registry(cfg["OLLAMA_REGISTRY"], cfg["REGISTRY_URL"])
     cluster = _cluster()
+    if spec.format == "safetensors":  # served as uploaded by file backends: a registry model, distributed
+        prepare_files(spec)
+        prepare(spec, cluster)
+        model = create_file_model(spec, registry_client())
+        return _answer(_guarded(lambda: run_files(spec, model, cluster, registry_client())), spec.stream)
     plan = prepare(spec, cluster)
     return _answer(_guarded(lambda: run(plan, cluster)), spec.stream)
 

@@ -38,7 +38,7 @@ def live(cluster, oci, tiny_model, workdir: Path):
     agent_env = {"ELDRIC_OLLAMA_REGISTRY": f"http://eldric:{SECRET}@127.0.0.1:{port}", "ELDRIC_CLUSTER_SECRET": SECRET,
                  "ELDRIC_REGISTRY_URL": data, "ELDRIC_INSECURE_REGISTRIES": oci_host}
     cluster.start_controller(**agent_env)
-    cluster.start_worker("inf-c", **agent_env)
+    cluster.start_worker("inf-c", ELDRIC_BACKENDS="ollama,vllm", **agent_env)  # vLLM: safetensors too
     client = ollama.Client(host=cluster.controller_url)
     assert client.pull("tiny").status == "success"
     return {"client": client, "data": data, "oci_host": oci_host, "cluster": cluster}
@@ -120,6 +120,28 @@ def test_push_copies_a_model_only_a_worker_has_into_the_registry(live) -> None:
     worker_copy = live["cluster"].store("inf-c") / "manifests" / live["oci_host"] / "library" / "solo" / "latest"
     assert stored["digest"] == "sha256:" + hashlib.sha256(worker_copy.read_bytes()).hexdigest()
     assert name in tags(live)
+
+
+def test_safetensors_files_become_a_registry_model_served_by_file_backends(live, workdir: Path) -> None:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    folder = workdir / "st"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+                                                    "max_position_embeddings": 128}))
+    save_file({"w": np.zeros((4, 4), dtype=np.float32)}, str(folder / "model.safetensors"))
+    client = live["client"]
+    files = {p.name: client.create_blob(p) for p in sorted(folder.iterdir())}
+    statuses = [p.status for p in client.create(model="st", files=files, stream=True)]
+    assert statuses[-1] == "success" and "writing manifest" in statuses, statuses
+    listed = {m.model: m for m in client.list().models}
+    assert "st:latest" in listed and listed["st:latest"].details.format == "safetensors"
+    with pytest.raises(ollama.ResponseError) as err:  # the registry's check: no config.json
+        client.create(model="st2", files={"model.safetensors": files["model.safetensors"]})
+    assert err.value.status_code == 400 and "config.json" in err.value.error
+    drafts = live["cluster"].api("GET", "/api/v1/model-registry", params={"state": "draft"}).json()["models"]
+    assert not [d for d in drafts if d["name"] == "st2"] and "st2:latest" not in tags(live)
 
 
 @pytest.mark.parametrize("call, status, words", [
