@@ -18,7 +18,7 @@ from eldric.core.digests import Digest
 from eldric.core.errors import InvalidManifestError
 from eldric.core.manifests import Manifest
 from eldric.core.names import ModelName
-from eldric.core.request_errors import UnavailableError
+from eldric.core.request_errors import BadRequestError, UnavailableError
 from eldric.transfer.http import http_session
 
 TIMEOUT = (5.0, 30.0)
@@ -64,6 +64,10 @@ def worker_copy(client: redis.Redis, name: ModelName, secret: str) -> WorkerCopy
             if resp.status_code == 404:
                 continue
             doc = resp.json() if resp.ok else {}
+            if doc.get("kind") == "files":
+                raise BadRequestError(f"'{name.short}' is a file model ({(doc.get('entry') or {}).get('format')}), "
+                                      "not an Ollama-format model: create builds on GGUF models of the Ollama layout",
+                                      field="from")
             if doc.get("kind") != "ollama":
                 errors.append(f"{wid}: {resp.status_code} {doc.get('kind') or ''}".strip())
                 continue

@@ -142,6 +142,9 @@ def test_safetensors_files_become_a_registry_model_served_by_file_backends(live,
     assert err.value.status_code == 400 and "config.json" in err.value.error
     drafts = live["cluster"].api("GET", "/api/v1/model-registry", params={"state": "draft"}).json()["models"]
     assert not [d for d in drafts if d["name"] == "st2"] and "st2:latest" not in tags(live)
+    with pytest.raises(ollama.ResponseError) as err:  # nothing of the Ollama layout to build on
+        client.create(model="onst", from_="st", system="x")
+    assert err.value.status_code == 400 and "file model" in err.value.error and "onst:latest" not in tags(live)
 
 
 @pytest.mark.parametrize("call, status, words", [
