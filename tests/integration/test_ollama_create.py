@@ -148,7 +148,7 @@ def test_safetensors_files_become_a_registry_model_served_by_file_backends(live,
 
 
 @pytest.mark.parametrize("call, status, words", [
-    (lambda c: c.create(model="nofrom", from_="no-such-model"), 404, "not found"),
+    (lambda c: c.create(model="nofrom", from_="no-such-model"), 404, "model 'no-such-model' not found"),
     (lambda c: c.create(model="quant", from_="tiny", quantize="q4_K_M"), 400, "quantiz"),
     (lambda c: c.create(model="badparam", from_="tiny", parameters={"temprature": 1}), 400, "unknown parameter"),
     (lambda c: c.create(model="badtpl", from_="tiny", template="{{ if .System }}x"), 400, "template error"),
