@@ -17,6 +17,7 @@ from eldric.cluster.jobs import state as jobstate
 from eldric.cluster.jobs.progress import Progress
 from eldric.core.errors import EldricError
 from eldric.core.names import ModelName
+from eldric.transfer.diskspace import is_disk_full, no_space_error
 from worker_agent.pulling import BackendInstalls, manifest_digest
 from worker_agent.runtime import Agent
 from worker_agent.verifying import verify_blobs_present
@@ -44,8 +45,10 @@ def copy_model(agent: Agent, source: str, destination: str, progress: Progress) 
             backends.install(manifest)
             try:
                 agent.store.write_manifest(dst, raw)
-            except BaseException:
+            except BaseException as exc:
                 backends.undo(manifest)
+                if isinstance(exc, OSError) and is_disk_full(exc):
+                    raise no_space_error(agent.store.manifests_dir, len(raw), f"the manifest of {dst.short}") from None
                 raise
         fields = backends.fields()
     else:
