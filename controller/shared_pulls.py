@@ -15,11 +15,13 @@ from dataclasses import dataclass
 
 import redis
 from celery import Celery
+from redis.exceptions import LockError
 
 from controller.pull_jobs import JobLimits, choose_targets, parse_model, start_pull
 from eldric.cluster import keys
 from eldric.cluster.jobs import reads
 from eldric.cluster.jobs import state as jobstate
+from eldric.core.request_errors import UnavailableError
 
 LOCK_SECONDS = 30.0  # longer than start_pull's one upstream manifest check (short timeouts)
 
@@ -36,12 +38,15 @@ def start_or_attach(client: redis.Redis, producer: Celery, *, model: str, limits
     name = parse_model(model, limits.upstreams)
     targets = sorted(choose_targets(client, None, limits))
     key = keys.shared_pull(name.short)
-    with client.lock(f"{key}:lock", timeout=LOCK_SECONDS, blocking_timeout=LOCK_SECONDS):
-        running = client.get(key)
-        if running and _is_running_on(client, running, targets, stale_after, offline_grace):
-            return SharedPull(running, attached=True)
-        job_id = start_pull(client, producer, model=name.short, workers=None, limits=limits)
-        client.set(key, job_id, ex=max(1, int(limits.deadline_seconds)))
+    try:
+        with client.lock(f"{key}:lock", timeout=LOCK_SECONDS, blocking_timeout=LOCK_SECONDS):
+            running = client.get(key)
+            if running and _is_running_on(client, running, targets, stale_after, offline_grace):
+                return SharedPull(running, attached=True)
+            job_id = start_pull(client, producer, model=name.short, workers=None, limits=limits)
+            client.set(key, job_id, ex=max(1, int(limits.deadline_seconds)))
+    except LockError:  # another start of this pull held the lock for LOCK_SECONDS: say so, never a 500
+        raise UnavailableError(f"another pull of '{name.short}' is being started; try again") from None
     return SharedPull(job_id, attached=False)
 
 
