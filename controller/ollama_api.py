@@ -165,9 +165,13 @@ def copy():
 def delete():
     name = pull_jobs.parse_model(_model_field(_body()))
     client = redis_client()
+    # A running pull of it ends first (Open WebUI cancels a pull by aborting its stream, then deleting the model).
+    cancelled = shared_pulls.cancel_running(client, name.short, stale_after=stale_after(), offline_grace=offline_grace())
     try:
         job_id = pull_jobs.start_delete(client, producer(), model=name.short, workers=None, limits=job_limits())
     except NotFoundError:
+        if cancelled:
+            return Response(status=200)  # only its pull was there: cancelled, its partial data goes with it
         return _error(f"model '{name.short}' not found", 404)
     return _wait_for(job_id, f"delete of '{name.short}'", lambda held: name.short not in held)
 

@@ -6,7 +6,8 @@ connection dropped: one job, one download per worker.
 The running job's id is kept under `keys.shared_pull(model)` (TTL: the job's deadline), written and read
 under a short Redis lock so two controllers (or two gunicorn threads) cannot both start one. A job attaches
 only while it is unfinished and has the same targets as a new pull would (every inference and cloud worker
-registered now): a worker registered since gets a pull of its own.
+registered now): a worker registered since gets a pull of its own. `DELETE /api/delete` of the model cancels
+it (cancel_running): a client going away never does.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from controller.pull_jobs import JobLimits, choose_targets, parse_model, start_p
 from eldric.cluster import keys
 from eldric.cluster.jobs import reads
 from eldric.cluster.jobs import state as jobstate
+from eldric.cluster.jobs.store import cancel_job
 from eldric.core.request_errors import UnavailableError
 
 LOCK_SECONDS = 30.0  # longer than start_pull's one upstream manifest check (short timeouts)
@@ -48,6 +50,19 @@ def start_or_attach(client: redis.Redis, producer: Celery, *, model: str, limits
     except LockError:  # another start of this pull held the lock for LOCK_SECONDS: say so, never a 500
         raise UnavailableError(f"another pull of '{name.short}' is being started; try again") from None
     return SharedPull(job_id, attached=False)
+
+
+def cancel_running(client: redis.Redis, model: str, *, stale_after: float, offline_grace: float) -> str | None:
+    """Cancel the running cluster-wide pull of `model` (short name), if any; its id. Open WebUI cancels a pull by
+    aborting its stream and then deleting the model: the abort leaves the job running, the delete ends it."""
+    running = client.get(keys.shared_pull(model))
+    if not running:
+        return None
+    job = reads.get_job(client, running, stale_after=stale_after, offline_grace=offline_grace)
+    if job is None or job["state"] in jobstate.JOB_FINAL:
+        return None
+    cancel_job(client, running)
+    return running
 
 
 def _is_running_on(client: redis.Redis, job_id: str, targets: list[str], stale_after: float,

@@ -55,7 +55,8 @@ def live(cluster, tiny_model, oci, workdir):
     cluster.llamacpp = server
     for repo, template, params in (
             ("library/coder", CODER_TEMPLATE, {"num_ctx": 4096, "stop": ["<|im_end|>", "<|endoftext|>"]}),
-            ("library/shared", "{{ .Prompt }}", None), ("library/jsmodel", "{{ .Prompt }}", None)):
+            ("library/shared", "{{ .Prompt }}", None), ("library/jsmodel", "{{ .Prompt }}", None),
+            ("library/cancelme", "{{ .Prompt }}", None)):
         name = repo.split("/")[1]
         push_ollama_model(oci.url, repo, "latest", gguf_path=write_llama_gguf(workdir / f"{name}.gguf", name=name),
                           template=template, params=params)
@@ -211,6 +212,24 @@ def test_pulls_of_one_model_share_one_job_and_an_aborted_stream_leaves_it_runnin
     wait_until(lambda: "shared:latest" in {m["name"] for m in http.get(f"{url}/api/tags", timeout=10).json()["models"]},
                timeout=10, interval=0.2, message="shared:latest listed")
     assert (live.store("inf-a") / "manifests" / "registry.ollama.ai" / "library" / "shared" / "latest").is_file()
+
+
+def test_open_webui_cancels_a_pull_by_aborting_its_stream_then_deleting(live, http):
+    url, worker = live.controller_url, live.workers["inf-a"]
+    os.killpg(worker.proc.pid, signal.SIGSTOP)  # the pull is still running when the admin page cancels it
+    try:
+        stream = http.post(f"{url}/api/pull", json={"model": "cancelme", "insecure": True}, stream=True, timeout=30)
+        assert json.loads(next(stream.iter_lines())) == {"status": "pulling manifest"}
+        stream.close()
+        assert http.delete(f"{url}/api/delete", json={"model": "cancelme"}, timeout=30).status_code == 200
+    finally:
+        os.killpg(worker.proc.pid, signal.SIGCONT)
+    job = next(j for j in http.get(f"{url}/api/v1/models/pull-jobs", timeout=10).json()["jobs"]
+               if j["model"] == "cancelme:latest")
+    assert job["state"] == "cancelled"
+    assert http.post(f"{url}/api/show", json={"model": "cancelme"}, timeout=10).status_code == 404
+    manifest = live.store("inf-a") / "manifests" / "registry.ollama.ai" / "library" / "cancelme" / "latest"
+    assert not manifest.exists()
 
 
 def test_the_official_npm_client_manages_the_cluster(live):

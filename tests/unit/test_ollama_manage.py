@@ -177,6 +177,17 @@ def test_a_finished_pull_or_new_targets_start_a_new_job(store):
     assert sorted(store.hget(keys.job(widened.job_id), "targets").strip("[]").replace('"', "").split(", ")) == ["w1", "w2"]
 
 
+def test_delete_of_a_model_being_pulled_cancels_the_pull(client, store, producer):
+    worker(store, "w1", [])
+    first = start_or_attach(store, producer, model="tiny", limits=LIMITS, stale_after=60, offline_grace=300)
+    resp = client.delete("/api/delete", json={"model": "tiny"}, headers=AUTH)
+    assert resp.status_code == 200 and resp.data == b""  # Open WebUI's cancel: abort the stream, then delete
+    assert json.loads(store.hget(keys.job_workers(first.job_id), "w1"))["state"] == "cancelled"
+    again = start_or_attach(store, producer, model="tiny", limits=LIMITS, stale_after=60, offline_grace=300)
+    assert again.job_id != first.job_id
+    assert client.delete("/api/delete", json={"model": "other"}, headers=AUTH).status_code == 404
+
+
 # CORS -----------------------------------------------------------------------------------------------
 
 PREFLIGHT = {"Origin": PAGE, "Access-Control-Request-Method": "POST",
