@@ -41,7 +41,7 @@ def install(app: Flask, origins: Sequence[str]) -> None:
     # Authorization and Content-Type are what the clients send; credentials (cookies) are never needed.
     CORS(app, resources={PATHS: {"origins": allowed}}, allow_headers=["Authorization", "Content-Type"],
          methods=["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"], max_age=600, supports_credentials=False,
-         send_wildcard=allowed == "*")
+         send_wildcard=allowed == "*", always_send=False)  # only answers to a page (an Origin header) are marked
 
     @app.before_request
     def answer_preflight():

@@ -211,6 +211,7 @@ def test_calls_from_the_page_carry_cors_and_still_need_the_token(client, store):
     assert refused.status_code == 401 and refused.headers["Access-Control-Allow-Origin"] == PAGE  # readable by the page
     other = client.get("/api/tags", headers={"Origin": "https://evil.example", **AUTH})
     assert "Access-Control-Allow-Origin" not in other.headers
+    assert "Access-Control-Allow-Origin" not in client.get("/api/tags", headers=AUTH).headers  # not from a page
 
 
 def test_our_own_api_gets_no_cors(client):
