@@ -7,9 +7,10 @@ shows) come first, then the least busy (requests in flight on each worker, count
 every controller: eldric.cluster.inference_load), ties broken at random so equal workers share
 the load. The caller tries them in that order and moves on when one fails before the first byte.
 
-Everything is read in a handful of pipelined commands (online marks, each online worker's
-inventory entry for the model, the holders' records, reports and in-flight counts), about a
-millisecond at 1,000 workers, so it is read per request rather than cached.
+Everything is read in four round trips (the registered ids; every online mark with each worker's
+inventory entry for the model; the holders' addresses, types and loaded reports; their in-flight
+counts), so it is read per request rather than cached: a cache would route on what was true a
+moment ago, and a dead worker would keep getting requests for that long.
 """
 
 from __future__ import annotations
@@ -50,32 +51,28 @@ def model_names(model: str) -> list[str]:
 def candidates(client: redis.Redis, model: str) -> tuple[str, list[Candidate]]:
     """(the model's name as the inventories list it, the workers that can serve it now, unordered)."""
     names = model_names(model)
-    online = workers.online_ids(client)
-    held = workers.held(client, online, names)
     found: dict[str, tuple[str, dict]] = {}
-    for wid in online:
+    for wid, held in workers.online_holding(client, names).items():
         for name in names:  # the name as asked wins over its short form
-            record = held[wid].get(name)
+            record = held.get(name)
             if record and record.get("backends"):
                 found[wid] = (name, record)
                 break
     if not found:
         return names[-1], []
     ids = sorted(found)
-    rows = dict(zip(ids, workers.rows(client, ids), strict=True))
-    reports = workers.loaded(client, ids)
+    facts = workers.route_facts(client, ids)
     busy = inference_load.in_flight(client, ids)
     out = []
     for wid in ids:
         name, record = found[wid]
-        row = rows[wid]
-        if not row.record.get("address") or not is_model_serving(row.record.get("type") or ""):
+        address, wtype, reports = facts[wid]
+        if not address or not is_model_serving(wtype):
             continue
-        loaded_in = [m.get("backend") for m in reports.get(wid, []) if m.get("name") == name]
+        loaded_in = [m.get("backend") for m in reports if m.get("name") == name]
         backend = next((b for b in loaded_in if b in record["backends"]), record["backends"][0])
-        out.append(Candidate(wid, row.record["address"].rstrip("/"), backend, bool(loaded_in), busy.get(wid, 0)))
-    resolved = found[ids[0]][0]
-    return resolved, out
+        out.append(Candidate(wid, address.rstrip("/"), backend, bool(loaded_in), busy.get(wid, 0)))
+    return found[ids[0]][0], out
 
 
 def rank(found: list[Candidate], rng: random.Random | None = None) -> list[Candidate]:

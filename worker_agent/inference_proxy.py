@@ -40,7 +40,10 @@ log = logging.getLogger(__name__)
 OLLAMA_ENDPOINTS = ("api/chat", "api/generate", "api/embed", "api/embeddings")
 OPENAI_ENDPOINTS = ("v1/chat/completions", "v1/completions", "v1/embeddings")
 CONNECT_SECONDS = 5.0
-IDS_SECONDS = 2.0  # how long an OpenAI server's model list is reused (asked again on a miss)
+# How long an OpenAI server's model list is reused: asking costs a few ms of the first token, and a
+# model the list lacks is asked again at once (a server restarted on another file is seen then).
+IDS_SECONDS = 30.0
+IDS_TIMEOUT = 2.0
 
 
 def _error(message: str, status: int) -> tuple[Response, int]:
@@ -57,7 +60,7 @@ class ModelIds:
         for fresh in (False, True):
             at, ids = self._seen.get(url, (0.0, []))
             if fresh or time.monotonic() - at > IDS_SECONDS:
-                ids = openai_models.model_ids(url, IDS_SECONDS)
+                ids = openai_models.model_ids(url, IDS_TIMEOUT)
                 self._seen[url] = (time.monotonic(), ids)
             match = next((i for i in ids if openai_models.lists([i], model, "")), None)
             if match is not None:

@@ -204,9 +204,10 @@ def ollama_stream(endpoint: str, events: Iterable[dict | None], model: str, time
                 text = delta.get("content")
             else:
                 text = choice.get("text")
-            if text:
+            if text is not None:
                 timer.token()
-                tokens += 1
+                tokens += 1  # llama.cpp sends a token that ends mid-character as "": counted, not sent
+            if text:
                 yield _line(endpoint, model, text, done=False)
     last = {**_line(endpoint, model, "", done=True), "done_reason": _done_reason(finish), **timer.counts(usage, tokens)}
     if calls:

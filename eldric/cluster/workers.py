@@ -180,19 +180,49 @@ def holders(client: redis.Redis, model: str) -> list[str]:
     return [wid for wid, has in zip(ids, pipe.execute(), strict=True) if has]
 
 
+def online_holding(client: redis.Redis, names: list[str]) -> dict[str, dict[str, dict]]:
+    """online worker id -> {name: inventory record} for those of `names` it holds (two round trips:
+    the registered ids, then every online mark and inventory entry in one pipeline; for routing)."""
+    ids = registered_ids(client)
+    if not ids or not names:
+        return {}
+    pipe = client.pipeline(transaction=False)
+    pipe.mget([keys.worker_alive(wid) for wid in ids])
+    for wid in ids:
+        pipe.hmget(keys.worker_models(wid), names)
+    marks, *found = pipe.execute()
+    return {wid: {n: json.loads(raw) for n, raw in zip(names, got, strict=True) if raw}
+            for wid, mark, got in zip(ids, marks, found, strict=True) if mark is not None and any(got)}
+
+
+def route_facts(client: redis.Redis, ids: list[str]) -> dict[str, tuple[str, str, list[dict]]]:
+    """worker id -> (address, type, loaded models as `loaded` reads them), in one round trip."""
+    if not ids:
+        return {}
+    pipe = client.pipeline(transaction=False)
+    for wid in ids:
+        pipe.hmget(keys.worker(wid), ["address", "type"])
+    pipe.mget([keys.worker_loaded(wid) for wid in ids])
+    *records, reports = pipe.execute()
+    return {wid: (rec[0] or "", rec[1] or "", _parse_loaded(raw))
+            for wid, rec, raw in zip(ids, records, reports, strict=True)}
+
+
 def loaded(client: redis.Redis, ids: list[str]) -> dict[str, list[dict]]:
     """worker id -> the models its backends have loaded, as its agent last reported them (one MGET;
     [] when the report expired: the agent stopped reporting, so nothing is known to be loaded there)."""
     if not ids:
         return {}
-    out = {}
-    for wid, raw in zip(ids, client.mget([keys.worker_loaded(wid) for wid in ids]), strict=True):
-        try:
-            found = json.loads(raw) if raw else []
-        except ValueError:
-            found = []
-        out[wid] = [m for m in found if isinstance(m, dict) and m.get("name")] if isinstance(found, list) else []
-    return out
+    return {wid: _parse_loaded(raw)
+            for wid, raw in zip(ids, client.mget([keys.worker_loaded(wid) for wid in ids]), strict=True)}
+
+
+def _parse_loaded(raw: str | None) -> list[dict]:
+    try:
+        found = json.loads(raw) if raw else []
+    except ValueError:
+        return []
+    return [m for m in found if isinstance(m, dict) and m.get("name")] if isinstance(found, list) else []
 
 
 # --- writes ------------------------------------------------------------------------------------
