@@ -5,7 +5,8 @@ mid-pull", a deadline passed offline) by beat's reaper (jobs/reaper.py), records
 that worker: the job's kind, model, source and options. `reconcile_catchups` (run by beat's
 `pins.reconcile` entry) starts one single-worker job per catch-up once the worker heartbeats
 again, and drops the entry. Bounded: one entry per (worker, model), the newest job wins
-(a delete after a pull replaces it); jobs with secrets (signed URLs, tokens) are not
+(a delete after a pull replaces it; a copy's model is its destination, the source in its options,
+so a later delete or pull of the destination replaces it too); jobs with secrets (signed URLs, tokens) are not
 replayed, since their secrets expire with the job.
 
 | key | type | holds |
@@ -23,11 +24,12 @@ import redis
 
 from eldric.cluster import keys, workers
 from eldric.cluster.jobs.start import Send, start_job
-from eldric.cluster.queues import TASK_DELETE, TASK_DISTRIBUTE, TASK_PULL
+from eldric.cluster.queues import TASK_COPY, TASK_DELETE, TASK_DISTRIBUTE, TASK_PULL
 
 log = logging.getLogger(__name__)
 
-TASKS = {"pull": TASK_PULL, "distribute": TASK_DISTRIBUTE, "delete": TASK_DELETE}  # the kinds replayed
+# the kinds replayed (a copy too: Ollama's /api/copy must reach a holder that was offline, as a delete does)
+TASKS = {"pull": TASK_PULL, "distribute": TASK_DISTRIBUTE, "delete": TASK_DELETE, "copy": TASK_COPY}
 
 
 def record_catchup(client: redis.Redis, worker_id: str, job_id: str, *, now: float | None = None) -> bool:
