@@ -7,8 +7,12 @@ What is refused, and why:
 - a file model (a registry, URL or peer distribution in a worker's catalog): its name is its reference in the
   data node's registry, which pins, update checks and distributions to new workers go back to; an alias would
   name nothing there. Distribute it again under the other name instead.
-- offline holders are not targets (a copy is a quick local step, not desired state caught up later): they
-  keep only the source until the copy is asked again.
+- a copy no holder can make now (every holder offline) is 503: Ollama answers a copy once it is made, and
+  nothing would list the destination until a holder returned.
+
+Offline holders are targets too, as in a delete: a holder back within the offline grace runs its queued
+task; one away longer ends `skipped` and beat's catch-up (eldric/cluster/jobs/catchups.py) copies when it
+returns. So a copy is not lost for a worker that was offline when it ran.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from eldric.core.request_errors import BadRequestError, ConflictError, NotFoundE
 
 
 def start_copy(client: redis.Redis, producer: Celery, *, source: str, destination: str, limits: JobLimits) -> str:
-    """Validate, pick the online holders of `source`, start the copy job; its id."""
+    """Validate, start the copy job on every holder of `source` (offline ones caught up); its id."""
     src, dst = _name(source, "source"), _name(destination, "destination")
     holders = workers.holders(client, src.short)
     if not holders:
@@ -35,11 +39,9 @@ def start_copy(client: redis.Redis, producer: Celery, *, source: str, destinatio
         raise ConflictError(f"'{src.short}' is a file model ({kind} distribution on {', '.join(files)}): copy aliases "
                             "Ollama-store models only; distribute it again under the name "
                             f"'{dst.short}' instead")
-    online = workers.online_flags(client, holders)
-    targets = [wid for wid in holders if online.get(wid)]
-    if not targets:
+    if not any(workers.online_flags(client, holders).values()):
         raise UnavailableError(f"every worker holding '{src.short}' is offline: {', '.join(holders)}")
-    return enqueue_job(client, producer, kind="copy", task=TASK_COPY, model=dst.short, targets=targets,
+    return enqueue_job(client, producer, kind="copy", task=TASK_COPY, model=dst.short, targets=holders,
                        source="local", limits=limits, options={"source": src.short})
 
 

@@ -29,6 +29,7 @@ from eldric.web.json_bodies import read_json_body
 
 bp = Blueprint("ollama", __name__)
 POLL_SECONDS = 0.25
+WAIT_SECONDS = 120.0  # copy and delete answer within this, else 504 naming the job (it runs on)
 
 
 def _error(message: str, status: int):
@@ -176,19 +177,31 @@ def delete():
     return _wait_for(job_id, f"delete of '{name.short}'", lambda held: name.short not in held)
 
 
-def _wait_for(job_id: str, what: str, listed: Callable[[set[str]], bool], timeout: float = 120.0):
-    """Ollama answers copy and delete once done: 200 with no body, or the workers' reasons. Done means the job
-    ended and each worker whose part completed publishes the result (`listed(its inventory's names)`): an agent
-    refreshes its inventory just after its part's final record, and the client's next /api/tags must see it."""
+def _wait_for(job_id: str, what: str, listed: Callable[[set[str]], bool]):
+    """Ollama answers copy and delete once done: 200 with no body, or the workers' reasons (502).
+
+    Done means every online worker's part completed and publishes the result (`listed(its inventory's names)`:
+    an agent refreshes its inventory just after its part's final record, and the client's next /api/tags must
+    see it), and every other part waits on an offline worker (`offline`: its queued task runs when it returns
+    within the grace; `skipped`: beat's catch-up does it when it returns), so a worker away does not hold the
+    answer. A job whose parts all wait offline answers once it ends (completed_with_skipped), as before."""
     client = redis_client()
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + WAIT_SECONDS
     while time.monotonic() < deadline:
         job = jobs.get_job(client, job_id, stale_after=stale_after(), offline_grace=offline_grace())
-        if job and job["state"] in (jobstate.JOB_FAILED, jobstate.JOB_CANCELLED):
-            reasons = "; ".join(f"{w['worker']}: {w.get('error')}" for w in job["workers"] if w["state"] == "failed")
+        if job is None:
+            time.sleep(POLL_SECONDS)
+            continue
+        parts = job["workers"]
+        failed = [w for w in parts if w["state"] == jobstate.FAILED]
+        if failed or job["state"] == jobstate.JOB_CANCELLED:
+            reasons = "; ".join(f"{w['worker']}: {w.get('error')}" for w in failed)
             return _error(f"{what} failed on {reasons or job['state']}", 502)  # the workers failed, not this service
-        if job and job["state"] in (jobstate.JOB_COMPLETED, jobstate.JOB_COMPLETED_WITH_SKIPPED) and all(
-                listed(models_of(client, w["worker"])) for w in job["workers"] if w["state"] == jobstate.COMPLETED):
-            return Response(status=200)  # skipped (offline) workers get a delete as a catch-up
+        done = [w for w in parts if w["state"] == jobstate.COMPLETED]
+        away = [w for w in parts if w["state"] in (jobstate.OFFLINE, jobstate.SKIPPED)]
+        settled = job["state"] in (jobstate.JOB_COMPLETED, jobstate.JOB_COMPLETED_WITH_SKIPPED) or (
+            done and len(done) + len(away) == len(parts))
+        if settled and all(listed(models_of(client, w["worker"])) for w in done):
+            return Response(status=200)
         time.sleep(POLL_SECONDS)
     return _error(f"{what} still running (job {job_id})", 504)

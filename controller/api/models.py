@@ -7,6 +7,7 @@ from marshmallow import Schema, fields, post_dump, validate
 from controller import agents, pull_jobs
 from eldric.cluster.jobs import reads as jobs
 from controller.models import ModelQuery, query_models
+from controller.ollama_shapes import show_answer
 from controller.schemas import MAX_OFFSET, JobSchema, model_name_field, worker_ids_field
 from controller.view_cache import cached_json
 from controller.state import inventory_cache, job_limits, producer, redis_client, offline_grace, stale_after
@@ -86,7 +87,8 @@ class ModelRefSchema(Schema):
 
 
 class ShowSchema(Schema):
-    """Ollama's /api/show answer (api/types.go ShowResponse) from a worker that has the model, plus that worker."""
+    """Ollama's /api/show answer (api/types.go ShowResponse) from a worker that has the model, plus that worker;
+    completed as /api/show's (details strings never null, families a list, model_info and capabilities present)."""
 
     modelfile = fields.String()
     parameters = fields.String()
@@ -95,7 +97,8 @@ class ShowSchema(Schema):
     license = fields.String()
     details = fields.Dict(metadata={"description": "format, family, families, parameter_size, quantization_level, ..."})
     model_info = fields.Dict(metadata={"description": "header facts, e.g. general.architecture"})
-    modified_at = fields.String()
+    capabilities = fields.List(fields.String(), metadata={"description": "completion, embedding, vision, tools, insert, thinking"})
+    modified_at = fields.String(metadata={"description": "RFC 3339 in UTC with fractional seconds"})
     worker = fields.String(metadata={"description": "the worker that answered"})
 
     @post_dump(pass_original=True)
@@ -136,7 +139,8 @@ class Show(MethodView):
     def post(self, body: dict):
         """Template, system prompt, parameters, license and details, shaped like Ollama's /api/show."""
         name = pull_jobs.parse_model(body["model"])
-        return agents.show_model(redis_client(), name, current_app.config["CLUSTER_SECRET"])
+        # Completed as /api/show is (one owner, controller/ollama_shapes.py): an older agent's nulls never reach here.
+        return show_answer(agents.show_model(redis_client(), name, current_app.config["CLUSTER_SECRET"]))
 
 
 @blp.route("/delete")

@@ -4,17 +4,22 @@ recording producer: HEAD, `name` for `model`, copy's refusals and job, shared pu
 from __future__ import annotations
 
 import json
+import time
 
 import fakeredis
 import pytest
 
 from controller import config as controller_config
-from controller import create_app
+from controller import agents, create_app, ollama_api, shared_pulls
 from controller.copy_jobs import start_copy
 from controller.pull_jobs import JobLimits
 from controller.shared_pulls import start_or_attach
 from eldric.cluster import keys
 from eldric.cluster import workers as cluster_workers
+from eldric.cluster.jobs import catchups
+from eldric.cluster.jobs import state as jobstate
+from eldric.cluster.jobs.progress import Progress
+from eldric.cluster.jobs.reaper import reap_stale_jobs
 from eldric.cluster.jobs.store import fail_worker
 from eldric.cluster.queues import TASK_COPY, TASK_PULL
 from eldric.core.request_errors import ConflictError, NotFoundError, UnavailableError
@@ -97,6 +102,28 @@ def test_name_is_taken_where_model_is(client, store, path, method):
     assert resp.status_code == 404 and "nosuch" in resp.get_json()["error"]  # not 400 "model is required"
 
 
+OLD_AGENT_SHOW = {"modelfile": "# Modelfile\nFROM tiny", "parameters": None, "template": "{{ .Prompt }}", "system": None,
+                  "details": {"format": "gguf", "family": "llama", "families": None, "parameter_size": None,
+                              "quantization_level": None}, "modified_at": 1765152000.5}  # no model_info, capabilities
+
+
+def test_our_show_answers_the_same_filled_shape_as_ollamas(client, store, monkeypatch):
+    """/api/v1/models/show (the CLI's, the dashboard's) is /api/show's answer plus the worker that gave it: an
+    older agent's nulls and missing keys are completed by the one shaping (controller/ollama_shapes.py)."""
+    monkeypatch.setattr(agents, "show_model", lambda *_a, **_kw: {**json.loads(json.dumps(OLD_AGENT_SHOW)), "worker": "w1"})
+    ollama = client.post("/api/show", json={"model": "tiny"}, headers=AUTH).get_json()
+    ours = client.post("/api/v1/models/show", json={"model": "tiny"}, headers=AUTH)
+    assert ours.status_code == 200, ours.get_json()
+    ours = ours.get_json()
+    assert ours.pop("worker") == "w1"
+    assert ours == ollama
+    assert all(isinstance(ours["details"][k], str) for k in ("format", "family", "parameter_size", "quantization_level",
+                                                               "parent_model"))
+    assert ours["details"]["families"] == ["llama"] and ours["model_info"] == {"general.architecture": "llama"}
+    assert ours["capabilities"] == ["completion"] and ours["parameters"] == "" and ours["system"] == ""
+    assert ours["modified_at"] == "2025-12-08T00:00:00.500000Z"
+
+
 def test_pull_with_name_starts_the_job(client, store, producer):
     worker(store, "w1", [])
     fail_after_start = client.post("/api/pull", json={"name": "tiny", "stream": True}, headers=AUTH)
@@ -123,23 +150,115 @@ def test_copy_refusals_are_ollama_errors_and_queue_nothing(client, store, produc
     assert producer.sent == [] and store.zcard(keys.JOBS) == 0
 
 
-def test_copy_is_a_job_on_the_online_holders_only(store):
+def test_copy_is_a_job_on_every_holder_offline_ones_too(store):
     producer = FakeCelery()
     worker(store, "w1", [STORE_MODEL])
     worker(store, "w2", [STORE_MODEL])
     worker(store, "w3", [])  # does not have it: no part
     worker(store, "w4", [STORE_MODEL])
-    cluster_workers.go_offline(store, "w4")
+    cluster_workers.go_offline(store, "w4")  # gets it when it returns, as a delete would reach it
     job_id = start_copy(store, producer, source="tiny", destination="tiny-copy", limits=LIMITS)
-    assert sorted(m["queue"] for m in producer.sent) == ["worker.w1", "worker.w2"]
+    assert sorted(m["queue"] for m in producer.sent) == ["worker.w1", "worker.w2", "worker.w4"]
     assert {m["name"] for m in producer.sent} == {TASK_COPY}
     meta = store.hgetall(keys.job(job_id))
     assert meta["kind"] == "copy" and meta["model"] == "tiny-copy:latest"
     assert json.loads(meta["options"]) == {"source": "tiny:latest"}
+    assert json.loads(meta["targets"]) == ["w1", "w2", "w4"]
     cluster_workers.go_offline(store, "w1")
     cluster_workers.go_offline(store, "w2")
-    with pytest.raises(UnavailableError, match="offline"):
+    with pytest.raises(UnavailableError, match="offline"):  # no holder can make it now: nothing would list it
         start_copy(store, producer, source="tiny", destination="x", limits=LIMITS)
+
+
+def test_a_copy_skipped_offline_is_caught_up_when_the_holder_returns(store):
+    """The holder away past the grace ends `skipped`; beat's reaper remembers the copy, its reconcile replays it
+    (same source, same destination) once the worker heartbeats again."""
+    worker(store, "w1", [STORE_MODEL])
+    worker(store, "w2", [STORE_MODEL])
+    cluster_workers.go_offline(store, "w2")
+    job_id = start_copy(store, FakeCelery(), source="tiny", destination="tiny-copy", limits=LIMITS)
+    Progress(store, job_id, "w1").finish(total=10)
+    later = time.time() + 60
+
+    reaped = reap_stale_jobs(store, stale_after=30, offline_grace=5, now=later)
+
+    assert [(r.worker_id, r.state) for r in reaped] == [("w2", jobstate.SKIPPED)]
+    [entry] = catchups.pending_catchups(store, "w2")
+    assert (entry["job_id"], entry["kind"], entry["model"], entry["options"]) == (
+        job_id, "copy", "tiny-copy:latest", {"source": "tiny:latest"})
+    sent = []
+
+    def send(task, args, worker_ids):
+        sent.extend((task, args, w) for w in worker_ids)
+        return {}
+    assert catchups.reconcile_catchups(store, send, deadline_seconds=600, busy={}, now=later) == []  # still away
+    store.set(keys.worker_alive("w2"), later)
+    [started] = catchups.reconcile_catchups(store, send, deadline_seconds=600, busy={}, now=later)
+    assert started["catch_up_of"] == job_id and started["worker"] == "w2"
+    assert sent == [(TASK_COPY, [started["job_id"], "tiny-copy:latest"], "w2")]
+    meta = store.hgetall(keys.job(started["job_id"]))
+    assert meta["kind"] == "copy" and json.loads(meta["targets"]) == ["w2"]
+    assert json.loads(meta["options"]) == {"source": "tiny:latest", "catch_up_of": job_id}  # what the agent reads
+    assert catchups.pending_catchups(store, "w2") == []
+
+
+class AgentsDoTheirPart(FakeCelery):
+    """Each online target's agent does its part at once: final record, then its inventory (as job_runner does)."""
+
+    def __init__(self, store) -> None:
+        super().__init__()
+        self.store = store
+
+    def send_task(self, name, args=None, queue=None, producer=None, **kw):
+        super().send_task(name, args=args, queue=queue, producer=producer, **kw)
+        job_id, model = args
+        wid = queue.removeprefix("worker.")
+        if not cluster_workers.is_online(self.store, wid):
+            return
+        Progress(self.store, job_id, wid).finish(total=10)
+        held = [json.loads(raw) for raw in self.store.hvals(keys.worker_models(wid))]
+        held = [m for m in held if m["name"] != model]
+        if name == TASK_COPY:
+            held.append({**STORE_MODEL, "name": model})
+        cluster_workers.publish_inventory(self.store, wid, held)
+
+
+@pytest.mark.parametrize("path, method, body, listed", [
+    ("/api/copy", "post", {"source": "tiny", "destination": "tiny-copy"}, True),
+    ("/api/delete", "delete", {"model": "tiny"}, False),
+])
+def test_copy_and_delete_answer_once_the_online_holders_have_it(app, client, store, monkeypatch, path, method, body,
+                                                                 listed):
+    """A holder offline (within the grace) is a target whose queued task runs when it returns: it does not
+    hold the client's answer (before: the answer waited for it to the timeout)."""
+    monkeypatch.setattr(ollama_api, "WAIT_SECONDS", 3.0)
+    monkeypatch.setattr(ollama_api, "POLL_SECONDS", 0.01)
+    app.extensions["eldric.celery"] = producer = AgentsDoTheirPart(store)
+    worker(store, "w1", [STORE_MODEL])
+    worker(store, "w2", [STORE_MODEL])
+    cluster_workers.go_offline(store, "w2")
+    resp = getattr(client, method)(path, json=body, headers=AUTH)
+    assert resp.status_code == 200 and resp.data == b"", resp.get_json()
+    assert sorted(m["queue"] for m in producer.sent) == ["worker.w1", "worker.w2"]
+    name = "tiny-copy:latest" if method == "post" else "tiny:latest"
+    assert (name in cluster_workers.inventory_names(store, "w1")) is listed
+    assert cluster_workers.inventory_names(store, "w2") == {"tiny:latest"}  # its part waits for it
+
+
+def test_copy_that_failed_on_an_online_holder_is_502_naming_it(app, client, store, monkeypatch):
+    monkeypatch.setattr(ollama_api, "POLL_SECONDS", 0.01)
+    worker(store, "w1", [STORE_MODEL])
+    worker(store, "w2", [STORE_MODEL])
+    cluster_workers.go_offline(store, "w2")
+
+    class FailsOnW1(FakeCelery):
+        def send_task(self, name, args=None, queue=None, producer=None, **kw):
+            super().send_task(name, args=args, queue=queue, producer=producer, **kw)
+            if queue == "worker.w1":
+                fail_worker(store, args[0], "w1", "no space left on device")
+    app.extensions["eldric.celery"] = FailsOnW1()
+    resp = client.post("/api/copy", json={"source": "tiny", "destination": "tiny-copy"}, headers=AUTH)
+    assert resp.status_code == 502 and "w1: no space left on device" in resp.get_json()["error"]
 
 
 def test_copy_of_a_file_model_says_why_not(store):
@@ -175,6 +294,24 @@ def test_a_finished_pull_or_new_targets_start_a_new_job(store):
     widened = start_or_attach(store, producer, model="tiny", limits=LIMITS, stale_after=60, offline_grace=300)
     assert widened.job_id != after_failure.job_id
     assert sorted(store.hget(keys.job(widened.job_id), "targets").strip("[]").replace('"', "").split(", ")) == ["w1", "w2"]
+
+
+def test_a_start_lock_held_by_another_controller_is_503_saying_so(client, store, producer, monkeypatch):
+    """Another controller holds the start lock of this model's pull for the whole wait (it is asking upstream):
+    the pull is refused 503 naming that start, nothing is queued; once the lock is free the pull starts."""
+    monkeypatch.setattr(shared_pulls, "LOCK_SECONDS", 0.2)
+    worker(store, "w1", [])
+    elsewhere = store.lock(f"{keys.shared_pull('tiny:latest')}:lock", timeout=30)
+    assert elsewhere.acquire(blocking=False)
+    with pytest.raises(UnavailableError, match="another pull of 'tiny:latest' is being started"):
+        start_or_attach(store, producer, model="tiny", limits=LIMITS, stale_after=60, offline_grace=300)
+    resp = client.post("/api/pull", json={"model": "tiny"}, headers=AUTH)
+    assert resp.status_code == 503, resp.data
+    assert resp.get_json() == {"error": "another pull of 'tiny:latest' is being started; try again"}
+    assert producer.sent == [] and store.zcard(keys.JOBS) == 0
+    elsewhere.release()
+    assert client.post("/api/pull", json={"model": "tiny"}, headers=AUTH).status_code == 200
+    assert [m["queue"] for m in producer.sent] == ["worker.w1"]
 
 
 def test_delete_of_a_model_being_pulled_cancels_the_pull(client, store, producer):
