@@ -246,6 +246,8 @@ def test_copy_and_delete_answer_once_the_online_holders_have_it(app, client, sto
 
 
 def test_copy_that_failed_on_an_online_holder_is_502_naming_it(app, client, store, monkeypatch):
+    """At once: the offline holder's part, still waiting, does not hold the failure's answer."""
+    monkeypatch.setattr(ollama_api, "WAIT_SECONDS", 3.0)
     monkeypatch.setattr(ollama_api, "POLL_SECONDS", 0.01)
     worker(store, "w1", [STORE_MODEL])
     worker(store, "w2", [STORE_MODEL])
