@@ -146,8 +146,9 @@ def _first_answer(client: redis.Redis, ranked: list[routing.Candidate], endpoint
     not_found = 0
     for cand in ranked:
         request_id = inference_load.begin(client, cand.worker)
+        params = {"model": name, **({"backend_model": cand.backend_model} if cand.backend_model else {})}
         try:
-            resp = _session().post(f"{cand.address}/inference/{cand.backend}/{endpoint}", params={"model": name},
+            resp = _session().post(f"{cand.address}/inference/{cand.backend}/{endpoint}", params=params,
                                    data=raw, headers={"Content-Type": "application/json"}, stream=True,
                                    timeout=(CONNECT_SECONDS, READ_SECONDS))
         except requests.RequestException as exc:
@@ -207,7 +208,8 @@ def unload(client: redis.Redis, endpoint: str, raw: bytes, body: dict):
     reached: dict[str, dict] = {}
     for cand in [c for c in found if c.loaded]:
         try:
-            resp = _session().post(f"{cand.address}/inference/{cand.backend}/{endpoint}", params={"model": name},
+            params = {"model": name, **({"backend_model": cand.backend_model} if cand.backend_model else {})}
+            resp = _session().post(f"{cand.address}/inference/{cand.backend}/{endpoint}", params=params,
                                    data=raw, headers={"Content-Type": "application/json"},
                                    timeout=(CONNECT_SECONDS, 60))
             answer = _last_json(resp.content)

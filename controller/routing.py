@@ -35,6 +35,7 @@ class Candidate:
     backend: str  # the backend that has it loaded, else the first of the worker's serving it
     loaded: bool
     in_flight: int
+    backend_model: str = ""  # the id an OpenAI server lists it under, from the agent's report ("" unknown)
 
 
 def model_names(model: str) -> list[str]:
@@ -69,9 +70,10 @@ def candidates(client: redis.Redis, model: str) -> tuple[str, list[Candidate]]:
         address, wtype, reports = facts[wid]
         if not address or not is_model_serving(wtype):
             continue
-        loaded_in = [m.get("backend") for m in reports if m.get("name") == name]
-        backend = next((b for b in loaded_in if b in record["backends"]), record["backends"][0])
-        out.append(Candidate(wid, address.rstrip("/"), backend, bool(loaded_in), busy.get(wid, 0)))
+        loaded_in = [m for m in reports if m.get("name") == name and m.get("backend") in record["backends"]]
+        backend = loaded_in[0]["backend"] if loaded_in else record["backends"][0]
+        out.append(Candidate(wid, address.rstrip("/"), backend, bool(loaded_in), busy.get(wid, 0),
+                             str(loaded_in[0].get("backend_model") or "") if loaded_in else ""))
     return found[ids[0]][0], out
 
 

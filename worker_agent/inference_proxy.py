@@ -1,6 +1,6 @@
 """The agent's inference endpoint: the controller's routed requests, forwarded to a backend on this node.
 
-`POST /inference/<backend>/<endpoint>?model=<name>`, behind the cluster secret like every agent call,
+`POST /inference/<backend>/<endpoint>?model=<name>[&backend_model=<id>]`, behind the cluster secret like every agent call,
 where `endpoint` is one of Ollama's (`api/chat`, `api/generate`, `api/embed`, `api/embeddings`) or
 OpenAI's (`v1/chat/completions`, `v1/completions`, `v1/embeddings`) and `model` the name this node's
 inventory lists (the body keeps the name the client asked). Going through the agent lets backends
@@ -97,7 +97,9 @@ def blueprint(agent: Agent) -> Blueprint:
             answer = _forward(session, f"{url}/{endpoint}", {**body, "model": model}, timeout, backend)
         else:
             try:
-                backend_model = ids.backend_id(url, model)
+                # The id the controller read from this agent's report saves asking the server (which
+                # llama-cpp-python's would take as a reason to end another answer it is streaming).
+                backend_model = request.args.get("backend_model") or ids.backend_id(url, model)
             except InstallError as exc:
                 return _error(f"{backend} on worker {agent.worker_id}: {exc}", 502)
             if backend_model is None:

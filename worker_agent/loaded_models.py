@@ -20,7 +20,7 @@ import threading
 import redis
 import requests
 
-from eldric.cluster import workers
+from eldric.cluster import inference_load, workers
 from eldric.core.formats import parameter_size_label
 from eldric.transfer.http import http_session
 from worker_agent import installers
@@ -46,12 +46,20 @@ def backend_urls(settings) -> dict[str, str]:
 
 
 def loaded_models(urls: dict[str, str], inventory: dict[str, dict], session: requests.Session,
-                  timeout: float = ASK_TIMEOUT) -> list[dict]:
-    """The node's loaded models, one entry per (model, backend), for the inventory's models only."""
+                  timeout: float = ASK_TIMEOUT, keep: list[dict] | None = None) -> list[dict]:
+    """The node's loaded models, one entry per (model, backend), for the inventory's models only.
+
+    `keep`: the last report, whose llama.cpp and vLLM entries are kept instead of asking those servers
+    (while requests stream through them: llama-cpp-python's server ends a running answer when any
+    other request, its /v1/models too, arrives; see `publish`).
+    """
     out: list[dict] = []
     for backend, url in urls.items():
         served = {name: rec for name, rec in inventory.items() if backend in (rec.get("backends") or [])}
         if not served:
+            continue
+        if keep is not None and backend in OPENAI_SERVERS:
+            out.extend(m for m in keep if m.get("backend") == backend and m.get("name") in served)
             continue
         try:
             if backend == OLLAMA:
@@ -99,9 +107,17 @@ def process_entry(name: str, rec: dict) -> dict:
 
 
 def publish(agent, session: requests.Session | None = None) -> list[dict]:
-    """Ask the backends and replace this worker's report in Redis."""
+    """Ask the backends and replace this worker's report in Redis.
+
+    While routed requests are in flight on this worker, llama.cpp's and vLLM's servers are not asked
+    and their part of the last report stands: llama-cpp-python's server (interrupt_requests, its
+    default) stops the answer it is streaming when another request comes in, a /v1/models too, and
+    the report is only needed between requests, to route the next ones.
+    """
+    wid = agent.worker_id
+    keep = workers.loaded(agent.redis, [wid])[wid] if inference_load.in_flight(agent.redis, [wid])[wid] else None
     with (session or http_session()) as s:  # the backends are beside the agent: no egress proxy
-        found = loaded_models(backend_urls(agent.settings), workers.inventory(agent.redis, agent.worker_id), s)
+        found = loaded_models(backend_urls(agent.settings), workers.inventory(agent.redis, wid), s, keep=keep)
     workers.publish_loaded(agent.redis, agent.worker_id, found, ttl=agent.settings.heartbeat_seconds * 3)
     return found
 

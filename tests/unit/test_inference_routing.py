@@ -63,6 +63,13 @@ def test_the_backend_that_has_it_loaded_is_chosen_and_a_file_model_by_its_exact_
     assert routing.candidates(store, "nope") == ("nope:latest", [])
 
 
+def test_the_id_an_openai_server_lists_it_under_comes_with_the_candidate(store):
+    worker(store, "a", [TINY], loaded=[{**loaded_entry(), "backend_model": "/n/a/llamacpp/tiny.gguf"}])
+    worker(store, "b", [TINY])
+    by = {c.worker: c for c in routing.candidates(store, "tiny")[1]}
+    assert by["a"].backend_model == "/n/a/llamacpp/tiny.gguf" and by["b"].backend_model == ""
+
+
 def test_rank_loaded_first_then_least_busy_ties_shared():
     c = routing.Candidate
     found = [c("cold", "u", "b", False, 0), c("busy", "u", "b", True, 3), c("idle", "u", "b", True, 1)]
@@ -162,6 +169,13 @@ def test_a_worker_that_fails_before_the_first_byte_is_retried_on_another(app, st
     assert json.loads(fake.calls[1][3]) == CHAT  # the body as the client sent it
     assert inference_load.totals(store) == ({"a": 1, "b": 1}, {"a": 1})
     assert inference_load.in_flight(store, ["a", "b"]) == {"a": 0, "b": 0}
+
+
+def test_the_agent_is_told_the_backends_id_so_it_need_not_ask_the_server(app, store):
+    worker(store, "a", [TINY], loaded=[{**loaded_entry(), "backend_model": "/n/a/llamacpp/tiny.gguf"}])
+    fake = agents(app, a=FakeAnswer(200, [b"{}"], "application/json"))
+    assert app.test_client().post("/v1/completions", json={"model": "tiny", "prompt": "x"}, headers=AUTH).status_code == 200
+    assert fake.calls[0][2] == {"model": "tiny:latest", "backend_model": "/n/a/llamacpp/tiny.gguf"}
 
 
 def test_a_5xx_is_retried_a_refusal_of_the_request_is_passed_through(app, store):

@@ -50,3 +50,35 @@ def test_a_backend_that_cannot_be_asked_counts_as_having_nothing_loaded(monkeypa
         raise BackendUnavailableError(f"{url} unreachable")
     monkeypatch.setattr(loaded_models.openai_models, "model_ids", unreachable)
     assert loaded_models.loaded_models({"llamacpp": "http://l:8080"}, {"tiny:latest": TINY}, FakeSession({})) == []
+
+
+def test_while_requests_stream_the_openai_servers_are_not_asked_and_the_last_report_stands(monkeypatch):
+    def asked(url: str, timeout: float):
+        raise AssertionError("llama-cpp-python's server would end the answer it is streaming")
+    monkeypatch.setattr(loaded_models.openai_models, "model_ids", asked)
+    last = [{"name": "tiny:latest", "backend": "llamacpp", "backend_model": "/x/tiny.gguf"},
+            {"name": "gone:latest", "backend": "llamacpp"}]  # no longer in the inventory: dropped
+    assert loaded_models.loaded_models({"llamacpp": "http://l:8080"}, {"tiny:latest": TINY}, FakeSession({}),
+                                       keep=last) == last[:1]
+
+
+def test_publish_asks_only_between_requests(monkeypatch, tmp_path):
+    import fakeredis
+
+    from eldric.cluster import inference_load, workers
+    from worker_agent.settings import AgentSettings
+
+    settings = AgentSettings.from_env({"ELDRIC_WORKER_NAME": "w1", "ELDRIC_WORKER_TYPE": "inference",
+                                       "ELDRIC_BACKENDS": "llamacpp", "ELDRIC_LLAMACPP_URL": "http://l:8080",
+                                       "ELDRIC_DATA_DIR": str(tmp_path)})
+    store = fakeredis.FakeRedis(decode_responses=True)
+    agent = type("FakeAgent", (), {"settings": settings, "redis": store, "worker_id": "w1"})()
+    workers.publish_inventory(store, "w1", [TINY])
+    asked = []
+    monkeypatch.setattr(loaded_models.openai_models, "model_ids",
+                        lambda url, timeout: asked.append(url) or ["/d/backends/llamacpp/tiny.gguf"])
+    [entry] = loaded_models.publish(agent)
+    assert asked == ["http://l:8080"] and entry["backend_model"] == "/d/backends/llamacpp/tiny.gguf"
+    assert 0 < store.ttl("eldric:worker:w1:loaded") <= 3 * settings.heartbeat_seconds
+    inference_load.begin(store, "w1")  # a routed request streams through llama.cpp now
+    assert loaded_models.publish(agent) == [entry] and len(asked) == 1

@@ -74,7 +74,7 @@ def test_streamed_chat_lines_one_per_token_whatever_the_byte_boundaries(split):
     lines = list(ollama_stream("api/chat", sse_events(pieces), "tiny", Timer()))
     assert [x["message"]["content"] for x in lines] == ["He", "llo", ""]
     assert [x["done"] for x in lines] == [False, False, True]
-    assert lines[-1]["done_reason"] == "stop" and lines[-1]["eval_count"] == 2
+    assert lines[-1]["done_reason"] == "stop" and lines[-1]["eval_count"] == 3  # the "" piece was a token too
     assert lines[-1]["eval_duration"] >= 0 and lines[-1]["prompt_eval_duration"] >= 0
 
 
