@@ -13,6 +13,7 @@ Ollama's store and llama.cpp), asserting the shapes and fields that front-end re
 - ollama-js (the official npm client, tests/js): version, list, pull streamed (it sends `name`), show, copy,
   delete.
 Pulls of one model from several clients share one job; a client that aborts its stream leaves it running.
+A copy reaches a holder that was offline when it ran (a second worker, started by that last test only).
 """
 
 from __future__ import annotations
@@ -254,3 +255,30 @@ def test_the_official_npm_client_manages_the_cluster(live):
     assert {"jsmodel:latest", "jsmodel-copy:latest"} <= {m["name"] for m in listed_after_copy["models"]}
     assert not {"jsmodel:latest", "jsmodel-copy:latest"} & {m["name"] for m in listed_after_delete["models"]}
     assert gone["status_code"] == 404 and "jsmodel" in gone["error"]
+
+
+def test_a_copy_reaches_a_holder_that_was_offline_when_it_ran(live, http):
+    """Open WebUI copies while one worker holding the source is away: the answer does not wait for it, and the
+    worker gets the destination when it is back (its queued part within the grace; beat's catch-up after it,
+    tests/unit/test_ollama_manage.py). Before: offline holders were no targets and never got the copy."""
+    url = live.controller_url
+    away = live.start_worker("inf-b", ELDRIC_BACKENDS="ollama")  # last test: the others ran on inf-a alone
+    pulled = live.api("POST", "/api/v1/models/pull", json={"model": "tiny", "workers": ["inf-a", "inf-b"]}).json()
+    assert live.wait_job(pulled["id"], timeout=30)["state"] == "completed"
+    for wid in ("inf-a", "inf-b"):  # the holders, as the controller finds them
+        wait_until(lambda wid=wid: "tiny:latest" in {m["name"] for m in live.api(
+            "GET", f"/api/v1/workers/{wid}/models").json()["models"]}, timeout=10, interval=0.2, message=f"tiny on {wid}")
+    os.killpg(away.proc.pid, signal.SIGSTOP)
+    try:
+        live.redis.delete("eldric:worker:inf-b:alive")  # a stopped agent's mark lapses within 3 s: now, no wait
+        resp = http.post(f"{url}/api/copy", json={"source": "tiny", "destination": "tiny-later"}, timeout=60)
+        assert resp.status_code == 200 and resp.content == b"", resp.text
+        job = next(j for j in live.api("GET", "/api/v1/models/pull-jobs?limit=50").json()["jobs"]
+                   if j["model"] == "tiny-later:latest")
+        assert {w["worker"]: w["state"] for w in job["workers"]} == {"inf-a": "completed", "inf-b": "offline"}
+    finally:
+        os.killpg(away.proc.pid, signal.SIGCONT)
+    manifest = live.store("inf-b") / "manifests" / "registry.ollama.ai" / "library" / "tiny-later" / "latest"
+    wait_until(manifest.is_file, timeout=20, interval=0.2, message=f"the copy on inf-b\n{live.logs()}")
+    assert live.wait_job(job["id"], timeout=20)["state"] == "completed"
+    assert manifest.read_bytes() == (manifest.parents[1] / "tiny" / "latest").read_bytes()
