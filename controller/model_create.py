@@ -1,11 +1,12 @@
 """Building a model once in the cluster's registry and distributing it: `POST /api/create` below its view.
 
 `prepare` checks everything a create needs before anything is written (the base model, every uploaded
-blob, the GGUF header, target workers, that the agents pull from the data node) and plans the build;
-`run` then copies what the registry lacks of the base from a worker, stores the new small blobs, writes
-the manifest (the last write: a model is in the registry whole or not at all) and distributes it as a
-pull job of every inference and cloud worker, its progress told as Ollama-style status lines. A worker
-lists the model (so `/api/tags` does) only once it holds every blob, as for any pull.
+blob, the GGUF header, target workers) and plans the build; `run` then copies what the registry lacks of
+the base from a worker, stores the new small blobs, writes the manifest (the last write: a model is in
+the registry whole or not at all) and distributes it as a pull job of every inference and cloud worker
+with source `cluster` (the agents fetch it from the data node, not from ELDRIC_OLLAMA_REGISTRY), its
+progress told as Ollama-style status lines. A worker lists the model (so `/api/tags` does) only once it
+holds every blob, as for any pull.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 import redis
 from celery import Celery
@@ -32,7 +32,6 @@ from eldric.core.formats import _file_type_name
 from eldric.core.manifests import CONFIG, OLLAMA_ADAPTER, OLLAMA_MODEL, OLLAMA_PARAMS, Layer, Manifest
 from eldric.core.model_build import Base, Build, build_model
 from eldric.core.names import ModelName
-from eldric.core.redaction import redact_url
 from eldric.core.request_errors import BadRequestError, ConflictError, NotFoundError
 
 POLL_SECONDS = 0.25
@@ -60,16 +59,13 @@ class Plan:
     missing: list[Layer] = field(default_factory=list)
 
 
-def check_agents_pull_from_registry(agents_registry: str, registry_url: str) -> None:
-    """A created model reaches the agents only when they pull registry.ollama.ai names from the data node."""
-    def where(url: str) -> tuple[str, int | None]:
-        parts = urlsplit(url)
-        return (parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
-
-    if where(agents_registry) != where(registry_url):
-        raise ConflictError(f"the agents pull models from {redact_url(agents_registry)} (ELDRIC_OLLAMA_REGISTRY), "
-                            f"not from the cluster's registry at {redact_url(registry_url)} (ELDRIC_REGISTRY_URL), "
-                            "so they could not fetch a created model; point ELDRIC_OLLAMA_REGISTRY at the data node")
+def check_cluster_registry(registry_url: str) -> None:
+    """A created model is stored in, and reaches the agents from, the data node's registry: the controller
+    must know where it is."""
+    if not registry_url:
+        raise ConflictError("the controller has no cluster registry: set ELDRIC_REGISTRY_URL to the data node's URL "
+                            "(e.g. http://data-1:8892) on the controller and the agents; created models are stored "
+                            "there and the workers pull them from it")
 
 
 def prepare(spec: CreateSpec, cluster: Cluster) -> Plan:
@@ -159,8 +155,7 @@ def run(plan: Plan, cluster: Cluster) -> Iterator[dict]:
     registry.store_small(plan.build.blobs[str(plan.build.config.digest)], repo)
     yield {"status": "writing manifest"}
     registry.put_manifest(name, plan.build.manifest().to_bytes())
-    job_id = pull_jobs.start_pull(cluster.redis, cluster.producer, model=name.short, workers=None,
-                                  limits=cluster.limits)
+    job_id = pull_jobs.start_cluster_pull(cluster.redis, cluster.producer, model=name.short, limits=cluster.limits)
     manifest = plan.build.manifest()
     model = manifest.layer_of(OLLAMA_MODEL) or manifest.config
     yield from distribution(job_id, cluster, str(model.digest), manifest.total_size)

@@ -2,10 +2,11 @@
 
 `HEAD`/`POST /api/blobs/sha256:<hex>` ask and fill the cluster's registry (the data node's `/v2/`; the
 body streamed through, verified there); `POST /api/create` builds the model once in that registry and
-distributes it to every inference and cloud worker as a pull job whose progress is the create stream
-(controller/model_create.py); `POST /api/push` puts a cluster model into that registry
-(controller/model_push.py). Everything a request gets wrong is refused before anything is written, as
-Ollama's `{"error": "..."}` with the status; errors after the stream started end it as an error line.
+distributes it to every inference and cloud worker as a pull job from that registry (source `cluster`,
+whatever ELDRIC_OLLAMA_REGISTRY says) whose progress is the create stream (controller/model_create.py);
+`POST /api/push` puts a cluster model into that registry (controller/model_push.py). Everything a request
+gets wrong is refused before anything is written, as Ollama's `{"error": "..."}` with the status; errors
+after the stream started end it as an error line.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, stream_wit
 
 from controller.cluster_registry import ClusterRegistry, RegistryRefusedError
 from controller.file_create import create_file_model, prepare_files, run_files
-from controller.model_create import Cluster, check_agents_pull_from_registry, prepare, run
+from controller.model_create import Cluster, check_cluster_registry, prepare, run
 from controller.model_push import prepare_push, push_name, run_push
 from controller.registry_client import _chunks, _StreamBody
 from controller.state import job_limits, offline_grace, producer, redis_client, registry_client, stale_after
@@ -45,6 +46,7 @@ def _registry() -> ClusterRegistry:
     found = current_app.extensions.get("eldric.cluster_registry")
     if found is None:
         cfg = current_app.config
+        check_cluster_registry(cfg["REGISTRY_URL"])  # 409 naming the setting, for blobs, create and push alike
         found = current_app.extensions["eldric.cluster_registry"] = ClusterRegistry(cfg["REGISTRY_URL"],
                                                                                     cfg.get("CLUSTER_SECRET", ""))
     return found
@@ -91,8 +93,6 @@ def post_blob(digest: str):
 @bp.post("/api/create")
 def create():
     spec = parse_create(_body())
-    cfg = current_app.config
-    check_agents_pull_from_registry(cfg["OLLAMA_REGISTRY"], cfg["REGISTRY_URL"])
     cluster = _cluster()
     if spec.format == "safetensors":  # served as uploaded by file backends: a registry model, distributed
         prepare_files(spec)

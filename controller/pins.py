@@ -34,12 +34,14 @@ def pin_model(client: redis.Redis, *, model: str, workers: list[str] | None, aut
     """Create or replace the pin of `model`; return (its view, whether it is new).
 
     source "registry": `model` is a registry model id or name[:version], resolved now
-    to one version; auto-update is an Ollama-registry notion and is refused for it.
+    to one version; source "cluster": a model created or pushed through the Ollama API, pulled from the
+    data node's /v2/ (a create distributes a new version itself). Auto-update is an Ollama-registry
+    notion and is refused for both.
     """
     source_options = None
+    if source != "ollama" and auto_update:
+        raise BadRequestError("auto_update applies to Ollama-registry pins only", field="auto_update")
     if source == "registry":
-        if auto_update:
-            raise BadRequestError("auto_update applies to Ollama-registry pins only", field="auto_update")
         if registry is None:
             raise BadRequestError("no registry configured", field="source")
         source_options = {}

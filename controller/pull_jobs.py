@@ -85,6 +85,16 @@ def start_pull(client: redis.Redis, producer: Celery, *, model: str, workers: li
                      limits=limits, options=dict(caps or {}))
 
 
+def start_cluster_pull(client: redis.Redis, producer: Celery, *, model: str, limits: JobLimits) -> str:
+    """A pull to every inference and cloud worker of a model the cluster's registry holds (created or pushed
+    through the Ollama API): source `cluster`, so the agents fetch it from the data node whatever their
+    ELDRIC_OLLAMA_REGISTRY says; nothing is asked of that upstream."""
+    name = parse_model(model)
+    ids = choose_targets(client, None, limits)
+    return enqueue_job(client, producer, kind="pull", task=TASK_PULL, model=name.short, targets=ids,
+                       source=start.CLUSTER_REGISTRY, limits=limits)
+
+
 def start_delete(client: redis.Redis, producer: Celery, *, model: str, workers: list[str] | None,
                  limits: JobLimits) -> str:
     """Delete from the listed workers, or from every worker whose inventory has the model."""

@@ -141,8 +141,8 @@ def own_record(agent: Agent, job_id: str) -> dict | None:
 def run_pull_job(agent: Agent, job_id: str, model: str) -> dict:
     """Do this worker's part of pull job `job_id`; duplicates and finished work are skipped."""
     def work(progress: Progress) -> dict:
-        options = json.loads(agent.redis.hget(keys.job(job_id), "options") or "{}")
-        return pull_from_ollama(agent, model, progress, options)
+        meta = agent.redis.hgetall(keys.job(job_id))  # read on every try: a retry fetches from the same source
+        return pull_from_ollama(agent, model, progress, json.loads(meta.get("options") or "{}"), meta.get("source"))
     return _run_job(agent, job_id, work)
 
 

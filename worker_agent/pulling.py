@@ -1,5 +1,5 @@
-"""A pull: one model from the Ollama registry (or its mirror, or a peer) into the node's Ollama store,
-and its GGUF into every other backend of the node that serves it (worker_agent/serving.py)."""
+"""A pull: one model from the Ollama registry (or its mirror, the cluster's registry, or a peer) into the node's
+Ollama store, and its GGUF into every other backend of the node that serves it (worker_agent/serving.py)."""
 
 from __future__ import annotations
 
@@ -192,10 +192,13 @@ def _fetch_missing(name: ModelName, manifest: Manifest, store: OllamaStore, sour
     return downloaded
 
 
-def pull_from_ollama(agent: Agent, model: str, progress: Progress, options: dict | None = None) -> dict:
-    """A pull: the model from the Ollama registry (or the configured mirror) into Ollama's store."""
+def pull_from_ollama(agent: Agent, model: str, progress: Progress, options: dict | None = None,
+                     job_source: str | None = None) -> dict:
+    """A pull: the model from the Ollama registry (or the configured mirror) into Ollama's store; from the
+    cluster's registry when the job's source says so (a created or pushed model: RegistrySource.for_job)."""
     name = ModelName.parse(model)
-    source, fanout = RegistrySource.from_settings(name, agent.settings), Fanout(agent, progress, options)
+    source = RegistrySource.for_job(name, agent.settings, job_source)
+    fanout = Fanout(agent, progress, options)
     fanout.pace(source.session)
     return pull_into_store(agent, name, source, progress, fanout)
 

@@ -27,6 +27,9 @@ class AgentSettings(HttpLimitsSettings, AddressPolicySettings, UpstreamSettings,
     advertise_url: str = Field("", validation_alias="ELDRIC_AGENT_ADVERTISE_URL", description="URL peers use to reach this agent; default http://host:port")
     ollama_models_dir: UserPath | None = Field(None, validation_alias="ELDRIC_OLLAMA_MODELS", description="Ollama's model store (OLLAMA_MODELS); default <data dir>/ollama/models")
     cluster_secret: str = Field("", description="shared secret for agent-to-agent and agent-to-controller calls")
+    registry_url: str = Field("", description="the data node's registry (as on the controller): models created or "
+                              "pushed through the controller's Ollama API are pulled from its /v2/; "
+                              "empty: such pulls fail")
     backends: CommaList = Field(("ollama",), description="comma list of backends this node serves")
     heartbeat_seconds: Seconds = Field(5.0, description="heartbeat period; offline after 3 missed")
     concurrency: int = Field(4, ge=1, validation_alias="ELDRIC_AGENT_CONCURRENCY", description="tasks run at once (threads)")
@@ -70,7 +73,7 @@ class AgentSettings(HttpLimitsSettings, AddressPolicySettings, UpstreamSettings,
             raise ValueError(f"invalid worker type {value!r}: one of {', '.join(WORKER_PORTS)}")
         return value
 
-    @field_validator("llamacpp_url", "vllm_url")
+    @field_validator("llamacpp_url", "vllm_url", "registry_url")
     @classmethod
     def _server_url(cls, value: str) -> str:
         if value and not value.startswith(("http://", "https://")):

@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Protocol
 
 import requests
 
+from eldric.cluster.jobs.start import CLUSTER_REGISTRY
 from eldric.core.digests import Digest
 from eldric.core.errors import InvalidManifestError
 from eldric.core.manifests import Manifest
 from eldric.core.names import ModelName
 from eldric.core.redaction import redact_url
 from eldric.transfer.errors import ModelNotFoundError, SourceError, SourceUnavailableError
-from eldric.transfer.http import error_text
+from eldric.transfer.http import error_text, http_session
 from eldric.transfer.oci_client import OciClient, OciClientError
 from eldric.transfer.registry_upstream import RegistryUpstream, raise_for_answer, registry_hints
 from eldric.transfer.retry import NO_HINTS, Hints
@@ -47,9 +48,10 @@ class RegistrySource:
     """
 
     def __init__(self, base_url: str, session: requests.Session | None = None,
-                 policy: AddressPolicy = PUBLIC_ONLY, hints: Hints = NO_HINTS) -> None:
-        self.client = OciClient.upstream(base_url, policy, session, hints=hints)
-        self.base_url, self.hints = self.client.base, hints
+                 policy: AddressPolicy = PUBLIC_ONLY, hints: Hints = NO_HINTS, *,
+                 client: OciClient | None = None) -> None:
+        self.client = client or OciClient.upstream(base_url, policy, session, hints=hints)
+        self.base_url, self.hints = self.client.base, self.client.hints
         self.session = self.client.session  # the one its bytes come through (a rate cap paces it)
 
     @classmethod
@@ -60,6 +62,27 @@ class RegistrySource:
                                     AddressPolicy.parse(s.url_allowlist))
         base = upstream.base_url(name)
         return cls(base, policy=upstream.policy, hints=registry_hints(name, base))
+
+    @classmethod
+    def cluster(cls, s: AgentSettings, session: requests.Session | None = None) -> RegistrySource:
+        """The cluster's registry (the data node's /v2/ at ELDRIC_REGISTRY_URL, behind the cluster secret): where
+        models created or pushed through the controller live. Inside the cluster, so no proxy and no address policy."""
+        if not s.registry_url:
+            raise SourceError("this model is in the cluster's registry, but this agent has no ELDRIC_REGISTRY_URL: "
+                              "set it to the data node's URL, as on the controller (e.g. http://data-1:8892)")
+        where = redact_url(s.registry_url).partition("://")[2]
+        hints = Hints(name_not_found="check ELDRIC_REGISTRY_URL",
+                      tls_to_plain_http=f"set ELDRIC_REGISTRY_URL to http://{where}",
+                      plain_http_to_tls=f"set ELDRIC_REGISTRY_URL to https://{where}")
+        client = OciClient(s.registry_url, session or http_session(), token=s.cluster_secret, hints=hints)
+        return cls(s.registry_url, client=client)
+
+    @classmethod
+    def for_job(cls, name: ModelName, s: AgentSettings, job_source: str | None,
+                session: requests.Session | None = None) -> RegistrySource:
+        """A pull job's source: the cluster's registry for a job of source `cluster` (eldric/cluster/jobs/start.py),
+        else the registry the name says (the mirror for registry.ollama.ai names)."""
+        return cls.cluster(s, session) if job_source == CLUSTER_REGISTRY else cls.from_settings(name, s)
 
     def describe(self) -> str:
         """The registry as job records show it: a mirror's credentials never appear."""

@@ -24,9 +24,10 @@ class PinRequestSchema(Schema):
                              "name[:version]", required=True)
     workers = worker_ids_field("worker ids; default every inference and cloud worker, including those that join later",
                                allow_none=True)
-    source = fields.String(load_default="ollama", validate=validate.OneOf(["ollama", "registry"]), metadata={
+    source = fields.String(load_default="ollama", validate=validate.OneOf(["ollama", "registry", "cluster"]), metadata={
         "description": "ollama: an Ollama-registry model (pulled); registry: a model of the data worker's registry "
-                       "by id or name[:version] (distributed)"})
+                       "by id or name[:version] (distributed); cluster: a model created or pushed through the Ollama "
+                       "API, pulled from the data node's /v2/ (ELDRIC_REGISTRY_URL)"})
     auto_update = fields.Boolean(load_default=False, metadata={
         "description": "re-pull when the tag points at a new digest upstream "
                        "(checked every ELDRIC_PIN_UPDATE_SECONDS); source ollama only (400 otherwise)"})
@@ -43,7 +44,8 @@ class PinSchema(Schema):
     model = fields.String()
     workers = fields.List(fields.String(), allow_none=True, metadata={"description": "null: the whole cluster"})
     auto_update = fields.Boolean()
-    source = fields.String(metadata={"description": "ollama (pulled) or registry (distributed)"})
+    source = fields.String(metadata={"description": "ollama (pulled), registry (distributed) or cluster (pulled from "
+                                                    "the data node's /v2/)"})
     registry_model_id = fields.String(allow_none=True)
     created_at = fields.Float()
     upstream_digest = fields.String(allow_none=True,

@@ -48,7 +48,9 @@ class Pin:
     upstream_digest: str | None = None  # what the tag pointed at on the last update check
     checked_at: float | None = None
     check_error: str | None = None
-    source: str = "ollama"  # or "registry": reconciled by distribute jobs from the data worker's registry
+    # or "registry": reconciled by distribute jobs from the data worker's registry; or "cluster" (CLUSTER_REGISTRY):
+    # pulls from the data node's /v2/, where models created or pushed through the Ollama API live
+    source: str = "ollama"
     source_options: dict | None = None  # registry: registry_model_id, registry_url, format
 
     def to_json(self) -> str:

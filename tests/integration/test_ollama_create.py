@@ -1,8 +1,10 @@
 """Ollama's blobs, create and push against the cluster, driven by the official `ollama` Python client.
 
 One cluster for the module: redis-server, docker-registry as upstream (holding `tiny` and `solo`), the data
-node (`eldric registry`, /v2/ mirroring that upstream, the cluster secret on), the controller and one
-inference agent, both pulling registry.ollama.ai names through the data node (ELDRIC_OLLAMA_REGISTRY).
+node (`eldric registry`, the cluster secret on, no pull-through mirror), the controller and one inference
+agent. As in the README's one-machine cluster, ELDRIC_OLLAMA_REGISTRY is NOT the data node (here the
+docker-registry upstream `tiny` is pulled from), and ELDRIC_REGISTRY_URL is: a created model still reaches
+the worker, fetched from the data node's /v2/ (its pull job's source is `cluster`).
 """
 
 from __future__ import annotations
@@ -28,15 +30,15 @@ def live(cluster, oci, tiny_model, workdir: Path):
     solo = write_llama_gguf(workdir / "solo.gguf", name="solo", width=72)
     push_ollama_model(oci.url, "library/solo", "latest", gguf_path=solo)
     port = free_port()
-    env = cluster.env(ELDRIC_MIRROR_UPSTREAM=oci.url, ELDRIC_CLUSTER_SECRET=SECRET)
+    env = cluster.env(ELDRIC_MIRROR_UPSTREAM="none", ELDRIC_CLUSTER_SECRET=SECRET)
     svc = Service("data-registry", eldric("registry", "--port", str(port), "--storage", str(workdir / "data"),
                                           "--min-free", "0"), workdir, env=env, cwd=REPO_ROOT).start()
     cluster.services.append(svc)
     data = f"http://127.0.0.1:{port}"
     wait_until(lambda: session().get(f"{data}/healthz", timeout=2).ok, timeout=30, message=svc.log_tail())
     oci_host = oci.url.split("://", 1)[1]
-    agent_env = {"ELDRIC_OLLAMA_REGISTRY": f"http://eldric:{SECRET}@127.0.0.1:{port}", "ELDRIC_CLUSTER_SECRET": SECRET,
-                 "ELDRIC_REGISTRY_URL": data, "ELDRIC_INSECURE_REGISTRIES": oci_host}
+    # ELDRIC_OLLAMA_REGISTRY stays cluster.env's: the upstream docker-registry, not the data node.
+    agent_env = {"ELDRIC_CLUSTER_SECRET": SECRET, "ELDRIC_REGISTRY_URL": data, "ELDRIC_INSECURE_REGISTRIES": oci_host}
     cluster.start_controller(**agent_env)
     cluster.start_worker("inf-c", ELDRIC_BACKENDS="ollama,vllm", **agent_env)  # vLLM: safetensors too
     client = ollama.Client(host=cluster.controller_url)
@@ -76,6 +78,10 @@ def test_upload_a_gguf_then_create_from_it(live, workdir: Path) -> None:
     assert any(s.startswith("creating new layer sha256:") for s in statuses)
     assert any(p.total and p.completed == p.total for p in lines if (p.status or "").startswith("distributing"))
     assert "up:latest" in tags(live)
+    # Fetched from the data node, not from ELDRIC_OLLAMA_REGISTRY (the upstream docker-registry, which lacks `up`).
+    job_id = next(s for s in statuses if s.startswith("distributing")).rsplit("(job ", 1)[1].rstrip(")")
+    job = live["cluster"].api("GET", f"/api/v1/models/pull-jobs/{job_id}").json()
+    assert job["source"] == "cluster" and [w["source"] for w in job["workers"]] == [live["data"]], job
     doc = registry_manifest(live, "library/up", "latest")["doc"]
     assert [x["mediaType"] for x in doc["layers"]] == ["application/vnd.ollama.image.model",
                                                        "application/vnd.ollama.image.template"]

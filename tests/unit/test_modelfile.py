@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from controller.model_create import check_agents_pull_from_registry
+from controller.model_create import check_cluster_registry
 from eldric.core.create_requests import QUANTIZE_REFUSED, check_template, parse_create, parse_parameters
 from eldric.core.digests import Digest
 from eldric.core.manifests import (OLLAMA_LICENSE, OLLAMA_MESSAGES, OLLAMA_MODEL, OLLAMA_PARAMS, OLLAMA_SYSTEM,
@@ -147,8 +147,8 @@ def test_template_layers_replace_the_bases() -> None:
     assert [built.blobs.get(str(x.digest)) for x in built.layers] == [None, b"{{ .Prompt }}!"]
 
 
-def test_create_needs_the_agents_to_pull_from_the_data_node() -> None:
-    check_agents_pull_from_registry("http://eldric:secret@data:8892", "http://data:8892")
-    with pytest.raises(ConflictError, match="ELDRIC_OLLAMA_REGISTRY") as err:
-        check_agents_pull_from_registry("https://eldric:secret@registry.ollama.ai", "http://data:8892")
-    assert "secret" not in str(err.value)
+def test_create_needs_only_the_controllers_cluster_registry() -> None:
+    """Whatever ELDRIC_OLLAMA_REGISTRY says: the created model's pull job fetches from the data node."""
+    check_cluster_registry("http://data:8892")
+    with pytest.raises(ConflictError, match="set ELDRIC_REGISTRY_URL"):
+        check_cluster_registry("")

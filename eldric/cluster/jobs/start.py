@@ -25,6 +25,11 @@ Send = Callable[[str, list, list[str]], Mapping[str, str]]
 
 BROKER_UNAVAILABLE = "could not enqueue the task: broker unavailable"
 
+# A pull job's `source` when its model lives in the cluster's registry (the data node's /v2/: created or pushed
+# through Ollama's API): agents fetch it from their ELDRIC_REGISTRY_URL with the cluster secret, whatever their
+# ELDRIC_OLLAMA_REGISTRY says. Retries, catch-ups and pins keep the job's source, so they fetch it there too.
+CLUSTER_REGISTRY = "cluster"
+
 
 def start_job(client: redis.Redis, send: Send, *, kind: str, task: str, model: str, targets: list[str], source: str,
               deadline_seconds: float, options: dict | None = None, secrets: dict | None = None,
