@@ -110,7 +110,10 @@ def start_stack(root: Path, services: list[Service], oci: OCIRegistry, args) -> 
     placed = root / "bench-1" / "backends" / "llamacpp" / "bench.gguf"
     services.append(Service("llama", [sys.executable, "-m", "llama_cpp.server", "--model", str(placed),
                                       "--host", "127.0.0.1", "--port", llama_url.rsplit(":", 1)[1],
-                                      "--n_ctx", "512", "--n_threads", "1"], root, cwd=REPO).start())
+                                      "--n_ctx", "512", "--n_threads", "1",
+                                      # the straight requests are not counted in flight, so the agent's report
+                                      # may ask /v1/models during one: queue it rather than end the answer
+                                      "--interrupt_requests", "false"], root, cwd=REPO).start())
     wait_until(lambda: http.get(f"{llama_url}/v1/models", timeout=2).ok, timeout=60, message="llama server")
     wait_until(lambda: http.get(f"{controller}/api/ps").json()["models"], timeout=15, message="/api/ps")
     return {"controller": controller, "llama": llama_url, "agent": agent}

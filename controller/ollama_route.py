@@ -59,6 +59,13 @@ def _session() -> requests.Session:
     return found
 
 
+def _holder_cache() -> routing.HolderCache:
+    cache = current_app.extensions.get("eldric.route_holders")
+    if cache is None or cache.source is not redis_client():  # tests swap the Redis client
+        cache = current_app.extensions["eldric.route_holders"] = routing.HolderCache(source=redis_client())
+    return cache
+
+
 def _is_openai(endpoint: str) -> bool:
     return endpoint.startswith("v1/")
 
@@ -119,7 +126,7 @@ def route(endpoint: str):
     client = redis_client()
     if not _is_openai(endpoint) and is_unload(endpoint, body):
         return unload(client, endpoint, raw, body)
-    name, found = routing.candidates(client, body["model"])
+    name, found = routing.candidates(client, body["model"], _holder_cache())
     if not found:
         return _fail(endpoint, f"model '{body['model']}' not found", 404, "model_not_found")
     try:

@@ -1,8 +1,8 @@
 """Inference requests routed to each worker: in flight now, and counted ever (README "Use your Ollama tools").
 
 Every controller counts in Redis, so two controllers behind one load balancer agree on which
-worker is least busy. In flight is a sorted set of request ids scored by their start time rather
-than a counter: a controller killed mid-stream never runs its decrement, and a counter would stay
+worker is least busy. In flight is one sorted set of "<worker>|<request id>" scored by start time
+rather than a counter per worker: a controller killed mid-stream never runs its decrement, and a counter would stay
 too high for good; here an entry older than MAX_REQUEST_SECONDS stops counting (and is removed at
 the next read). The totals (requests, errors) are plain hash counters for `/metrics`.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import Counter
 
 import redis
 
@@ -22,10 +23,9 @@ MAX_REQUEST_SECONDS = 3600.0
 
 def begin(client: redis.Redis, worker_id: str, now: float | None = None) -> str:
     """Count a request as in flight on the worker (and in its total); returns its id for `end`."""
-    request_id = uuid.uuid4().hex
+    request_id = f"{worker_id}|{uuid.uuid4().hex}"
     pipe = client.pipeline(transaction=False)
-    pipe.zadd(keys.worker_in_flight(worker_id), {request_id: time.time() if now is None else now})
-    pipe.expire(keys.worker_in_flight(worker_id), int(MAX_REQUEST_SECONDS))
+    pipe.zadd(keys.ROUTE_IN_FLIGHT, {request_id: time.time() if now is None else now})
     pipe.hincrby(keys.ROUTE_REQUESTS, worker_id, 1)
     pipe.execute()
     return request_id
@@ -34,23 +34,27 @@ def begin(client: redis.Redis, worker_id: str, now: float | None = None) -> str:
 def end(client: redis.Redis, worker_id: str, request_id: str, *, failed: bool = False) -> None:
     """The request is over; `failed` counts it among the worker's errors."""
     pipe = client.pipeline(transaction=False)
-    pipe.zrem(keys.worker_in_flight(worker_id), request_id)
+    pipe.zrem(keys.ROUTE_IN_FLIGHT, request_id)
     if failed:
         pipe.hincrby(keys.ROUTE_ERRORS, worker_id, 1)
     pipe.execute()
 
 
-def in_flight(client: redis.Redis, ids: list[str], now: float | None = None) -> dict[str, int]:
-    """worker id -> requests in flight on it now (entries past MAX_REQUEST_SECONDS dropped on the way)."""
-    if not ids:
-        return {}
+def busy(client: redis.Redis, now: float | None = None) -> Counter:
+    """worker id -> requests in flight on it now, for the workers with any (entries past
+    MAX_REQUEST_SECONDS dropped on the way). Two commands, reading every request in flight in the
+    cluster: they are few beside 1,000 workers."""
     oldest = (time.time() if now is None else now) - MAX_REQUEST_SECONDS
     pipe = client.pipeline(transaction=False)
-    for wid in ids:
-        pipe.zremrangebyscore(keys.worker_in_flight(wid), "-inf", oldest)
-        pipe.zcard(keys.worker_in_flight(wid))
-    replies = pipe.execute()
-    return {wid: int(n) for wid, n in zip(ids, replies[1::2], strict=True)}
+    pipe.zremrangebyscore(keys.ROUTE_IN_FLIGHT, "-inf", oldest)
+    pipe.zrange(keys.ROUTE_IN_FLIGHT, 0, -1)
+    return Counter(member.partition("|")[0] for member in pipe.execute()[1])
+
+
+def in_flight(client: redis.Redis, ids: list[str], now: float | None = None) -> dict[str, int]:
+    """worker id -> requests in flight on it now (0 for idle ones)."""
+    counts = busy(client, now) if ids else Counter()
+    return {wid: counts.get(wid, 0) for wid in ids}
 
 
 def totals(client: redis.Redis) -> tuple[dict[str, int], dict[str, int]]:

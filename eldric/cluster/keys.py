@@ -27,11 +27,9 @@ def worker_loaded(worker_id: str) -> str:
     return f"{PREFIX}:worker:{worker_id}:loaded"
 
 
-def worker_in_flight(worker_id: str) -> str:
-    """ZSET request id -> start time: inference requests the controllers are streaming through the worker."""
-    return f"{PREFIX}:worker:{worker_id}:in-flight"
-
-
+# ZSET "<worker id>|<request id>" -> start time: the inference requests the controllers are streaming now,
+# one key for the cluster, so counting them costs one read however many workers there are.
+ROUTE_IN_FLIGHT = f"{PREFIX}:route:in-flight"
 ROUTE_REQUESTS = f"{PREFIX}:route:requests"  # HASH worker id -> inference requests routed to it (ever)
 ROUTE_ERRORS = f"{PREFIX}:route:errors"  # HASH worker id -> routed requests that failed on it (ever)
 

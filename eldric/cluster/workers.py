@@ -284,5 +284,5 @@ def forget(client: redis.Redis, worker_id: str) -> None:
     pipe.srem(keys.WORKERS, worker_id)
     pipe.delete(keys.worker(worker_id), keys.worker_alive(worker_id), keys.worker_models(worker_id),
                 keys.worker_jobs(worker_id), keys.worker_catchups(worker_id),
-                keys.worker_loaded(worker_id), keys.worker_in_flight(worker_id))
+                keys.worker_loaded(worker_id))
     pipe.execute()

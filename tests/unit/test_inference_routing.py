@@ -70,6 +70,19 @@ def test_the_id_an_openai_server_lists_it_under_comes_with_the_candidate(store):
     assert by["a"].backend_model == "/n/a/llamacpp/tiny.gguf" and by["b"].backend_model == ""
 
 
+def test_serving_workers_are_reused_a_moment_but_in_flight_is_read_every_time(store):
+    worker(store, "a", [TINY])
+    cache = routing.HolderCache(seconds=60)
+    assert [c.in_flight for c in routing.candidates(store, "tiny", cache)[1]] == [0]
+    worker(store, "b", [TINY])  # joins: seen when the cache entry is older than `seconds`
+    rid = inference_load.begin(store, "a")
+    [a] = routing.candidates(store, "tiny", cache)[1]
+    assert a.worker == "a" and a.in_flight == 1
+    inference_load.end(store, "a", rid)
+    cache.seconds = 0
+    assert sorted(c.worker for c in routing.candidates(store, "tiny", cache)[1]) == ["a", "b"]
+
+
 def test_rank_loaded_first_then_least_busy_ties_shared():
     c = routing.Candidate
     found = [c("cold", "u", "b", False, 0), c("busy", "u", "b", True, 3), c("idle", "u", "b", True, 1)]
@@ -250,7 +263,7 @@ def test_metrics_show_each_workers_routed_requests_errors_and_in_flight(app, sto
     assert 'eldric_route_requests_total{worker="a"} 2.0' in text
     assert 'eldric_route_errors_total{worker="a"} 1.0' in text
     assert 'eldric_route_in_flight{worker="a"} 1.0' in text
-    assert store.exists(keys.worker_in_flight("a"))
+    assert store.zcard(keys.ROUTE_IN_FLIGHT) == 1
 
 
 @pytest.mark.parametrize(("endpoint", "body", "expected"), [
