@@ -8,6 +8,7 @@ OpenAI's /v1/chat/completions (SSE passed through) and Ollama's /api/chat (trans
 Prints the medians and the ratios (targets: throughput >= 0.95 of direct, first token <= +10 ms).
 
 Run: python bench/route.py [--rounds 15] [--tokens 64] [--width 256 --layers 4]
+     python bench/route.py --fleet 1000   (the routing read alone: N workers x 100 models in a real Redis)
 The default model (width 256, 4 layers) generates at a few hundred tokens/s on 2 cores, faster than
 any real model: the per-token cost of the two hops shows more here than it would in production.
 """
@@ -119,13 +120,55 @@ def start_stack(root: Path, services: list[Service], oci: OCIRegistry, args) -> 
     return {"controller": controller, "llama": llama_url, "agent": agent}
 
 
+def fleet(n: int) -> None:
+    """What choosing a worker costs the controller with `n` workers of 100 models each, one loaded."""
+    import redis
+
+    from controller import routing
+    from controller.ollama_route import running_models
+    from eldric.cluster import workers
+
+    root = Path(tempfile.mkdtemp(prefix="eldric-route-fleet-"))
+    server = RedisServer(root).start()
+    try:
+        client = redis.Redis.from_url(server.url, decode_responses=True)
+        models = [{"name": f"m{i}:latest", "digest": "sha256:" + "b" * 64, "size": 10, "backends": ["llamacpp"],
+                   "details": {"family": "llama"}} for i in range(100)]
+        loaded = [{"name": "m1:latest", "model": "m1:latest", "size": 10, "digest": "b" * 64, "details": {},
+                   "expires_at": "2318-01-01T00:00:00Z", "size_vram": 0, "context_length": 0, "backend": "llamacpp",
+                   "backend_model": "/x/m1.gguf"}]
+        for i in range(n):
+            wid = f"w{i:04d}"
+            workers.register(client, {"id": wid, "type": "inference", "address": f"http://{wid}:1"}, ttl=600)
+            workers.publish_inventory(client, wid, models)
+            workers.publish_loaded(client, wid, loaded, ttl=600)
+        cache = routing.HolderCache()
+        for label, fn in (("choose a worker, uncached (once a second)", lambda: routing.candidates(client, "m1")),
+                          ("choose a worker, cached (in flight read)",
+                           lambda: routing.rank(routing.candidates(client, "m1", cache)[1])),
+                          ("/api/ps merge", lambda: running_models(client))):
+            times = []
+            for _ in range(20):
+                start = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - start) * 1000)
+            print(f"{n} workers x 100 models: {label:42s} {statistics.median(times):7.2f} ms (median of 20)")
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--fleet", type=int, default=0, help="measure only the routing read with this many workers")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--tokens", type=int, default=64, help="max_tokens / num_predict per request")
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     args = parser.parse_args()
+    if args.fleet:
+        fleet(args.fleet)
+        return
     root = Path(tempfile.mkdtemp(prefix="eldric-route-bench-"))
     services: list[Service] = []
     try:

@@ -77,10 +77,11 @@ def blueprint(agent: Agent) -> Blueprint:
     session = http_session()  # the backends are on this node: no egress proxy
     ids = ModelIds()
     timeout = (CONNECT_SECONDS, agent.settings.backend_timeout_seconds)
+    urls = loaded_models.backend_urls(agent.settings)  # the settings are frozen: once per process
 
     @bp.post("/inference/<backend>/<path:endpoint>")
     def infer(backend: str, endpoint: str):
-        url = loaded_models.backend_urls(agent.settings).get(backend)
+        url = urls.get(backend)
         if url is None:
             return _error(f"backend {backend!r} does not serve inference on worker {agent.worker_id}", 404)
         if endpoint not in OLLAMA_ENDPOINTS + OPENAI_ENDPOINTS:
