@@ -7,7 +7,7 @@ straight to llama.cpp's server and through the controller (controller -> agent -
 OpenAI's /v1/chat/completions (SSE passed through) and Ollama's /api/chat (translated by the agent).
 Prints the medians and the ratios (targets: throughput >= 0.95 of direct, first token <= +10 ms).
 
-Run: python bench/route.py [--rounds 15] [--tokens 64] [--width 256 --layers 4]
+Run: python bench/route.py [--rounds 15] [--tokens 64] [--width 256 --layers 4] [--server gunicorn|werkzeug] [--pin]
      python bench/route.py --fleet 1000   (the routing read alone: N workers x 100 models in a real Redis)
 The default model (width 256, 4 layers) generates at a few hundred tokens/s on 2 cores, faster than
 any real model: the per-token cost of the two hops shows more here than it would in production.
@@ -16,6 +16,7 @@ any real model: the per-token cost of the two hops shows more here than it would
 from __future__ import annotations
 
 import argparse
+import os
 import itertools
 import json
 import shutil
@@ -50,7 +51,7 @@ def stream_timing(http: requests.Session, url: str, body: dict, ollama: bool, n:
     tokens = 0
     with http.post(url, json=body, stream=True, timeout=120) as resp:
         resp.raise_for_status()
-        for line in resp.iter_lines(chunk_size=1):  # each line as soon as it is whole
+        for line in lines_of(resp):
             if ollama:
                 if not line:
                     continue
@@ -74,13 +75,30 @@ def stream_timing(http: requests.Session, url: str, body: dict, ollama: bool, n:
     return first - start, end - first, tokens
 
 
-def measure(http: requests.Session, url: str, body: dict, ollama: bool, numbers) -> tuple[float, float, int]:
-    """One answer of at least MIN_TOKENS tokens (prompts whose answer ends at once are skipped)."""
-    for _ in range(20):
-        found = stream_timing(http, url, body, ollama, next(numbers))
-        if found is not None:
+def lines_of(resp: requests.Response):
+    """Each line as soon as it is whole, from whatever each read returns (reading byte by byte, as
+    iter_lines(chunk_size=1) does, costs the client more CPU than the relays it measures)."""
+    pending = b""
+    for chunk in resp.iter_content(chunk_size=None):
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        yield from (line.rstrip(b"\r") for line in lines)
+    if pending:
+        yield pending
+
+
+def good_prompts(http: requests.Session, url: str, body: dict, count: int) -> list[int]:
+    """`count` prompt numbers whose answers (straight from the server) have at least MIN_TOKENS tokens:
+    every path is then measured on the same prompts, so the same tokens in the same pieces."""
+    found: list[int] = []
+    for n in itertools.count(1):
+        if len(found) == count:
             return found
-    raise RuntimeError(f"{url}: 20 prompts in a row answered fewer than {MIN_TOKENS} tokens")
+        if n > 20 * count:
+            raise RuntimeError(f"{url}: too few prompts answered {MIN_TOKENS} tokens or more")
+        if stream_timing(http, url, body, False, n) is not None:
+            found.append(n)
+    return found
 
 
 def start_stack(root: Path, services: list[Service], oci: OCIRegistry, args) -> dict[str, str]:
@@ -95,7 +113,12 @@ def start_stack(root: Path, services: list[Service], oci: OCIRegistry, args) -> 
            "ELDRIC_HEARTBEAT_SECONDS": "1", "ELDRIC_DISK_RESERVE_BYTES": "0",
            "ELDRIC_URL_ALLOWLIST": "127.0.0.0/8,::1"}
     port = free_port()
-    services.append(Service("controller", eldric("controller", "--port", str(port)), root, env=env, cwd=REPO).start())
+    if args.server == "gunicorn":  # as deploy/systemd/eldric-controller.service runs it
+        argv = [sys.executable, "-m", "gunicorn", "--config", str(REPO / "deploy" / "gunicorn.conf.py"), "controller:create_app()"]
+        env = {**env, "ELDRIC_CONTROLLER_PORT": str(port)}
+    else:
+        argv = eldric("controller", "--port", str(port))
+    services.append(Service("controller", argv, root, env=env, cwd=REPO).start())
     controller = f"http://127.0.0.1:{port}"
     http = session()
     wait_until(lambda: http.get(f"{controller}/healthz", timeout=2).ok, message="controller")
@@ -109,7 +132,8 @@ def start_stack(root: Path, services: list[Service], oci: OCIRegistry, args) -> 
     wait_until(lambda: http.get(f"{controller}/api/v1/models/pull-jobs/{job['id']}").json()["state"] == "completed",
                timeout=120, message="pull")
     placed = root / "bench-1" / "backends" / "llamacpp" / "bench.gguf"
-    services.append(Service("llama", [sys.executable, "-m", "llama_cpp.server", "--model", str(placed),
+    pin = ["taskset", "-c", "0"] if args.pin else []  # the backend gets CPU 0 to itself
+    services.append(Service("llama", [*pin, sys.executable, "-m", "llama_cpp.server", "--model", str(placed),
                                       "--host", "127.0.0.1", "--port", llama_url.rsplit(":", 1)[1],
                                       "--n_ctx", "512", "--n_threads", "1",
                                       # the straight requests are not counted in flight, so the agent's report
@@ -165,10 +189,17 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64, help="max_tokens / num_predict per request")
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--pin", action="store_true",
+                        help="llama.cpp alone on CPU 0, everything else (controller, agent, Redis, this client) on CPU 1: "
+                             "as on a real node, where the model runs on a GPU or cores of its own")
+    parser.add_argument("--server", choices=("gunicorn", "werkzeug"), default="gunicorn",
+                        help="the controller's HTTP server: gunicorn as deployed, or `eldric controller`'s werkzeug")
     args = parser.parse_args()
     if args.fleet:
         fleet(args.fleet)
         return
+    if args.pin:
+        os.sched_setaffinity(0, {1})  # inherited by every service started below but llama.cpp
     root = Path(tempfile.mkdtemp(prefix="eldric-route-bench-"))
     services: list[Service] = []
     try:
@@ -183,13 +214,20 @@ def main() -> None:
                                               openai, False),
                      "routed /v1/chat/completions": (f"{urls['controller']}/v1/chat/completions", openai, False),
                      "routed /api/chat (translated)": (f"{urls['controller']}/api/chat", ollama_body, True)}
-            numbers = itertools.count(1)
+            prompts = good_prompts(http, paths["direct /v1/chat/completions"][0], openai, args.rounds)
             for url, body, is_ollama in paths.values():  # warm-up: model pages, connections, caches
-                measure(http, url, body, is_ollama, numbers)
-            results: dict[str, list[tuple[float, float, int]]] = {name: [] for name in paths}
-            for _ in range(args.rounds):
-                for name, (url, body, is_ollama) in paths.items():  # interleaved: drift hits all alike
-                    results[name].append(measure(http, url, body, is_ollama, numbers))
+                stream_timing(http, url, body, is_ollama, prompts[0])
+            results: dict[str, dict[int, tuple[float, float, int]]] = {name: {} for name in paths}
+            for r in range(args.rounds):
+                # Interleaved (drift hits all alike), and in a Latin square: every path answers every prompt
+                # once, and no two requests in a row share a prompt (llama-cpp-python reuses the evaluated
+                # prefix of the previous prompt, which would make a repeated one faster).
+                for i, (name, (url, body, is_ollama)) in enumerate(paths.items()):
+                    prompt = prompts[(r + i) % args.rounds]
+                    found = stream_timing(http, url, body, is_ollama, prompt)
+                    if found is None:
+                        raise RuntimeError(f"{name}: fewer than {MIN_TOKENS} tokens for a prompt that had them straight")
+                    results[name][prompt] = found
             report(results, args)
     finally:
         for svc in reversed(services):
@@ -197,21 +235,31 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def report(results: dict[str, list[tuple[float, float, int]]], args) -> None:
-    summary = {}
+def _rate(run: tuple[float, float, int]) -> float:
+    """Generation speed: tokens over the time from the first token to the end of the answer (the first
+    token's wait is the other figure). A prompt's tokens are the same on every path, so the ratio of two
+    paths' rates is the ratio of their generation times."""
+    return run[2] / run[1]
+
+
+def report(results: dict[str, dict[int, tuple[float, float, int]]], args) -> None:
+    """Medians per path, then each path against the straight one prompt by prompt (the same prompt's
+    answer is the same tokens on every path, so the pairs differ only by the path)."""
     for name, runs in results.items():
-        ttft = statistics.median(r[0] for r in runs)
-        rate = statistics.median(r[2] / (r[0] + r[1]) for r in runs)  # tokens over the whole answer, end to end
-        tokens = statistics.median(r[2] for r in runs)
-        summary[name] = (ttft, rate)
+        ttft = statistics.median(r[0] for r in runs.values())
+        rate = statistics.median(_rate(r) for r in runs.values())
+        tokens = statistics.median(r[2] for r in runs.values())
         print(f"{name:32s} first token {ttft * 1000:7.2f} ms   {rate:8.1f} tokens/s   ({tokens:.0f} tokens, "
-              f"{len(runs)} runs)")
-    base_ttft, base_rate = summary["direct /v1/chat/completions"]
-    for name in list(summary)[1:]:
-        ttft, rate = summary[name]
-        print(f"{name}: throughput ratio {rate / base_rate:.3f} (target >= 0.95), "
-              f"first token +{(ttft - base_ttft) * 1000:.2f} ms (target <= 10 ms)")
-    print(f"model: width {args.width}, {args.layers} layers; max_tokens {args.tokens}")
+              f"{len(runs)} prompts)")
+    direct = results["direct /v1/chat/completions"]
+    for name in list(results)[1:]:
+        runs = results[name]
+        ratio = statistics.median(_rate(runs[p]) / _rate(direct[p]) for p in direct)
+        extra = statistics.median(runs[p][0] - direct[p][0] for p in direct)
+        print(f"{name}: throughput ratio {ratio:.3f} (target >= 0.95), first token {extra * 1000:+.2f} ms "
+              f"(target <= +10 ms), medians of the per-prompt pairs")
+    print(f"model: width {args.width}, {args.layers} layers; max_tokens {args.tokens}; controller on {args.server}"
+          + ("; llama.cpp pinned to CPU 0, the rest to CPU 1" if args.pin else "; nothing pinned"))
 
 
 if __name__ == "__main__":
