@@ -72,9 +72,9 @@ def register(app: Flask, agent: Agent) -> None:
     app.register_blueprint(blueprint(agent))
 
 
-def blueprint(agent: Agent) -> Blueprint:
+def blueprint(agent: Agent, session: requests.Session | None = None) -> Blueprint:
     bp = Blueprint("inference_proxy", __name__)
-    session = http_session()  # the backends are on this node: no egress proxy
+    session = session or http_session()  # the backends are on this node: no egress proxy
     ids = ModelIds()
     timeout = (CONNECT_SECONDS, agent.settings.backend_timeout_seconds)
     urls = loaded_models.backend_urls(agent.settings)  # the settings are frozen: once per process
