@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import ollama
 import pytest
 import requests
 
+from eldric.cluster import keys
 from testbed.processes import Service, free_port, wait_until
 
 pytestmark = pytest.mark.integration
@@ -132,12 +134,21 @@ def _metric(text: str, name: str, worker: str) -> float:
 
 def test_requests_keep_succeeding_on_the_other_worker_when_one_backend_dies(routed):
     body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    # route-b looks busy, so route-a is tried first while its agent still reports the model loaded:
+    # the request right after the kill fails there before its first byte and is retried on route-b.
+    routed.redis.zadd(keys.ROUTE_IN_FLIGHT, {"route-b|held-by-the-test": time.time()})
+    errors_before = _metric(routed.api("GET", "/metrics").text, "eldric_route_errors_total", "route-a")
     answered = []
-    for i in range(10):
-        if i == 3:
-            routed.llama["route-a"].kill()  # mid-run: route-a's agent still lists the model
-        resp = routed.api("POST", "/v1/chat/completions", json=body)
-        assert resp.status_code == 200, (i, resp.text)
-        answered.append(resp.headers["X-Eldric-Worker"])
-    assert set(answered[3:]) == {"route-b"}, answered
+    try:
+        for i in range(10):
+            if i == 3:
+                routed.llama["route-a"].kill()  # mid-run: route-a's agent still lists the model
+            resp = routed.api("POST", "/v1/chat/completions", json=body)
+            assert resp.status_code == 200, (i, resp.text)
+            answered.append(resp.headers["X-Eldric-Worker"])
+    finally:
+        routed.redis.zrem(keys.ROUTE_IN_FLIGHT, "route-b|held-by-the-test")
+    assert answered[:3] == ["route-a"] * 3 and set(answered[3:]) == {"route-b"}, answered
+    text = routed.api("GET", "/metrics").text
+    assert _metric(text, "eldric_route_errors_total", "route-a") >= errors_before + 1, text
     wait_until(lambda: _ps_workers(routed) == ["route-b"], timeout=10, message="route-a to leave /api/ps")
