@@ -18,6 +18,7 @@ and the backend's own status for what it refused.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -76,12 +77,15 @@ def blueprint(agent: Agent, session: requests.Session | None = None) -> Blueprin
     bp = Blueprint("inference_proxy", __name__)
     session = session or http_session()  # the backends are on this node: no egress proxy
     ids = ModelIds()
-    timeout = (CONNECT_SECONDS, agent.settings.backend_timeout_seconds)
-    urls = loaded_models.backend_urls(agent.settings)  # the settings are frozen: once per process
+
+    @functools.cache
+    def urls() -> dict[str, str]:  # the settings are frozen: once per process (at the first call, as the
+        return loaded_models.backend_urls(agent.settings)  # app is also built without an agent to list its routes)
 
     @bp.post("/inference/<backend>/<path:endpoint>")
     def infer(backend: str, endpoint: str):
-        url = urls.get(backend)
+        url = urls().get(backend)
+        timeout = (CONNECT_SECONDS, agent.settings.backend_timeout_seconds)
         if url is None:
             return _error(f"backend {backend!r} does not serve inference on worker {agent.worker_id}", 404)
         if endpoint not in OLLAMA_ENDPOINTS + OPENAI_ENDPOINTS:
