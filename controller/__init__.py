@@ -76,9 +76,14 @@ def _register_auth(app: Flask) -> None:
     message = "missing or wrong bearer token (Authorization: Bearer <ELDRIC_API_TOKEN>)"
 
     def is_open(path: str) -> bool:  # the page, health, metrics and the docs are public; the calls are not
-        return not path.startswith("/api/") or path in ("/api/v1/openapi.json", "/api/v1/docs")
+        if path in ("/api/v1/openapi.json", "/api/v1/docs"):
+            return True
+        return not (path.startswith("/api/") or path.startswith("/v1/"))  # /v1: OpenAI's API (ollama_route)
 
     def refuse(path: str):
+        if path.startswith("/v1/"):  # OpenAI clients read an error object
+            return jsonify(error={"message": message, "type": "invalid_request_error", "param": None,
+                                  "code": "invalid_api_key"}), 401
         if not path.startswith("/api/v1/"):  # Ollama's endpoints answer in Ollama's shape
             return jsonify(error=message), 401
         return error_response(401, message)

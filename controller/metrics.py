@@ -53,7 +53,9 @@ class Snapshot:
 
 
 # A job's source (its record's `source`) -> the metric label: a handful of values, whatever the cluster pulls.
-SOURCE_KINDS = {"ollama": "ollama", "registry": "registry", "url": "url", "worker": "peer", "peer": "peer"}
+# "cluster": a model created or pushed through the Ollama API, fetched from the data node's /v2/.
+SOURCE_KINDS = {"ollama": "ollama", "registry": "registry", "cluster": "registry", "url": "url", "worker": "peer",
+                "peer": "peer"}
 SOURCE_KIND_LABELS = ("ollama", "registry", "url", "peer", "other")
 
 

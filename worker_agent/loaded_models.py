@@ -100,7 +100,7 @@ def process_entry(name: str, rec: dict) -> dict:
     return {"name": name, "model": name, "size": int(rec.get("size") or 0),
             "digest": (rec.get("digest") or "").removeprefix("sha256:"),
             "details": {"parent_model": d.get("parent_model", ""), "format": d.get("format") or rec.get("format") or "",
-                        "family": family, "families": d.get("families") or ([family] if family else None),
+                        "family": family, "families": d.get("families") or ([family] if family else []),
                         "parameter_size": d.get("parameter_size") or parameter_size_label(d.get("parameter_count")),
                         "quantization_level": d.get("quantization_level") or d.get("quantization") or ""},
             "expires_at": FOREVER, "size_vram": 0, "context_length": int(d.get("context_length") or 0)}

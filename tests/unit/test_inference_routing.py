@@ -278,3 +278,9 @@ def test_metrics_show_each_workers_routed_requests_errors_and_in_flight(app, sto
 ])
 def test_what_counts_as_an_unload(endpoint, body, expected):
     assert is_unload(endpoint, body) is expected
+
+
+def test_the_apps_own_token_check_covers_every_v1_path_in_openais_shape(app):
+    """Not only the routes ollama_route registers: an unknown /v1 path is refused before routing (401, not 404)."""
+    resp = app.test_client().post("/v1/not-a-route", json={})
+    assert resp.status_code == 401 and resp.json["error"]["code"] == "invalid_api_key"

@@ -89,7 +89,7 @@ def test_metrics_never_write(cluster):
 
 
 @pytest.mark.parametrize("source, label", [
-    ("ollama", "ollama"), ("registry", "registry"), ("url", "url"), ("worker", "peer"),
+    ("ollama", "ollama"), ("registry", "registry"), ("cluster", "registry"), ("url", "url"), ("worker", "peer"),
     ("https://bucket.s3.example/m.gguf?X-Amz-Signature=abc", "other"), ("local", "other"), (None, "other"),
 ])
 def test_source_labels_are_a_bounded_set_of_kinds(source, label):
