@@ -20,6 +20,7 @@ from eldric.core.manifests import MANIFEST_V2
 from testbed.gguf_models import write_llama_gguf
 from testbed.oci_registry import push_ollama_model
 from testbed.processes import REPO_ROOT, Service, eldric, free_port, session, wait_until
+from tests.support.ollama_js import run_steps
 
 pytestmark = pytest.mark.integration
 SECRET = "create-secret"
@@ -174,3 +175,26 @@ def test_blob_uploads_are_verified(live) -> None:
     resp = http.post(f"{base}/api/blobs/{wrong}", data=b"these bytes", timeout=10)
     assert resp.status_code == 400 and "mismatch" in resp.json()["error"]
     assert http.head(f"{base}/api/blobs/{wrong}", timeout=10).status_code == 404
+
+
+def test_the_official_npm_client_uploads_creates_pushes_and_lists_running_models(live, workdir: Path) -> None:
+    """ollama-js has no blob upload: the GGUF goes up with fetch as Open WebUI sends it, then the client's create
+    names it in `files`; a create with `from` + `system` (Open WebUI's form), push, ps, list and show follow."""
+    gguf = write_llama_gguf(workdir / "jsup.gguf", name="jsup", width=88)
+    digest = "sha256:" + hashlib.sha256(gguf.read_bytes()).hexdigest()
+    steps = [{"op": "upload", "path": str(gguf)},
+             {"op": "create", "model": "jsup", "files": {"jsup.gguf": digest}, "stream": True},
+             {"op": "create", "model": "jspirate", "from": "tiny", "system": "Arr, matey."},
+             {"op": "push", "model": "jsup", "stream": True},
+             {"op": "ps"}, {"op": "list"}, {"op": "show", "model": "jspirate"}]
+    uploaded, created, from_system, pushed, running, listed, shown = run_steps(live["cluster"].controller_url, steps)
+    assert uploaded == {"digest": digest, "head": 404, "status": 201}, uploaded
+    statuses = [p["status"] for p in created["parts"]]
+    assert f"using existing layer {digest}" in statuses and statuses[-1] == "success", created
+    assert from_system == {"status": "success"}, from_system
+    statuses = [p["status"] for p in pushed["parts"]]
+    assert statuses[0] == "retrieving manifest" and statuses[-1] == "success", pushed
+    assert isinstance(running["models"], list) and all("expires_at" in m for m in running["models"]), running
+    assert {"jsup:latest", "jspirate:latest"} <= {m["name"] for m in listed["models"]}, listed
+    assert shown["system"] == "Arr, matey." and shown["details"]["family"] == "llama", shown
+    assert registry_manifest(live, "library/jsup", "latest")["doc"]["layers"][0]["digest"] == digest

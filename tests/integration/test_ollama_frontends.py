@@ -21,11 +21,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
-import subprocess
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 import requests
@@ -34,13 +31,13 @@ from testbed.gguf_models import write_llama_gguf
 from testbed.oci_registry import push_ollama_model
 from testbed.processes import session, wait_until
 from tests.support.fake_backends import FakeOpenAIModels
+from tests.support.ollama_js import run_steps
 from worker_agent.installers import model_slug
 
 pytestmark = pytest.mark.integration
 
 TOKEN = "frontend-token"
 PAGE = "http://lobe.test:3210"
-JS_DIR = Path(__file__).resolve().parents[1] / "js"
 CODER_TEMPLATE = ("{{- if .Tools }}Tools: {{ .Tools }}{{ end }}{{ if .Suffix }}<PRE> {{ .Prompt }} <SUF>{{ .Suffix }} "
                   "<MID>{{ else }}{{ .Prompt }}{{ end }}")
 DETAIL_STRINGS = ("parent_model", "format", "family", "parameter_size", "quantization_level")
@@ -234,18 +231,12 @@ def test_open_webui_cancels_a_pull_by_aborting_its_stream_then_deleting(live, ht
 
 
 def test_the_official_npm_client_manages_the_cluster(live):
-    node = shutil.which("node")
-    if node is None or not (JS_DIR / "node_modules" / "ollama").is_dir():
-        pytest.skip("node or tests/js/node_modules missing: run scripts/install-deps.sh (npm ci in tests/js)")
-    steps = [{"op": "version"}, {"op": "pull", "model": "jsmodel"}, {"op": "list"}, {"op": "show", "model": "jsmodel"},
-             {"op": "copy", "source": "jsmodel", "destination": "jsmodel-copy"}, {"op": "list"},
-             {"op": "delete", "model": "jsmodel-copy"}, {"op": "delete", "model": "jsmodel"}, {"op": "list"},
-             {"op": "show", "model": "jsmodel"}]
-    done = subprocess.run([node, str(JS_DIR / "ollama_client.mjs"), live.controller_url, TOKEN, json.dumps(steps)],
-                          capture_output=True, text=True, timeout=60, cwd=JS_DIR)
-    assert done.returncode == 0, done.stderr
+    steps = [{"op": "version"}, {"op": "pull", "model": "jsmodel", "stream": True}, {"op": "list"},
+             {"op": "show", "model": "jsmodel"}, {"op": "copy", "source": "jsmodel", "destination": "jsmodel-copy"},
+             {"op": "list"}, {"op": "delete", "model": "jsmodel-copy"}, {"op": "delete", "model": "jsmodel"},
+             {"op": "list"}, {"op": "show", "model": "jsmodel"}]
     version, pulled, listed, shown, copied, listed_after_copy, _d1, _d2, listed_after_delete, gone = \
-        json.loads(done.stdout)
+        run_steps(live.controller_url, steps, TOKEN)
     assert version["version"]
     statuses = [p["status"] for p in pulled["parts"]]
     assert statuses[0] == "pulling manifest" and statuses[-1] == "success", statuses
