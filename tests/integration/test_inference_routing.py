@@ -18,6 +18,7 @@ import requests
 
 from eldric.cluster import keys
 from testbed.processes import Service, free_port, wait_until
+from tests.support.ollama_js import run_steps
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -152,3 +153,25 @@ def test_requests_keep_succeeding_on_the_other_worker_when_one_backend_dies(rout
     text = routed.api("GET", "/metrics").text
     assert _metric(text, "eldric_route_errors_total", "route-a") >= errors_before + 1, text
     wait_until(lambda: _ps_workers(routed) == ["route-b"], timeout=10, message="route-a to leave /api/ps")
+
+
+def test_the_official_npm_client_streams_chat_and_generate_lists_running_and_unloads(routed):
+    """ollama-js (tests/js) as a browser front-end uses it: ps, streamed chat and generate, embed, and the unload
+    Open WebUI sends. Last in the module: after the kill above only route-b is listed (alone, both are)."""
+    alive = _ps_workers(routed)
+    steps = [{"op": "ps"},
+             {"op": "chat", "model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": True,
+              "options": {"num_predict": 4, "temperature": 0}},
+             {"op": "generate", "model": "tiny", "prompt": "once", "stream": True, "options": {"num_predict": 3}},
+             {"op": "embed", "model": "tiny", "input": "hi"},
+             {"op": "generate", "model": "tiny", "prompt": "", "keep_alive": 0}]
+    running, chat, gen, embedded, unloaded = run_steps(routed.controller_url, steps)
+    [entry] = [m for m in running["models"] if m["name"] == "tiny:latest"]
+    assert entry["workers"] == alive and entry["expires_at"] and entry["details"]["format"] == "gguf", entry
+    *tokens, last = chat["parts"]
+    assert last["done"] and last["done_reason"] in ("stop", "length") and last["eval_count"] >= 1, last
+    assert "".join(p["message"]["content"] for p in tokens), chat
+    assert gen["parts"][-1]["done"] and "".join(p["response"] for p in gen["parts"]), gen
+    # The fixture's llama servers run without --embedding: a clear refusal naming why, in Ollama's shape.
+    assert embedded["status_code"] not in (None, 500) and "embedding=True" in embedded["error"], embedded
+    assert unloaded["done"] and unloaded["done_reason"] == "unload" and sorted(unloaded["workers"]) == alive, unloaded
