@@ -18,7 +18,9 @@ import redis
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
 from controller import agents, copy_jobs, pull_jobs, shared_pulls
+from controller.ollama_create import cluster_registry
 from controller.ollama_shapes import show_answer, tag_entry
+from eldric.core.names import DEFAULT_HOST, ModelName
 from eldric.cluster.jobs import reads as jobs
 from controller.models import cluster_models, models_of
 from eldric.core.request_errors import BadRequestError, NotFoundError, RequestError
@@ -81,7 +83,8 @@ def pull():
     client = redis_client()
     try:  # a pull of this model still running for the same workers is followed, not started again
         job_id = shared_pulls.start_or_attach(client, producer(), model=_model_field(body), limits=job_limits(),
-                                              stale_after=stale_after(), offline_grace=offline_grace()).job_id
+                                              stale_after=stale_after(), offline_grace=offline_grace(),
+                                              in_cluster_registry=_in_cluster_registry).job_id
     except NotFoundError as exc:  # upstream has no such manifest: Ollama's own words first, then what is there
         return _error(f"pull model manifest: file does not exist: {exc}", 404)
     # A client that goes away only ends its stream: the job runs on (cancel is DELETE's or the dashboard's).
@@ -93,6 +96,17 @@ def pull():
         # 502: the workers (or the registry behind them) failed, not this service.
         return (jsonify(last), 200) if "error" not in last else _error(last["error"], 502)
     return Response(stream_with_context(_ndjson(events)), mimetype="application/x-ndjson")
+
+
+def _in_cluster_registry(name: ModelName) -> bool:
+    """Whether the data node's /v2/ holds `name` (a model created or pushed here); no registry set, or one
+    that cannot answer, is a no: the pull's 404 stands."""
+    if name.host != DEFAULT_HOST or not current_app.config.get("REGISTRY_URL"):
+        return False
+    try:
+        return cluster_registry().manifest(name) is not None
+    except RequestError:
+        return False
 
 
 def _ndjson(events: Iterator[dict]) -> Iterator[str]:

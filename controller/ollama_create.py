@@ -42,7 +42,8 @@ def _redis_down(exc: redis.RedisError):
     return jsonify(error=f"cluster state store (Redis) unavailable: {exc}"), 503
 
 
-def _registry() -> ClusterRegistry:
+def cluster_registry() -> ClusterRegistry:
+    """This app's client of the data node's /v2/ (409 naming ELDRIC_REGISTRY_URL when it is empty)."""
     found = current_app.extensions.get("eldric.cluster_registry")
     if found is None:
         cfg = current_app.config
@@ -53,7 +54,7 @@ def _registry() -> ClusterRegistry:
 
 
 def _cluster() -> Cluster:
-    return Cluster(redis=redis_client(), producer=producer(), registry=_registry(),
+    return Cluster(redis=redis_client(), producer=producer(), registry=cluster_registry(),
                    secret=current_app.config.get("CLUSTER_SECRET", ""), limits=job_limits(),
                    stale_after=stale_after(), offline_grace=offline_grace())
 
@@ -74,14 +75,14 @@ def _digest(raw: str) -> Digest:
 
 @bp.route("/api/blobs/<digest>", methods=["HEAD"])
 def head_blob(digest: str):
-    found = _registry().has_blob(_digest(digest))
+    found = cluster_registry().has_blob(_digest(digest))
     return Response(status=200 if found else 404)
 
 
 @bp.post("/api/blobs/<digest>")
 def post_blob(digest: str):
     wanted = _digest(digest)
-    registry = _registry()
+    registry = cluster_registry()
     if registry.has_blob(wanted):
         return Response(status=200)  # as Ollama: already held, the body is not needed
     length = request.content_length

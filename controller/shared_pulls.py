@@ -12,18 +12,20 @@ it (cancel_running): a client going away never does.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
 from celery import Celery
 from redis.exceptions import LockError
 
-from controller.pull_jobs import JobLimits, choose_targets, parse_model, start_pull
+from controller.pull_jobs import JobLimits, choose_targets, parse_model, start_cluster_pull, start_pull
 from eldric.cluster import keys
 from eldric.cluster.jobs import reads
 from eldric.cluster.jobs import state as jobstate
 from eldric.cluster.jobs.store import cancel_job
-from eldric.core.request_errors import UnavailableError
+from eldric.core.names import ModelName
+from eldric.core.request_errors import NotFoundError, UnavailableError
 
 LOCK_SECONDS = 30.0  # longer than start_pull's one upstream manifest check (short timeouts)
 
@@ -35,8 +37,12 @@ class SharedPull:
 
 
 def start_or_attach(client: redis.Redis, producer: Celery, *, model: str, limits: JobLimits, stale_after: float,
-                    offline_grace: float) -> SharedPull:
-    """The running cluster-wide pull of `model` with today's targets, or a new one (start_pull's checks and errors)."""
+                    offline_grace: float, in_cluster_registry: Callable[[ModelName], bool] | None = None) -> SharedPull:
+    """The running cluster-wide pull of `model` with today's targets, or a new one (start_pull's checks and errors).
+
+    A model upstream does not have but `in_cluster_registry` finds (created or pushed through the Ollama API) is
+    pulled from the cluster's registry (source `cluster`), so `ollama pull mine` brings a created model to a
+    worker that lacks it, as it would from Ollama's registry; upstream is asked first, as Ollama's pull does."""
     name = parse_model(model, limits.upstreams)
     targets = sorted(choose_targets(client, None, limits))
     key = keys.shared_pull(name.short)
@@ -45,7 +51,12 @@ def start_or_attach(client: redis.Redis, producer: Celery, *, model: str, limits
             running = client.get(key)
             if running and _is_running_on(client, running, targets, stale_after, offline_grace):
                 return SharedPull(running, attached=True)
-            job_id = start_pull(client, producer, model=name.short, workers=None, limits=limits)
+            try:
+                job_id = start_pull(client, producer, model=name.short, workers=None, limits=limits)
+            except NotFoundError:
+                if in_cluster_registry is None or not in_cluster_registry(name):
+                    raise
+                job_id = start_cluster_pull(client, producer, model=name.short, limits=limits)
             client.set(key, job_id, ex=max(1, int(limits.deadline_seconds)))
     except LockError:  # another start of this pull held the lock for LOCK_SECONDS: say so, never a 500
         raise UnavailableError(f"another pull of '{name.short}' is being started; try again") from None

@@ -380,3 +380,24 @@ def test_a_bad_origin_setting_fails_at_start_naming_it(value):
 def test_origins_setting_is_a_comma_list():
     cfg = controller_config.from_env({"ELDRIC_CORS_ORIGINS": "https://a.example, http://127.0.0.1:3210"})
     assert cfg["CORS_ORIGINS"] == ("https://a.example", "http://127.0.0.1:3210")
+
+
+def test_a_model_upstream_lacks_but_the_cluster_registry_holds_is_pulled_from_there(store, monkeypatch):
+    """`ollama pull mine` of a created model: upstream first (404 there), then the data node's /v2/."""
+    from controller import pull_jobs
+
+    def upstream_lacks(name, _registry):
+        raise NotFoundError(f"model '{name.short}' not found upstream", field="model")
+
+    monkeypatch.setattr(pull_jobs, "check_upstream", upstream_lacks)
+    producer = FakeCelery()
+    worker(store, "w1", [])
+    asked = []
+    held = start_or_attach(store, producer, model="mine", limits=LIMITS, stale_after=60, offline_grace=300,
+                           in_cluster_registry=lambda name: asked.append(name.short) or True)
+    assert asked == ["mine:latest"] and store.hget(keys.job(held.job_id), "source") == "cluster"
+    assert len(producer.sent) == 1
+    with pytest.raises(NotFoundError, match="not found upstream"):
+        start_or_attach(store, producer, model="nosuch", limits=LIMITS, stale_after=60, offline_grace=300,
+                        in_cluster_registry=lambda name: False)
+    assert len(producer.sent) == 1  # nothing queued for a model neither has
