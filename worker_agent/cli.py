@@ -16,6 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=None, help="agent HTTP port (default: the type's port)")
     p.add_argument("--host", default=None, help="agent bind address (default 127.0.0.1)")
     p.add_argument("--data-dir", default=None, help="agent state directory (default ~/.eldric/NAME)")
+    p.add_argument("--label", action="append", default=None, metavar="KEY=VALUE[,KEY=VALUE]",
+                   help="this node's labels, e.g. zone=a,gpu=h100 (repeatable; default $ELDRIC_LABELS)")
     p.add_argument("--concurrency", type=int, default=None, help="tasks run at once")
     p.add_argument("--loglevel", default=None, help="default $ELDRIC_LOG_LEVEL or INFO")
 
@@ -28,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = AgentSettings.from_env(worker_id=args.name, worker_type=args.type, port=args.port,
                                           data_dir=args.data_dir, host=args.host, concurrency=args.concurrency,
-                                          log_level=args.loglevel)
+                                          log_level=args.loglevel,
+                                          labels=",".join(args.label) if args.label else None)
     except SettingsError as exc:
         print(f"eldric worker: {exc}", file=sys.stderr)
         return 2

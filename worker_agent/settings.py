@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic_settings import NoDecode
 
+from eldric.cluster.labels import parse_labels
 from eldric.cluster.queues import WORKER_PORTS, is_valid_worker_id
 from eldric.cluster.shared_settings import AddressPolicySettings, RedisSettings, UpstreamSettings
 from eldric.core.settings import CommaList, Size, UserPath
@@ -14,6 +16,14 @@ from eldric.transfer.retry import backoff_delay
 from eldric.web.client_limits import HttpLimitsSettings
 
 Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+def _labels(value: object) -> object:
+    return parse_labels(value) if isinstance(value, str) else value
+
+
+# `zone=a,gpu=h100` in the environment or on the command line (not JSON); a dict as it is.
+Labels = Annotated[dict[str, str], NoDecode, BeforeValidator(_labels)]
 
 
 class AgentSettings(HttpLimitsSettings, AddressPolicySettings, UpstreamSettings, RedisSettings):
@@ -30,6 +40,8 @@ class AgentSettings(HttpLimitsSettings, AddressPolicySettings, UpstreamSettings,
     registry_url: str = Field("", description="the data node's registry (as on the controller): models created or "
                               "pushed through the controller's Ollama API are pulled from its /v2/; "
                               "empty: such pulls fail")
+    labels: Labels = Field({}, description="comma list of key=value labels of this node "
+                           "(zone=a,gpu=h100), shown in the worker views and matched by placement selectors")
     backends: CommaList = Field(("ollama",), description="comma list of backends this node serves")
     heartbeat_seconds: Seconds = Field(5.0, description="heartbeat period; offline after 3 missed")
     concurrency: int = Field(4, ge=1, validation_alias="ELDRIC_AGENT_CONCURRENCY", description="tasks run at once (threads)")

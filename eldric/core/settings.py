@@ -160,6 +160,8 @@ class EnvSettings(BaseSettings):
                 value = redact_urls(value)
             elif isinstance(value, tuple):
                 value = ",".join(value)
+            elif isinstance(value, dict):  # key=value pairs, as they are written (labels)
+                value = ",".join(f"{k}={v}" for k, v in value.items())
             shown.append(f"{type(self).env_name(name)}={value}")
         return " ".join(shown)
 
