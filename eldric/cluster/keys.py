@@ -44,6 +44,19 @@ def worker_debris(worker_id: str) -> str:
     return f"{PREFIX}:worker:{worker_id}:debris"
 
 
+def worker_gc(worker_id: str) -> str:
+    """HASH find id -> JSON {id, kind, path, digest, bytes, first_seen, removable_at}: what GC sweeps found (eldric/cluster/gc.py)."""
+    return f"{PREFIX}:worker:{worker_id}:gc"
+
+
+def worker_gc_sweep(worker_id: str) -> str:
+    """HASH {swept_at, removed, removed_bytes, grace, error}: the worker's last GC sweep."""
+    return f"{PREFIX}:worker:{worker_id}:gc:sweep"
+
+
+GC_BYTES = f"{PREFIX}:gc:bytes"  # HASH worker id -> bytes its GC sweeps removed (ever): eldric_gc_bytes_total
+
+
 def worker_catchups(worker_id: str) -> str:
     """HASH model -> JSON catch-up {job_id, kind, model, source, options, at}: work the worker missed while skipped."""
     return f"{PREFIX}:worker:{worker_id}:catchup"
