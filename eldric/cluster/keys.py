@@ -27,6 +27,14 @@ def worker_loaded(worker_id: str) -> str:
     return f"{PREFIX}:worker:{worker_id}:loaded"
 
 
+def worker_served(worker_id: str) -> str:
+    """HASH model name -> epoch seconds the agent's inference relay last served it (worker_agent/last_use.py)."""
+    return f"{PREFIX}:worker:{worker_id}:served"
+
+
+EVICTIONS = f"{PREFIX}:evictions"  # HASH worker id -> models its agent evicted (ever; worker_agent/eviction.py)
+
+
 # ZSET "<worker id>|<request id>" -> start time: the inference requests the controllers are streaming now,
 # one key for the cluster, so counting them costs one read however many workers there are.
 ROUTE_IN_FLIGHT = f"{PREFIX}:route:in-flight"
