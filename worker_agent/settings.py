@@ -14,6 +14,7 @@ from eldric.cluster.shared_settings import AddressPolicySettings, RedisSettings,
 from eldric.core.settings import CommaList, Size, UserPath
 from eldric.transfer.retry import backoff_delay
 from eldric.web.client_limits import HttpLimitsSettings
+from worker_agent.watermarks import Watermarks
 
 Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
@@ -59,6 +60,10 @@ class AgentSettings(HttpLimitsSettings, AddressPolicySettings, UpstreamSettings,
     progress_seconds: Seconds = Field(0.25, description="least time between two progress writes per worker")
     disk_reserve_bytes: Size = Field(1 << 30, description="a download that would leave less free disk than this is refused up front (K/M/G suffixes)")
     shared_mounts: CommaList = Field((), description="comma list of paths where the registry's storage may be mounted (NFS); proven by its fingerprint file")
+    disk_high_watermark: str = Field("", description="above this share of the store's filesystem (90%) or bytes used (40G), "
+                                     "least-recently-used models are evicted; empty: never")
+    disk_low_watermark: str = Field("", description="eviction goes on until the store's filesystem is under this (85% or bytes "
+                                    "used); empty: the high watermark")
     ollama_url: str = Field("http://127.0.0.1:11434", description="Ollama's HTTP API on this node (blob upload, create, tags)")
     vllm_models_dir: UserPath | None = Field(None, description="vLLM serving path, one directory per model; default <data dir>/backends/vllm")
     tgi_models_dir: UserPath | None = Field(None, description="TGI model directories (its --model-id paths); default <data dir>/backends/tgi")
@@ -91,6 +96,15 @@ class AgentSettings(HttpLimitsSettings, AddressPolicySettings, UpstreamSettings,
         if value and not value.startswith(("http://", "https://")):
             raise ValueError(f"must be an http(s) URL or empty, got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _watermarks(self) -> AgentSettings:
+        Watermarks.parse(self.disk_high_watermark, self.disk_low_watermark)  # a bad value stops the agent at start
+        return self
+
+    @property
+    def watermarks(self) -> Watermarks:
+        return Watermarks.parse(self.disk_high_watermark, self.disk_low_watermark)
 
     @model_validator(mode="after")
     def _default_data_dir(self) -> AgentSettings:
