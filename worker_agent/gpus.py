@@ -33,7 +33,7 @@ def read_nvml() -> list[Gpu] | None:
         return None
     try:
         pynvml.nvmlInit()
-    except Exception as exc:  # NVMLError_LibraryNotFound, _DriverNotLoaded, ...: a node without a driver
+    except Exception as exc:  # noqa: BLE001 - NVMLError_LibraryNotFound, _DriverNotLoaded, ...: no driver here
         log.debug("NVML unavailable: %s", exc)
         return None
     try:
@@ -48,8 +48,8 @@ def read_nvml() -> list[Gpu] | None:
     finally:
         try:
             pynvml.nvmlShutdown()
-        except Exception:  # shutting down what we could read from must not lose the reading
-            pass
+        except Exception as exc:  # noqa: BLE001 - a failed shutdown must not lose the reading
+            log.debug("nvmlShutdown failed: %s", exc)
 
 
 def read_nvidia_smi(program: str | None = None) -> list[Gpu] | None:
@@ -87,7 +87,7 @@ def read_gpus() -> list[Gpu]:
     for read in (read_nvml, read_nvidia_smi):
         try:
             found = read()
-        except Exception as exc:  # a broken binding or an odd driver answer: the next way, or none
+        except Exception as exc:  # noqa: BLE001 - a broken binding or an odd driver answer: the next way, or none
             log.warning("reading GPUs with %s failed: %s", read.__name__, exc)
             found = None
         if found is not None:
@@ -110,7 +110,7 @@ class GpuProbe:
             if self._at is None or now - self._at >= self.max_age:
                 try:
                     self._gpus = self._read()
-                except Exception as exc:  # never fail the heartbeat: keep the last reading
+                except Exception as exc:  # noqa: BLE001 - never fail the heartbeat: keep the last reading
                     log.warning("reading GPUs failed: %s", exc)
                 self._at = now
             return list(self._gpus)

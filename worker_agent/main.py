@@ -7,6 +7,7 @@ import json
 import socket
 from pathlib import Path
 import time
+from collections.abc import Callable
 
 import redis
 
@@ -15,7 +16,7 @@ from eldric import logging_setup
 from eldric.cluster import redisconn
 from eldric.cluster.queues import TASK_FOR_JOB_KIND, TASK_PULL, is_model_serving, queues_for, worker_queue
 from eldric.core.redaction import redact_url
-from worker_agent import celery_app, http_process, installers, job_runner, loaded_models, membership, runtime
+from worker_agent import celery_app, gpus, http_process, installers, job_runner, loaded_models, membership, runtime
 from worker_agent.catalog import Catalog
 from worker_agent.ollama_store import OllamaStore
 from worker_agent.runtime import Agent
@@ -53,13 +54,23 @@ def declared_backends(settings: AgentSettings) -> dict:
     return out
 
 
-def worker_info(settings: AgentSettings, address: str) -> dict:
-    """The worker's record in the cluster: who it is, where it keeps data, what it serves, its upstream."""
+def capacity_facts(settings: AgentSettings, gpu_probe=None) -> Callable[[], dict]:
+    """What the agent writes about its capacity at registration and every heartbeat: its labels, the
+    disk of its model store (where pulled models land) and its GPUs (`gpu_probe`, default a cached
+    worker_agent.gpus reading)."""
+    probe = gpu_probe or gpus.GpuProbe()
+    return lambda: membership.capacity_facts(Path(settings.models_dir), settings.labels, probe)
+
+
+def worker_info(settings: AgentSettings, address: str, facts: Callable[[], dict] | None = None) -> dict:
+    """The worker's record in the cluster: who it is, where it keeps data, what it serves, its upstream,
+    and its capacity facts (`facts`, default `capacity_facts(settings)`)."""
     return {"id": settings.worker_id, "type": settings.worker_type, "address": address,
-            "backends": advertised_backends(settings), "free_disk": membership.free_disk(settings.data_dir),
+            "backends": advertised_backends(settings),
             "data_dir": str(Path(settings.data_dir).absolute()), "hostname": socket.gethostname(),
             "upstream_registry": redact_url(settings.ollama_registry),
-            "backend_details": json.dumps(declared_backends(settings))}
+            "backend_details": json.dumps(declared_backends(settings)),
+            **(facts or capacity_facts(settings))()}
 
 
 def redis_client(url: str) -> redis.Redis:
@@ -83,10 +94,12 @@ def run_agent(settings: AgentSettings, loglevel: str = "INFO") -> int:
 
     server = http_process.start(settings.model_dump_json(), settings.host, settings.http_port)
     address = settings.advertise_url or f"http://{settings.host}:{server.server_port}"
-    info = worker_info(settings, address)
+    facts = capacity_facts(settings)
+    info = worker_info(settings, address, facts)
     workers.register(client, info, ttl=settings.heartbeat_seconds * 3)
     heartbeat = membership.Heartbeat(client, settings.worker_id, settings.data_dir, settings.heartbeat_seconds,
-                                     info=info, on_reregister=lambda: job_runner.refresh_inventory(agent))
+                                     info=info, on_reregister=lambda: job_runner.refresh_inventory(agent),
+                                     facts=facts)
     heartbeat.start()
     job_runner.refresh_inventory(agent)
     reporter = loaded_models.Reporter(agent)  # what the backends have loaded, for /api/ps and routing
