@@ -118,6 +118,10 @@ class WorkerProgressSchema(Schema):
         "description": "how the model reached each backend of the worker: hard-linked to the blob store (one copy), "
                        "copied and why (e.g. other filesystem), already in place, Ollama store, shared storage, "
                        "or skipped and why"})
+    placement_reason = fields.String(allow_none=True, metadata={
+        "description": "a job with replicas or a selector: why placement chose this worker (\"holds it\", its room) "
+                       "or, for a part skipped at the start, why it could not take a copy (e.g. no room: needs 9.2 GiB, "
+                       "has 3.1 GiB)"})
     ready = fields.Dict(keys=fields.String(), values=fields.Raw(), allow_none=True, metadata={
         "description": "per installed backend: true when its API lists the model after the install, false when it "
                        "does not (or did not answer), \"no API\" when there is none to ask"})
@@ -184,6 +188,18 @@ class RemoveWorkerQuerySchema(Schema):
     force = fields.Boolean(load_default=False, metadata={"description": "remove the worker even while it is online"})
 
 
+class GpuSchema(Schema):
+    index = fields.Integer()
+    name = fields.String()
+    memory_total = fields.Integer(metadata={"description": "bytes"})
+    memory_free = fields.Integer(metadata={"description": "bytes"})
+
+
+class WorkerQuerySchema(Schema):
+    selector = fields.String(validate=validate.Length(max=2000), metadata={
+        "description": "only workers with all these labels, e.g. zone=a,gpu=h100", "example": "zone=a"})
+
+
 class WorkerSchema(Schema):
     id = fields.String()
     type = fields.String()
@@ -200,6 +216,17 @@ class WorkerSchema(Schema):
     upstream_registry = fields.String(
         allow_none=True, metadata={"description": "where the agent pulls registry.ollama.ai names from "
                                                   "(its ELDRIC_OLLAMA_REGISTRY, credentials removed)"})
+    labels = fields.Dict(keys=fields.String(), values=fields.String(), metadata={
+        "description": "the worker's labels (its ELDRIC_LABELS, e.g. zone=a,gpu=h100), matched by selectors"})
+    disk_free = fields.Integer(allow_none=True, metadata={
+        "description": "bytes free on the filesystem of the worker's model store (null: not reported)"})
+    disk_total = fields.Integer(allow_none=True, metadata={
+        "description": "bytes in all on that filesystem (null: not reported, e.g. an older agent)"})
+    gpus = fields.List(fields.Nested(GpuSchema), metadata={"description": "the worker's GPUs (NVML or nvidia-smi); empty: none"})
+    disk_high_watermark = fields.Integer(allow_none=True, metadata={
+        "description": "bytes used above which the agent evicts models (null: no eviction)"})
+    disk_low_watermark = fields.Integer(allow_none=True, metadata={
+        "description": "bytes used that eviction brings the disk back under (null: no eviction)"})
 
 
 class WorkerListSchema(Schema):

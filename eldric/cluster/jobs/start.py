@@ -33,10 +33,13 @@ CLUSTER_REGISTRY = "cluster"
 
 def start_job(client: redis.Redis, send: Send, *, kind: str, task: str, model: str, targets: list[str], source: str,
               deadline_seconds: float, options: dict | None = None, secrets: dict | None = None,
-              now: float | None = None) -> str:
-    """Record the job, keep its secrets apart from it, send `task(job_id, model)` to every target; return its id."""
+              now: float | None = None, reasons: Mapping[str, str] | None = None,
+              skipped: Mapping[str, str] | None = None) -> str:
+    """Record the job, keep its secrets apart from it, send `task(job_id, model)` to every target; return its id.
+
+    `reasons` and `skipped`: placement's choice (store.create_job); the skipped workers get no task."""
     job_id = create_job(client, kind=kind, model=model, targets=targets, source=source,
-                        deadline_seconds=deadline_seconds, options=options, now=now)
+                        deadline_seconds=deadline_seconds, options=options, now=now, reasons=reasons, skipped=skipped)
     if secrets:  # read by agents only: never in job views, task arguments or logs
         client.hset(keys.job_secrets(job_id), mapping=secrets)
         client.expire(keys.job_secrets(job_id), int(deadline_seconds) + 3600)

@@ -22,6 +22,7 @@ import json
 import time
 import uuid
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import redis
@@ -129,24 +130,41 @@ def write_record(client: redis.Redis, job_id: str, worker_id: str, record: dict,
 
 
 def create_job(client: redis.Redis, *, kind: str, model: str, targets: list[str], source: str,
-               deadline_seconds: float, options: dict | None = None, now: float | None = None) -> str:
-    """Write the job and a pending record per target worker in one transaction."""
+               deadline_seconds: float, options: dict | None = None, now: float | None = None,
+               reasons: Mapping[str, str] | None = None, skipped: Mapping[str, str] | None = None) -> str:
+    """Write the job and a pending record per target worker in one transaction.
+
+    `reasons`: why placement chose each target (its record's `placement_reason`, kept by the agent's
+    progress writes, which merge into the record). `skipped`: workers placement could not use, each a
+    part ended `skipped` at once with its reason (listed in the job's targets after the others; no
+    task goes to them and no catch-up follows: they were refused, not away).
+    """
     now = time.time() if now is None else now
     job_id = uuid.uuid4().hex
+    reasons, skipped = reasons or {}, skipped or {}
     meta = {"id": job_id, "kind": kind, "model": model, "source": source, "created_at": now,
-            "deadline_at": now + deadline_seconds, "targets": json.dumps(targets),
+            "deadline_at": now + deadline_seconds, "targets": json.dumps([*targets, *skipped]),
             "options": json.dumps(options or {})}
     pipe = client.pipeline()
     pipe.hset(keys.job(job_id), mapping=meta)
     if targets:
         pipe.hset(keys.job_workers(job_id),
-                  mapping={wid: json.dumps(jobstate.new_record(now)) for wid in targets})
+                  mapping={wid: json.dumps(_placed(jobstate.new_record(now), reasons.get(wid))) for wid in targets})
         pipe.hset(keys.job_states(job_id), jobstate.PENDING, len(targets))
+    if skipped:
+        pipe.hset(keys.job_workers(job_id), mapping={
+            wid: json.dumps(_placed(jobstate.skipped(jobstate.new_record(now), now, f"skipped ({why})"), why))
+            for wid, why in skipped.items()})
+        pipe.hset(keys.job_states(job_id), jobstate.SKIPPED, len(skipped))
     for wid in targets:
         pipe.sadd(keys.worker_jobs(wid), job_id)
     pipe.zadd(keys.JOBS, {job_id: now})
     pipe.execute()
     return job_id
+
+
+def _placed(record: dict, reason: str | None) -> dict:
+    return dict(record, placement_reason=reason) if reason else record
 
 
 def fail_worker(client: redis.Redis, job_id: str, worker_id: str, reason: str) -> Written:
