@@ -74,6 +74,7 @@ class AgentSettings(HttpLimitsSettings, AddressPolicySettings, UpstreamSettings,
     vllm_url: str = Field("", description="a vLLM server on this node whose /v1/models is asked after an install; empty: none")
     log_level: str = Field("INFO", description="log level of the agent process")
     debris_sweep: Literal["report", "remove"] = Field("report", description="what the debris sweep does with backend entries no model of this node owns: report them, or also remove those Eldric placed")
+    gc_grace_seconds: float = Field(3600.0, ge=0, allow_inf_nan=False, description="a GC find (a blob nothing references, a stale partial, backend debris) is removed only once it was garbage this long; found again referenced meanwhile, it is dropped")
     backend_timeout_seconds: Seconds = Field(600.0, description="longest wait for one backend API call (blob upload, create, model load)")
 
     @field_validator("worker_id")
