@@ -30,7 +30,7 @@ from flask import Blueprint, Flask, Response, jsonify, request
 
 from eldric.core.unload import is_unload
 from eldric.transfer.http import http_session
-from worker_agent import loaded_models
+from worker_agent import last_use, loaded_models
 from worker_agent.installers import InstallError, openai_models
 from worker_agent.ollama_openai import OPENAI_PATH, Timer, error_message, now_iso, ollama_answer, ollama_stream, \
     openai_request, sse_events
@@ -98,6 +98,8 @@ def blueprint(agent: Agent, session: requests.Session | None = None) -> Blueprin
             return _error("request body must be a JSON object", 400)
         model = request.args.get("model") or body.get("model") or ""
         unload = is_unload(endpoint, body)
+        if not unload:  # the most truthful last use (eviction's LRU): this node served the model now
+            last_use.served(agent.redis, agent.worker_id, model)
         if backend == loaded_models.OLLAMA:
             answer = _forward(session, f"{url}/{endpoint}", {**body, "model": model}, timeout, backend)
         else:

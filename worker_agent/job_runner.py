@@ -32,7 +32,7 @@ from worker_agent.distributing import distribute
 from worker_agent.fanout import leave_swarms
 from worker_agent.pulling import pull_from_ollama
 from worker_agent.installing import uninstall_entry
-from worker_agent import partial_cleanup, serving
+from worker_agent import last_use, partial_cleanup, serving
 from eldric.cluster.jobs.progress import Progress
 from eldric.cluster.jobs.store import JobEndedError, fail_worker, write_record
 from worker_agent.runtime import Agent
@@ -298,7 +298,7 @@ def _with_redis(action: Callable[[], None], what: str, patience: float | None = 
 
 
 def refresh_inventory(agent: Agent) -> list[dict]:
-    models = serving.local_models(agent)
+    models = last_use.stamp_inventory(agent, serving.local_models(agent))
     workers.publish_inventory(agent.redis, agent.worker_id, models)
     return models
 

@@ -4,7 +4,9 @@ hand-written stand-in for the HTTP session to the node's backends: what reaches 
 from __future__ import annotations
 
 import json
+import time
 
+import fakeredis
 import pytest
 import requests
 from flask import Flask
@@ -47,10 +49,12 @@ def app_with(tmp_path, answer, backends: str = "ollama,llamacpp") -> tuple[Flask
     settings = AgentSettings.from_env({"ELDRIC_WORKER_NAME": "w1", "ELDRIC_WORKER_TYPE": "inference",
                                        "ELDRIC_BACKENDS": backends, "ELDRIC_LLAMACPP_URL": "http://llama:8080",
                                        "ELDRIC_OLLAMA_URL": "http://ollama:11434", "ELDRIC_DATA_DIR": str(tmp_path)})
-    agent = type("FakeAgent", (), {"settings": settings, "worker_id": "w1", "redis": None})()
+    agent = type("FakeAgent", (), {"settings": settings, "worker_id": "w1",
+                                   "redis": fakeredis.FakeRedis(decode_responses=True)})()
     fake = Backends(answer)
     app = Flask("agent")
     app.register_blueprint(inference_proxy.blueprint(agent, session=fake))
+    app.agent = agent
     return app, fake
 
 
@@ -62,6 +66,9 @@ def test_ollama_gets_the_request_as_is_with_the_inventory_name_and_its_stream_co
     assert resp.content_type == "application/x-ndjson"
     assert fake.sent == [("http://ollama:11434/api/chat",
                           {"model": "tiny:latest", "messages": [{"role": "user", "content": "hi"}]})]
+    # the relay's record of the model's last use (eviction's LRU): under the inventory name, about now
+    served = app.agent.redis.hgetall("eldric:worker:w1:served")
+    assert list(served) == ["tiny:latest"] and abs(float(served["tiny:latest"]) - time.time()) < 60
 
 
 def test_llamacpp_gets_openais_request_under_its_id_and_the_answer_is_ollamas_ndjson(tmp_path):
