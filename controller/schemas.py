@@ -3,6 +3,7 @@
 from marshmallow import Schema, ValidationError, fields, validate
 
 from eldric.cluster.jobs.state import JOB_STATES
+from eldric.cluster.labels import parse_labels
 from eldric.core.names import MAX_NAME_LENGTH, OLLAMA_NAME_PATTERN
 from eldric.core.settings import parse_size
 
@@ -195,9 +196,21 @@ class GpuSchema(Schema):
     memory_free = fields.Integer(metadata={"description": "bytes"})
 
 
+class LabelSelector(fields.Field):
+    """`zone=a,gpu=h100` -> {"zone": "a", "gpu": "h100"}, read as an agent reads its ELDRIC_LABELS."""
+
+    def _deserialize(self, value, attr, data, **kwargs) -> dict[str, str]:
+        if not isinstance(value, str) or len(value) > 2000:
+            raise ValidationError("labels as key=value pairs separated by commas, e.g. zone=a,gpu=h100")
+        try:
+            return parse_labels(value)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
+
+
 class WorkerQuerySchema(Schema):
-    selector = fields.String(validate=validate.Length(max=2000), metadata={
-        "description": "only workers with all these labels, e.g. zone=a,gpu=h100", "example": "zone=a"})
+    selector = LabelSelector(metadata={"type": "string", "maxLength": 2000, "example": "zone=a",
+                                       "description": "only workers with all these labels, e.g. zone=a,gpu=h100"})
 
 
 class WorkerSchema(Schema):

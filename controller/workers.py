@@ -9,6 +9,8 @@ import redis
 
 from eldric.core.request_errors import ConflictError, NotFoundError
 from eldric.cluster import keys, workers
+from eldric.cluster.capacity import facts_of
+from eldric.cluster.labels import matches
 from eldric.cluster.workers import number
 from eldric.cluster.jobs import state as jobstate
 from eldric.cluster.jobs.store import write_record
@@ -22,18 +24,30 @@ def _parse_backends(raw: tuple[str | None, str | None]) -> tuple[list, dict]:
         return [], {}
 
 
-def _worker_view(record: dict, alive: bool, models: int, parsed: dict | None = None) -> dict:
-    """The worker as the API shows it. `parsed`: the (backends, backend_details) already parsed from
-    the same JSON in this answer (workers of one configuration write the same; the views only read them)."""
-    get = record.get
-    raw = (get("backends"), get("backend_details"))
+def _parse_facts(raw: tuple[str | None, str | None]) -> tuple[dict, list]:
+    """(labels, gpus as dicts) from the record's JSON, read through capacity.facts_of."""
+    facts = facts_of({"labels": raw[0], "gpus": raw[1]})
+    return facts.labels, [g.__dict__ for g in facts.gpus]
+
+
+def _cached(parsed: dict | None, raw: tuple, parse):
+    """parse(raw), once per distinct raw value in one answer (workers of one kind write the same JSON)."""
     if parsed is None:
-        backends, backend_details = _parse_backends(raw)
-    else:
-        found = parsed.get(raw)
-        if found is None:
-            found = parsed[raw] = _parse_backends(raw)
-        backends, backend_details = found
+        return parse(raw)
+    found = parsed.get(raw)
+    if found is None:
+        found = parsed[raw] = parse(raw)
+    return found
+
+
+def _worker_view(record: dict, alive: bool, models: int, parsed: dict | None = None) -> dict:
+    """The worker as the API shows it. `parsed`: the (backends, backend_details) and (labels, gpus)
+    already parsed from the same JSON in this answer (the views only read them)."""
+    get = record.get
+    backends, backend_details = _cached(parsed, ("b", get("backends"), get("backend_details")),
+                                        lambda raw: _parse_backends(raw[1:]))
+    labels, gpus = _cached(parsed, ("f", get("labels"), get("gpus")), lambda raw: _parse_facts(raw[1:]))
+    disk = facts_of({"free_disk": get("free_disk"), "disk_total": get("disk_total")})
     return {
         "id": get("id"),
         "type": get("type"),
@@ -48,7 +62,23 @@ def _worker_view(record: dict, alive: bool, models: int, parsed: dict | None = N
         "models": models,
         "data_dir": get("data_dir"),
         "upstream_registry": get("upstream_registry"),
+        "labels": labels,
+        "disk_free": disk.disk_free,
+        "disk_total": disk.disk_total,
+        "gpus": gpus,
+        # Eviction's thresholds in bytes, when the agent reports them (ELDRIC_DISK_*_WATERMARK).
+        "disk_high_watermark": _bytes(get("disk_high_watermark")),
+        "disk_low_watermark": _bytes(get("disk_low_watermark")),
     }
+
+
+def _bytes(raw: str | None) -> int | None:
+    return int(number(raw)) if raw not in (None, "") else None
+
+
+def matching(views: list[dict], selector: dict[str, str] | None) -> list[dict]:
+    """The worker views whose labels carry every key=value of `selector` (all of them without one)."""
+    return [w for w in views if matches(w["labels"], selector)] if selector else views
 
 
 def list_workers(client: redis.Redis, *, forget_after: float | None = None, now: float | None = None) -> list[dict]:

@@ -6,7 +6,8 @@ from eldric.web.blueprints import Blueprint
 
 from controller import workers as cluster_workers
 from eldric.core.request_errors import NotFoundError
-from controller.schemas import RemoveWorkerQuerySchema, WorkerListSchema, WorkerModelsSchema, WorkerSchema
+from controller.schemas import (RemoveWorkerQuerySchema, WorkerListSchema, WorkerModelsSchema, WorkerQuerySchema,
+                                WorkerSchema)
 from controller.state import redis_client
 from controller.view_cache import cached_json
 
@@ -15,15 +16,19 @@ blp = Blueprint("workers", __name__, url_prefix="/api/v1/workers", description="
 
 @blp.route("")
 class Workers(MethodView):
+    @blp.arguments(WorkerQuerySchema, location="query")
     @blp.response(200, WorkerListSchema)
-    def get(self):
-        """Every registered worker: id, type, address, backends, free disk, online, last seen
-        (an answer at most ELDRIC_VIEW_CACHE_SECONDS old)."""
+    def get(self, query: dict):
+        """Every registered worker (those whose labels match `selector`, when given): id, type, address,
+        backends, labels, disk, GPUs, online, last seen (an answer at most ELDRIC_VIEW_CACHE_SECONDS old)."""
+        selector = query.get("selector") or {}
+
         def build() -> dict:
             workers = cluster_workers.list_workers(redis_client(), forget_after=current_app.config["WORKER_FORGET_SECONDS"])
+            workers = cluster_workers.matching(workers, selector)
             return WorkerListSchema().dump({"workers": workers, "total": len(workers),
                                             "online": sum(w["online"] for w in workers)})
-        return cached_json(("workers",), build)
+        return cached_json(("workers", *sorted(selector.items())), build)
 
 
 @blp.route("/<worker_id>")
