@@ -105,8 +105,25 @@ def sweep_debris(agent: Agent, action: str = REPORT, *, grace: float = GRACE_SEC
     """Find (and with `remove`, remove) this node's backend debris; publish what was found."""
     if action not in ACTIONS:
         raise ValueError(f"debris sweep action must be one of {', '.join(ACTIONS)}, not {action!r}")
+    found = [remove_debris(agent, entry, debris, grace=grace) if action == REMOVE else debris
+             for entry, debris in find_debris(agent, grace=grace, now=now)]
+    for d in found:
+        if d.removed:
+            log.info("debris sweep removed %s's %s (%d bytes): no model of this node owns it", d.backend, d.path, d.bytes)
+        else:  # a file an operator placed by hand is theirs to judge: listed, without a warning each hour
+            log.log(logging.WARNING if d.placed_by_eldric else logging.INFO,
+                    "debris: %s's %s (%d bytes%s) belongs to no model of this node%s", d.backend, d.path, d.bytes,
+                    ", loaded" if d.loaded else "",
+                    f"; not removed: {d.error}" if d.error else
+                    "" if action == REPORT else "; not removed: not placed by Eldric")
+    publish(agent.redis, agent.worker_id, found)
+    return SweepResult(action, found)
+
+
+def find_debris(agent: Agent, *, grace: float = GRACE_SECONDS, now: float | None = None) -> list[tuple[_Entry, Debris]]:
+    """This node's debris, removing nothing (the GC sweep's look too: worker_agent/gc_sweep.py)."""
     if not is_model_serving(agent.settings.worker_type):
-        return SweepResult(action, [])
+        return []
     now = time.time() if now is None else now
     configs = installers.backend_configs(agent.settings)
     owned = owned_names(agent)
@@ -120,22 +137,16 @@ def sweep_debris(agent: Agent, action: str = REPORT, *, grace: float = GRACE_SEC
         placed_at = _placed_at(entry)
         if now - placed_at < grace:
             continue
-        debris = Debris(entry.backend, entry.name, str(entry.path), _size(entry), entry.record is not None,
-                        placed_at, loaded=_is_loaded(entry, configs[entry.backend]))
-        if action == REMOVE and debris.placed_by_eldric and not _claimed_meanwhile(agent, entry, grace):
-            debris = _remove(entry, configs[entry.backend], debris)
-        found.append(debris)
-    for d in found:
-        if d.removed:
-            log.info("debris sweep removed %s's %s (%d bytes): no model of this node owns it", d.backend, d.path, d.bytes)
-        else:  # a file an operator placed by hand is theirs to judge: listed, without a warning each hour
-            log.log(logging.WARNING if d.placed_by_eldric else logging.INFO,
-                    "debris: %s's %s (%d bytes%s) belongs to no model of this node%s", d.backend, d.path, d.bytes,
-                    ", loaded" if d.loaded else "",
-                    f"; not removed: {d.error}" if d.error else
-                    "" if action == REPORT else "; not removed: not placed by Eldric")
-    publish(agent.redis, agent.worker_id, found)
-    return SweepResult(action, found)
+        found.append((entry, Debris(entry.backend, entry.name, str(entry.path), _size(entry), entry.record is not None,
+                                    placed_at, loaded=_is_loaded(entry, configs[entry.backend]))))
+    return found
+
+
+def remove_debris(agent: Agent, entry: _Entry, debris: Debris, *, grace: float = GRACE_SECONDS) -> Debris:
+    """Remove one find if Eldric placed it and nothing claimed it since it was found; the Debris says what happened."""
+    if not debris.placed_by_eldric or _claimed_meanwhile(agent, entry, grace):
+        return debris
+    return _remove(entry, installers.backend_configs(agent.settings)[entry.backend], debris)
 
 
 def owned_names(agent: Agent) -> set[str]:

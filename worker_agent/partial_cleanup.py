@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 
 import redis
 
@@ -31,13 +32,7 @@ def clean_partials(client: redis.Redis, worker_id: str, store: OllamaStore, *, m
     A download in progress holds its lock and stays; so does one whose job may still retry it, and one
     whose job a catch-up of this worker replays (it resumes the partial).
     """
-    replayed = replayed_jobs(client, worker_id)
-
-    def job_ended(job_id: str) -> bool:
-        state = part_state(client, job_id, worker_id)
-        return (state is None or is_terminal(state)) and job_id not in replayed
-
-    cleaned = clean_partial_dir(store.partial_dir, max_age=max_age, is_finished=job_ended,
+    cleaned = clean_partial_dir(store.partial_dir, max_age=max_age, is_finished=job_ended_check(client, worker_id),
                                 incoming_dirs=(store.blobs.root,))
     if cleaned.removed:
         log.info("deleted %d partial downloads (%s): %s", len(cleaned.removed), format_size(cleaned.freed),
@@ -45,6 +40,16 @@ def clean_partials(client: redis.Redis, worker_id: str, store: OllamaStore, *, m
         if cleaned.digests:
             leave_swarms(client, worker_id, store.blobs, cleaned.digests)
     return cleaned
+
+
+def job_ended_check(client: redis.Redis, worker_id: str) -> Callable[[str], bool]:
+    """Whether a partial's job is over for this worker: its part ended (or is unknown) and no catch-up replays it."""
+    replayed = replayed_jobs(client, worker_id)
+
+    def job_ended(job_id: str) -> bool:
+        state = part_state(client, job_id, worker_id)
+        return (state is None or is_terminal(state)) and job_id not in replayed
+    return job_ended
 
 
 def discard_job_partials(client: redis.Redis, worker_id: str, store: OllamaStore, job_id: str) -> Cleaned:

@@ -11,13 +11,13 @@ from eldric import logging_setup
 from eldric.cluster.queues import (
     MAINTENANCE_QUEUE, TASK_CLEAN_PARTIALS, TASK_CLEAN_PARTIALS_ALL, TASK_COPY, TASK_DELETE, TASK_DISTRIBUTE, TASK_INVENTORY_SYNC,
     TASK_INVENTORY_SYNC_ALL, TASK_MIRROR_CHECK_UPDATES, TASK_PINS_CHECK_UPDATES, TASK_PINS_RECONCILE, TASK_PULL,
-    TASK_REAP_STALE_JOBS, TASK_SWEEP_DEBRIS, TASK_SWEEP_DEBRIS_ALL,
+    TASK_GC_SWEEP, TASK_GC_SWEEP_ALL, TASK_REAP_STALE_JOBS, TASK_SWEEP_DEBRIS, TASK_SWEEP_DEBRIS_ALL,
 )
 from eldric.cluster import maintenance
 from eldric.cluster.dispatch import job_sender
 from eldric.cluster.mirror_updates import check_mirror_updates
 from eldric.core.errors import EldricError
-from worker_agent import debris_sweep, job_runner, partial_cleanup, runtime
+from worker_agent import debris_sweep, gc_sweep, job_runner, partial_cleanup, runtime
 from worker_agent.celery_app import app
 from worker_agent.distributing import RETRIED_ERRORS
 from worker_agent.pulling import upstream_digest
@@ -165,6 +165,20 @@ def sweep_debris_all() -> dict:
 def sweep_debris() -> dict:
     agent = runtime.current()
     return debris_sweep.sweep_debris(agent, agent.settings.debris_sweep).to_json()
+
+
+# --- GC sweep (README "Scheduled work"): beat or POST /api/v1/gc -> every online worker.
+
+@app.task(name=TASK_GC_SWEEP_ALL)
+def gc_sweep_all(partial_max_age_seconds: float | None = None) -> dict:
+    return {"asked": maintenance.request_gc_sweep(runtime.current().redis, _send, remove=True,
+                                                  partial_max_age=partial_max_age_seconds)}
+
+
+@app.task(name=TASK_GC_SWEEP)
+def gc_sweep_run(remove: bool = True, partial_max_age_seconds: float | None = None) -> dict:
+    agent = runtime.current()
+    return gc_sweep.sweep(agent, remove=bool(remove), partial_max_age=partial_max_age_seconds).to_json()
 
 
 # --- The data node's mirror (README "Scheduled work"): beat -> any one agent -> the registry's check.

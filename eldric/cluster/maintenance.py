@@ -6,9 +6,10 @@ control-plane work and lives here, beside the jobs, pins and workers it reads:
 
 - `request_inventory_sync` / `request_partial_cleanup`: fan a node-local task out to every online worker;
 - `request_debris_sweep`: the same to every online inference and cloud worker (worker_agent/debris_sweep.py);
+- `request_gc_sweep`: the GC sweep to every online worker (worker_agent/gc_sweep.py; also `POST /api/v1/gc`);
 - `reap_stale_jobs`: persist the ends readers derive (jobs/reaper.py);
-- `reconcile`: start pulls so every eligible online worker holds each pinned model (pins.py),
-  then replay what skipped workers missed (jobs/catchups.py);
+- `reconcile`: start pulls so every eligible online worker holds each pinned model, or N of them
+  serve it for a pin with replicas (pins.py), then replay what skipped workers missed (jobs/catchups.py);
 - `check_pin_updates`: for auto-update pins, ask where the tag points now; re-pull on change.
 
 Each takes its Redis client and a `Send` (eldric/cluster/jobs/start.py), so it runs, and is
@@ -30,7 +31,7 @@ from eldric.cluster.jobs import catchups
 from eldric.cluster.jobs.reaper import Reaped
 from eldric.cluster.jobs.reaper import reap_stale_jobs as reap_records
 from eldric.cluster.jobs.start import Send
-from eldric.cluster.queues import TASK_CLEAN_PARTIALS, TASK_INVENTORY_SYNC, TASK_SWEEP_DEBRIS, is_model_serving
+from eldric.cluster.queues import TASK_CLEAN_PARTIALS, TASK_GC_SWEEP, TASK_INVENTORY_SYNC, TASK_SWEEP_DEBRIS, is_model_serving
 from eldric.core.names import ModelName
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,13 @@ def request_debris_sweep(client: redis.Redis, send: Send) -> list[str]:
     return _fan_out(client, send, TASK_SWEEP_DEBRIS, [], serving_only=True)
 
 
+def request_gc_sweep(client: redis.Redis, send: Send, *, remove: bool, partial_max_age: float | None = None) -> list[str]:
+    """Ask every online worker to sweep its garbage (`remove`: also remove finds past their grace); return the ids asked.
+
+    `partial_max_age` None: the agents' default (eldric/transfer/partials.MAX_AGE_SECONDS)."""
+    return _fan_out(client, send, TASK_GC_SWEEP, [remove, partial_max_age])
+
+
 def reap_stale_jobs(client: redis.Redis, *, stale_after: float, offline_grace: float = math.inf) -> list[Reaped]:
     reaped = reap_records(client, stale_after=stale_after, offline_grace=offline_grace)
     for r in reaped:
@@ -97,6 +105,7 @@ def reap_stale_jobs(client: redis.Redis, *, stale_after: float, offline_grace: f
 
 
 def reconcile_pins(client: redis.Redis, send: Send, *, deadline_seconds: float, retry_after: float,
+                   offline_grace: float = 300.0, reserve: int = 0,
                    models: list[str] | None = None, now: float | None = None) -> list[dict]:
     """pins.reconcile_pins, by one agent at a time."""
     with exclusive(client, "pins") as mine:
@@ -104,7 +113,7 @@ def reconcile_pins(client: redis.Redis, send: Send, *, deadline_seconds: float, 
             log.info("another agent is reconciling pins; skipped")
             return []
         return pins.reconcile_pins(client, send, deadline_seconds=deadline_seconds, retry_after=retry_after,
-                                   models=models, now=now)
+                                   offline_grace=offline_grace, reserve=reserve, models=models, now=now)
 
 
 def reconcile_catchups(client: redis.Redis, send: Send, *, deadline_seconds: float,

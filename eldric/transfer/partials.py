@@ -30,6 +30,7 @@ from eldric.core.digests import Digest, is_digest
 STATE_SUFFIX = ".json"
 LOCK_SUFFIX = ".lock"
 INCOMING_PREFIX = ".incoming-"  # the blob store's and atomic writers' temp files
+MAX_AGE_SECONDS = 86400.0  # untouched this long, a download is stale (ELDRIC_PARTIAL_MAX_AGE_SECONDS' default)
 
 
 def partial_name(digest: Digest | None, key: str | None) -> str:
@@ -118,28 +119,88 @@ def clean_partials(partial_dir: Path, *, max_age: float, is_finished: Callable[[
     """
     now = time.time() if now is None else now
     out = Cleaned()
-    if not partial_dir.is_dir():
-        return out
-    names = {_download_name(p.name) for p in partial_dir.iterdir()}
-    for name in sorted(n for n in names if n):
-        files = [partial_dir / f"{name}{s}" for s in ("", STATE_SUFFIX, f"{STATE_SUFFIX}.tmp")]
+    for name in _download_names(partial_dir):
         with locked(partial_dir / f"{name}{LOCK_SUFFIX}", blocking=False) as mine:
             if not mine:
                 continue  # in use
-            state = read_state(partial_dir, name) or {}
-            owner = state.get("owner")
-            touched = max((_mtime(f) for f in files), default=0.0)
-            if (isinstance(owner, str) and is_finished(owner)) or now - touched >= max_age:
-                out.freed += sum(_disk_bytes(f) for f in files)
+            stale = _stale(partial_dir, name, max_age, is_finished, now)
+            if stale is not None:
+                out.freed += stale.bytes
                 discard(partial_dir, name)
-                if touched:
+                if stale.touched:
                     out.removed.append(name)
+    for stale in _stale_incoming(incoming_dirs, max_age, now):
+        out.freed += stale.bytes
+        stale.path.unlink(missing_ok=True)
+        out.removed.append(stale.name)
+    return out
+
+
+@dataclass(frozen=True)
+class Stale:
+    """A download (or temp file) `clean_partials` would delete now."""
+
+    name: str  # the download's name; a temp file's path below its directory's parent
+    path: Path  # the data file (a download's may be missing: only its state is left)
+    bytes: int  # on disk, every file of it
+    touched: float  # latest mtime of its files (0: none exist)
+    incoming: bool = False
+
+
+def stale_partials(partial_dir: Path, *, max_age: float, is_finished: Callable[[str], bool] = lambda owner: False,
+                   incoming_dirs: tuple[Path, ...] = (), now: float | None = None) -> list[Stale]:
+    """What `clean_partials` would delete now, by the same rules, deleting nothing (the GC sweep's look).
+
+    Only a download nobody holds is listed: its lock is tried without waiting, as clean_partials does."""
+    now = time.time() if now is None else now
+    out = []
+    for name in _download_names(partial_dir):
+        with locked(partial_dir / f"{name}{LOCK_SUFFIX}", blocking=False) as mine:
+            stale = _stale(partial_dir, name, max_age, is_finished, now) if mine else None
+        if stale is not None and stale.touched:
+            out.append(stale)
+    return out + _stale_incoming(incoming_dirs, max_age, now)
+
+
+def remove_stale(partial_dir: Path, stale: Stale, *, max_age: float, is_finished: Callable[[str], bool] = lambda owner: False,
+                 now: float | None = None) -> bool:
+    """Delete one download `stale_partials` listed if it is still stale and nobody holds it; True if deleted."""
+    now = time.time() if now is None else now
+    if stale.incoming:
+        if not stale.path.exists() or now - _mtime(stale.path) < max_age:
+            return False
+        stale.path.unlink(missing_ok=True)
+        return True
+    with locked(partial_dir / f"{stale.name}{LOCK_SUFFIX}", blocking=False) as mine:
+        if not mine or _stale(partial_dir, stale.name, max_age, is_finished, now) is None:
+            return False
+        discard(partial_dir, stale.name)
+        return True
+
+
+def _download_names(partial_dir: Path) -> list[str]:
+    if not partial_dir.is_dir():
+        return []
+    return sorted({n for n in (_download_name(p.name) for p in partial_dir.iterdir()) if n})
+
+
+def _stale(partial_dir: Path, name: str, max_age: float, is_finished: Callable[[str], bool], now: float) -> Stale | None:
+    """The rule (under the download's lock): its job ended, or nobody touched it for `max_age` seconds."""
+    files = [partial_dir / f"{name}{s}" for s in ("", STATE_SUFFIX, f"{STATE_SUFFIX}.tmp")]
+    owner = (read_state(partial_dir, name) or {}).get("owner")
+    touched = max((_mtime(f) for f in files), default=0.0)
+    if (isinstance(owner, str) and is_finished(owner)) or now - touched >= max_age:
+        return Stale(name, files[0], sum(_disk_bytes(f) for f in files), touched)
+    return None
+
+
+def _stale_incoming(incoming_dirs: tuple[Path, ...], max_age: float, now: float) -> list[Stale]:
+    out = []
     for directory in incoming_dirs:
-        for path in directory.glob(f"{INCOMING_PREFIX}*") if directory.is_dir() else ():
-            if now - _mtime(path) >= max_age:
-                out.freed += _disk_bytes(path)
-                path.unlink(missing_ok=True)
-                out.removed.append(str(path.relative_to(directory.parent)))
+        for path in sorted(directory.glob(f"{INCOMING_PREFIX}*")) if directory.is_dir() else ():
+            touched = _mtime(path)
+            if now - touched >= max_age:
+                out.append(Stale(str(path.relative_to(directory.parent)), path, _disk_bytes(path), touched, incoming=True))
     return out
 
 

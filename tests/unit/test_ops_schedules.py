@@ -21,6 +21,7 @@ def test_defaults_schedule_every_job_on_the_maintenance_queue():
         "pins-check-updates": ("pins.check_updates", 3600.0),
         "clean-partials": ("maintenance.clean_partials_all", 3600.0),
         "sweep-debris": ("maintenance.sweep_debris_all", 3600.0),
+        "gc-sweep": ("maintenance.gc_sweep_all", 3600.0),
         "mirror-check-updates": ("mirror.check_updates", 3600.0),
     }
     for entry in schedule.values():
