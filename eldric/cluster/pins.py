@@ -1,9 +1,16 @@
-"""Desired state: models pinned to the whole cluster or to listed workers.
+"""Desired state: models pinned to the whole cluster, to listed workers, or to N of them.
 
 The controller writes pins (`controller/pins.py`); the scheduled work the agents host
 (`reconcile_pins`, `check_pin_updates`, run by beat's `pins.*` entries) reads them and starts pulls
 for eligible workers that lack a pinned model, or, with auto-update on, hold an older digest than
 the one the upstream tag now points at.
+
+A pin with `replicas: N` (issue 25) wants N *serving* copies among its eligible workers (type,
+listed workers, `selector`), not one on each: a copy counts while its worker is online or offline
+for less than the offline grace, and a pull in flight counts too, so one reconcile never places a
+model twice. When fewer than N count, `eldric.cluster.placement.place` chooses the new workers
+(holders first, then room); a worker that comes back with an extra copy is left alone, and
+`needed_replicas` tells eviction which of a worker's copies are among the N a pin needs.
 
 Redis keys (built in `eldric/cluster/keys.py`):
 
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -24,8 +32,10 @@ from dataclasses import asdict, dataclass, field
 import redis
 
 from eldric.cluster import keys, workers
+from eldric.cluster.capacity import facts_of
 from eldric.cluster.jobs import state as jobstate
 from eldric.cluster.jobs.start import Send, start_job
+from eldric.cluster.placement import place
 from eldric.cluster.queues import TASK_DISTRIBUTE, TASK_PULL, is_model_serving
 from eldric.core.errors import EldricError
 from eldric.core.names import ModelName
@@ -52,6 +62,9 @@ class Pin:
     # pulls from the data node's /v2/, where models created or pushed through the Ollama API live
     source: str = "ollama"
     source_options: dict | None = None  # registry: registry_model_id, registry_url, format
+    replicas: int | None = None  # None: every eligible worker; N: N serving copies wherever placement puts them
+    selector: dict[str, str] = field(default_factory=dict)  # worker labels (and "type") an eligible worker has
+    spread: str | None = None  # a label ("zone"): at most ceil(N / its values) copies share one value
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -66,11 +79,13 @@ class Pin:
                    auto_update=bool(data.get("auto_update")), created_at=float(data.get("created_at") or 0),
                    upstream_digest=data.get("upstream_digest"), checked_at=data.get("checked_at"),
                    check_error=data.get("check_error"), source=data.get("source") or "ollama",
-                   source_options=data.get("source_options"))
+                   source_options=data.get("source_options"), replicas=data.get("replicas"),
+                   selector=dict(data.get("selector") or {}), spread=data.get("spread"))
 
     def applies_to(self, worker: WorkerFacts) -> bool:
-        """Eligible: serves models, and is listed (or the pin is cluster-wide)."""
-        return is_model_serving(worker.type) and (self.workers is None or worker.id in self.workers)
+        """Eligible: serves models, is listed (or the pin is cluster-wide) and matches the selector."""
+        return (is_model_serving(worker.type) and (self.workers is None or worker.id in self.workers)
+                and matches_selector(self.selector, worker))
 
     @property
     def wanted_digest(self) -> str | None:
@@ -87,6 +102,15 @@ class WorkerFacts:
     models: dict[str, dict] = field(default_factory=dict)  # inventory: name -> record (digest, size, ...)
     busy_models: frozenset[str] = frozenset()  # models of the worker's unfinished jobs
     failed_at: dict[str, float] = field(default_factory=dict)  # pin model -> when its last pin pull failed
+    record: dict = field(default_factory=dict)  # the worker's record hash: labels, free disk (capacity.facts_of)
+    model_count: int = 0  # entries in its whole inventory (placement prefers the fewest)
+
+
+def matches_selector(selector: dict[str, str], worker: WorkerFacts) -> bool:
+    """Every selector entry holds: `type` against the worker's type, anything else against its labels
+    (placement's rule, which refuses others; pins need it also to tell which existing copies count)."""
+    labels = facts_of(worker.record).labels
+    return all((worker.type if k == "type" else labels.get(k)) == v for k, v in selector.items())
 
 
 def model_status(pin: Pin, worker: WorkerFacts) -> str:
@@ -119,6 +143,79 @@ def workers_to_pull(pin: Pin, workers: list[WorkerFacts], *, now: float, retry_a
             continue
         chosen.append(w.id)
     return chosen
+
+
+def is_counted_copy(pin: Pin, worker: WorkerFacts, *, now: float, offline_grace: float, in_flight: bool = True) -> bool:
+    """A copy a replica pin counts: served (present or outdated) on an eligible worker that is online or
+    offline for no longer than `offline_grace`, or (`in_flight`) a pull of it on an eligible online worker."""
+    if not pin.applies_to(worker):
+        return False
+    status = model_status(pin, worker)
+    if status == PULLING:
+        return in_flight and worker.online
+    if status not in (PRESENT, OUTDATED):
+        return False
+    last_seen = workers.number(worker.record.get("last_seen")) or None
+    return worker.online or (last_seen is not None and now - last_seen <= offline_grace)
+
+
+def counted_copies(pin: Pin, facts: list[WorkerFacts], *, now: float, offline_grace: float,
+                   in_flight: bool = True) -> list[str]:
+    """The workers whose copy counts, those a pin keeps first: online before offline, then most free disk,
+    then id. So the copy beyond N is the one on the fullest disk, the one eviction asks about."""
+    found = [w for w in facts if is_counted_copy(pin, w, now=now, offline_grace=offline_grace, in_flight=in_flight)]
+    found.sort(key=lambda w: (not w.online, -(facts_of(w.record).disk_free or 0), w.id))
+    return [w.id for w in found]
+
+
+def place_replicas(pin: Pin, facts: list[WorkerFacts], *, now: float, retry_after: float, offline_grace: float,
+                   reserve: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The new workers (id, placement reason) a replica pin needs to reach N counted copies, and the
+    rejected ones (id, why); nothing when N already count, however many more there are."""
+    assert pin.replicas is not None
+    counted = counted_copies(pin, facts, now=now, offline_grace=offline_grace)
+    missing = pin.replicas - len(counted)
+    if missing <= 0:
+        return [], []
+    # The online counted copies go in too (they hold it), so spread sees the zones they already fill.
+    views = [_placement_view(pin, w) for w in facts if w.online and pin.applies_to(w)
+             and (w.id in counted or now - w.failed_at.get(pin.model, -math.inf) >= retry_after)]
+    offline_counted = len(counted) - sum(1 for v in views if v["id"] in counted)
+    result = place(views, model=pin.model, size=_model_size(pin, facts), replicas=pin.replicas - offline_counted,
+                   selector=pin.selector, spread=pin.spread, reserve=reserve)
+    chosen = [(wid, why) for wid, why in result.chosen if wid not in counted][:missing]
+    return chosen, list(result.rejected)
+
+
+def _placement_view(pin: Pin, w: WorkerFacts) -> dict:
+    """The worker as placement reads it; a stored or in-flight copy of the model makes it a holder."""
+    holds = pin.model in w.models or pin.model in w.busy_models
+    return {**w.record, "id": w.id, "type": w.type, "online": w.online, "models": w.model_count, "holds": holds}
+
+
+def _model_size(pin: Pin, facts: list[WorkerFacts]) -> int:
+    """The pinned model's size as any inventory records it (0 when nobody holds it yet)."""
+    return max((int(w.models[pin.model].get("size") or 0) for w in facts if pin.model in w.models), default=0)
+
+
+def needed_replicas(client: redis.Redis, worker_id: str, *, now: float | None = None) -> set[str]:
+    """The models on `worker_id` a pin needs there: pinned to every eligible worker it is one of, or a copy
+    among the first N a replica pin counts. Only online copies count here (eviction must not lean on a
+    copy whose worker is away, nor on a pull that may still fail), so this keeps at least as much as
+    reconciliation would."""
+    now = time.time() if now is None else now
+    found = list_pins(client)
+    facts = load_worker_facts(client, [p.model for p in found])
+    me = next((w for w in facts if w.id == worker_id), None)
+    if me is None:
+        return set()
+    needed = set()
+    for pin in found:
+        if not pin.applies_to(me):
+            continue
+        if pin.replicas is None or worker_id in counted_copies(pin, facts, now=now, offline_grace=0, in_flight=False)[:pin.replicas]:
+            needed.add(pin.model)
+    return needed
 
 
 def coverage(pin: Pin, workers: list[WorkerFacts]) -> dict[str, list[str]]:
@@ -189,19 +286,30 @@ def load_worker_facts(client: redis.Redis, pinned: list[str]) -> list[WorkerFact
     ids = workers.registered_ids(client)
     if not ids:
         return []
-    kinds, online, jobs = workers.types(client, ids), workers.online_flags(client, ids), workers.job_ids(client, ids)
+    records, counts = _records(client, ids)
+    online, jobs = workers.online_flags(client, ids), workers.job_ids(client, ids)
     held = workers.held(client, ids, pinned)
     job_models = _unfinished_job_models(client, [(wid, j) for wid in ids for j in jobs[wid]])
     attempts = _failed_attempts(client, pinned)
     out = []
     for wid in ids:
-        if kinds[wid] is None:
+        if not records[wid].get("type"):
             continue
         busy = frozenset(m for j in jobs[wid] if (m := job_models.get((wid, j))))
         failed = {m: at for m, per in attempts.items() if (at := per.get(wid)) is not None}
-        out.append(WorkerFacts(id=wid, type=kinds[wid], online=online[wid], models=held[wid],
-                               busy_models=busy, failed_at=failed))
+        out.append(WorkerFacts(id=wid, type=records[wid]["type"], online=online[wid], models=held[wid],
+                               busy_models=busy, failed_at=failed, record=records[wid], model_count=counts[wid]))
     return out
+
+
+def _records(client: redis.Redis, ids: list[str]) -> tuple[dict[str, dict], dict[str, int]]:
+    """worker id -> its record hash, and -> its inventory's size, in one pipeline."""
+    pipe = client.pipeline(transaction=False)
+    for wid in ids:
+        pipe.hgetall(keys.worker(wid))
+        pipe.hlen(keys.worker_models(wid))
+    replies = pipe.execute()
+    return dict(zip(ids, replies[0::2], strict=True)), dict(zip(ids, map(int, replies[1::2]), strict=True))
 
 
 def _unfinished_job_models(client: redis.Redis, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
@@ -244,31 +352,67 @@ def _failed_attempts(client: redis.Redis, pinned: list[str]) -> dict[str, dict[s
 
 # --- reconciliation (scheduled work, hosted by the agents) ------------------------------------
 
+@dataclass(frozen=True)
+class Reconcile:
+    """The settings one reconcile runs with."""
+    deadline_seconds: float
+    retry_after: float
+    offline_grace: float = 300.0  # a replica's copy on a worker offline longer no longer counts
+    reserve: int = 0  # free disk placement keeps on a worker after the model
+
+
 def reconcile_pins(client: redis.Redis, send: Send, *, deadline_seconds: float, retry_after: float,
+                   offline_grace: float = 300.0, reserve: int = 0,
                    models: list[str] | None = None, now: float | None = None) -> list[dict]:
-    """Start one pull job per pin for the eligible online workers lacking it; return the jobs started."""
+    """Start one pull job per pin for the eligible online workers lacking it (a replica pin: for the
+    workers placement chooses until N copies count); return the jobs started."""
     now = time.time() if now is None else now
     selected = [p for p in list_pins(client) if models is None or p.model in models]
     if not selected:
         return []
     facts = load_worker_facts(client, [p.model for p in selected])
-    return [job for pin in selected if (job := _pull_for_pin(client, send, pin, facts, now, deadline_seconds, retry_after))]
+    run = Reconcile(deadline_seconds, retry_after, offline_grace, reserve)
+    return [job for pin in selected if (job := _pull_for_pin(client, send, pin, facts, now, run))]
+
+
+def _targets(pin: Pin, facts: list[WorkerFacts], now: float,
+             run: Reconcile) -> tuple[list[str], dict[str, str], dict[str, str]]:
+    """Who pulls now; for a replica pin also each newly placed worker's placement reason and, when fewer
+    than N fit, why each other one could not take a copy (the job's skipped parts)."""
+    if pin.replicas is None:
+        return workers_to_pull(pin, facts, now=now, retry_after=run.retry_after), {}, {}
+    # Counted copies of an older digest are updated in place; new copies go where placement says.
+    by_id = {w.id: w for w in facts}
+    updates = [wid for wid in workers_to_pull(pin, facts, now=now, retry_after=run.retry_after)
+               if model_status(pin, by_id[wid]) == OUTDATED]
+    chosen, rejected = place_replicas(pin, facts, now=now, retry_after=run.retry_after,
+                                      offline_grace=run.offline_grace, reserve=run.reserve)
+    counted = counted_copies(pin, facts, now=now, offline_grace=run.offline_grace)
+    skipped = {}
+    if len(chosen) + len(counted) < pin.replicas:
+        skipped = {wid: why for wid, why in rejected if wid not in counted}
+        log.warning("pin %s: %d of %d replicas fit; %s", pin.model, len(chosen) + len(counted), pin.replicas,
+                    "; ".join(f"{wid}: {why}" for wid, why in skipped.items()) or "no other eligible worker")
+    return list(dict.fromkeys(updates + [wid for wid, _ in chosen])), dict(chosen), skipped
 
 
 def _pull_for_pin(client: redis.Redis, send: Send, pin: Pin, facts: list[WorkerFacts], now: float,
-                  deadline_seconds: float, retry_after: float) -> dict | None:
-    targets = workers_to_pull(pin, facts, now=now, retry_after=retry_after)
+                  run: Reconcile) -> dict | None:
+    targets, placed, skipped = _targets(pin, facts, now, run)
     if not targets:
         return None
     by_id = {w.id: w for w in facts}
     outdated = [wid for wid in targets if model_status(pin, by_id[wid]) == OUTDATED]
     options = {"pin": pin.model, "reason": "update" if outdated else "pinned", "outdated": outdated}
+    if pin.replicas is not None:
+        options["replicas"] = pin.replicas
     kind, task = ("pull", TASK_PULL)
     if pin.source == "registry":  # a registry model reaches workers through a distribute job
         kind, task = ("distribute", TASK_DISTRIBUTE)
         options.update(pin.source_options or {}, source="registry")
     job_id = start_job(client, send, kind=kind, task=task, model=pin.model, targets=targets, source=pin.source,
-                       deadline_seconds=deadline_seconds, options=options, now=now)
+                       deadline_seconds=run.deadline_seconds, options=options, now=now,
+                       reasons=placed, skipped={wid: why for wid, why in skipped.items() if wid not in targets})
     record_attempt(client, pin.model, job_id, targets, now=now)
     log.info("pin %s: pulling to %s (%s)", pin.model, ", ".join(targets), options["reason"], extra={"job_id": job_id})
     return {"job_id": job_id, "model": pin.model, "workers": targets, "reason": options["reason"]}
