@@ -359,7 +359,11 @@ def cmd_workers(api: Api, args: argparse.Namespace, out: Console, err: Console) 
         online = "[green]online[/]" if worker["online"] else "[red]offline[/]"
         backends = ", ".join(worker.get("backends") or []) or "-"
         out.print(f"{worker['id']} ({worker['type']}) {online}, backends {backends}, "
-                  f"free disk {human_bytes(worker['free_disk'])}, address {worker.get('address') or '-'}")
+                  f"disk {disk_text(worker)}, address {worker.get('address') or '-'}")
+        if worker.get("labels") or worker.get("gpus"):
+            gpus = ", ".join(f"{g['name']} ({human_bytes(g['memory_free'])} free of {human_bytes(g['memory_total'])})"
+                             for g in worker.get("gpus") or [])
+            out.print(f"labels {_esc(labels_text(worker)) or '-'}; GPUs {_esc(gpus) or 'none'}", highlight=False)
         table = _table("MODEL", "SIZE", "MODIFIED", "FORMAT", "BACKENDS")
         for m in models["models"]:
             served = m.get("backends")  # an agent before per-backend inventories sends only `backend`
@@ -367,18 +371,34 @@ def cmd_workers(api: Api, args: argparse.Namespace, out: Console, err: Console) 
                           (", ".join(served) or "stored, not served") if isinstance(served, list) else m.get("backend") or "-")
         out.print(table)
         return 0
-    data = api.get("/api/v1/workers")
+    data = api.get("/api/v1/workers" + (f"?selector={quote(args.selector, safe='=,')}" if args.selector else ""))
     if args.json:
         _print_json(data)
         return 0
-    table = _table("ID", "TYPE", "ONLINE", "BACKENDS", "FREE DISK", "MODELS", "LAST SEEN")
-    for w in data["workers"]:
-        table.add_row(w["id"], w["type"], "[green]yes" if w["online"] else "[red]no",
-                      ", ".join(w.get("backends") or []), human_bytes(w["free_disk"]), str(w["models"]),
-                      human_time(w.get("last_seen")))
-    out.print(table)
+    out.print(workers_table(data["workers"]))
     out.print(f"{data['online']} of {data['total']} worker(s) online")
     return 0
+
+
+def labels_text(worker: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in (worker.get("labels") or {}).items())
+
+
+def disk_text(worker: dict) -> str:
+    """`12.0 GB free of 100.0 GB` (of the model store's filesystem); an older agent reports no total."""
+    free, total = worker.get("disk_free", worker.get("free_disk")), worker.get("disk_total")
+    if free is None:
+        return "-"
+    return f"{human_bytes(free)} free" + (f" of {human_bytes(total)}" if total else "")
+
+
+def workers_table(workers: list[dict]) -> Table:
+    table = _table("ID", "TYPE", "ONLINE", "BACKENDS", "LABELS", "DISK", "GPUS", "MODELS", "LAST SEEN")
+    for w in workers:
+        table.add_row(w["id"], w["type"], "[green]yes" if w["online"] else "[red]no",
+                      ", ".join(w.get("backends") or []), _esc(labels_text(w)) or "-", disk_text(w),
+                      str(len(w.get("gpus") or [])), str(w["models"]), human_time(w.get("last_seen")))
+    return table
 
 
 def cmd_show(api: Api, args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -620,6 +640,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("id", nargs="?", help="a worker id, or `remove`")
     p.add_argument("target", nargs="?", help="with `remove`: the decommissioned worker to forget")
     p.add_argument("--force", action="store_true", help="with `remove`: remove it even while it is online")
+    p.add_argument("--selector", default=None, metavar="KEY=VALUE[,KEY=VALUE]",
+                   help="only workers with these labels, e.g. zone=a")
     _common(p)
     p.set_defaults(func=_wrap(cmd_workers))
 
