@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, exposition, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from eldric.cluster.jobs import state as jobstate
-from eldric.cluster import inference_load, workers
+from eldric.cluster import gc, inference_load, workers
 from eldric.cluster.jobs.reads import all_jobs
 from eldric.cluster import pins
 from eldric.cluster.mirror_updates import read_updates
@@ -50,6 +50,7 @@ class Snapshot:
     routed: dict[str, int] = field(default_factory=dict)  # worker -> inference requests routed to it
     route_errors: dict[str, int] = field(default_factory=dict)  # worker -> routed requests that failed there
     in_flight: dict[str, int] = field(default_factory=dict)  # worker -> routed requests streaming now
+    gc_bytes: dict[str, int] = field(default_factory=dict)  # worker -> bytes its GC sweeps removed (eldric/cluster/gc.py)
 
 
 # A job's source (its record's `source`) -> the metric label: a handful of values, whatever the cluster pulls.
@@ -79,6 +80,7 @@ def read_snapshot(client: redis.Redis, *, stale_after: float, now: float | None 
     snap.mirror_updates = sum(1 for r in read_updates(client).values() if r.get("update_available"))
     snap.routed, snap.route_errors = inference_load.totals(client)
     snap.in_flight = inference_load.in_flight(client, [wid for wid, _, _ in snap.workers])
+    snap.gc_bytes = gc.bytes_totals(client)
     return snap
 
 
@@ -163,7 +165,17 @@ def metric_families(snap: Snapshot) -> list[GaugeMetricFamily]:
     updates = GaugeMetricFamily("eldric_mirror_updates_available",
                                 "Tags cached by the data node's mirror whose upstream tag now points at another manifest")
     updates.add_metric([], snap.mirror_updates)
-    return [jobs, parts, pulled, current, last, up, registered, online, queues, pinned, updates, *route_families(snap)]
+    return [jobs, parts, pulled, current, last, up, registered, online, queues, pinned, updates, *route_families(snap),
+            gc_family(snap)]
+
+
+def gc_family(snap: Snapshot) -> CounterMetricFamily:
+    """Bytes the worker's GC sweeps removed, ever (kept in Redis: eldric:gc:bytes); 0 for a worker never swept."""
+    freed = CounterMetricFamily("eldric_gc_bytes", "Bytes of garbage (unreferenced blobs, stale partials, backend "
+                                "debris) the worker's GC sweeps removed", labels=["worker"])
+    for wid in sorted(set(snap.gc_bytes) | {w for w, _, _ in snap.workers}):
+        freed.add_metric([wid], snap.gc_bytes.get(wid, 0))
+    return freed
 
 
 def route_families(snap: Snapshot) -> list:
