@@ -15,7 +15,6 @@ from eldric.core.digests import Digest
 from eldric.core.names import ModelName
 from eldric.core.names import FileModelRef
 from eldric.core.redaction import redact_url
-from eldric.transfer.diskspace import ensure_space
 from eldric.transfer.download import download_blob
 from eldric.transfer.partials import resumable_bytes
 from eldric.transfer.upstreams import AddressPolicy
@@ -29,7 +28,7 @@ from worker_agent.installing import install_and_list, placement_summary
 from eldric.cluster.jobs.progress import Progress
 from worker_agent.pulling import pull_from_ollama, pull_into_store
 from worker_agent.runtime import Agent
-from worker_agent import serving
+from worker_agent import eviction, serving
 from worker_agent.verifying import verify_blobs_present
 
 FINGERPRINT_FILE = ".eldric-fingerprint"
@@ -173,7 +172,8 @@ def _fetch_and_install(agent: Agent, entry: dict, files: list[RemoteFile], progr
     blobs = agent.store.blobs
     missing = sum(f.size - resumable_bytes(agent.store.partial_dir, f.digest, f.size, f.key)
                   for f in files if f.digest is None or not blobs.has(f.digest, f.size))
-    ensure_space(agent.store.partial_dir, missing, entry["name"], agent.settings.disk_reserve_bytes)
+    eviction.ensure_room(agent, progress.job_id, agent.store.partial_dir, missing, entry["name"],
+                         agent.settings.disk_reserve_bytes)  # with the job's make_room: evict first
     progress.start(total=sum(f.size for f in files), source=origin)
     transferred, stored = 0, []
     progress.update(reused=sum(f.size for f in files if f.digest is not None and blobs.has(f.digest, f.size)))

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from eldric.cluster.jobs import state as jobstate
 from eldric.core.manifests import OLLAMA_MODEL, Manifest
@@ -17,7 +19,7 @@ from worker_agent.fanout import Fanout
 from worker_agent.installers import UnsupportedModelError
 from worker_agent.installing import install_entry, placement_summary, roll_back
 from worker_agent.runtime import Agent
-from worker_agent import serving
+from worker_agent import eviction, serving
 from worker_agent.ollama_store import OllamaStore
 from eldric.cluster.jobs.progress import Progress
 from worker_agent.sources import BlobSource, RegistrySource
@@ -123,7 +125,8 @@ class BackendInstalls:
 
 def pull_model(name: ModelName, *, store: OllamaStore, source: BlobSource, progress: Progress,
                options: DownloadOptions = DownloadOptions(), reserve: int = 1 << 30,
-               fanout: Fanout | None = None, backends: BackendInstalls | None = None) -> PullResult:
+               fanout: Fanout | None = None, backends: BackendInstalls | None = None,
+               room: Callable[[Path, int, str, int], None] = ensure_space) -> PullResult:
     """Manifest, then every missing blob (verified), then the manifest file last.
 
     The manifest is what makes a model visible to Ollama, so it is written only
@@ -137,7 +140,7 @@ def pull_model(name: ModelName, *, store: OllamaStore, source: BlobSource, progr
     With `fanout`, each blob is shared with the job's other workers (worker_agent/fanout.py).
     With `backends`, the manifest is first checked against the node's backends (none of them can
     serve it: fail before a byte is downloaded), and the model is installed into them before the
-    manifest is written.
+    manifest is written. `room`: the space check (eviction.room_check for a job with make_room).
     """
     store.ensure()
     progress.update(force=True, status="pulling manifest", source=source.describe())
@@ -146,7 +149,7 @@ def pull_model(name: ModelName, *, store: OllamaStore, source: BlobSource, progr
         backends.check(manifest)
     progress.start(total=manifest.total_size, source=source.describe())
     with store.leases.hold(progress.job_id, [b.digest for b in manifest.blobs()]):
-        downloaded = _fetch_missing(name, manifest, store, source, progress, options, reserve, fanout)
+        downloaded = _fetch_missing(name, manifest, store, source, progress, options, reserve, fanout, room)
         progress.update(force=True, status="verifying sha256 digest", layer=None)
         verify_blobs_present(store, [(b.digest, b.size) for b in manifest.blobs()], name.short)
         if backends is not None:
@@ -165,12 +168,13 @@ def pull_model(name: ModelName, *, store: OllamaStore, source: BlobSource, progr
 
 
 def _fetch_missing(name: ModelName, manifest: Manifest, store: OllamaStore, source: BlobSource, progress: Progress,
-                   options: DownloadOptions, reserve: int, fanout: Fanout | None) -> int:
+                   options: DownloadOptions, reserve: int, fanout: Fanout | None,
+                   room: Callable[[Path, int, str, int], None] = ensure_space) -> int:
     """Download every blob of `manifest` the store lacks; the bytes that crossed the network."""
     blobs = manifest.blobs()
     present = [b for b in blobs if store.blobs.has(b.digest, b.size)]
     missing = sum(b.size - resumable_bytes(store.partial_dir, b.digest, b.size) for b in blobs if b not in present)
-    ensure_space(store.partial_dir, missing, name.short, reserve)
+    room(store.partial_dir, missing, name.short, reserve)
     reused = sum(b.size for b in present)
     progress.update(reused=reused)  # on the node already: counted as done, not as network bytes (metrics)
     if present:
@@ -208,7 +212,7 @@ def pull_into_store(agent: Agent, name: ModelName, source: BlobSource, progress:
     try:
         result = pull_model(name, store=agent.store, source=source, progress=progress,
                             options=agent.download_options, reserve=agent.settings.disk_reserve_bytes, fanout=fanout,
-                            backends=backends)
+                            backends=backends, room=eviction.room_check(agent, progress.job_id))
     finally:
         fanout.close()
     progress.finish(total=result.size, digest=result.digest, transferred=result.downloaded, **fanout.fields(),
