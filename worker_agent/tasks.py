@@ -114,11 +114,13 @@ def reap_stale_jobs(stale_after: float, offline_grace: float = 300.0) -> dict:
 
 
 @app.task(name=TASK_PINS_RECONCILE)
-def pins_reconcile(deadline_seconds: float, retry_seconds: float) -> dict:
+def pins_reconcile(deadline_seconds: float, retry_seconds: float, offline_grace: float = 300.0,
+                   reserve_bytes: int = 1 << 30) -> dict:
     """Pins, then the catch-ups of skipped workers now back (both desired state; one beat entry)."""
     client = runtime.current().redis
     jobs = maintenance.reconcile_pins(client, _send, deadline_seconds=float(deadline_seconds),
-                                      retry_after=float(retry_seconds))
+                                      retry_after=float(retry_seconds), offline_grace=float(offline_grace),
+                                      reserve=int(reserve_bytes))
     catchups = maintenance.reconcile_catchups(client, _send, deadline_seconds=float(deadline_seconds))
     return {"jobs": jobs, "catchups": catchups}
 

@@ -29,6 +29,7 @@ from eldric.cluster.queues import (
 )
 from eldric.cluster.redisconn import redbeat_settings, redis_client
 from eldric.cluster.shared_settings import RedisSettings
+from eldric.core.settings import Size
 
 RETRY_SECONDS = 0.5  # pause between RedBeat's attempts to reach Redis again
 
@@ -39,11 +40,12 @@ class ScheduleSettings(RedisSettings):
     log_level: str = Field("INFO", description="log level of beat")
     inventory_sync_seconds: float = Field(300.0, ge=0, description="every worker re-reports its local models this often")
     reap_seconds: float = Field(30.0, ge=0, description="how often unfinished jobs of silent workers are failed")
-    pin_reconcile_seconds: float = Field(60.0, ge=0, description="how often pinned models are pulled to eligible workers lacking them")
+    pin_reconcile_seconds: float = Field(60.0, ge=0, description="how often pinned models are pulled where missing (replicas: until N serve)")
     pin_update_seconds: float = Field(3600.0, ge=0, description="how often auto-update pins ask the registry where their tag points")
     pin_retry_seconds: float = Field(600.0, ge=0, description="after a failed pin pull on a worker, wait this long before the next")
     stale_worker_seconds: float = Field(120.0, ge=0, description="a worker offline and silent this long mid-pull is failed (as the controller)")
     offline_grace_seconds: float = Field(300.0, ge=0, description="a worker offline when a job starts, or this long during it, is skipped (as the controller)")
+    placement_reserve_bytes: Size = Field(1 << 30, description="free disk a pin's placement leaves on every worker (as the controller)")
     job_deadline_seconds: float = Field(6 * 3600.0, ge=0, description="deadline of the pull jobs scheduled work starts (as the controller)")
     lock_seconds: float = Field(30.0, ge=3, validation_alias="ELDRIC_BEAT_LOCK_SECONDS",
                                 description="a second beat takes over this long after the scheduling one died")
@@ -65,7 +67,9 @@ def beat_schedule(s: ScheduleSettings) -> dict[str, dict]:
     entries = {
         "inventory-sync": (TASK_INVENTORY_SYNC_ALL, s.inventory_sync_seconds, []),
         "reap-stale-jobs": (TASK_REAP_STALE_JOBS, s.reap_seconds, [s.stale_worker_seconds, s.offline_grace_seconds]),
-        "pins-reconcile": (TASK_PINS_RECONCILE, s.pin_reconcile_seconds, [s.job_deadline_seconds, s.pin_retry_seconds]),
+        "pins-reconcile": (TASK_PINS_RECONCILE, s.pin_reconcile_seconds,
+                           [s.job_deadline_seconds, s.pin_retry_seconds, s.offline_grace_seconds,
+                            s.placement_reserve_bytes]),
         "pins-check-updates": (TASK_PINS_CHECK_UPDATES, s.pin_update_seconds,
                                [s.job_deadline_seconds, s.pin_retry_seconds]),
         "clean-partials": (TASK_CLEAN_PARTIALS_ALL, s.partial_clean_seconds, [s.partial_max_age_seconds]),

@@ -36,7 +36,8 @@ def test_environment_sets_periods_and_the_arguments_the_tasks_receive():
     schedule = beat_schedule(ScheduleSettings.from_env(env))
     assert schedule["reap-stale-jobs"]["schedule"] == 5.0 and schedule["reap-stale-jobs"]["args"] == [45.0, 60.0]
     assert schedule["pins-reconcile"]["schedule"] == 2.5
-    assert schedule["pins-reconcile"]["args"] == schedule["pins-check-updates"]["args"] == [900.0, 7.0]
+    assert schedule["pins-check-updates"]["args"] == [900.0, 7.0]
+    assert schedule["pins-reconcile"]["args"] == [900.0, 7.0, 60.0, 1 << 30]  # + offline grace, placement reserve
     assert beat_schedule(ScheduleSettings.from_env({}))["clean-partials"]["args"] == [86400.0]
     cleanup = beat_schedule(ScheduleSettings.from_env({"ELDRIC_PARTIAL_CLEAN_SECONDS": "600",
                                                        "ELDRIC_PARTIAL_MAX_AGE_SECONDS": "7200"}))["clean-partials"]
