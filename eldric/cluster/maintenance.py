@@ -7,6 +7,7 @@ control-plane work and lives here, beside the jobs, pins and workers it reads:
 - `request_inventory_sync` / `request_partial_cleanup`: fan a node-local task out to every online worker;
 - `request_debris_sweep`: the same to every online inference and cloud worker (worker_agent/debris_sweep.py);
 - `request_gc_sweep`: the GC sweep to every online worker (worker_agent/gc_sweep.py; also `POST /api/v1/gc`);
+- `request_eviction`: the eviction check to every online inference and cloud worker (worker_agent/eviction.py);
 - `reap_stale_jobs`: persist the ends readers derive (jobs/reaper.py);
 - `reconcile`: start pulls so every eligible online worker holds each pinned model, or N of them
   serve it for a pin with replicas (pins.py), then replay what skipped workers missed (jobs/catchups.py);
@@ -31,7 +32,7 @@ from eldric.cluster.jobs import catchups
 from eldric.cluster.jobs.reaper import Reaped
 from eldric.cluster.jobs.reaper import reap_stale_jobs as reap_records
 from eldric.cluster.jobs.start import Send
-from eldric.cluster.queues import TASK_CLEAN_PARTIALS, TASK_GC_SWEEP, TASK_INVENTORY_SYNC, TASK_SWEEP_DEBRIS, is_model_serving
+from eldric.cluster.queues import TASK_CLEAN_PARTIALS, TASK_EVICT, TASK_GC_SWEEP, TASK_INVENTORY_SYNC, TASK_SWEEP_DEBRIS, is_model_serving
 from eldric.core.names import ModelName
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,11 @@ def request_gc_sweep(client: redis.Redis, send: Send, *, remove: bool, partial_m
 
     `partial_max_age` None: the agents' default (eldric/transfer/partials.MAX_AGE_SECONDS)."""
     return _fan_out(client, send, TASK_GC_SWEEP, [remove, partial_max_age])
+
+
+def request_eviction(client: redis.Redis, send: Send) -> list[str]:
+    """Ask every online inference and cloud worker to evict above its high disk watermark; return the ids asked."""
+    return _fan_out(client, send, TASK_EVICT, [], serving_only=True)
 
 
 def reap_stale_jobs(client: redis.Redis, *, stale_after: float, offline_grace: float = math.inf) -> list[Reaped]:

@@ -45,6 +45,8 @@ TASK_SWEEP_DEBRIS_ALL = "maintenance.sweep_debris_all"  # fans TASK_SWEEP_DEBRIS
 TASK_SWEEP_DEBRIS = "maintenance.sweep_debris"
 TASK_GC_SWEEP_ALL = "maintenance.gc_sweep_all"  # fans TASK_GC_SWEEP out to every online worker
 TASK_GC_SWEEP = "maintenance.gc_sweep"
+TASK_EVICT_ALL = "maintenance.evict_all"  # fans TASK_EVICT out to every online inference/cloud worker
+TASK_EVICT = "maintenance.evict"  # above the high disk watermark: evict LRU models (worker_agent/eviction.py)
 TASK_MIRROR_CHECK_UPDATES = "mirror.check_updates"  # the data node's mirror asks upstream where its tags point
 
 _WORKER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
