@@ -39,8 +39,8 @@ def create_app(overrides: dict | None = None) -> Flask:
 
     api = Api(app)
     api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
-    from controller.api import distribute, events, model_registry, models, pins, pull_jobs, workers
-    for module in (pull_jobs, events, models, distribute, workers, model_registry, pins):
+    from controller.api import distribute, events, gc, model_registry, models, pins, pull_jobs, workers
+    for module in (pull_jobs, events, models, distribute, workers, model_registry, pins, gc):
         api.register_blueprint(module.blp)
     from controller import ollama_api, ollama_create, ollama_route
     for module in (ollama_api, ollama_create, ollama_route):  # Ollama's and OpenAI's shapes, not /api/v1's
