@@ -6,6 +6,7 @@ import json
 import os
 import time
 
+import fakeredis
 import pytest
 
 from eldric.cluster import gc, maintenance
@@ -175,3 +176,46 @@ def test_every_online_worker_is_asked_data_nodes_too(agent):
 
     assert sorted(maintenance.request_gc_sweep(r, send, remove=True, partial_max_age=60.0)) == ["data", "inf"]
     assert sorted(sent) == [(TASK_GC_SWEEP, [True, 60.0], "worker.data"), (TASK_GC_SWEEP, [True, 60.0], "worker.inf")]
+
+
+# --- the controller's /api/v1/gc and /metrics -------------------------------------------------
+
+@pytest.fixture
+def api(monkeypatch):
+    from controller import create_app
+    from controller import gc as controller_gc
+    app = create_app({"REDIS_URL": "redis://127.0.0.1:1/0", "API_TOKEN": "", "CHECK_UPSTREAM": False})
+    r = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    app.extensions["eldric.redis"] = r
+    for wid in ("inf-a", "inf-b"):
+        cluster_workers.register(r, {"id": wid, "type": "inference", "address": "http://x", "backends": []}, ttl=15)
+    sent = []
+    monkeypatch.setattr(controller_gc, "job_sender", lambda producer: lambda task, args, ids: sent.append(
+        (task, args, sorted(ids))) or {})
+    return app.test_client(), r, sent
+
+
+def test_the_api_lists_every_workers_finds_and_asks_for_a_sweep(api):
+    client, r, sent = api
+    orphan_find = gc.Find(id="blob:sha256:" + "c" * 64, kind=gc.BLOB, path="/m/blobs/sha256-" + "c" * 64, bytes=7,
+                          digest="sha256:" + "c" * 64, first_seen=T0, removable_at=T0 + 3600)
+    gc.publish(r, "inf-a", [orphan_find], swept_at=T0, grace=3600, removed=[])
+    gc.publish(r, "inf-a", [orphan_find], swept_at=T0 + 1, grace=3600,
+               removed=[gc.Find(id="partial:x", kind=gc.PARTIAL, path="/p/x", bytes=5, first_seen=T0, removable_at=T0)])
+
+    body = client.get("/api/v1/gc").json
+    a, b = sorted(body["workers"], key=lambda w: w["worker"])
+    assert (a["worker"], a["online"], a["swept_at"], a["removed_bytes"], a["bytes"]) == ("inf-a", True, T0 + 1, 5, 7)
+    assert a["finds"] == [orphan_find.to_json()]
+    assert (b["worker"], b["swept_at"], b["finds"]) == ("inf-b", None, [])
+    assert (body["finds"], body["bytes"], body["removed_bytes_total"]) == (1, 7, 5)
+
+    resp = client.post("/api/v1/gc", json={})
+    assert resp.status_code == 202 and resp.json["asked"] == ["inf-a", "inf-b"] and resp.json["remove"] is True
+    assert sent == [(TASK_GC_SWEEP, [True, None], ["inf-a", "inf-b"])]
+    assert client.post("/api/v1/gc", json={"remove": False}).json["remove"] is False
+    assert client.post("/api/v1/gc", json={"remove": "yes please"}).status_code in (400, 422)
+
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'eldric_gc_bytes_total{worker="inf-a"} 5.0' in metrics
+    assert 'eldric_gc_bytes_total{worker="inf-b"} 0.0' in metrics
