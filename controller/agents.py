@@ -34,3 +34,21 @@ def show_model(client: redis.Redis, name: ModelName, secret: str, timeout: float
     if errors and all(e.endswith(": 404") for e in errors):  # the inventory was stale: nobody has it
         raise NotFoundError(f"model '{name.short}' not found on any worker")
     raise UnavailableError(f"no online worker could describe '{name.short}'" + (f" ({'; '.join(errors)})" if errors else ""))
+
+
+def eviction_plan(client: redis.Redis, worker_id: str, secret: str, timeout: float = 15.0) -> dict:
+    """The worker's own answer to what eviction would remove now and why (worker_agent/eviction.py): only the
+    agent knows its disk, what its backends have loaded and which blobs its running jobs lease."""
+    worker = get_worker(client, worker_id)
+    if worker is None:
+        raise NotFoundError(f"no worker {worker_id!r}")
+    if not worker["online"] or not worker["address"]:
+        raise UnavailableError(f"worker {worker_id} is offline: only its agent can tell what eviction would remove")
+    with http_session(token=secret) as session:  # agents are inside the cluster: no egress proxy
+        try:
+            resp = session.get(f"{worker['address']}/api/eviction-plan", timeout=timeout)
+        except requests.RequestException as exc:
+            raise UnavailableError(f"worker {worker_id} did not answer: {exc}") from None
+    if not resp.ok:
+        raise UnavailableError(f"worker {worker_id} answered {resp.status_code} for its eviction plan")
+    return resp.json()

@@ -195,8 +195,8 @@ def protections(agent, models: list[dict], *, except_job: str | None = None,
     return {m["name"]: out[m["name"]] for m in models if m["name"] in out}
 
 
-def _models(agent) -> list[dict]:
-    return last_use.stamp_inventory(agent, serving.local_models(agent))
+def _models(agent, save: bool = True) -> list[dict]:
+    return last_use.stamp_inventory(agent, serving.local_models(agent), save=save)
 
 
 def _watermark_need(agent, disk: Disk) -> tuple[int, str, tuple[int, int] | None]:
@@ -214,7 +214,7 @@ def plan(agent, now: float | None = None) -> dict:
     """What eviction would remove now and why, what it may not and why; changes nothing."""
     disk = Disk.of(agent.store.root)
     to_free, reason, bounds = _watermark_need(agent, disk)
-    models = _models(agent)
+    models = _models(agent, save=False)
     choice = choose(models, protections(agent, models), to_free, reason=reason, now=now)
     return {"worker": agent.worker_id, "disk": {"total": disk.total, "used": disk.used, "free": disk.free,
                                                 "percent": round(disk.percent(), 1)},

@@ -54,8 +54,9 @@ class LastUse:
         return {str(k): float(v) for k, v in found.items() if isinstance(v, (int, float))}
 
     def stamp(self, models: list[dict], *, served_at: dict[str, float], loaded: set[str],
-              now: float | None = None) -> list[dict]:
-        """`models` (inventory records) each with `last_used`; the file keeps the result for these names only."""
+              now: float | None = None, save: bool = True) -> list[dict]:
+        """`models` (inventory records) each with `last_used`; the file keeps the result for these names only
+        (`save` False: a read, as the eviction plan's)."""
         now = time.time() if now is None else now
         known = self.read()
         out, kept = [], {}
@@ -65,7 +66,7 @@ class LastUse:
             when = when or float(model.get("modified_at") or 0) or now
             kept[name] = when
             out.append({**model, "last_used": round(when, 3)})
-        if kept != known:
+        if save and kept != known:
             try:
                 write_atomically(self.path, json.dumps(kept, sort_keys=True).encode())
             except OSError as exc:  # a full disk must not stop the inventory; eviction is what frees it
@@ -73,7 +74,7 @@ class LastUse:
         return out
 
 
-def stamp_inventory(agent, models: list[dict], now: float | None = None) -> list[dict]:
+def stamp_inventory(agent, models: list[dict], now: float | None = None, save: bool = True) -> list[dict]:
     """The inventory `models` with `last_used`, from the relay's record, the loaded-models report and the file."""
     wid = agent.worker_id
     raw = agent.redis.hgetall(keys.worker_served(wid))
@@ -84,4 +85,4 @@ def stamp_inventory(agent, models: list[dict], now: float | None = None) -> list
         except ValueError:
             continue
     loaded = {m["name"] for m in workers.loaded(agent.redis, [wid])[wid]}
-    return LastUse(Path(agent.settings.data_dir)).stamp(models, served_at=served_at, loaded=loaded, now=now)
+    return LastUse(Path(agent.settings.data_dir)).stamp(models, served_at=served_at, loaded=loaded, now=now, save=save)

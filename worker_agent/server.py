@@ -18,7 +18,7 @@ from eldric.transfer.ratelimit import bucket
 from eldric.core.names import ModelName
 from worker_agent.catalog import entry_files
 from worker_agent.model_info import show_file_model, show_model
-from worker_agent import inference_proxy, serving
+from worker_agent import eviction, inference_proxy, serving
 from worker_agent.runtime import Agent
 
 
@@ -58,6 +58,11 @@ def create_agent_app(agent: Agent) -> Flask:
         if found is None:
             return error_response(404, f"model '{name.short}' not found")
         return jsonify(found)
+
+    @app.get("/api/eviction-plan")
+    def eviction_plan():
+        """What eviction would remove now and why, and what it may not (worker_agent/eviction.py); changes nothing."""
+        return jsonify(eviction.plan(agent))
 
     @app.get("/api/models/export")
     def export():

@@ -4,7 +4,7 @@ from flask import current_app
 from flask.views import MethodView
 from eldric.web.blueprints import Blueprint
 
-from controller import workers as cluster_workers
+from controller import agents, workers as cluster_workers
 from eldric.core.request_errors import NotFoundError
 from controller.schemas import (RemoveWorkerQuerySchema, WorkerListSchema, WorkerModelsSchema, WorkerQuerySchema,
                                 WorkerSchema)
@@ -59,3 +59,17 @@ class WorkerModels(MethodView):
         if cluster_workers.get_worker(client, worker_id) is None:
             raise NotFoundError(f"no worker {worker_id!r}")
         return {"worker": worker_id, "models": cluster_workers.worker_models(client, worker_id)}
+
+
+@blp.route("/<worker_id>/eviction-plan")
+class WorkerEvictionPlan(MethodView):
+    @blp.response(200, description="disk (total, used, free, percent), high_watermark and low_watermark (bytes used, "
+                  "null when off), over_high, to_free, evict (least recently used first: name, size, last_used, why), "
+                  "protected (name, why: pinned, a replica a pin needs, loaded, a running job needs it), kept, short")
+    @blp.alt_response(404, description="no such worker")
+    @blp.alt_response(503, description="the worker is offline or did not answer")
+    def get(self, worker_id: str):
+        """What eviction would remove on this worker now and why, and what it may not; changes nothing.
+
+        The worker's agent answers (it alone knows its disk, its backends' loaded models and its running jobs' blobs)."""
+        return agents.eviction_plan(redis_client(), worker_id, current_app.config["CLUSTER_SECRET"])
