@@ -380,6 +380,47 @@ def cmd_workers(api: Api, args: argparse.Namespace, out: Console, err: Console) 
     return 0
 
 
+def cmd_gc(api: Api, args: argparse.Namespace, out: Console, err: Console) -> int:
+    """--dry-run: what every worker's last GC sweep found; otherwise every online worker sweeps now, with removal."""
+    before = api.get("/api/v1/gc")
+    if args.dry_run:
+        _print_json(before) if args.json else _print_gc(before, out)
+        return 0
+    last = {w["worker"]: w.get("swept_at") for w in before["workers"]}
+    asked = api.post("/api/v1/gc", {"remove": True})["asked"]
+    deadline = time.monotonic() + args.wait
+    report = before
+    while True:  # a worker's swept_at moves once its sweep ran (compared with its own earlier value: no clock skew)
+        report = api.get("/api/v1/gc")
+        pending = [w["worker"] for w in report["workers"] if w["worker"] in asked and w.get("swept_at") == last.get(w["worker"])]
+        if not pending or args.no_wait or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    if args.json:
+        _print_json({**report, "asked": asked, "not_swept": [] if args.no_wait else pending})
+    else:
+        swept = [w for w in report["workers"] if w["worker"] in asked and w["worker"] not in pending]
+        out.print(f"asked {len(asked)} worker(s) to sweep; removed {human_bytes(sum(w['removed_bytes'] for w in swept))} "
+                  f"in {sum(w['removed'] for w in swept)} find(s)")
+        if pending and not args.no_wait:
+            err.print(f"[yellow]not swept within {args.wait:.0f} s: {_esc(', '.join(pending))}")
+        _print_gc(report, out)
+    return 1 if pending and not args.no_wait else 0
+
+
+def _print_gc(report: dict, out: Console) -> None:
+    table = _table("WORKER", "KIND", "PATH / DIGEST", "SIZE", "FIRST SEEN", "REMOVABLE")
+    for w in report["workers"]:
+        for f in w["finds"]:
+            when = f"never ({f['note']})" if f.get("note") else human_time(f.get("removable_at"))
+            table.add_row(w["worker"], f["kind"], _esc(f.get("digest") or f["path"]), human_bytes(f["bytes"]),
+                          human_time(f["first_seen"]), _esc(when))
+    out.print(table)
+    never = [w["worker"] for w in report["workers"] if w.get("swept_at") is None]
+    out.print(f"{report['finds']} find(s), {human_bytes(report['bytes'])}; removed so far "
+              f"{human_bytes(report['removed_bytes_total'])}" + (f"; never swept: {', '.join(never)}" if never else ""))
+
+
 def labels_text(worker: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in (worker.get("labels") or {}).items())
 
@@ -644,6 +685,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="only workers with these labels, e.g. zone=a")
     _common(p)
     p.set_defaults(func=_wrap(cmd_workers))
+
+    p = sub.add_parser("gc", help="garbage collection: --dry-run lists what every worker's last sweep found; "
+                                  "without it every online worker sweeps now and removes what outlived its grace")
+    p.add_argument("--dry-run", action="store_true", help="list the finds (kind, path or digest, size, first seen, "
+                                                           "removable at), remove nothing")
+    p.add_argument("--wait", type=float, default=60.0, help="wait up to this many seconds for the workers' sweeps")
+    _job_options(p)
+    _common(p)
+    p.set_defaults(func=_wrap(cmd_gc))
 
     p = sub.add_parser("show", help="a model's details, parameters, template, system prompt, license")
     p.add_argument("model")
