@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, exposition, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from eldric.cluster.jobs import state as jobstate
-from eldric.cluster import gc, inference_load, workers
+from eldric.cluster import gc, inference_load, keys, workers
 from eldric.cluster.jobs.reads import all_jobs
 from eldric.cluster import pins
 from eldric.cluster.mirror_updates import read_updates
@@ -51,6 +51,7 @@ class Snapshot:
     route_errors: dict[str, int] = field(default_factory=dict)  # worker -> routed requests that failed there
     in_flight: dict[str, int] = field(default_factory=dict)  # worker -> routed requests streaming now
     gc_bytes: dict[str, int] = field(default_factory=dict)  # worker -> bytes its GC sweeps removed (eldric/cluster/gc.py)
+    evictions: dict[str, int] = field(default_factory=dict)  # worker -> models its agent evicted (eldric:evictions)
 
 
 # A job's source (its record's `source`) -> the metric label: a handful of values, whatever the cluster pulls.
@@ -81,6 +82,7 @@ def read_snapshot(client: redis.Redis, *, stale_after: float, now: float | None 
     snap.routed, snap.route_errors = inference_load.totals(client)
     snap.in_flight = inference_load.in_flight(client, [wid for wid, _, _ in snap.workers])
     snap.gc_bytes = gc.bytes_totals(client)
+    snap.evictions = {wid: int(float(n)) for wid, n in client.hgetall(keys.EVICTIONS).items()}
     return snap
 
 
@@ -166,7 +168,7 @@ def metric_families(snap: Snapshot) -> list[GaugeMetricFamily]:
                                 "Tags cached by the data node's mirror whose upstream tag now points at another manifest")
     updates.add_metric([], snap.mirror_updates)
     return [jobs, parts, pulled, current, last, up, registered, online, queues, pinned, updates, *route_families(snap),
-            gc_family(snap)]
+            gc_family(snap), eviction_family(snap)]
 
 
 def gc_family(snap: Snapshot) -> CounterMetricFamily:
@@ -176,6 +178,15 @@ def gc_family(snap: Snapshot) -> CounterMetricFamily:
     for wid in sorted(set(snap.gc_bytes) | {w for w, _, _ in snap.workers}):
         freed.add_metric([wid], snap.gc_bytes.get(wid, 0))
     return freed
+
+
+def eviction_family(snap: Snapshot) -> CounterMetricFamily:
+    """Models the worker's agent evicted above its high disk watermark or to make room (worker_agent/eviction.py)."""
+    evicted = CounterMetricFamily("eldric_evictions", "Models evicted on the worker (least recently used, above its "
+                                  "high disk watermark or for a pull with make_room); each is a delete job", labels=["worker"])
+    for wid in sorted(set(snap.evictions) | {w for w, _, _ in snap.workers}):
+        evicted.add_metric([wid], snap.evictions.get(wid, 0))
+    return evicted
 
 
 def route_families(snap: Snapshot) -> list:

@@ -16,7 +16,7 @@ from eldric import logging_setup
 from eldric.cluster import redisconn
 from eldric.cluster.queues import TASK_FOR_JOB_KIND, TASK_PULL, is_model_serving, queues_for, worker_queue
 from eldric.core.redaction import redact_url
-from worker_agent import celery_app, gpus, http_process, installers, job_runner, loaded_models, membership, runtime
+from worker_agent import celery_app, eviction, gpus, http_process, installers, job_runner, loaded_models, membership, runtime
 from worker_agent.catalog import Catalog
 from worker_agent.ollama_store import OllamaStore
 from worker_agent.runtime import Agent
@@ -70,6 +70,7 @@ def worker_info(settings: AgentSettings, address: str, facts: Callable[[], dict]
             "data_dir": str(Path(settings.data_dir).absolute()), "hostname": socket.gethostname(),
             "upstream_registry": redact_url(settings.ollama_registry),
             "backend_details": json.dumps(declared_backends(settings)),
+            **eviction.record_fields(settings, settings.models_dir),  # bytes used, for the disk bar
             **(facts or capacity_facts(settings))()}
 
 

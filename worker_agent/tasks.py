@@ -11,13 +11,13 @@ from eldric import logging_setup
 from eldric.cluster.queues import (
     MAINTENANCE_QUEUE, TASK_CLEAN_PARTIALS, TASK_CLEAN_PARTIALS_ALL, TASK_COPY, TASK_DELETE, TASK_DISTRIBUTE, TASK_INVENTORY_SYNC,
     TASK_INVENTORY_SYNC_ALL, TASK_MIRROR_CHECK_UPDATES, TASK_PINS_CHECK_UPDATES, TASK_PINS_RECONCILE, TASK_PULL,
-    TASK_GC_SWEEP, TASK_GC_SWEEP_ALL, TASK_REAP_STALE_JOBS, TASK_SWEEP_DEBRIS, TASK_SWEEP_DEBRIS_ALL,
+    TASK_EVICT, TASK_EVICT_ALL, TASK_GC_SWEEP, TASK_GC_SWEEP_ALL, TASK_REAP_STALE_JOBS, TASK_SWEEP_DEBRIS, TASK_SWEEP_DEBRIS_ALL,
 )
 from eldric.cluster import maintenance
 from eldric.cluster.dispatch import job_sender
 from eldric.cluster.mirror_updates import check_mirror_updates
 from eldric.core.errors import EldricError
-from worker_agent import debris_sweep, gc_sweep, job_runner, partial_cleanup, runtime
+from worker_agent import debris_sweep, eviction, gc_sweep, job_runner, partial_cleanup, runtime
 from worker_agent.celery_app import app
 from worker_agent.distributing import RETRIED_ERRORS
 from worker_agent.pulling import upstream_digest
@@ -189,3 +189,16 @@ def gc_sweep_run(remove: bool = True, partial_max_age_seconds: float | None = No
 def mirror_check_updates(registry_url: str) -> dict:
     agent = runtime.current()
     return check_mirror_updates(agent.redis, registry_url, agent.settings.cluster_secret)
+
+
+# --- Eviction (worker_agent/eviction.py): beat -> any one agent -> every online inference/cloud worker, which
+# evicts least-recently-used models while its store's filesystem is above ELDRIC_DISK_HIGH_WATERMARK.
+
+@app.task(name=TASK_EVICT_ALL)
+def evict_all() -> dict:
+    return {"asked": maintenance.request_eviction(runtime.current().redis, _send)}
+
+
+@app.task(name=TASK_EVICT)
+def evict() -> dict:
+    return {"jobs": eviction.evict_over_high(runtime.current(), job_runner.run_delete_job)}

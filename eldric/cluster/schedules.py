@@ -19,6 +19,7 @@ from eldric.cluster.keys import REDBEAT_PREFIX
 from eldric.cluster.queues import (
     MAINTENANCE_QUEUE,
     TASK_CLEAN_PARTIALS_ALL,
+    TASK_EVICT_ALL,
     TASK_GC_SWEEP_ALL,
     TASK_INVENTORY_SYNC_ALL,
     TASK_MIRROR_CHECK_UPDATES,
@@ -52,6 +53,7 @@ class ScheduleSettings(RedisSettings):
     partial_clean_seconds: float = Field(3600.0, ge=0, description="how often every worker deletes partial downloads of ended jobs and stale ones")
     partial_max_age_seconds: float = Field(86400.0, gt=0, description="partial downloads, lock and temp files untouched this long are deleted")
     debris_sweep_seconds: float = Field(3600.0, ge=0, description="how often every inference and cloud worker looks for backend files no model of it owns")
+    eviction_seconds: float = Field(60.0, ge=0, description="how often every inference and cloud worker evicts LRU models above its high disk watermark")
     gc_sweep_seconds: float = Field(3600.0, ge=0, description="how often every worker sweeps its garbage and removes what outlived its grace")
     mirror_update_seconds: float = Field(3600.0, ge=0, description="how often the data node's mirror asks upstream whether its cached tags moved")
     registry_url: str = Field("http://127.0.0.1:8892", description="the data node's registry, whose mirror the update check asks (as the controller)")
@@ -74,6 +76,7 @@ def beat_schedule(s: ScheduleSettings) -> dict[str, dict]:
                                [s.job_deadline_seconds, s.pin_retry_seconds]),
         "clean-partials": (TASK_CLEAN_PARTIALS_ALL, s.partial_clean_seconds, [s.partial_max_age_seconds]),
         "sweep-debris": (TASK_SWEEP_DEBRIS_ALL, s.debris_sweep_seconds, []),
+        "evict": (TASK_EVICT_ALL, s.eviction_seconds, []),
         "gc-sweep": (TASK_GC_SWEEP_ALL, s.gc_sweep_seconds, [s.partial_max_age_seconds]),
         "mirror-check-updates": (TASK_MIRROR_CHECK_UPDATES, s.mirror_update_seconds, [s.registry_url]),
     }

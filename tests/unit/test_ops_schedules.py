@@ -22,6 +22,7 @@ def test_defaults_schedule_every_job_on_the_maintenance_queue():
         "clean-partials": ("maintenance.clean_partials_all", 3600.0),
         "sweep-debris": ("maintenance.sweep_debris_all", 3600.0),
         "gc-sweep": ("maintenance.gc_sweep_all", 3600.0),
+        "evict": ("maintenance.evict_all", 60.0),
         "mirror-check-updates": ("mirror.check_updates", 3600.0),
     }
     for entry in schedule.values():
