@@ -96,10 +96,13 @@ class TransferCapsSchema(Schema):
         "type": "string", "description": "cap on the cluster's upstream rate for this job, bytes/s, e.g. 20M"})
     max_upstream_workers = fields.Integer(strict=True, validate=validate.Range(min=1, max=10000), metadata={
         "description": "most workers fetching from upstream at once; the others take ranges from them"})
+    make_room = fields.Boolean(metadata={
+        "description": "a worker where the model does not fit first evicts least-recently-used models by the "
+                       "eviction rules (never pinned, loaded or needed by a running job); default false: refused"})
 
 
 def transfer_caps(body: dict) -> dict:
-    return {k: body[k] for k in ("max_upstream_rate", "max_upstream_workers") if body.get(k) is not None}
+    return {k: body[k] for k in ("max_upstream_rate", "max_upstream_workers", "make_room") if body.get(k) is not None}
 
 
 class PullRequestSchema(TransferCapsSchema):
