@@ -144,6 +144,52 @@ def start_stack(root: Path, services: list[Service], oci: OCIRegistry, args) -> 
     return {"controller": controller, "llama": llama_url, "agent": agent}
 
 
+class CpuMeter:
+    """CPU seconds (user + system, from /proc) the controller's and the agent's process trees spend, per answer
+    of each path: what the relays cost, beside the wall-clock figures (Linux only; nothing elsewhere)."""
+
+    def __init__(self, services: list[Service]) -> None:
+        roots = {svc.name: svc.proc.pid for svc in services if svc.name in ("controller", "agent", "llama")}
+        parents = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+        self.trees = {name: [pid, *self._descendants(pid, parents)] for name, pid in roots.items()}
+        self.spent: dict[str, dict[str, float]] = {}
+
+    @staticmethod
+    def _descendants(pid: int, parents: dict[int, int]) -> list[int]:
+        kids = [p for p, parent in parents.items() if parent == pid]
+        return [*kids, *(d for k in kids for d in CpuMeter._descendants(k, parents))]
+
+    def read(self) -> dict[str, float]:
+        out = {}
+        for name, pids in self.trees.items():
+            total = 0
+            for pid in pids:
+                try:
+                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                    total += int(fields[11]) + int(fields[12])
+                except (OSError, ValueError, IndexError):
+                    continue
+            out[name] = total / os.sysconf("SC_CLK_TCK")
+        return out
+
+    def add(self, path: str, before: dict[str, float], after: dict[str, float]) -> None:
+        spent = self.spent.setdefault(path, {"answers": 0})
+        spent["answers"] += 1
+        for name in after:
+            spent[name] = spent.get(name, 0.0) + after[name] - before.get(name, 0.0)
+
+    def report(self) -> None:
+        for path, spent in self.spent.items():
+            n = spent["answers"]
+            print(f"{path:32s} CPU per answer: " + ", ".join(f"{name} {spent[name] / n * 1000:5.1f} ms"
+                                                           for name in ("llama", "agent", "controller") if name in spent))
+
+
 def fleet(n: int) -> None:
     """What choosing a worker costs the controller with `n` workers of 100 models each, one loaded."""
     import redis
@@ -218,17 +264,21 @@ def main() -> None:
             for url, body, is_ollama in paths.values():  # warm-up: model pages, connections, caches
                 stream_timing(http, url, body, is_ollama, prompts[0])
             results: dict[str, dict[int, tuple[float, float, int]]] = {name: {} for name in paths}
+            cpu = CpuMeter(services)
             for r in range(args.rounds):
                 # Interleaved (drift hits all alike), and in a Latin square: every path answers every prompt
                 # once, and no two requests in a row share a prompt (llama-cpp-python reuses the evaluated
                 # prefix of the previous prompt, which would make a repeated one faster).
                 for i, (name, (url, body, is_ollama)) in enumerate(paths.items()):
                     prompt = prompts[(r + i) % args.rounds]
+                    before = cpu.read()
                     found = stream_timing(http, url, body, is_ollama, prompt)
+                    cpu.add(name, before, cpu.read())
                     if found is None:
                         raise RuntimeError(f"{name}: fewer than {MIN_TOKENS} tokens for a prompt that had them straight")
                     results[name][prompt] = found
             report(results, args)
+            cpu.report()
     finally:
         for svc in reversed(services):
             svc.stop()
