@@ -1,6 +1,7 @@
 // The cluster's models and workers (one GET each, every 10 s), shared by Coverage, Cluster models and Workers;
 // the Cluster models and Workers panels.
 import { api, banner, token } from "./api.js";
+import { diskBar, gpusText, labelChips, labelsText } from "./capacity.js";
 import { $, breakable, clampPage, h, keepFocus, renderPager } from "./dom.js";
 import { fmtAgo, fmtBytes, fmtTime, shortDigest } from "./format.js";
 
@@ -73,7 +74,8 @@ const onlineChip = (w) => h("span", { class: `chip ${w.online ? "s-completed" : 
 
 export function renderWorkers() {
   const text = $("workers-filter").value.trim().toLowerCase();
-  const rows = cluster.workers.filter((w) => !text || w.id.toLowerCase().includes(text) || (w.type || "").includes(text));
+  const rows = cluster.workers.filter((w) => !text || w.id.toLowerCase().includes(text) || (w.type || "").includes(text)
+    || labelsText(w).toLowerCase().includes(text));
   const online = cluster.workers.filter((w) => w.online).length;
   $("workers-stats").textContent = `${cluster.workers.length} workers · ${online} online`;
   workersView.page = clampPage(workersView.page, rows.length, PAGE);
@@ -86,7 +88,8 @@ export function renderWorkers() {
     h("td", { class: "name", "data-label": "Worker" }, breakable(w.id)), h("td", { "data-label": "Type" }, w.type),
     h("td", { "data-label": "Online" }, onlineChip(w)),
     h("td", { "data-label": "Backends" }, (w.backends || []).join(", ") || "–"),
-    h("td", { "data-label": "Free disk" }, fmtBytes(w.free_disk)),
+    h("td", { "data-label": "Labels", dataset: { col: "labels" } }, labelChips(w)),
+    h("td", { "data-label": "Disk", dataset: { col: "disk" } }, diskBar(w)),
     h("td", { "data-label": "Models" }, String(w.models)), h("td", { "data-label": "Last seen" }, fmtAgo(w.last_seen))))));
   keepFocus($("workers-pager"), () => renderPager($("workers-pager"), workersView.page, Math.ceil(rows.length / PAGE),
     (p) => { workersView.page = p; renderWorkers(); }));
@@ -153,6 +156,9 @@ function renderWorkerDetail() {
       h("dt", {}, "type"), h("dd", {}, w.type),
       h("dt", {}, "backends"), h("dd", { dataset: { fact: "backends" } }, (w.backends || []).join(", ") || "–"),
       h("dt", {}, "free disk"), h("dd", { dataset: { fact: "free_disk" } }, fmtBytes(w.free_disk)),
+      h("dt", {}, "disk"), h("dd", { dataset: { fact: "disk" } }, diskBar(w)),
+      h("dt", {}, "labels"), h("dd", { dataset: { fact: "labels" } }, labelChips(w)),
+      h("dt", {}, "GPUs"), h("dd", { dataset: { fact: "gpus" } }, gpusText(w)),
       h("dt", {}, "address"), h("dd", { class: "name" }, breakable(w.address || "–")),
       h("dt", {}, "host"), h("dd", { class: "name" }, breakable(w.hostname || "–")),
       h("dt", {}, "last seen"), h("dd", {}, fmtAgo(w.last_seen))),
