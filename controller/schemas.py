@@ -3,7 +3,7 @@
 from marshmallow import Schema, ValidationError, fields, validate
 
 from eldric.cluster.jobs.state import JOB_STATES
-from eldric.cluster.labels import parse_labels
+from eldric.cluster.labels import SELECTOR_PATTERN, parse_selector
 from eldric.core.names import MAX_NAME_LENGTH, OLLAMA_NAME_PATTERN
 from eldric.core.settings import parse_size
 
@@ -200,20 +200,21 @@ class GpuSchema(Schema):
 
 
 class LabelSelector(fields.Field):
-    """`zone=a,gpu=h100` -> {"zone": "a", "gpu": "h100"}, read as an agent reads its ELDRIC_LABELS."""
+    """`zone=a,gpu=h100` -> [("zone", "a"), ("gpu", "h100")], keys and values as an agent's ELDRIC_LABELS has them."""
 
-    def _deserialize(self, value, attr, data, **kwargs) -> dict[str, str]:
+    def _deserialize(self, value, attr, data, **kwargs) -> list[tuple[str, str]]:
         if not isinstance(value, str) or len(value) > 2000:
-            raise ValidationError("labels as key=value pairs separated by commas, e.g. zone=a,gpu=h100")
+            raise ValidationError("labels as key=value pairs joined by commas, e.g. zone=a,gpu=h100")
         try:
-            return parse_labels(value)
+            return parse_selector(value)
         except ValueError as exc:
             raise ValidationError(str(exc)) from None
 
 
 class WorkerQuerySchema(Schema):
-    selector = LabelSelector(metadata={"type": "string", "maxLength": 2000, "example": "zone=a",
-                                       "description": "only workers with all these labels, e.g. zone=a,gpu=h100"})
+    selector = LabelSelector(metadata={
+        "type": "string", "maxLength": 2000, "pattern": SELECTOR_PATTERN, "example": "zone=a",
+        "description": "only workers with all these labels, e.g. zone=a,gpu=h100"})
 
 
 class WorkerSchema(Schema):

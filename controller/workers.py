@@ -76,7 +76,7 @@ def _bytes(raw: str | None) -> int | None:
     return int(number(raw)) if raw not in (None, "") else None
 
 
-def matching(views: list[dict], selector: dict[str, str] | None) -> list[dict]:
+def matching(views: list[dict], selector: list[tuple[str, str]] | None) -> list[dict]:
     """The worker views whose labels carry every key=value of `selector` (all of them without one)."""
     return [w for w in views if matches(w["labels"], selector)] if selector else views
 

@@ -21,14 +21,14 @@ class Workers(MethodView):
     def get(self, query: dict):
         """Every registered worker (those whose labels match `selector`, when given): id, type, address,
         backends, labels, disk, GPUs, online, last seen (an answer at most ELDRIC_VIEW_CACHE_SECONDS old)."""
-        selector = query.get("selector") or {}
+        selector = query.get("selector") or []
 
         def build() -> dict:
             workers = cluster_workers.list_workers(redis_client(), forget_after=current_app.config["WORKER_FORGET_SECONDS"])
             workers = cluster_workers.matching(workers, selector)
             return WorkerListSchema().dump({"workers": workers, "total": len(workers),
                                             "online": sum(w["online"] for w in workers)})
-        return cached_json(("workers", *sorted(selector.items())), build)
+        return cached_json(("workers", *selector), build)
 
 
 @blp.route("/<worker_id>")

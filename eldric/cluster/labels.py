@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import re
 
-_KEY = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
-_VALUE = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$")
+_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?"
+_KEY = re.compile(rf"^{_NAME}\Z")
+_VALUE = re.compile(rf"^(?:{_NAME})?\Z")
+# A selector as a URL query writes it (`zone=a,gpu=h100`, no spaces): the same in Python and in JSON Schema.
+SELECTOR_PATTERN = rf"^(?:{_NAME}=(?:{_NAME})?(?:,{_NAME}=(?:{_NAME})?)*)?$"
+_SELECTOR = re.compile(SELECTOR_PATTERN.removesuffix("$") + r"\Z")
 
 
 def parse_labels(text: str) -> dict[str, str]:
@@ -38,6 +42,16 @@ def parse_labels(text: str) -> dict[str, str]:
     return out
 
 
-def matches(labels: dict[str, str], selector: dict[str, str]) -> bool:
-    """Every key of the selector is a label with that value."""
-    return all(labels.get(k) == v for k, v in selector.items())
+def parse_selector(text: str) -> list[tuple[str, str]]:
+    """`zone=a,gpu=h100` -> [("zone", "a"), ("gpu", "h100")]; ValueError unless it has SELECTOR_PATTERN's shape.
+
+    Pairs, not a dict: `zone=a,zone=b` is a selector no worker matches, not an error."""
+    if not _SELECTOR.match(text):
+        raise ValueError(f"not a label selector: {text[:100]!r} (key=value pairs joined by commas, e.g. zone=a,gpu=h100)")
+    return [(key, value) for key, _, value in (pair.partition("=") for pair in text.split(",") if pair)]
+
+
+def matches(labels: dict[str, str], selector: dict[str, str] | list[tuple[str, str]]) -> bool:
+    """Every key=value of the selector is one of the labels."""
+    pairs = selector.items() if isinstance(selector, dict) else selector
+    return all(labels.get(k) == v for k, v in pairs)
