@@ -46,8 +46,17 @@ class GcReportSchema(Schema):
     removed_bytes_total = fields.Integer(metadata={"description": "bytes every sweep removed, ever (eldric_gc_bytes_total)"})
 
 
+class JsonBoolean(fields.Boolean):
+    """true or false only: marshmallow's Boolean also takes 0, 1, "yes", which the document's `boolean` does not."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
 class GcSweepRequestSchema(Schema):
-    remove = fields.Boolean(load_default=True, metadata={
+    remove = JsonBoolean(load_default=True, metadata={
         "description": "remove what has been garbage for the grace period (false: only look again)"})
 
 
