@@ -258,6 +258,9 @@ class LocalModelSchema(Schema):
     digest = fields.String()
     size = fields.Integer()
     modified_at = fields.Float()
+    last_used = fields.Float(allow_none=True, metadata={
+        "description": "when the worker last served it (its relay), or a backend had it loaded, else its pull/install "
+                       "(epoch seconds; eviction removes the least recently used first)"})
     format = fields.String(allow_none=True)
     backends = fields.List(fields.String(), metadata={
         "description": "the worker's backends that serve the model (empty: stored, not served)"})
