@@ -168,21 +168,28 @@ def job_protections(agent, models: list[dict], *, except_job: str | None = None)
     with agent.store.leases.exclusive():
         leased = agent.store.leases.leased()
     if leased:
+        # Its weights, not any blob: models pushed alike share their small template and license blobs, which a
+        # delete keeps anyway while they are leased (OllamaStore.delete_model); a running job that counts on
+        # the weights (a new tag of the same file) would find them gone, and evicting them frees nothing.
         for name in names - set(out):
-            if leased & _digests(agent, name):
-                out[name] = "a running job has its blobs leased"
+            if _weights(agent, name) in leased:
+                out[name] = "a running job has its weights leased"
     return out
 
 
-def _digests(agent, name: str) -> set[str]:
+def _weights(agent, name: str) -> str | None:
+    """The hex digest of the model's largest blob (its weights), None when unknown."""
     entry = agent.catalog.get(name)
     if entry is not None:
-        return {str(f.get("sha256", "")).removeprefix("sha256:") for f in entry.get("files", [])}
-    try:
-        found = agent.store.read_manifest(ModelName.parse(name))
-    except (InvalidNameError, ValueError, OSError):
-        return set()
-    return {b.digest.hex for b in found[1].blobs()} if found else set()
+        files = [(int(f.get("size") or 0), str(f.get("sha256", "")).removeprefix("sha256:"))
+                 for f in entry.get("files", [])]
+    else:
+        try:
+            found = agent.store.read_manifest(ModelName.parse(name))
+        except (InvalidNameError, ValueError, OSError):
+            return None
+        files = [(b.size, b.digest.hex) for b in found[1].blobs()] if found else []
+    return max(files)[1] if files else None
 
 
 def protections(agent, models: list[dict], *, except_job: str | None = None,

@@ -19,7 +19,7 @@ from worker_agent.catalog import Catalog
 from worker_agent.ollama_store import OllamaStore
 from worker_agent.settings import AgentSettings
 from worker_agent.watermarks import Watermark, Watermarks
-from tests.unit.test_pulling import MODEL_BLOB, NAME, RAW
+from tests.unit.test_pulling import MODEL_BLOB, NAME, RAW, TEMPLATE_BLOB
 
 GIB = 1 << 30
 DAY = 86400.0
@@ -152,11 +152,13 @@ def test_a_model_a_running_job_is_on_is_protected_but_not_by_its_own_job(agent):
     assert set(eviction.job_protections(agent, models, except_job=pull)) == {"src:latest"}
 
 
-def test_a_model_whose_blobs_a_running_job_leased_is_protected(agent):
+def test_a_model_whose_weights_a_running_job_leased_is_protected_a_shared_small_blob_is_not(agent):
     agent.store.write_manifest(NAME, RAW)
+    with agent.store.leases.hold("job-elsewhere", [Digest.of_bytes(TEMPLATE_BLOB)]):  # models pushed alike share it
+        assert eviction.job_protections(agent, [model(NAME.short, 1, 1.0)]) == {}
     with agent.store.leases.hold("job-elsewhere", [Digest.of_bytes(MODEL_BLOB)]):
         found = eviction.job_protections(agent, [model(NAME.short, 1, 1.0)])
-    assert found == {NAME.short: "a running job has its blobs leased"}
+    assert found == {NAME.short: "a running job has its weights leased"}
     assert eviction.job_protections(agent, [model(NAME.short, 1, 1.0)]) == {}  # the lease is given back
 
 
