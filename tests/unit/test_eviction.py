@@ -290,3 +290,23 @@ def test_the_inventory_gets_last_used_from_the_relays_record(agent):
     last_use.served(agent.redis, "w1", "tiny:latest", now=1234.0)
     out = last_use.stamp_inventory(agent, [{"name": "tiny:latest", "modified_at": 1.0}])
     assert out[0]["last_used"] == 1234.0
+
+
+# --- the controller's eviction plan ------------------------------------------------------------
+
+def test_the_controller_asks_only_a_known_online_worker_for_its_plan():
+    from controller import create_app
+    from eldric.cluster import workers as cluster_workers
+    app = create_app({"REDIS_URL": "redis://127.0.0.1:1/0", "API_TOKEN": "", "CHECK_UPSTREAM": False})
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    app.extensions["eldric.redis"] = client
+    http = app.test_client()
+    missing = http.get("/api/v1/workers/nope/eviction-plan")
+    assert missing.status_code == 404 and "nope" in missing.get_json()["message"]
+    cluster_workers.register(client, {"id": "w1", "type": "inference", "address": "http://127.0.0.1:1"}, ttl=30)
+    cluster_workers.go_offline(client, "w1")
+    offline = http.get("/api/v1/workers/w1/eviction-plan")
+    assert offline.status_code == 503 and "offline" in offline.get_json()["message"]
+    cluster_workers.register(client, {"id": "w1", "type": "inference", "address": "http://127.0.0.1:1"}, ttl=30)
+    unreachable = http.get("/api/v1/workers/w1/eviction-plan")  # nothing listens on port 1
+    assert unreachable.status_code == 503 and "did not answer" in unreachable.get_json()["message"]
