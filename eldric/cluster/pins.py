@@ -102,15 +102,16 @@ class WorkerFacts:
     models: dict[str, dict] = field(default_factory=dict)  # inventory: name -> record (digest, size, ...)
     busy_models: frozenset[str] = frozenset()  # models of the worker's unfinished jobs
     failed_at: dict[str, float] = field(default_factory=dict)  # pin model -> when its last pin pull failed
-    record: dict = field(default_factory=dict)  # the worker's record hash: labels, free disk (capacity.facts_of)
+    record: dict = field(default_factory=dict)  # the worker's record, labels and gpus parsed (capacity.facts_of)
     model_count: int = 0  # entries in its whole inventory (placement prefers the fewest)
+    labels: dict[str, str] = field(default_factory=dict)
+    disk_free: int | None = None
 
 
 def matches_selector(selector: dict[str, str], worker: WorkerFacts) -> bool:
     """Every selector entry holds: `type` against the worker's type, anything else against its labels
     (placement's rule, which refuses others; pins need it also to tell which existing copies count)."""
-    labels = facts_of(worker.record).labels
-    return all((worker.type if k == "type" else labels.get(k)) == v for k, v in selector.items())
+    return all((worker.type if k == "type" else worker.labels.get(k)) == v for k, v in selector.items())
 
 
 def model_status(pin: Pin, worker: WorkerFacts) -> str:
@@ -164,33 +165,48 @@ def counted_copies(pin: Pin, facts: list[WorkerFacts], *, now: float, offline_gr
     """The workers whose copy counts, those a pin keeps first: online before offline, then most free disk,
     then id. So the copy beyond N is the one on the fullest disk, the one eviction asks about."""
     found = [w for w in facts if is_counted_copy(pin, w, now=now, offline_grace=offline_grace, in_flight=in_flight)]
-    found.sort(key=lambda w: (not w.online, -(facts_of(w.record).disk_free or 0), w.id))
+    found.sort(key=lambda w: (not w.online, -(w.disk_free or 0), w.id))
     return [w.id for w in found]
 
 
-def place_replicas(pin: Pin, facts: list[WorkerFacts], *, now: float, retry_after: float, offline_grace: float,
-                   reserve: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """The new workers (id, placement reason) a replica pin needs to reach N counted copies, and the
-    rejected ones (id, why); nothing when N already count, however many more there are."""
+def place_replicas(pin: Pin, facts: list[WorkerFacts], counted: list[str], *, now: float, retry_after: float,
+                   reserve: int, taken: dict[str, list[int]] | None = None,
+                   ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The new workers (id, placement reason) a replica pin needs to reach N `counted` copies, and the
+    rejected ones (id, why); nothing when N already count, however many more there are.
+
+    `taken`: worker id -> [bytes, models] this reconcile already placed there (updated here), so the
+    pins of one run share the room instead of all going to the same roomiest workers."""
     assert pin.replicas is not None
-    counted = counted_copies(pin, facts, now=now, offline_grace=offline_grace)
     missing = pin.replicas - len(counted)
     if missing <= 0:
         return [], []
+    taken = {} if taken is None else taken
+    is_counted = set(counted)
     # The online counted copies go in too (they hold it), so spread sees the zones they already fill.
-    views = [_placement_view(pin, w) for w in facts if w.online and pin.applies_to(w)
-             and (w.id in counted or now - w.failed_at.get(pin.model, -math.inf) >= retry_after)]
-    offline_counted = len(counted) - sum(1 for v in views if v["id"] in counted)
-    result = place(views, model=pin.model, size=_model_size(pin, facts), replicas=pin.replicas - offline_counted,
+    views = [_placement_view(pin, w, taken.get(w.id)) for w in facts if w.online and pin.applies_to(w)
+             and (w.id in is_counted or now - w.failed_at.get(pin.model, -math.inf) >= retry_after)]
+    offline_counted = len(counted) - sum(1 for v in views if v["id"] in is_counted)
+    size = _model_size(pin, facts)
+    result = place(views, model=pin.model, size=size, replicas=pin.replicas - offline_counted,
                    selector=pin.selector, spread=pin.spread, reserve=reserve)
-    chosen = [(wid, why) for wid, why in result.chosen if wid not in counted][:missing]
+    chosen = [(wid, why) for wid, why in result.chosen if wid not in is_counted][:missing]
+    for wid, _ in chosen:
+        used = taken.setdefault(wid, [0, 0])
+        used[0], used[1] = used[0] + size, used[1] + 1
     return chosen, list(result.rejected)
 
 
-def _placement_view(pin: Pin, w: WorkerFacts) -> dict:
-    """The worker as placement reads it; a stored or in-flight copy of the model makes it a holder."""
+def _placement_view(pin: Pin, w: WorkerFacts, taken: list[int] | None) -> dict:
+    """The worker as placement reads it, less what this reconcile placed there already; a stored or
+    in-flight copy of the model makes it a holder."""
     holds = pin.model in w.models or pin.model in w.busy_models
-    return {**w.record, "id": w.id, "type": w.type, "online": w.online, "models": w.model_count, "holds": holds}
+    used, placed = taken or (0, 0)
+    view = {**w.record, "id": w.id, "type": w.type, "online": w.online, "models": w.model_count + placed,
+            "holds": holds}
+    if w.disk_free is not None:
+        view["free_disk"] = w.disk_free - used
+    return view
 
 
 def _model_size(pin: Pin, facts: list[WorkerFacts]) -> int:
@@ -297,8 +313,11 @@ def load_worker_facts(client: redis.Redis, pinned: list[str]) -> list[WorkerFact
             continue
         busy = frozenset(m for j in jobs[wid] if (m := job_models.get((wid, j))))
         failed = {m: at for m, per in attempts.items() if (at := per.get(wid)) is not None}
+        found = facts_of(records[wid])  # parsed once: each pin reads them for every worker
+        record = {**records[wid], "labels": found.labels, "gpus": [g.__dict__ for g in found.gpus]}
         out.append(WorkerFacts(id=wid, type=records[wid]["type"], online=online[wid], models=held[wid],
-                               busy_models=busy, failed_at=failed, record=records[wid], model_count=counts[wid]))
+                               busy_models=busy, failed_at=failed, record=record, model_count=counts[wid],
+                               labels=found.labels, disk_free=found.disk_free))
     return out
 
 
@@ -359,6 +378,7 @@ class Reconcile:
     retry_after: float
     offline_grace: float = 300.0  # a replica's copy on a worker offline longer no longer counts
     reserve: int = 0  # free disk placement keeps on a worker after the model
+    taken: dict[str, list[int]] = field(default_factory=dict)  # placed so far in this run (place_replicas)
 
 
 def reconcile_pins(client: redis.Redis, send: Send, *, deadline_seconds: float, retry_after: float,
@@ -384,10 +404,10 @@ def _targets(pin: Pin, facts: list[WorkerFacts], now: float,
     # Counted copies of an older digest are updated in place; new copies go where placement says.
     by_id = {w.id: w for w in facts}
     updates = [wid for wid in workers_to_pull(pin, facts, now=now, retry_after=run.retry_after)
-               if model_status(pin, by_id[wid]) == OUTDATED]
-    chosen, rejected = place_replicas(pin, facts, now=now, retry_after=run.retry_after,
-                                      offline_grace=run.offline_grace, reserve=run.reserve)
+               if model_status(pin, by_id[wid]) == OUTDATED] if pin.auto_update else []
     counted = counted_copies(pin, facts, now=now, offline_grace=run.offline_grace)
+    chosen, rejected = place_replicas(pin, facts, counted, now=now, retry_after=run.retry_after,
+                                      reserve=run.reserve, taken=run.taken)
     skipped = {}
     if len(chosen) + len(counted) < pin.replicas:
         skipped = {wid: why for wid, why in rejected if wid not in counted}
