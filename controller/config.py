@@ -14,7 +14,7 @@ from typing import Annotated
 from pydantic import AfterValidator, Field
 
 from controller.cors import checked_origins
-from eldric.core.settings import CommaList
+from eldric.core.settings import CommaList, Size
 
 from eldric.cluster.shared_settings import AddressPolicySettings, RedisSettings, UpstreamSettings
 
@@ -34,6 +34,8 @@ class ControllerSettings(AddressPolicySettings, UpstreamSettings, RedisSettings)
     check_upstream: bool = Field(True, description="ask the agents' registry for a pull's manifest once before queuing "
                                  "(404 for a typo, 502 when unreachable); false where the controller has no route to it")
     registry_url: str = Field("http://127.0.0.1:8892", description="the data worker's model registry")
+    placement_reserve_bytes: Size = Field(1 << 30, description="free disk placement leaves on every worker: a copy goes "
+                                          "only where the model fits with this much to spare (bytes or K/M/G/T)")
     view_cache_seconds: float = Field(1.0, ge=0, le=60, description="GET /api/v1/workers and /api/v1/models answers are reused this long per process (0: off)")
     controller_host: str = Field("127.0.0.1", description="where `eldric controller` listens")
     controller_port: int = Field(8880, ge=0, le=65535, description="where `eldric controller` listens")

@@ -11,8 +11,10 @@ from celery import Celery
 from controller.models import models_of
 from controller.workers import get_worker
 from eldric.core.request_errors import BadRequestError, NotFoundError
-from controller.pull_jobs import JobLimits, check_upstream, choose_targets, enqueue_job, parse_model
+from controller.pull_jobs import JobLimits, check_upstream, choose_targets, enqueue_placed, parse_model
+from controller.target_placement import PlacementRequest
 from controller.registry_client import RegistryClient, error_message
+from eldric.cluster import workers as cluster_workers
 from eldric.cluster.queues import TASK_DISTRIBUTE
 from eldric.cluster.registry_api import ID_PATTERN
 from eldric.core.digests import is_digest
@@ -29,8 +31,11 @@ _FIELDS_OF = {"worker": ("worker",), "url": ("url", "token", "sha256", "filename
 
 def start_distribute(client: redis.Redis, producer: Celery, registry: RegistryClient, *, model: str,
                      source: dict, workers: list[str] | None, limits: JobLimits, caps: dict | None = None,
-                     partial_ok: bool = False) -> str:
+                     partial_ok: bool = False, placement: PlacementRequest | None = None) -> str:
+    """`placement`: replicas / selector / spread, sized by the manifest (ollama), the catalog (registry) or
+    the source worker's inventory (worker); a URL's size is unknown until fetched (only the reserve counts)."""
     kind = source.get("type")
+    size: int | None = None
     options: dict = {"source": kind, **(caps or {})}
     if partial_ok:  # the agents read it from the job's options (worker_agent/distributing.py)
         options["partial_ok"] = True
@@ -42,12 +47,14 @@ def start_distribute(client: redis.Redis, producer: Celery, registry: RegistryCl
     chosen = choose_targets(client, workers, limits)  # cheap checks first: bad targets need no source lookup
     if kind == "ollama":
         name = parse_model(model, limits.upstreams)
-        check_upstream(name, limits.registry)
+        size = check_upstream(name, limits.registry)
         model = name.short
     elif kind == "worker":
         model = _from_worker(client, model, source, options)
+        size = _size_of(cluster_workers.inventory(client, options["from_worker"]).get(model))
     elif kind == "registry":
-        model = resolve_registry_model(registry, model, options)
+        found = find_registry_model(registry, model)
+        model, size = _registry_options(found, registry, options), _size_of(found)
     elif kind == "url":
         model = _from_url(model, source, options, secrets, limits.url_policy)
     else:
@@ -55,8 +62,15 @@ def start_distribute(client: redis.Redis, producer: Celery, registry: RegistryCl
     targets = [wid for wid in chosen if wid != options.get("from_worker")]
     if not targets:
         raise BadRequestError("no target worker left once the source worker is excluded", field="workers")
-    return enqueue_job(client, producer, kind="distribute", task=TASK_DISTRIBUTE, model=model, targets=targets,
-                     source=kind, limits=limits, options=options, secrets=secrets)
+    return enqueue_placed(client, producer, kind="distribute", task=TASK_DISTRIBUTE, model=model, targets=targets,
+                          source=kind, limits=limits, options=options, secrets=secrets, placement=placement, size=size)
+
+
+def _size_of(record: dict | None) -> int | None:
+    try:
+        return int(record["size"]) if record and record.get("size") is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _from_worker(client: redis.Redis, model: str, source: dict, options: dict) -> str:
@@ -76,7 +90,18 @@ def _from_worker(client: redis.Redis, model: str, source: dict, options: dict) -
 
 
 def resolve_registry_model(registry: RegistryClient, model: str, options: dict) -> str:
-    """`model` is a registry model id, or `name[:version]` (the newest ready version)."""
+    """`model` is a registry model id, or `name[:version]` (the newest ready version): its worker-side name,
+    its id, registry and format put in `options`."""
+    return _registry_options(find_registry_model(registry, model), registry, options)
+
+
+def _registry_options(chosen: dict, registry: RegistryClient, options: dict) -> str:
+    options.update(registry_model_id=chosen["id"], registry_url=registry.base_url, format=chosen.get("format"))
+    return file_model_name(f"{chosen['name']}:{chosen['version']}")
+
+
+def find_registry_model(registry: RegistryClient, model: str) -> dict:
+    """The catalog record of `model`: a registry model id, or `name[:version]` (the newest ready version)."""
     # Only an id is looked up by path: a name such as "storage" or "upload" is another registry route.
     is_id = re.fullmatch(ID_PATTERN, model) is not None
     resp = registry.send("GET", model_path(model)) if is_id else None
@@ -93,8 +118,7 @@ def resolve_registry_model(registry: RegistryClient, model: str, options: dict) 
         chosen = resp.json()
     else:
         raise BadRequestError(f"registry answered {resp.status_code}: {error_message(resp)}", field="model")
-    options.update(registry_model_id=chosen["id"], registry_url=registry.base_url, format=chosen.get("format"))
-    return file_model_name(f"{chosen['name']}:{chosen['version']}")
+    return chosen
 
 
 def file_model_name(reference: str) -> str:

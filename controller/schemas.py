@@ -105,7 +105,19 @@ def transfer_caps(body: dict) -> dict:
     return {k: body[k] for k in ("max_upstream_rate", "max_upstream_workers", "make_room") if body.get(k) is not None}
 
 
-class PullRequestSchema(TransferCapsSchema):
+class PlacementSchema(Schema):
+    """Where a pull's or distribution's copies go (README "Placement"; controller/target_placement.py)."""
+
+    replicas = fields.Integer(strict=True, allow_none=True, validate=validate.Range(min=1, max=100000), metadata={
+        "description": "how many workers get a copy (holders first, then most free disk); default every one"})
+    selector = fields.Dict(keys=fields.String(validate=validate.Length(min=1, max=63)),
+                           values=fields.String(validate=validate.Length(max=253)), metadata={
+        "description": "labels a worker must have, e.g. {\"zone\": \"a\"}; the key type matches the worker's type"})
+    spread = fields.String(allow_none=True, validate=validate.Length(min=1, max=63), metadata={
+        "description": "a label name: at most ceil(replicas / its values) copies per value, e.g. zone"})
+
+
+class PullRequestSchema(TransferCapsSchema, PlacementSchema):
     model = model_name_field(required=True)
     workers = worker_ids_field("worker ids; default every inference and cloud worker")
     deadline_seconds = fields.Integer(strict=True, validate=validate.Range(min=10, max=30 * 24 * 3600),

@@ -32,7 +32,8 @@ def job_limits(deadline_seconds: float | None = None) -> JobLimits:
     return JobLimits(deadline_seconds=deadline_seconds or cfg["JOB_DEADLINE_SECONDS"],
                      retention_seconds=cfg["JOB_RETENTION_SECONDS"], keep_max=cfg["JOB_HISTORY_MAX"],
                      forget_after=cfg["WORKER_FORGET_SECONDS"], upstreams=upstreams(),
-                     url_policy=AddressPolicy.parse(cfg["URL_ALLOWLIST"]), registry=registry_upstream())
+                     url_policy=AddressPolicy.parse(cfg["URL_ALLOWLIST"]), registry=registry_upstream(),
+                     placement_reserve=int(cfg["PLACEMENT_RESERVE_BYTES"]))
 
 
 def registry_upstream() -> RegistryUpstream | None:

@@ -5,7 +5,9 @@ from marshmallow import Schema, fields, validate
 
 from controller import distribute
 from eldric.cluster.jobs import reads as jobs
-from controller.schemas import JobSchema, TransferCapsSchema, transfer_caps, worker_ids_field
+from controller.schemas import (JobSchema, PlacementSchema, TransferCapsSchema, transfer_caps,
+                                worker_ids_field)
+from controller.target_placement import PlacementRequest
 from controller.state import job_limits, producer, redis_client, registry_client, offline_grace, stale_after
 from eldric.web.blueprints import Blueprint
 
@@ -40,7 +42,7 @@ _SOURCE_VARIANTS = [
 ]
 
 
-class DistributeRequestSchema(TransferCapsSchema):
+class DistributeRequestSchema(TransferCapsSchema, PlacementSchema):
     model = fields.String(required=True, validate=validate.Length(min=1, max=512), metadata={
         "description": "ollama/worker: model name; registry: model id or name[:version]; url: name to give it"})
     source = fields.Nested(SourceSchema, required=True, metadata={"oneOf": _SOURCE_VARIANTS})
@@ -59,11 +61,15 @@ class Distribute(MethodView):
     @blp.alt_response(404, description="an unknown worker or source model (for source type ollama: no such model "
                                        "upstream, with the tags there); nothing is queued")
     @blp.alt_response(502, description="source type ollama: the registry the agents pull from cannot be asked")
+    @blp.alt_response(409, description="replicas/selector: no worker can take the model (each worker's reason); "
+                                       "nothing is queued")
     def post(self, body: dict):
-        """Start a distribute job; progress per worker as for pulls (GET /api/v1/models/pull-jobs/{id})."""
+        """Start a distribute job; progress per worker as for pulls (GET /api/v1/models/pull-jobs/{id}).
+
+        With `replicas`, `selector` or `spread` the cluster chooses the workers (as for pulls)."""
         client = redis_client()
         job_id = distribute.start_distribute(
             client, producer(), registry_client(), model=body["model"], source=body["source"],
             workers=body.get("workers"), limits=job_limits(body.get("deadline_seconds")), caps=transfer_caps(body),
-            partial_ok=body.get("partial_ok", False))
+            partial_ok=body.get("partial_ok", False), placement=PlacementRequest.from_body(body))
         return jobs.get_job(client, job_id, stale_after=stale_after(), offline_grace=offline_grace())

@@ -8,7 +8,8 @@ from eldric.cluster.jobs import reads as jobs
 from eldric.cluster.jobs.store import cancel_job
 from eldric.core.request_errors import ConflictError, NotFoundError
 from eldric.cluster.jobs import state as jobstate
-from controller.schemas import JobListSchema, JobQuerySchema, JobSchema, PullRequestSchema, transfer_caps
+from controller.schemas import (JobListSchema, JobQuerySchema, JobSchema, PullRequestSchema, transfer_caps)
+from controller.target_placement import PlacementRequest
 from controller.state import job_limits, producer, redis_client, offline_grace, stale_after
 
 blp = Blueprint("pull_jobs", __name__, url_prefix="/api/v1/models", description="Cluster-wide model pulls")
@@ -22,13 +23,20 @@ class Pull(MethodView):
                                        "there and the lowercase name); nothing is queued")
     @blp.alt_response(502, description="the registry the agents pull from (ELDRIC_OLLAMA_REGISTRY) cannot be asked; "
                                        "nothing is queued")
+    @blp.alt_response(409, description="replicas/selector: no worker can take the model (each worker's reason: "
+                                       "offline, a label, no room); nothing is queued")
     def post(self, body: dict):
         """Pull a model from the Ollama registry to every inference and cloud worker (or the listed ones).
 
-        The model's manifest is asked for once, where the agents will fetch it, before anything is queued."""
+        The model's manifest is asked for once, where the agents will fetch it, before anything is queued.
+        With `replicas`, `selector` or `spread` the cluster chooses the workers: holders first, then those
+        with room for the manifest's size after ELDRIC_PLACEMENT_RESERVE_BYTES, most free disk, fewest models
+        (each part's `placement_reason`); when fewer than `replicas` fit, the others are parts `skipped`
+        with their reason and the job ends completed_with_skipped."""
         client = redis_client()
         job_id = pull_jobs.start_pull(client, producer(), model=body["model"], workers=body.get("workers"),
-                                  limits=job_limits(body.get("deadline_seconds")), caps=transfer_caps(body))
+                                  limits=job_limits(body.get("deadline_seconds")), caps=transfer_caps(body),
+                                  placement=PlacementRequest.from_body(body))
         return jobs.get_job(client, job_id, stale_after=stale_after(), offline_grace=offline_grace())
 
 

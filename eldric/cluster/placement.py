@@ -121,17 +121,26 @@ def _zone_cap(candidates: list[_Candidate], spread: str | None, wanted: int, not
     return math.ceil(wanted / zones)
 
 
+def selector_mismatch(w: dict, selector: dict[str, str]) -> str | None:
+    """Why the worker does not match the selector (`type cloud`, `label zone=b`, `label zone unset`), or None."""
+    labels = facts_of(w).labels
+    for key, want in selector.items():
+        have = (w.get("type") or "") if key == "type" else labels.get(key)
+        if have != want:
+            return f"{key} {have}" if key == "type" else (f"label {key}={have}" if have is not None
+                                                            else f"label {key} unset")
+    return None
+
+
 def _candidate(w: dict, *, model: str, size: int, selector: dict[str, str], spread: str | None, reserve: int,
                needs_gpu: bool) -> _Candidate | str:
     """The worker as a candidate, or the reason it may not take a copy."""
     if not w.get("online"):
         return OFFLINE
+    mismatch = selector_mismatch(w, selector)
+    if mismatch:
+        return mismatch
     facts = facts_of(w)
-    for key, want in selector.items():
-        have = (w.get("type") or "") if key == "type" else facts.labels.get(key)
-        if have != want:
-            return f"{key} {have}" if key == "type" else (f"label {key}={have}" if have is not None
-                                                            else f"label {key} unset")
     held = w.get("models")
     holds = bool(w["holds"]) if "holds" in w else isinstance(held, Collection) and model in held
     count = held if isinstance(held, int) else len(held or ())

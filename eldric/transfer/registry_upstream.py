@@ -16,6 +16,7 @@ HINT_SECONDS, and a registry that stops answering them costs the 404 its hint, n
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -106,27 +107,44 @@ def raise_for_answer(client: OciClient, resp: requests.Response, what: str) -> N
 
 
 def check_model(client: OciClient, name: ModelName, timeout: float = LOOKUP_TIMEOUT,
-                hint_seconds: float = HINT_SECONDS) -> None:
-    """Return when `name`'s manifest is at the registry (one GET of it).
+                hint_seconds: float = HINT_SECONDS) -> int | None:
+    """Return the model's size when `name`'s manifest is at the registry (one GET of it): its config and
+    layer sizes summed, what placement checks each worker's room against (None when the body does not say).
 
     ModelNotFoundError when it answers 404, saying what is there instead (asked within `hint_seconds`);
     any other TransferError (with the hints) when it cannot be asked or answers something else.
     """
-    if _has_manifest(client, name, timeout):
-        return
+    found_manifest, size = _has_manifest(client, name, timeout)
+    if found_manifest:
+        return size
     found = _what_is_there(client, name, _Budget(time.monotonic() + hint_seconds))
     raise ModelNotFoundError(f"model '{name.short}' not found at {redact_url(client.base)}"
                              + (f": {found}" if found else ""))
 
 
-def _has_manifest(client: OciClient, name: ModelName, timeout: float) -> bool:
+def _has_manifest(client: OciClient, name: ModelName, timeout: float) -> tuple[bool, int | None]:
     with client.manifest(name.repository, name.tag, timeout=timeout) as resp:
         if resp.status_code == 404:
-            return False
+            return False, None
         if resp.status_code >= 500:  # said in its own words: one answer to a person, not a retry's log line
             raise SourceUnavailableError(f"registry answered {resp.status_code}: {error_text(resp)}")
         raise_for_answer(client, resp, f"manifest of {name.short}")
-        return True
+        try:
+            body, _ = client.read_manifest(resp, f"manifest of {name.short}")
+        except TransferError:
+            return True, None  # it is there; its size is only a placement hint
+        return True, manifest_size(body)
+
+
+def manifest_size(body: bytes) -> int | None:
+    """The bytes a manifest's config and layers add up to, None when it lists no sizes (an index, a bad body)."""
+    try:
+        doc = json.loads(body)
+        parts = [doc.get("config") or {}, *(doc.get("layers") or [])]
+        sizes = [int(p["size"]) for p in parts if isinstance(p, dict) and "size" in p]
+    except (ValueError, TypeError, AttributeError, KeyError, RecursionError):
+        return None
+    return sum(sizes) if sizes else None
 
 
 class _Budget:
