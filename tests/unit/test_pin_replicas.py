@@ -144,6 +144,17 @@ def test_a_failed_pull_is_placed_elsewhere_until_the_retry_wait_is_over(r):
     assert again["workers"] == ["b"]
 
 
+def test_the_pins_of_one_reconcile_share_the_room(r):
+    sized = {"digest": "sha256:a", "backends": ["ollama"], "size": 4 * GIB}
+    add_worker(r, "data", wtype="data", models={"m1:latest": sized, "m2:latest": sized})  # only tells the size
+    add_worker(r, "a", free_gib=10)
+    add_worker(r, "b", free_gib=9)
+    pins.save_pin(r, Pin("m1:latest", replicas=1))
+    pins.save_pin(r, Pin("m2:latest", replicas=1))
+    jobs = reconcile(r, Recorder())
+    assert {j["model"]: j["workers"] for j in jobs} == {"m1:latest": ["a"], "m2:latest": ["b"]}  # a has 6 GiB left
+
+
 def test_pins_without_replicas_still_pull_to_every_eligible_worker(r):
     for wid in "abc":
         add_worker(r, wid, labels={"zone": "a" if wid != "c" else "b"})
@@ -174,3 +185,52 @@ def test_a_replica_pin_round_trips_through_json():
     assert Pin.from_json(pin.to_json()) == pin
     old = Pin.from_json(json.dumps({"model": MODEL}))  # a record written before issue 25
     assert (old.replicas, old.selector, old.spread) == (None, {}, None)
+
+
+# --- the API ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def app():
+    from controller import create_app
+    return create_app({"REDIS_URL": "redis://127.0.0.1:1/0", "API_TOKEN": "", "CHECK_UPSTREAM": False})
+
+
+@pytest.fixture
+def api(app, r):
+    app.extensions["eldric.redis"] = r
+    add_worker(r, "a", models={MODEL: SERVED}, labels={"zone": "a"})
+    add_worker(r, "b", models={MODEL: SERVED}, labels={"zone": "b"}, online=False)
+    add_worker(r, "c", labels={"zone": "b"})
+    return app.test_client()
+
+
+def test_a_replica_pin_is_stored_and_listed_with_wanted_and_serving(api, r):
+    resp = api.post("/api/v1/pins", json={"model": "tiny", "replicas": 2, "selector": {"zone": "b"}, "spread": "zone"})
+    assert resp.status_code == 201, resp.json
+    body = resp.json
+    assert (body["replicas"], body["selector"], body["spread"]) == (2, {"zone": "b"}, "zone")
+    assert (body["replicas_wanted"], body["replicas_serving"], body["serving"]) == (2, 0, [])  # b is offline
+    stored = json.loads(r.hget(keys.PINS, MODEL))
+    assert (stored["replicas"], stored["selector"], stored["spread"]) == (2, {"zone": "b"}, "zone")
+    api.post("/api/v1/pins", json={"model": "tiny"})  # replaced: every eligible worker, as before
+    [listed] = api.get("/api/v1/pins").json["pins"]
+    assert (listed["replicas"], listed["selector"], listed["spread"]) == (None, {}, None)
+    assert (listed["replicas_wanted"], listed["replicas_serving"], listed["serving"]) == (3, 1, ["a"])
+
+
+@pytest.mark.parametrize("extra, status, field", [
+    ({"replicas": 0}, 422, "replicas"),
+    ({"replicas": "two"}, 422, "replicas"),
+    ({"replicas": 1.5}, 422, "replicas"),
+    ({"selector": "zone=a"}, 422, "selector"),
+    ({"selector": {"zone": 5}}, 422, "selector"),
+    ({"selector": {"bad key!": "a"}}, 400, "selector"),
+    ({"selector": {"type": "data"}}, 400, "selector"),
+    ({"spread": "zone"}, 400, "spread"),  # without replicas
+    ({"replicas": 2, "spread": "no such=label"}, 400, "spread"),
+])
+def test_bad_placement_values_are_refused_naming_the_field(api, r, extra, status, field):
+    resp = api.post("/api/v1/pins", json={"model": "tiny", **extra})
+    assert resp.status_code == status, resp.json
+    assert field in json.dumps(resp.json)
+    assert r.hlen(keys.PINS) == 0
