@@ -96,21 +96,41 @@ def read_gpus() -> list[Gpu]:
 
 
 class GpuProbe:
-    """`read_gpus`, at most once per `max_age` seconds (the heartbeat and the registration share one)."""
+    """`read_gpus`, at most once per `max_age` seconds (the heartbeat and the registration share one).
 
-    def __init__(self, max_age: float = 30.0, read=read_gpus, clock=time.monotonic) -> None:
-        self.max_age, self._read, self._clock = max_age, read, clock
+    Only the first reading is waited for (the registration shows the GPUs at once); later ones run in a
+    background thread while the caller gets the last reading, so an nvidia-smi that hangs until its
+    timeout never delays a heartbeat (with 1 s heartbeats the worker would read as offline meanwhile).
+    """
+
+    def __init__(self, max_age: float = 30.0, read=read_gpus, clock=time.monotonic, background: bool = True) -> None:
+        self.max_age, self._read, self._clock, self._background = max_age, read, clock, background
         self._lock = threading.Lock()
         self._at: float | None = None
         self._gpus: list[Gpu] = []
+        self._refreshing = False
 
     def __call__(self) -> list[Gpu]:
         with self._lock:
             now = self._clock()
-            if self._at is None or now - self._at >= self.max_age:
-                try:
-                    self._gpus = self._read()
-                except Exception as exc:  # noqa: BLE001 - never fail the heartbeat: keep the last reading
-                    log.warning("reading GPUs failed: %s", exc)
-                self._at = now
+            stale = self._at is None or now - self._at >= self.max_age
+            first, start = self._at is None, stale and not self._refreshing
+            if start:
+                self._refreshing, self._at = True, now
+        if start and (first or not self._background):
+            self._refresh()
+        elif start:
+            threading.Thread(target=self._refresh, name="gpu-probe", daemon=True).start()
+        with self._lock:
             return list(self._gpus)
+
+    def _refresh(self) -> None:
+        try:
+            found = self._read()
+        except Exception as exc:  # noqa: BLE001 - never fail the heartbeat: keep the last reading
+            log.warning("reading GPUs failed: %s", exc)
+            found = None
+        with self._lock:
+            if found is not None:
+                self._gpus = list(found)
+            self._refreshing = False

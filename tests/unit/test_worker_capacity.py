@@ -164,12 +164,36 @@ def test_the_probe_reads_at_most_once_per_max_age_and_keeps_the_last_reading_on_
         if isinstance(answer, Exception):
             raise answer
         return answer
-    probe = gpus.GpuProbe(max_age=30, read=read, clock=lambda: now[0])
+    probe = gpus.GpuProbe(max_age=30, read=read, clock=lambda: now[0], background=False)
     assert probe() == [H100] and probe() == [H100] and len(answers) == 2
     now[0] = 31
     assert probe() == [H100] and len(answers) == 1  # the read failed: the last reading stands
     now[0] = 62
     assert probe() == []
+
+
+def test_a_hung_gpu_read_never_delays_the_heartbeat():
+    """After the first reading, a refresh runs beside the caller, who gets the last reading at once."""
+    import threading
+    now, release, calls = [0.0], threading.Event(), []
+
+    def read():
+        calls.append(now[0])
+        if len(calls) > 1:
+            release.wait(10)  # nvidia-smi hanging until its timeout
+            return []
+        return [H100]
+    probe = gpus.GpuProbe(max_age=30, read=read, clock=lambda: now[0])
+    assert probe() == [H100]
+    now[0] = 31
+    started = time.monotonic()
+    assert probe() == [H100] and probe() == [H100]  # the hung refresh is not waited for, nor started twice
+    assert time.monotonic() - started < 1 and calls == [0.0, 31]
+    release.set()
+    deadline = time.monotonic() + 5
+    while probe() != [] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert probe() == [] and calls == [0.0, 31]
 
 
 # --- the record ------------------------------------------------------------------------------------
