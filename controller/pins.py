@@ -1,5 +1,8 @@
 """Pins (desired state) as the API sees them: validate, store, list with coverage, remove.
 
+A pin with `replicas` wants N serving copies among its eligible workers (`selector`, `spread`:
+issue 25); its view says how many it wants and which workers serve it now.
+
 The pulls themselves are started by the scheduled `pins.reconcile` (worker_agent/maintenance.py),
 so a pin also reaches workers that join later.
 """
@@ -16,6 +19,8 @@ from eldric.core.request_errors import BadRequestError, NotFoundError
 from controller.pull_jobs import parse_model
 from controller.registry_client import RegistryClient
 from eldric.cluster import pins
+from eldric.cluster.labels import parse_labels
+from eldric.cluster.queues import is_model_serving
 from eldric.core.errors import InvalidNameError
 from eldric.core.names import ModelName
 from eldric.transfer.upstreams import RegistryAllowList
@@ -28,9 +33,29 @@ def canonical(model: str, field: str = "model") -> str:
         raise BadRequestError(str(exc), field=field) from None
 
 
+def check_placement(replicas: int | None, selector: dict[str, str], spread: str | None) -> None:
+    """400 naming the field: a selector in the labels' grammar, a type that takes model work, spread with replicas."""
+    try:
+        parse_labels(",".join(f"{k}={v}" for k, v in selector.items()))
+    except ValueError as exc:
+        raise BadRequestError(f"selector: {exc}", field="selector") from None
+    if "type" in selector and not is_model_serving(selector["type"]):
+        raise BadRequestError(f"selector type {selector['type']!r}: pins go to inference and cloud workers only",
+                              field="selector")
+    if spread is not None:
+        if replicas is None:
+            raise BadRequestError("spread needs replicas (without, every eligible worker gets a copy)", field="spread")
+        try:
+            parse_labels(f"{spread}=x")
+        except ValueError:
+            raise BadRequestError(f"spread {spread!r} is not a label name, e.g. zone", field="spread") from None
+
+
 def pin_model(client: redis.Redis, *, model: str, workers: list[str] | None, auto_update: bool,
               source: str = "ollama", registry: RegistryClient | None = None,
-              upstreams: RegistryAllowList | None = None, now: float | None = None) -> tuple[dict, bool]:
+              upstreams: RegistryAllowList | None = None, replicas: int | None = None,
+              selector: dict[str, str] | None = None, spread: str | None = None,
+              now: float | None = None) -> tuple[dict, bool]:
     """Create or replace the pin of `model`; return (its view, whether it is new).
 
     source "registry": `model` is a registry model id or name[:version], resolved now
@@ -38,6 +63,8 @@ def pin_model(client: redis.Redis, *, model: str, workers: list[str] | None, aut
     data node's /v2/ (a create distributes a new version itself). Auto-update is an Ollama-registry
     notion and is refused for both.
     """
+    selector = dict(selector or {})
+    check_placement(replicas, selector, spread)
     source_options = None
     if source != "ollama" and auto_update:
         raise BadRequestError("auto_update applies to Ollama-registry pins only", field="auto_update")
@@ -63,7 +90,7 @@ def pin_model(client: redis.Redis, *, model: str, workers: list[str] | None, aut
         # The tag's last known digest stays valid whatever else changed.
         upstream_digest=existing.upstream_digest if existing else None,
         checked_at=existing.checked_at if existing else None,
-        source=source, source_options=source_options,
+        source=source, source_options=source_options, replicas=replicas, selector=selector, spread=spread,
     )
     pins.save_pin(client, pin)
     return view(pin, pins.load_worker_facts(client, [name])), existing is None
@@ -89,6 +116,9 @@ def unpin_model(client: redis.Redis, model: str) -> None:
 
 
 def view(pin: pins.Pin, facts: list[pins.WorkerFacts]) -> dict:
+    cover = pins.coverage(pin, facts)
+    served = {*cover[pins.PRESENT], *cover[pins.OUTDATED]}
+    serving = [w.id for w in facts if w.online and w.id in served]
     return {
         "model": pin.model,
         "workers": list(pin.workers) if pin.workers is not None else None,
@@ -99,5 +129,12 @@ def view(pin: pins.Pin, facts: list[pins.WorkerFacts]) -> dict:
         "upstream_digest": pin.upstream_digest,
         "checked_at": pin.checked_at,
         "check_error": pin.check_error,
-        "coverage": pins.coverage(pin, facts),
+        "coverage": cover,
+        "replicas": pin.replicas,
+        "selector": pin.selector,
+        "spread": pin.spread,
+        # null replicas: every eligible worker is wanted, so wanted is how many there are now
+        "replicas_wanted": pin.replicas if pin.replicas is not None else sum(map(len, cover.values())),
+        "replicas_serving": len(serving),
+        "serving": sorted(serving),
     }

@@ -1,4 +1,4 @@
-"""/api/v1/pins: desired state — models every eligible worker (or the listed ones) must hold."""
+"""/api/v1/pins: desired state — models every eligible worker (or the listed ones, or N of them) must hold."""
 
 from typing import ClassVar
 
@@ -6,16 +6,17 @@ from flask.views import MethodView
 from marshmallow import Schema, fields, validate
 
 from controller import pins
-from controller.schemas import model_name_field, worker_ids_field
+from controller.schemas import PlacementSchema, model_name_field, worker_ids_field
 from controller.state import redis_client, registry_client, upstreams
 from eldric.core.names import OLLAMA_NAME_PATTERN
 from eldric.web.blueprints import Blueprint
 
 blp = Blueprint("pins", __name__, url_prefix="/api/v1/pins",
-                description="Pinned models: beat pulls them to every eligible worker lacking them, new workers too")
+                description="Pinned models: beat pulls them to every eligible worker lacking them, new workers too, "
+                            "or keeps N serving copies where placement puts them")
 
 
-class PinRequestSchema(Schema):
+class PinRequestSchema(PlacementSchema):
     # Documented in OpenAPI (eldric.web.blueprints); controller.pins.pin_model enforces it (400 naming auto_update).
     OPENAPI_RULES: ClassVar[dict] = {"anyOf": [{"properties": {"source": {"enum": ["ollama"]}}},
                                                {"properties": {"auto_update": {"enum": [False]}}}]}
@@ -31,6 +32,8 @@ class PinRequestSchema(Schema):
     auto_update = fields.Boolean(load_default=False, metadata={
         "description": "re-pull when the tag points at a new digest upstream "
                        "(checked every ELDRIC_PIN_UPDATE_SECONDS); source ollama only (400 otherwise)"})
+    # replicas, selector, spread: PlacementSchema's. A pin keeps N serving copies (null: every eligible
+    # worker); spread needs replicas (400 naming spread, controller.pins.check_placement).
 
 
 class CoverageSchema(Schema):
@@ -53,6 +56,15 @@ class PinSchema(Schema):
     checked_at = fields.Float(allow_none=True)
     check_error = fields.String(allow_none=True)
     coverage = fields.Nested(CoverageSchema, metadata={"description": "eligible workers by the model's status"})
+    replicas = fields.Integer(allow_none=True, metadata={"description": "serving copies wanted; null: every "
+                                                                        "eligible worker"})
+    selector = fields.Dict(keys=fields.String(), values=fields.String(),
+                           metadata={"description": "labels (and type) an eligible worker has"})
+    spread = fields.String(allow_none=True, metadata={"description": "label whose values share the copies"})
+    replicas_wanted = fields.Integer(metadata={"description": "replicas, or (null) how many eligible workers there "
+                                                              "are"})
+    replicas_serving = fields.Integer(metadata={"description": "eligible online workers serving the model now"})
+    serving = fields.List(fields.String(), metadata={"description": "their ids"})
 
 
 class PinListSchema(Schema):
@@ -72,11 +84,13 @@ class Pins(MethodView):
     @blp.response(201, PinSchema)
     @blp.alt_response(200, schema=PinSchema, description="an existing pin was replaced")
     def post(self, body: dict):
-        """Pin a model to the whole cluster or to listed workers (replaces an existing pin of the model)."""
+        """Pin a model to the whole cluster, to listed workers or to N of them, chosen by placement
+        (replaces an existing pin of the model)."""
         view, created = pins.pin_model(redis_client(), model=body["model"], workers=body.get("workers"),
                                        auto_update=body["auto_update"], source=body["source"],
                                        registry=registry_client() if body["source"] == "registry" else None,
-                                       upstreams=upstreams())
+                                       upstreams=upstreams(), replicas=body.get("replicas"),
+                                       selector=body.get("selector"), spread=body.get("spread"))
         return view, 201 if created else 200
 
 

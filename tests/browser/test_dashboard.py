@@ -206,6 +206,8 @@ def test_the_watch_takes_the_job_state_from_the_events(dash, page):
 
 
 def test_coverage_distributes_a_partly_covered_model_in_one_click(dash, page):
+    # a pin with replicas (no beat here: it only shows) says what it wants on the model's row
+    assert dash.api("POST", "/api/v1/pins", json={"model": "tiny", "replicas": 2}).status_code == 201
     _open(page, dash)
     row = page.locator('#coverage-table tr[data-model="tiny:latest"]')
     expect(row).to_have_class(re.compile(r"\bpartial\b"))
@@ -213,6 +215,10 @@ def test_coverage_distributes_a_partly_covered_model_in_one_click(dash, page):
     full = page.locator('#coverage-table tr[data-model="big:latest"]')
     expect(full).not_to_have_class(re.compile(r"\bpartial\b"))
     expect(full.get_by_role("button")).to_have_count(0)
+    expect(row.locator(".chip.pin")).to_have_text("pinned ×2 (1 serving)")
+    expect(row.locator(".chip.pin")).to_have_attribute("data-replicas-wanted", "2")
+    expect(full.locator(".chip.pin")).to_have_count(0)
+    assert dash.api("DELETE", "/api/v1/pins/tiny").status_code == 204
     # Every column of the heat map is labelled with its worker, over its own column of cells.
     labels = page.locator("#coverage-axis .col-label")
     expect(labels).to_have_count(len(WORKERS))

@@ -2,6 +2,7 @@
 // <canvas> (heatmap.js), and the same models as a paged table with their coverage and a Distribute button.
 // Hovering a cell names its model, worker and state; clicking a row of the map offers to distribute that
 // model to the workers missing it, as the table's button does, and the job's bars show under its table row.
+// A pinned model's row says how many serving copies its pin wants and how many serve it (GET /api/v1/pins).
 import { api } from "./api.js";
 import { app } from "./app.js";
 import { cluster } from "./cluster.js";
@@ -18,7 +19,30 @@ const STATES = ["has", "differs", "missing", "offline"];
 const COLORS = ["#2f9e5b", "#d98b1f", "#d64545", "#b9bec7"];
 const SAY = { has: "has it", differs: "has another digest", missing: "missing", offline: "missing, worker offline" };
 
-const view = { page: 0, jobs: new Map(), rows: [], cols: [], cells: new Uint8Array(0), map: null, marked: false };
+const view = { page: 0, jobs: new Map(), rows: [], cols: [], cells: new Uint8Array(0), map: null, marked: false,
+  pins: new Map() };
+
+// Read with every cluster refresh; a failure keeps the last answer (the pin chips are a hint, not the map).
+async function loadPins() {
+  try {
+    const found = await api("GET", "/api/v1/pins");
+    view.pins = new Map(found.pins.map((p) => [p.model, p]));
+    renderTable();
+  } catch { /* the controller's banner already says what is wrong */ }
+}
+
+// "pinned ×2 (1 serving)", or "pinned: all" for a pin on every eligible worker.
+function pinChip(m) {
+  const pin = view.pins.get(m.name);
+  if (!pin) return "";
+  const wanted = pin.replicas === null ? "all" : `×${pin.replicas}`;
+  const short = pin.replicas_serving < pin.replicas_wanted;
+  return h("span", { class: `chip pin ${short ? "s-retrying" : "s-completed"}`,
+    title: `pin wants ${pin.replicas_wanted} serving ${pin.replicas_wanted === 1 ? "copy" : "copies"}; `
+      + `${pin.replicas_serving} serving${pin.serving.length ? `: ${pin.serving.join(", ")}` : ""}`,
+    dataset: { replicasWanted: pin.replicas_wanted, replicasServing: pin.replicas_serving } },
+  `pinned ${wanted} (${pin.replicas_serving} serving)`);
+}
 
 const isOnline = (wid) => Boolean((cluster.byId.get(wid) || {}).online);
 const partial = (m) => m.coverage < 100;
@@ -98,7 +122,9 @@ function showTip(r, c, e) {
   const state = STATES[view.cells[r * view.cols.length + c]];
   const note = state !== "offline" && !isOnline(worker) ? " (worker offline)" : "";
   const tip = $("coverage-tip");
+  const pin = view.pins.get(model.name);
   tip.replaceChildren(h("strong", {}, model.name), h("br"), `${worker}: ${SAY[state]}${note}`,
+    pin ? h("span", {}, h("br"), `pinned: ${pin.replicas_wanted} wanted, ${pin.replicas_serving} serving`) : "",
     model.missing.length ? h("span", { class: "muted" }, h("br"), "click: distribute to the workers missing it") : "");
   Object.assign(tip.dataset, { model: model.name, worker, state });
   tip.hidden = false;
@@ -179,7 +205,8 @@ function coverageAction(model) {
 function modelRows(m) {
   const row = h("tr", { class: partial(m) ? "partial" : "", dataset: { model: m.name, coverage: m.coverage } },
     h("td", { class: "name", "data-label": "Model" }, breakable(m.name),
-      m.consistent ? "" : h("span", { class: "chip s-retrying", title: "workers hold different digests" }, "digests differ")),
+      m.consistent ? "" : h("span", { class: "chip s-retrying", title: "workers hold different digests" }, "digests differ"),
+      pinChip(m)),
     h("td", { class: "cov", "data-label": "Coverage" }, h("span", { class: "cov-pct" }, `${m.coverage}%`),
       h("span", { class: "muted" }, ` ${m.workers.length}/${cluster.eligible}`)),
     h("td", { class: "actions" }, coverageAction(m)));
@@ -214,6 +241,7 @@ export function initCoverage() {
   $("coverage-filter").addEventListener("input", () => { view.page = 0; renderCoverage(); });
   $("coverage-workers").addEventListener("input", renderCoverage);
   $("coverage-partial").addEventListener("change", () => { view.page = 0; renderCoverage(); });
+  cluster.listeners.push(loadPins);
   let resize = null;
   window.addEventListener("resize", () => { clearTimeout(resize); resize = setTimeout(drawMap, 150); });
 }
