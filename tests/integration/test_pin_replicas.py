@@ -82,6 +82,7 @@ def test_replicas_two_of_three_and_a_removed_copy_is_placed_on_the_third(live):
                                    if j["options"].get("pin") == MODEL and j["targets"] == [third]), None),
                      timeout=15, interval=0.1, message=f"a pull to {third}\n{live.logs()}")
     started = time.monotonic() - removed_at
+    print(f"pull to {third} started {started:.1f} s after {gone} was removed")
     assert started < RECONCILE_SECONDS + 5, started
     assert next(p for p in job["workers"] if p["worker"] == third).get("placement_reason"), job
     after = serving(live, count=2)
