@@ -57,7 +57,7 @@ class SweepResult:
 @dataclass(frozen=True)
 class _Candidate:
     find: gc.Find
-    remove: object  # () -> bool: removes it if it is still garbage; None: never removed (the note says why)
+    remove: object  # () -> bool: removes it if it is still garbage; None: not by itself (blobs go together; debris by hand never)
 
 
 def sweep(agent: Agent, *, remove: bool, grace: float | None = None, partial_max_age: float | None = None,
@@ -68,15 +68,21 @@ def sweep(agent: Agent, *, remove: bool, grace: float | None = None, partial_max
     now = time.time() if now is None else now
     previous = gc.read_finds(agent.redis, agent.worker_id)
     candidates = [*_blobs(agent), *_partials(agent, max_age), *_debris(agent, grace)]
-    kept, removed = [], []
+    kept, removed, due_blobs = [], [], []
     for c in candidates:
         before = previous.get(c.find.id)
         first_seen = before.first_seen if before is not None else now
         find = replace(c.find, first_seen=first_seen, removable_at=first_seen + grace)
-        if remove and c.remove is not None and now >= find.removable_at and c.remove():
+        due = remove and now >= find.removable_at
+        if due and find.kind == gc.BLOB:
+            due_blobs.append(find)  # removed together below: one look at the references for all of them
+        elif due and c.remove is not None and c.remove():
             removed.append(find)
         else:
             kept.append(find)
+    gone = _remove_blobs(agent, due_blobs)
+    removed += [f for f in due_blobs if f.digest in gone]
+    kept += [f for f in due_blobs if f.digest not in gone]
     for f in removed:
         log.info("GC removed %s %s (%s): garbage since %.0f s", f.kind, f.path, format_size(f.bytes), now - f.first_seen)
     gone = [Digest.parse(f.digest) for f in removed if f.kind == gc.BLOB and f.digest]
@@ -108,18 +114,21 @@ def _blobs(agent: Agent) -> list[_Candidate]:
         digest = f"sha256:{m.group(1)}"
         find = gc.Find(id=f"{gc.BLOB}:{digest}", kind=gc.BLOB, path=str(path), bytes=st.st_size, digest=digest,
                        first_seen=0.0, removable_at=0.0)
-        out.append(_Candidate(find, lambda digest=digest: _remove_blob(agent, Digest.parse(digest))))
+        out.append(_Candidate(find, None))  # removed by _remove_blobs, all due ones at once
     return out
 
 
-def _remove_blob(agent: Agent, digest: Digest) -> bool:
-    """Decided again under the lease lock, as deletes do: a job that leased it since the look keeps it."""
-    with agent.store.leases.exclusive():
-        path = agent.store.blobs.path(digest)
-        st = _stat(path)
-        if digest.hex in _referenced(agent) or st is None or st.st_nlink > 1:
-            return False
-        return agent.store.blobs.delete(digest)
+def _remove_blobs(agent: Agent, finds: list[gc.Find]) -> set[str]:
+    """Delete the due blobs through the store's own delete, which decides again under the lease lock (leases and
+    manifests); the catalog's references and a second hard link are looked at there too. The digests deleted."""
+    if not finds:
+        return set()
+    digests = [Digest.parse(f.digest) for f in finds if f.digest]
+
+    def keep() -> set[str]:
+        linked = {d.hex for d in digests if (st := _stat(agent.store.blobs.path(d))) is not None and st.st_nlink > 1}
+        return agent.catalog.referenced_digests() | linked
+    return set(agent.store.delete_blobs(digests, keep=keep))
 
 
 def _partials(agent: Agent, max_age: float) -> list[_Candidate]:
