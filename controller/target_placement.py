@@ -13,9 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import json
+
 import redis
 
-from eldric.cluster import workers
+from eldric.cluster import keys, workers
 from eldric.cluster.placement import OFFLINE, Placement, place, selector_mismatch
 from eldric.core.request_errors import ConflictError
 
@@ -45,12 +47,58 @@ class PlacedTargets:
 
 
 def worker_views(client: redis.Redis, ids: list[str], model: str) -> list[dict]:
-    """Each worker as `place` reads it: its record, online, its model count and whether it holds `model`
-    (three pipelined round trips whatever the fleet's size)."""
+    """Each worker as `place` reads it: its record, online, its model count and whether it holds `model`,
+    with the copies already on their way to it counted in (five pipelined round trips whatever the size).
+
+    Without that, placement answers from disks as they are now: 100 pulls of replicas=3 sent within a
+    second would all choose the same three roomiest workers, since no byte has landed yet. So each
+    unfinished pull or distribution a worker has counts as one more model, and, when its job was placed
+    (its options say the size), its bytes come off the worker's free disk.
+    """
     rows = workers.rows(client, ids)
     held = workers.held(client, ids, [model])
-    return [dict(row.record, id=wid, online=row.online, models=row.models, holds=bool(held[wid]))
-            for wid, row in zip(ids, rows, strict=True) if row.record]
+    pending = _pending(client, ids)
+    out = []
+    for wid, row in zip(ids, rows, strict=True):
+        if not row.record:
+            continue
+        count, size = pending.get(wid, (0, 0))
+        view = dict(row.record, id=wid, online=row.online, models=row.models + count, holds=bool(held[wid]))
+        if size and row.record.get("free_disk") not in (None, ""):
+            view["free_disk"] = str(int(workers.number(row.record["free_disk"])) - size)
+        out.append(view)
+    return out
+
+
+INCOMING_KINDS = ("pull", "distribute")
+
+
+def _pending(client: redis.Redis, ids: list[str]) -> dict[str, tuple[int, int]]:
+    """worker id -> (copies on their way to it, their bytes when known), from its unfinished jobs."""
+    unfinished = workers.job_ids(client, ids)
+    job_ids = sorted(set().union(*unfinished.values())) if unfinished else []
+    if not job_ids:
+        return {}
+    pipe = client.pipeline(transaction=False)
+    for job_id in job_ids:
+        pipe.hmget(keys.job(job_id), ["kind", "options"])
+    sizes: dict[str, int] = {}
+    for job_id, (kind, options) in zip(job_ids, pipe.execute(), strict=True):
+        if kind in INCOMING_KINDS:
+            sizes[job_id] = _placed_size(options)
+    out = {}
+    for wid, jobs in unfinished.items():
+        incoming = [sizes[j] for j in jobs if j in sizes]
+        if incoming:
+            out[wid] = (len(incoming), sum(incoming))
+    return out
+
+
+def _placed_size(options: str | None) -> int:
+    try:
+        return int((json.loads(options or "{}").get("placement") or {}).get("size") or 0)
+    except (ValueError, TypeError, AttributeError):
+        return 0
 
 
 def place_targets(client: redis.Redis, ids: list[str], request: PlacementRequest, *, model: str,

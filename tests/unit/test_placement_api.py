@@ -223,3 +223,19 @@ def test_manifest_size_sums_config_and_layers():
 def test_reserve_setting(raw, want):
     assert from_env({"ELDRIC_PLACEMENT_RESERVE_BYTES": raw})["PLACEMENT_RESERVE_BYTES"] == want
     assert from_env({})["PLACEMENT_RESERVE_BYTES"] == 1 << 30
+
+
+def test_copies_on_their_way_count_against_room_and_model_count(client, store, sized):
+    """Pulls sent before any byte lands do not all pick the same roomiest worker."""
+    sized(10 * GIB)
+    worker(store, "w1", free=50 * GIB)
+    worker(store, "w2", free=45 * GIB)
+    first = pull(client, replicas=1).get_json()
+    second = client.post("/api/v1/models/pull", json={"model": "other", "replicas": 1}, headers=AUTH).get_json()
+    assert first["targets"] == ["w1"]
+    assert second["targets"] == ["w2"]  # w1 has 40 GiB left once the first copy lands
+    assert "44.0 GiB free" in parts(second)["w2"]["placement_reason"]
+    worker(store, "w3", free=40 * GIB)
+    sized(None)  # size unknown: w1 and w3 then have equal room, but w1 has a copy coming (one model more)
+    third = client.post("/api/v1/models/pull", json={"model": "third", "replicas": 1}, headers=AUTH).get_json()
+    assert third["targets"] == ["w3"]
