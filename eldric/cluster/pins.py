@@ -199,11 +199,13 @@ def place_replicas(pin: Pin, facts: list[WorkerFacts], counted: list[str], *, no
 
 def _placement_view(pin: Pin, w: WorkerFacts, taken: list[int] | None) -> dict:
     """The worker as placement reads it, less what this reconcile placed there already; a stored or
-    in-flight copy of the model makes it a holder."""
+    in-flight copy of the model makes it a holder, and the worker's other models on their way count
+    as models it has (so an earlier run's pulls, before their bytes land, are not all doubled up)."""
     holds = pin.model in w.models or pin.model in w.busy_models
     used, placed = taken or (0, 0)
-    view = {**w.record, "id": w.id, "type": w.type, "online": w.online, "models": w.model_count + placed,
-            "holds": holds}
+    arriving = len(w.busy_models - w.models.keys() - {pin.model})
+    view = {**w.record, "id": w.id, "type": w.type, "online": w.online,
+            "models": w.model_count + placed + arriving, "holds": holds}
     if w.disk_free is not None:
         view["free_disk"] = w.disk_free - used
     return view

@@ -155,6 +155,17 @@ def test_the_pins_of_one_reconcile_share_the_room(r):
     assert {j["model"]: j["workers"] for j in jobs} == {"m1:latest": ["a"], "m2:latest": ["b"]}  # a has 6 GiB left
 
 
+def test_a_pull_still_on_its_way_counts_as_a_model_of_its_worker(r):
+    add_worker(r, "a")
+    add_worker(r, "b")
+    pins.save_pin(r, Pin("m1:latest", replicas=1))
+    [first] = reconcile(r, Recorder())
+    assert first["workers"] == ["a"]  # equal room, equal models: the id decides
+    pins.save_pin(r, Pin("m2:latest", replicas=1))
+    [second] = reconcile(r, Recorder())
+    assert second["workers"] == ["b"]  # a has m1 on its way
+
+
 def test_pins_without_replicas_still_pull_to_every_eligible_worker(r):
     for wid in "abc":
         add_worker(r, wid, labels={"zone": "a" if wid != "c" else "b"})
