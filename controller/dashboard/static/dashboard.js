@@ -34,6 +34,29 @@ function renderPull(watch) {
   if (watch.closed) { setBusy($("pull-button"), false); app.refreshSoon(); }
 }
 
+// "zone=a, type=inference" -> {zone: "a", type: "inference"}; a part without "=" is refused, naming it.
+export function parseSelector(text) {
+  const out = {};
+  for (const part of text.split(",").map((p) => p.trim()).filter(Boolean)) {
+    const at = part.indexOf("=");
+    if (at < 1) throw new Error(`selector: "${part}" is not key=value`);
+    out[part.slice(0, at).trim()] = part.slice(at + 1).trim();
+  }
+  return out;
+}
+
+// The pull's body: replicas, selector and spread only when given (without them: every worker, as before).
+function pullBody(model) {
+  const body = { model };
+  const replicas = $("pull-replicas").value.trim();
+  if (replicas) body.replicas = Number(replicas);
+  const selector = parseSelector($("pull-selector").value);
+  if (Object.keys(selector).length) body.selector = selector;
+  const spread = $("pull-spread").value.trim();
+  if (spread) body.spread = spread;
+  return body;
+}
+
 async function startPull(event) {
   event.preventDefault();
   const model = $("pull-model").value.trim();
@@ -41,7 +64,7 @@ async function startPull(event) {
   setBusy($("pull-button"), true);
   $("pull-summary").textContent = `starting the pull of ${model}…`;
   try {
-    const job = await api("POST", "/api/v1/models/pull", { model });
+    const job = await api("POST", "/api/v1/models/pull", pullBody(model));
     if (pull.watch) pull.watch.close();
     pull.failedPage = 0;
     pull.watch = new JobWatch(job, renderPull);
