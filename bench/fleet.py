@@ -38,6 +38,8 @@ the controller, Redis and the agents: read the growth, not the absolute figures.
 are in bench/fleet_streams.py, the counters and the job-end watch in bench/fleet_counters.py.
 
 Run: python bench/fleet.py [--workers 100 1000] [--models 100] [--rounds 3] [--streams 500] [--keep-logs] [--no-fail]
+Placement (issue 25): python bench/fleet.py --replicas 3 --models 100 --workers 1000 [--spread zone]
+(bench/fleet_placement.py: time to the 202 and the balance over simulated worker records).
 """
 
 from __future__ import annotations
@@ -355,7 +357,12 @@ def main() -> int:
     parser.add_argument("--agent-processes", type=int, default=0, help=f"default: one per {AGENTS_PER_PROCESS} workers, at most {MAX_AGENT_PROCESSES}")
     parser.add_argument("--keep-logs", action="store_true", help="keep the controller's, Redis's and the agents' logs")
     parser.add_argument("--no-fail", action="store_true", help="report only; exit 0 even when a goal is missed")
+    parser.add_argument("--replicas", type=int, default=0, help="placement bench instead (bench/fleet_placement.py): "
+                        "--models pulls with this many replicas each over simulated worker records")
+    parser.add_argument("--spread", default=None, help="with --replicas: the label the copies spread over (zone)")
     args = parser.parse_args()
+    if args.replicas:
+        return placement_main(args)
     root = Path(tempfile.mkdtemp(prefix="eldric-fleet-"))
     services: list[Service] = []
     missed: list[str] = []
@@ -380,6 +387,47 @@ def main() -> int:
     finally:
         if bench is not None:
             bench.watch.stop()
+        for svc in reversed(services):
+            svc.stop()
+        if args.keep_logs:
+            print(f"logs kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    for line in missed:
+        print("MISSED", line)
+    return 1 if missed and not args.no_fail else 0
+
+
+def placement_main(args: argparse.Namespace) -> int:
+    """`--replicas N`: the placement bench at each --workers size (a fresh Redis database per size)."""
+    from bench.fleet_placement import report, run_placement, start_manifest_server
+    from testbed.processes import LOOPBACK
+    root = Path(tempfile.mkdtemp(prefix="eldric-placement-"))
+    manifests = start_manifest_server()
+    services: list[Service] = []
+    missed: list[str] = []
+    try:
+        redis_server = RedisServer(root).start()
+        services.append(redis_server)
+        port = free_port()
+        env = {"ELDRIC_REDIS_URL": redis_server.url, "ELDRIC_LOG_LEVEL": "WARNING", "ELDRIC_URL_ALLOWLIST": LOOPBACK,
+               "ELDRIC_OLLAMA_REGISTRY": f"http://127.0.0.1:{manifests.server_address[1]}"}
+        controller = Service("controller", eldric("controller", "--port", str(port)), root, cwd=REPO_ROOT,
+                             env=env).start()
+        services.append(controller)
+        url = f"http://127.0.0.1:{port}"
+        http = session()
+        wait_until(lambda: http.get(f"{url}/healthz", timeout=2).ok, timeout=30,
+                   message=f"controller on {url}\n{controller.log_tail()}")
+        client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+        for w in sorted(args.workers):
+            client.flushdb()
+            print(f"{w} workers ...", flush=True)
+            result = run_placement(http, url, client, workers=w, models=args.models, replicas=args.replicas,
+                                   spread=args.spread)
+            missed += report(result, models=args.models, replicas=args.replicas, spread=args.spread)
+    finally:
+        manifests.shutdown()
         for svc in reversed(services):
             svc.stop()
         if args.keep_logs:
