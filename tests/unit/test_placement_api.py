@@ -179,10 +179,13 @@ def test_ollama_pull_keeps_every_worker(client, store, sized):
                                          ({"selector": {"zone": 1}}, "selector"), ({"selector": "zone=a"}, "selector"),
                                          ({"spread": ""}, "spread"), ({"spread": 3}, "spread")])
 def test_bad_values_name_the_field(client, store, body, field):
-    worker(store, "w1", free=GIB)
+    worker(store, "w1", free=2 * GIB, zone="a")
+    good = {"replicas": 1, "selector": {"zone": "a"}, "spread": "zone"}
+    assert pull(client, **{**good, field: good[field]}).status_code == 202  # the field is known; its value is checked
     resp = pull(client, **body)
     assert resp.status_code == 422, resp.get_json()
-    assert field in json.dumps(resp.get_json()["errors"])
+    errors = json.dumps(resp.get_json()["errors"])
+    assert field in errors and "Unknown field" not in errors
     resp = client.post("/api/v1/models/distribute", json={"model": "m:v1", "source": {"type": "registry"}, **body},
                        headers=AUTH)
     assert resp.status_code == 422 and field in json.dumps(resp.get_json()["errors"])
