@@ -110,8 +110,7 @@ class PlacementSchema(Schema):
 
     replicas = fields.Integer(strict=True, allow_none=True, validate=validate.Range(min=1, max=100000), metadata={
         "description": "how many workers get a copy (holders first, then most free disk); default every one"})
-    selector = fields.Dict(keys=fields.String(validate=validate.Length(min=1, max=63)),
-                           values=fields.String(validate=validate.Length(max=253)), metadata={
+    selector = fields.Dict(keys=fields.String(), values=fields.String(validate=validate.Length(max=253)), metadata={
         "description": "labels a worker must have, e.g. {\"zone\": \"a\"}; the key type matches the worker's type"})
     spread = fields.String(allow_none=True, validate=validate.Length(min=1, max=63), metadata={
         "description": "a label name: at most ceil(replicas / its values) copies per value, e.g. zone"})
