@@ -169,7 +169,7 @@ def _what_is_there(client: OciClient, name: ModelName, budget: _Budget) -> str:
     lower = replace(name, namespace=name.namespace.lower(), model=name.model.lower(), tag=name.tag.lower())
     lower_tags = None
     if lower != name:
-        if budget.ask(lambda t: _has_manifest(client, lower, t)):
+        if budget.ask(lambda t: _has_manifest(client, lower, t)[0]):
             return f"model names are lowercase; did you mean '{lower.short}'?"
         lower_tags = budget.ask(lambda t: client.list_tags(lower.repository, timeout=t))
         if lower_tags:
