@@ -159,12 +159,13 @@ def _first_answer(client: redis.Redis, ranked: list[routing.Candidate], endpoint
                                    data=raw, headers={"Content-Type": "application/json"}, stream=True,
                                    timeout=(CONNECT_SECONDS, READ_SECONDS))
         except requests.RequestException as exc:
-            inference_load.end(client, cand.worker, request_id, failed=True)
+            inference_load.end(client, cand.worker, request_id, failed=True, before_first_byte=True)
             errors.append(f"{cand.worker}: {type(exc).__name__}")
             continue
         if resp.status_code >= 500 or resp.status_code in (401, 404):  # its failure, not the request's
             message = _agent_error(resp)
-            inference_load.end(client, cand.worker, request_id, failed=resp.status_code != 404)
+            inference_load.end(client, cand.worker, request_id, failed=resp.status_code != 404,
+                               before_first_byte=True)
             not_found += resp.status_code == 404
             errors.append(f"{cand.worker}: {message}")
             continue

@@ -44,6 +44,7 @@ class Candidate:
     loaded: bool
     in_flight: int
     backend_model: str = ""  # the id an OpenAI server lists it under, from the agent's report ("" unknown)
+    failed_lately: bool = False  # failed a request before its first byte within inference_load.COOL_DOWN_SECONDS
 
 
 def model_names(model: str) -> list[str]:
@@ -88,8 +89,9 @@ def candidates(client: redis.Redis, model: str, cache: HolderCache | None = None
         cache.put(model, name, found)
     if not found:
         return name, []
-    busy = inference_load.busy(client)  # cached candidates say 0: only the busy ones are copied
-    return name, [dataclasses.replace(c, in_flight=busy[c.worker]) if c.worker in busy else c for c in found]
+    busy, failed = inference_load.load(client)  # cached candidates say 0 and False: only those are copied
+    return name, [dataclasses.replace(c, in_flight=busy[c.worker], failed_lately=c.worker in failed)
+                  if c.worker in busy or c.worker in failed else c for c in found]
 
 
 def _read_candidates(client: redis.Redis, model: str) -> tuple[str, list[Candidate]]:
@@ -119,10 +121,11 @@ def _read_candidates(client: redis.Redis, model: str) -> tuple[str, list[Candida
 
 
 def rank(found: list[Candidate], rng: random.Random | None = None) -> list[Candidate]:
-    """Loaded first, then fewest requests in flight; equal workers in random order."""
+    """Workers that failed lately last; then loaded first, then fewest requests in flight; equal workers
+    in random order."""
     shuffled = list(found)
     (rng or random).shuffle(shuffled)
-    return sorted(shuffled, key=lambda c: (not c.loaded, c.in_flight))
+    return sorted(shuffled, key=lambda c: (c.failed_lately, not c.loaded, c.in_flight))
 
 
 def loaded_on(client: redis.Redis, model: str) -> tuple[str, list[Candidate]]:

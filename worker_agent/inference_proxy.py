@@ -47,6 +47,9 @@ IDS_SECONDS = 30.0
 IDS_TIMEOUT = 2.0
 
 
+# The setting naming each backend's inference server (what an operator must set when it is missing).
+URL_SETTINGS = {"ollama": "ELDRIC_OLLAMA_URL", "llamacpp": "ELDRIC_LLAMACPP_URL", "vllm": "ELDRIC_VLLM_URL"}
+
 def _error(message: str, status: int) -> tuple[Response, int]:
     return jsonify(error=message), status
 
@@ -87,6 +90,9 @@ def blueprint(agent: Agent, session: requests.Session | None = None) -> Blueprin
         url = urls().get(backend)
         timeout = (CONNECT_SECONDS, agent.settings.backend_timeout_seconds)
         if url is None:
+            if backend in agent.settings.backends and backend in URL_SETTINGS:  # files placed, no server named
+                return _error(f"worker {agent.worker_id} holds the model for {backend} but has no {backend} server "
+                              f"to answer: set {URL_SETTINGS[backend]} on it to the server's URL", 503)
             return _error(f"backend {backend!r} does not serve inference on worker {agent.worker_id}", 404)
         if endpoint not in OLLAMA_ENDPOINTS + OPENAI_ENDPOINTS:
             return _error(f"no inference endpoint /{endpoint}", 404)

@@ -19,6 +19,10 @@ from eldric.cluster import keys
 
 # A stream longer than this stops counting as in flight (a crashed controller's entries end here too).
 MAX_REQUEST_SECONDS = 3600.0
+# A worker that failed a request before its first byte is tried after the others this long: its loaded
+# report (and inventory) lag up to a heartbeat behind a dead backend, and every request meanwhile would
+# pay a failed attempt on it first. Still tried when nothing else serves the model.
+COOL_DOWN_SECONDS = 30.0
 
 
 def begin(client: redis.Redis, worker_id: str, now: float | None = None) -> str:
@@ -31,12 +35,16 @@ def begin(client: redis.Redis, worker_id: str, now: float | None = None) -> str:
     return request_id
 
 
-def end(client: redis.Redis, worker_id: str, request_id: str, *, failed: bool = False) -> None:
-    """The request is over; `failed` counts it among the worker's errors."""
+def end(client: redis.Redis, worker_id: str, request_id: str, *, failed: bool = False,
+        before_first_byte: bool = False) -> None:
+    """The request is over; `failed` counts it among the worker's errors, `before_first_byte` (with
+    `failed`) also puts the worker last for COOL_DOWN_SECONDS."""
     pipe = client.pipeline(transaction=False)
     pipe.zrem(keys.ROUTE_IN_FLIGHT, request_id)
     if failed:
         pipe.hincrby(keys.ROUTE_ERRORS, worker_id, 1)
+        if before_first_byte:
+            pipe.zadd(keys.ROUTE_FAILED, {worker_id: time.time()})
     pipe.execute()
 
 
@@ -44,11 +52,20 @@ def busy(client: redis.Redis, now: float | None = None) -> Counter:
     """worker id -> requests in flight on it now, for the workers with any (entries past
     MAX_REQUEST_SECONDS dropped on the way). Two commands, reading every request in flight in the
     cluster: they are few beside 1,000 workers."""
-    oldest = (time.time() if now is None else now) - MAX_REQUEST_SECONDS
+    return load(client, now)[0]
+
+
+def load(client: redis.Redis, now: float | None = None) -> tuple[Counter, set[str]]:
+    """(busy: worker id -> requests in flight, the workers that failed before a first byte within
+    COOL_DOWN_SECONDS): one round trip of four commands on two cluster-wide sorted sets."""
+    now = time.time() if now is None else now
     pipe = client.pipeline(transaction=False)
-    pipe.zremrangebyscore(keys.ROUTE_IN_FLIGHT, "-inf", oldest)
+    pipe.zremrangebyscore(keys.ROUTE_IN_FLIGHT, "-inf", now - MAX_REQUEST_SECONDS)
     pipe.zrange(keys.ROUTE_IN_FLIGHT, 0, -1)
-    return Counter(member.partition("|")[0] for member in pipe.execute()[1])
+    pipe.zremrangebyscore(keys.ROUTE_FAILED, "-inf", now - COOL_DOWN_SECONDS)
+    pipe.zrange(keys.ROUTE_FAILED, 0, -1)
+    _, flying, _, failed = pipe.execute()
+    return Counter(member.partition("|")[0] for member in flying), set(failed)
 
 
 def in_flight(client: redis.Redis, ids: list[str], now: float | None = None) -> dict[str, int]:

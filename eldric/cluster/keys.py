@@ -40,6 +40,8 @@ EVICTIONS = f"{PREFIX}:evictions"  # HASH worker id -> models its agent evicted 
 ROUTE_IN_FLIGHT = f"{PREFIX}:route:in-flight"
 ROUTE_REQUESTS = f"{PREFIX}:route:requests"  # HASH worker id -> inference requests routed to it (ever)
 ROUTE_ERRORS = f"{PREFIX}:route:errors"  # HASH worker id -> routed requests that failed on it (ever)
+# ZSET worker id -> when it last failed a routed request before the first byte (tried last for a while)
+ROUTE_FAILED = f"{PREFIX}:route:failed"
 
 
 def worker_jobs(worker_id: str) -> str:

@@ -113,3 +113,17 @@ def test_an_unreachable_backend_is_a_502_and_a_refusal_keeps_its_status_in_ollam
     app, _ = app_with(tmp_path, Answer(400, [b'{"error": {"message": "max_tokens too big"}}'], "application/json"))
     resp = app.test_client().post("/inference/llamacpp/v1/completions?model=t&backend_model=/m/t.gguf", json={"model": "t"})
     assert resp.status_code == 400 and resp.json == {"error": "max_tokens too big"}
+
+
+def test_a_backend_with_no_server_url_says_which_setting_is_missing(tmp_path):
+    """Files placed for llama.cpp but no ELDRIC_LLAMACPP_URL: 503 naming it (the controller tries another
+    worker and, when none answers, says why), not 404, which would read as 'model not found'."""
+    settings = AgentSettings.from_env({"ELDRIC_WORKER_NAME": "w1", "ELDRIC_WORKER_TYPE": "inference",
+                                       "ELDRIC_BACKENDS": "llamacpp,vllm", "ELDRIC_DATA_DIR": str(tmp_path)})
+    agent = type("FakeAgent", (), {"settings": settings, "worker_id": "w1",
+                                   "redis": fakeredis.FakeRedis(decode_responses=True)})()
+    app = Flask("agent")
+    app.register_blueprint(inference_proxy.blueprint(agent, session=Backends(None)))
+    resp = app.test_client().post("/inference/llamacpp/api/chat?model=tiny:latest", json={"model": "tiny"})
+    assert resp.status_code == 503 and "ELDRIC_LLAMACPP_URL" in resp.json["error"]
+    assert app.test_client().post("/inference/tgi/api/chat?model=tiny", json={}).status_code == 404

@@ -284,3 +284,26 @@ def test_the_apps_own_token_check_covers_every_v1_path_in_openais_shape(app):
     """Not only the routes ollama_route registers: an unknown /v1 path is refused before routing (401, not 404)."""
     resp = app.test_client().post("/v1/not-a-route", json={})
     assert resp.status_code == 401 and resp.json["error"]["code"] == "invalid_api_key"
+
+
+def test_a_worker_that_failed_before_the_first_byte_is_tried_last_for_a_while(app, store, monkeypatch):
+    """Its loaded report lags a heartbeat behind a dead backend: the next requests go elsewhere first."""
+    worker(store, "a", [TINY], loaded=[loaded_entry()])  # loaded: first, until it fails
+    worker(store, "b", [TINY])
+    fake = agents(app, a=requests.ConnectionError("refused"), b=FakeAnswer(200, [b'{"done":true}\n']))
+
+    def answered_by() -> str:
+        resp = app.test_client().post("/api/chat", json=CHAT, headers=AUTH)
+        resp.get_data()  # read to the end: the relay's ending (in flight -1) runs now, not in a finalizer
+        resp.close()
+        return resp.headers["X-Eldric-Worker"]
+
+    assert [answered_by(), answered_by()] == ["b", "b"]
+    assert [c[0] for c in fake.calls] == ["a", "b", "b"]
+    fake.behaviour["b"] = requests.ConnectionError("refused too")  # alone, a is still tried
+    fake.behaviour["a"] = FakeAnswer(200, [b'{"done":true}\n'])
+    assert answered_by() == "a"
+    monkeypatch.setattr(inference_load, "COOL_DOWN_SECONDS", 0.0)  # the while is over: loaded first again
+    fake.calls.clear()
+    answered_by()
+    assert fake.calls[0][0] == "a"
