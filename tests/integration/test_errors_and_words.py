@@ -69,7 +69,11 @@ def test_model_not_found_logs_one_warning_line_and_no_traceback(live, workdir):
     empty = OCIRegistry(workdir / "empty-oci").start()
     try:
         log = live.start_worker("nf-w", "inference", ELDRIC_OLLAMA_REGISTRY=empty.url)
-        before = log.log_path.read_text(errors="replace")
+        # Its start-up lines (the empty-secret warning among them) come after it registers: past them first.
+        def started() -> str | None:
+            text = log.log_path.read_text(errors="replace")
+            return text if "effective configuration" in text else None
+        before = wait_until(started, timeout=20, message=f"the agent's start-up lines\n{log.log_tail()}")
         final, _ = _pull(live, "tiny", "nf-w")
     finally:
         empty.stop()
