@@ -54,7 +54,7 @@ def check_placement(replicas: int | None, selector: dict[str, str], spread: str 
 def pin_model(client: redis.Redis, *, model: str, workers: list[str] | None, auto_update: bool,
               source: str = "ollama", registry: RegistryClient | None = None,
               upstreams: RegistryAllowList | None = None, replicas: int | None = None,
-              selector: dict[str, str] | None = None, spread: str | None = None,
+              selector: dict[str, str] | None = None, spread: str | None = None, gpu: bool = False,
               now: float | None = None) -> tuple[dict, bool]:
     """Create or replace the pin of `model`; return (its view, whether it is new).
 
@@ -91,6 +91,7 @@ def pin_model(client: redis.Redis, *, model: str, workers: list[str] | None, aut
         upstream_digest=existing.upstream_digest if existing else None,
         checked_at=existing.checked_at if existing else None,
         source=source, source_options=source_options, replicas=replicas, selector=selector, spread=spread,
+        gpu=gpu,
     )
     pins.save_pin(client, pin)
     return view(pin, pins.load_worker_facts(client, [name])), existing is None
@@ -133,6 +134,7 @@ def view(pin: pins.Pin, facts: list[pins.WorkerFacts]) -> dict:
         "replicas": pin.replicas,
         "selector": pin.selector,
         "spread": pin.spread,
+        "gpu": pin.gpu,
         # null replicas: every eligible worker is wanted, so wanted is how many there are now
         "replicas_wanted": pin.replicas if pin.replicas is not None else sum(map(len, cover.values())),
         "replicas_serving": len(serving),

@@ -114,6 +114,9 @@ class PlacementSchema(Schema):
         "description": "labels a worker must have, e.g. {\"zone\": \"a\"}; the key type matches the worker's type"})
     spread = fields.String(allow_none=True, validate=validate.Length(min=1, max=63), metadata={
         "description": "a label name: at most ceil(replicas / its values) copies per value, e.g. zone"})
+    gpu = fields.Boolean(truthy={True}, falsy={False}, metadata={
+        "description": "the model is served from a GPU: only workers with one GPU whose free memory holds the "
+                       "model's size (as the agent reports it) are chosen"})
 
 
 class PullRequestSchema(TransferCapsSchema, PlacementSchema):

@@ -29,13 +29,16 @@ class PlacementRequest:
     replicas: int | None = None
     selector: dict[str, str] = field(default_factory=dict)
     spread: str | None = None
+    gpu: bool = False  # only workers with a GPU whose free memory holds the model
 
     @classmethod
     def from_body(cls, body: dict) -> PlacementRequest | None:
         """The request's placement keys (validated by the schema), None when it has none."""
-        if body.get("replicas") is None and not body.get("selector") and not body.get("spread"):
+        if body.get("replicas") is None and not body.get("selector") and not body.get("spread") \
+                and not body.get("gpu"):
             return None
-        return cls(body.get("replicas"), dict(body.get("selector") or {}), body.get("spread") or None)
+        return cls(body.get("replicas"), dict(body.get("selector") or {}), body.get("spread") or None,
+                   bool(body.get("gpu")))
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,7 @@ def place_targets(client: redis.Redis, ids: list[str], request: PlacementRequest
     """Place `model` over the candidate worker `ids` (already checked to take model work)."""
     views = worker_views(client, ids, model)
     found = place(views, model=model, size=size or 0, replicas=request.replicas, selector=request.selector,
-                  spread=request.spread, reserve=reserve)
+                  spread=request.spread, reserve=reserve, needs_gpu=request.gpu)
     if not found.chosen:
         raise ConflictError(_nothing_fits(found, model))
     matching = {w["id"] for w in views if selector_mismatch(w, request.selector) is None}
@@ -119,7 +122,7 @@ def place_targets(client: redis.Redis, ids: list[str], request: PlacementRequest
     elif found.is_short(request.replicas):
         skipped = {wid: why for wid, why in found.rejected if wid in matching}
     options = {"replicas": request.replicas, "selector": request.selector, "spread": request.spread,
-               "size": size, "reserve": reserve, "placed": len(found.chosen),
+               "gpu": request.gpu, "size": size, "reserve": reserve, "placed": len(found.chosen),
                "not_selected": len(views) - len(matching)}
     if found.notes:
         options["notes"] = found.notes

@@ -61,6 +61,7 @@ class PinSchema(Schema):
     selector = fields.Dict(keys=fields.String(), values=fields.String(),
                            metadata={"description": "labels (and type) an eligible worker has"})
     spread = fields.String(allow_none=True, metadata={"description": "label whose values share the copies"})
+    gpu = fields.Boolean(metadata={"description": "placed only where one GPU's free memory holds the model"})
     replicas_wanted = fields.Integer(metadata={"description": "replicas, or (null) how many eligible workers there "
                                                               "are"})
     replicas_serving = fields.Integer(metadata={"description": "eligible online workers serving the model now"})
@@ -90,7 +91,8 @@ class Pins(MethodView):
                                        auto_update=body["auto_update"], source=body["source"],
                                        registry=registry_client() if body["source"] == "registry" else None,
                                        upstreams=upstreams(), replicas=body.get("replicas"),
-                                       selector=body.get("selector"), spread=body.get("spread"))
+                                       selector=body.get("selector"), spread=body.get("spread"),
+                                       gpu=bool(body.get("gpu")))
         return view, 201 if created else 200
 
 

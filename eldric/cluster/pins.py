@@ -65,6 +65,7 @@ class Pin:
     replicas: int | None = None  # None: every eligible worker; N: N serving copies wherever placement puts them
     selector: dict[str, str] = field(default_factory=dict)  # worker labels (and "type") an eligible worker has
     spread: str | None = None  # a label ("zone"): at most ceil(N / its values) copies share one value
+    gpu: bool = False  # served from a GPU: placed only where one GPU's free memory holds the model
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -80,7 +81,8 @@ class Pin:
                    upstream_digest=data.get("upstream_digest"), checked_at=data.get("checked_at"),
                    check_error=data.get("check_error"), source=data.get("source") or "ollama",
                    source_options=data.get("source_options"), replicas=data.get("replicas"),
-                   selector=dict(data.get("selector") or {}), spread=data.get("spread"))
+                   selector=dict(data.get("selector") or {}), spread=data.get("spread"),
+                   gpu=bool(data.get("gpu")))
 
     def applies_to(self, worker: WorkerFacts) -> bool:
         """Eligible: serves models, is listed (or the pin is cluster-wide) and matches the selector."""
@@ -189,7 +191,7 @@ def place_replicas(pin: Pin, facts: list[WorkerFacts], counted: list[str], *, no
     offline_counted = len(counted) - sum(1 for v in views if v["id"] in is_counted)
     size = _model_size(pin, facts)
     result = place(views, model=pin.model, size=size, replicas=pin.replicas - offline_counted,
-                   selector=pin.selector, spread=pin.spread, reserve=reserve)
+                   selector=pin.selector, spread=pin.spread, reserve=reserve, needs_gpu=pin.gpu)
     chosen = [(wid, why) for wid, why in result.chosen if wid not in is_counted][:missing]
     for wid, _ in chosen:
         used = taken.setdefault(wid, [0, 0])

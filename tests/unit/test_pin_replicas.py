@@ -191,8 +191,21 @@ def test_needed_replicas_names_pinned_models_and_the_first_n_copies(r):
     assert MODEL in pins.needed_replicas(r, "full")
 
 
+def test_a_gpu_pin_is_placed_only_where_one_gpu_holds_the_model(r):
+    add_worker(r, "data", wtype="data", models={MODEL: {**SERVED, "size": 4 * GIB}})  # only tells the size
+    for wid, free_vram in (("h100", 70 * GIB), ("t4", 2 * GIB), ("cpu", None)):
+        add_worker(r, wid, free_gib=80)
+        gpus = [capacity.Gpu(0, wid, 80 * GIB, free_vram)] if free_vram is not None else []
+        r.hset(keys.worker(wid), mapping=capacity.record_fields({}, 80 * GIB, 100 * GIB, gpus))
+    pins.save_pin(r, Pin(MODEL, replicas=2, gpu=True))
+    [job] = reconcile(r, Recorder())
+    placed = parts(r, job["job_id"])
+    assert placed["h100"]["placement_reason"].startswith("room") and "GPU" in placed["t4"]["placement_reason"]
+    assert placed["t4"]["state"] == placed["cpu"]["state"] == "skipped"
+
+
 def test_a_replica_pin_round_trips_through_json():
-    pin = Pin(MODEL, replicas=2, selector={"zone": "a", "type": "inference"}, spread="zone")
+    pin = Pin(MODEL, replicas=2, selector={"zone": "a", "type": "inference"}, spread="zone", gpu=True)
     assert Pin.from_json(pin.to_json()) == pin
     old = Pin.from_json(json.dumps({"model": MODEL}))  # a record written before issue 25
     assert (old.replicas, old.selector, old.spread) == (None, {}, None)

@@ -12,7 +12,7 @@ import pytest
 from controller import create_app, distribute, pull_jobs
 from controller.config import from_env
 from eldric.cluster import workers as cluster_workers
-from eldric.cluster.capacity import record_fields
+from eldric.cluster.capacity import Gpu, record_fields
 from eldric.cluster.queues import TASK_DISTRIBUTE, TASK_PULL
 from eldric.transfer.registry_upstream import manifest_size
 from tests.support.fake_celery import FakeCelery
@@ -242,3 +242,17 @@ def test_copies_on_their_way_count_against_room_and_model_count(client, store, s
     sized(None)  # size unknown: w1 and w3 then have equal room, but w1 has a copy coming (one model more)
     third = client.post("/api/v1/models/pull", json={"model": "third", "replicas": 1}, headers=AUTH).get_json()
     assert third["targets"] == ["w3"]
+
+
+def test_gpu_places_only_where_one_gpu_holds_the_model(client, store, sized):
+    sized(10 * GIB)
+    for wid, free_vram in (("h100", 70 * GIB), ("t4", 8 * GIB), ("cpu", None)):
+        worker(store, wid, free=80 * GIB)
+        gpus = [Gpu(0, wid, 80 * GIB, free_vram)] if free_vram is not None else []
+        store.hset(f"eldric:worker:{wid}", mapping=record_fields({}, 80 * GIB, 100 * GIB, gpus))
+    job = pull(client, replicas=2, gpu=True).get_json()
+    got = parts(job)
+    assert got["h100"]["state"] == "pending" and job["options"]["placement"]["gpu"] is True
+    assert got["t4"]["state"] == "skipped" and "GPU" in got["t4"]["placement_reason"]
+    assert got["cpu"]["state"] == "skipped"
+    assert pull(client, gpu="yes").status_code == 422
