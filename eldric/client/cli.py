@@ -219,8 +219,24 @@ def _run_job(api: Api, job: dict, args: argparse.Namespace, out: Console, err: C
     return 1 if tracker.failed() or tracker.job.get("state") not in ("completed", "completed_with_skipped") else 0
 
 
+def _placement(args: argparse.Namespace) -> dict:
+    """The placement keys of a pull or distribution (README "Placement"); the controller checks them."""
+    found: dict = {"replicas": args.replicas, "spread": args.spread}
+    if args.selector:
+        pairs = [p.strip() for p in args.selector.split(",") if p.strip()]
+        if any("=" not in p for p in pairs):
+            raise ClientError(f"--selector {args.selector!r}: give key=value pairs joined by commas, e.g. zone=a")
+        found["selector"] = dict(p.split("=", 1) for p in pairs)
+    if args.gpu:
+        found["gpu"] = True
+    if args.make_room:
+        found["make_room"] = True
+    return found
+
+
 def cmd_pull(api: Api, args: argparse.Namespace, out: Console, err: Console) -> int:
-    body = {"model": args.model, "workers": split_list(args.workers), "deadline_seconds": args.deadline}
+    body = {"model": args.model, "workers": split_list(args.workers), "deadline_seconds": args.deadline,
+            **_placement(args)}
     job = api.post("/api/v1/models/pull", {k: v for k, v in body.items() if v is not None})
     return _run_job(api, job, args, out, err)
 
@@ -230,7 +246,7 @@ def cmd_distribute(api: Api, args: argparse.Namespace, out: Console, err: Consol
         source = parse_source(args.source, token=args.source_token, sha256=args.sha256, filename=args.filename)
     except ValueError as exc:
         raise ClientError(str(exc)) from None
-    body = {"model": args.model, "source": source, "workers": split_list(args.to)}
+    body = {"model": args.model, "source": source, "workers": split_list(args.to), **_placement(args)}
     job = api.post("/api/v1/models/distribute", {k: v for k, v in body.items() if v is not None})
     return _run_job(api, job, args, out, err)
 
@@ -643,12 +659,24 @@ def _job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-wait", action="store_true", help="print the job and return at once")
 
 
+def _placement_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--replicas", type=int, default=None, help="how many workers get a copy (placement chooses them)")
+    p.add_argument("--selector", default=None, metavar="KEY=VALUE[,KEY=VALUE]",
+                   help="only workers with these labels (type=inference|cloud too), e.g. zone=a")
+    p.add_argument("--spread", default=None, metavar="LABEL", help="at most ceil(replicas / its values) copies per "
+                                                                   "value of this label, e.g. zone")
+    p.add_argument("--gpu", action="store_true", help="only workers with a GPU whose free memory holds the model")
+    p.add_argument("--make-room", action="store_true", help="a worker where it does not fit evicts least recently "
+                                                            "used models first (never pinned, loaded or in use)")
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Add the operator commands to `eldric`'s subcommands; `eldric registry` keeps serving without an action."""
     p = sub.add_parser("pull", help="pull a model to every inference/cloud worker, one progress bar per worker")
     p.add_argument("model")
     p.add_argument("--workers", help="comma list of worker ids (default: every inference and cloud worker)")
     p.add_argument("--deadline", type=int, default=None, help="fail workers not finished after this many seconds")
+    _placement_options(p)
     _job_options(p)
     _common(p)
     p.set_defaults(func=_wrap(cmd_pull))
@@ -708,6 +736,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--source-token", help="URL source: bearer token (e.g. HuggingFace)")
     p.add_argument("--sha256", help="URL source: expected sha256:<hex>")
     p.add_argument("--filename", help="URL source: file name")
+    _placement_options(p)
     _job_options(p)
     _common(p)
     p.set_defaults(func=_wrap(cmd_distribute))

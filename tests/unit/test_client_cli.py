@@ -382,3 +382,28 @@ def test_a_job_with_skipped_workers_exits_0_and_says_who_catches_up():
     assert client_cli._run_job(api, {**done, "state": "running", "final": False, "model": "m", "kind": "pull"}, args, out, out) == 0
     text = out.file.getvalue()
     assert "completed on 1 of 2" in text and "skipped (offline): b" in text
+
+
+class _PostsApi:
+    def __init__(self) -> None:
+        self.bodies: list[tuple[str, dict]] = []
+
+    def post(self, path: str, body: dict) -> dict:
+        self.bodies.append((path, body))
+        return {"id": "j1", "state": "pending", "final": False, "workers": [], "kind": "pull", "model": "m"}
+
+
+def test_pull_and_distribute_send_the_placement_keys():
+    api, out = _PostsApi(), Console(file=io.StringIO())
+    parser = build_parser()
+    args = parser.parse_args(["pull", "m", "--replicas", "2", "--selector", "zone=a, type=inference",
+                              "--spread", "zone", "--gpu", "--make-room", "--no-wait", "--json"])
+    client_cli.cmd_pull(api, args, out, out)
+    client_cli.cmd_distribute(api, parser.parse_args(["distribute", "m", "--from", "registry", "--replicas", "1",
+                                                      "--no-wait", "--json"]), out, out)
+    assert api.bodies[0] == ("/api/v1/models/pull", {"model": "m", "replicas": 2, "spread": "zone", "gpu": True,
+                                                     "selector": {"zone": "a", "type": "inference"},
+                                                     "make_room": True})
+    assert api.bodies[1][1]["replicas"] == 1 and "selector" not in api.bodies[1][1]
+    with pytest.raises(ClientError, match="key=value"):
+        client_cli.cmd_pull(api, parser.parse_args(["pull", "m", "--selector", "zone", "--no-wait"]), out, out)
