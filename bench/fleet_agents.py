@@ -5,8 +5,8 @@
 few such processes). Against Redis each one does what `eldric worker` (worker_agent/main.py) does, with its own Redis
 client (so its own connections), through the agent's own functions:
 
-- at start it registers (`membership.register` with `main.worker_info`'s record) and publishes its
-  inventory (`job_runner.refresh_inventory` -> `membership.publish_inventory`, records shaped like
+- at start it registers (`eldric.cluster.workers.register` with `main.worker_info`'s record) and publishes its
+  inventory (`job_runner.refresh_inventory` -> `workers.publish_inventory`, records shaped like
   `OllamaStore.list_models`): workers are inference workers, every tenth a data worker (never given model
   work); four inference workers in five have all `--models` models, the rest miss about 5 % of them;
 - it stays online with the agent's own `membership.Heartbeat` thread (AgentSettings `heartbeat_seconds`),
@@ -55,6 +55,7 @@ from eldric.cluster.jobs.progress import Progress
 from eldric.cluster.queues import TASK_PULL, worker_queue
 from eldric.cluster.redisconn import celery_broker
 from eldric.core.errors import EldricError
+from eldric.cluster import workers
 from worker_agent import job_runner, main as agent_main, membership
 from worker_agent.runtime import Agent
 from worker_agent.settings import AgentSettings
@@ -267,7 +268,7 @@ def register_all(agents: dict[str, Agent], first: int, stop: threading.Event) ->
         Path(agent.settings.data_dir).mkdir(parents=True, exist_ok=True)
         address = f"http://10.{index // 65536 % 256}.{index // 256 % 256}.{index % 256}:{agent.settings.http_port}"
         infos[wid] = agent_main.worker_info(agent.settings, address)
-        membership.register(agent.redis, infos[wid], ttl=agent.settings.heartbeat_seconds * 3)
+        workers.register(agent.redis, infos[wid], ttl=agent.settings.heartbeat_seconds * 3)
         job_runner.refresh_inventory(agent)
     beats = []
 
@@ -331,7 +332,7 @@ def main() -> int:
             beat.stop()
         for wid, agent in agents.items():
             try:
-                membership.go_offline(agent.redis, wid)
+                workers.go_offline(agent.redis, wid)
             except redis.RedisError:
                 pass
         print("stats " + json.dumps(fleet.stats.__dict__), flush=True)
