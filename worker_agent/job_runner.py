@@ -206,7 +206,8 @@ def _run_job(agent: Agent, job_id: str, work: Callable[[Progress], dict], lock_t
     if not lease.acquire():
         return {"skipped": "already running on this worker"}
     progress = Progress(agent.redis, job_id, agent.worker_id, min_interval=agent.settings.progress_seconds,
-                        tolerate_redis_errors=True, stop_when_ended=True)
+                        tolerate_redis_errors=True, stop_when_ended=True,
+                        before_finish=lambda: refresh_inventory(agent))  # listed before it reads completed
     lease.keep(on_lost=lambda reason: _stop_reporting(agent, job_id, progress, reason))
     try:
         result = work(progress)

@@ -254,3 +254,24 @@ def test_every_writer_caps_the_error_text_it_stores(client, clock):
     progress.fail(huge)
     assert len(json.loads(client.hget(keys.job_workers("j"), "w2"))["error"]) <= MAX_ERROR_CHARS
     assert max(len(r) for r in client.hgetall(keys.job_workers("j")).values()) < 4 * MAX_ERROR_CHARS
+
+
+def test_the_step_before_finishing_runs_before_the_completed_record_and_a_failing_one_does_not_stop_it(client, clock):
+    """The agent publishes its inventory there: whoever sees the part completed finds the model listed."""
+    seen = []
+
+    def publish_inventory() -> None:
+        record = client.hget(keys.job_workers(JOB), WORKER)
+        seen.append(json.loads(record)["state"] if record else None)
+
+    progress = Progress(client, JOB, WORKER, clock=clock, before_finish=publish_inventory)
+    progress.start(total=10)
+    progress.finish(total=10)
+    assert seen == ["pulling"] and json.loads(client.hget(keys.job_workers(JOB), WORKER))["state"] == "completed"
+
+    def broken() -> None:
+        raise redis.ConnectionError("down")
+
+    other = Progress(client, "job2", WORKER, clock=clock, before_finish=broken)
+    other.finish(total=1)
+    assert json.loads(client.hget(keys.job_workers("job2"), WORKER))["state"] == "completed"

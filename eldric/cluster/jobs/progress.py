@@ -34,8 +34,11 @@ class Progress:
     def __init__(self, client: redis.Redis | None, job_id: str, worker_id: str, *, min_interval: float = 0.25,
                  clock: Callable[[], float] = time.time, on_write: Callable[[dict], None] = lambda record: None,
                  tolerate_redis_errors: bool = False, quiet_after_error: float = 10.0,
-                 stop_when_ended: bool = False) -> None:
+                 stop_when_ended: bool = False, before_finish: Callable[[], None] | None = None) -> None:
         self.client, self.job_id, self.worker_id = client, job_id, worker_id
+        # Run before the completed record is written: the agent publishes its inventory there, so a client
+        # that sees the part completed (Ollama's pull stream ends `success`) finds the model in /api/tags.
+        self.before_finish = before_finish
         self.stop_when_ended = stop_when_ended
         self.min_interval, self.clock, self.on_write = min_interval, clock, on_write
         self.tolerate_redis_errors, self.quiet_after_error = tolerate_redis_errors, quiet_after_error
@@ -92,6 +95,11 @@ class Progress:
             raise JobEndedError(f"this worker's part of job {self.job_id} was {self.ended_elsewhere} elsewhere")
 
     def finish(self, **fields: object) -> None:
+        if self.before_finish is not None:
+            try:
+                self.before_finish()
+            except Exception as exc:  # noqa: BLE001 - the record still ends completed; the inventory follows later
+                log.warning("job %s: could not run the step before completing: %s", self.job_id, exc)
         total = int(fields.pop("total", self.record.get("total") or 0))
         final = {"status": "success", "finished_at": self.clock(), "layer": None, "error": None, **fields}
         self.update(force=True, state=jobstate.COMPLETED, completed=total, total=total, **final)
