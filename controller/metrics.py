@@ -171,22 +171,25 @@ def metric_families(snap: Snapshot) -> list[GaugeMetricFamily]:
             gc_family(snap), eviction_family(snap)]
 
 
+def _per_worker_counter(name: str, text: str, counts: dict[str, int], snap: Snapshot) -> CounterMetricFamily:
+    """A counter per worker, 0 for a registered worker that never counted (so a rate() sees it from the start)."""
+    family = CounterMetricFamily(name, text, labels=["worker"])
+    for wid in sorted(set(counts) | {w for w, _, _ in snap.workers}):
+        family.add_metric([wid], counts.get(wid, 0))
+    return family
+
+
 def gc_family(snap: Snapshot) -> CounterMetricFamily:
-    """Bytes the worker's GC sweeps removed, ever (kept in Redis: eldric:gc:bytes); 0 for a worker never swept."""
-    freed = CounterMetricFamily("eldric_gc_bytes", "Bytes of garbage (unreferenced blobs, stale partials, backend "
-                                "debris) the worker's GC sweeps removed", labels=["worker"])
-    for wid in sorted(set(snap.gc_bytes) | {w for w, _, _ in snap.workers}):
-        freed.add_metric([wid], snap.gc_bytes.get(wid, 0))
-    return freed
+    """Bytes the worker's GC sweeps removed, ever (kept in Redis: eldric:gc:bytes)."""
+    return _per_worker_counter("eldric_gc_bytes", "Bytes of garbage (unreferenced blobs, stale partials, backend "
+                               "debris) the worker's GC sweeps removed", snap.gc_bytes, snap)
 
 
 def eviction_family(snap: Snapshot) -> CounterMetricFamily:
     """Models the worker's agent evicted above its high disk watermark or to make room (worker_agent/eviction.py)."""
-    evicted = CounterMetricFamily("eldric_evictions", "Models evicted on the worker (least recently used, above its "
-                                  "high disk watermark or for a pull with make_room); each is a delete job", labels=["worker"])
-    for wid in sorted(set(snap.evictions) | {w for w, _, _ in snap.workers}):
-        evicted.add_metric([wid], snap.evictions.get(wid, 0))
-    return evicted
+    return _per_worker_counter("eldric_evictions", "Models evicted on the worker (least recently used, above its "
+                               "high disk watermark or for a pull with make_room); each is a delete job",
+                               snap.evictions, snap)
 
 
 def route_families(snap: Snapshot) -> list:

@@ -155,14 +155,22 @@ def _post(session: requests.Session, url: str, body: dict, timeout, backend: str
 def _forward(session: requests.Session, url: str, body: dict, timeout, backend: str):
     """Pass the backend's answer through as it arrives (status, type, bytes)."""
     resp = _post(session, url, body, timeout, backend)
+    refused = _refusal(resp)
+    if refused is not None:
+        return refused
+    return Response(_chunks(resp), status=resp.status_code,
+                    content_type=resp.headers.get("Content-Type", "application/json"))
+
+
+def _refusal(resp: requests.Response | tuple):
+    """The error answer to give instead of `resp` (unreachable, or the backend refused), None when it answers."""
     if isinstance(resp, tuple):
         return resp
     if resp.status_code >= 400:
         raw = resp.content
         resp.close()
         return _error(error_message(resp.status_code, raw), resp.status_code)
-    return Response(_chunks(resp), status=resp.status_code,
-                    content_type=resp.headers.get("Content-Type", "application/json"))
+    return None
 
 
 def _chunks(resp: requests.Response) -> Iterator[bytes]:
@@ -179,12 +187,9 @@ def _translated(session: requests.Session, url: str, endpoint: str, body: dict, 
     timer = Timer()
     resp = _post(session, f"{url}/{OPENAI_PATH[endpoint]}", openai_request(endpoint, body, backend_model),
                  timeout, backend)
-    if isinstance(resp, tuple):
-        return resp
-    if resp.status_code >= 400:
-        raw = resp.content
-        resp.close()
-        return _error(error_message(resp.status_code, raw), resp.status_code)
+    refused = _refusal(resp)
+    if refused is not None:
+        return refused
     model = body.get("model") or ""
     streamed = endpoint in ("api/chat", "api/generate") and body.get("stream", True) is not False
     if not streamed:
