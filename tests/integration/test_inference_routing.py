@@ -45,7 +45,9 @@ def routed(cluster, tiny_model):
         cluster.services.append(server)
         cluster.llama[w] = server
     for w in WORKERS:
-        wait_until(lambda: requests.get(f"{urls[w]}/v1/models", timeout=2).ok, timeout=30,
+        # A start-up deadline, not a measurement: with the suite's two processes on 2 cores one server was
+        # still loading at 30 s in a clean-clone CI run (it answered in under 10 s in the others).
+        wait_until(lambda: requests.get(f"{urls[w]}/v1/models", timeout=2).ok, timeout=90,
                    message=f"llama_cpp.server of {w}\n{cluster.llama[w].log_tail()}")
     # The agents report what their backends have loaded every heartbeat (1 s here).
     wait_until(lambda: _ps_workers(cluster) == list(WORKERS), timeout=15, message=f"/api/ps\n{cluster.logs()}")
